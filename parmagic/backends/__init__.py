@@ -1,0 +1,75 @@
+"""One small module per backend behind one interface, and a registry that imports them lazily.
+
+A backend runs chunks of items (:func:`parmagic.worker.run_chunk`) somewhere and hands back
+their results in any order; the runner owns ordering, effects and errors. Adding a backend
+means one module with one :class:`Backend` subclass and one line in ``REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+
+from ..worker import ChunkResult, Task
+
+REGISTRY = {
+    "serial": "serial:SerialBackend",
+    "threads": "threads:ThreadBackend",
+    "processes": "processes:ProcessBackend",
+}
+CHOICES = (*REGISTRY, "auto")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Backend(ABC):
+    """Runs chunks of items; knows nothing of order, effects or the kernel's namespace."""
+
+    name: str
+    copies_kernel_objects = False  # True where items see copies of kernel objects
+    start_method: str | None = None
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return usable_cores()
+
+    @property
+    def capacity(self) -> int:
+        """How many chunks may be submitted and not yet returned."""
+        return self.workers
+
+    def begin(self, task: Task) -> None:
+        """A run starts: everything the items need is prepared (and checked) here."""
+
+    @abstractmethod
+    def has_capacity(self) -> bool: ...
+
+    @abstractmethod
+    def submit(self, seq: int, start: int, items: list) -> None: ...
+
+    @abstractmethod
+    def wait(self, timeout: float) -> list[ChunkResult]:
+        """Results that are ready within ``timeout`` seconds (possibly none)."""
+
+    def end(self, completed: bool) -> list[str]:
+        """The run is over (``completed`` False: stopped early). Returns warnings to show."""
+        return []
+
+    def close(self) -> None:
+        """Release threads and processes; called on a configuration change and on unload."""
+
+
+def load_backend(name: str) -> type[Backend]:
+    module_name, class_name = REGISTRY[name].split(":")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, class_name)

@@ -1,0 +1,161 @@
+"""Processes: a warm pool of worker processes under ``fork``, ``spawn`` or ``forkserver``.
+
+Built on ``multiprocessing`` (context, Process, Pipe, ``connection.wait``) rather than on
+``multiprocessing.Pool``: the pool must know which worker holds which chunk, so that a dead
+worker is noticed at once and named with its items instead of hanging the kernel
+(cpython#96062), and so that the task goes to each worker once per run.
+
+Data flow of one run::
+
+    kernel: runner ──(seq, start, items)──▶ ProcessBackend.submit ─┐
+                                                                   │ one duplex pipe per worker
+        worker k ◀── ("task", run) + task bytes, once per run ◀────┤
+        worker k ◀── ("chunk", seq, start) + items bytes ◀─────────┘
+        worker k ── run_chunk(...) ── ChunkResult bytes ──▶ ProcessBackend.wait ──▶ runner
+        (wait() also watches every busy worker's process sentinel: a death ends the run)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import signal
+import sys
+import types
+from contextlib import contextmanager
+from multiprocessing import connection
+
+from .. import errors
+from ..errors import WorkerDied
+from ..shipping import dumps, pack_task
+from ..worker import ChunkResult, Task, serve
+from . import Backend
+
+
+@contextmanager
+def _plain_main():
+    """Start workers without the kernel's ``__main__``.
+
+    ``spawn`` and ``forkserver`` re-run the parent's main script in each child, which is why
+    scripts need the ``if __name__ == "__main__":`` guard. A notebook's main is the kernel
+    itself (or a test runner, or the ``ipython`` script): its children must not import it.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+class _Worker:
+    def __init__(self, context, number: int) -> None:
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=serve, args=(child,), name=f"parmagic-worker-{number}", daemon=True
+        )
+        with _plain_main():
+            self.process.start()
+        child.close()
+        self.run: int | None = None
+        self.chunk: tuple[int, int, int] | None = None  # seq, first index, item count
+
+    def stop(self, timeout: float = 1.0) -> None:
+        try:
+            self.conn.send(("stop",))
+        except OSError:
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+class ProcessBackend(Backend):
+    name = "processes"
+    copies_kernel_objects = True
+
+    def __init__(self, workers: int, start_method: str | None = None) -> None:
+        super().__init__(workers)
+        self.start_method = start_method or multiprocessing.get_start_method()
+        self._context = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            self._context.set_forkserver_preload(["parmagic.worker"])
+        self._workers = [_Worker(self._context, n) for n in range(workers)]
+        self._run = 0
+
+    def begin(self, task: Task) -> None:
+        self._payload = pack_task(task)  # raises NotPicklable before any item runs
+        self._run += 1
+        self._used: set[_Worker] = set()
+
+    def has_capacity(self) -> bool:
+        return any(w.chunk is None for w in self._workers)
+
+    def submit(self, seq: int, start: int, items: list) -> None:
+        worker = next(w for w in self._workers if w.chunk is None)
+        if worker.run != self._run:
+            worker.conn.send(("task", self._run))
+            worker.conn.send_bytes(self._payload)
+            worker.run = self._run
+        worker.conn.send(("chunk", seq, start))
+        worker.conn.send_bytes(dumps(items))
+        worker.chunk = (seq, start, len(items))
+        self._used.add(worker)
+
+    def wait(self, timeout: float) -> list[ChunkResult]:
+        busy = [w for w in self._workers if w.chunk is not None]
+        watched = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+        ready = set(connection.wait(watched, timeout))
+        results = []
+        for worker in busy:
+            if worker.conn in ready:
+                try:
+                    results.append(pickle.loads(worker.conn.recv_bytes()))
+                    worker.chunk = None
+                    continue
+                except (EOFError, OSError):
+                    pass
+            if worker.conn in ready or worker.process.sentinel in ready:
+                self._replace_dead(worker)
+        return results
+
+    def _replace_dead(self, worker: _Worker) -> None:
+        worker.process.join()
+        _, start, count = worker.chunk
+        how = describe_exit(worker.process.exitcode)
+        self._workers[self._workers.index(worker)] = _Worker(self._context, len(self._workers))
+        worker.conn.close()
+        items = ", ".join(str(i) for i in range(start, start + count))
+        raise WorkerDied(errors.WORKER_DIED.format(how=how, items=items))
+
+    def end(self, completed: bool) -> list[str]:
+        if not completed:
+            for index, worker in enumerate(self._workers):
+                if worker.chunk is not None:  # running items nobody will use: replace it
+                    worker.kill()
+                    self._workers[index] = _Worker(self._context, index)
+            return []
+        changed: set[str] = set()
+        for worker in self._used:
+            worker.conn.send(("changes",))
+        for worker in self._used:
+            changed.update(worker.conn.recv())
+        return [errors.CHANGED_IN_WORKER.format(name=name) for name in sorted(changed)]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+        self._workers = []

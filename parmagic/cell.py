@@ -1,0 +1,125 @@
+"""Cell source -> plan: find the one parallel loop and put a call to the engine in its place.
+
+The rest of the cell stays ordinary Python that runs in the kernel, in its place: the
+statements before the loop, the loop (now one call that runs the items and applies their
+effects), its ``else:`` block, then the statements after it (spec §4).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from . import errors
+from .body import COMPREHENSIONS, BodyInfo, analyse_comprehension, analyse_for, walk_scope
+from .errors import LoopRefused
+
+HOOK_NAME = "__parmagic_loop__"
+
+
+@dataclass
+class CellPlan:
+    """A checked cell: its rewritten tree and what the parallel loop does."""
+
+    module: ast.Module  # the cell with the loop replaced by ``__parmagic_loop__(iterable)``
+    body: BodyInfo
+    filename: str
+    ends_with_expression: bool
+
+    def split_for_display(self) -> tuple[ast.Module, ast.Expression | None]:
+        """The cell without its final expression, and that expression (its value is Out[])."""
+        if not self.ends_with_expression:
+            return self.module, None
+        *head, last = self.module.body
+        return ast.Module(head, []), ast.Expression(last.value)
+
+
+def _top_level(stmts: list[ast.stmt]):
+    """The cell's own statements, looking inside top-level ``with`` and ``try`` blocks."""
+    for stmt in stmts:
+        if isinstance(stmt, ast.With | ast.AsyncWith):
+            yield from _top_level(stmt.body)
+        elif isinstance(stmt, ast.Try | ast.TryStar):
+            yield from _top_level(stmt.body)
+            for handler in stmt.handlers:
+                yield from _top_level(handler.body)
+            yield from _top_level(stmt.orelse)
+            yield from _top_level(stmt.finalbody)
+        else:
+            yield stmt
+
+
+def _outermost_comprehensions(stmt: ast.stmt) -> list[ast.expr]:
+    found: list[ast.expr] = []
+    todo: list[ast.AST] = [stmt]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, COMPREHENSIONS):
+            found.append(node)
+            continue
+        if node is not stmt and isinstance(
+            node, ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+        ):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
+
+
+def find_parallel_loop(tree: ast.Module) -> ast.AST:
+    """The ``for`` statement or comprehension that runs in parallel (spec §4, rules 1-3)."""
+    statements = list(_top_level(tree.body))
+    loops = [s for s in statements if isinstance(s, ast.For | ast.AsyncFor)]
+    if len(loops) > 1:
+        lines = ", ".join(str(s.lineno) for s in loops)
+        raise LoopRefused(errors.SEVERAL_LOOPS.format(count=len(loops), lines=lines))
+    if loops:
+        if isinstance(loops[0], ast.AsyncFor):
+            raise LoopRefused(errors.ASYNC_FOR_REFUSED.format(line=loops[0].lineno), loops[0].lineno)
+        return loops[0]
+    holders = [(s, c) for s in statements if (c := _outermost_comprehensions(s))]
+    if not holders:
+        raise LoopRefused(errors.NO_LOOP)
+    if len(holders) > 1:
+        lines = ", ".join(str(s.lineno) for s, _ in holders)
+        raise LoopRefused(errors.SEVERAL_COMPREHENSIONS.format(lines=lines))
+    statement, comprehensions = holders[0]
+    if len(comprehensions) > 1:
+        message = errors.SEVERAL_IN_STATEMENT.format(line=statement.lineno, count=len(comprehensions))
+        raise LoopRefused(message, statement.lineno)
+    return comprehensions[0]
+
+
+class _PutHook(ast.NodeTransformer):
+    def __init__(self, loop: ast.AST) -> None:
+        self.loop = loop
+
+    def _hook(self, iterable: ast.expr, where: ast.AST) -> ast.Call:
+        call = ast.Call(ast.Name(HOOK_NAME, ast.Load()), [iterable], [])
+        return ast.copy_location(call, where)
+
+    def visit_For(self, node):
+        if node is not self.loop:
+            return self.generic_visit(node)
+        call = ast.copy_location(ast.Expr(self._hook(node.iter, node)), node)
+        return [call, *node.orelse]  # without `break`, `else:` always runs once after the loop
+
+    def generic_visit(self, node):
+        if node is self.loop and isinstance(node, COMPREHENSIONS):
+            return self._hook(node.generators[0].iter, node)
+        return super().generic_visit(node)
+
+
+def plan_cell(source: str, filename: str, backend: str = "threads", transform_ast=None) -> CellPlan:
+    """Parse, check and rewrite a cell. Raises SyntaxError or LoopRefused before anything runs."""
+    tree = ast.parse(source, filename)
+    compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    if transform_ast is not None:
+        tree = transform_ast(tree)
+    loop = find_parallel_loop(tree)
+    info = analyse_for(loop, backend) if isinstance(loop, ast.For) else analyse_comprehension(loop, backend)
+    for node in walk_scope(tree):
+        if isinstance(node, ast.Name) and node.id == HOOK_NAME:
+            raise LoopRefused(f"`{HOOK_NAME}` is reserved for parmagic; rename it")
+    ends_with_expression = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
+    module = ast.fix_missing_locations(_PutHook(loop).visit(tree))
+    return CellPlan(module, info, filename, ends_with_expression)

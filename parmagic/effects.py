@@ -1,0 +1,97 @@
+"""What an item may do to the kernel, recorded where the item runs and replayed in the kernel.
+
+The item function (see ``body.py``) calls an :class:`EffectLog` instead of touching kernel
+containers and reductions; the runner replays each item's log on the real objects in item
+order, which is what makes ``results.append(x)`` end in serial order on every backend.
+
+Worker side and kernel side both import this module, so it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import collections
+import operator
+import sys
+from typing import Any
+
+CALL, SETITEM, DELITEM, AUGITEM, REDUCE = range(5)
+
+
+class EffectLog:
+    """Collects one item's write-backs, reductions and final local names."""
+
+    __slots__ = ("ops", "names")
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+        self.names: dict[str, Any] | None = None
+
+    def call(self, line, name, path, method, /, *args, **kwargs) -> None:
+        self.ops.append((CALL, line, name, path, method, args, kwargs))
+
+    def setitem(self, line, name, path, key, value) -> None:
+        self.ops.append((SETITEM, line, name, path, key, value))
+
+    def delitem(self, line, name, path, key) -> None:
+        self.ops.append((DELITEM, line, name, path, key))
+
+    def augitem(self, line, name, path, key, op, value) -> None:
+        self.ops.append((AUGITEM, line, name, path, key, op, value))
+
+    def reduce(self, line, name, op, value) -> None:
+        self.ops.append((REDUCE, line, name, op, value))
+
+    def bind(self, local_names: dict[str, Any]) -> None:
+        self.names = local_names
+
+
+def is_recordable(value: object) -> bool:
+    """Kernel objects whose in-place changes are replayed rather than done where items run."""
+    if isinstance(value, list | dict | set | collections.deque | bytearray):
+        return True
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+class ReplayError(Exception):
+    """Wraps an exception raised while replaying an op, with the cell line it came from."""
+
+    def __init__(self, error: Exception, line: int) -> None:
+        super().__init__(error)
+        self.error = error
+        self.line = line
+
+
+def _resolve(ns: dict, name: str, path: tuple) -> Any:
+    try:
+        target = ns[name]
+    except KeyError:
+        raise NameError(f"name {name!r} is not defined", name=name) from None
+    for key in path:
+        target = target[key]
+    return target
+
+
+def apply_ops(ns: dict, ops: list[tuple]) -> None:
+    """Replay one item's log on the kernel's objects; the first failure stops the rest."""
+    for op in ops:
+        kind, line = op[0], op[1]
+        try:
+            if kind == CALL:
+                _, _, name, path, method, args, kwargs = op
+                getattr(_resolve(ns, name, path), method)(*args, **kwargs)
+            elif kind == SETITEM:
+                _, _, name, path, key, value = op
+                _resolve(ns, name, path)[key] = value
+            elif kind == DELITEM:
+                _, _, name, path, key = op
+                del _resolve(ns, name, path)[key]
+            elif kind == AUGITEM:
+                _, _, name, path, key, opname, value = op
+                target = _resolve(ns, name, path)
+                target[key] = getattr(operator, opname)(target[key], value)
+            else:
+                _, _, name, opname, value = op
+                ns[name] = getattr(operator, opname)(_resolve(ns, name, ()), value)
+        except Exception as error:
+            raise ReplayError(error, line) from error

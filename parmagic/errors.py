@@ -1,0 +1,174 @@
+"""The exceptions users see, the sentences they read, and how a failed item's traceback is shown.
+
+Messages are named constants so tests can match them. Nothing here imports IPython: the
+magics front turns :class:`ParmagicUsageError` into IPython's one-line ``UsageError``.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterable
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+ITEM_FUNCTION_NAME = "__parmagic_item__"
+
+# Refusals (spec §4): raised before anything in the cell runs.
+NO_LOOP = (
+    "found no loop to run in parallel: put one top-level `for` loop (or one list, set or "
+    "dict comprehension or generator expression) in the cell; loops inside `if`, `def` or "
+    "another loop are not considered"
+)
+SEVERAL_LOOPS = (
+    "the cell has {count} top-level `for` loops (lines {lines}); %%parallel runs exactly one "
+    "of them in parallel, so put that loop in a cell of its own"
+)
+SEVERAL_COMPREHENSIONS = (
+    "the cell has comprehensions on several lines ({lines}) and no `for` loop; put the one to "
+    "run in parallel in a cell of its own"
+)
+SEVERAL_IN_STATEMENT = (
+    "line {line} holds {count} comprehensions side by side; split them over two statements "
+    "so %%parallel knows which one to run in parallel"
+)
+BREAK_REFUSED = (
+    "line {line}: `break` would make items stop each other, which parallel items cannot do; "
+    "filter the items instead (e.g. `itertools.takewhile`) or run the loop without %%parallel"
+)
+ASYNC_FOR_REFUSED = (
+    "line {line}: `async for` cannot be the parallel loop; iterate over a plain iterable and "
+    "`await` inside the body instead"
+)
+AWAIT_REFUSED = (
+    "line {line}: the loop body uses `{what}`, which needs an event loop; the {backend} "
+    "backend runs plain functions, so remove the `await` or use an asyncio backend"
+)
+CARRIED_READ = (
+    "line {line}: the body reads `{name}`, which it also changes (line {write_line}); in a "
+    "parallel run each item would see a different `{name}` than in a serial loop. Collect "
+    "per-item results (e.g. `found.append(x)`) and combine them after the loop"
+)
+CARRIED_NAME = (
+    "line {line}: the body reads `{name}` before this item assigns it, so the value would "
+    "come from the previous item; assign `{name}` at the top of the body, or run the loop "
+    "without %%parallel"
+)
+BAD_TARGET = (
+    "line {line}: the loop variable must be a name or a tuple of names, not `{target}`"
+)
+WALRUS_IN_COMPREHENSION = (
+    "line {line}: `:=` inside the parallel comprehension assigns a name outside it, which "
+    "parallel items cannot share; compute the value in a `for` loop instead"
+)
+CHAINED_STORE = (
+    "line {line}: a chained or unpacking assignment into `{name}` cannot be replayed in the "
+    "kernel; write one `{name}[key] = value` statement per target"
+)
+
+# Processes (spec §6, §7).
+NOT_PICKLABLE = (
+    "the loop uses `{name}` (a {type}), which cannot be sent to a worker process ({reason}). "
+    "Create it inside the loop body, or use --backend threads"
+)
+RESULT_NOT_PICKLABLE = (
+    "item {index} produced a value that cannot be sent back from the worker process "
+    "({reason}); return plain data, or use --backend threads"
+)
+COPY_WARNING = (
+    "line {line}: {what} acts on a copy inside each worker process, so the kernel's "
+    "`{name}` will not change; use --backend threads, or append results to a list"
+)
+CHANGED_IN_WORKER = (
+    "the loop changed `{name}` inside the worker processes; those changes stayed there and "
+    "the kernel's `{name}` is as before the loop. Use --backend threads, or collect the "
+    "changes in a list the loop appends to"
+)
+NAME_NOT_RETURNED = (
+    "`{name}` (a {type}) could not be sent back from the worker process, so the kernel keeps "
+    "its value from before the loop"
+)
+WORKER_DIED = (
+    "a worker process died ({how}) while running item(s) {items}; nothing of those items "
+    "was applied. The pool has been replaced, so the next run starts fresh"
+)
+ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); the items before it were applied"
+
+
+class ParmagicError(Exception):
+    """Base of every error parmagic raises itself (a user's own exceptions keep their type)."""
+
+
+class ParmagicUsageError(ParmagicError, ValueError):
+    """The cell or the options cannot be run as asked; nothing has run yet."""
+
+
+class LoopRefused(ParmagicUsageError):
+    """The loop cannot run in parallel with serial results (spec §4)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class NotPicklable(ParmagicUsageError, TypeError):
+    """Something the body needs cannot travel to a worker process."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class WorkerDied(ParmagicError, RuntimeError):
+    """A worker process ended while it held items."""
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__} (repr failed: {exc})>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def user_frames(tb, origins: dict | None = None) -> list[tuple[str, int, str]]:
+    """The frames of a traceback that belong to the user's code, as picklable tuples.
+
+    ``origins`` maps (name, first line) of code shipped by cloudpickle, which renames every
+    file to ``<dynamic-code>``, back to the cell or file it came from.
+    """
+    frames = []
+    for frame, lineno in traceback.walk_tb(tb):
+        code = frame.f_code
+        filename = code.co_filename
+        if origins and filename == "<dynamic-code>":
+            filename = origins.get((code.co_name, code.co_firstlineno), filename)
+        if os.path.dirname(os.path.abspath(filename)) == PACKAGE_DIR:
+            continue
+        frames.append((filename, lineno, code.co_name))
+    return frames
+
+
+def render_traceback(exc: BaseException, frames: Iterable[tuple[str, int, str]]) -> list[str]:
+    """Traceback text made of the user's frames only, looked up in the kernel's linecache.
+
+    The kernel's linecache knows the cell's source and every notebook function, even when the
+    frames were recorded in a worker process that never saw them.
+    """
+    summaries = traceback.StackSummary.from_list(
+        [
+            traceback.FrameSummary(
+                filename, lineno, "<loop body>" if name == ITEM_FUNCTION_NAME else name
+            )
+            for filename, lineno, name in frames
+        ]
+    )
+    lines = ["Traceback (most recent call last):\n", *summaries.format()]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n").split("\n")
+
+
+def present(exc: BaseException, frames: Iterable[tuple[str, int, str]]) -> BaseException:
+    """Make IPython show ``exc`` with the user's frames only (IPython honours this hook)."""
+    frames = list(frames)
+    exc._render_traceback_ = lambda: render_traceback(exc, frames)  # type: ignore[attr-defined]
+    return exc

@@ -1,0 +1,122 @@
+"""The magics: the only module that talks to IPython (options, running the cell, display)."""
+
+from __future__ import annotations
+
+import argparse
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, CaselessStrEnum, Integer
+
+from . import engine, errors
+from .backends import CHOICES
+from .cell import HOOK_NAME, plan_cell
+from .errors import ParmagicUsageError
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+@magics_class
+class ParallelMagics(Magics):
+    """``%%parallel`` and ``%parallel``. Defaults are settable with ``%config ParallelMagics``."""
+
+    backend = CaselessStrEnum(CHOICES, default_value="auto", help="Default backend.").tag(
+        config=True
+    )
+    workers = Integer(0, help="Default worker count; 0 means the backend's own default.").tag(
+        config=True
+    )
+    chunksize = Integer(0, help="Items per chunk; 0 means adaptive.").tag(config=True)
+    start_method = CaselessStrEnum(
+        ("", *START_METHODS), default_value="", help="Start method for processes; '' = Python's."
+    ).tag(config=True)
+    on_error = CaselessStrEnum(("raise", "continue"), default_value="raise").tag(config=True)
+    quiet = Bool(False, help="Show no summary after a run.").tag(config=True)
+
+    def __init__(self, shell=None, **kwargs) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.session = engine.Session()
+
+    @magic_arguments()
+    @argument("-b", "--backend", choices=CHOICES, help="where the items run (default: auto)")
+    @argument("-w", "--workers", type=int, help="how many threads or processes")
+    @argument("--chunksize", type=int, help="items per message to a worker (default: adaptive)")
+    @argument("--start-method", choices=START_METHODS, help="how worker processes start")
+    @argument("--on-error", choices=("raise", "continue"), help="stop at the first failing item "
+              "(raise, the default) or run every item and list failures (continue)")
+    @argument("-q", "--quiet", action="store_true", default=None, help="show no summary")
+    @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
+    @line_cell_magic
+    def parallel(self, line: str, cell: str | None = None):
+        """Run the loop of a cell (or of one statement) in parallel, with serial results.
+
+        The cell's one top-level ``for`` loop (or, failing that, its one comprehension) runs
+        item by item on the chosen backend; everything else runs in the kernel as usual, and
+        the kernel ends as if the cell had run without this line.
+        """
+        options, statement = self._options(line)
+        if cell is None:
+            if not statement:
+                raise UsageError("%parallel needs a statement, e.g. %parallel sq = [f(x) for x in xs]")
+            source = self.shell.transform_cell(statement)
+        else:
+            if statement:
+                raise UsageError(f"unexpected text after the options: {statement!r}")
+            source = "\n" + self.shell.transform_cell(cell)  # line numbers as the cell shows them
+        filename = self.shell.compile.cache(source, self.shell.execution_count)
+        try:
+            plan = plan_cell(
+                source, filename, engine.resolve_backend(options.backend), self.shell.transform_ast
+            )
+        except ParmagicUsageError as exc:
+            raise UsageError(str(exc)) from None
+        return self._run(plan, options)
+
+    def _options(self, line: str) -> tuple[engine.Options, str]:
+        try:
+            args = parse_argstring(self.parallel, line)
+        except UsageError as exc:
+            usage = self.parallel.parser.format_usage().strip()
+            raise UsageError(f"{exc}\n{usage}") from None
+        for name in ("workers", "chunksize"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be 1 or more, not {value}")
+        options = engine.Options(
+            backend=args.backend or self.backend,
+            workers=args.workers or self.workers or None,
+            chunksize=args.chunksize or self.chunksize or None,
+            start_method=args.start_method or self.start_method or None,
+            on_error=args.on_error or self.on_error,
+            quiet=bool(args.quiet) or self.quiet,
+        )
+        return options, " ".join(args.statement).strip()
+
+    def _run(self, plan, options: engine.Options):
+        ns = self.shell.user_ns
+        head, last = plan.split_for_display()
+        flags = self.shell.compile.flags
+        before = self.session.last_report
+        ns[HOOK_NAME] = engine.loop_hook(plan, ns, options, self.session, engine.print_warning)
+        try:
+            exec(compile(head, plan.filename, "exec", flags, True), ns)
+            if last is not None:
+                return eval(compile(last, plan.filename, "eval", flags, True), ns)
+        except ParmagicUsageError as exc:
+            raise UsageError(str(exc)) from None
+        except Exception as exc:
+            if not hasattr(exc, "_render_traceback_"):
+                errors.present(exc, errors.user_frames(exc.__traceback__))
+            raise
+        finally:
+            ns.pop(HOOK_NAME, None)
+            report = self.session.last_report
+            if report is not None and report is not before:
+                for message in report.warnings:
+                    engine.print_warning(message)
+                if not options.quiet:
+                    print(report.summary())
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,64 @@
+"""The run's figures as an object, and the short summary shown after each run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ItemTiming:
+    index: int
+    worker: str
+    start: float  # time.monotonic(), comparable across the kernel and its workers
+    end: float
+    cpu: float
+
+
+@dataclass
+class RunReport:
+    """What one run did. ``parmagic.last_report()`` returns the latest one."""
+
+    backend: str
+    workers: int
+    start_method: str | None = None
+    chunks: int = 0
+    wall: float = 0.0
+    startup: float = 0.0
+    items: list[ItemTiming] = field(default_factory=list)
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, record, worker: str) -> None:
+        self.items.append(ItemTiming(record.index, worker, record.start, record.end, record.cpu))
+
+    @property
+    def item_count(self) -> int:
+        return len(self.items)
+
+    @property
+    def busy(self) -> float:
+        """Sum of the items' own times: what a serial run would roughly take."""
+        return sum(t.end - t.start for t in self.items)
+
+    @property
+    def worker_ids(self) -> set[str]:
+        return {t.worker for t in self.items}
+
+    def summary(self) -> str:
+        method = f" ({self.start_method})" if self.start_method else ""
+        plural = "s" if self.workers != 1 else ""
+        line = (
+            f"parmagic: {self.backend}{method} · {self.workers} worker{plural} · "
+            f"{self.item_count} items in {self.chunks} chunks · wall {self.wall:.3f} s · "
+            f"busy {self.busy:.3f} s"
+        )
+        lines = [line]
+        if self.failures:
+            lines.append(f"{len(self.failures)} item(s) failed:")
+            lines += [f"  item {i} ({item}): {error}" for i, item, error in self.failures[:10]]
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        printer.text(self.summary())

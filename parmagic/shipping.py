@@ -1,0 +1,132 @@
+"""What crosses to worker processes, and back, with cloudpickle.
+
+The item function is pickled *by value* with the kernel names it reads (cloudpickle does this
+for code from ``__main__``), so notebook functions, lambdas and classes work under every start
+method; modules go by reference and are re-imported in the worker under the same alias.
+The task is pickled once per run and sent once to each worker, whatever the item count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import types
+from typing import Any
+
+import cloudpickle
+
+from . import errors
+from .errors import NotPicklable
+
+DIGEST_LIMIT = 1 << 20  # captured values larger than this are not watched for changes
+_NOT_DATA = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+
+
+def dumps(value: Any) -> bytes:
+    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def referenced_globals(function: types.FunctionType) -> list[str]:
+    """Kernel names the function's code (nested code included) may read."""
+    names: list[str] = []
+    todo = [function.__code__]
+    while todo:
+        code = todo.pop()
+        names += [n for n in code.co_names if n in function.__globals__ and n not in names]
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return names
+
+
+def code_origins(function: types.FunctionType) -> dict[tuple[str, int], str]:
+    """Where the code that travels by value was defined: the item function and the notebook
+    functions and classes it reaches through its globals."""
+    origins: dict[tuple[str, int], str] = {}
+    seen: set[int] = set()
+    todo: list = [function]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, type) and obj.__module__ == "__main__":
+            todo += list(vars(obj).values())
+        elif isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
+            codes = [obj.__code__]
+            while codes:
+                code = codes.pop()
+                origins[(code.co_name, code.co_firstlineno)] = code.co_filename
+                codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+            todo += [obj.__globals__[n] for n in referenced_globals(obj)]
+    return origins
+
+
+def pack_task(task) -> bytes:
+    """Pickle a task, or say which kernel name cannot travel and what to do instead."""
+    task.origins = code_origins(task.function)
+    try:
+        return dumps(task)
+    except Exception as exc:
+        function = task.function
+        for name in referenced_globals(function):
+            value = function.__globals__[name]
+            try:
+                dumps(value)
+            except Exception as reason:
+                message = errors.NOT_PICKLABLE.format(
+                    name=name, type=type(value).__name__, reason=reason
+                )
+                raise NotPicklable(message, name) from None
+        raise NotPicklable(
+            errors.NOT_PICKLABLE.format(name="the loop body", type="function", reason=exc)
+        ) from None
+
+
+def dump_result(result) -> bytes:
+    """Pickle a chunk result; values that cannot travel fail their own item, not the chunk."""
+    try:
+        return dumps(result)
+    except Exception:
+        pass
+    for record in result.records:
+        try:
+            dumps((record.value, record.ops, record.output))
+        except Exception as reason:
+            record.value, record.ops, record.output = None, [], record.output
+            message = errors.RESULT_NOT_PICKLABLE.format(index=record.index, reason=reason)
+            record.error = record.error or _error(TypeError(message), record)
+        if record.error is not None:
+            try:
+                dumps(record.error.exception)
+            except Exception:
+                exc = record.error.exception
+                record.error.exception = RuntimeError(f"{type(exc).__name__}: {exc}")
+    for name, value in list(result.names.items()):
+        try:
+            dumps(value)
+        except Exception:
+            result.dropped_names[name] = type(value).__name__
+            del result.names[name]
+    return dumps(result)
+
+
+def _error(exception: BaseException, record):
+    from .worker import ItemError
+
+    return ItemError(exception, [], f"item {record.index}")
+
+
+def captured_digests(namespace: dict, only: dict | None = None) -> dict[str, bytes]:
+    """Digests of the captured data values, to tell whether the loop changed them in a worker."""
+    digests = {}
+    for name, value in namespace.items():
+        if name.startswith("__") or isinstance(value, _NOT_DATA):
+            continue
+        if only is not None and name not in only:
+            continue
+        try:
+            data = dumps(value)
+        except Exception:
+            continue
+        if len(data) <= DIGEST_LIMIT:
+            digests[name] = hashlib.blake2b(data, digest_size=16).digest()
+    return digests

@@ -1,0 +1,153 @@
+"""Where items run: one chunk of items through the item function, and the worker process loop.
+
+Every backend calls :func:`run_chunk` (the kernel's own thread, pool threads, worker processes),
+so every backend records output, effects, names, timings and errors the same way. This module
+is the whole worker-process side and imports nothing heavy: never IPython.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .effects import EffectLog
+from .errors import short_repr, user_frames
+
+_current = threading.local()
+
+
+@dataclass
+class Task:
+    """What every item of one run needs: shipped once per worker per run."""
+
+    function: Callable[[Any, EffectLog], Any]
+    bound: frozenset[str]
+    stop_on_error: bool
+    origins: dict[tuple[str, int], str] = field(default_factory=dict)  # see user_frames
+
+
+@dataclass
+class ItemError:
+    exception: BaseException
+    frames: list[tuple[str, int, str]]
+    item: str
+
+
+@dataclass
+class ItemRecord:
+    index: int
+    start: float  # time.monotonic(): one clock for every process on the machine
+    end: float
+    cpu: float
+    output: list[tuple[int, str]]  # (1 for stdout or 2 for stderr, text), in write order
+    ops: list[tuple]
+    value: Any = None
+    error: ItemError | None = None
+
+
+@dataclass
+class ChunkResult:
+    seq: int
+    records: list[ItemRecord]
+    names: dict[str, Any]  # last value of each name bound by the chunk's counted items
+    worker: str
+    dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
+
+
+class ItemOutput(io.TextIOBase):
+    """Stands in for sys.stdout/sys.stderr: text written while an item runs goes to that item."""
+
+    def __init__(self, original, stream: int) -> None:
+        self.original = original
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        buffer = getattr(_current, "output", None)
+        if buffer is None:
+            return self.original.write(text)
+        buffer.append((self.stream, text))
+        return len(text)
+
+    def flush(self) -> None:
+        if getattr(_current, "output", None) is None:
+            self.original.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.original, name)
+
+
+@contextmanager
+def capturing_output():
+    """Route item output to the item's record for items run in this process's threads."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ItemOutput(saved[0], 1), ItemOutput(saved[1], 2)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def run_chunk(task: Task, seq: int, start: int, items: list, worker: str | None = None) -> ChunkResult:
+    """Run consecutive items; a chunk's names keep only the last value bound to each."""
+    records: list[ItemRecord] = []
+    names: dict[str, Any] = {}
+    function = task.function
+    for offset, item in enumerate(items):
+        log, output, value, error = EffectLog(), [], None, None
+        _current.output = output
+        began, cpu = time.monotonic(), time.thread_time()
+        try:
+            value = function(item, log)
+        except Exception as exc:
+            error = ItemError(exc, user_frames(exc.__traceback__, task.origins), short_repr(item))
+        finally:
+            _current.output = None
+        ended, cpu = time.monotonic(), time.thread_time() - cpu
+        records.append(ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error))
+        if log.names and (error is None or task.stop_on_error):
+            names.update((k, v) for k, v in log.names.items() if k in task.bound)
+        if error is not None and task.stop_on_error:
+            break
+    return ChunkResult(seq, records, names, worker or threading.current_thread().name)
+
+
+def serve(conn) -> None:
+    """A worker process: receive a task once per run, then chunks; send back chunk results.
+
+    SIGINT is ignored here: a terminal's Ctrl-C reaches the whole process group, and the
+    kernel alone decides what happens to workers.
+    """
+    from .shipping import captured_digests, dump_result
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout = ItemOutput(io.TextIOWrapper(open(1, "wb", closefd=False), write_through=True), 1)
+    sys.stderr = ItemOutput(io.TextIOWrapper(open(2, "wb", closefd=False), write_through=True), 2)
+    task: Task | None = None
+    digests: dict[str, bytes] = {}
+    name = f"pid {os.getpid()}"
+    while True:
+        try:
+            header = conn.recv()
+        except EOFError:
+            return
+        if header[0] == "task":
+            task = pickle.loads(conn.recv_bytes())
+            digests = captured_digests(task.function.__globals__)
+        elif header[0] == "chunk":
+            _, seq, start = header
+            items = pickle.loads(conn.recv_bytes())
+            conn.send_bytes(dump_result(run_chunk(task, seq, start, items, name)))
+        elif header[0] == "changes":
+            now = captured_digests(task.function.__globals__, only=digests)
+            conn.send(sorted(n for n, d in now.items() if d != digests[n]))
+        else:
+            return
