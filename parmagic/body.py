@@ -24,8 +24,26 @@ LOG_ARG = "__log__"
 
 # Methods whose call, as a statement on a kernel container, is recorded and replayed.
 MUTATORS = frozenset(
-    "append appendleft extend extendleft insert add update discard remove pop popleft "
-    "popitem clear setdefault subtract rotate sort reverse".split()
+    [
+        "append",
+        "appendleft",
+        "extend",
+        "extendleft",
+        "insert",
+        "add",
+        "update",
+        "discard",
+        "remove",
+        "pop",
+        "popleft",
+        "popitem",
+        "clear",
+        "setdefault",
+        "subtract",
+        "rotate",
+        "sort",
+        "reverse",
+    ]
 )
 
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -87,7 +105,9 @@ def _loop_level(stmts: list[ast.stmt]):
         if isinstance(stmt, _SCOPES):
             continue
         for name, value in ast.iter_fields(stmt):
-            inner_loop_body = name == "body" and isinstance(stmt, ast.For | ast.While | ast.AsyncFor)
+            inner_loop_body = name == "body" and isinstance(
+                stmt, ast.For | ast.While | ast.AsyncFor
+            )
             if inner_loop_body:
                 continue
             if isinstance(value, list):
@@ -114,9 +134,12 @@ def _bound_names(stmts: list[ast.stmt]) -> set[str]:
                 bound.add(node.name)
             elif isinstance(node, ast.alias):
                 bound.add((node.asname or node.name).split(".")[0])
-            elif isinstance(node, ast.ExceptHandler) and node.name:
-                bound.add(node.name)
-            elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            elif (
+                isinstance(node, ast.ExceptHandler)
+                and node.name
+                or isinstance(node, ast.MatchAs | ast.MatchStar)
+                and node.name
+            ):
                 bound.add(node.name)
     return bound
 
@@ -345,7 +368,11 @@ def _target_loads(target: ast.expr) -> ast.AST | None:
     if isinstance(target, ast.Name):
         return None
     if isinstance(target, ast.Tuple | ast.List | ast.Starred):
-        parts = [_target_loads(e) for e in ast.walk(target) if isinstance(e, ast.Subscript | ast.Attribute)]
+        parts = [
+            _target_loads(e)
+            for e in ast.walk(target)
+            if isinstance(e, ast.Subscript | ast.Attribute)
+        ]
         return ast.Tuple([p for p in parts if p is not None], ast.Load())
     return target
 
@@ -374,7 +401,9 @@ def analyse_comprehension(node: ast.expr, backend: str = "threads") -> BodyInfo:
     for part in parts:
         for sub in walk_scope(part):
             if isinstance(sub, ast.NamedExpr):
-                raise LoopRefused(errors.WALRUS_IN_COMPREHENSION.format(line=sub.lineno), sub.lineno)
+                raise LoopRefused(
+                    errors.WALRUS_IN_COMPREHENSION.format(line=sub.lineno), sub.lineno
+                )
             if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
                 root = _attribute_root(sub.func.value)
                 if sub.func.attr in MUTATORS and root is not None and root.id not in local:
@@ -468,7 +497,9 @@ class _Recorder(ast.NodeTransformer):
 def _as_value(key: ast.expr) -> ast.expr:
     """A subscript key as an ordinary expression (``a[1:2]`` -> ``slice(1, 2, None)``)."""
     if isinstance(key, ast.Slice):
-        parts = [p if p is not None else ast.Constant(None) for p in (key.lower, key.upper, key.step)]
+        parts = [
+            p if p is not None else ast.Constant(None) for p in (key.lower, key.upper, key.step)
+        ]
         return ast.copy_location(ast.Call(ast.Name("slice", ast.Load()), parts, []), key)
     if isinstance(key, ast.Tuple):
         return ast.copy_location(ast.Tuple([_as_value(e) for e in key.elts], ast.Load()), key)

@@ -74,7 +74,9 @@ def find_parallel_loop(tree: ast.Module) -> ast.AST:
         raise LoopRefused(errors.SEVERAL_LOOPS.format(count=len(loops), lines=lines))
     if loops:
         if isinstance(loops[0], ast.AsyncFor):
-            raise LoopRefused(errors.ASYNC_FOR_REFUSED.format(line=loops[0].lineno), loops[0].lineno)
+            raise LoopRefused(
+                errors.ASYNC_FOR_REFUSED.format(line=loops[0].lineno), loops[0].lineno
+            )
         return loops[0]
     holders = [(s, c) for s in statements if (c := _outermost_comprehensions(s))]
     if not holders:
@@ -84,7 +86,9 @@ def find_parallel_loop(tree: ast.Module) -> ast.AST:
         raise LoopRefused(errors.SEVERAL_COMPREHENSIONS.format(lines=lines))
     statement, comprehensions = holders[0]
     if len(comprehensions) > 1:
-        message = errors.SEVERAL_IN_STATEMENT.format(line=statement.lineno, count=len(comprehensions))
+        message = errors.SEVERAL_IN_STATEMENT.format(
+            line=statement.lineno, count=len(comprehensions)
+        )
         raise LoopRefused(message, statement.lineno)
     return comprehensions[0]
 
@@ -116,7 +120,11 @@ def plan_cell(source: str, filename: str, backend: str = "threads", transform_as
     if transform_ast is not None:
         tree = transform_ast(tree)
     loop = find_parallel_loop(tree)
-    info = analyse_for(loop, backend) if isinstance(loop, ast.For) else analyse_comprehension(loop, backend)
+    info = (
+        analyse_for(loop, backend)
+        if isinstance(loop, ast.For)
+        else analyse_comprehension(loop, backend)
+    )
     for node in walk_scope(tree):
         if isinstance(node, ast.Name) and node.id == HOOK_NAME:
             raise LoopRefused(f"`{HOOK_NAME}` is reserved for parmagic; rename it")

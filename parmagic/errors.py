@@ -53,9 +53,7 @@ CARRIED_NAME = (
     "come from the previous item; assign `{name}` at the top of the body, or run the loop "
     "without %%parallel"
 )
-BAD_TARGET = (
-    "line {line}: the loop variable must be a name or a tuple of names, not `{target}`"
-)
+BAD_TARGET = "line {line}: the loop variable must be a name or a tuple of names, not `{target}`"
 WALRUS_IN_COMPREHENSION = (
     "line {line}: `:=` inside the parallel comprehension assigns a name outside it, which "
     "parallel items cannot share; compute the value in a `for` loop instead"

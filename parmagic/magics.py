@@ -43,8 +43,12 @@ class ParallelMagics(Magics):
     @argument("-w", "--workers", type=int, help="how many threads or processes")
     @argument("--chunksize", type=int, help="items per message to a worker (default: adaptive)")
     @argument("--start-method", choices=START_METHODS, help="how worker processes start")
-    @argument("--on-error", choices=("raise", "continue"), help="stop at the first failing item "
-              "(raise, the default) or run every item and list failures (continue)")
+    @argument(
+        "--on-error",
+        choices=("raise", "continue"),
+        help="stop at the first failing item "
+        "(raise, the default) or run every item and list failures (continue)",
+    )
     @argument("-q", "--quiet", action="store_true", default=None, help="show no summary")
     @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
     @line_cell_magic
@@ -58,7 +62,9 @@ class ParallelMagics(Magics):
         options, statement = self._options(line)
         if cell is None:
             if not statement:
-                raise UsageError("%parallel needs a statement, e.g. %parallel sq = [f(x) for x in xs]")
+                raise UsageError(
+                    "%parallel needs a statement, e.g. %parallel sq = [f(x) for x in xs]"
+                )
             source = self.shell.transform_cell(statement)
         else:
             if statement:
@@ -77,7 +83,7 @@ class ParallelMagics(Magics):
         try:
             args = parse_argstring(self.parallel, line)
         except UsageError as exc:
-            usage = self.parallel.parser.format_usage().strip()
+            usage = self.parallel.parser.format_usage().replace("::", "").strip()
             raise UsageError(f"{exc}\n{usage}") from None
         for name in ("workers", "chunksize"):
             value = getattr(args, name)

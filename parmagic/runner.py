@@ -82,7 +82,11 @@ def execute(
     exhausted = failed = False
     try:
         while True:
-            while not (exhausted or failed) and backend.has_capacity() and submitted - applied < window:
+            while (
+                not (exhausted or failed)
+                and backend.has_capacity()
+                and submitted - applied < window
+            ):
                 items = list(itertools.islice(iterator, sizer.next_size()))
                 if not items:
                     exhausted = True

@@ -96,7 +96,9 @@ def capturing_output():
         sys.stdout, sys.stderr = saved
 
 
-def run_chunk(task: Task, seq: int, start: int, items: list, worker: str | None = None) -> ChunkResult:
+def run_chunk(
+    task: Task, seq: int, start: int, items: list, worker: str | None = None
+) -> ChunkResult:
     """Run consecutive items; a chunk's names keep only the last value bound to each."""
     records: list[ItemRecord] = []
     names: dict[str, Any] = {}
@@ -129,8 +131,9 @@ def serve(conn) -> None:
     from .shipping import captured_digests, dump_result
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.stdout = ItemOutput(io.TextIOWrapper(open(1, "wb", closefd=False), write_through=True), 1)
-    sys.stderr = ItemOutput(io.TextIOWrapper(open(2, "wb", closefd=False), write_through=True), 2)
+    for number, attr in ((1, "stdout"), (2, "stderr")):  # not the kernel's stream objects
+        stream = io.TextIOWrapper(open(number, "wb", closefd=False), write_through=True)  # noqa: SIM115
+        setattr(sys, attr, ItemOutput(stream, number))
     task: Task | None = None
     digests: dict[str, bytes] = {}
     name = f"pid {os.getpid()}"

@@ -48,7 +48,7 @@ class Backend(ABC):
         """How many chunks may be submitted and not yet returned."""
         return self.workers
 
-    def begin(self, task: Task) -> None:
+    def begin(self, task: Task) -> None:  # noqa: B027 - optional hook
         """A run starts: everything the items need is prepared (and checked) here."""
 
     @abstractmethod
@@ -65,7 +65,7 @@ class Backend(ABC):
         """The run is over (``completed`` False: stopped early). Returns warnings to show."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release threads and processes; called on a configuration change and on unload."""
 
 

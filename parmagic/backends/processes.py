@@ -22,7 +22,7 @@ import pickle
 import signal
 import sys
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing import connection
 
 from .. import errors
@@ -61,10 +61,8 @@ class _Worker:
         self.chunk: tuple[int, int, int] | None = None  # seq, first index, item count
 
     def stop(self, timeout: float = 1.0) -> None:
-        try:
+        with suppress(OSError):  # already gone
             self.conn.send(("stop",))
-        except OSError:
-            pass
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
