@@ -9,6 +9,7 @@ The task is pickled once per run and sent once to each worker, whatever the item
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import types
 from typing import Any
@@ -60,25 +61,27 @@ def code_origins(function: types.FunctionType) -> dict[tuple[str, int], str]:
     return origins
 
 
+def _refusal(name: str, value: object, reason: object) -> NotPicklable:
+    kind = type(value).__name__
+    return NotPicklable(errors.NOT_PICKLABLE.format(name=name, type=kind, reason=reason), name)
+
+
 def pack_task(task) -> bytes:
     """Pickle a task, or say which kernel name cannot travel and what to do instead."""
     task.origins = code_origins(task.function)
+    captured = {n: task.function.__globals__[n] for n in referenced_globals(task.function)}
+    for name, value in captured.items():
+        if isinstance(value, io.IOBase):  # cloudpickle would copy a readable file's content
+            raise _refusal(name, value, "an open file belongs to the process that opened it")
     try:
         return dumps(task)
     except Exception as exc:
-        function = task.function
-        for name in referenced_globals(function):
-            value = function.__globals__[name]
+        for name, value in captured.items():
             try:
                 dumps(value)
             except Exception as reason:
-                message = errors.NOT_PICKLABLE.format(
-                    name=name, type=type(value).__name__, reason=reason
-                )
-                raise NotPicklable(message, name) from None
-        raise NotPicklable(
-            errors.NOT_PICKLABLE.format(name="the loop body", type="function", reason=exc)
-        ) from None
+                raise _refusal(name, value, reason) from None
+        raise _refusal("the loop body", task.function, exc) from None
 
 
 def dump_result(result) -> bytes:

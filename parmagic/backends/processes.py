@@ -21,14 +21,15 @@ import multiprocessing
 import pickle
 import signal
 import sys
+import time
 import types
 from contextlib import contextmanager, suppress
 from multiprocessing import connection
 
 from .. import errors
-from ..errors import WorkerDied
+from ..errors import WorkerDied, short_repr
 from ..shipping import dumps, pack_task
-from ..worker import ChunkResult, Task, serve
+from ..worker import ChunkResult, ItemError, ItemRecord, Task, serve
 from . import Backend
 
 
@@ -58,7 +59,7 @@ class _Worker:
             self.process.start()
         child.close()
         self.run: int | None = None
-        self.chunk: tuple[int, int, int] | None = None  # seq, first index, item count
+        self.chunk: tuple[int, int, list] | None = None  # seq, first index, items
 
     def stop(self, timeout: float = 1.0) -> None:
         with suppress(OSError):  # already gone
@@ -110,7 +111,7 @@ class ProcessBackend(Backend):
             worker.run = self._run
         worker.conn.send(("chunk", seq, start))
         worker.conn.send_bytes(dumps(items))
-        worker.chunk = (seq, start, len(items))
+        worker.chunk = (seq, start, items)
         self._used.add(worker)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
@@ -127,17 +128,28 @@ class ProcessBackend(Backend):
                 except (EOFError, OSError):
                     pass
             if worker.conn in ready or worker.process.sentinel in ready:
-                self._replace_dead(worker)
+                results.append(self._replace_dead(worker))
         return results
 
-    def _replace_dead(self, worker: _Worker) -> None:
+    def _replace_dead(self, worker: _Worker) -> ChunkResult:
+        """A dead worker's chunk comes back as failed items, so that the runner still applies
+        every earlier item (the serial prefix) before it reports the death."""
         worker.process.join()
-        _, start, count = worker.chunk
+        seq, start, items = worker.chunk
         how = describe_exit(worker.process.exitcode)
         self._workers[self._workers.index(worker)] = _Worker(self._context, len(self._workers))
         worker.conn.close()
-        items = ", ".join(str(i) for i in range(start, start + count))
-        raise WorkerDied(errors.WORKER_DIED.format(how=how, items=items))
+        numbers = ", ".join(str(start + offset) for offset in range(len(items)))
+        now = time.monotonic()
+        records = [
+            ItemRecord(
+                start + offset, now, now, 0.0, [], [],
+                error=ItemError(WorkerDied(errors.WORKER_DIED.format(how=how, items=numbers)),
+                                [], short_repr(item)),
+            )
+            for offset, item in enumerate(items)
+        ]  # fmt: skip
+        return ChunkResult(seq, records, {}, f"pid {worker.process.pid}")
 
     def end(self, completed: bool) -> list[str]:
         if not completed:

@@ -1,0 +1,103 @@
+"""Shared fixtures: one in-process IPython shell, backends to stamp suites out over, leak checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import pytest
+from IPython.testing.globalipapp import start_ipython
+
+import parmagic
+
+# The names a conformance test is stamped out over: backend plus process start method.
+BACKENDS = {
+    "serial": "-b serial",
+    "threads": "-b threads -w 4",
+    "fork": "-b processes -w 2 --start-method fork",
+    "spawn": "-b processes -w 2 --start-method spawn",
+    "forkserver": "-b processes -w 2 --start-method forkserver",
+}
+PROCESS_BACKENDS = ("fork", "spawn", "forkserver")
+# Started once by multiprocessing and kept for the interpreter's life; not ours to close.
+_MULTIPROCESSING_HELPERS = ("forkserver", "resource_tracker")
+
+
+@dataclass
+class CellRun:
+    result: object  # IPython's ExecutionResult
+    out: str
+    err: str
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.result.error_in_exec or self.result.error_before_exec
+
+
+@pytest.fixture(scope="session")
+def _ipython():
+    return start_ipython()
+
+
+@pytest.fixture
+def ip(_ipython):
+    """A fresh namespace with parmagic loaded; unloading it closes every pool it started."""
+    _ipython.reset(new_session=False)
+    _ipython.run_line_magic("load_ext", "parmagic")
+    try:
+        yield _ipython
+    finally:
+        _ipython.run_line_magic("unload_ext", "parmagic")
+        _ipython.reset(new_session=False)
+
+
+@pytest.fixture
+def run(ip, capsys):
+    """Run a cell in the shell and return its result with what it printed."""
+
+    def run_cell(source: str) -> CellRun:
+        capsys.readouterr()
+        result = ip.run_cell(source)
+        captured = capsys.readouterr()
+        return CellRun(result, captured.out, captured.err)
+
+    return run_cell
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request) -> str:
+    """The magic's options for each backend (and each process start method)."""
+    return BACKENDS[request.param]
+
+
+def _our_children() -> set[int]:
+    children = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if not any(h in " ".join(child.cmdline()) for h in _MULTIPROCESSING_HELPERS):
+                children.add(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return children
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves threads or child processes behind once the shell is closed."""
+    threads_before = set(threading.enumerate())
+    children_before = _our_children()
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        children = _our_children() - children_before
+        if not threads and not children:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"left behind: threads {threads}, child processes {sorted(children)}")
+
+
+def report():
+    return parmagic.last_report()

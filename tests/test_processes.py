@@ -1,0 +1,91 @@
+"""The process backend's promises (spec §5.6, §7): shipping, warm pools, copies, dead workers."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import BACKENDS, PROCESS_BACKENDS, report
+
+import parmagic
+
+process_backend = pytest.mark.parametrize("method", PROCESS_BACKENDS)
+
+
+def run_ok(run, options: str, cell: str):
+    outcome = run(f"%%parallel {options}\n{cell}")
+    assert outcome.error is None, outcome.out + outcome.err
+    return outcome
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_never_import_ipython(ip, run, method):
+    run("import sys\n")
+    run_ok(run, BACKENDS[method], "flags = ['IPython' in sys.modules for _ in range(6)]\n")
+    assert ip.user_ns["flags"] == [False] * 6
+
+
+@process_backend
+def test_captured_data_is_pickled_once_and_loaded_once_per_worker(ip, run, method):
+    import probes
+
+    probes.PICKLED = 0
+    run("import probes\nbig = probes.CountedPickles(list(range(10_000)))\n")
+    run_ok(
+        run, BACKENDS[method] + " --chunksize 1",
+        "loads = []\nfor i in range(40):\n    loads.append((len(big.payload), probes.LOADED))\n",
+    )  # fmt: skip
+    assert probes.PICKLED == 1  # once per run in the kernel, not once per item
+    assert ip.user_ns["loads"] == [(10_000, 1)] * 40  # each worker unpickled it once
+
+
+@process_backend
+def test_pool_stays_warm_until_its_shape_changes(ip, run, method):
+    run("import os\n")
+    options = BACKENDS[method]
+    cell = "pids = {os.getpid() for _ in range(20)}\n"
+    run_ok(run, options, cell)
+    first = ip.user_ns["pids"]
+    run_ok(run, options, cell)
+    assert ip.user_ns["pids"] <= first and report().startup < 0.05
+    run_ok(run, options.replace("-w 2", "-w 1"), cell)
+    assert not ip.user_ns["pids"] & first
+
+
+def test_changing_a_copy_is_warned_before_the_run(ip, run):
+    run("class Box:\n    count = 0\nbox = Box()\n")
+    outcome = run_ok(run, BACKENDS["fork"], "for i in range(3):\n    box.count = i\n")
+    assert "line 3: `box.count = ...` acts on a copy inside each worker process" in outcome.err
+    assert ip.user_ns["box"].count == 0
+    quiet = run_ok(run, BACKENDS["threads"], "for i in range(3):\n    box.count = i\n")
+    assert "parmagic warning" not in quiet.err and ip.user_ns["box"].count == 2
+
+
+def test_changes_made_through_functions_are_noticed_after_the_run(ip, run):
+    run("cache = {}\ndef remember(k):\n    cache[k] = k * 2\n    return k\n")
+    outcome = run_ok(run, BACKENDS["spawn"], "for i in range(4):\n    remember(i)\n")
+    assert "the loop changed `cache` inside the worker processes" in outcome.err
+    assert ip.user_ns["cache"] == {}
+
+
+def test_names_that_cannot_come_back_keep_their_old_value(ip, run, tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    run(f"path = {str(tmp_path / 'a.txt')!r}\nfh = 'old'\n")
+    outcome = run_ok(
+        run, BACKENDS["fork"],
+        "sizes = []\nfor i in range(3):\n    with open(path) as fh:\n        sizes.append(len(fh.read()))\n",
+    )  # fmt: skip
+    assert ip.user_ns["sizes"] == [5, 5, 5] and ip.user_ns["fh"] == "old"
+    assert "`fh` (a TextIOWrapper) could not be sent back" in outcome.err
+
+
+@process_backend
+def test_a_dead_worker_fails_the_run_naming_its_item_and_the_pool_heals(ip, run, method):
+    run("import os\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[method]} --chunksize 1\ndone = []\nfor i in range(6):\n"
+        "    if i == 3:\n        os._exit(7)\n    done.append(i)\n"
+    )
+    assert isinstance(outcome.error, parmagic.errors.WorkerDied)
+    assert "exit code 7" in str(outcome.error) and "item(s) 3" in str(outcome.error)
+    assert ip.user_ns["done"] == [0, 1, 2]
+    run_ok(run, BACKENDS[method], "again = [i for i in range(10)]\n")
+    assert ip.user_ns["again"] == list(range(10))
