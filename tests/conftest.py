@@ -50,6 +50,7 @@ def ip(_ipython):
         yield _ipython
     finally:
         _ipython.run_line_magic("unload_ext", "parmagic")
+        _ipython.config.pop("ParallelMagics", None)  # %config settings of this test
         _ipython.reset(new_session=False)
 
 

@@ -73,7 +73,9 @@ def test_refusals_name_the_line_and_run_nothing(ip, run, cell, fragment):
 
 
 def test_await_is_refused_on_plain_backends(run):
-    outcome = run("%%parallel -b threads\nimport asyncio\nfor x in range(3):\n    await asyncio.sleep(0)\n")
+    outcome = run(
+        "%%parallel -b threads\nimport asyncio\nfor x in range(3):\n    await asyncio.sleep(0)\n"
+    )
     assert isinstance(outcome.error, UsageError)
     assert "line 4: the loop body uses `await`" in str(outcome.error)
 

@@ -72,7 +72,9 @@ def test_container_writes_land_on_the_same_objects(ip, run, backend):
 
 def test_numpy_item_writes_in_place(ip, run, backend):
     run("import numpy as np\narr = np.zeros((10, 3))\narr_id = id(arr)\n")
-    parallel(run, backend, "for i in range(10):\n    arr[i] = np.arange(3) * i\n    arr[i, 0] += 1\n")
+    parallel(
+        run, backend, "for i in range(10):\n    arr[i] = np.arange(3) * i\n    arr[i, 0] += 1\n"
+    )
     arr = ip.user_ns["arr"]
     assert id(arr) == ip.user_ns["arr_id"]
     assert arr.tolist() == [[1, i, 2 * i] for i in range(10)]
@@ -119,7 +121,9 @@ def test_comprehension_values_are_the_serial_value(ip, run, backend, statement, 
 
 def test_final_expression_is_the_cell_output_and_else_runs_once(ip, run, backend):
     outcome = parallel(
-        run, backend, "hits = []\nfor i in range(5):\n    hits.append(i)\nelse:\n    hits.append('done')\nlen(hits)\n"
+        run,
+        backend,
+        "hits = []\nfor i in range(5):\n    hits.append(i)\nelse:\n    hits.append('done')\nlen(hits)\n",
     )
     assert ip.user_ns["hits"] == [0, 1, 2, 3, 4, "done"]
     assert "6" in outcome.out
@@ -148,7 +152,11 @@ def test_empty_iterable_runs_nothing(ip, run, backend):
 
 
 def test_statements_around_the_loop_run_once_in_the_kernel(ip, run, backend):
-    parallel(run, backend, "calls = ['before']\nfor i in range(3):\n    calls.append(i)\ncalls.append('after')\n")
+    parallel(
+        run,
+        backend,
+        "calls = ['before']\nfor i in range(3):\n    calls.append(i)\ncalls.append('after')\n",
+    )
     assert ip.user_ns["calls"] == ["before", 0, 1, 2, "after"]
 
 

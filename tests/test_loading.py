@@ -1,0 +1,65 @@
+"""Loading, configuration and help (spec §2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import report
+
+import parmagic
+
+
+def test_loading_is_cheap_and_imports_nothing_heavy():
+    code = (
+        "import sys\nfrom IPython.testing.globalipapp import start_ipython\n"
+        "ip = start_ipython()\nbefore = set(sys.modules)\n"
+        "ip.run_line_magic('load_ext', 'parmagic')\n"
+        "heavy = ['aiohttp', 'cloudpickle', 'dask', 'matplotlib', 'numpy', 'psutil', 'requests']\n"
+        "print(sorted(m for m in heavy if m in set(sys.modules) - before))\n"
+        "print('parallel' in ip.magics_manager.magics['cell'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_unload_removes_the_magics(ip):
+    assert "parallel" in ip.magics_manager.magics["line"]
+    ip.run_line_magic("unload_ext", "parmagic")
+    assert "parallel" not in ip.magics_manager.magics["cell"]
+    assert "parallel" not in ip.magics_manager.magics["line"]
+    ip.run_line_magic("load_ext", "parmagic")
+    assert "parallel" in ip.magics_manager.magics["cell"]
+
+
+def test_config_sets_the_defaults(ip, run):
+    run("%config ParallelMagics.backend = 'serial'")
+    outcome = run("%%parallel\nvalues = [v for v in range(3)]\n")
+    assert outcome.error is None and report().backend == "serial"
+    run("%config ParallelMagics.quiet = True")
+    outcome = run("%%parallel -b threads\nvalues = [v for v in range(3)]\n")
+    assert report().backend == "threads" and "parmagic:" not in outcome.out
+
+
+def test_help_lists_every_option(ip):
+    doc = ip.find_cell_magic("parallel").__doc__
+    for option in (
+        "--backend",
+        "--workers",
+        "--chunksize",
+        "--start-method",
+        "--on-error",
+        "--quiet",
+    ):
+        assert option in doc
+
+
+def test_summary_line_and_report_object(ip, run):
+    outcome = run("%%parallel -b threads -w 3\nfor i in range(7):\n    pass\n")
+    assert "parmagic: threads · 3 workers · 7 items in" in outcome.out
+    latest = parmagic.last_report()
+    assert latest.backend == "threads" and latest.workers == 3 and latest.item_count == 7
+    assert sorted(t.index for t in latest.items) == list(range(7))
+    assert latest.wall >= latest.busy * 0  # a number, not None
+    quiet = run("%%parallel -b threads -q\nfor i in range(7):\n    pass\n")
+    assert "parmagic:" not in quiet.out
