@@ -8,7 +8,6 @@ that finish early wait for at most that many earlier chunks.
 from __future__ import annotations
 
 import itertools
-import math
 import operator
 import sys
 import time
@@ -22,34 +21,47 @@ from .report import RunReport
 from .worker import ItemError, ItemRecord, Task
 
 TARGET_CHUNK_SECONDS = 0.02
+MIN_CHUNK_SECONDS = 0.002
 WAIT_SLICE = 0.25  # seconds per wait, so the kernel thread stays responsive
 
 
 class ChunkSizer:
     """Adaptive chunk sizes: start at one item, double while items are cheap.
 
-    Cheap items end in large chunks (little messaging per item); slow items stay one per
-    chunk; a known length caps chunks at a quarter of each worker's share, for balance.
+    Cheap items end in large chunks (little messaging per item), slow items stay one per
+    chunk. With a known length, chunks shrink as the end nears (OpenMP's "guided" schedule),
+    so that no worker is left alone with a large last chunk.
     """
 
     def __init__(self, fixed: int | None, workers: int, length: int) -> None:
         self.fixed = fixed
-        self.cap = max(1, math.ceil(length / (4 * workers))) if length else 1 << 16
+        self.workers = workers
+        self.remaining = length or None
         self.size = 1
-        self.items = 0
-        self.busy = 0.0
+        self.seconds_per_item: float | None = None
 
     def next_size(self) -> int:
         if self.fixed:
             return self.fixed
-        ideal = TARGET_CHUNK_SECONDS * self.items / self.busy if self.busy > 0 else math.inf
-        size = max(1, int(min(self.size, ideal, self.cap)))
+        limit = float(self.size)
+        if self.seconds_per_item:
+            limit = min(limit, TARGET_CHUNK_SECONDS / self.seconds_per_item)
+        if self.remaining is not None:
+            share = self.remaining / (4 * self.workers)
+            if self.seconds_per_item:  # a chunk of under ~2 ms of work balances nothing
+                share = max(share, MIN_CHUNK_SECONDS / self.seconds_per_item)
+            limit = min(limit, share)
+        size = max(1, int(limit))
         self.size = size * 2
+        if self.remaining is not None:
+            self.remaining -= size
         return size
 
     def observe(self, records: list[ItemRecord]) -> None:
-        self.items += len(records)
-        self.busy += sum(r.end - r.start for r in records)
+        """Follow the latest chunk: items often get dearer (or cheaper) as a loop goes on."""
+        if records:
+            busy = sum(r.end - r.start for r in records)
+            self.seconds_per_item = max(busy / len(records), 1e-7)
 
 
 def _raise(error: ItemError, index: int) -> None:
