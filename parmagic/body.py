@@ -352,7 +352,13 @@ class _DefiniteAssignment:
             return a | _bound_names([s])
         if isinstance(s, ast.Delete):
             self.reads([_target_loads(t) for t in s.targets], a)
-            return a - set().union(*(_stored_names(t) for t in s.targets))
+            deleted = {
+                n.id
+                for t in s.targets
+                for n in ast.walk(t)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Del)
+            }
+            return a - deleted
         if isinstance(s, ast.Match):
             a = self.reads([s.subject], a)
             outcomes = [self.block(case.body, a | _bound_names([case.pattern])) for case in s.cases]
@@ -437,20 +443,18 @@ class _Recorder(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
 
+    def _block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        visited = [self.visit(s) for s in stmts]
+        return [s for part in visited for s in (part if isinstance(part, list) else [part])]
+
     def visit_For(self, node):
-        node.iter = self.visit(node.iter)
         self.depth += 1
-        node.body = [self.visit(s) for s in node.body]
+        node.body = self._block(node.body)
         self.depth -= 1
-        node.orelse = [self.visit(s) for s in node.orelse]
+        node.orelse = self._block(node.orelse)
         return node
 
-    def visit_While(self, node):
-        self.depth += 1
-        node.body = [self.visit(s) for s in node.body]
-        self.depth -= 1
-        node.orelse = [self.visit(s) for s in node.orelse]
-        return node
+    visit_While = visit_For
 
     def visit_Continue(self, node):
         return ast.copy_location(ast.Return(None), node) if self.depth == 0 else node
@@ -470,6 +474,13 @@ class _Recorder(ast.NodeTransformer):
             root = self._root(target.value)
             if root:
                 return self._log(node, "setitem", *root, _as_value(target.slice), node.value)
+        return node
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None and isinstance(node.target, ast.Subscript):
+            root = self._root(node.target.value)
+            if root:
+                return self._log(node, "setitem", *root, _as_value(node.target.slice), node.value)
         return node
 
     def visit_AugAssign(self, node):
@@ -512,8 +523,7 @@ def build_item_code(info: BodyInfo, recorded: frozenset[str], filename: str) -> 
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
         assign = ast.Assign([node.target], item)
-        body = [_Recorder(recorded, info.reductions).visit(s) for s in node.body]
-        body = [s for part in body for s in (part if isinstance(part, list) else [part])]
+        body = _Recorder(recorded, info.reductions)._block(node.body)
         bind = ast.Expr(
             ast.Call(
                 ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),

@@ -57,9 +57,7 @@ def _outermost_comprehensions(stmt: ast.stmt) -> list[ast.expr]:
         if isinstance(node, COMPREHENSIONS):
             found.append(node)
             continue
-        if node is not stmt and isinstance(
-            node, ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-        ):
+        if isinstance(node, ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             continue
         todo.extend(ast.iter_child_nodes(node))
     return sorted(found, key=lambda n: (n.lineno, n.col_offset))

@@ -184,3 +184,22 @@ def test_items_really_overlap(run, backend_name):
     overlaps = [a for a, b in zip(items, items[1:], strict=False) if b.start < a.end]
     assert overlaps, [(t.worker, t.start, t.end) for t in items]
     assert len(report().worker_ids) >= 2
+
+
+def test_the_iterable_is_read_lazily_with_a_bounded_window(ip, run):
+    run("pulled = []\ndef numbers():\n    for n in range(2000):\n        pulled.append(n)\n        yield n\n")
+    parallel(run, "-b threads -w 4 --chunksize 1", "lag = []\nfor n in numbers():\n    lag.append(len(pulled) - n)\n")
+    assert len(ip.user_ns["lag"]) == 2000
+    assert max(ip.user_ns["lag"]) <= 64  # never the whole iterable ahead of the items
+
+
+@pytest.mark.parametrize("backend_name", ["threads", *PROCESS_BACKENDS])
+def test_slow_items_are_shared_between_workers(run, backend_name):
+    from conftest import BACKENDS
+
+    run("import time\n")
+    parallel(run, BACKENDS[backend_name].replace("-w 4", "-w 2"), "for i in range(40):\n    time.sleep(0.01)\n")
+    counts = {}
+    for timing in report().items:
+        counts[timing.worker] = counts.get(timing.worker, 0) + 1
+    assert len(counts) == 2 and min(counts.values()) >= 12, counts
