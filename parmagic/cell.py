@@ -11,8 +11,9 @@ import ast
 from dataclasses import dataclass
 
 from . import errors
-from .body import COMPREHENSIONS, BodyInfo, analyse_comprehension, analyse_for, walk_scope
+from .body import BodyInfo, analyse_comprehension, analyse_for
 from .errors import LoopRefused
+from .scopes import COMPREHENSIONS, walk_scope
 
 HOOK_NAME = "__parmagic_loop__"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from . import errors
 from .backends import Backend, load_backend
-from .body import build_item_code
 from .cell import CellPlan
 from .effects import is_recordable
+from .itemcode import build_item_code
 from .report import RunReport
 from .runner import execute
 from .worker import Task

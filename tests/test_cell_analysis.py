@@ -12,11 +12,12 @@ import types
 import pytest
 
 from parmagic import errors
-from parmagic.body import analyse_for, build_item_code
+from parmagic.body import analyse_for
 from parmagic.cell import HOOK_NAME as HOOK
 from parmagic.cell import find_parallel_loop, plan_cell
 from parmagic.effects import AUGITEM, CALL, DELITEM, REDUCE, SETITEM, EffectLog
 from parmagic.errors import LoopRefused
+from parmagic.itemcode import build_item_code
 
 FILENAME = "<ipython-input-7-cell>"
 

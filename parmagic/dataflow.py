@@ -1,0 +1,125 @@
+"""Which names an item reads before it assigns them itself.
+
+In a serial loop such a read sees the value the previous item left; a parallel item cannot,
+so those reads are refused (spec §4, loop-carried dependencies).
+"""
+
+from __future__ import annotations
+
+import ast
+
+from . import errors
+from .errors import LoopRefused
+from .scopes import bound_names, comprehension_targets, stored_names, walk_scope
+
+
+class DefiniteAssignment:
+    """Refuse reads of a body-bound name that an earlier item, not this one, would have set."""
+
+    def __init__(self, bound: frozenset[str]) -> None:
+        self.bound = bound
+
+    def reads(self, nodes, assigned: set[str]) -> set[str]:
+        nodes = [n for n in nodes if n is not None]
+        local_ids = comprehension_targets(nodes)
+        walrus: set[str] = set()
+        for top in nodes:
+            for node in walk_scope(top):
+                if isinstance(node, ast.NamedExpr):
+                    walrus |= stored_names(node.target)
+                elif (
+                    isinstance(node, ast.Name)
+                    and isinstance(node.ctx, ast.Load)
+                    and node.id in self.bound
+                    and node.id not in assigned
+                    and id(node) not in local_ids
+                ):
+                    raise LoopRefused(
+                        errors.CARRIED_NAME.format(line=node.lineno, name=node.id), node.lineno
+                    )
+        return assigned | walrus
+
+    def block(self, stmts: list[ast.stmt], assigned: set[str]) -> set[str]:
+        for stmt in stmts:
+            assigned = self.stmt(stmt, set(assigned))
+        return assigned
+
+    def stmt(self, s: ast.stmt, a: set[str]) -> set[str]:  # noqa: C901 - one case per statement
+        if isinstance(s, ast.Assign):
+            a = self.reads([s.value, *[_target_loads(t) for t in s.targets]], a)
+            return a | set().union(*(stored_names(t) for t in s.targets))
+        if isinstance(s, ast.AnnAssign):
+            a = self.reads([s.value, _target_loads(s.target)], a)
+            return a | (stored_names(s.target) if s.value is not None else set())
+        if isinstance(s, ast.AugAssign):
+            if isinstance(s.target, ast.Name) and s.target.id in self.bound:
+                self.reads([ast.Name(s.target.id, ast.Load(), lineno=s.lineno)], a)
+            return self.reads([s.value, _target_loads(s.target)], a)
+        if isinstance(s, ast.If):
+            a = self.reads([s.test], a)
+            return self.block(s.body, set(a)) & self.block(s.orelse, set(a))
+        if isinstance(s, ast.For | ast.AsyncFor):
+            a = self.reads([s.iter], a)
+            self.block(s.body, a | stored_names(s.target))
+            self.block(s.orelse, set(a))
+            return a
+        if isinstance(s, ast.While):
+            a = self.reads([s.test], a)
+            self.block(s.body, set(a))
+            self.block(s.orelse, set(a))
+            return a
+        if isinstance(s, ast.With | ast.AsyncWith):
+            for item in s.items:
+                a = self.reads([item.context_expr], a)
+                if item.optional_vars is not None:
+                    a |= stored_names(item.optional_vars)
+            return self.block(s.body, a)
+        if isinstance(s, ast.Try | ast.TryStar):
+            after = self.block(s.orelse, self.block(s.body, set(a)))
+            for handler in s.handlers:
+                self.reads([handler.type], a)
+                caught = a | ({handler.name} if handler.name else set())
+                after &= self.block(handler.body, caught)
+            return after | self.block(s.finalbody, set(a))
+        if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            self.reads([*s.decorator_list, *_defaults(s)], a)
+            return a | {s.name}
+        if isinstance(s, ast.Import | ast.ImportFrom):
+            return a | bound_names([s])
+        if isinstance(s, ast.Delete):
+            self.reads([_target_loads(t) for t in s.targets], a)
+            deleted = {
+                n.id
+                for t in s.targets
+                for n in ast.walk(t)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Del)
+            }
+            return a - deleted
+        if isinstance(s, ast.Match):
+            a = self.reads([s.subject], a)
+            outcomes = [self.block(case.body, a | bound_names([case.pattern])) for case in s.cases]
+            return set.intersection(*outcomes) if outcomes else a
+        if isinstance(s, ast.Continue | ast.Break | ast.Return | ast.Raise):
+            self.reads([getattr(s, "value", None), getattr(s, "exc", None)], a)
+            return set(self.bound)  # nothing after it runs: every name counts as assigned
+        return self.reads([s], a)
+
+
+def _target_loads(target: ast.expr) -> ast.AST | None:
+    """The parts of an assignment target that are read (``d[k]`` reads d and k)."""
+    if isinstance(target, ast.Name):
+        return None
+    if isinstance(target, ast.Tuple | ast.List | ast.Starred):
+        parts = [
+            _target_loads(e)
+            for e in ast.walk(target)
+            if isinstance(e, ast.Subscript | ast.Attribute)
+        ]
+        return ast.Tuple([p for p in parts if p is not None], ast.Load())
+    return target
+
+
+def _defaults(s) -> list[ast.expr]:
+    if isinstance(s, ast.ClassDef):
+        return [*s.bases, *[k.value for k in s.keywords]]
+    return [*s.args.defaults, *[d for d in s.args.kw_defaults if d is not None]]

@@ -1,0 +1,156 @@
+"""Rewrite a checked loop into the function that runs one item.
+
+``__parmagic_item__(__item__, __log__)``: the loop variable and the body's names are its
+locals; write-backs and reductions become calls on ``__log__`` (replayed in the kernel in
+item order); ``continue`` ends the item. The code keeps the cell's file name and line numbers,
+so tracebacks point at the user's lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from types import CodeType
+
+from . import errors
+from .body import MUTATORS, BodyInfo
+from .scopes import receiver_root
+
+ITEM_ARG = "__item__"
+LOG_ARG = "__log__"
+
+_OPERATORS = {
+    ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.MatMult: "imatmul",
+    ast.Div: "itruediv", ast.FloorDiv: "ifloordiv", ast.Mod: "imod", ast.Pow: "ipow",
+    ast.LShift: "ilshift", ast.RShift: "irshift", ast.BitOr: "ior", ast.BitXor: "ixor",
+    ast.BitAnd: "iand",
+}  # fmt: skip
+
+
+class _Recorder(ast.NodeTransformer):
+    """Turns the body's write-backs into calls on ``__log__`` and ``continue`` into return."""
+
+    def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
+        self.recorded = recorded
+        self.reductions = reductions
+        self.depth = 0
+
+    def _log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.Expr:
+        func = ast.Attribute(ast.Name(LOG_ARG, ast.Load()), method, ast.Load())
+        call = ast.Call(func, [ast.Constant(node.lineno), *args], list(keywords))
+        return ast.copy_location(ast.Expr(call), node)
+
+    def _root(self, expr: ast.expr):
+        root = receiver_root(expr)
+        if root is None or root[0].id not in self.recorded:
+            return None
+        name, keys = root
+        return ast.Constant(name.id), ast.Tuple([_as_value(k) for k in keys], ast.Load())
+
+    def visit_FunctionDef(self, node):
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
+
+    def _block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        visited = [self.visit(s) for s in stmts]
+        return [s for part in visited for s in (part if isinstance(part, list) else [part])]
+
+    def visit_For(self, node):
+        self.depth += 1
+        node.body = self._block(node.body)
+        self.depth -= 1
+        node.orelse = self._block(node.orelse)
+        return node
+
+    visit_While = visit_For
+
+    def visit_Continue(self, node):
+        return ast.copy_location(ast.Return(None), node) if self.depth == 0 else node
+
+    def visit_Expr(self, node):
+        call = node.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+            root = self._root(call.func.value)
+            if root and call.func.attr in MUTATORS:
+                method = ast.Constant(call.func.attr)
+                return self._log(node, "call", *root, method, *call.args, keywords=call.keywords)
+        return node
+
+    def visit_Assign(self, node):
+        target = node.targets[0]
+        if len(node.targets) == 1 and isinstance(target, ast.Subscript):
+            root = self._root(target.value)
+            if root:
+                return self._log(node, "setitem", *root, _as_value(target.slice), node.value)
+        return node
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None and isinstance(node.target, ast.Subscript):
+            root = self._root(node.target.value)
+            if root:
+                return self._log(node, "setitem", *root, _as_value(node.target.slice), node.value)
+        return node
+
+    def visit_AugAssign(self, node):
+        op = ast.Constant(_OPERATORS[type(node.op)])
+        target = node.target
+        if isinstance(target, ast.Name) and target.id in self.reductions:
+            return self._log(node, "reduce", ast.Constant(target.id), op, node.value)
+        if isinstance(target, ast.Subscript):
+            root = self._root(target.value)
+            if root:
+                return self._log(node, "augitem", *root, _as_value(target.slice), op, node.value)
+        return node
+
+    def visit_Delete(self, node):
+        statements = []
+        for target in node.targets:
+            root = self._root(target.value) if isinstance(target, ast.Subscript) else None
+            if root is None:
+                statements.append(ast.copy_location(ast.Delete([target]), node))
+            else:
+                statements.append(self._log(node, "delitem", *root, _as_value(target.slice)))
+        return statements
+
+
+def _as_value(key: ast.expr) -> ast.expr:
+    """A subscript key as an ordinary expression (``a[1:2]`` -> ``slice(1, 2, None)``)."""
+    if isinstance(key, ast.Slice):
+        parts = [
+            p if p is not None else ast.Constant(None) for p in (key.lower, key.upper, key.step)
+        ]
+        return ast.copy_location(ast.Call(ast.Name("slice", ast.Load()), parts, []), key)
+    if isinstance(key, ast.Tuple):
+        return ast.copy_location(ast.Tuple([_as_value(e) for e in key.elts], ast.Load()), key)
+    return key
+
+
+def build_item_code(info: BodyInfo, recorded: frozenset[str], filename: str) -> CodeType:
+    """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers."""
+    node = copy.deepcopy(info.node)
+    item = ast.Name(ITEM_ARG, ast.Load())
+    if info.kind == "for":
+        assign = ast.Assign([node.target], item)
+        body = _Recorder(recorded, info.reductions)._block(node.body)
+        bind = ast.Expr(
+            ast.Call(
+                ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),
+                [ast.Call(ast.Name("locals", ast.Load()), [], [])],
+                [],
+            )
+        )
+        statements = [ast.Try([assign, *body], [], [], [bind])]
+    else:
+        first = node.generators[0]
+        first.iter = ast.Tuple([item], ast.Load())
+        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
+        statements = [ast.Return(ast.ListComp(elt, node.generators))]
+    args = ast.arguments([], [ast.arg(ITEM_ARG), ast.arg(LOG_ARG)], None, [], [], None, [])
+    function = ast.FunctionDef(errors.ITEM_FUNCTION_NAME, args, statements, [], None)
+    for synthetic in ast.walk(function):
+        if not hasattr(synthetic, "lineno") and "lineno" in synthetic._attributes:
+            ast.copy_location(synthetic, info.node)
+    module = ast.fix_missing_locations(ast.Module([function], []))
+    code = compile(module, filename, "exec", dont_inherit=True)
+    return next(c for c in code.co_consts if isinstance(c, CodeType))

@@ -1,0 +1,72 @@
+"""Small facts about Python syntax trees that the loop analysis and the rewriter share."""
+
+from __future__ import annotations
+
+import ast
+
+COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def receiver_root(expr: ast.expr) -> tuple[ast.Name, list[ast.expr]] | None:
+    """``groups[k][j]`` -> (Name groups, [k, j]); None when the chain holds anything else."""
+    keys: list[ast.expr] = []
+    while isinstance(expr, ast.Subscript):
+        keys.insert(0, expr.slice)
+        expr = expr.value
+    return (expr, keys) if isinstance(expr, ast.Name) else None
+
+
+def attribute_root(expr: ast.expr) -> ast.Name | None:
+    while isinstance(expr, ast.Attribute | ast.Subscript):
+        expr = expr.value
+    return expr if isinstance(expr, ast.Name) else None
+
+
+def walk_scope(node: ast.AST):
+    """Like ast.walk, but stays out of nested function, class and lambda bodies."""
+    todo = [node]
+    while todo:
+        current = todo.pop()
+        yield current
+        if current is not node and isinstance(current, SCOPES):
+            continue
+        todo.extend(ast.iter_child_nodes(current))
+
+
+def stored_names(target: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def bound_names(stmts: list[ast.stmt]) -> set[str]:
+    """Names an item binds: they become the item function's locals."""
+    bound: set[str] = set()
+    for stmt in stmts:
+        augmented = {id(n.target) for n in walk_scope(stmt) if isinstance(n, ast.AugAssign)}
+        for node in walk_scope(stmt):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                if id(node) not in augmented:  # `total += x` alone is a reduction, not a local
+                    bound.add(node.id)
+            elif isinstance(node, SCOPES[:3]):
+                bound.add(node.name)
+            elif isinstance(node, ast.alias):
+                bound.add((node.asname or node.name).split(".")[0])
+            elif (
+                isinstance(node, ast.ExceptHandler)
+                and node.name
+                or isinstance(node, ast.MatchAs | ast.MatchStar)
+                and node.name
+            ):
+                bound.add(node.name)
+    return bound
+
+
+def comprehension_targets(stmts) -> set[int]:
+    """ids of Name nodes that are comprehension variables (local to the comprehension)."""
+    ids: set[int] = set()
+    for stmt in stmts:
+        for node in ast.walk(stmt):
+            if isinstance(node, COMPREHENSIONS):
+                for gen in node.generators:
+                    ids.update(id(n) for n in ast.walk(gen.target) if isinstance(n, ast.Name))
+    return ids
