@@ -122,6 +122,16 @@ def run_chunk(
     return ChunkResult(seq, records, names, worker or threading.current_thread().name)
 
 
+def _failing_task(error: Exception) -> Task:
+    """A task whose every item raises the error that kept the real task from loading here."""
+    error.add_note("(raised while loading the loop's code in a worker process)")
+
+    def fail(item, log):
+        raise error
+
+    return Task(fail, frozenset(), stop_on_error=True)
+
+
 def serve(conn) -> None:
     """A worker process: receive a task once per run, then chunks; send back chunk results.
 
@@ -143,7 +153,11 @@ def serve(conn) -> None:
         except EOFError:
             return
         if header[0] == "task":
-            task = pickle.loads(conn.recv_bytes())
+            payload = conn.recv_bytes()
+            try:
+                task = pickle.loads(payload)
+            except Exception as exc:  # e.g. a module the kernel has and this process cannot import
+                task = _failing_task(exc)
             digests = captured_digests(task.function.__globals__)
         elif header[0] == "chunk":
             _, seq, start = header

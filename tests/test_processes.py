@@ -89,3 +89,16 @@ def test_a_dead_worker_fails_the_run_naming_its_item_and_the_pool_heals(ip, run,
     assert ip.user_ns["done"] == [0, 1, 2]
     run_ok(run, BACKENDS[method], "again = [i for i in range(10)]\n")
     assert ip.user_ns["again"] == list(range(10))
+
+
+def test_code_that_cannot_load_in_a_worker_fails_its_items_clearly(ip, run, tmp_path, monkeypatch):
+    (tmp_path / "kernel_only_module.py").write_text("VALUE = 41\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run("import kernel_only_module\n")
+    (tmp_path / "kernel_only_module.py").unlink()
+    outcome = run(
+        f"%%parallel {BACKENDS['spawn']}\nout = []\nfor i in range(3):\n    out.append(kernel_only_module.VALUE + i)\n"
+    )
+    assert isinstance(outcome.error, ModuleNotFoundError)
+    assert "while loading the loop's code in a worker process" in "\n".join(outcome.error.__notes__)
+    assert ip.user_ns["out"] == []
