@@ -26,6 +26,7 @@ class RunReport:
     startup: float = 0.0
     items: list[ItemTiming] = field(default_factory=list)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
+    stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     warnings: list[str] = field(default_factory=list)
 
     def add(self, record, worker: str) -> None:
@@ -52,6 +53,8 @@ class RunReport:
             f"{self.item_count} items in {self.chunks} chunks · wall {self.wall:.3f} s · "
             f"busy {self.busy:.3f} s"
         )
+        if self.stopped_at is not None:
+            line += f" · stopped at item {self.stopped_at}"
         lines = [line]
         if self.failures:
             lines.append(f"{len(self.failures)} item(s) failed:")

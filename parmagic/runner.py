@@ -125,6 +125,7 @@ def execute(
                         yield record
                     elif task.stop_on_error:
                         failed = True
+                        report.stopped_at = record.index
                         ns.update(result.names)
                         _raise(record.error, record.index)
                     else:

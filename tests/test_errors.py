@@ -30,6 +30,7 @@ def test_failing_item_raises_its_own_exception_after_the_serial_prefix(ip, run, 
     assert "return 10 // (i - 5)" in text  # the notebook function's line
     assert "item 5 of the parallel loop (5)" in text
     assert "parmagic" not in text.replace("parallel loop", "")  # no internal frames
+    assert report().stopped_at == 5 and "stopped at item 5" in outcome.out
 
 
 def test_on_error_continue_runs_every_item_and_lists_failures(ip, run, backend):

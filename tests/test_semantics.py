@@ -187,8 +187,14 @@ def test_items_really_overlap(run, backend_name):
 
 
 def test_the_iterable_is_read_lazily_with_a_bounded_window(ip, run):
-    run("pulled = []\ndef numbers():\n    for n in range(2000):\n        pulled.append(n)\n        yield n\n")
-    parallel(run, "-b threads -w 4 --chunksize 1", "lag = []\nfor n in numbers():\n    lag.append(len(pulled) - n)\n")
+    run(
+        "pulled = []\ndef numbers():\n    for n in range(2000):\n        pulled.append(n)\n        yield n\n"
+    )
+    parallel(
+        run,
+        "-b threads -w 4 --chunksize 1",
+        "lag = []\nfor n in numbers():\n    lag.append(len(pulled) - n)\n",
+    )
     assert len(ip.user_ns["lag"]) == 2000
     assert max(ip.user_ns["lag"]) <= 64  # never the whole iterable ahead of the items
 
@@ -198,7 +204,11 @@ def test_slow_items_are_shared_between_workers(run, backend_name):
     from conftest import BACKENDS
 
     run("import time\n")
-    parallel(run, BACKENDS[backend_name].replace("-w 4", "-w 2"), "for i in range(40):\n    time.sleep(0.01)\n")
+    parallel(
+        run,
+        BACKENDS[backend_name].replace("-w 4", "-w 2"),
+        "for i in range(40):\n    time.sleep(0.01)\n",
+    )
     counts = {}
     for timing in report().items:
         counts[timing.worker] = counts.get(timing.worker, 0) + 1

@@ -1,0 +1,192 @@
+"""Slower tests through a real Jupyter kernel (``python3`` kernelspec, installed by ``make setup``).
+
+One kernel serves the module's magic tests; the demo notebook gets a fresh kernel of its own.
+Every kernel is shut down by its fixture.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+DEMO = Path(__file__).resolve().parent.parent / "demo_notebooks" / "01_processes.ipynb"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+REPLY_TIMEOUT = 110  # seconds for one cell; pytest-timeout stops the test at 120
+
+
+@dataclass
+class Outcome:
+    """What one execute request produced."""
+
+    stdout: str
+    stderr: str
+    result: str | None  # text/plain of the execute_result
+    ename: str | None  # from the execute_reply: set for UsageError too, which sends no error msg
+    evalue: str | None
+    traceback: str
+
+
+def execute(kc, code: str) -> Outcome:
+    """Run ``code`` in the kernel; collect its streams, its result and its error."""
+    msg_id = kc.execute(code)
+    streams = {"stdout": [], "stderr": []}
+    result = None
+    while True:
+        msg = kc.get_iopub_msg(timeout=REPLY_TIMEOUT)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            streams[content["name"]].append(content["text"])
+        elif kind == "execute_result":
+            result = content["data"].get("text/plain")
+        elif kind == "status" and content["execution_state"] == "idle":
+            break
+    reply = kc.get_shell_msg(timeout=REPLY_TIMEOUT)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=REPLY_TIMEOUT)
+    content = reply["content"]
+    failed = content["status"] == "error"
+    return Outcome(
+        stdout="".join(streams["stdout"]),
+        stderr="".join(streams["stderr"]),
+        result=result,
+        ename=content["ename"] if failed else None,
+        evalue=content["evalue"] if failed else None,
+        traceback=ANSI.sub("", "\n".join(content.get("traceback", []))) if failed else "",
+    )
+
+
+def run_ok(kc, code: str) -> Outcome:
+    outcome = execute(kc, code)
+    assert outcome.ename is None, f"{outcome.ename}: {outcome.evalue}\n{outcome.traceback}"
+    return outcome
+
+
+def stop_kernel(km, kc) -> None:
+    try:
+        kc.stop_channels()
+    finally:
+        km.shutdown_kernel()
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """One kernel for the module's magic tests (starting one costs about a second)."""
+    km, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path_factory.mktemp("k")))
+    try:
+        yield client
+    finally:
+        stop_kernel(km, client)
+
+
+@pytest.fixture
+def kc(kernel):
+    """The shared kernel with parmagic loaded; unloading after the test stops its worker pools
+    (conftest's leak check looks for child processes left behind)."""
+    run_ok(kernel, "%load_ext parmagic")
+    try:
+        yield kernel
+    finally:
+        run_ok(kernel, "%unload_ext parmagic")
+
+
+@pytest.mark.timeout(120)
+def test_spawn_notebook_function_serial_results_and_ordered_output(kc):
+    run_ok(
+        kc,
+        "import time\n"
+        "def square(x):\n"
+        "    time.sleep(0.01 * (x % 3))  # later items may finish first\n"
+        "    return x * x\n",
+    )
+    outcome = run_ok(
+        kc,
+        "%%parallel --backend processes --start-method spawn --workers 2\n"
+        "results = []\n"
+        "for x in range(12):\n"
+        "    print(f'item {x} starts')\n"
+        "    print(f'item {x} ends')\n"
+        "    results.append(square(x))\n",
+    )
+    printed = [line for line in outcome.stdout.splitlines() if line.startswith("item ")]
+    expected = [f"item {x} {when}" for x in range(12) for when in ("starts", "ends")]
+    assert printed == expected
+    assert run_ok(kc, "results").result == repr([x * x for x in range(12)])
+    assert run_ok(kc, "results == [square(x) for x in range(12)]").result == "True"
+
+
+@pytest.mark.timeout(120)
+def test_summary_line_is_printed_unless_quiet(kc):
+    outcome = run_ok(kc, "%%parallel -b threads -w 2\nsquares = [x * x for x in range(10)]")
+    summary = [line for line in outcome.stdout.splitlines() if line.startswith("parmagic:")]
+    assert len(summary) == 1, outcome.stdout
+    assert "threads" in summary[0]
+    assert "2 workers" in summary[0]
+    assert "10 items" in summary[0]
+    quiet = run_ok(kc, "%%parallel -b threads -q\nsquares = [x * x for x in range(10)]")
+    assert "parmagic:" not in quiet.stdout + quiet.stderr
+
+
+@pytest.mark.timeout(120)
+def test_item_error_raises_original_type_and_keeps_serial_prefix(kc):
+    run_ok(kc, "def inverse_of(n):\n    return 1 / (n - 3)\n")
+    outcome = execute(
+        kc,
+        "%%parallel --backend processes --workers 2\n"
+        "inverses = []\n"
+        "for n in range(8):\n"
+        "    inverses.append(inverse_of(n))\n",
+    )
+    assert outcome.ename == "ZeroDivisionError"
+    assert "inverses.append(inverse_of(n))" in outcome.traceback  # the cell's line
+    assert "return 1 / (n - 3)" in outcome.traceback  # the notebook function's line
+    assert "item 3" in outcome.traceback  # the note naming the item
+    check = "inverses == [inverse_of(n) for n in range(3)]"
+    assert run_ok(kc, check).result == "True"
+
+
+@pytest.mark.timeout(120)
+def test_unknown_backend_is_a_usage_error_and_kernel_keeps_working(kc):
+    outcome = execute(kc, "%%parallel --backend gpu\nfor x in range(3):\n    pass\n")
+    assert outcome.ename == "UsageError"
+    assert "gpu" in outcome.evalue
+    assert "processes" in outcome.evalue  # the valid choices are listed
+    assert "Traceback" not in outcome.stderr + outcome.traceback
+    assert run_ok(kc, "1 + 1").result == "2"
+    after = run_ok(kc, "%%parallel -b serial -q\ndoubled = [2 * x for x in range(4)]\ndoubled")
+    assert after.result == "[0, 2, 4, 6]"
+
+
+@pytest.fixture
+def demo_kernel():
+    """A fresh kernel whose working directory is the demo notebook's folder."""
+    km, client = start_new_kernel(kernel_name="python3", cwd=str(DEMO.parent))
+    try:
+        yield client
+    finally:
+        stop_kernel(km, client)
+
+
+@pytest.mark.timeout(120)
+def test_demo_notebook_runs_end_to_end(demo_kernel):
+    nb = nbformat.read(DEMO, as_version=4)
+    outcomes = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outcome = execute(demo_kernel, cell.source)
+        if "raises-exception" not in cell.metadata.get("tags", []):
+            assert outcome.ename is None, f"{cell.source}\n{outcome.ename}: {outcome.evalue}"
+        outcomes[cell.source] = outcome
+    equality = next(o for source, o in outcomes.items() if source.endswith("serial == parallel"))
+    assert equality.result == "True"
+    printed = "".join(o.stdout for o in outcomes.values())
+    assert re.search(r"^parmagic: processes \(\w+\) .* 5000 items", printed, re.M)
+    assert re.search(r"^parmagic: processes \(spawn\) .* 5000 items", printed, re.M)
+    assert re.search(r"^  item 3 \(3\): ZeroDivisionError", printed, re.M)
