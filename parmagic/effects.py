@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 CALL, SETITEM, DELITEM, AUGITEM, REDUCE = range(5)
+ITEM_ARG, LOG_ARG = "__item__", "__log__"  # the item function's parameters
 
 
 class EffectLog:

@@ -14,10 +14,8 @@ from types import CodeType
 
 from . import errors
 from .body import MUTATORS, BodyInfo
+from .effects import ITEM_ARG, LOG_ARG
 from .scopes import receiver_root
-
-ITEM_ARG = "__item__"
-LOG_ARG = "__log__"
 
 _OPERATORS = {
     ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.MatMult: "imatmul",

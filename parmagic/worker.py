@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .effects import EffectLog
+from .effects import ITEM_ARG, LOG_ARG, EffectLog
 from .errors import short_repr, user_frames
 
 _current = threading.local()
@@ -42,7 +42,7 @@ class ItemError:
     item: str
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemRecord:
     index: int
     start: float  # time.monotonic(): one clock for every process on the machine
@@ -116,9 +116,11 @@ def run_chunk(
         ended, cpu = time.monotonic(), time.thread_time() - cpu
         records.append(ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error))
         if log.names and (error is None or task.stop_on_error):
-            names.update((k, v) for k, v in log.names.items() if k in task.bound)
+            names.update(log.names)
         if error is not None and task.stop_on_error:
             break
+    names.pop(ITEM_ARG, None)  # the item function's own parameters are not the user's names
+    names.pop(LOG_ARG, None)
     return ChunkResult(seq, records, names, worker or threading.current_thread().name)
 
 
