@@ -30,6 +30,7 @@ class Options:
     chunksize: int | None = None
     start_method: str | None = None
     on_error: str = "raise"
+    timeout: float | None = None
     quiet: bool = False
 
 
@@ -87,7 +88,9 @@ def loop_hook(
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
         code = build_item_code(plan.body, recorded, plan.filename)
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
-        task = Task(function, plan.body.bound, stop_on_error=options.on_error == "raise")
+        task = Task(
+            function, plan.body.bound, options.on_error == "raise", timeout=options.timeout
+        )
         backend = session.backend(
             resolve_backend(options.backend), options.workers, options.start_method
         )

@@ -89,6 +89,19 @@ WORKER_DIED = (
     "a worker process died ({how}) while running item(s) {items}; nothing of those items "
     "was applied. The pool has been replaced, so the next run starts fresh"
 )
+ITEM_TIMEOUT = "the item ran longer than the {seconds:g} s allowed by --timeout{fate}"
+TIMEOUT_KILLED = "; its worker process was stopped and replaced"
+TIMEOUT_ABANDONED = (
+    "; a thread cannot be stopped, so it was abandoned and may still be running in the background"
+)
+INTERRUPTED = (
+    "the parallel run was interrupted: the first {applied} item(s) were applied, and nothing "
+    "of the items that had not finished"
+)
+ITEMS_ABANDONED = (
+    "item(s) {items} were still running on threads when the run stopped; threads cannot be "
+    "stopped, so they were abandoned (their effects are not applied)"
+)
 ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); the items before it were applied"
 
 

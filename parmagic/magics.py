@@ -7,7 +7,7 @@ import argparse
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, CaselessStrEnum, Integer
+from traitlets import Bool, CaselessStrEnum, Float, Integer
 
 from . import engine, errors
 from .backends import CHOICES
@@ -32,6 +32,7 @@ class ParallelMagics(Magics):
         ("", *START_METHODS), default_value="", help="Start method for processes; '' = Python's."
     ).tag(config=True)
     on_error = CaselessStrEnum(("raise", "continue"), default_value="raise").tag(config=True)
+    timeout = Float(0.0, help="Seconds allowed to one item; 0 means no limit.").tag(config=True)
     quiet = Bool(False, help="Show no summary after a run.").tag(config=True)
 
     def __init__(self, shell=None, **kwargs) -> None:
@@ -49,6 +50,7 @@ class ParallelMagics(Magics):
         help="stop at the first failing item "
         "(raise, the default) or run every item and list failures (continue)",
     )
+    @argument("--timeout", type=float, help="seconds allowed to one item (default: no limit)")
     @argument("-q", "--quiet", action="store_true", default=None, help="show no summary")
     @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
     @line_cell_magic
@@ -89,12 +91,15 @@ class ParallelMagics(Magics):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be 1 or more, not {value}")
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
         options = engine.Options(
             backend=args.backend or self.backend,
             workers=args.workers or self.workers or None,
             chunksize=args.chunksize or self.chunksize or None,
             start_method=args.start_method or self.start_method or None,
             on_error=args.on_error or self.on_error,
+            timeout=args.timeout or self.timeout or None,
             quiet=bool(args.quiet) or self.quiet,
         )
         return options, " ".join(args.statement).strip()

@@ -14,6 +14,9 @@ class ItemTiming:
     cpu: float
 
 
+MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
+
+
 @dataclass
 class RunReport:
     """What one run did. ``parmagic.last_report()`` returns the latest one."""
@@ -24,26 +27,29 @@ class RunReport:
     chunks: int = 0
     wall: float = 0.0
     startup: float = 0.0
-    items: list[ItemTiming] = field(default_factory=list)
+    items: list[ItemTiming] = field(default_factory=list)  # the first MAX_ITEM_RECORDS items
+    item_count: int = 0
+    busy: float = 0.0  # sum of the items' own times: what a serial run would roughly take
+    cpu: float = 0.0
+    per_worker: dict[str, int] = field(default_factory=dict)
+    unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     warnings: list[str] = field(default_factory=list)
 
     def add(self, record, worker: str) -> None:
-        self.items.append(ItemTiming(record.index, worker, record.start, record.end, record.cpu))
-
-    @property
-    def item_count(self) -> int:
-        return len(self.items)
-
-    @property
-    def busy(self) -> float:
-        """Sum of the items' own times: what a serial run would roughly take."""
-        return sum(t.end - t.start for t in self.items)
+        self.item_count += 1
+        self.busy += record.end - record.start
+        self.cpu += record.cpu
+        self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
+        if len(self.items) < MAX_ITEM_RECORDS:
+            self.items.append(
+                ItemTiming(record.index, worker, record.start, record.end, record.cpu)
+            )
 
     @property
     def worker_ids(self) -> set[str]:
-        return {t.worker for t in self.items}
+        return set(self.per_worker)
 
     def summary(self) -> str:
         method = f" ({self.start_method})" if self.start_method else ""
@@ -55,6 +61,8 @@ class RunReport:
         )
         if self.stopped_at is not None:
             line += f" · stopped at item {self.stopped_at}"
+        if self.unfinished:
+            line += f" · interrupted ({len(self.unfinished)} unfinished)"
         lines = [line]
         if self.failures:
             lines.append(f"{len(self.failures)} item(s) failed:")

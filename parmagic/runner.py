@@ -18,7 +18,7 @@ from .backends import Backend
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
 from .report import RunReport
-from .worker import ItemError, ItemRecord, Task
+from .worker import ChunkResult, ItemError, ItemRecord, Task
 
 TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
@@ -70,6 +70,84 @@ def _raise(error: ItemError, index: int) -> None:
     raise errors.present(exc, error.frames)
 
 
+class _Run:
+    """The state of one run between the iterable, the backend and the kernel's namespace."""
+
+    def __init__(self, backend, task, iterable, ns, report, filename, chunksize) -> None:
+        self.backend, self.task, self.ns, self.report = backend, task, ns, report
+        self.filename = filename
+        self.iterator = iter(iterable)
+        if task.timeout:
+            chunksize = 1  # a deadline per message is a deadline per item
+        self.sizer = ChunkSizer(chunksize, backend.workers, operator.length_hint(iterable))
+        self.window = backend.capacity + max(4, backend.workers)
+        self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
+        self.starts: dict[int, int] = {}  # seq -> index of its first item
+        self.pending: dict[int, ChunkResult] = {}
+        self.submitted = self.applied = self.next_index = 0
+        self.exhausted = self.failed = False
+
+    def fill(self) -> None:
+        """Submit chunks while the backend has room and the window allows."""
+        while (
+            not (self.exhausted or self.failed)
+            and self.backend.has_capacity()
+            and self.submitted - self.applied < self.window
+        ):
+            items = list(itertools.islice(self.iterator, self.sizer.next_size()))
+            if not items:
+                self.exhausted = True
+                return
+            self.backend.submit(self.submitted, self.next_index, items)
+            self.chunks[self.submitted] = items
+            self.starts[self.submitted] = self.next_index
+            self.next_index += len(items)
+            self.submitted += 1
+
+    def collect(self) -> None:
+        for result in self.backend.wait(WAIT_SLICE):
+            self.pending[result.seq] = result
+            self.sizer.observe(result.records)
+
+    def apply_ready(self) -> Iterator[ItemRecord]:
+        """Apply every result whose earlier items are all applied, in item order."""
+        while self.applied in self.pending:
+            result = self.pending.pop(self.applied)
+            items = self.chunks.pop(self.applied)
+            first = self.starts.pop(self.applied)
+            self.applied += 1
+            self.report.chunks += 1
+            for record in result.records:
+                _apply(record, self.ns, items[record.index - first], self.filename,
+                       keep_failed=self.task.stop_on_error)  # fmt: skip
+                self.report.add(record, result.worker)
+                if record.error is None:
+                    yield record
+                elif self.task.stop_on_error:
+                    self.failed = True
+                    self.report.stopped_at = record.index
+                    self.ns.update(result.names)
+                    _raise(record.error, record.index)
+                else:
+                    error = record.error
+                    self.report.failures.append((record.index, error.item, repr(error.exception)))
+            self.ns.update(result.names)
+            for name, kind in result.dropped_names.items():
+                self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
+
+    @property
+    def done(self) -> bool:
+        return self.applied == self.submitted and (self.exhausted or self.failed)
+
+    def unfinished(self) -> list[int]:
+        """Items that were handed to workers but never applied."""
+        return [
+            i
+            for seq, items in self.chunks.items()
+            for i in range(self.starts[seq], self.starts[seq] + len(items))
+        ]
+
+
 def execute(
     backend: Backend,
     task: Task,
@@ -81,62 +159,25 @@ def execute(
     chunksize: int | None = None,
 ) -> Iterator[ItemRecord]:
     """Yield each item's record, in item order, once its effects are applied to ``ns``."""
-    iterator = iter(iterable)
-    sizer = ChunkSizer(chunksize, backend.workers, operator.length_hint(iterable))
-    window = backend.capacity + max(4, backend.workers)
+    run = _Run(backend, task, iterable, ns, report, filename, chunksize)
     began = time.monotonic()
     backend.begin(task)
     report.startup = time.monotonic() - began
     completed = False
-    chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
-    pending: dict[int, object] = {}
-    submitted = applied = next_index = 0
-    exhausted = failed = False
     try:
         while True:
-            while (
-                not (exhausted or failed)
-                and backend.has_capacity()
-                and submitted - applied < window
-            ):
-                items = list(itertools.islice(iterator, sizer.next_size()))
-                if not items:
-                    exhausted = True
-                    break
-                backend.submit(submitted, next_index, items)
-                chunks[submitted] = items
-                next_index += len(items)
-                submitted += 1
-            if applied == submitted:
+            run.fill()
+            if run.done:
                 break
-            for result in backend.wait(WAIT_SLICE):
-                pending[result.seq] = result
-                sizer.observe(result.records)
-            while applied in pending:
-                result = pending.pop(applied)
-                items = chunks.pop(applied)
-                applied += 1
-                report.chunks += 1
-                for record in result.records:
-                    item = items[record.index - result.records[0].index]
-                    _apply(record, ns, item, filename, keep_failed=task.stop_on_error)
-                    report.add(record, result.worker)
-                    if record.error is None:
-                        yield record
-                    elif task.stop_on_error:
-                        failed = True
-                        report.stopped_at = record.index
-                        ns.update(result.names)
-                        _raise(record.error, record.index)
-                    else:
-                        report.failures.append(
-                            (record.index, record.error.item, repr(record.error.exception))
-                        )
-                ns.update(result.names)
-                for name, kind in result.dropped_names.items():
-                    report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
+            run.collect()
+            yield from run.apply_ready()
         completed = True
+    except KeyboardInterrupt as interrupt:
+        report.unfinished = run.unfinished()
+        interrupt.add_note(errors.INTERRUPTED.format(applied=report.item_count))
+        raise errors.present(interrupt, []) from None
     finally:
+        task.cancelled.set()  # pool threads start no further item of this run
         report.warnings += backend.end(completed)
         report.wall = time.monotonic() - began
 

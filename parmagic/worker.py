@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .effects import ITEM_ARG, LOG_ARG, EffectLog
-from .errors import short_repr, user_frames
+from .errors import ITEM_TIMEOUT, short_repr, user_frames
 
 _current = threading.local()
 
@@ -32,7 +32,18 @@ class Task:
     function: Callable[[Any, EffectLog], Any]
     bound: frozenset[str]
     stop_on_error: bool
+    timeout: float | None = None
     origins: dict[tuple[str, int], str] = field(default_factory=dict)  # see user_frames
+    cancelled: threading.Event = field(default_factory=threading.Event)  # for pool threads
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["cancelled"]  # a process worker is stopped, not asked to stop
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.cancelled = threading.Event()
 
 
 @dataclass
@@ -103,25 +114,48 @@ def run_chunk(
     records: list[ItemRecord] = []
     names: dict[str, Any] = {}
     function = task.function
-    for offset, item in enumerate(items):
-        log, output, value, error = EffectLog(), [], None, None
-        _current.output = output
-        began, cpu = time.monotonic(), time.thread_time()
-        try:
-            value = function(item, log)
-        except Exception as exc:
-            error = ItemError(exc, user_frames(exc.__traceback__, task.origins), short_repr(item))
-        finally:
-            _current.output = None
-        ended, cpu = time.monotonic(), time.thread_time() - cpu
-        records.append(ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error))
-        if log.names and (error is None or task.stop_on_error):
-            names.update(log.names)
-        if error is not None and task.stop_on_error:
-            break
+    alarm = task.timeout if threading.current_thread() is threading.main_thread() else None
+    previous_handler = signal.signal(signal.SIGALRM, _expire) if alarm else None
+    try:
+        for offset, item in enumerate(items):
+            if task.cancelled.is_set():
+                break
+            log, output, value, error = EffectLog(), [], None, None
+            _current.output = output
+            began, cpu = time.monotonic(), time.thread_time()
+            try:
+                try:
+                    if alarm:
+                        _current.timeout = alarm
+                        signal.setitimer(signal.ITIMER_REAL, alarm)
+                    value = function(item, log)
+                finally:
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+            except Exception as exc:
+                frames = user_frames(exc.__traceback__, task.origins)
+                error = ItemError(exc, frames, short_repr(item))
+            finally:
+                _current.output = None
+            ended, cpu = time.monotonic(), time.thread_time() - cpu
+            records.append(
+                ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error)
+            )
+            if log.names and (error is None or task.stop_on_error):
+                names.update(log.names)
+            if error is not None and task.stop_on_error:
+                break
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGALRM, previous_handler)
     names.pop(ITEM_ARG, None)  # the item function's own parameters are not the user's names
     names.pop(LOG_ARG, None)
     return ChunkResult(seq, records, names, worker or threading.current_thread().name)
+
+
+def _expire(signum, frame) -> None:
+    """SIGALRM during an item on a main thread (the kernel's, or a worker process's)."""
+    raise TimeoutError(ITEM_TIMEOUT.format(seconds=_current.timeout, fate=""))
 
 
 def _failing_task(error: Exception) -> Task:

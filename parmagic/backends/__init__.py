@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from abc import ABC, abstractmethod
 
-from ..worker import ChunkResult, Task
+from ..errors import short_repr
+from ..worker import ChunkResult, ItemError, ItemRecord, Task
 
 REGISTRY = {
     "serial": "serial:SerialBackend",
@@ -67,6 +69,18 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release threads and processes; called on a configuration change and on unload."""
+
+
+def failed_chunk(seq: int, start: int, items: list, error: Exception, worker: str) -> ChunkResult:
+    """A chunk that never reported back (a dead worker, an expired item) as failed items, so
+    that the runner still applies every earlier item, the serial prefix, before the error."""
+    now = time.monotonic()
+    records = [
+        ItemRecord(start + offset, now, now, 0.0, [], [],
+                   error=ItemError(error, [], short_repr(item)))
+        for offset, item in enumerate(items)
+    ]  # fmt: skip
+    return ChunkResult(seq, records, {}, worker)
 
 
 def load_backend(name: str) -> type[Backend]:

@@ -27,10 +27,12 @@ from contextlib import contextmanager, suppress
 from multiprocessing import connection
 
 from .. import errors
-from ..errors import WorkerDied, short_repr
+from ..errors import WorkerDied
 from ..shipping import dumps, pack_task
-from ..worker import ChunkResult, ItemError, ItemRecord, Task, serve
-from . import Backend
+from ..worker import ChunkResult, Task, serve
+from . import Backend, failed_chunk
+
+KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
 
 
 @contextmanager
@@ -60,6 +62,7 @@ class _Worker:
         child.close()
         self.run: int | None = None
         self.chunk: tuple[int, int, list] | None = None  # seq, first index, items
+        self.since = 0.0  # when the chunk was sent
 
     def stop(self, timeout: float = 1.0) -> None:
         with suppress(OSError):  # already gone
@@ -69,6 +72,10 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+    @property
+    def name(self) -> str:
+        return f"pid {self.process.pid}"
 
     def kill(self) -> None:
         self.process.kill()
@@ -97,6 +104,7 @@ class ProcessBackend(Backend):
 
     def begin(self, task: Task) -> None:
         self._payload = pack_task(task)  # raises NotPicklable before any item runs
+        self._timeout = task.timeout
         self._run += 1
         self._used: set[_Worker] = set()
 
@@ -112,10 +120,14 @@ class ProcessBackend(Backend):
         worker.conn.send(("chunk", seq, start))
         worker.conn.send_bytes(dumps(items))
         worker.chunk = (seq, start, items)
+        worker.since = time.monotonic()
         self._used.add(worker)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         busy = [w for w in self._workers if w.chunk is not None]
+        if self._timeout:
+            deadline = min(w.since for w in busy) + self._timeout + KILL_GRACE
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
         watched = [w.conn for w in busy] + [w.process.sentinel for w in busy]
         ready = set(connection.wait(watched, timeout))
         results = []
@@ -128,28 +140,26 @@ class ProcessBackend(Backend):
                 except (EOFError, OSError):
                     pass
             if worker.conn in ready or worker.process.sentinel in ready:
-                results.append(self._replace_dead(worker))
+                worker.process.join()
+                how = describe_exit(worker.process.exitcode)
+                seq, start, items, numbers = self._replace(worker)
+                error = WorkerDied(errors.WORKER_DIED.format(how=how, items=numbers))
+                results.append(failed_chunk(seq, start, items, error, worker.name))
+            elif self._timeout and time.monotonic() - worker.since > self._timeout + KILL_GRACE:
+                worker.kill()  # the item ignored its alarm (C code holding on): stop it
+                seq, start, items, _ = self._replace(worker)
+                fate = errors.TIMEOUT_KILLED
+                error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
+                results.append(failed_chunk(seq, start, items, error, worker.name))
         return results
 
-    def _replace_dead(self, worker: _Worker) -> ChunkResult:
-        """A dead worker's chunk comes back as failed items, so that the runner still applies
-        every earlier item (the serial prefix) before it reports the death."""
-        worker.process.join()
+    def _replace(self, worker: _Worker) -> tuple[int, int, list, str]:
+        """Put a new worker in the place of one that will not report back; its chunk is lost."""
         seq, start, items = worker.chunk
-        how = describe_exit(worker.process.exitcode)
         self._workers[self._workers.index(worker)] = _Worker(self._context, len(self._workers))
         worker.conn.close()
         numbers = ", ".join(str(start + offset) for offset in range(len(items)))
-        now = time.monotonic()
-        records = [
-            ItemRecord(
-                start + offset, now, now, 0.0, [], [],
-                error=ItemError(WorkerDied(errors.WORKER_DIED.format(how=how, items=numbers)),
-                                [], short_repr(item)),
-            )
-            for offset, item in enumerate(items)
-        ]  # fmt: skip
-        return ChunkResult(seq, records, {}, f"pid {worker.process.pid}")
+        return seq, start, items, numbers
 
     def end(self, completed: bool) -> list[str]:
         if not completed:
