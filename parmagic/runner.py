@@ -22,6 +22,7 @@ from .worker import ChunkResult, ItemError, ItemRecord, Task
 
 TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
+MAX_CHUNK_ITEMS = 4096  # with the window, bounds how far the iterable is read ahead
 WAIT_SLICE = 0.25  # seconds per wait, so the kernel thread stays responsive
 
 
@@ -43,7 +44,7 @@ class ChunkSizer:
     def next_size(self) -> int:
         if self.fixed:
             return self.fixed
-        limit = float(self.size)
+        limit = float(min(self.size, MAX_CHUNK_ITEMS))
         if self.seconds_per_item:
             limit = min(limit, TARGET_CHUNK_SECONDS / self.seconds_per_item)
         if self.remaining is not None:

@@ -157,6 +157,7 @@ class ProcessBackend(Backend):
         """Put a new worker in the place of one that will not report back; its chunk is lost."""
         seq, start, items = worker.chunk
         self._workers[self._workers.index(worker)] = _Worker(self._context, len(self._workers))
+        self._used.discard(worker)
         worker.conn.close()
         numbers = ", ".join(str(start + offset) for offset in range(len(items)))
         return seq, start, items, numbers

@@ -1,0 +1,127 @@
+"""The fault matrix (spec §6): every backend against what users and machines do to a run.
+
+Each case ends in the promised error within its time bound, leaves the kernel holding what a
+serial run would have left (a prefix of the items), and lets the next run work at once. The
+autouse leak check in conftest.py then finds no thread or process left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import BACKENDS, PROCESS_BACKENDS, report
+
+from parmagic.errors import WorkerDied
+
+PARALLEL = [name for name in BACKENDS if name != "serial"]
+
+
+def assert_prefix(values: list, minimum: int = 0) -> None:
+    assert values == list(range(len(values))) and len(values) >= minimum, values
+
+
+def assert_next_run_works(ip, run, options: str) -> None:
+    outcome = run(f"%%parallel {options}\nafter = [k * 2 for k in range(20)]\n")
+    assert outcome.error is None and ip.user_ns["after"] == [k * 2 for k in range(20)]
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_interrupt_stops_the_run_within_two_seconds(ip, run, name):
+    options = BACKENDS[name]
+    run("import time\ndone = []\n")
+    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    signalled = time.monotonic() + 0.6
+    outcome = run(f"%%parallel {options}\nfor i in range(200):\n    time.sleep(0.05)\n    done.append(i)\n")
+    elapsed = time.monotonic() - signalled
+    timer.join()
+    assert isinstance(outcome.error, KeyboardInterrupt)
+    assert elapsed < 2.0
+    assert_prefix(ip.user_ns["done"], minimum=1)
+    assert len(ip.user_ns["done"]) < 200
+    assert "the parallel run was interrupted" in "\n".join(outcome.error._render_traceback_())
+    if name != "serial":
+        assert report().unfinished  # items handed out and dropped, never applied
+    assert_next_run_works(ip, run, options)
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+@pytest.mark.parametrize(
+    "death, how",
+    [
+        ("os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
+        ("ctypes.string_at(0)", "killed by SIGSEGV"),
+        ("os._exit(3)", "exit code 3"),
+    ],
+    ids=["sigkill", "segfault", "exit"],
+)
+def test_a_dying_worker_fails_the_run_and_the_pool_heals(ip, run, name, death, how):
+    run("import ctypes, os, signal, time\ndone = []\n")
+    began = time.monotonic()
+    outcome = run(
+        f"%%parallel {BACKENDS[name]} --chunksize 1\nfor i in range(8):\n"
+        f"    if i == 4:\n        {death}\n    time.sleep(0.01)\n    done.append(i)\n"
+    )
+    assert isinstance(outcome.error, WorkerDied)
+    assert time.monotonic() - began < 2.0 + 3  # + worker start-up under spawn
+    assert how in str(outcome.error) and "item(s) 4" in str(outcome.error)
+    assert ip.user_ns["done"] == [0, 1, 2, 3]
+    assert_next_run_works(ip, run, BACKENDS[name])
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_an_item_over_its_timeout_fails_with_timeout_error(ip, run, name):
+    run("import time\ndone = []\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[name]} --timeout 0.5\nfor i in range(6):\n"
+        "    if i == 2:\n        time.sleep(2.5)\n    done.append(i)\n"
+    )
+    assert isinstance(outcome.error, TimeoutError)
+    message = "\n".join(outcome.error._render_traceback_())
+    assert "longer than the 0.5 s allowed by --timeout" in message
+    assert "raised by item 2 of the parallel loop" in message
+    assert ip.user_ns["done"] == [0, 1]
+    if name == "threads":
+        assert "abandoned" in message
+    assert_next_run_works(ip, run, BACKENDS[name])
+
+
+@pytest.mark.parametrize("name", PROCESS_BACKENDS)
+def test_an_item_that_blocks_its_alarm_gets_its_worker_killed(ip, run, name):
+    run("import signal, time\ndone = []\n")
+    began = time.monotonic()
+    outcome = run(
+        f"%%parallel {BACKENDS[name]} --timeout 0.3 --on-error continue\nfor i in range(4):\n"
+        "    if i == 1:\n        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n"
+        "        time.sleep(30)\n    done.append(i)\n"
+    )
+    assert outcome.error is None
+    assert time.monotonic() - began < 10
+    assert ip.user_ns["done"] == [0, 2, 3]
+    [(index, _, error)] = report().failures
+    assert index == 1 and "worker process was stopped and replaced" in error
+    assert_next_run_works(ip, run, BACKENDS[name])
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_an_endless_iterable_stops_at_the_failing_item(ip, run, name):
+    run("import itertools\nclass Enough(Exception):\n    pass\npulled = []\n")
+    run("def endless():\n    for n in itertools.count():\n        pulled.append(n)\n        yield n\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[name]}\nseen = []\nfor n in endless():\n"
+        "    if n == 300:\n        raise Enough(n)\n    seen.append(n)\n"
+    )
+    assert type(outcome.error).__name__ == "Enough"
+    assert ip.user_ns["seen"] == list(range(300))
+    assert len(ip.user_ns["pulled"]) < 100_000  # read lazily, a bounded window ahead
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_islice_of_an_endless_iterable_runs_to_its_end(ip, run, name):
+    run("import itertools\n")
+    outcome = run(f"%%parallel {BACKENDS[name]}\ntotal = 0\nfor n in itertools.islice(itertools.count(), 1000):\n    total += n\n")
+    assert outcome.error is None and ip.user_ns["total"] == sum(range(1000))
