@@ -21,8 +21,8 @@ from .scopes import (
     SCOPES,
     attribute_root,
     bound_names,
-    comprehension_targets,
     receiver_root,
+    scope_names,
     stored_names,
     walk_scope,
 )
@@ -174,15 +174,12 @@ def _op_text(node: ast.AugAssign) -> str:
 def _refuse_carried_reads(stmts, info: BodyInfo, receiver_ids: set[int]) -> None:
     """A name the body changes through write-back or a reduction must not be read too."""
     changed = {**info.receivers, **info.reductions}
-    local_ids = comprehension_targets(stmts)
     for stmt in stmts:
-        for node in walk_scope(stmt):
+        for node in scope_names(stmt):
             if (
-                isinstance(node, ast.Name)
-                and isinstance(node.ctx, ast.Load)
+                isinstance(node.ctx, ast.Load)
                 and node.id in changed
                 and id(node) not in receiver_ids
-                and id(node) not in local_ids
             ):
                 raise LoopRefused(
                     errors.CARRIED_READ.format(

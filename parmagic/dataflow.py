@@ -10,7 +10,7 @@ import ast
 
 from . import errors
 from .errors import LoopRefused
-from .scopes import bound_names, comprehension_targets, stored_names, walk_scope
+from .scopes import bound_names, scope_names, stored_names, walk_scope
 
 
 class DefiniteAssignment:
@@ -20,23 +20,18 @@ class DefiniteAssignment:
         self.bound = bound
 
     def reads(self, nodes, assigned: set[str]) -> set[str]:
-        nodes = [n for n in nodes if n is not None]
-        local_ids = comprehension_targets(nodes)
         walrus: set[str] = set()
-        for top in nodes:
-            for node in walk_scope(top):
-                if isinstance(node, ast.NamedExpr):
-                    walrus |= stored_names(node.target)
-                elif (
-                    isinstance(node, ast.Name)
-                    and isinstance(node.ctx, ast.Load)
+        for top in (n for n in nodes if n is not None):
+            for node in scope_names(top):
+                if (
+                    isinstance(node.ctx, ast.Load)
                     and node.id in self.bound
                     and node.id not in assigned
-                    and id(node) not in local_ids
                 ):
                     raise LoopRefused(
                         errors.CARRIED_NAME.format(line=node.lineno, name=node.id), node.lineno
                     )
+            walrus |= {n.target.id for n in walk_scope(top) if isinstance(n, ast.NamedExpr)}
         return assigned | walrus
 
     def block(self, stmts: list[ast.stmt], assigned: set[str]) -> set[str]:

@@ -88,9 +88,7 @@ def loop_hook(
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
         code = build_item_code(plan.body, recorded, plan.filename)
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
-        task = Task(
-            function, plan.body.bound, options.on_error == "raise", timeout=options.timeout
-        )
+        task = Task(function, plan.body.bound, options.on_error == "raise", timeout=options.timeout)
         backend = session.backend(
             resolve_backend(options.backend), options.workers, options.start_method
         )

@@ -34,6 +34,7 @@ class RunReport:
     per_worker: dict[str, int] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
+    native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     warnings: list[str] = field(default_factory=list)
 
@@ -64,6 +65,11 @@ class RunReport:
         if self.unfinished:
             line += f" · interrupted ({len(self.unfinished)} unfinished)"
         lines = [line]
+        if self.native_limit:
+            lines.append(
+                f"native thread pools (BLAS, OpenMP) limited to {self.native_limit} per worker "
+                "process, so that workers × threads fit the cores"
+            )
         if self.failures:
             lines.append(f"{len(self.failures)} item(s) failed:")
             lines += [f"  item {i} ({item}): {error}" for i, item, error in self.failures[:10]]

@@ -109,6 +109,8 @@ class _Run:
         for result in self.backend.wait(WAIT_SLICE):
             self.pending[result.seq] = result
             self.sizer.observe(result.records)
+            if result.native_limit:
+                self.report.native_limit = result.native_limit
 
     def apply_ready(self) -> Iterator[ItemRecord]:
         """Apply every result whose earlier items are all applied, in item order."""

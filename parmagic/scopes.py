@@ -43,11 +43,13 @@ def bound_names(stmts: list[ast.stmt]) -> set[str]:
     bound: set[str] = set()
     for stmt in stmts:
         augmented = {id(n.target) for n in walk_scope(stmt) if isinstance(n, ast.AugAssign)}
+        bound |= {
+            node.id
+            for node in scope_names(stmt)
+            if isinstance(node.ctx, ast.Store) and id(node) not in augmented
+        }  # `total += x` alone is a reduction, not a local
         for node in walk_scope(stmt):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                if id(node) not in augmented:  # `total += x` alone is a reduction, not a local
-                    bound.add(node.id)
-            elif isinstance(node, SCOPES[:3]):
+            if isinstance(node, SCOPES[:3]):
                 bound.add(node.name)
             elif isinstance(node, ast.alias):
                 bound.add((node.asname or node.name).split(".")[0])
@@ -61,12 +63,28 @@ def bound_names(stmts: list[ast.stmt]) -> set[str]:
     return bound
 
 
-def comprehension_targets(stmts) -> set[int]:
-    """ids of Name nodes that are comprehension variables (local to the comprehension)."""
-    ids: set[int] = set()
-    for stmt in stmts:
-        for node in ast.walk(stmt):
-            if isinstance(node, COMPREHENSIONS):
-                for gen in node.generators:
-                    ids.update(id(n) for n in ast.walk(gen.target) if isinstance(n, ast.Name))
-    return ids
+def scope_names(node: ast.AST, hidden: frozenset[str] = frozenset()):
+    """The Name nodes that belong to ``node``'s own scope.
+
+    Leaves out nested function, class and lambda bodies, and the variables of comprehensions
+    (their own scope since Python 3), while keeping a comprehension's first iterable and its
+    other free names, which the enclosing scope evaluates.
+    """
+    if isinstance(node, ast.Name):
+        if node.id not in hidden:
+            yield node
+        return
+    if isinstance(node, SCOPES):
+        return
+    if isinstance(node, COMPREHENSIONS):
+        yield from scope_names(node.generators[0].iter, hidden)
+        inner = hidden | {n for g in node.generators for n in stored_names(g.target)}
+        parts = [*node.generators[0].ifs]
+        for generator in node.generators[1:]:
+            parts += [generator.iter, *generator.ifs]
+        parts += [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        for part in parts:
+            yield from scope_names(part, inner)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from scope_names(child, hidden)

@@ -72,6 +72,7 @@ class ChunkResult:
     names: dict[str, Any]  # last value of each name bound by the chunk's counted items
     worker: str
     dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
+    native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
 
 
 class ItemOutput(io.TextIOBase):
@@ -168,20 +169,23 @@ def _failing_task(error: Exception) -> Task:
     return Task(fail, frozenset(), stop_on_error=True)
 
 
-def serve(conn) -> None:
+def serve(conn, native_threads: int) -> None:
     """A worker process: receive a task once per run, then chunks; send back chunk results.
 
     SIGINT is ignored here: a terminal's Ctrl-C reaches the whole process group, and the
     kernel alone decides what happens to workers.
     """
+    from .limits import cap_environment, cap_loaded_libraries
     from .shipping import captured_digests, dump_result
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cap_environment(native_threads)
     for number, attr in ((1, "stdout"), (2, "stderr")):  # not the kernel's stream objects
         stream = io.TextIOWrapper(open(number, "wb", closefd=False), write_through=True)  # noqa: SIM115
         setattr(sys, attr, ItemOutput(stream, number))
     task: Task | None = None
     digests: dict[str, bytes] = {}
+    capped = False
     name = f"pid {os.getpid()}"
     while True:
         try:
@@ -195,10 +199,13 @@ def serve(conn) -> None:
             except Exception as exc:  # e.g. a module the kernel has and this process cannot import
                 task = _failing_task(exc)
             digests = captured_digests(task.function.__globals__)
+            capped = cap_loaded_libraries(native_threads, len(os.sched_getaffinity(0)))
         elif header[0] == "chunk":
             _, seq, start = header
             items = pickle.loads(conn.recv_bytes())
-            conn.send_bytes(dump_result(run_chunk(task, seq, start, items, name)))
+            result = run_chunk(task, seq, start, items, name)
+            result.native_limit = native_threads if capped else None
+            conn.send_bytes(dump_result(result))
         elif header[0] == "changes":
             now = captured_digests(task.function.__globals__, only=digests)
             conn.send(sorted(n for n, d in now.items() if d != digests[n]))

@@ -194,6 +194,16 @@ def test_refused(source, message, line):
             {"x", "s"},
         ),
         case(
+            "generator-variable-is-local-to-it",
+            "for x in xs:\n    m = max(p * x for p in range(3))\n    print(m)",
+            {"x", "m"},
+        ),
+        case(
+            "lambda-reads-at-call-time",
+            "for x in xs:\n    f = lambda: y\n    y = x\n    print(f())",
+            {"x", "f", "y"},
+        ),
+        case(
             "target-read-after-del-item",
             "for k in keys:\n    del d[k]\n    print(k)",
             {"k"},

@@ -102,3 +102,17 @@ def test_code_that_cannot_load_in_a_worker_fails_its_items_clearly(ip, run, tmp_
     assert isinstance(outcome.error, ModuleNotFoundError)
     assert "while loading the loop's code in a worker process" in "\n".join(outcome.error.__notes__)
     assert ip.user_ns["out"] == []
+
+
+@process_backend
+def test_native_thread_pools_are_capped_in_workers(ip, run, method):
+    run("import numpy as np\nfrom threadpoolctl import threadpool_info\n")
+    cell = "threads = []\nfor i in range(4):\n    np.dot(np.ones(3), np.ones(3))\n    threads.append(max(p['num_threads'] for p in threadpool_info()))\n"
+    outcome = run_ok(run, BACKENDS[method], cell)  # two workers on this machine's cores
+    from parmagic.backends import usable_cores
+
+    limit = max(1, usable_cores() // 2)
+    assert ip.user_ns["threads"] == [limit] * 4
+    if limit < usable_cores():
+        assert report().native_limit == limit
+        assert f"limited to {limit} per worker process" in outcome.out

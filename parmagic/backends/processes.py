@@ -28,9 +28,10 @@ from multiprocessing import connection
 
 from .. import errors
 from ..errors import WorkerDied
+from ..limits import threads_per_worker
 from ..shipping import dumps, pack_task
 from ..worker import ChunkResult, Task, serve
-from . import Backend, failed_chunk
+from . import Backend, failed_chunk, usable_cores
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
 
@@ -52,10 +53,13 @@ def _plain_main():
 
 
 class _Worker:
-    def __init__(self, context, number: int) -> None:
+    def __init__(self, context, number: int, native_threads: int) -> None:
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(
-            target=serve, args=(child,), name=f"parmagic-worker-{number}", daemon=True
+            target=serve,
+            args=(child, native_threads),
+            name=f"parmagic-worker-{number}",
+            daemon=True,
         )
         with _plain_main():
             self.process.start()
@@ -99,8 +103,12 @@ class ProcessBackend(Backend):
         self._context = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
             self._context.set_forkserver_preload(["parmagic.worker"])
-        self._workers = [_Worker(self._context, n) for n in range(workers)]
+        self.native_threads = threads_per_worker(usable_cores(), workers)
+        self._workers = [self._new_worker(n) for n in range(workers)]
         self._run = 0
+
+    def _new_worker(self, number: int) -> _Worker:
+        return _Worker(self._context, number, self.native_threads)
 
     def begin(self, task: Task) -> None:
         self._payload = pack_task(task)  # raises NotPicklable before any item runs
@@ -156,7 +164,7 @@ class ProcessBackend(Backend):
     def _replace(self, worker: _Worker) -> tuple[int, int, list, str]:
         """Put a new worker in the place of one that will not report back; its chunk is lost."""
         seq, start, items = worker.chunk
-        self._workers[self._workers.index(worker)] = _Worker(self._context, len(self._workers))
+        self._workers[self._workers.index(worker)] = self._new_worker(len(self._workers))
         self._used.discard(worker)
         worker.conn.close()
         numbers = ", ".join(str(start + offset) for offset in range(len(items)))
@@ -167,7 +175,7 @@ class ProcessBackend(Backend):
             for index, worker in enumerate(self._workers):
                 if worker.chunk is not None:  # running items nobody will use: replace it
                     worker.kill()
-                    self._workers[index] = _Worker(self._context, index)
+                    self._workers[index] = self._new_worker(index)
             return []
         changed: set[str] = set()
         for worker in self._used:
