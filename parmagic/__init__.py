@@ -5,6 +5,8 @@ Importing this package is cheap and imports no IPython: worker processes import 
 
 from __future__ import annotations
 
+import atexit
+
 __version__ = "0.1.0"
 
 _loaded: dict[int, object] = {}
@@ -17,6 +19,7 @@ def load_ipython_extension(ipython) -> None:
     if id(ipython) in _loaded:
         return
     magics = ParallelMagics(shell=ipython)
+    atexit.register(magics.close)  # a kernel that shuts down closes its pools first
     ipython.register_magics(magics)
     ipython.configurables.append(magics)
     _loaded[id(ipython)] = magics
@@ -28,6 +31,7 @@ def unload_ipython_extension(ipython) -> None:
     if magics is None:
         return
     magics.close()
+    atexit.unregister(magics.close)
     manager = ipython.magics_manager
     for kind in ("line", "cell"):
         manager.magics[kind].pop("parallel", None)

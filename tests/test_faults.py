@@ -125,3 +125,13 @@ def test_islice_of_an_endless_iterable_runs_to_its_end(ip, run, name):
     run("import itertools\n")
     outcome = run(f"%%parallel {BACKENDS[name]}\ntotal = 0\nfor n in itertools.islice(itertools.count(), 1000):\n    total += n\n")
     assert outcome.error is None and ip.user_ns["total"] == sum(range(1000))
+
+
+def test_a_long_run_keeps_totals_for_every_item_but_bounded_records(ip, run, monkeypatch):
+    import parmagic.report
+
+    monkeypatch.setattr(parmagic.report, "MAX_ITEM_RECORDS", 1000)
+    outcome = run("%%parallel -b threads -q\ntotal = 0\nfor n in range(20_000):\n    total += n\n")
+    assert outcome.error is None and ip.user_ns["total"] == sum(range(20_000))
+    assert report().item_count == 20_000 and len(report().items) == 1000
+    assert sum(report().per_worker.values()) == 20_000

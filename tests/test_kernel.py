@@ -7,6 +7,7 @@ Every kernel is shut down by its fixture.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,11 @@ class Outcome:
 
 def execute(kc, code: str) -> Outcome:
     """Run ``code`` in the kernel; collect its streams, its result and its error."""
-    msg_id = kc.execute(code)
+    return collect(kc, kc.execute(code))
+
+
+def collect(kc, msg_id: str) -> Outcome:
+    """Everything the kernel sends for one execute request, up to its reply."""
     streams = {"stdout": [], "stderr": []}
     result = None
     while True:
@@ -80,7 +85,7 @@ def kernel(tmp_path_factory):
     """One kernel for the module's magic tests (starting one costs about a second)."""
     km, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path_factory.mktemp("k")))
     try:
-        yield client
+        yield km, client
     finally:
         stop_kernel(km, client)
 
@@ -89,11 +94,18 @@ def kernel(tmp_path_factory):
 def kc(kernel):
     """The shared kernel with parmagic loaded; unloading after the test stops its worker pools
     (conftest's leak check looks for child processes left behind)."""
-    run_ok(kernel, "%load_ext parmagic")
+    _, client = kernel
+    run_ok(client, "%load_ext parmagic")
     try:
-        yield kernel
+        yield client
     finally:
-        run_ok(kernel, "%unload_ext parmagic")
+        run_ok(client, "%unload_ext parmagic")
+
+
+@pytest.fixture
+def km(kernel, kc):
+    """The shared kernel's manager, to interrupt it."""
+    return kernel[0]
 
 
 @pytest.mark.timeout(120)
@@ -161,6 +173,43 @@ def test_unknown_backend_is_a_usage_error_and_kernel_keeps_working(kc):
     assert run_ok(kc, "1 + 1").result == "2"
     after = run_ok(kc, "%%parallel -b serial -q\ndoubled = [2 * x for x in range(4)]\ndoubled")
     assert after.result == "[0, 2, 4, 6]"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["threads", "processes --start-method spawn"])
+def test_interrupt_button_stops_the_run_and_the_next_run_works(km, kc, backend):
+    run_ok(kc, "import time\ndone = []")
+    msg_id = kc.execute(
+        f"%%parallel -b {backend} -w 2\nfor i in range(400):\n    time.sleep(0.05)\n    done.append(i)\n"
+    )
+    time.sleep(2.0)  # past spawn's start-up: items are running
+    interrupted = time.monotonic()
+    km.interrupt_kernel()
+    outcome = collect(kc, msg_id)
+    assert time.monotonic() - interrupted < 2.0
+    assert outcome.ename == "KeyboardInterrupt"
+    assert "the parallel run was interrupted" in outcome.traceback
+    assert run_ok(kc, "done == list(range(len(done))) and 0 < len(done) < 400").result == "True"
+    after = run_ok(
+        kc, f"%%parallel -b {backend} -w 2 -q\nagain = [i for i in range(50)]\nlen(again)"
+    )
+    assert after.result == "50"
+
+
+@pytest.mark.timeout(120)
+def test_killed_worker_fails_the_cell_and_the_next_run_works(kc):
+    run_ok(kc, "import os, signal")
+    outcome = execute(
+        kc,
+        "%%parallel -b processes -w 2 --chunksize 1\nkept = []\nfor i in range(6):\n"
+        "    if i == 2:\n        os.kill(os.getpid(), signal.SIGKILL)\n    kept.append(i)\n",
+    )
+    assert outcome.ename == "WorkerDied"
+    assert "killed by SIGKILL" in outcome.evalue and "item(s) 2" in outcome.evalue
+    assert run_ok(kc, "kept").result == "[0, 1]"
+    assert run_ok(kc, "%%parallel -b processes -w 2 -q\n[i * i for i in range(5)]").result == (
+        "[0, 1, 4, 9, 16]"
+    )
 
 
 @pytest.fixture
