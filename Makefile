@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check parmagic tests demo_notebooks
+	$(BIN)/ruff check parmagic tests demo_notebooks bench
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

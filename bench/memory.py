@@ -35,7 +35,8 @@ def main() -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     began = time.perf_counter()
-    result = ip.run_cell(f"%%parallel -q {options}\ntotal = 0\nfor n in numbers():\n    total += n\n")
+    cell = f"%%parallel -q {options}\ntotal = 0\nfor n in numbers():\n    total += n\n"
+    result = ip.run_cell(cell)
     wall = time.perf_counter() - began
     running = False
     sampler.join()
