@@ -14,7 +14,7 @@ import operator
 import sys
 from typing import Any
 
-CALL, SETITEM, DELITEM, AUGITEM, REDUCE = range(5)
+CALL, SETITEM, DELITEM, AUGITEM, REDUCE, FORGET = range(6)
 ITEM_ARG, LOG_ARG = "__item__", "__log__"  # the item function's parameters
 
 
@@ -41,6 +41,9 @@ class EffectLog:
 
     def reduce(self, line, name, op, value) -> None:
         self.ops.append((REDUCE, line, name, op, value))
+
+    def forget(self, line, name) -> None:
+        self.ops.append((FORGET, line, name))
 
     def bind(self, local_names: dict[str, Any]) -> None:
         self.names = local_names
@@ -91,8 +94,10 @@ def apply_ops(ns: dict, ops: list[tuple]) -> None:
                 _, _, name, path, key, opname, value = op
                 target = _resolve(ns, name, path)
                 target[key] = getattr(operator, opname)(target[key], value)
-            else:
+            elif kind == REDUCE:
                 _, _, name, opname, value = op
                 ns[name] = getattr(operator, opname)(_resolve(ns, name, ()), value)
+            else:
+                ns.pop(op[2], None)  # `del name` in the body
         except Exception as error:
             raise ReplayError(error, line) from error

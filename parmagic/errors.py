@@ -68,6 +68,11 @@ NOT_PICKLABLE = (
     "the loop uses `{name}` (a {type}), which cannot be sent to a worker process ({reason}). "
     "Create it inside the loop body, or use --backend threads"
 )
+ITEM_NOT_PICKLABLE = (
+    "the item(s) from index {start} cannot be sent to a worker process ({reason}); "
+    "iterate over plain data (e.g. file names rather than open files), or use --backend threads"
+)
+RESULT_NOT_LOADABLE = "the worker's result for this item could not be read in the kernel ({reason})"
 RESULT_NOT_PICKLABLE = (
     "item {index} produced a value that cannot be sent back from the worker process "
     "({reason}); return plain data, or use --backend threads"

@@ -109,6 +109,8 @@ class _Recorder(ast.NodeTransformer):
                 statements.append(ast.copy_location(ast.Delete([target]), node))
             else:
                 statements.append(self._log(node, "delitem", *root, _as_value(target.slice)))
+            if isinstance(target, ast.Name):  # serial leaves the name unbound in the kernel
+                statements.append(self._log(node, "forget", ast.Constant(target.id)))
         return statements
 
 

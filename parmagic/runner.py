@@ -129,12 +129,10 @@ class _Run:
                 elif self.task.stop_on_error:
                     self.failed = True
                     self.report.stopped_at = record.index
-                    self.ns.update(result.names)
                     _raise(record.error, record.index)
                 else:
                     error = record.error
                     self.report.failures.append((record.index, error.item, repr(error.exception)))
-            self.ns.update(result.names)
             for name, kind in result.dropped_names.items():
                 self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
 
@@ -186,10 +184,11 @@ def execute(
 
 
 def _apply(record: ItemRecord, ns: dict, item, filename: str, keep_failed: bool) -> None:
-    """Show the item's output and replay its effects on the kernel's objects.
+    """Show the item's output, replay its effects on the kernel's objects, bind its names.
 
-    A failed item's output is always shown. Its effects up to the failure are kept when the
-    run stops there (as a serial loop leaves them) and dropped under ``--on-error continue``.
+    A failed item's output is always shown. Its effects and names up to the failure are kept
+    when the run stops there (as a serial loop leaves them) and dropped under
+    ``--on-error continue``. A change that fails to replay here fails its item at that point.
     """
     for stream, text in record.output:
         (sys.stdout if stream == 1 else sys.stderr).write(text)
@@ -200,3 +199,5 @@ def _apply(record: ItemRecord, ns: dict, item, filename: str, keep_failed: bool)
     except ReplayError as failure:
         frames = [(filename, failure.line, errors.ITEM_FUNCTION_NAME)]
         record.error = ItemError(failure.error, frames, short_repr(item))
+    if record.names and (record.error is None or keep_failed):
+        ns.update(record.names)

@@ -85,31 +85,59 @@ def pack_task(task) -> bytes:
 
 
 def dump_result(result) -> bytes:
-    """Pickle a chunk result; values that cannot travel fail their own item, not the chunk."""
+    """Pickle a chunk result; what cannot travel fails its own item, or stays behind."""
     try:
-        return dumps(result)
+        data = dumps(result)
+        pickle.loads(data)  # an exception class may pickle yet fail to rebuild (custom __init__)
+        return data
     except Exception:
         pass
     for record in result.records:
         try:
             dumps((record.value, record.ops, record.output))
         except Exception as reason:
-            record.value, record.ops, record.output = None, [], record.output
+            record.value, record.ops = None, []
             message = errors.RESULT_NOT_PICKLABLE.format(index=record.index, reason=reason)
             record.error = record.error or _error(TypeError(message), record)
         if record.error is not None:
+            record.error.exception = _travelling(record.error.exception)
+        for name, value in list((record.names or {}).items()):
             try:
-                dumps(record.error.exception)
+                dumps(value)
             except Exception:
-                exc = record.error.exception
-                record.error.exception = RuntimeError(f"{type(exc).__name__}: {exc}")
-    for name, value in list(result.names.items()):
-        try:
-            dumps(value)
-        except Exception:
-            result.dropped_names[name] = type(value).__name__
-            del result.names[name]
+                result.dropped_names[name] = type(value).__name__
+                del record.names[name]
     return dumps(result)
+
+
+def _rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:
+    exception = cls.__new__(cls)
+    exception.args = args
+    exception.__dict__.update(state)
+    return exception
+
+
+class _ExceptionByParts:
+    """Carries an exception whose class cannot be rebuilt by pickle (an ``__init__`` with other
+    arguments than ``args``): rebuilt in the kernel from class, args and attributes, so the
+    user still gets their own exception type."""
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+    def __reduce__(self):
+        exc = self.exception
+        return _rebuild_exception, (type(exc), exc.args, dict(vars(exc)))
+
+
+def _travelling(exception: BaseException):
+    for candidate in (exception, _ExceptionByParts(exception)):
+        try:
+            pickle.loads(dumps(candidate))
+            return candidate
+        except Exception:
+            continue
+    return RuntimeError(f"{type(exception).__name__}: {exception}")
 
 
 def _error(exception: BaseException, record):

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,13 +62,13 @@ class ItemRecord:
     ops: list[tuple]
     value: Any = None
     error: ItemError | None = None
+    names: dict[str, Any] | None = None  # the item's locals at its end: the names it bound
 
 
 @dataclass
 class ChunkResult:
     seq: int
     records: list[ItemRecord]
-    names: dict[str, Any]  # last value of each name bound by the chunk's counted items
     worker: str
     dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
     native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
@@ -97,23 +96,35 @@ class ItemOutput(io.TextIOBase):
         return getattr(self.original, name)
 
 
-@contextmanager
-def capturing_output():
-    """Route item output to the item's record for items run in this process's threads."""
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = ItemOutput(saved[0], 1), ItemOutput(saved[1], 2)
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = saved
+class OutputCapture:
+    """Route item output to the item's record for items run in this process's threads.
+
+    Installs the stand-ins once; :meth:`release` removes them unless items abandoned on pool
+    threads may still print, whose output must go to their own (discarded) records rather
+    than into whatever cell runs next.
+    """
+
+    def __init__(self) -> None:
+        self.saved = sys.stdout, sys.stderr
+        self.installed = not isinstance(sys.stdout, ItemOutput)
+        if self.installed:
+            sys.stdout, sys.stderr = ItemOutput(self.saved[0], 1), ItemOutput(self.saved[1], 2)
+
+    def release(self, items_still_running: bool = False) -> None:
+        if self.installed and not items_still_running and isinstance(sys.stdout, ItemOutput):
+            sys.stdout, sys.stderr = self.saved
+
+
+class ItemTimedOut(BaseException):
+    """Raised by the --timeout alarm; a BaseException so the body's ``except Exception``
+    cannot swallow it and carry on as if the item had succeeded."""
 
 
 def run_chunk(
     task: Task, seq: int, start: int, items: list, worker: str | None = None
 ) -> ChunkResult:
-    """Run consecutive items; a chunk's names keep only the last value bound to each."""
+    """Run consecutive items and record what each did."""
     records: list[ItemRecord] = []
-    names: dict[str, Any] = {}
     function = task.function
     alarm = task.timeout if threading.current_thread() is threading.main_thread() else None
     previous_handler = signal.signal(signal.SIGALRM, _expire) if alarm else None
@@ -127,36 +138,39 @@ def run_chunk(
             try:
                 try:
                     if alarm:
-                        _current.timeout = alarm
                         signal.setitimer(signal.ITIMER_REAL, alarm)
                     value = function(item, log)
                 finally:
                     if alarm:
                         signal.setitimer(signal.ITIMER_REAL, 0)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise  # the kernel's own interrupt: the runner stops the whole run
+            except BaseException as exc:
+                if isinstance(exc, ItemTimedOut):
+                    exc = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
                 frames = user_frames(exc.__traceback__, task.origins)
                 error = ItemError(exc, frames, short_repr(item))
             finally:
                 _current.output = None
             ended, cpu = time.monotonic(), time.thread_time() - cpu
+            names = log.names
+            if names is not None:
+                names.pop(ITEM_ARG, None)  # the item function's own parameters
+                names.pop(LOG_ARG, None)
             records.append(
-                ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error)
+                ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error, names)
             )
-            if log.names and (error is None or task.stop_on_error):
-                names.update(log.names)
             if error is not None and task.stop_on_error:
                 break
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGALRM, previous_handler)
-    names.pop(ITEM_ARG, None)  # the item function's own parameters are not the user's names
-    names.pop(LOG_ARG, None)
-    return ChunkResult(seq, records, names, worker or threading.current_thread().name)
+    return ChunkResult(seq, records, worker or threading.current_thread().name)
 
 
 def _expire(signum, frame) -> None:
     """SIGALRM during an item on a main thread (the kernel's, or a worker process's)."""
-    raise TimeoutError(ITEM_TIMEOUT.format(seconds=_current.timeout, fate=""))
+    raise ItemTimedOut
 
 
 def _failing_task(error: Exception) -> Task:

@@ -80,7 +80,7 @@ def failed_chunk(seq: int, start: int, items: list, error: Exception, worker: st
                    error=ItemError(error, [], short_repr(item)))
         for offset, item in enumerate(items)
     ]  # fmt: skip
-    return ChunkResult(seq, records, {}, worker)
+    return ChunkResult(seq, records, worker)
 
 
 def load_backend(name: str) -> type[Backend]:

@@ -113,25 +113,35 @@ class ProcessBackend(Backend):
     def begin(self, task: Task) -> None:
         self._payload = pack_task(task)  # raises NotPicklable before any item runs
         self._timeout = task.timeout
+        self._refused: list[ChunkResult] = []
         self._run += 1
         self._used: set[_Worker] = set()
 
     def has_capacity(self) -> bool:
-        return any(w.chunk is None for w in self._workers)
+        return not self._refused and any(w.chunk is None for w in self._workers)
 
     def submit(self, seq: int, start: int, items: list) -> None:
+        try:
+            payload = dumps(items)
+        except Exception as reason:  # the worker must see whole messages or none
+            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
+            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
+            return
         worker = next(w for w in self._workers if w.chunk is None)
         if worker.run != self._run:
             worker.conn.send(("task", self._run))
             worker.conn.send_bytes(self._payload)
             worker.run = self._run
         worker.conn.send(("chunk", seq, start))
-        worker.conn.send_bytes(dumps(items))
+        worker.conn.send_bytes(payload)
         worker.chunk = (seq, start, items)
         worker.since = time.monotonic()
         self._used.add(worker)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            return refused
         busy = [w for w in self._workers if w.chunk is not None]
         if self._timeout:
             deadline = min(w.since for w in busy) + self._timeout + KILL_GRACE
@@ -142,11 +152,12 @@ class ProcessBackend(Backend):
         for worker in busy:
             if worker.conn in ready:
                 try:
-                    results.append(pickle.loads(worker.conn.recv_bytes()))
-                    worker.chunk = None
-                    continue
+                    data = worker.conn.recv_bytes()
                 except (EOFError, OSError):
-                    pass
+                    data = None  # it died: the sentinel case below
+                if data is not None:
+                    results.append(self._load(worker, data))
+                    continue
             if worker.conn in ready or worker.process.sentinel in ready:
                 worker.process.join()
                 how = describe_exit(worker.process.exitcode)
@@ -160,6 +171,15 @@ class ProcessBackend(Backend):
                 error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
                 results.append(failed_chunk(seq, start, items, error, worker.name))
         return results
+
+    def _load(self, worker: _Worker, data: bytes) -> ChunkResult:
+        seq, start, items = worker.chunk
+        worker.chunk = None
+        try:
+            return pickle.loads(data)
+        except Exception as reason:  # e.g. a class the kernel no longer has
+            error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
+            return failed_chunk(seq, start, items, error, worker.name)
 
     def _replace(self, worker: _Worker) -> tuple[int, int, list, str]:
         """Put a new worker in the place of one that will not report back; its chunk is lost."""

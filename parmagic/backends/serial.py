@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..worker import ChunkResult, Task, capturing_output, run_chunk
+from ..worker import ChunkResult, OutputCapture, Task, run_chunk
 from . import Backend
 
 
@@ -20,8 +20,7 @@ class SerialBackend(Backend):
     def begin(self, task: Task) -> None:
         self._task = task
         self._done = []
-        self._capture = capturing_output()
-        self._capture.__enter__()
+        self._capture = OutputCapture()
 
     def has_capacity(self) -> bool:
         return not self._done
@@ -34,5 +33,5 @@ class SerialBackend(Backend):
         return done
 
     def end(self, completed: bool) -> list[str]:
-        self._capture.__exit__(None, None, None)
+        self._capture.release()
         return []

@@ -12,7 +12,7 @@ import time
 from multiprocessing.pool import ThreadPool
 
 from .. import errors
-from ..worker import ChunkResult, Task, capturing_output, run_chunk
+from ..worker import ChunkResult, OutputCapture, Task, run_chunk
 from . import Backend, failed_chunk, usable_cores
 
 
@@ -36,8 +36,7 @@ class ThreadBackend(Backend):
         self._results: queue.SimpleQueue = queue.SimpleQueue()  # one per run: late results of an
         self._running: dict[int, list] = {}  # abandoned run land in their own queue
         self._started: dict[int, float] = {}
-        self._capture = capturing_output()
-        self._capture.__enter__()
+        self._capture = OutputCapture()
 
     def has_capacity(self) -> bool:
         return len(self._running) < self.capacity
@@ -94,8 +93,9 @@ class ThreadBackend(Backend):
         self._pool = ThreadPool(self.workers)
 
     def end(self, completed: bool) -> list[str]:
-        self._capture.__exit__(None, None, None)
-        if completed or not self._running:
+        abandoned = not completed and bool(self._running)
+        self._capture.release(items_still_running=abandoned)
+        if not abandoned:
             return []
         items = sorted(
             i for start, chunk in self._running.values() for i in range(start, start + len(chunk))
