@@ -110,9 +110,40 @@ def analyse_for(loop: ast.For, backend: str = "threads") -> BodyInfo:
             _classify(node, bound, info, receiver_ids)
     info.reductions = {n: line for n, line in info.reductions.items() if n not in bound}
     info.bound = frozenset(bound)
+    _refuse_changing_the_iterable(loop, info)
+    _refuse_late_binding(loop.body, set(bound) | set(info.reductions) | set(info.receivers))
     _refuse_carried_reads(loop.body, info, receiver_ids)
     DefiniteAssignment(info.bound).block(loop.body, stored_names(loop.target))
     return info
+
+
+def _refuse_changing_the_iterable(loop: ast.For, info: BodyInfo) -> None:
+    root = attribute_root(loop.iter) if not isinstance(loop.iter, ast.Name) else loop.iter
+    changed = {**info.receivers, **info.reductions}
+    if root is not None and root.id in changed:
+        message = errors.ITERABLE_CHANGED.format(
+            line=loop.lineno, name=root.id, write_line=changed[root.id]
+        )
+        raise LoopRefused(message, loop.lineno)
+
+
+def _refuse_late_binding(nodes, names: set[str]) -> None:
+    """A nested function or lambda that reads a loop name sees, in a plain loop, the value the
+    name has when it is *called*; in a parallel item it would see that item's own value."""
+    for top in nodes:
+        for scope in walk_scope(top):
+            if not isinstance(scope, ast.Lambda | ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            arguments = scope.args
+            own = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}
+            own |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
+            body = scope.body if isinstance(scope.body, list) else [scope.body]
+            own |= bound_names(body)
+            for node in (n for part in body for n in ast.walk(part)):
+                if isinstance(node, ast.Name) and node.id in names and node.id not in own:
+                    what = "lambda" if isinstance(scope, ast.Lambda) else f"function `{scope.name}`"
+                    message = errors.LATE_BINDING.format(line=node.lineno, what=what, name=node.id)
+                    raise LoopRefused(message, node.lineno)
 
 
 def _classify(node: ast.AST, bound: set[str], info: BodyInfo, receiver_ids: set[int]) -> None:
@@ -204,6 +235,7 @@ def analyse_comprehension(node: ast.expr, backend: str = "threads") -> BodyInfo:
     _check_target(first.target)
     info = BodyInfo(kind=kind, node=node)
     local = set().union(*(stored_names(g.target) for g in node.generators))
+    _refuse_late_binding(parts, local)
     for part in parts:
         for sub in walk_scope(part):
             if isinstance(sub, ast.NamedExpr):

@@ -31,7 +31,7 @@ class DefiniteAssignment:
                     raise LoopRefused(
                         errors.CARRIED_NAME.format(line=node.lineno, name=node.id), node.lineno
                     )
-            walrus |= {n.target.id for n in walk_scope(top) if isinstance(n, ast.NamedExpr)}
+            walrus |= _certain_walrus_targets(top)
         return assigned | walrus
 
     def block(self, stmts: list[ast.stmt], assigned: set[str]) -> set[str]:
@@ -68,7 +68,8 @@ class DefiniteAssignment:
                 a = self.reads([item.context_expr], a)
                 if item.optional_vars is not None:
                     a |= stored_names(item.optional_vars)
-            return self.block(s.body, a)
+            after = self.block(s.body, set(a))
+            return a if any(_may_suppress(i.context_expr) for i in s.items) else after
         if isinstance(s, ast.Try | ast.TryStar):
             after = self.block(s.orelse, self.block(s.body, set(a)))
             for handler in s.handlers:
@@ -93,7 +94,9 @@ class DefiniteAssignment:
         if isinstance(s, ast.Match):
             a = self.reads([s.subject], a)
             outcomes = [self.block(case.body, a | bound_names([case.pattern])) for case in s.cases]
-            return set.intersection(*outcomes) if outcomes else a
+            if not any(_irrefutable(case) for case in s.cases):
+                outcomes.append(a)  # no case may match
+            return set.intersection(*outcomes)
         if isinstance(s, ast.Continue | ast.Break | ast.Return | ast.Raise):
             self.reads([getattr(s, "value", None), getattr(s, "exc", None)], a)
             return set(self.bound)  # nothing after it runs: every name counts as assigned
@@ -118,3 +121,34 @@ def _defaults(s) -> list[ast.expr]:
     if isinstance(s, ast.ClassDef):
         return [*s.bases, *[k.value for k in s.keywords]]
     return [*s.args.defaults, *[d for d in s.args.kw_defaults if d is not None]]
+
+
+def _certain_walrus_targets(node: ast.AST) -> set[str]:
+    """Names a `:=` surely binds: not under `and`/`or`, a conditional expression or a
+    comprehension, which may skip it."""
+    maybe: set[int] = set()
+    for sub in walk_scope(node):
+        if isinstance(sub, ast.BoolOp):
+            maybe |= {id(n) for value in sub.values[1:] for n in ast.walk(value)}
+        elif isinstance(sub, ast.IfExp):
+            maybe |= {id(n) for part in (sub.body, sub.orelse) for n in ast.walk(part)}
+        elif isinstance(sub, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            maybe |= {id(n) for n in ast.walk(sub)}
+    return {
+        n.target.id for n in walk_scope(node) if isinstance(n, ast.NamedExpr) and id(n) not in maybe
+    }
+
+
+def _may_suppress(context: ast.expr) -> bool:
+    """`with suppress(...)` may skip the rest of its block without an exception."""
+    func = context.func if isinstance(context, ast.Call) else None
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    return name == "suppress"
+
+
+def _irrefutable(case: ast.match_case) -> bool:
+    return (
+        case.guard is None
+        and isinstance(case.pattern, ast.MatchAs)
+        and case.pattern.pattern is None
+    )

@@ -53,6 +53,15 @@ CARRIED_NAME = (
     "come from the previous item; assign `{name}` at the top of the body, or run the loop "
     "without %%parallel"
 )
+ITERABLE_CHANGED = (
+    "line {line}: the loop iterates over `{name}` and also changes it (line {write_line}); a "
+    "plain loop would see its own changes, parallel items cannot. Run it without %%parallel"
+)
+LATE_BINDING = (
+    "line {line}: the {what} reads `{name}`, a name the loop changes; called later, a plain "
+    "loop's {what} sees the last value, a parallel item's its own. Pass the value in "
+    "(e.g. `lambda {name}={name}: ...`) or run the loop without %%parallel"
+)
 BAD_TARGET = "line {line}: the loop variable must be a name or a tuple of names, not `{target}`"
 WALRUS_IN_COMPREHENSION = (
     "line {line}: `:=` inside the parallel comprehension assigns a name outside it, which "

@@ -107,6 +107,8 @@ AWAIT = errors.AWAIT_REFUSED.format(line=2, what="await", backend="threads")
 NO_LOOP = errors.NO_LOOP
 BAD = errors.BAD_TARGET.format
 WALRUS = errors.WALRUS_IN_COMPREHENSION.format(line=1)
+LATE = errors.LATE_BINDING.format
+CHANGED = errors.ITERABLE_CHANGED.format
 
 
 @pytest.mark.parametrize(
@@ -169,6 +171,48 @@ WALRUS = errors.WALRUS_IN_COMPREHENSION.format(line=1)
         ),
         case("subscript-target", 'for d["k"] in xs:\n    pass', BAD(line=1, target="d['k']"), 1),
         case("walrus-in-comp", "ys = [y for x in xs if (y := x * 2)]", WALRUS, 1),
+        case(
+            "closure-over-loop-name",
+            "fs = []\nfor i in xs:\n    fs.append(lambda: i)",
+            LATE(line=3, what="lambda", name="i"),
+            3,
+        ),
+        case(
+            "closure-over-comp-variable",
+            "fs = [lambda: x for x in xs]",
+            LATE(line=1, what="lambda", name="x"),
+            1,
+        ),
+        case(
+            "function-reads-loop-name",
+            "for i in xs:\n    def get():\n        return prev\n    out.append(get())\n    prev = i",
+            LATE(line=3, what="function `get`", name="prev"),
+            3,
+        ),
+        case(
+            "loop-extends-its-iterable",
+            "for x in queue:\n    queue.append(x + 1)",
+            CHANGED(line=1, name="queue", write_line=2),
+            1,
+        ),
+        case(
+            "match-without-catch-all",
+            "for x in xs:\n    match x:\n        case int():\n            kind = 1\n    out.append(kind)",
+            NAME(line=5, name="kind"),
+            5,
+        ),
+        case(
+            "walrus-behind-and",
+            "for i in xs:\n    if i % 2 and (y := i):\n        pass\n    out.append(y)",
+            NAME(line=4, name="y"),
+            4,
+        ),
+        case(
+            "assigned-under-suppress",
+            "for i in xs:\n    with suppress(ZeroDivisionError):\n        y = 10 // i\n    out.append(y)",
+            NAME(line=4, name="y"),
+            4,
+        ),
     ],
 )
 def test_refused(source, message, line):
@@ -197,11 +241,6 @@ def test_refused(source, message, line):
             "generator-variable-is-local-to-it",
             "for x in xs:\n    m = max(p * x for p in range(3))\n    print(m)",
             {"x", "m"},
-        ),
-        case(
-            "lambda-reads-at-call-time",
-            "for x in xs:\n    f = lambda: y\n    y = x\n    print(f())",
-            {"x", "f", "y"},
         ),
         case(
             "target-read-after-del-item",
