@@ -45,6 +45,7 @@ class Session:
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
         self.last_report: RunReport | None = None
+        self.open_run = None  # a run a half-consumed generator expression still holds
 
     def backend(self, name: str, workers: int | None, start_method: str | None) -> Backend:
         """A warm backend; a new one only when the worker count or start method changes."""
@@ -64,19 +65,33 @@ class Session:
             self._backends[name] = current
         return current
 
+    def close_open_run(self) -> None:
+        """Finish a run that a generator expression left half-consumed, so that its workers
+        are free (and its late results cannot be mistaken for the next run's)."""
+        if self.open_run is not None:
+            self.open_run.close()
+            self.open_run = None
+
     def close(self) -> None:
+        self.close_open_run()
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
 
 
-def copy_warnings(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> list[str]:
-    """What the body does to kernel objects that a worker process would do to a copy (§5.6)."""
+def copy_warnings(
+    plan: CellPlan, ns: dict, recorded: frozenset[str], backend: Backend
+) -> list[str]:
+    """What the body does to kernel objects that parmagic does not replay in item order (§5.6):
+    a worker process does it to a copy; pool threads do it to the real object, in any order."""
+    if backend.name == "serial":
+        return []
     found = [(line, what, name) for line, what, name in plan.body.copy_warnings]
     for name, line in plan.body.receivers.items():
         if name not in recorded and name in ns:
             found.append((line, f"changing `{name}` (a {type(ns[name]).__name__})", name))
-    return [errors.COPY_WARNING.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
+    template = errors.COPY_WARNING if backend.copies_kernel_objects else errors.UNORDERED_WARNING
+    return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
 
 def loop_hook(
@@ -85,6 +100,7 @@ def loop_hook(
     """The function the rewritten cell calls in place of its loop, with the loop's iterable."""
 
     def run(iterable: Iterable) -> Any:
+        session.close_open_run()
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
         code = build_item_code(plan.body, recorded, plan.filename)
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
@@ -92,15 +108,15 @@ def loop_hook(
         backend = session.backend(
             resolve_backend(options.backend), options.workers, options.start_method
         )
-        if backend.copies_kernel_objects:
-            for message in copy_warnings(plan, ns, recorded):
-                warn(message)
+        for message in copy_warnings(plan, ns, recorded, backend):
+            warn(message)
         report = RunReport(backend.name, backend.workers, backend.start_method)
         session.last_report = report
         records = execute(
             backend, task, iterable, ns, report,
             filename=plan.filename, chunksize=options.chunksize,
         )  # fmt: skip
+        session.open_run = records
         kind = plan.body.kind
         if kind == "for":
             for _ in records:

@@ -90,6 +90,10 @@ COPY_WARNING = (
     "line {line}: {what} acts on a copy inside each worker process, so the kernel's "
     "`{name}` will not change; use --backend threads, or append results to a list"
 )
+UNORDERED_WARNING = (
+    "line {line}: {what} changes the real `{name}` as items finish, which is not item order; "
+    "to keep serial order, append results to a list or dict in the loop instead"
+)
 CHANGED_IN_WORKER = (
     "the loop changed `{name}` inside the worker processes; those changes stayed there and "
     "the kernel's `{name}` is as before the loop. Use --backend threads, or collect the "

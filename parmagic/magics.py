@@ -79,6 +79,8 @@ class ParallelMagics(Magics):
             )
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
+        except SyntaxError as exc:
+            raise exc.with_traceback(None) from None  # the cell's line, not parmagic's frames
         return self._run(plan, options)
 
     def _options(self, line: str) -> tuple[engine.Options, str]:
