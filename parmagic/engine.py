@@ -122,7 +122,8 @@ def loop_hook(
             for _ in records:
                 pass
             return None
-        values = itertools.chain.from_iterable(r.value for r in records)
+        per_item = itertools.chain.from_iterable(records)  # each item's list of values
+        values = itertools.chain.from_iterable(per_item)
         if kind == "generator":
             return values  # lazy, like the generator expression it replaces
         return {"list": list, "set": set, "dict": dict}[kind](values)

@@ -27,7 +27,7 @@ class RunReport:
     chunks: int = 0
     wall: float = 0.0
     startup: float = 0.0
-    items: list[ItemTiming] = field(default_factory=list)  # the first MAX_ITEM_RECORDS items
+    timings: list[tuple] = field(default_factory=list)  # per item, the first MAX_ITEM_RECORDS
     item_count: int = 0
     busy: float = 0.0  # sum of the items' own times: what a serial run would roughly take
     cpu: float = 0.0
@@ -38,15 +38,23 @@ class RunReport:
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, record, worker: str) -> None:
-        self.item_count += 1
-        self.busy += record.end - record.start
-        self.cpu += record.cpu
-        self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
-        if len(self.items) < MAX_ITEM_RECORDS:
-            self.items.append(
-                ItemTiming(record.index, worker, record.start, record.end, record.cpu)
-            )
+    def add(self, result, count: int) -> None:
+        """Count the first ``count`` items of a chunk result."""
+        starts, ends, cpus = result.starts[:count], result.ends[:count], result.cpus[:count]
+        self.item_count += count
+        self.busy += sum(ends) - sum(starts)
+        self.cpu += sum(cpus)
+        self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
+        room = MAX_ITEM_RECORDS - len(self.timings)
+        if room > 0:
+            indices = range(result.first, result.first + count)
+            workers = [result.worker] * count
+            self.timings += list(zip(indices, workers, starts, ends, cpus, strict=True))[:room]
+
+    @property
+    def items(self) -> list[ItemTiming]:
+        """Per-item records (index, worker, start, end, CPU time) of the first items."""
+        return [ItemTiming(*timing) for timing in self.timings]
 
     @property
     def worker_ids(self) -> set[str]:

@@ -18,7 +18,7 @@ from .backends import Backend
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
 from .report import RunReport
-from .worker import ChunkResult, ItemError, ItemRecord, Task
+from .worker import ChunkResult, ItemError, Task
 
 TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
@@ -58,11 +58,11 @@ class ChunkSizer:
             self.remaining -= size
         return size
 
-    def observe(self, records: list[ItemRecord]) -> None:
+    def observe(self, result: ChunkResult) -> None:
         """Follow the latest chunk: items often get dearer (or cheaper) as a loop goes on."""
-        if records:
-            busy = sum(r.end - r.start for r in records)
-            self.seconds_per_item = max(busy / len(records), 1e-7)
+        if len(result):
+            busy = sum(result.ends) - sum(result.starts)
+            self.seconds_per_item = max(busy / len(result), 1e-7)
 
 
 def _raise(error: ItemError, index: int) -> None:
@@ -83,7 +83,7 @@ class _Run:
         self.sizer = ChunkSizer(chunksize, backend.workers, operator.length_hint(iterable))
         self.window = backend.capacity + max(4, backend.workers)
         self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
-        self.starts: dict[int, int] = {}  # seq -> index of its first item
+        self.starts: dict[int, int] = {}  # seq -> index of its first item, until applied
         self.pending: dict[int, ChunkResult] = {}
         self.submitted = self.applied = self.next_index = 0
         self.exhausted = self.failed = False
@@ -108,33 +108,55 @@ class _Run:
     def collect(self) -> None:
         for result in self.backend.wait(WAIT_SLICE):
             self.pending[result.seq] = result
-            self.sizer.observe(result.records)
+            self.sizer.observe(result)
             if result.native_limit:
                 self.report.native_limit = result.native_limit
 
-    def apply_ready(self) -> Iterator[ItemRecord]:
-        """Apply every result whose earlier items are all applied, in item order."""
+    def apply_ready(self) -> Iterator[list]:
+        """Apply every result whose earlier items are all applied, in item order; yield the
+        values of each chunk's successful items (a comprehension's values)."""
         while self.applied in self.pending:
             result = self.pending.pop(self.applied)
             items = self.chunks.pop(self.applied)
-            first = self.starts.pop(self.applied)
+            del self.starts[self.applied]
             self.applied += 1
             self.report.chunks += 1
-            for record in result.records:
-                _apply(record, self.ns, items[record.index - first], self.filename,
-                       keep_failed=self.task.stop_on_error)  # fmt: skip
-                self.report.add(record, result.worker)
-                if record.error is None:
-                    yield record
-                elif self.task.stop_on_error:
-                    self.failed = True
-                    self.report.stopped_at = record.index
-                    _raise(record.error, record.index)
-                else:
-                    error = record.error
-                    self.report.failures.append((record.index, error.item, repr(error.exception)))
+            yield self._apply_chunk(result, items)
             for name, kind in result.dropped_names.items():
                 self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
+
+    def _apply_chunk(self, result: ChunkResult, items: list) -> list:
+        """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
+        ns, stop_on_error, produced = self.ns, self.task.stop_on_error, []
+        for offset in range(len(result)):
+            output = result.outputs.get(offset)
+            if output:
+                for stream, text in output:
+                    (sys.stdout if stream == 1 else sys.stderr).write(text)
+            error = result.errors.get(offset)
+            if error is None or stop_on_error:
+                # a failed item's changes up to its failure stay, as a serial loop leaves
+                # them; under --on-error continue a failed item leaves nothing
+                try:
+                    apply_ops(ns, result.ops[offset])
+                except ReplayError as failure:
+                    frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
+                    error = error or ItemError(failure.error, frames, short_repr(items[offset]))
+                names = result.names[offset]
+                if names:
+                    ns.update(names)
+            if error is None:
+                produced.append(result.values[offset])
+                continue
+            index = result.first + offset
+            if stop_on_error:
+                self.failed = True
+                self.report.stopped_at = index
+                self.report.add(result, offset + 1)
+                _raise(error, index)
+            self.report.failures.append((index, error.item, repr(error.exception)))
+        self.report.add(result, len(result))
+        return produced
 
     @property
     def done(self) -> bool:
@@ -158,8 +180,9 @@ def execute(
     *,
     filename: str,
     chunksize: int | None = None,
-) -> Iterator[ItemRecord]:
-    """Yield each item's record, in item order, once its effects are applied to ``ns``."""
+) -> Iterator[list]:
+    """Run the loop; after each chunk is applied to ``ns`` (in item order), yield the values
+    its successful items produced (for comprehensions)."""
     run = _Run(backend, task, iterable, ns, report, filename, chunksize)
     began = time.monotonic()
     backend.begin(task)
@@ -181,23 +204,3 @@ def execute(
         task.cancelled.set()  # pool threads start no further item of this run
         report.warnings += backend.end(completed)
         report.wall = time.monotonic() - began
-
-
-def _apply(record: ItemRecord, ns: dict, item, filename: str, keep_failed: bool) -> None:
-    """Show the item's output, replay its effects on the kernel's objects, bind its names.
-
-    A failed item's output is always shown. Its effects and names up to the failure are kept
-    when the run stops there (as a serial loop leaves them) and dropped under
-    ``--on-error continue``. A change that fails to replay here fails its item at that point.
-    """
-    for stream, text in record.output:
-        (sys.stdout if stream == 1 else sys.stderr).write(text)
-    if record.error is not None and not keep_failed:
-        return
-    try:
-        apply_ops(ns, record.ops)
-    except ReplayError as failure:
-        frames = [(filename, failure.line, errors.ITEM_FUNCTION_NAME)]
-        record.error = ItemError(failure.error, frames, short_repr(item))
-    if record.names and (record.error is None or keep_failed):
-        ns.update(record.names)

@@ -92,21 +92,23 @@ def dump_result(result) -> bytes:
         return data
     except Exception:
         pass
-    for record in result.records:
+    for offset in range(len(result)):
         try:
-            dumps((record.value, record.ops, record.output))
+            dumps((result.values[offset], result.ops[offset], result.outputs.get(offset)))
         except Exception as reason:
-            record.value, record.ops = None, []
-            message = errors.RESULT_NOT_PICKLABLE.format(index=record.index, reason=reason)
-            record.error = record.error or _error(TypeError(message), record)
-        if record.error is not None:
-            record.error.exception = _travelling(record.error.exception)
-        for name, value in list((record.names or {}).items()):
+            result.values[offset], result.ops[offset] = None, []
+            message = errors.RESULT_NOT_PICKLABLE.format(index=result.first + offset, reason=reason)
+            result.errors.setdefault(offset, _error(TypeError(message), result.first + offset))
+        if offset in result.errors:
+            error = result.errors[offset]
+            error.exception = _travelling(error.exception)
+        names = result.names[offset] or {}
+        for name, value in list(names.items()):
             try:
                 dumps(value)
             except Exception:
                 result.dropped_names[name] = type(value).__name__
-                del record.names[name]
+                del names[name]
     return dumps(result)
 
 
@@ -140,10 +142,10 @@ def _travelling(exception: BaseException):
     return RuntimeError(f"{type(exception).__name__}: {exception}")
 
 
-def _error(exception: BaseException, record):
+def _error(exception: BaseException, index: int):
     from .worker import ItemError
 
-    return ItemError(exception, [], f"item {record.index}")
+    return ItemError(exception, [], f"item {index}")
 
 
 def captured_digests(namespace: dict, only: dict | None = None) -> dict[str, bytes]:

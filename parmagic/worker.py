@@ -52,26 +52,40 @@ class ItemError:
     item: str
 
 
-@dataclass(slots=True)
-class ItemRecord:
-    index: int
-    start: float  # time.monotonic(): one clock for every process on the machine
-    end: float
-    cpu: float
-    output: list[tuple[int, str]]  # (1 for stdout or 2 for stderr, text), in write order
-    ops: list[tuple]
-    value: Any = None
-    error: ItemError | None = None
-    names: dict[str, Any] | None = None  # the item's locals at its end: the names it bound
-
-
 @dataclass
 class ChunkResult:
+    """What a chunk of consecutive items did, kept in columns so that it pickles quickly.
+
+    Per item (by offset from ``first``): start and end (``time.monotonic()``, one clock for
+    every process on the machine), CPU time, the recorded changes (``ops``) and the names the
+    item bound. Sparse, by offset: printed output, errors. ``values``: a comprehension's
+    values, per item.
+    """
+
     seq: int
-    records: list[ItemRecord]
+    first: int
     worker: str
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    ops: list[list[tuple]] = field(default_factory=list)
+    names: list[dict[str, Any] | None] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    outputs: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # (1|2, text)
+    errors: dict[int, ItemError] = field(default_factory=dict)
     dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
     native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def add(self, began: float, ended: float, cpu: float, ops, names, value) -> None:
+        self.starts.append(began)
+        self.ends.append(ended)
+        self.cpus.append(cpu)
+        self.ops.append(ops)
+        self.names.append(names)
+        self.values.append(value)
 
 
 class ItemOutput(io.TextIOBase):
@@ -124,7 +138,7 @@ def run_chunk(
     task: Task, seq: int, start: int, items: list, worker: str | None = None
 ) -> ChunkResult:
     """Run consecutive items and record what each did."""
-    records: list[ItemRecord] = []
+    result = ChunkResult(seq, start, worker or threading.current_thread().name)
     function = task.function
     alarm = task.timeout if threading.current_thread() is threading.main_thread() else None
     previous_handler = signal.signal(signal.SIGALRM, _expire) if alarm else None
@@ -152,20 +166,21 @@ def run_chunk(
                 error = ItemError(exc, frames, short_repr(item))
             finally:
                 _current.output = None
-            ended, cpu = time.monotonic(), time.thread_time() - cpu
             names = log.names
             if names is not None:
                 names.pop(ITEM_ARG, None)  # the item function's own parameters
                 names.pop(LOG_ARG, None)
-            records.append(
-                ItemRecord(start + offset, began, ended, cpu, output, log.ops, value, error, names)
-            )
-            if error is not None and task.stop_on_error:
-                break
+            result.add(began, time.monotonic(), time.thread_time() - cpu, log.ops, names, value)
+            if output:
+                result.outputs[offset] = output
+            if error is not None:
+                result.errors[offset] = error
+                if task.stop_on_error:
+                    break
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGALRM, previous_handler)
-    return ChunkResult(seq, records, worker or threading.current_thread().name)
+    return result
 
 
 def _expire(signum, frame) -> None:

@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 
 from ..errors import short_repr
-from ..worker import ChunkResult, ItemError, ItemRecord, Task
+from ..worker import ChunkResult, ItemError, Task
 
 REGISTRY = {
     "serial": "serial:SerialBackend",
@@ -74,13 +74,12 @@ class Backend(ABC):
 def failed_chunk(seq: int, start: int, items: list, error: Exception, worker: str) -> ChunkResult:
     """A chunk that never reported back (a dead worker, an expired item) as failed items, so
     that the runner still applies every earlier item, the serial prefix, before the error."""
+    result = ChunkResult(seq, start, worker)
     now = time.monotonic()
-    records = [
-        ItemRecord(start + offset, now, now, 0.0, [], [],
-                   error=ItemError(error, [], short_repr(item)))
-        for offset, item in enumerate(items)
-    ]  # fmt: skip
-    return ChunkResult(seq, records, worker)
+    for offset, item in enumerate(items):
+        result.add(now, now, 0.0, [], None, None)
+        result.errors[offset] = ItemError(error, [], short_repr(item))
+    return result
 
 
 def load_backend(name: str) -> type[Backend]:
