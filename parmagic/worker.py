@@ -7,6 +7,7 @@ is the whole worker-process side and imports nothing heavy: never IPython.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 import pickle
@@ -15,13 +16,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .effects import ITEM_ARG, LOG_ARG, EffectLog
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
 
-_current = threading.local()
+# The output list of the item running in this thread (or asyncio task): each thread, and each
+# task, has its own context, so concurrent items never share a buffer.
+current_output: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "parmagic_item_output", default=None
+)
 
 
 @dataclass
@@ -96,14 +102,14 @@ class ItemOutput(io.TextIOBase):
         self.stream = stream
 
     def write(self, text: str) -> int:
-        buffer = getattr(_current, "output", None)
+        buffer = current_output.get()
         if buffer is None:
             return self.original.write(text)
         buffer.append((self.stream, text))
         return len(text)
 
     def flush(self) -> None:
-        if getattr(_current, "output", None) is None:
+        if current_output.get() is None:
             self.original.flush()
 
     def __getattr__(self, name: str):
@@ -134,58 +140,108 @@ class ItemTimedOut(BaseException):
     cannot swallow it and carry on as if the item had succeeded."""
 
 
+class _Item:
+    """One item's run: output capture, timing, the error it raised, all into ``result``.
+
+    A context manager so that the plain and the asyncio chunk runners share it: the ``with``
+    block only calls (or awaits) the item function.
+    """
+
+    def __init__(self, task: Task, result: ChunkResult, offset: int, item, alarm) -> None:
+        self.task, self.result, self.offset, self.item, self.alarm = (
+            task,
+            result,
+            offset,
+            item,
+            alarm,
+        )
+        self.log, self.output, self.value, self.failed = EffectLog(), [], None, False
+
+    def __enter__(self) -> _Item:
+        self.token = current_output.set(self.output)
+        self.began, self.cpu = time.monotonic(), time.thread_time()
+        if self.alarm:
+            _armed.set()
+            signal.setitimer(signal.ITIMER_REAL, self.alarm)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if self.alarm:
+            _armed.clear()  # an alarm that fires from here on finds no item to stop
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        current_output.reset(self.token)
+        if kind is KeyboardInterrupt:
+            return False  # the kernel's own interrupt: the runner stops the whole run
+        result, offset, task = self.result, self.offset, self.task
+        names = self.log.names
+        if names is not None:
+            names.pop(ITEM_ARG, None)  # the item function's own parameters
+            names.pop(LOG_ARG, None)
+        ended, cpu = time.monotonic(), time.thread_time() - self.cpu
+        result.add(self.began, ended, cpu, self.log.ops, names, self.value)
+        if self.output:
+            result.outputs[offset] = self.output
+        if exc is not None:
+            if isinstance(exc, ItemTimedOut | TimeoutError) and task.timeout:
+                exc = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
+            frames = user_frames(tb, task.origins)
+            result.errors[offset] = ItemError(exc, frames, short_repr(self.item))
+            self.failed = True
+        return True
+
+
+@contextmanager
+def _alarms(task: Task):
+    """--timeout on a main thread (the kernel's, or a worker process's): SIGALRM per item."""
+    if not task.timeout or threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = signal.signal(signal.SIGALRM, _expire)
+    try:
+        yield task.timeout
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_chunk(
     task: Task, seq: int, start: int, items: list, worker: str | None = None
 ) -> ChunkResult:
     """Run consecutive items and record what each did."""
     result = ChunkResult(seq, start, worker or threading.current_thread().name)
-    function = task.function
-    alarm = task.timeout if threading.current_thread() is threading.main_thread() else None
-    previous_handler = signal.signal(signal.SIGALRM, _expire) if alarm else None
-    try:
+    with _alarms(task) as alarm:
         for offset, item in enumerate(items):
             if task.cancelled.is_set():
                 break
-            log, output, value, error = EffectLog(), [], None, None
-            _current.output = output
-            began, cpu = time.monotonic(), time.thread_time()
-            try:
-                try:
-                    if alarm:
-                        signal.setitimer(signal.ITIMER_REAL, alarm)
-                    value = function(item, log)
-                finally:
-                    if alarm:
-                        signal.setitimer(signal.ITIMER_REAL, 0)
-            except KeyboardInterrupt:
-                raise  # the kernel's own interrupt: the runner stops the whole run
-            except BaseException as exc:
-                if isinstance(exc, ItemTimedOut):
-                    exc = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
-                frames = user_frames(exc.__traceback__, task.origins)
-                error = ItemError(exc, frames, short_repr(item))
-            finally:
-                _current.output = None
-            names = log.names
-            if names is not None:
-                names.pop(ITEM_ARG, None)  # the item function's own parameters
-                names.pop(LOG_ARG, None)
-            result.add(began, time.monotonic(), time.thread_time() - cpu, log.ops, names, value)
-            if output:
-                result.outputs[offset] = output
-            if error is not None:
-                result.errors[offset] = error
-                if task.stop_on_error:
-                    break
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGALRM, previous_handler)
+            with _Item(task, result, offset, item, alarm) as run:
+                run.value = task.function(item, run.log)
+            if run.failed and task.stop_on_error:
+                break
     return result
+
+
+async def run_chunk_async(task: Task, seq: int, start: int, items: list) -> ChunkResult:
+    """The same for a coroutine item function, on an event loop."""
+    import asyncio
+
+    result = ChunkResult(seq, start, "event loop")
+    for offset, item in enumerate(items):
+        with _Item(task, result, offset, item, None) as run:
+            coroutine = task.function(item, run.log)
+            run.value = await (
+                asyncio.wait_for(coroutine, task.timeout) if task.timeout else coroutine
+            )
+        if run.failed and task.stop_on_error:
+            break
+    return result
+
+
+_armed = threading.Event()
 
 
 def _expire(signum, frame) -> None:
     """SIGALRM during an item on a main thread (the kernel's, or a worker process's)."""
-    raise ItemTimedOut
+    if _armed.is_set():
+        raise ItemTimedOut
 
 
 def _failing_task(error: Exception) -> Task:
