@@ -45,6 +45,7 @@ class BodyInfo:
     reductions: dict[str, int] = field(default_factory=dict)
     receivers: dict[str, int] = field(default_factory=dict)  # kernel names mutated in place
     copy_warnings: list[tuple[int, str, str]] = field(default_factory=list)  # line, what, name
+    awaits: bool = False  # the body uses await / async for / async with: it needs asyncio
 
     @property
     def line(self) -> int:
@@ -79,7 +80,9 @@ def _check_target(target: ast.expr) -> None:
             )
 
 
-def _refuse_async(nodes, backend: str) -> None:
+def _async_uses(nodes) -> list[tuple[int, str]]:
+    """(line, construct) of every `await`, `async for`, `async with` in the item's scope."""
+    found = []
     for top in nodes:
         for node in walk_scope(top):
             what = {
@@ -88,22 +91,28 @@ def _refuse_async(nodes, backend: str) -> None:
             if what is None and isinstance(node, ast.comprehension) and node.is_async:
                 what = "async for"
             if what:
-                raise LoopRefused(
-                    errors.AWAIT_REFUSED.format(line=node.lineno, what=what, backend=backend),
-                    getattr(node, "lineno", None),
-                )
+                found.append((getattr(node, "lineno", None) or 0, what))
+    return found
+
+
+def _check_async(nodes, backend: str, info: BodyInfo) -> None:
+    uses = _async_uses(nodes)
+    info.awaits = bool(uses)
+    if uses and backend not in ("asyncio", "auto"):
+        line, what = uses[0]
+        raise LoopRefused(errors.AWAIT_REFUSED.format(line=line, what=what, backend=backend), line)
 
 
 def analyse_for(loop: ast.For, backend: str = "threads") -> BodyInfo:
     """Check a ``for`` loop's body and classify what it does to the kernel."""
     _check_target(loop.target)
-    _refuse_async(loop.body, backend)
     for stmt in _loop_level(loop.body):
         if isinstance(stmt, ast.Break):
             raise LoopRefused(errors.BREAK_REFUSED.format(line=stmt.lineno), stmt.lineno)
 
     bound = bound_names(loop.body) | stored_names(loop.target)
     info = BodyInfo(kind="for", node=loop)
+    _check_async(loop.body, backend, info)
     receiver_ids: set[int] = set()
     for stmt in loop.body:
         for node in walk_scope(stmt):
@@ -231,9 +240,9 @@ def analyse_comprehension(node: ast.expr, backend: str = "threads") -> BodyInfo:
     parts = [*first.ifs, *node.generators[1:]] + (
         [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
     )
-    _refuse_async(parts, backend)
     _check_target(first.target)
     info = BodyInfo(kind=kind, node=node)
+    _check_async(parts, backend, info)
     local = set().union(*(stored_names(g.target) for g in node.generators))
     _refuse_late_binding(parts, local)
     for part in parts:

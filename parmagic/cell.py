@@ -26,6 +26,7 @@ class CellPlan:
     body: BodyInfo
     filename: str
     ends_with_expression: bool
+    is_async: bool = False  # top-level await / async with around the loop: runs as a coroutine
 
     def split_for_display(self) -> tuple[ast.Module, ast.Expression | None]:
         """The cell without its final expression, and that expression (its value is Out[])."""
@@ -93,12 +94,13 @@ def find_parallel_loop(tree: ast.Module) -> ast.AST:
 
 
 class _PutHook(ast.NodeTransformer):
-    def __init__(self, loop: ast.AST) -> None:
+    def __init__(self, loop: ast.AST, is_async: bool) -> None:
         self.loop = loop
+        self.is_async = is_async
 
-    def _hook(self, iterable: ast.expr, where: ast.AST) -> ast.Call:
+    def _hook(self, iterable: ast.expr, where: ast.AST) -> ast.expr:
         call = ast.Call(ast.Name(HOOK_NAME, ast.Load()), [iterable], [])
-        return ast.copy_location(call, where)
+        return ast.copy_location(ast.Await(call) if self.is_async else call, where)
 
     def visit_For(self, node):
         if node is not self.loop:
@@ -128,5 +130,22 @@ def plan_cell(source: str, filename: str, backend: str = "threads", transform_as
         if isinstance(node, ast.Name) and node.id == HOOK_NAME:
             raise LoopRefused(f"`{HOOK_NAME}` is reserved for parmagic; rename it")
     ends_with_expression = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
-    module = ast.fix_missing_locations(_PutHook(loop).visit(tree))
-    return CellPlan(module, info, filename, ends_with_expression)
+    is_async = _awaits_outside(tree, loop)
+    module = ast.fix_missing_locations(_PutHook(loop, is_async).visit(tree))
+    return CellPlan(module, info, filename, ends_with_expression, is_async)
+
+
+def _awaits_outside(tree: ast.Module, loop: ast.AST) -> bool:
+    """Whether the cell itself, not the loop's body, awaits (e.g. `async with` around it)."""
+    skip = {id(n) for n in ast.walk(loop)}
+    if isinstance(loop, ast.For):
+        skip -= {id(n) for n in ast.walk(loop.iter)}
+        skip -= {id(n) for stmt in loop.orelse for n in ast.walk(stmt)}
+    else:
+        skip -= {id(n) for n in ast.walk(loop.generators[0].iter)}
+    return any(
+        isinstance(n, ast.Await | ast.AsyncWith | ast.AsyncFor)
+        or (isinstance(n, ast.comprehension) and n.is_async)
+        for n in walk_scope(tree)
+        if id(n) not in skip
+    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
@@ -34,9 +35,11 @@ class Options:
     quiet: bool = False
 
 
-def resolve_backend(name: str) -> str:
-    """``auto`` until probing lands: threads, which every loop body can run on."""
-    return "threads" if name == "auto" else name
+def resolve_backend(name: str, awaits: bool = False) -> str:
+    """``auto``: asyncio for a body that awaits; otherwise threads (until probing lands)."""
+    if name != "auto":
+        return name
+    return "asyncio" if awaits else "threads"
 
 
 class Session:
@@ -46,6 +49,38 @@ class Session:
         self._backends: dict[str, Backend] = {}
         self.last_report: RunReport | None = None
         self.open_run = None  # a run a half-consumed generator expression still holds
+        self._event_loop = None
+        self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
+
+    def event_loop(self):
+        """parmagic's own event loop thread (started on first use)."""
+        if self._event_loop is None:
+            from .backends.coroutines import EventLoopThread
+
+            self._event_loop = EventLoopThread()
+        return self._event_loop
+
+    def run_coroutine(self, coroutine) -> Any:
+        """Run cell code that awaits on parmagic's loop, while the kernel thread waits.
+
+        An interrupt reaches the kernel thread only: it asks the run (on another thread) to
+        stop, waits for it to apply its completed prefix, then raises its KeyboardInterrupt.
+        """
+        future = self.event_loop().submit(coroutine)
+        self.stop_requested.clear()
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self.stop_requested.set()
+            try:
+                future.result(timeout=5)
+            except RunInterrupted as stopped:
+                raise stopped.interrupt from None
+            except BaseException:  # the cell was awaiting something of its own: stop it
+                future.cancel()
+            raise
+        except RunInterrupted as stopped:
+            raise stopped.interrupt from None
 
     def backend(self, name: str, workers: int | None, start_method: str | None) -> Backend:
         """A warm backend; a new one only when the worker count or start method changes."""
@@ -61,7 +96,10 @@ class Session:
             current.close()
             current = None
         if current is None:
-            current = cls(workers, wanted_method) if wanted_method else cls(workers)
+            if cls.runs_coroutines:
+                current = cls(workers, self.event_loop())
+            else:
+                current = cls(workers, wanted_method) if wanted_method else cls(workers)
             self._backends[name] = current
         return current
 
@@ -77,6 +115,9 @@ class Session:
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
+        if self._event_loop is not None:
+            self._event_loop.close()
+            self._event_loop = None
 
 
 def copy_warnings(
@@ -101,20 +142,23 @@ def loop_hook(
 
     def run(iterable: Iterable) -> Any:
         session.close_open_run()
+        if not plan.is_async:
+            session.stop_requested.clear()
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
-        code = build_item_code(plan.body, recorded, plan.filename)
+        name = resolve_backend(options.backend, plan.body.awaits)
+        backend = session.backend(name, options.workers, options.start_method)
+        code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
         task = Task(function, plan.body.bound, options.on_error == "raise", timeout=options.timeout)
-        backend = session.backend(
-            resolve_backend(options.backend), options.workers, options.start_method
-        )
+        if backend.runs_coroutines and not plan.body.awaits:
+            warn(errors.NO_AWAIT)
         for message in copy_warnings(plan, ns, recorded, backend):
             warn(message)
         report = RunReport(backend.name, backend.workers, backend.start_method)
         session.last_report = report
         records = execute(
             backend, task, iterable, ns, report,
-            filename=plan.filename, chunksize=options.chunksize,
+            filename=plan.filename, chunksize=options.chunksize, stop=session.stop_requested,
         )  # fmt: skip
         session.open_run = records
         kind = plan.body.kind
@@ -129,6 +173,33 @@ def loop_hook(
         return {"list": list, "set": set, "dict": dict}[kind](values)
 
     return run
+
+
+class RunInterrupted(Exception):
+    """Carries a run's KeyboardInterrupt out of an event loop (which must not see one)."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__("interrupted")
+        self.interrupt = interrupt
+
+
+def awaitable(run: Callable[[Iterable], Any]) -> Callable[[Iterable], Any]:
+    """The hook for a cell that awaits: the run goes to a thread, so that the event loop
+    stays free for the cell's own awaits and for asyncio items."""
+
+    async def run_off_the_loop(iterable: Iterable) -> Any:
+        import asyncio
+
+        def whole_run():
+            value = run(iterable)
+            return iter(list(value)) if isinstance(value, Iterator) else value
+
+        try:
+            return await asyncio.to_thread(whole_run)
+        except KeyboardInterrupt as interrupt:
+            raise RunInterrupted(interrupt) from None
+
+    return run_off_the_loop
 
 
 def print_warning(message: str) -> None:

@@ -41,7 +41,12 @@ ASYNC_FOR_REFUSED = (
 )
 AWAIT_REFUSED = (
     "line {line}: the loop body uses `{what}`, which needs an event loop; the {backend} "
-    "backend runs plain functions, so remove the `await` or use an asyncio backend"
+    "backend runs plain functions, so use --backend asyncio (or auto), or remove the `await`"
+)
+NO_AWAIT = (
+    "the loop body never awaits, so on the asyncio backend each item holds the event loop "
+    "until it ends and the items run one after another; use --backend threads for blocking "
+    "calls, or an async library (aiohttp, asyncio.sleep) with `await`"
 )
 CARRIED_READ = (
     "line {line}: the body reads `{name}`, which it also changes (line {write_line}); in a "

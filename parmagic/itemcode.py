@@ -126,8 +126,11 @@ def _as_value(key: ast.expr) -> ast.expr:
     return key
 
 
-def build_item_code(info: BodyInfo, recorded: frozenset[str], filename: str) -> CodeType:
-    """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers."""
+def build_item_code(
+    info: BodyInfo, recorded: frozenset[str], filename: str, coroutine: bool = False
+) -> CodeType:
+    """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers;
+    ``async def`` for the asyncio backend, so that the body may ``await``."""
     node = copy.deepcopy(info.node)
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
@@ -147,7 +150,8 @@ def build_item_code(info: BodyInfo, recorded: frozenset[str], filename: str) -> 
         elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
         statements = [ast.Return(ast.ListComp(elt, node.generators))]
     args = ast.arguments([], [ast.arg(ITEM_ARG), ast.arg(LOG_ARG)], None, [], [], None, [])
-    function = ast.FunctionDef(errors.ITEM_FUNCTION_NAME, args, statements, [], None)
+    kind = ast.AsyncFunctionDef if coroutine else ast.FunctionDef
+    function = kind(errors.ITEM_FUNCTION_NAME, args, statements, [], None)
     for synthetic in ast.walk(function):
         if not hasattr(synthetic, "lineno") and "lineno" in synthetic._attributes:
             ast.copy_location(synthetic, info.node)

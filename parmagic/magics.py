@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -74,9 +76,7 @@ class ParallelMagics(Magics):
             source = "\n" + self.shell.transform_cell(cell)  # line numbers as the cell shows them
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
-            plan = plan_cell(
-                source, filename, engine.resolve_backend(options.backend), self.shell.transform_ast
-            )
+            plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
         except SyntaxError as exc:
@@ -109,13 +109,14 @@ class ParallelMagics(Magics):
     def _run(self, plan, options: engine.Options):
         ns = self.shell.user_ns
         head, last = plan.split_for_display()
-        flags = self.shell.compile.flags
+        flags = self.shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         before = self.session.last_report
-        ns[HOOK_NAME] = engine.loop_hook(plan, ns, options, self.session, engine.print_warning)
+        hook = engine.loop_hook(plan, ns, options, self.session, engine.print_warning)
+        ns[HOOK_NAME] = engine.awaitable(hook) if plan.is_async else hook
         try:
-            exec(compile(head, plan.filename, "exec", flags, True), ns)
+            self._evaluate(compile(head, plan.filename, "exec", flags, True), ns)
             if last is not None:
-                return eval(compile(last, plan.filename, "eval", flags, True), ns)
+                return self._evaluate(compile(last, plan.filename, "eval", flags, True), ns)
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
         except Exception as exc:
@@ -130,6 +131,12 @@ class ParallelMagics(Magics):
                     engine.print_warning(message)
                 if not options.quiet:
                     print(report.summary())
+
+    def _evaluate(self, code, ns: dict):
+        """Run cell code; code that awaits runs as a coroutine on parmagic's own event loop."""
+        if not code.co_flags & inspect.CO_COROUTINE:
+            return eval(code, ns)
+        return self.session.run_coroutine(eval(code, ns))
 
     def close(self) -> None:
         self.session.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import operator
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -78,7 +79,7 @@ class _Run:
         self.backend, self.task, self.ns, self.report = backend, task, ns, report
         self.filename = filename
         self.iterator = iter(iterable)
-        if task.timeout:
+        if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
         self.sizer = ChunkSizer(chunksize, backend.workers, operator.length_hint(iterable))
         self.window = backend.capacity + max(4, backend.workers)
@@ -180,6 +181,7 @@ def execute(
     *,
     filename: str,
     chunksize: int | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[list]:
     """Run the loop; after each chunk is applied to ``ns`` (in item order), yield the values
     its successful items produced (for comprehensions)."""
@@ -195,6 +197,8 @@ def execute(
                 break
             run.collect()
             yield from run.apply_ready()
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt  # asked by the kernel thread (see Session)
         completed = True
     except KeyboardInterrupt as interrupt:
         report.unfinished = run.unfinished()

@@ -19,6 +19,7 @@ REGISTRY = {
     "serial": "serial:SerialBackend",
     "threads": "threads:ThreadBackend",
     "processes": "processes:ProcessBackend",
+    "asyncio": "coroutines:AsyncioBackend",
 }
 CHOICES = (*REGISTRY, "auto")
 
@@ -36,6 +37,8 @@ class Backend(ABC):
 
     name: str
     copies_kernel_objects = False  # True where items see copies of kernel objects
+    one_item_per_chunk = False  # True where every item needs its own message (coroutines)
+    runs_coroutines = False  # True where the item function is a coroutine function
     start_method: str | None = None
 
     def __init__(self, workers: int) -> None:

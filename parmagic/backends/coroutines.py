@@ -1,0 +1,98 @@
+"""asyncio: one coroutine per item on a private event loop, at most ``--workers`` at once.
+
+The loop runs on a helper thread of its own, kept warm between cells, so it never competes
+with the loop a Jupyter kernel already runs (``asyncio.run`` cannot be called there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+
+from ..worker import ChunkResult, OutputCapture, Task, run_chunk_async
+from . import Backend
+
+DEFAULT_CONCURRENCY = 100
+
+
+class EventLoopThread:
+    """An event loop running forever on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="parmagic-event-loop", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, coroutine) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+
+        if self.thread.is_alive():
+            self.submit(cancel_all()).result(timeout=5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+        self.loop.close()
+
+
+class AsyncioBackend(Backend):
+    name = "asyncio"
+    one_item_per_chunk = True
+    runs_coroutines = True
+
+    def __init__(self, workers: int, loop_thread: EventLoopThread) -> None:
+        super().__init__(workers)
+        self.loop_thread = loop_thread  # the session's: cells that await share it
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return DEFAULT_CONCURRENCY
+
+    def begin(self, task: Task) -> None:
+        self._task = task
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._running: dict[int, concurrent.futures.Future] = {}
+        self._capture = OutputCapture()
+
+    def has_capacity(self) -> bool:
+        return len(self._running) < self.capacity
+
+    def submit(self, seq: int, start: int, items: list) -> None:
+        future = self.loop_thread.submit(run_chunk_async(self._task, seq, start, items))
+        self._running[seq] = future
+        future.add_done_callback(self._done.put)
+
+    def wait(self, timeout: float) -> list[ChunkResult]:
+        try:
+            ready = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while not self._done.empty():
+            ready.append(self._done.get())
+        results = []
+        for future in ready:
+            if future.cancelled():
+                continue
+            result = future.result()  # run_chunk_async records item errors itself
+            self._running.pop(result.seq, None)
+            results.append(result)
+        return results
+
+    def end(self, completed: bool) -> list[str]:
+        if not completed:
+            for future in self._running.values():
+                future.cancel()  # cancels the item's task on the loop
+            concurrent.futures.wait(list(self._running.values()), timeout=2)
+        self._running.clear()
+        self._capture.release()
+        return []
