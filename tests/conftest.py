@@ -16,6 +16,7 @@ import parmagic
 BACKENDS = {
     "serial": "-b serial",
     "threads": "-b threads -w 4",
+    "futures": "-b futures -w 4",
     "fork": "-b processes -w 2 --start-method fork",
     "spawn": "-b processes -w 2 --start-method spawn",
     "forkserver": "-b processes -w 2 --start-method forkserver",

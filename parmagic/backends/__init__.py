@@ -18,6 +18,7 @@ from ..worker import ChunkResult, ItemError, Task
 REGISTRY = {
     "serial": "serial:SerialBackend",
     "threads": "threads:ThreadBackend",
+    "futures": "threads:FuturesBackend",
     "processes": "processes:ProcessBackend",
     "asyncio": "coroutines:AsyncioBackend",
 }

@@ -1,12 +1,15 @@
-"""Threads: ``multiprocessing.pool.ThreadPool``, kept warm between cells.
+"""Threads: ``multiprocessing.pool.ThreadPool`` (``threads``) and
+``concurrent.futures.ThreadPoolExecutor`` (``futures``), kept warm between cells.
 
-Items share the kernel's objects, so they suit loops that wait on I/O; the GIL lets only
-one of them run Python at a time. A thread cannot be killed: an item past its timeout, or
-still running when the run is interrupted, is abandoned, and a fresh pool takes over.
+Items share the kernel's objects, so they suit loops that wait on I/O; the GIL lets only one
+of them run Python at a time. A thread cannot be killed: an item past its timeout, or still
+running when the run is interrupted, is abandoned, and a fresh pool takes over. The two
+backends differ only in the standard-library API that runs the chunks.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import time
 from multiprocessing.pool import ThreadPool
@@ -16,12 +19,12 @@ from ..worker import ChunkResult, OutputCapture, Task, run_chunk
 from . import Backend, failed_chunk, usable_cores
 
 
-class ThreadBackend(Backend):
-    name = "threads"
+class _PooledThreads(Backend):
+    """What both thread backends share: bookkeeping, timeouts, abandoning, output capture."""
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self._pool = ThreadPool(workers)
+        self._pool = self._new_pool()
 
     @classmethod
     def default_workers(cls) -> int:
@@ -31,10 +34,23 @@ class ThreadBackend(Backend):
     def capacity(self) -> int:
         return 2 * self.workers  # one queued chunk per thread keeps every thread busy
 
+    def _new_pool(self):
+        raise NotImplementedError
+
+    def _start(self, function, task: Task) -> None:
+        """Have the pool call ``function(task)``; its result must reach :meth:`_ready`."""
+        raise NotImplementedError
+
+    def _ready(self, timeout: float) -> list:
+        """Chunk results (or exceptions) that finished within ``timeout`` seconds."""
+        raise NotImplementedError
+
+    def _close_pool(self, wait: bool) -> None:
+        raise NotImplementedError
+
     def begin(self, task: Task) -> None:
         self._task = task
-        self._results: queue.SimpleQueue = queue.SimpleQueue()  # one per run: late results of an
-        self._running: dict[int, list] = {}  # abandoned run land in their own queue
+        self._running: dict[int, list] = {}  # seq -> [first index, items]
         self._started: dict[int, float] = {}
         self._capture = OutputCapture()
 
@@ -43,22 +59,16 @@ class ThreadBackend(Backend):
 
     def submit(self, seq: int, start: int, items: list) -> None:
         self._running[seq] = [start, items]
-        results, started = self._results, self._started
+        started = self._started
 
         def run(task: Task) -> ChunkResult:
             started[seq] = time.monotonic()
             return run_chunk(task, seq, start, items)
 
-        self._pool.apply_async(run, (self._task,), callback=results.put, error_callback=results.put)
+        self._start(run, self._task)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
-        timeout = min(timeout, self._next_deadline())
-        try:
-            ready = [self._results.get(timeout=max(timeout, 0))]
-        except queue.Empty:
-            ready = []
-        while not self._results.empty():
-            ready.append(self._results.get())
+        ready = self._ready(min(timeout, self._next_deadline()))
         for result in ready:
             if isinstance(result, BaseException):
                 raise result
@@ -69,7 +79,7 @@ class ThreadBackend(Backend):
         if not self._task.timeout or not self._started:
             return float("inf")
         live = [self._started[seq] for seq in self._running if seq in self._started]
-        return min(live, default=float("inf")) + self._task.timeout - time.monotonic()
+        return max(0.0, min(live, default=float("inf")) + self._task.timeout - time.monotonic())
 
     def _expired(self) -> list[ChunkResult]:
         """Items past their timeout fail now; their thread goes on, and is abandoned."""
@@ -80,17 +90,18 @@ class ThreadBackend(Backend):
             began = self._started.get(seq)
             if began is not None and now - began > self._task.timeout:
                 del self._running[seq]
-                message = errors.ITEM_TIMEOUT.format(
-                    seconds=self._task.timeout, fate=errors.TIMEOUT_ABANDONED
+                fate = errors.TIMEOUT_ABANDONED
+                error = TimeoutError(
+                    errors.ITEM_TIMEOUT.format(seconds=self._task.timeout, fate=fate)
                 )
-                expired.append(failed_chunk(seq, start, items, TimeoutError(message), "thread"))
+                expired.append(failed_chunk(seq, start, items, error, "thread"))
                 self._replace_pool()
         return expired
 
     def _replace_pool(self) -> None:
         """Leave busy threads to finish on their own; new chunks go to a fresh pool."""
-        self._pool.close()
-        self._pool = ThreadPool(self.workers)
+        self._close_pool(wait=False)
+        self._pool = self._new_pool()
 
     def end(self, completed: bool) -> list[str]:
         abandoned = not completed and bool(self._running)
@@ -104,8 +115,64 @@ class ThreadBackend(Backend):
         return [errors.ITEMS_ABANDONED.format(items=_ranges(items))]
 
     def close(self) -> None:
+        self._close_pool(wait=True)
+
+
+class ThreadBackend(_PooledThreads):
+    """``multiprocessing.pool.ThreadPool`` with ``apply_async``."""
+
+    name = "threads"
+
+    def _new_pool(self) -> ThreadPool:
+        return ThreadPool(self.workers)
+
+    def begin(self, task: Task) -> None:
+        super().begin(task)
+        self._results: queue.SimpleQueue = queue.SimpleQueue()  # per run: an abandoned run's
+        # late results land in its own queue, never in the next run's
+
+    def _start(self, function, task: Task) -> None:
+        results = self._results
+        self._pool.apply_async(function, (task,), callback=results.put, error_callback=results.put)
+
+    def _ready(self, timeout: float) -> list:
+        try:
+            ready = [self._results.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while not self._results.empty():
+            ready.append(self._results.get())
+        return ready
+
+    def _close_pool(self, wait: bool) -> None:
         self._pool.close()
-        self._pool.join()
+        if wait:
+            self._pool.join()
+
+
+class FuturesBackend(_PooledThreads):
+    """``concurrent.futures.ThreadPoolExecutor`` with ``submit``; results as they complete."""
+
+    name = "futures"
+
+    def _new_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(self.workers, "parmagic-futures")
+
+    def begin(self, task: Task) -> None:
+        super().begin(task)
+        self._futures: set[concurrent.futures.Future] = set()  # this run's, across pools
+
+    def _start(self, function, task: Task) -> None:
+        self._futures.add(self._pool.submit(function, task))
+
+    def _ready(self, timeout: float) -> list:
+        done, self._futures = concurrent.futures.wait(
+            self._futures, timeout, concurrent.futures.FIRST_COMPLETED
+        )  # what as_completed() does, one step at a time
+        return [f.exception() or f.result() for f in done]
+
+    def _close_pool(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _ranges(indices: list[int]) -> str:
