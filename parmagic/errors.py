@@ -112,6 +112,11 @@ WORKER_DIED = (
     "a worker process died ({how}) while running item(s) {items}; nothing of those items "
     "was applied. The pool has been replaced, so the next run starts fresh"
 )
+POOL_BROKEN = (
+    "a worker process of the ProcessPoolExecutor died while the pool held this item (the "
+    "executor does not say which worker, nor why); the pool has been replaced"
+)
+STOPPED_WITH_POOL = "the item was stopped because its ProcessPoolExecutor had to be replaced"
 ITEM_TIMEOUT = "the item ran longer than the {seconds:g} s allowed by --timeout{fate}"
 TIMEOUT_KILLED = "; its worker process was stopped and replaced"
 TIMEOUT_ABANDONED = (

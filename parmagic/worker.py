@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import io
-import os
-import pickle
 import signal
 import sys
 import threading
@@ -242,57 +240,3 @@ def _expire(signum, frame) -> None:
     """SIGALRM during an item on a main thread (the kernel's, or a worker process's)."""
     if _armed.is_set():
         raise ItemTimedOut
-
-
-def _failing_task(error: Exception) -> Task:
-    """A task whose every item raises the error that kept the real task from loading here."""
-    error.add_note("(raised while loading the loop's code in a worker process)")
-
-    def fail(item, log):
-        raise error
-
-    return Task(fail, frozenset(), stop_on_error=True)
-
-
-def serve(conn, native_threads: int) -> None:
-    """A worker process: receive a task once per run, then chunks; send back chunk results.
-
-    SIGINT is ignored here: a terminal's Ctrl-C reaches the whole process group, and the
-    kernel alone decides what happens to workers.
-    """
-    from .limits import cap_environment, cap_loaded_libraries
-    from .shipping import captured_digests, dump_result
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cap_environment(native_threads)
-    for number, attr in ((1, "stdout"), (2, "stderr")):  # not the kernel's stream objects
-        stream = io.TextIOWrapper(open(number, "wb", closefd=False), write_through=True)  # noqa: SIM115
-        setattr(sys, attr, ItemOutput(stream, number))
-    task: Task | None = None
-    digests: dict[str, bytes] = {}
-    capped = False
-    name = f"pid {os.getpid()}"
-    while True:
-        try:
-            header = conn.recv()
-        except EOFError:
-            return
-        if header[0] == "task":
-            payload = conn.recv_bytes()
-            try:
-                task = pickle.loads(payload)
-            except Exception as exc:  # e.g. a module the kernel has and this process cannot import
-                task = _failing_task(exc)
-            digests = captured_digests(task.function.__globals__)
-            capped = cap_loaded_libraries(native_threads, len(os.sched_getaffinity(0)))
-        elif header[0] == "chunk":
-            _, seq, start = header
-            items = pickle.loads(conn.recv_bytes())
-            result = run_chunk(task, seq, start, items, name)
-            result.native_limit = native_threads if capped else None
-            conn.send_bytes(dump_result(result))
-        elif header[0] == "changes":
-            now = captured_digests(task.function.__globals__, only=digests)
-            conn.send(sorted(n for n, d in now.items() if d != digests[n]))
-        else:
-            return

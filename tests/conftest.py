@@ -20,6 +20,9 @@ BACKENDS = {
     "fork": "-b processes -w 2 --start-method fork",
     "spawn": "-b processes -w 2 --start-method spawn",
     "forkserver": "-b processes -w 2 --start-method forkserver",
+    "futures-fork": "-b futures:processes -w 2 --start-method fork",
+    "futures-spawn": "-b futures:processes -w 2 --start-method spawn",
+    "asyncio": "-b asyncio",
 }
 PROCESS_BACKENDS = ("fork", "spawn", "forkserver")
 # Started once by multiprocessing and kept for the interpreter's life; not ours to close.

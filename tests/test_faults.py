@@ -20,6 +20,11 @@ from parmagic.errors import WorkerDied
 PARALLEL = [name for name in BACKENDS if name != "serial"]
 
 
+def sleep(name: str) -> str:
+    """How an item waits on this backend: asyncio items must await to be interruptible."""
+    return "await asyncio.sleep" if name == "asyncio" else "time.sleep"
+
+
 def assert_prefix(values: list, minimum: int = 0) -> None:
     assert values == list(range(len(values))) and len(values) >= minimum, values
 
@@ -31,12 +36,12 @@ def assert_next_run_works(ip, run, options: str) -> None:
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_interrupt_stops_the_run_within_two_seconds(ip, run, name):
-    options = BACKENDS[name]
-    run("import time\ndone = []\n")
+    options = BACKENDS[name] + (" -w 2" if name == "asyncio" else "")  # still running at 0.6 s
+    run("import asyncio, time\ndone = []\n")
     timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     signalled = time.monotonic() + 0.6
-    outcome = run(f"%%parallel {options}\nfor i in range(200):\n    time.sleep(0.05)\n    done.append(i)\n")
+    outcome = run(f"%%parallel {options}\nfor i in range(200):\n    {sleep(name)}(0.05)\n    done.append(i)\n")
     elapsed = time.monotonic() - signalled
     timer.join()
     assert isinstance(outcome.error, KeyboardInterrupt)
@@ -75,10 +80,10 @@ def test_a_dying_worker_fails_the_run_and_the_pool_heals(ip, run, name, death, h
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_an_item_over_its_timeout_fails_with_timeout_error(ip, run, name):
-    run("import time\ndone = []\n")
+    run("import asyncio, time\ndone = []\n")
     outcome = run(
         f"%%parallel {BACKENDS[name]} --timeout 0.5\nfor i in range(6):\n"
-        "    if i == 2:\n        time.sleep(2.5)\n    done.append(i)\n"
+        f"    if i == 2:\n        {sleep(name)}(2.5)\n    done.append(i)\n"
     )
     assert isinstance(outcome.error, TimeoutError)
     message = "\n".join(outcome.error._render_traceback_())

@@ -20,6 +20,7 @@ REGISTRY = {
     "threads": "threads:ThreadBackend",
     "futures": "threads:FuturesBackend",
     "processes": "processes:ProcessBackend",
+    "futures:processes": "process_futures:ProcessFuturesBackend",
     "asyncio": "coroutines:AsyncioBackend",
 }
 CHOICES = (*REGISTRY, "auto")

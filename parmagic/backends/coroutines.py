@@ -62,13 +62,29 @@ class AsyncioBackend(Backend):
         self._task = task
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._running: dict[int, concurrent.futures.Future] = {}
+        self._tasks: set[asyncio.Task] = set()  # touched on the loop thread only
         self._capture = OutputCapture()
+
+    async def _tracked(self, coroutine):
+        """Run an item's coroutine as a task the run can cancel from another thread."""
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            return await coroutine
+        finally:
+            self._tasks.discard(task)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
     def has_capacity(self) -> bool:
         return len(self._running) < self.capacity
 
     def submit(self, seq: int, start: int, items: list) -> None:
-        future = self.loop_thread.submit(run_chunk_async(self._task, seq, start, items))
+        future = self.loop_thread.submit(
+            self._tracked(run_chunk_async(self._task, seq, start, items))
+        )
         self._running[seq] = future
         future.add_done_callback(self._done.put)
 
@@ -89,10 +105,10 @@ class AsyncioBackend(Backend):
         return results
 
     def end(self, completed: bool) -> list[str]:
-        if not completed:
-            for future in self._running.values():
-                future.cancel()  # cancels the item's task on the loop
-            concurrent.futures.wait(list(self._running.values()), timeout=2)
+        if not completed and self._running:
+            self.loop_thread.loop.call_soon_threadsafe(self._cancel_all)
+            # an item blocking the loop (no await) cannot be cancelled: do not wait for it
+            concurrent.futures.wait(list(self._running.values()), timeout=0.5)
         self._running.clear()
         self._capture.release()
         return []

@@ -29,15 +29,16 @@ from multiprocessing import connection
 from .. import errors
 from ..errors import WorkerDied
 from ..limits import threads_per_worker
+from ..process_worker import serve
 from ..shipping import dumps, pack_task
-from ..worker import ChunkResult, Task, serve
+from ..worker import ChunkResult, Task
 from . import Backend, failed_chunk, usable_cores
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
 
 
 @contextmanager
-def _plain_main():
+def plain_main():
     """Start workers without the kernel's ``__main__``.
 
     ``spawn`` and ``forkserver`` re-run the parent's main script in each child, which is why
@@ -61,7 +62,7 @@ class _Worker:
             name=f"parmagic-worker-{number}",
             daemon=True,
         )
-        with _plain_main():
+        with plain_main():
             self.process.start()
         child.close()
         self.run: int | None = None
@@ -102,7 +103,7 @@ class ProcessBackend(Backend):
         self.start_method = start_method or multiprocessing.get_start_method()
         self._context = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
-            self._context.set_forkserver_preload(["parmagic.worker"])
+            self._context.set_forkserver_preload(["parmagic.process_worker"])
         self.native_threads = threads_per_worker(usable_cores(), workers)
         self._workers = [self._new_worker(n) for n in range(workers)]
         self._run = 0

@@ -1,0 +1,139 @@
+"""futures:processes: ``concurrent.futures.ProcessPoolExecutor`` with an explicit start method.
+
+Shares the ``processes`` backend's shipping: the task (item function and captured data) is
+pickled once per run with cloudpickle and written to a temporary file, which each worker
+reads once; chunks carry only their items. The executor cannot address one worker, so a dead
+worker breaks the whole pool (``BrokenProcessPool``): every chunk it held fails, and a new pool
+is started.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import tempfile
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+from .. import errors
+from ..errors import WorkerDied
+from ..limits import threads_per_worker
+from ..process_worker import prepare_pool_worker, run_shipped_chunk
+from ..shipping import dumps, pack_task
+from ..worker import ChunkResult, Task
+from . import Backend, failed_chunk, usable_cores
+from .processes import KILL_GRACE, plain_main
+
+_SHARED_MEMORY = "/dev/shm"
+
+
+class ProcessFuturesBackend(Backend):
+    name = "futures:processes"
+    copies_kernel_objects = True
+
+    def __init__(self, workers: int, start_method: str | None = None) -> None:
+        super().__init__(workers)
+        self.start_method = start_method or multiprocessing.get_start_method()
+        self._context = multiprocessing.get_context(self.start_method)
+        self.native_threads = threads_per_worker(usable_cores(), workers)
+        self._executor = self._new_executor()
+        self._run = 0
+        self._path: str | None = None
+
+    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=self._context, initializer=prepare_pool_worker,
+            initargs=(self.native_threads,),
+        )  # fmt: skip
+        with plain_main():  # start every worker now, without the kernel's __main__
+            warm = [executor.submit(os.getpid) for _ in range(self.workers)]
+        concurrent.futures.wait(warm)
+        return executor
+
+    def begin(self, task: Task) -> None:
+        payload = pack_task(task)  # raises NotPicklable before any item runs
+        folder = _SHARED_MEMORY if os.path.isdir(_SHARED_MEMORY) else None
+        with tempfile.NamedTemporaryFile("wb", prefix="parmagic-", dir=folder, delete=False) as f:
+            f.write(payload)
+        self._path = f.name
+        self._timeout = task.timeout
+        self._run += 1
+        self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
+        self._refused: list[ChunkResult] = []
+
+    def has_capacity(self) -> bool:
+        return not self._refused and len(self._running) < 2 * self.workers
+
+    def submit(self, seq: int, start: int, items: list) -> None:
+        try:
+            payload = dumps(items)
+        except Exception as reason:
+            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
+            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
+            return
+        with plain_main():
+            future = self._executor.submit(
+                run_shipped_chunk, self._run, self._path, seq, start, payload
+            )
+        self._running[future] = (seq, start, items, time.monotonic())
+
+    def wait(self, timeout: float) -> list[ChunkResult]:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            return refused
+        if self._timeout:
+            oldest = min(since for *_, since in self._running.values())
+            timeout = max(0.0, min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic()))
+        done, _ = concurrent.futures.wait(
+            list(self._running), timeout, concurrent.futures.FIRST_COMPLETED
+        )
+        results = []
+        for future in done:
+            seq, start, items, _ = self._running.pop(future)
+            try:
+                results.append(pickle.loads(future.result()))
+            except BrokenProcessPool:
+                return results + self._restart(
+                    WorkerDied(errors.POOL_BROKEN), [(seq, start, items)]
+                )
+            except Exception as reason:
+                error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
+                results.append(failed_chunk(seq, start, items, error, "pool"))
+        if self._timeout:
+            now = time.monotonic()
+            late = [c for c in self._running.values() if now - c[3] > self._timeout + KILL_GRACE]
+            if late:
+                fate = errors.TIMEOUT_KILLED
+                error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
+                return results + self._restart(error, [c[:3] for c in late])
+        return results
+
+    def _restart(self, error: Exception, culprits: list) -> list[ChunkResult]:
+        """Kill the pool; the culprits' items fail with ``error``, every other chunk it held
+        with a note that it was stopped along with the pool."""
+        others = [c[:3] for c in self._running.values() if c[:3] not in culprits]
+        self._kill()
+        stopped = WorkerDied(errors.STOPPED_WITH_POOL)
+        chunks = [(c, error) for c in culprits] + [(c, stopped) for c in others]
+        return [failed_chunk(seq, start, items, e, "pool") for (seq, start, items), e in chunks]
+
+    def _kill(self) -> None:
+        # ProcessPoolExecutor has no way to stop a running task (3.14 adds kill_workers()).
+        for process in list(getattr(self._executor, "_processes", {}).values()):
+            process.kill()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._running.clear()
+        self._executor = self._new_executor()
+
+    def end(self, completed: bool) -> list[str]:
+        if not completed and self._running:
+            self._kill()  # running items nobody will use
+        if self._path is not None:
+            os.unlink(self._path)
+            self._path = None
+        return []
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

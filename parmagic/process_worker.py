@@ -1,0 +1,98 @@
+"""The worker-process side: what runs in each worker process, and nothing else.
+
+Two ways in, one way of working. ``serve`` is the loop of a ``processes`` worker, fed through
+its own pipe (see backends/processes.py). ``prepare_pool_worker`` and ``run_shipped_chunk`` are
+what a ``concurrent.futures.ProcessPoolExecutor`` worker runs for ``futures:processes``, where
+the task is read once per run from a temporary file. Imports nothing heavy, never IPython.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import sys
+
+from .limits import cap_environment, cap_loaded_libraries
+from .shipping import captured_digests, dump_result
+from .worker import ItemOutput, Task, run_chunk
+
+
+def _become_worker(native_threads: int) -> None:
+    """SIGINT is ignored here: a terminal's Ctrl-C reaches the whole process group, and the
+    kernel alone decides what happens to workers. Output goes to this process's own file
+    descriptors (never to a forked kernel's stream objects) unless an item captures it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cap_environment(native_threads)
+    for number, attr in ((1, "stdout"), (2, "stderr")):
+        stream = io.TextIOWrapper(open(number, "wb", closefd=False), write_through=True)  # noqa: SIM115
+        setattr(sys, attr, ItemOutput(stream, number))
+
+
+def _load_task(payload: bytes, native_threads: int) -> tuple[Task, bool]:
+    """The task of a run, and whether native thread pools were capped for it."""
+    try:
+        task = pickle.loads(payload)
+    except Exception as exc:  # e.g. a module the kernel has and this process cannot import
+        task = _failing_task(exc)
+    capped = cap_loaded_libraries(native_threads, len(os.sched_getaffinity(0)))
+    return task, capped
+
+
+def _failing_task(error: Exception) -> Task:
+    """A task whose every item raises the error that kept the real task from loading here."""
+    error.add_note("(raised while loading the loop's code in a worker process)")
+
+    def fail(item, log):
+        raise error
+
+    return Task(fail, frozenset(), stop_on_error=True)
+
+
+def serve(conn, native_threads: int) -> None:
+    """A ``processes`` worker: a task once per run, then chunks; chunk results back."""
+    _become_worker(native_threads)
+    task: Task | None = None
+    digests: dict[str, bytes] = {}
+    capped = False
+    name = f"pid {os.getpid()}"
+    while True:
+        try:
+            header = conn.recv()
+        except EOFError:
+            return
+        if header[0] == "task":
+            task, capped = _load_task(conn.recv_bytes(), native_threads)
+            digests = captured_digests(task.function.__globals__)
+        elif header[0] == "chunk":
+            _, seq, start = header
+            items = pickle.loads(conn.recv_bytes())
+            result = run_chunk(task, seq, start, items, name)
+            result.native_limit = native_threads if capped else None
+            conn.send_bytes(dump_result(result))
+        elif header[0] == "changes":
+            now = captured_digests(task.function.__globals__, only=digests)
+            conn.send(sorted(n for n, d in now.items() if d != digests[n]))
+        else:
+            return
+
+
+_pool_state: dict = {"run": None, "task": None, "capped": False, "threads": 1}
+
+
+def prepare_pool_worker(native_threads: int) -> None:
+    """The ``initializer`` of a ``futures:processes`` worker."""
+    _become_worker(native_threads)
+    _pool_state["threads"] = native_threads
+
+
+def run_shipped_chunk(run: int, path: str, seq: int, start: int, items: bytes) -> bytes:
+    """One chunk in a ``futures:processes`` worker; the run's task is read from ``path`` once."""
+    if _pool_state["run"] != run:
+        with open(path, "rb") as payload:
+            task, capped = _load_task(payload.read(), _pool_state["threads"])
+        _pool_state.update(run=run, task=task, capped=capped)
+    result = run_chunk(_pool_state["task"], seq, start, pickle.loads(items), f"pid {os.getpid()}")
+    result.native_limit = _pool_state["threads"] if _pool_state["capped"] else None
+    return dump_result(result)
