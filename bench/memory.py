@@ -42,8 +42,10 @@ def main() -> None:
     sampler.join()
     assert result.success and ip.user_ns["total"] == count * (count - 1) // 2
     mb = 1 << 20
-    print(f"{count:,} items, {options}: wall {wall:.1f} s, RSS before {before / mb:.0f} MB, "
-          f"peak growth {(peak - before) / mb:.1f} MB")
+    print(
+        f"{count:,} items, {options}: wall {wall:.1f} s, RSS before {before / mb:.0f} MB, "
+        f"peak growth {(peak - before) / mb:.1f} MB"
+    )
     ip.run_line_magic("unload_ext", "parmagic")
 
 
