@@ -5,19 +5,24 @@ Plain Python: the magics front is the only module that talks to IPython.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import multiprocessing
+import operator
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
 
 from . import errors
-from .backends import Backend, load_backend
+from .auto import CPU_BOUND_SHARE, PROBE_ITEMS, Probe, choose
+from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
 from .effects import is_recordable
+from .errors import NotPicklable
 from .itemcode import build_item_code
 from .report import RunReport
 from .runner import execute
@@ -36,10 +41,8 @@ class Options:
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:
-    """``auto``: asyncio for a body that awaits; otherwise threads (until probing lands)."""
-    if name != "auto":
-        return name
-    return "asyncio" if awaits else "threads"
+    """``auto`` is asyncio for a body that awaits; otherwise the probe decides (auto.py)."""
+    return "asyncio" if name == "auto" and awaits else name
 
 
 class Session:
@@ -48,7 +51,7 @@ class Session:
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
         self.last_report: RunReport | None = None
-        self.open_run = None  # a run a half-consumed generator expression still holds
+        self.open_run = None  # weakref: a run a half-consumed generator expression holds
         self._event_loop = None
         self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
 
@@ -105,10 +108,12 @@ class Session:
 
     def close_open_run(self) -> None:
         """Finish a run that a generator expression left half-consumed, so that its workers
-        are free (and its late results cannot be mistaken for the next run's)."""
-        if self.open_run is not None:
-            self.open_run.close()
-            self.open_run = None
+        are free (and its late results cannot be mistaken for the next run's); say so."""
+        run = self.open_run() if self.open_run is not None else None
+        self.open_run = None
+        if run is not None and inspect.getgeneratorstate(run) != inspect.GEN_CLOSED:
+            print_warning(errors.GENERATOR_CLOSED)
+            run.close()
 
     def close(self) -> None:
         self.close_open_run()
@@ -140,37 +145,69 @@ def loop_hook(
 ) -> Callable[[Iterable], Any]:
     """The function the rewritten cell calls in place of its loop, with the loop's iterable."""
 
+    def make_task(backend: Backend, recorded: frozenset[str]) -> Task:
+        code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
+        function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
+        return Task(function, plan.body.bound, options.on_error == "raise", timeout=options.timeout)
+
     def run(iterable: Iterable) -> Any:
         session.close_open_run()
         if not plan.is_async:
             session.stop_requested.clear()
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
-        name = resolve_backend(options.backend, plan.body.awaits)
+        length, iterator = operator.length_hint(iterable), iter(iterable)
+        report = RunReport("auto", 1)
+        session.last_report = report
+        name, probed, start = resolve_backend(options.backend, plan.body.awaits), [], 0
+        if name == "auto":
+            name, probed, start = probe(iterator, length, recorded, report)
         backend = session.backend(name, options.workers, options.start_method)
-        code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
-        function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
-        task = Task(function, plan.body.bound, options.on_error == "raise", timeout=options.timeout)
+        report.backend, report.workers = backend.name, backend.workers
+        report.start_method = backend.start_method
+        task = make_task(backend, recorded)
         if backend.runs_coroutines and not plan.body.awaits:
             warn(errors.NO_AWAIT)
         for message in copy_warnings(plan, ns, recorded, backend):
             warn(message)
-        report = RunReport(backend.name, backend.workers, backend.start_method)
-        session.last_report = report
         records = execute(
-            backend, task, iterable, ns, report,
-            filename=plan.filename, chunksize=options.chunksize, stop=session.stop_requested,
+            backend, task, iterator, ns, report, filename=plan.filename,
+            chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
+            length=max(length - start, 0),
         )  # fmt: skip
-        session.open_run = records
-        kind = plan.body.kind
-        if kind == "for":
+        session.open_run = weakref.ref(records)
+        if plan.body.kind == "for":
             for _ in records:
                 pass
             return None
-        per_item = itertools.chain.from_iterable(records)  # each item's list of values
-        values = itertools.chain.from_iterable(per_item)
-        if kind == "generator":
+        # each item's values are a list: a comprehension's inner clauses may give 0 or more
+        values = itertools.chain.from_iterable(itertools.chain(probed, records))
+        if plan.body.kind == "generator":
             return values  # lazy, like the generator expression it replaces
-        return {"list": list, "set": set, "dict": dict}[kind](values)
+        return {"list": list, "set": set, "dict": dict}[plan.body.kind](values)
+
+    def probe(iterator, length: int, recorded, report: RunReport) -> tuple[str, list, int]:
+        """Run the first items serially, then choose; returns (backend, values, items done)."""
+        sampler = Probe()
+        serial = session.backend("serial", 1, None)
+        task = make_task(serial, recorded)
+        probed = list(execute(
+            serial, task, sampler.items(iterator), ns, report, filename=plan.filename,
+            stop=session.stop_requested, length=min(length, PROBE_ITEMS),
+        ))  # fmt: skip
+        unpicklable = None
+        if not sampler.exhausted and report.cpu > CPU_BOUND_SHARE * report.busy:
+            from .shipping import pack_task  # cloudpickle: only when processes are in view
+
+            try:
+                pack_task(task)
+            except NotPicklable as refusal:
+                unpicklable = str(refusal).split(" (")[0]
+        remaining = length - sampler.count if length else None
+        name, reason = choose(
+            sampler, report.busy, report.cpu, remaining, usable_cores(), unpicklable
+        )
+        report.auto_reason = f"{reason}; {sampler.count} item(s) probed in the kernel"
+        return name, probed, sampler.count
 
     return run
 

@@ -130,6 +130,10 @@ ITEMS_ABANDONED = (
     "item(s) {items} were still running on threads when the run stopped; threads cannot be "
     "stopped, so they were abandoned (their effects are not applied)"
 )
+GENERATOR_CLOSED = (
+    "a generator expression from an earlier %%parallel run was still half-consumed; it is "
+    "closed now (its workers are needed), so iterating it further yields nothing more"
+)
 ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); the items before it were applied"
 
 

@@ -34,6 +34,7 @@ class RunReport:
     per_worker: dict[str, int] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
+    auto_reason: str | None = None  # why --backend auto chose this backend
     native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     warnings: list[str] = field(default_factory=list)
@@ -63,8 +64,11 @@ class RunReport:
     def summary(self) -> str:
         method = f" ({self.start_method})" if self.start_method else ""
         plural = "s" if self.workers != 1 else ""
+        workers = f"{self.workers} worker{plural}"
+        if self.backend == "asyncio":
+            workers = f"at most {self.workers} at once"
         line = (
-            f"parmagic: {self.backend}{method} · {self.workers} worker{plural} · "
+            f"parmagic: {self.backend}{method} · {workers} · "
             f"{self.item_count} items in {self.chunks} chunks · wall {self.wall:.3f} s · "
             f"busy {self.busy:.3f} s"
         )
@@ -73,6 +77,8 @@ class RunReport:
         if self.unfinished:
             line += f" · interrupted ({len(self.unfinished)} unfinished)"
         lines = [line]
+        if self.auto_reason:
+            lines.append(f"auto chose {self.backend}: {self.auto_reason}")
         if self.native_limit:
             lines.append(
                 f"native thread pools (BLAS, OpenMP) limited to {self.native_limit} per worker "

@@ -75,13 +75,13 @@ def _raise(error: ItemError, index: int) -> None:
 class _Run:
     """The state of one run between the iterable, the backend and the kernel's namespace."""
 
-    def __init__(self, backend, task, iterable, ns, report, filename, chunksize) -> None:
+    def __init__(self, backend, task, iterable, ns, report, filename, chunksize, length) -> None:
         self.backend, self.task, self.ns, self.report = backend, task, ns, report
         self.filename = filename
         self.iterator = iter(iterable)
         if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
-        self.sizer = ChunkSizer(chunksize, backend.workers, operator.length_hint(iterable))
+        self.sizer = ChunkSizer(chunksize, backend.workers, length)
         self.window = backend.capacity + max(4, backend.workers)
         self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
         self.starts: dict[int, int] = {}  # seq -> index of its first item, until applied
@@ -113,51 +113,54 @@ class _Run:
             if result.native_limit:
                 self.report.native_limit = result.native_limit
 
-    def apply_ready(self) -> Iterator[list]:
-        """Apply every result whose earlier items are all applied, in item order; yield the
-        values of each chunk's successful items (a comprehension's values)."""
+    def apply_ready(self) -> Iterator:
+        """Apply every result whose earlier items are all applied, in item order, item by
+        item; yield each successful item's values (a comprehension's) once it is applied, so
+        that a consumer that stops early (``any``, ``next``) sees nothing of later items."""
         while self.applied in self.pending:
             result = self.pending.pop(self.applied)
             items = self.chunks.pop(self.applied)
             del self.starts[self.applied]
             self.applied += 1
             self.report.chunks += 1
-            yield self._apply_chunk(result, items)
+            yield from self._apply_chunk(result, items)
             for name, kind in result.dropped_names.items():
                 self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
 
-    def _apply_chunk(self, result: ChunkResult, items: list) -> list:
+    def _apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
         """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
-        ns, stop_on_error, produced = self.ns, self.task.stop_on_error, []
-        for offset in range(len(result)):
-            output = result.outputs.get(offset)
-            if output:
-                for stream, text in output:
-                    (sys.stdout if stream == 1 else sys.stderr).write(text)
-            error = result.errors.get(offset)
-            if error is None or stop_on_error:
-                # a failed item's changes up to its failure stay, as a serial loop leaves
-                # them; under --on-error continue a failed item leaves nothing
-                try:
-                    apply_ops(ns, result.ops[offset])
-                except ReplayError as failure:
-                    frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
-                    error = error or ItemError(failure.error, frames, short_repr(items[offset]))
-                names = result.names[offset]
-                if names:
-                    ns.update(names)
-            if error is None:
-                produced.append(result.values[offset])
-                continue
-            index = result.first + offset
-            if stop_on_error:
-                self.failed = True
-                self.report.stopped_at = index
-                self.report.add(result, offset + 1)
-                _raise(error, index)
-            self.report.failures.append((index, error.item, repr(error.exception)))
-        self.report.add(result, len(result))
-        return produced
+        ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
+        try:
+            for offset in range(len(result)):
+                counted = offset + 1
+                output = result.outputs.get(offset)
+                if output:
+                    for stream, text in output:
+                        (sys.stdout if stream == 1 else sys.stderr).write(text)
+                error = result.errors.get(offset)
+                if error is None or stop_on_error:
+                    # a failed item's changes up to its failure stay, as a serial loop leaves
+                    # them; under --on-error continue a failed item leaves nothing
+                    try:
+                        apply_ops(ns, result.ops[offset])
+                    except ReplayError as failure:
+                        frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
+                        item = short_repr(items[offset])
+                        error = error or ItemError(failure.error, frames, item)
+                    names = result.names[offset]
+                    if names:
+                        ns.update(names)
+                if error is None:
+                    yield result.values[offset]
+                    continue
+                index = result.first + offset
+                if stop_on_error:
+                    self.failed = True
+                    self.report.stopped_at = index
+                    _raise(error, index)
+                self.report.failures.append((index, error.item, repr(error.exception)))
+        finally:
+            self.report.add(result, counted)
 
     @property
     def done(self) -> bool:
@@ -182,13 +185,18 @@ def execute(
     filename: str,
     chunksize: int | None = None,
     stop: threading.Event | None = None,
+    first_index: int = 0,
+    length: int | None = None,
 ) -> Iterator[list]:
-    """Run the loop; after each chunk is applied to ``ns`` (in item order), yield the values
-    its successful items produced (for comprehensions)."""
-    run = _Run(backend, task, iterable, ns, report, filename, chunksize)
+    """Run the loop; yield each successful item's values (for comprehensions) once the item
+    is applied to ``ns``, in item order."""
+    if length is None:
+        length = operator.length_hint(iterable)
+    run = _Run(backend, task, iterable, ns, report, filename, chunksize, length)
+    run.next_index = first_index
     began = time.monotonic()
     backend.begin(task)
-    report.startup = time.monotonic() - began
+    report.startup += time.monotonic() - began
     completed = False
     try:
         while True:
@@ -207,4 +215,4 @@ def execute(
     finally:
         task.cancelled.set()  # pool threads start no further item of this run
         report.warnings += backend.end(completed)
-        report.wall = time.monotonic() - began
+        report.wall += time.monotonic() - began

@@ -90,7 +90,10 @@ def test_syntax_error_points_at_the_cells_line(run):
 @pytest.mark.parametrize(
     "options, fragment",
     [
-        ("-b thread", "invalid choice: 'thread' (choose from 'serial', 'threads', 'futures', 'processes'"),
+        (
+            "-b thread",
+            "invalid choice: 'thread' (choose from 'serial', 'threads', 'futures', 'processes'",
+        ),
         ("--workers 0", "--workers must be 1 or more"),
         ("--on-error ignore", "invalid choice: 'ignore'"),
         ("--frobnicate", "unrecognized arguments: --frobnicate"),

@@ -41,7 +41,9 @@ def test_interrupt_stops_the_run_within_two_seconds(ip, run, name):
     timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     signalled = time.monotonic() + 0.6
-    outcome = run(f"%%parallel {options}\nfor i in range(200):\n    {sleep(name)}(0.05)\n    done.append(i)\n")
+    outcome = run(
+        f"%%parallel {options}\nfor i in range(200):\n    {sleep(name)}(0.05)\n    done.append(i)\n"
+    )
     elapsed = time.monotonic() - signalled
     timer.join()
     assert isinstance(outcome.error, KeyboardInterrupt)
@@ -115,7 +117,9 @@ def test_an_item_that_blocks_its_alarm_gets_its_worker_killed(ip, run, name):
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_an_endless_iterable_stops_at_the_failing_item(ip, run, name):
     run("import itertools\nclass Enough(Exception):\n    pass\npulled = []\n")
-    run("def endless():\n    for n in itertools.count():\n        pulled.append(n)\n        yield n\n")
+    run(
+        "def endless():\n    for n in itertools.count():\n        pulled.append(n)\n        yield n\n"
+    )
     outcome = run(
         f"%%parallel {BACKENDS[name]}\nseen = []\nfor n in endless():\n"
         "    if n == 300:\n        raise Enough(n)\n    seen.append(n)\n"
@@ -128,7 +132,9 @@ def test_an_endless_iterable_stops_at_the_failing_item(ip, run, name):
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_islice_of_an_endless_iterable_runs_to_its_end(ip, run, name):
     run("import itertools\n")
-    outcome = run(f"%%parallel {BACKENDS[name]}\ntotal = 0\nfor n in itertools.islice(itertools.count(), 1000):\n    total += n\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[name]}\ntotal = 0\nfor n in itertools.islice(itertools.count(), 1000):\n    total += n\n"
+    )
     assert outcome.error is None and ip.user_ns["total"] == sum(range(1000))
 
 

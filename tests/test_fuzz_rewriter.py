@@ -32,11 +32,6 @@ from parmagic import errors
 
 EXAMPLES = int(os.environ.get("PARMAGIC_FUZZ_EXAMPLES", "25"))
 FUZZ_BACKENDS = ("serial", "threads", "fork", "spawn")
-# A generator expression stopped early (any(), next()) whose items print: since commit 3a14b36
-# (chunk results in columns) a chunk's output is shown whole, so the items after the one that
-# stopped the consumer print too. Reported for a fix in the engine; until then such cells are
-# written only with PARMAGIC_FUZZ_EARLY_STOP_PRINTS=1 (the same cells without print always).
-EARLY_STOP_PRINTS = os.environ.get("PARMAGIC_FUZZ_EARLY_STOP_PRINTS") == "1"
 
 # Kernel names the grammar may use, and the setup line that creates each one.
 SETUP = {
@@ -327,7 +322,7 @@ class _Writer:
             self.use("results")
             return f"results.extend({self.expr(none)} for i in {n})"
         if choice == 8:  # a consumer that stops early: serial prints only up to the hit
-            shown = "print(i) or " if EARLY_STOP_PRINTS else ""
+            shown = "print(i) or "
             return f"found = any({shown}{self.cond(none)} for i in {n})"
         if choice == 9:
             return f"found = next((i for i in {n} if {self.cond(none)}), None)"
@@ -337,7 +332,7 @@ class _Writer:
             # itertools.chain under %%parallel, not a generator (reported, not tested here)
             value = "i"
             if self.draw(st.booleans()):
-                value = f"print(i) or {self.expr(none)}" if EARLY_STOP_PRINTS else self.expr(none)
+                value = f"print(i) or {self.expr(none)}"
             return (
                 f"gen = ({value} for i in {n})\nfound = [next(gen, None), next(gen, None)]\ndel gen"
             )

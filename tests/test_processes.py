@@ -55,7 +55,9 @@ def test_changing_a_copy_is_warned_before_the_run(ip, run):
     outcome = run_ok(run, BACKENDS["fork"], "for i in range(3):\n    box.count = i\n")
     assert "line 3: `box.count = ...` acts on a copy inside each worker process" in outcome.err
     assert ip.user_ns["box"].count == 0
-    threads = run_ok(run, BACKENDS["threads"] + " --chunksize 3", "for i in range(3):\n    box.count = i\n")
+    threads = run_ok(
+        run, BACKENDS["threads"] + " --chunksize 3", "for i in range(3):\n    box.count = i\n"
+    )
     assert "changes the real `box` as items finish, which is not item order" in threads.err
     assert ip.user_ns["box"].count == 2  # one chunk: in order
     serial = run_ok(run, BACKENDS["serial"], "for i in range(3):\n    box.count = -i\n")
