@@ -212,6 +212,27 @@ def test_killed_worker_fails_the_cell_and_the_next_run_works(kc):
     )
 
 
+@pytest.mark.timeout(120)
+def test_asyncio_with_a_client_session_around_the_loop(kc):
+    run_ok(kc, "from parmagic.slowserver import SlowServer\nsite = SlowServer(latency=0.3).start()")
+    try:
+        outcome = run_ok(
+            kc,
+            "%%parallel\nimport aiohttp\nsizes = []\n"
+            "async with aiohttp.ClientSession() as session:\n"
+            "    for n in range(20):\n"
+            "        async with session.get(site.url(f'/page/{n}')) as response:\n"
+            "            print('got', n)\n"
+            "            sizes.append(len(await response.text()))\n",
+        )
+        printed = [line for line in outcome.stdout.splitlines() if line.startswith("got")]
+        assert printed == [f"got {n}" for n in range(20)]  # in this cell's output, in order
+        assert "parmagic: asyncio" in outcome.stdout
+        assert run_ok(kc, "len(sizes), site.max_overlap() >= 15").result == "(20, True)"
+    finally:
+        run_ok(kc, "site.stop()")
+
+
 @pytest.fixture
 def demo_kernel():
     """A fresh kernel whose working directory is the demo notebook's folder."""
