@@ -1,0 +1,91 @@
+"""200 URLs × 50 ms from the local slow server: parmagic's threads, futures and asyncio against
+the hand-written standard-library and aiohttp code, alternating, median of several runs.
+
+Usage: python bench/urls.py [COUNT] [REPEATS]     (defaults: 200, 5)
+The ideal for N threads is ceil(COUNT / N) × latency; for asyncio, one latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import statistics
+import sys
+import time
+
+import aiohttp
+import requests
+from IPython.testing.globalipapp import start_ipython
+
+from parmagic.slowserver import SlowServer
+
+LATENCY = 0.05
+THREADS = 32
+
+
+def by_hand_threads(urls: list[str]) -> list[int]:
+    with requests.Session() as session, concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        return list(pool.map(lambda u: len(session.get(u, timeout=10).content), urls))
+
+
+def by_hand_asyncio(urls: list[str]) -> list[int]:
+    async def main() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+
+            async def fetch(url: str) -> int:
+                async with session.get(url) as response:
+                    return len(await response.read())
+
+            return await asyncio.gather(*(fetch(u) for u in urls))
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "parmagic")
+    with SlowServer(latency=LATENCY) as site:
+        urls = [site.url(f"/page/{n}") for n in range(count)]
+        ip.user_ns.update(urls=urls)
+        ip.run_cell("import requests\nsession = requests.Session()")
+        loop_body = (
+            "sizes = []\nfor url in urls:\n"
+            "    sizes.append(len(session.get(url, timeout=10).content))\n"
+        )
+        aio_cell = (
+            "%%parallel -q -b asyncio\nimport aiohttp\nsizes = []\n"
+            "async with aiohttp.ClientSession() as s:\n    for url in urls:\n"
+            "        async with s.get(url) as r:\n            sizes.append(len(await r.read()))\n"
+        )
+        cases = {
+            "parmagic threads": lambda: ip.run_cell(
+                f"%%parallel -q -b threads -w {THREADS}\n{loop_body}"
+            ),
+            "by hand ThreadPoolExecutor": lambda: by_hand_threads(urls),
+            "parmagic futures": lambda: ip.run_cell(
+                f"%%parallel -q -b futures -w {THREADS}\n{loop_body}"
+            ),
+            "parmagic asyncio": lambda: ip.run_cell(aio_cell),
+            "by hand aiohttp + gather": lambda: by_hand_asyncio(urls),
+        }
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, case in cases.items():
+                began = time.perf_counter()
+                case()
+                times[name].append(time.perf_counter() - began)
+    ideal_threads = -(-count // THREADS) * LATENCY
+    print(
+        f"{count} URLs × {LATENCY * 1000:.0f} ms, {repeats} runs each (median, min-max);"
+        f" ideal: {ideal_threads:.2f} s for {THREADS} threads, {LATENCY:.2f} s for asyncio"
+    )
+    print("| code | median s | min-max s |\n|---|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f}-{max(values):.3f} |")
+    ip.run_line_magic("unload_ext", "parmagic")
+
+
+if __name__ == "__main__":
+    main()
