@@ -10,7 +10,6 @@ is started.
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import os
 import pickle
 import tempfile
@@ -19,25 +18,20 @@ from concurrent.futures.process import BrokenProcessPool
 
 from .. import errors
 from ..errors import WorkerDied
-from ..limits import threads_per_worker
 from ..process_worker import prepare_pool_worker, run_shipped_chunk
-from ..shipping import dumps, pack_task
+from ..shipping import pack_task
 from ..worker import ChunkResult, Task
-from . import Backend, failed_chunk, usable_cores
-from .processes import KILL_GRACE, plain_main
+from . import failed_chunk
+from .processes import KILL_GRACE, WorkerProcesses, plain_main
 
 _SHARED_MEMORY = "/dev/shm"
 
 
-class ProcessFuturesBackend(Backend):
+class ProcessFuturesBackend(WorkerProcesses):
     name = "futures:processes"
-    copies_kernel_objects = True
 
     def __init__(self, workers: int, start_method: str | None = None) -> None:
-        super().__init__(workers)
-        self.start_method = start_method or multiprocessing.get_start_method()
-        self._context = multiprocessing.get_context(self.start_method)
-        self.native_threads = threads_per_worker(usable_cores(), workers)
+        super().__init__(workers, start_method)
         self._executor = self._new_executor()
         self._run = 0
         self._path: str | None = None
@@ -61,17 +55,13 @@ class ProcessFuturesBackend(Backend):
         self._timeout = task.timeout
         self._run += 1
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
-        self._refused: list[ChunkResult] = []
 
     def has_capacity(self) -> bool:
         return not self._refused and len(self._running) < 2 * self.workers
 
     def submit(self, seq: int, start: int, items: list) -> None:
-        try:
-            payload = dumps(items)
-        except Exception as reason:
-            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
-            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
+        payload = self._items_bytes(seq, start, items)
+        if payload is None:
             return
         with plain_main():
             future = self._executor.submit(
@@ -81,8 +71,7 @@ class ProcessFuturesBackend(Backend):
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
-            refused, self._refused = self._refused, []
-            return refused
+            return self._take_refused()
         if self._timeout:
             oldest = min(since for *_, since in self._running.values())
             timeout = max(0.0, min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic()))

@@ -94,8 +94,10 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-class ProcessBackend(Backend):
-    name = "processes"
+class WorkerProcesses(Backend):
+    """What both process backends share: the start method, native thread caps, and refusing
+    items that cannot be pickled as failed items (the serial prefix still applies)."""
+
     copies_kernel_objects = True
 
     def __init__(self, workers: int, start_method: str | None = None) -> None:
@@ -105,6 +107,28 @@ class ProcessBackend(Backend):
         if self.start_method == "forkserver":
             self._context.set_forkserver_preload(["parmagic.process_worker"])
         self.native_threads = threads_per_worker(usable_cores(), workers)
+        self._refused: list[ChunkResult] = []
+
+    def _items_bytes(self, seq: int, start: int, items: list) -> bytes | None:
+        """The items pickled, or None once they are queued as failed items (never half a
+        message to a worker)."""
+        try:
+            return dumps(items)
+        except Exception as reason:
+            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
+            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
+            return None
+
+    def _take_refused(self) -> list[ChunkResult]:
+        refused, self._refused = self._refused, []
+        return refused
+
+
+class ProcessBackend(WorkerProcesses):
+    name = "processes"
+
+    def __init__(self, workers: int, start_method: str | None = None) -> None:
+        super().__init__(workers, start_method)
         self._workers = [self._new_worker(n) for n in range(workers)]
         self._run = 0
 
@@ -114,7 +138,6 @@ class ProcessBackend(Backend):
     def begin(self, task: Task) -> None:
         self._payload = pack_task(task)  # raises NotPicklable before any item runs
         self._timeout = task.timeout
-        self._refused: list[ChunkResult] = []
         self._run += 1
         self._used: set[_Worker] = set()
 
@@ -122,11 +145,8 @@ class ProcessBackend(Backend):
         return not self._refused and any(w.chunk is None for w in self._workers)
 
     def submit(self, seq: int, start: int, items: list) -> None:
-        try:
-            payload = dumps(items)
-        except Exception as reason:  # the worker must see whole messages or none
-            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
-            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
+        payload = self._items_bytes(seq, start, items)
+        if payload is None:
             return
         worker = next(w for w in self._workers if w.chunk is None)
         if worker.run != self._run:
@@ -141,8 +161,7 @@ class ProcessBackend(Backend):
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
-            refused, self._refused = self._refused, []
-            return refused
+            return self._take_refused()
         busy = [w for w in self._workers if w.chunk is not None]
         if self._timeout:
             deadline = min(w.since for w in busy) + self._timeout + KILL_GRACE
