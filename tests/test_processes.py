@@ -8,6 +8,10 @@ from conftest import BACKENDS, PROCESS_BACKENDS, report
 import parmagic
 
 process_backend = pytest.mark.parametrize("method", PROCESS_BACKENDS)
+# the same promises through concurrent.futures.ProcessPoolExecutor
+all_process_backends = pytest.mark.parametrize(
+    "method", [*PROCESS_BACKENDS, "futures-fork", "futures-spawn"]
+)
 
 
 def run_ok(run, options: str, cell: str):
@@ -16,14 +20,14 @@ def run_ok(run, options: str, cell: str):
     return outcome
 
 
-@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "futures-spawn"])
 def test_workers_never_import_ipython(ip, run, method):
     run("import sys\n")
     run_ok(run, BACKENDS[method], "flags = ['IPython' in sys.modules for _ in range(6)]\n")
     assert ip.user_ns["flags"] == [False] * 6
 
 
-@process_backend
+@all_process_backends
 def test_captured_data_is_pickled_once_and_loaded_once_per_worker(ip, run, method):
     import probes
 
@@ -37,7 +41,7 @@ def test_captured_data_is_pickled_once_and_loaded_once_per_worker(ip, run, metho
     assert ip.user_ns["loads"] == [(10_000, 1)] * 40  # each worker unpickled it once
 
 
-@process_backend
+@all_process_backends
 def test_pool_stays_warm_until_its_shape_changes(ip, run, method):
     run("import os\n")
     options = BACKENDS[method]
