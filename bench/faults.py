@@ -22,6 +22,8 @@ BACKENDS = {
     "fork": "-b processes -w 2 --start-method fork",
     "spawn": "-b processes -w 2 --start-method spawn",
     "forkserver": "-b processes -w 2 --start-method forkserver",
+    "futures": "-b futures -w 4",
+    "futures:processes": "-b futures:processes -w 2",
 }
 BODY = "for i in range(200):\n    {fault}\n    time.sleep(0.02)\n    done.append(i)\n"
 FAULTS = {
