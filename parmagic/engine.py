@@ -156,7 +156,7 @@ def loop_hook(
             session.stop_requested.clear()
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
         length, iterator = operator.length_hint(iterable), iter(iterable)
-        report = RunReport("auto", 1)
+        report = RunReport("auto", 1, cores=usable_cores())
         session.last_report = report
         name, probed, start = resolve_backend(options.backend, plan.body.awaits), [], 0
         if name == "auto":

@@ -9,6 +9,7 @@ import inspect
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Integer
 
 from . import engine, errors
@@ -130,7 +131,7 @@ class ParallelMagics(Magics):
                 for message in report.warnings:
                     engine.print_warning(message)
                 if not options.quiet:
-                    print(report.summary())
+                    display(report)  # HTML in a notebook, text in a terminal
 
     def _evaluate(self, code, ns: dict):
         """Run cell code; code that awaits runs as a coroutine on parmagic's own event loop."""

@@ -1,8 +1,12 @@
-"""The run's figures as an object, and the short summary shown after each run."""
+"""The run's figures as an object (``parmagic.last_report()``); render.py draws them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .monitor import Usage
 
 
 @dataclass
@@ -38,6 +42,9 @@ class RunReport:
     native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     warnings: list[str] = field(default_factory=list)
+    worker_busy: dict[str, float] = field(default_factory=dict)
+    cores: int = 1  # usable cores during the run
+    usage: Usage | None = None  # per-core and machine samples (monitor.py)
 
     def add(self, result, count: int) -> None:
         """Count the first ``count`` items of a chunk result."""
@@ -46,6 +53,8 @@ class RunReport:
         self.busy += sum(ends) - sum(starts)
         self.cpu += sum(cpus)
         self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
+        busy = self.worker_busy.get(result.worker, 0.0)
+        self.worker_busy[result.worker] = busy + sum(ends) - sum(starts)
         room = MAX_ITEM_RECORDS - len(self.timings)
         if room > 0:
             indices = range(result.first, result.first + count)
@@ -61,35 +70,47 @@ class RunReport:
     def worker_ids(self) -> set[str]:
         return set(self.per_worker)
 
+    @property
+    def cpu_share(self) -> float:
+        """The items' CPU time over their wall time: near 1 computes, near 0 waits."""
+        return self.cpu / self.busy if self.busy > 0 else 0.0
+
+    @property
+    def speedup(self) -> float:
+        """Over the serial estimate (the items' summed times)."""
+        return self.busy / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def ideal(self) -> float:
+        """The best speedup this backend could reach on this machine for this loop."""
+        parallel = max(1, min(self.workers, self.item_count))
+        if self.backend == "serial":
+            return 1.0
+        if self.cpu_share >= 0.7:
+            if self.copies_objects:
+                return float(min(parallel, self.cores))
+            return 1.0  # one thread runs Python at a time (the GIL)
+        return float(parallel)
+
+    @property
+    def efficiency(self) -> float:
+        return self.speedup / self.ideal if self.ideal else 0.0
+
+    @property
+    def copies_objects(self) -> bool:
+        return "processes" in self.backend or self.backend == "dask"
+
     def summary(self) -> str:
-        method = f" ({self.start_method})" if self.start_method else ""
-        plural = "s" if self.workers != 1 else ""
-        workers = f"{self.workers} worker{plural}"
-        if self.backend == "asyncio":
-            workers = f"at most {self.workers} at once"
-        line = (
-            f"parmagic: {self.backend}{method} · {workers} · "
-            f"{self.item_count} items in {self.chunks} chunks · wall {self.wall:.3f} s · "
-            f"busy {self.busy:.3f} s"
-        )
-        if self.stopped_at is not None:
-            line += f" · stopped at item {self.stopped_at}"
-        if self.unfinished:
-            line += f" · interrupted ({len(self.unfinished)} unfinished)"
-        lines = [line]
-        if self.auto_reason:
-            lines.append(f"auto chose {self.backend}: {self.auto_reason}")
-        if self.native_limit:
-            lines.append(
-                f"native thread pools (BLAS, OpenMP) limited to {self.native_limit} per worker "
-                "process, so that workers × threads fit the cores"
-            )
-        if self.failures:
-            lines.append(f"{len(self.failures)} item(s) failed:")
-            lines += [f"  item {i} ({item}): {error}" for i, item, error in self.failures[:10]]
-        return "\n".join(lines)
+        from .render import text_summary
+
+        return text_summary(self)
 
     __str__ = summary
 
     def _repr_pretty_(self, printer, cycle: bool) -> None:
         printer.text(self.summary())
+
+    def _repr_html_(self) -> str:
+        from .render import html_summary
+
+        return html_summary(self)

@@ -197,6 +197,9 @@ def execute(
     began = time.monotonic()
     backend.begin(task)
     report.startup += time.monotonic() - began
+    from .monitor import Monitor  # psutil: imported by the first run, not by %load_ext
+
+    monitor = Monitor().start()
     completed = False
     try:
         while True:
@@ -216,3 +219,4 @@ def execute(
         task.cancelled.set()  # pool threads start no further item of this run
         report.warnings += backend.end(completed)
         report.wall += time.monotonic() - began
+        report.usage = monitor.stop().joined(report.usage)

@@ -50,6 +50,8 @@ def collect(kc, msg_id: str) -> Outcome:
             streams[content["name"]].append(content["text"])
         elif kind == "execute_result":
             result = content["data"].get("text/plain")
+        elif kind == "display_data":  # the run summary: text/plain beside its HTML
+            streams["stdout"].append(content["data"].get("text/plain", "") + "\n")
         elif kind == "status" and content["execution_state"] == "idle":
             break
     reply = kc.get_shell_msg(timeout=REPLY_TIMEOUT)

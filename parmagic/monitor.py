@@ -1,0 +1,109 @@
+"""How busy each core was during a run, and how much of the machine went to this kernel and
+its workers versus other programs: psutil samples on a background thread, about ten a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+INTERVAL = 0.1
+
+
+@dataclass
+class Usage:
+    """Samples of one run. ``cores[i]`` is core i's busy percentage over each interval."""
+
+    times: list[float] = field(default_factory=list)  # time.monotonic() at each sample's end
+    cores: list[list[float]] = field(default_factory=list)  # per core: one value per sample
+    ours: list[float] = field(default_factory=list)  # % of the machine: kernel and its workers
+    machine: list[float] = field(default_factory=list)  # % of the machine: everything
+
+    def joined(self, earlier: Usage | None) -> Usage:
+        """These samples after an earlier part of the same run (auto's probe)."""
+        if earlier is None:
+            return self
+        cores = [a + b for a, b in zip(earlier.cores, self.cores, strict=False)]
+        return Usage(earlier.times + self.times, cores, earlier.ours + self.ours,
+                     earlier.machine + self.machine)  # fmt: skip
+
+    def core_means(self) -> list[float]:
+        return [sum(values) / len(values) for values in self.cores if values]
+
+    @property
+    def ours_mean(self) -> float:
+        return sum(self.ours) / len(self.ours) if self.ours else 0.0
+
+    @property
+    def others_mean(self) -> float:
+        if not self.machine:
+            return 0.0
+        return max(0.0, sum(self.machine) / len(self.machine) - self.ours_mean)
+
+
+class Monitor:
+    """Samples until stopped; the last partial interval is sampled on stop."""
+
+    def __init__(self, interval: float = INTERVAL) -> None:
+        self.interval = interval
+        self.usage = Usage()
+        self._stop = threading.Event()
+        self._me = psutil.Process()
+        self._cpus = psutil.cpu_count() or 1
+        self._thread = threading.Thread(target=self._run, name="parmagic-monitor", daemon=True)
+        self._samples = 0
+        self._family: list[psutil.Process] = []
+
+    def _tree_cpu(self) -> float:
+        self._samples += 1
+        if self._samples % 10 == 1:  # walking /proc for children costs more than reading them
+            self._family = [self._me, *self._children()]
+        total = 0.0
+        for process in self._family:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+        return total
+
+    def _children(self) -> list[psutil.Process]:
+        try:
+            return self._me.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def start(self) -> Monitor:
+        psutil.cpu_percent(percpu=True)  # primes the per-core counters
+        self._last = (time.monotonic(), self._tree_cpu())
+        self.usage.cores = [[] for _ in range(self._cpus)]
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        now, cpu = time.monotonic(), self._tree_cpu()
+        elapsed = now - self._last[0]
+        if elapsed <= 0:
+            return
+        cores = psutil.cpu_percent(percpu=True)
+        ours = max(0.0, cpu - self._last[1]) / (elapsed * self._cpus) * 100
+        self._last = (now, cpu)
+        self.usage.times.append(now)
+        for values, busy in zip(self.usage.cores, cores, strict=False):
+            values.append(busy)
+        self.usage.ours.append(min(ours, 100.0))
+        self.usage.machine.append(sum(cores) / len(cores))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> Usage:
+        self._stop.set()
+        self._thread.join()
+        if not self.usage.times or time.monotonic() - self.usage.times[-1] > self.interval / 4:
+            self._sample()
+        return self.usage

@@ -1,0 +1,145 @@
+"""The summary after a run: compact text for terminals, a small HTML table for notebooks,
+and one line of advice when something is off."""
+
+from __future__ import annotations
+
+import html
+import sys
+
+from .report import RunReport
+
+BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def advice(r: RunReport) -> str | None:
+    """One sentence when the figures show a likely mistake, else None."""
+    computing = r.cpu_share >= 0.7 and r.item_count > 1
+    threads = r.backend in ("threads", "futures", "asyncio")
+    if computing and threads and r.cores > 1 and r.busy > 0.2:
+        return "items compute, and one thread runs Python at a time: try --backend processes"
+    if r.copies_objects and r.wall < 0.1 and r.busy < r.wall:
+        return "the loop is too small to pay for worker processes: serial is faster here"
+    if r.copies_objects and r.startup > 0.5 * r.wall and r.wall > 0.05:
+        return "sending the data to the workers took most of the run: capture less, or use threads"
+    if computing and r.copies_objects and r.workers > r.cores:
+        return f"{r.workers} workers compute on {r.cores} cores: --workers {r.cores} is enough"
+    if r.usage is not None and r.usage.others_mean > 25:
+        return f"other programs used {r.usage.others_mean:.0f}% of the machine during the run"
+    busy = [b for b in r.worker_busy.values() if b > 0]
+    if len(busy) > 1 and r.wall > 0.2 and max(busy) > 2 * min(busy) and r.chunks < 4 * len(busy):
+        return "some workers were idle while others worked: try a smaller --chunksize"
+    return None
+
+
+def _can_draw() -> bool:
+    try:
+        BLOCKS.encode(sys.stdout.encoding or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def bar(percent: float, width: int = 8, unicode: bool = True) -> str:
+    filled = max(0.0, min(percent, 100.0)) / 100 * width
+    if not unicode:
+        return "#" * round(filled) + "." * (width - round(filled))
+    full, part = int(filled), int((filled - int(filled)) * 8)
+    return (BLOCKS[-1] * full + (BLOCKS[part] if part else "")).ljust(width)
+
+
+def _head(r: RunReport) -> str:
+    method = f" ({r.start_method})" if r.start_method else ""
+    workers = f"{r.workers} worker{'s' if r.workers != 1 else ''}"
+    if r.backend == "asyncio":
+        workers = f"at most {r.workers} at once"
+    line = (
+        f"parmagic: {r.backend}{method} · {workers} · {r.item_count} items in {r.chunks} chunks"
+        f" · wall {r.wall:.3f} s · busy {r.busy:.3f} s"
+    )
+    if r.stopped_at is not None:
+        line += f" · stopped at item {r.stopped_at}"
+    if r.unfinished:
+        line += f" · interrupted ({len(r.unfinished)} unfinished)"
+    return line
+
+
+def _workers_text(r: RunReport) -> str:
+    total = sum(r.worker_busy.values()) or 1.0
+    shares = sorted(r.per_worker.items())
+    if len(shares) <= 4:
+        return " · ".join(
+            f"{name}: {count} items ({r.worker_busy.get(name, 0) / total:.0%})"
+            for name, count in shares
+        )
+    counts = [count for _, count in shares]
+    return f"{len(shares)} workers, {min(counts)}-{max(counts)} items each"
+
+
+def _notes(r: RunReport) -> list[str]:
+    lines = []
+    if r.auto_reason:
+        lines.append(f"auto chose {r.backend}: {r.auto_reason}")
+    if r.native_limit:
+        lines.append(
+            f"native thread pools (BLAS, OpenMP) limited to {r.native_limit} per worker "
+            "process, so that workers × threads fit the cores"
+        )
+    if r.failures:
+        lines.append(f"{len(r.failures)} item(s) failed:")
+        lines += [f"  item {i} ({item}): {error}" for i, item, error in r.failures[:10]]
+    return lines
+
+
+def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
+    """(label, text) rows shared by the text and HTML forms; ``core_bar(n, percent)`` draws
+    one core."""
+    rows = [("", _head(r))]
+    if r.item_count:
+        kind = "computing" if r.cpu_share >= 0.7 else "mostly waiting"
+        cpu = f"items' CPU {r.cpu:.3f} s ({r.cpu_share:.0%} of busy: {kind})"
+        rows.append(("time", f"start-up {r.startup:.3f} s · {cpu}"))
+        ideal = f"{r.speedup:.2f}× of an ideal {r.ideal:.0f}× here"
+        rows.append(("speedup", f"{ideal} · efficiency {r.efficiency:.0%}"))
+        if r.usage is not None and r.usage.times:
+            cores = "  ".join(core_bar(n, m) for n, m in enumerate(r.usage.core_means()))
+            machine = f"this kernel and its workers {r.usage.ours_mean:.0f}%"
+            rows.append(
+                ("cores", f"{cores} · {machine}, other programs {r.usage.others_mean:.0f}%")
+            )
+        rows.append(("workers", _workers_text(r)))
+        hint = advice(r)
+        if hint:
+            rows.append(("advice", hint))
+    return rows + [("", line) for line in _notes(r)]
+
+
+def text_summary(r: RunReport, unicode: bool | None = None) -> str:
+    unicode = _can_draw() if unicode is None else unicode
+    rows = _sections(r, lambda n, m: f"{n} {bar(m, unicode=unicode)} {m:3.0f}%")
+    return "\n".join(text if not label else f"  {label:<8} {text}" for label, text in rows)
+
+
+def html_summary(r: RunReport) -> str:
+    """A compact table with small inline bars, for notebooks."""
+    marker = "\0"  # the bars are HTML: kept out of the escaping
+
+    def core(n: int, percent: float) -> str:
+        return f"{n}{marker}{percent:.0f}{marker}"
+
+    def inline_bar(text: str) -> str:
+        parts = text.split(marker)
+        out = html.escape(parts[0])
+        for percent, rest in zip(parts[1::2], parts[2::2], strict=False):
+            out += (
+                "<span style='display:inline-block;width:60px;height:0.8em;background:#eee;"
+                "margin:0 4px;vertical-align:middle'><span style='display:block;height:100%;"
+                f"width:{percent}%;background:#4c78a8'></span></span>{percent}%" + html.escape(rest)
+            )
+        return out
+
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th>"
+        f"<td style='text-align:left'>{inline_bar(text)}</td></tr>"
+        for label, text in _sections(r, core)
+    )
+    return f"<table class='parmagic-summary' style='font-size:90%'>{cells}</table>"
