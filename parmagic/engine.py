@@ -38,6 +38,9 @@ class Options:
     on_error: str = "raise"
     timeout: float | None = None
     quiet: bool = False
+    progress: bool = True
+    plot: bool = False
+    output: str | None = None  # a name to store the report under (like %timeit -o)
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:
@@ -106,6 +109,12 @@ class Session:
             self._backends[name] = current
         return current
 
+    def warm_pools(self) -> list[str]:
+        return [
+            f"{b.name} ({b.workers} workers{', ' + b.start_method if b.start_method else ''})"
+            for b in self._backends.values()
+        ]
+
     def close_open_run(self) -> None:
         """Finish a run that a generator expression left half-consumed, so that its workers
         are free (and its late results cannot be mistaken for the next run's); say so."""
@@ -172,7 +181,7 @@ def loop_hook(
         records = execute(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
-            length=max(length - start, 0),
+            length=max(length - start, 0), progress=options.progress and not options.quiet,
         )  # fmt: skip
         session.open_run = weakref.ref(records)
         if plan.body.kind == "for":

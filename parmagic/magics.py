@@ -7,7 +7,7 @@ import ast
 import inspect
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Integer
@@ -16,6 +16,7 @@ from . import engine, errors
 from .backends import CHOICES
 from .cell import HOOK_NAME, plan_cell
 from .errors import ParmagicUsageError
+from .info import machine_info
 
 START_METHODS = ("fork", "spawn", "forkserver")
 
@@ -54,7 +55,14 @@ class ParallelMagics(Magics):
         "(raise, the default) or run every item and list failures (continue)",
     )
     @argument("--timeout", type=float, help="seconds allowed to one item (default: no limit)")
-    @argument("-q", "--quiet", action="store_true", default=None, help="show no summary")
+    @argument(
+        "-q", "--quiet", action="store_true", default=None, help="no summary, no progress bar"
+    )
+    @argument(
+        "--no-progress", action="store_true", help="no progress bar (it shows on runs over ~1 s)"
+    )
+    @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
+    @argument("-o", "--output", metavar="NAME", help="store the run's report in NAME")
     @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
     @line_cell_magic
     def parallel(self, line: str, cell: str | None = None):
@@ -104,7 +112,14 @@ class ParallelMagics(Magics):
             on_error=args.on_error or self.on_error,
             timeout=args.timeout or self.timeout or None,
             quiet=bool(args.quiet) or self.quiet,
+            progress=not args.no_progress,
+            plot=args.plot,
+            output=args.output,
         )
+        if args.output and not args.output.isidentifier():
+            raise UsageError(f"-o needs a variable name, not {args.output!r}")
+        if args.plot:
+            _check_plotting()
         return options, " ".join(args.statement).strip()
 
     def _run(self, plan, options: engine.Options):
@@ -130,8 +145,12 @@ class ParallelMagics(Magics):
             if report is not None and report is not before:
                 for message in report.warnings:
                     engine.print_warning(message)
+                if options.output:
+                    ns[options.output] = report
                 if not options.quiet:
                     display(report)  # HTML in a notebook, text in a terminal
+                if options.plot:
+                    display(draw(report))
 
     def _evaluate(self, code, ns: dict):
         """Run cell code; code that awaits runs as a coroutine on parmagic's own event loop."""
@@ -139,5 +158,43 @@ class ParallelMagics(Magics):
             return eval(code, ns)
         return self.session.run_coroutine(eval(code, ns))
 
+    @magic_arguments()
+    @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
+    @argument("-o", "--output", metavar="NAME", help="store the report in NAME as well")
+    @line_magic
+    def parallel_report(self, line: str):
+        """Show the last run's summary again; the report object is the cell's value."""
+        args = parse_argstring(self.parallel_report, line)
+        report = self.session.last_report
+        if report is None:
+            raise UsageError("no %%parallel run yet in this session")
+        if args.output:
+            self.shell.user_ns[args.output] = report
+        if args.plot:
+            _check_plotting()
+            display(draw(report))
+        return report
+
+    @line_magic
+    def parallel_info(self, line: str = ""):
+        """Cores, start methods, the GIL, warm pools and the defaults in force."""
+        defaults = {name: getattr(self, name) for name in self.trait_names(config=True)}
+        return machine_info(self.session, defaults)
+
     def close(self) -> None:
         self.session.close()
+
+
+def _check_plotting() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from .plot import PLOT_MISSING
+
+        raise UsageError(PLOT_MISSING) from None
+
+
+def draw(report):
+    from .plot import draw as draw_report
+
+    return draw_report(report)

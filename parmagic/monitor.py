@@ -17,6 +17,7 @@ INTERVAL = 0.1
 class Usage:
     """Samples of one run. ``cores[i]`` is core i's busy percentage over each interval."""
 
+    started: float = 0.0  # time.monotonic() when sampling began
     times: list[float] = field(default_factory=list)  # time.monotonic() at each sample's end
     cores: list[list[float]] = field(default_factory=list)  # per core: one value per sample
     ours: list[float] = field(default_factory=list)  # % of the machine: kernel and its workers
@@ -27,21 +28,31 @@ class Usage:
         if earlier is None:
             return self
         cores = [a + b for a, b in zip(earlier.cores, self.cores, strict=False)]
-        return Usage(earlier.times + self.times, cores, earlier.ours + self.ours,
+        return Usage(earlier.started, earlier.times + self.times, cores, earlier.ours + self.ours,
                      earlier.machine + self.machine)  # fmt: skip
 
+    def _weights(self) -> list[float]:
+        """Each sample's interval length: a short last interval must not count as much."""
+        edges = [self.started, *self.times]
+        return [max(b - a, 0.0) for a, b in zip(edges, edges[1:], strict=False)]
+
+    def _mean(self, values: list[float]) -> float:
+        weights = self._weights()
+        total = sum(weights)
+        if not values or total <= 0:
+            return 0.0
+        return sum(v * w for v, w in zip(values, weights, strict=False)) / total
+
     def core_means(self) -> list[float]:
-        return [sum(values) / len(values) for values in self.cores if values]
+        return [self._mean(values) for values in self.cores if values]
 
     @property
     def ours_mean(self) -> float:
-        return sum(self.ours) / len(self.ours) if self.ours else 0.0
+        return self._mean(self.ours)
 
     @property
     def others_mean(self) -> float:
-        if not self.machine:
-            return 0.0
-        return max(0.0, sum(self.machine) / len(self.machine) - self.ours_mean)
+        return max(0.0, self._mean(self.machine) - self.ours_mean)
 
 
 class Monitor:
@@ -70,6 +81,15 @@ class Monitor:
             total += times.user + times.system + times.children_user + times.children_system
         return total
 
+    @staticmethod
+    def _core_times() -> list[tuple[float, float]]:
+        """(busy, total) seconds per core since boot."""
+        result = []
+        for times in psutil.cpu_times(percpu=True):
+            total = sum(times)
+            result.append((total - times.idle - getattr(times, "iowait", 0.0), total))
+        return result
+
     def _children(self) -> list[psutil.Process]:
         try:
             return self._me.children(recursive=True)
@@ -77,8 +97,9 @@ class Monitor:
             return []
 
     def start(self) -> Monitor:
-        psutil.cpu_percent(percpu=True)  # primes the per-core counters
+        self._last_cores = self._core_times()
         self._last = (time.monotonic(), self._tree_cpu())
+        self.usage.started = self._last[0]
         self.usage.cores = [[] for _ in range(self._cpus)]
         self._thread.start()
         return self
@@ -88,7 +109,12 @@ class Monitor:
         elapsed = now - self._last[0]
         if elapsed <= 0:
             return
-        cores = psutil.cpu_percent(percpu=True)
+        now_cores = self._core_times()
+        cores = [
+            100 * (b_busy - a_busy) / (b_all - a_all) if b_all > a_all else 0.0
+            for (a_busy, a_all), (b_busy, b_all) in zip(self._last_cores, now_cores, strict=False)
+        ]
+        self._last_cores = now_cores
         ours = max(0.0, cpu - self._last[1]) / (elapsed * self._cpus) * 100
         self._last = (now, cpu)
         self.usage.times.append(now)

@@ -9,6 +9,7 @@ import sys
 from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
+ASCII = str.maketrans({"·": "|", "×": "x"})  # for a stdout that cannot encode the rest
 
 
 def advice(r: RunReport) -> str | None:
@@ -116,7 +117,8 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
 def text_summary(r: RunReport, unicode: bool | None = None) -> str:
     unicode = _can_draw() if unicode is None else unicode
     rows = _sections(r, lambda n, m: f"{n} {bar(m, unicode=unicode)} {m:3.0f}%")
-    return "\n".join(text if not label else f"  {label:<8} {text}" for label, text in rows)
+    text = "\n".join(line if not label else f"  {label:<8} {line}" for label, line in rows)
+    return text if unicode else text.translate(ASCII)
 
 
 def html_summary(r: RunReport) -> str:

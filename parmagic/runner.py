@@ -66,6 +66,17 @@ class ChunkSizer:
             self.seconds_per_item = max(busy / len(result), 1e-7)
 
 
+def progress_bar(total: int):
+    """tqdm, shown only once a run has lasted a second: a widget in a notebook with
+    ipywidgets, text elsewhere; gone when the run ends (the summary follows)."""
+    try:
+        import ipywidgets  # noqa: F401 - tqdm.auto warns without it; then plain text
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
+    return tqdm(total=total or None, delay=1.0, unit="item", leave=False, desc="parmagic")
+
+
 def _raise(error: ItemError, index: int) -> None:
     exc = error.exception
     exc.add_note(errors.ITEM_NOTE.format(index=index, item=error.item))
@@ -88,6 +99,7 @@ class _Run:
         self.pending: dict[int, ChunkResult] = {}
         self.submitted = self.applied = self.next_index = 0
         self.exhausted = self.failed = False
+        self.progress = None
 
     def fill(self) -> None:
         """Submit chunks while the backend has room and the window allows."""
@@ -124,6 +136,8 @@ class _Run:
             self.applied += 1
             self.report.chunks += 1
             yield from self._apply_chunk(result, items)
+            if self.progress is not None:
+                self.progress.update(len(result))
             for name, kind in result.dropped_names.items():
                 self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
 
@@ -187,6 +201,7 @@ def execute(
     stop: threading.Event | None = None,
     first_index: int = 0,
     length: int | None = None,
+    progress: bool = False,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
     is applied to ``ns``, in item order."""
@@ -194,6 +209,7 @@ def execute(
         length = operator.length_hint(iterable)
     run = _Run(backend, task, iterable, ns, report, filename, chunksize, length)
     run.next_index = first_index
+    run.progress = progress_bar(length) if progress else None
     began = time.monotonic()
     backend.begin(task)
     report.startup += time.monotonic() - began
@@ -217,6 +233,8 @@ def execute(
         raise errors.present(interrupt, []) from None
     finally:
         task.cancelled.set()  # pool threads start no further item of this run
+        if run.progress is not None:
+            run.progress.close()
         report.warnings += backend.end(completed)
         report.wall += time.monotonic() - began
         report.usage = monitor.stop().joined(report.usage)

