@@ -63,3 +63,14 @@ def test_summary_line_and_report_object(ip, run):
     assert latest.wall >= latest.busy * 0  # a number, not None
     quiet = run("%%parallel -b threads -q\nfor i in range(7):\n    pass\n")
     assert "parmagic:" not in quiet.out
+
+
+def test_every_option_of_the_magic_is_in_the_readme(ip):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    options = set(re.findall(r"(--[a-z][a-z-]+)", ip.find_cell_magic("parallel").__doc__))
+    assert options, "no options found in %%parallel?"
+    missing = sorted(o for o in options if f"`{o}" not in readme and f" {o} " not in readme)
+    assert not missing, f"options of %%parallel? missing from the README: {missing}"
