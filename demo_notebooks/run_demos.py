@@ -12,7 +12,6 @@ its text output. The exit status is 1 if any notebook failed.
 
 from __future__ import annotations
 
-import html
 import re
 import sys
 import time
@@ -21,27 +20,12 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbconvert import HTMLExporter
 
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE.parent / "build" / "demo"
 CELL_TIMEOUT = 120  # seconds per cell
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-PAGE = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: sans-serif; max-width: 60rem; margin: 2rem auto; }}
-pre {{ padding: .5rem; overflow-x: auto; white-space: pre-wrap; }}
-.md {{ background: #fff; }}
-.in {{ background: #f4f4f4; border-left: 3px solid #888; }}
-.out {{ background: #fff; border-left: 3px solid #4a4; }}
-.err {{ background: #fee; border-left: 3px solid #c33; }}
-</style></head>
-<body><h1>{title}</h1>
-{cells}
-</body></html>
-"""
-
 
 def output_text(output) -> tuple[str, str]:
     """An output's text and its CSS class: streams, plain-text results, and errors."""
@@ -55,16 +39,10 @@ def output_text(output) -> tuple[str, str]:
     return "", "out"
 
 
-def to_html(nb, title: str) -> str:
-    parts = []
-    for cell in nb.cells:
-        css = "in" if cell.cell_type == "code" else "md"
-        parts.append(f'<pre class="{css}">{html.escape(cell.source)}</pre>')
-        for output in cell.get("outputs", []):
-            text, css = output_text(output)
-            if text:
-                parts.append(f'<pre class="{css}">{html.escape(text)}</pre>')
-    return PAGE.format(title=html.escape(title), cells="\n".join(parts))
+def to_html(nb) -> str:
+    """The executed notebook as nbconvert renders it: HTML summaries and plots included."""
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    return body
 
 
 def echo(nb) -> None:
@@ -100,7 +78,7 @@ def run_notebook(path: Path) -> bool:
     echo(nb)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     target = OUT_DIR / f"{path.stem}.html"
-    target.write_text(to_html(nb, path.stem), encoding="utf-8")
+    target.write_text(to_html(nb), encoding="utf-8")
     status = "ok" if ok else "FAILED"
     print(f"=== {path.name}: {status} in {time.monotonic() - began:.1f} s -> {target}\n")
     return ok

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import io
+import os
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
+from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer
 
 from . import engine, errors
@@ -19,6 +21,7 @@ from .errors import ParmagicUsageError
 from .info import machine_info
 
 START_METHODS = ("fork", "spawn", "forkserver")
+PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
 
 
 @magics_class
@@ -150,7 +153,7 @@ class ParallelMagics(Magics):
                 if not options.quiet:
                     display(report)  # HTML in a notebook, text in a terminal
                 if options.plot:
-                    display(draw(report))
+                    self._show_figure(draw(report))
 
     def _evaluate(self, code, ns: dict):
         """Run cell code; code that awaits runs as a coroutine on parmagic's own event loop."""
@@ -172,8 +175,20 @@ class ParallelMagics(Magics):
             self.shell.user_ns[args.output] = report
         if args.plot:
             _check_plotting()
-            display(draw(report))
+            self._show_figure(draw(report))
         return report
+
+    def _show_figure(self, figure) -> None:
+        """A PNG in a notebook; in a terminal, a file in the current folder, named."""
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        if type(self.shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel
+            display(Image(buffer.getvalue()))
+        else:
+            path = os.path.abspath(PLOT_FILE)
+            with open(path, "wb") as png:
+                png.write(buffer.getvalue())
+            print(f"parmagic: plot written to {path}")
 
     @line_magic
     def parallel_info(self, line: str = ""):

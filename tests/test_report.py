@@ -70,7 +70,7 @@ def test_output_option_and_report_magic_return_the_report(ip, run):
     assert outcome.error is None and ip.user_ns["again"] is ip.user_ns["stored"]
 
 
-def test_plot_renders_to_a_png_without_a_display(ip, run, tmp_path):
+def test_plot_renders_to_a_png_without_a_display(ip, run, tmp_path, monkeypatch):
     run(SPIN)
     run(f"%%parallel {BACKENDS['fork']} -q\nfor i in range(20):\n    spin(i)\n")
     from parmagic.plot import draw
@@ -79,8 +79,10 @@ def test_plot_renders_to_a_png_without_a_display(ip, run, tmp_path):
     figure.savefig(tmp_path / "run.png")
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(figure.axes) == 2 and figure.axes[1].get_yticklabels()  # one row per worker
+    monkeypatch.chdir(tmp_path)
     outcome = run("%parallel_report --plot")
-    assert outcome.error is None and "Figure" in outcome.out
+    assert outcome.error is None and "plot written to" in outcome.out
+    assert (tmp_path / "parmagic-run.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_progress_shows_on_long_runs_only(ip, run):
