@@ -97,8 +97,10 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
     rows = [("", _head(r))]
     if r.item_count:
         kind = "computing" if r.cpu_share >= 0.7 else "mostly waiting"
-        cpu = f"items' CPU {r.cpu:.3f} s ({r.cpu_share:.0%} of busy: {kind})"
-        rows.append(("time", f"start-up {r.startup:.3f} s · {cpu}"))
+        cpu = f"{r.cpu:.3f} s in the items, {r.cpu_share:.0%} of their busy time: {kind}"
+        split = f"start-up {r.startup:.3f} · sending {r.sending:.3f} · running {r.waiting:.3f}"
+        rows.append(("time", f"{split} · applying {r.applying:.3f} s"))
+        rows.append(("CPU", cpu))
         ideal = f"{r.speedup:.2f}× of an ideal {r.ideal:.0f}× here"
         rows.append(("speedup", f"{ideal} · efficiency {r.efficiency:.0%}"))
         if r.usage is not None and r.usage.times:

@@ -30,7 +30,9 @@ class RunReport:
     start_method: str | None = None
     chunks: int = 0
     wall: float = 0.0
-    startup: float = 0.0
+    startup: float = 0.0  # preparing the run: pickling the task, a pool's first start
+    sending: float = 0.0  # reading the iterable and handing chunks to the backend
+    waiting: float = 0.0  # waiting for results while the items run
     timings: list[tuple] = field(default_factory=list)  # per item, the first MAX_ITEM_RECORDS
     item_count: int = 0
     busy: float = 0.0  # sum of the items' own times: what a serial run would roughly take
@@ -69,6 +71,11 @@ class RunReport:
     @property
     def worker_ids(self) -> set[str]:
         return set(self.per_worker)
+
+    @property
+    def applying(self) -> float:
+        """The rest of the wall time: results shown, changes replayed, names bound."""
+        return max(0.0, self.wall - self.startup - self.sending - self.waiting)
 
     @property
     def cpu_share(self) -> float:

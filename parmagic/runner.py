@@ -219,10 +219,14 @@ def execute(
     completed = False
     try:
         while True:
+            mark = time.monotonic()
             run.fill()
+            report.sending += time.monotonic() - mark
             if run.done:
                 break
+            mark = time.monotonic()
             run.collect()
+            report.waiting += time.monotonic() - mark
             yield from run.apply_ready()
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt  # asked by the kernel thread (see Session)
