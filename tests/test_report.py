@@ -44,6 +44,7 @@ def test_figures_agree_with_each_other(ip, run, name):
     assert r.speedup == pytest.approx(r.busy / r.wall)
     assert r.efficiency == pytest.approx(r.speedup / r.ideal)
     assert sum(r.worker_busy.values()) == pytest.approx(r.busy)
+    assert r.startup + r.sending + r.waiting + r.applying == pytest.approx(r.wall)
 
 
 def test_text_falls_back_to_ascii_and_html_parses(ip, run):
