@@ -109,3 +109,13 @@ def test_info_respects_cpu_affinity():
     assert first == "1 1"
     assert any(line.startswith("usable cores   1 (affinity 1") for line in rest)
     assert any(line.startswith("start methods") and "fork" in line for line in rest)
+
+
+def test_summary_on_a_stdout_that_only_encodes_ascii(ip, run, monkeypatch):
+    import io
+
+    run(f"%%parallel {BACKENDS['threads']} -q\nimport time\nfor i in range(8):\n    time.sleep(0.02)\n")
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    text = report().summary()
+    text.encode("ascii")
+    assert text.startswith("parmagic: threads | 4 workers | 8 items")
