@@ -16,7 +16,10 @@ def advice(r: RunReport) -> str | None:
     """One sentence when the figures show a likely mistake, else None."""
     computing = r.cpu_share >= 0.7 and r.item_count > 1
     threads = r.backend in ("threads", "futures", "asyncio")
-    if computing and threads and r.cores > 1 and r.busy > 0.2:
+    # threads on Python code: the GIL lets the items use about one core between them
+    # (their own times overlap while they wait for it, so busy time overstates the work)
+    gil_bound = r.wall > 0 and 0.7 < r.cpu / r.wall < 1.3
+    if threads and (computing or gil_bound) and r.cores > 1 and r.busy > 0.2:
         return "items compute, and one thread runs Python at a time: try --backend processes"
     if r.copies_objects and r.wall < 0.1 and r.busy < r.wall:
         return "the loop is too small to pay for worker processes: serial is faster here"

@@ -131,7 +131,9 @@ def test_native_thread_pools_are_capped_in_workers(ip, run, method):
 @pytest.mark.parametrize("name", ["fork", "futures-fork"])
 def test_items_that_cannot_travel_fail_and_leave_the_pool_healthy(ip, run, name):
     run("gens = [iter([1]), (j for j in range(3)), iter([2])]\n")
-    outcome = run(f"%%parallel {BACKENDS[name]} --chunksize 1\nsums = []\nfor g in gens:\n    sums.append(sum(g))\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[name]} --chunksize 1\nsums = []\nfor g in gens:\n    sums.append(sum(g))\n"
+    )
     assert isinstance(outcome.error, TypeError)
     assert "cannot be sent to a worker process" in str(outcome.error)
     assert ip.user_ns["sums"] == [1]
@@ -141,7 +143,11 @@ def test_items_that_cannot_travel_fail_and_leave_the_pool_healthy(ip, run, name)
 
 @pytest.mark.parametrize("name", ["fork", "futures-spawn"])
 def test_exceptions_with_their_own_init_keep_their_type(ip, run, name):
-    run("class Odd(Exception):\n    def __init__(self, a, b):\n        super().__init__(f'{a}-{b}')\n        self.a = a\n")
-    outcome = run(f"%%parallel {BACKENDS[name]}\nout = []\nfor i in range(6):\n    out.append(i)\n    if i == 3:\n        raise Odd(i, 'x')\n")
+    run(
+        "class Odd(Exception):\n    def __init__(self, a, b):\n        super().__init__(f'{a}-{b}')\n        self.a = a\n"
+    )
+    outcome = run(
+        f"%%parallel {BACKENDS[name]}\nout = []\nfor i in range(6):\n    out.append(i)\n    if i == 3:\n        raise Odd(i, 'x')\n"
+    )
     assert type(outcome.error).__name__ == "Odd" and outcome.error.a == 3
     assert str(outcome.error) == "3-x" and ip.user_ns["out"] == [0, 1, 2, 3]

@@ -27,7 +27,9 @@ def test_a_computing_loop_on_processes_shows_busy_cores(ip, run):
 
 
 def test_a_waiting_loop_on_threads_shows_little_cpu(ip, run):
-    outcome = run("%%parallel -b threads -w 8\nimport time\nfor i in range(24):\n    time.sleep(0.05)\n")
+    outcome = run(
+        "%%parallel -b threads -w 8\nimport time\nfor i in range(24):\n    time.sleep(0.05)\n"
+    )
     assert outcome.error is None
     assert report().cpu_share < 0.2 and "mostly waiting" in outcome.out
 
@@ -114,8 +116,34 @@ def test_info_respects_cpu_affinity():
 def test_summary_on_a_stdout_that_only_encodes_ascii(ip, run, monkeypatch):
     import io
 
-    run(f"%%parallel {BACKENDS['threads']} -q\nimport time\nfor i in range(8):\n    time.sleep(0.02)\n")
+    run(
+        f"%%parallel {BACKENDS['threads']} -q\nimport time\nfor i in range(8):\n    time.sleep(0.02)\n"
+    )
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
     text = report().summary()
     text.encode("ascii")
     assert text.startswith("parmagic: threads | 4 workers | 8 items")
+
+
+@pytest.mark.parametrize(
+    "options, cell, advice",
+    [
+        (
+            "-b threads -w 2",
+            "for i in range(12):\n    spin(i)\n",
+            "items compute, and one thread runs Python at a time: try --backend processes",
+        ),
+        (
+            BACKENDS["fork"],
+            "for i in range(3):\n    pass\n",
+            "the loop is too small to pay for worker processes",
+        ),
+    ],
+    ids=["threads-on-computing-loop", "processes-on-tiny-loop"],
+)
+def test_advice_names_the_likely_mistake(ip, run, options, cell, advice):
+    run(SPIN)
+    run(f"%%parallel {options} -q\nfor i in range(2):\n    pass\n")  # a warm pool first
+    outcome = run(f"%%parallel {options}\n{cell}")
+    assert outcome.error is None
+    assert f"advice   {advice}" in outcome.out

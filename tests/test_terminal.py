@@ -46,7 +46,9 @@ def test_a_typed_cell_prints_its_items_and_the_summary(terminal):
         "%%parallel -b processes --start-method spawn\nsquares = []\nfor n in range(6):\n"
         "    print('item', n)\n    squares.append(n * n)\n",
     )
-    assert re.findall(r"item \d+", out.split("squares.append")[-1]) == [f"item {n}" for n in range(6)]
+    assert re.findall(r"item \d+", out.split("squares.append")[-1]) == [
+        f"item {n}" for n in range(6)
+    ]
     assert "parmagic: processes (spawn)" in out
     assert "[0, 1, 4, 9, 16, 25]" in typed(terminal, "squares")
 
