@@ -1,0 +1,229 @@
+"""``make bench``: parmagic against hand-written standard-library code and joblib.
+
+Every workload runs parmagic through a real in-process IPython shell, exactly as a user types
+it, beside its anchors in the same process, alternating them, several times. It reports the
+median and min-max of each, and the ratio parmagic / anchor, then writes ``bench/results.md``
+and ``bench/results.png``. Benchmarks never fail: they measure.
+
+Usage: python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+from IPython.testing.globalipapp import start_ipython
+
+HERE = Path(__file__).resolve().parent
+QUICK = "--quick" in sys.argv
+
+
+@dataclass
+class Workload:
+    name: str
+    target: str
+    variants: dict  # label -> callable; the first label is parmagic's
+    repeats: int = 5
+    times: dict = field(default_factory=dict)
+
+    def run(self) -> None:
+        self.times = {label: [] for label in self.variants}
+        for _ in range(2 if QUICK else self.repeats):
+            for label, variant in self.variants.items():
+                began = time.perf_counter()
+                variant()
+                self.times[label].append(time.perf_counter() - began)
+
+    def rows(self) -> list[str]:
+        ours_label = next(iter(self.times))
+        ours = statistics.median(self.times[ours_label])
+        rows = []
+        for label, values in self.times.items():
+            median = statistics.median(values)
+            ratio = "" if label == ours_label else f"{ours / median:.2f}"
+            rows.append(
+                f"| {self.name} | {label} | {median * 1000:.1f} | "
+                f"{min(values) * 1000:.1f}-{max(values) * 1000:.1f} | {ratio} |"
+            )
+        return rows
+
+
+def cell(ip, source: str):
+    def run() -> None:
+        result = ip.run_cell(source)
+        if not result.success:
+            raise RuntimeError(f"benchmark cell failed: {result.error_in_exec!r}\n{source}")
+
+    return run
+
+
+def digits(n: int) -> int:
+    return (n**n).bit_length()
+
+
+def spin(n: int) -> int:
+    total = 0
+    for k in range(200_000):
+        total += k % (n + 1)
+    return total
+
+
+def nothing(n: int) -> None:
+    return None
+
+
+def parmagic_cell(ip, options: str, body: str):
+    return cell(ip, f"%%parallel -q {options}\n{body}")
+
+
+def workloads(ip) -> list[Workload]:
+    from joblib import Parallel, delayed
+    from loky import get_reusable_executor  # loky itself: joblib keeps its own executor
+
+    cores = len(os.sched_getaffinity(0))
+    pool = multiprocessing.get_context("fork").Pool(cores)
+    threads = ThreadPool(cores + 4)
+    executor = concurrent.futures.ProcessPoolExecutor(cores)
+    ip.user_ns.update(digits=digits, spin=spin)
+    found = []
+    for n, label in ((5000, "seed CPU n**n, 5000"), (10_000, "seed CPU n**n, 10000")):
+        chunk = max(1, n // (cores * 8))
+        found.append(Workload(label, "processes >= 1.9x serial; <= 0.95x joblib", {
+            "parmagic processes": parmagic_cell(ip, "-b processes", f"s = [digits(n) for n in range({n})]"),
+            "serial loop": lambda n=n: [digits(i) for i in range(n)],
+            "Pool.map": lambda n=n, c=chunk: pool.map(digits, range(n), c),
+            "ProcessPoolExecutor.map": lambda n=n, c=chunk: list(executor.map(digits, range(n), chunksize=c)),
+            "joblib Parallel(n_jobs=-1)": lambda n=n: Parallel(n_jobs=-1)(delayed(digits)(i) for i in range(n)),
+        }, repeats=3))  # fmt: skip
+    found.append(Workload("pure-Python function, 200 items", "as above", {
+        "parmagic processes": parmagic_cell(ip, "-b processes", "out = [spin(i) for i in range(200)]"),
+        "serial loop": lambda: [spin(i) for i in range(200)],
+        "Pool.map": lambda: pool.map(spin, range(200), 4),
+        "ProcessPoolExecutor.map": lambda: list(executor.map(spin, range(200), chunksize=4)),
+        "joblib Parallel(n_jobs=-1)": lambda: Parallel(n_jobs=-1)(delayed(spin)(i) for i in range(200)),
+    }, repeats=3))  # fmt: skip
+    loky = get_reusable_executor(cores)
+    found.append(Workload("10,000 no-op items, warm", "processes <= 50 ms, threads <= 20 ms", {
+        "parmagic processes": parmagic_cell(ip, "-b processes", "for i in range(10_000):\n    pass"),
+        "parmagic threads": parmagic_cell(ip, "-b threads", "for i in range(10_000):\n    pass"),
+        "plain loop": lambda: [nothing(i) for i in range(10_000)],
+        "ThreadPool.map": lambda: threads.map(nothing, range(10_000)),
+        "Pool.map (warm)": lambda: pool.map(nothing, range(10_000)),
+        "loky reusable executor": lambda: list(loky.map(nothing, range(10_000), chunksize=500)),
+    }, repeats=7))  # fmt: skip
+    for method in ("fork", "spawn", "forkserver"):
+        context = multiprocessing.get_context(method)
+
+        def fresh_pool(context=context) -> None:
+            with context.Pool(2) as fresh:
+                fresh.map(nothing, range(10))
+
+        found.append(Workload(f"second run of a cell, {method}", "start-up <= 5 ms warm", {
+            f"parmagic processes ({method}, warm)": parmagic_cell(
+                ip, f"-b processes --start-method {method}", "for i in range(10):\n    pass"
+            ),
+            "a fresh Pool per run": fresh_pool,
+        }, repeats=5))  # fmt: skip
+    return found
+
+
+def load_ext_time() -> float:
+    code = (
+        "import time\nfrom IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+        "t = time.perf_counter()\nip.run_line_magic('load_ext', 'parmagic')\n"
+        "print(time.perf_counter() - t)"
+    )
+    times = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    return statistics.median(times)
+
+
+def urls_table() -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "urls.py"), "200", "2" if QUICK else "5"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().splitlines()
+
+
+def machine() -> str:
+    import cloudpickle
+    import IPython
+    import joblib
+    import psutil
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{len(os.sched_getaffinity(0))} usable cores ({psutil.cpu_count(logical=False)} physical), "
+        f"Python {platform.python_version()}, IPython {IPython.__version__}, "
+        f"cloudpickle {cloudpickle.__version__}, joblib {joblib.__version__}, "
+        f"load average {load}"
+    )
+
+
+def chart(all_work: list[Workload]) -> None:
+    from matplotlib.figure import Figure
+
+    labels, ratios = [], []
+    for work in all_work:
+        ours = statistics.median(next(iter(work.times.values())))
+        for label, values in list(work.times.items())[1:]:
+            labels.append(f"{work.name}\nvs {label}")
+            ratios.append(ours / statistics.median(values))
+    figure = Figure(figsize=(9, 0.35 * len(labels) + 1), layout="constrained")
+    axes = figure.subplots()
+    axes.barh(
+        range(len(labels)), ratios, color=["#4c78a8" if r <= 1 else "#e45756" for r in ratios]
+    )
+    axes.axvline(1, color="black", linewidth=0.8)
+    axes.set_xscale("log")  # ratios from 0.02 to 100: equal steps for halving and doubling
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("parmagic time / anchor time (below 1: parmagic faster)")
+    figure.savefig(HERE / "results.png", dpi=100)
+
+
+def main() -> None:
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "parmagic")
+    all_work = workloads(ip)
+    for work in all_work:
+        print(f"running: {work.name}", flush=True)
+        work.run()
+    lines = [
+        "# Benchmarks", "", f"Machine: {machine()}.", "",
+        "Medians in milliseconds; ratio = parmagic / anchor (below 1: parmagic is faster).", "",
+        "| workload | code | median ms | min-max ms | ratio |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for work in all_work:
+        lines += work.rows()
+    lines += ["", "Targets:", ""] + [f"- {w.name}: {w.target}" for w in all_work]
+    lines += ["", "## I/O", "", *urls_table()]
+    lines += [
+        "",
+        f"`%load_ext parmagic`: {load_ext_time() * 1000:.0f} ms (median of 3 fresh interpreters).",
+    ]
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    chart(all_work)
+    print("\n".join(lines))
+    ip.run_line_magic("unload_ext", "parmagic")
+
+
+if __name__ == "__main__":
+    main()
