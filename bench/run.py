@@ -82,6 +82,10 @@ def nothing(n: int) -> None:
     return None
 
 
+def slice_sum(array, i: int) -> float:
+    return float(array[i::1000].sum())
+
+
 def parmagic_cell(ip, options: str, body: str):
     return cell(ip, f"%%parallel -q {options}\n{body}")
 
@@ -121,6 +125,16 @@ def workloads(ip) -> list[Workload]:
         "Pool.map (warm)": lambda: pool.map(nothing, range(10_000)),
         "loky reusable executor": lambda: list(loky.map(nothing, range(10_000), chunksize=500)),
     }, repeats=7))  # fmt: skip
+    import numpy as np
+
+    big = np.ones(12_500_000)  # 100 MB
+    ip.user_ns.update(big=big, slice_sum=slice_sum)
+    size = f"{big.nbytes / 1e6:.0f} MB"
+    found.append(Workload(f"{size} NumPy array captured, 20 items", "bytes sent ≈ workers × size; wall <= joblib", {
+        "parmagic processes": parmagic_cell(ip, "-b processes", "sums = [slice_sum(big, i) for i in range(20)]"),
+        "Pool.starmap, array per task": lambda: pool.starmap(slice_sum, [(big, i) for i in range(20)]),
+        "joblib (memmapping)": lambda: Parallel(n_jobs=-1)(delayed(slice_sum)(big, i) for i in range(20)),
+    }, repeats=3))  # fmt: skip
     for method in ("fork", "spawn", "forkserver"):
         context = multiprocessing.get_context(method)
 
@@ -213,6 +227,12 @@ def main() -> None:
     ]  # fmt: skip
     for work in all_work:
         lines += work.rows()
+    ip.run_cell("%%parallel -q -b processes\nsums = [slice_sum(big, i) for i in range(20)]")
+    sent = ip.run_line_magic("parallel_report", "").bytes_sent
+    lines += [
+        "",
+        f"Bytes sent by parmagic for the captured array: {sent / 1e6:.0f} MB (array: 100 MB).",
+    ]
     lines += ["", "Targets:", ""] + [f"- {w.name}: {w.target}" for w in all_work]
     lines += ["", "## I/O", "", *urls_table()]
     lines += [

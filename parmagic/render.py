@@ -35,6 +35,14 @@ def advice(r: RunReport) -> str | None:
     return None
 
 
+def _size(count: int) -> str:
+    for unit in ("B", "kB", "MB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
 def _can_draw() -> bool:
     try:
         BLOCKS.encode(sys.stdout.encoding or "ascii")
@@ -101,7 +109,10 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
     if r.item_count:
         kind = "computing" if r.cpu_share >= 0.7 else "mostly waiting"
         cpu = f"{r.cpu:.3f} s in the items, {r.cpu_share:.0%} of their busy time: {kind}"
-        split = f"start-up {r.startup:.3f} · sending {r.sending:.3f} · running {r.waiting:.3f}"
+        sent = f" ({_size(r.bytes_sent)})" if r.bytes_sent else ""
+        split = (
+            f"start-up {r.startup:.3f} · sending {r.sending:.3f}{sent} · running {r.waiting:.3f}"
+        )
         rows.append(("time", f"{split} · applying {r.applying:.3f} s"))
         rows.append(("CPU", cpu))
         ideal = f"{r.speedup:.2f}× of an ideal {r.ideal:.0f}× here"

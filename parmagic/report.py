@@ -33,6 +33,7 @@ class RunReport:
     startup: float = 0.0  # preparing the run: pickling the task, a pool's first start
     sending: float = 0.0  # reading the iterable and handing chunks to the backend
     waiting: float = 0.0  # waiting for results while the items run
+    bytes_sent: int = 0  # pickled task and items sent to worker processes
     timings: list[tuple] = field(default_factory=list)  # per item, the first MAX_ITEM_RECORDS
     item_count: int = 0
     busy: float = 0.0  # sum of the items' own times: what a serial run would roughly take

@@ -240,5 +240,6 @@ def execute(
         if run.progress is not None:
             run.progress.close()
         report.warnings += backend.end(completed)
+        report.bytes_sent += backend.bytes_sent
         report.wall += time.monotonic() - began
         report.usage = monitor.stop().joined(report.usage)

@@ -55,6 +55,7 @@ class Backend(ABC):
     copies_kernel_objects = False  # True where items see copies of kernel objects
     one_item_per_chunk = False  # True where every item needs its own message (coroutines)
     runs_coroutines = False  # True where the item function is a coroutine function
+    bytes_sent = 0  # to worker processes during the current run (task and items)
     start_method: str | None = None
 
     def __init__(self, workers: int) -> None:

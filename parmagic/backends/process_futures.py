@@ -55,6 +55,7 @@ class ProcessFuturesBackend(WorkerProcesses):
         self._timeout = task.timeout
         self._run += 1
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
+        self._task_size, self._submits, self.bytes_sent = len(payload), 0, 0
 
     def has_capacity(self) -> bool:
         return not self._refused and len(self._running) < 2 * self.workers
@@ -68,6 +69,8 @@ class ProcessFuturesBackend(WorkerProcesses):
                 run_shipped_chunk, self._run, self._path, seq, start, payload
             )
         self._running[future] = (seq, start, items, time.monotonic())
+        self._submits += 1
+        self.bytes_sent += len(payload)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
@@ -117,6 +120,8 @@ class ProcessFuturesBackend(WorkerProcesses):
         self._executor = self._new_executor()
 
     def end(self, completed: bool) -> list[str]:
+        # each worker that took a chunk read the task file once (which ones, the pool hides)
+        self.bytes_sent += self._task_size * min(self.workers, self._submits)
         if not completed and self._running:
             self._kill()  # running items nobody will use
         if self._path is not None:

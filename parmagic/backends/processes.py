@@ -140,6 +140,7 @@ class ProcessBackend(WorkerProcesses):
         self._timeout = task.timeout
         self._run += 1
         self._used: set[_Worker] = set()
+        self.bytes_sent = 0
 
     def has_capacity(self) -> bool:
         return not self._refused and any(w.chunk is None for w in self._workers)
@@ -153,8 +154,10 @@ class ProcessBackend(WorkerProcesses):
             worker.conn.send(("task", self._run))
             worker.conn.send_bytes(self._payload)
             worker.run = self._run
+            self.bytes_sent += len(self._payload)
         worker.conn.send(("chunk", seq, start))
         worker.conn.send_bytes(payload)
+        self.bytes_sent += len(payload)
         worker.chunk = (seq, start, items)
         worker.since = time.monotonic()
         self._used.add(worker)
