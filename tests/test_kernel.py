@@ -262,3 +262,50 @@ def test_demo_notebook_runs_end_to_end(demo_kernel):
     assert re.search(r"^parmagic: processes \(\w+\) .* 5000 items", printed, re.M)
     assert re.search(r"^parmagic: processes \(spawn\) .* 5000 items", printed, re.M)
     assert re.search(r"^  item 3 \(3\): ZeroDivisionError", printed, re.M)
+
+
+def notebook_text(name: str) -> tuple[dict, str]:
+    """Execute a demo notebook in a fresh kernel; its cells' results by source, and all text."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(DEMO.parent / name, as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=REPLY_TIMEOUT,
+                   resources={"metadata": {"path": str(DEMO.parent)}}).execute()  # fmt: skip
+    results, printed = {}, []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            printed.append(text)
+            if output.get("output_type") == "execute_result":
+                results[cell.source] = text
+    return results, "\n".join(printed)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "name, last_source, result, printed",
+    [
+        (
+            "02_threads.ipynb",
+            "threaded == titles",
+            "True",
+            "parmagic: threads · 12 workers · 12 items",
+        ),
+        (
+            "03_futures.ipynb",
+            "list(sizes) == urls",
+            "True",
+            "TimeoutError('the item ran longer than the 1 s",
+        ),
+        (
+            "04_asyncio.ipynb",
+            "len(pages), site.max_overlap()",
+            "(48, 48)",
+            "the loop body never awaits",
+        ),
+    ],
+)
+def test_io_demo_notebooks_run_end_to_end(name, last_source, result, printed):
+    results, text = notebook_text(name)
+    assert results[last_source] == result
+    assert printed in text

@@ -156,6 +156,10 @@ def test_exceptions_with_their_own_init_keep_their_type(ip, run, name):
 @pytest.mark.parametrize("name", ["fork", "futures-fork"])
 def test_captured_data_is_counted_once_per_worker_in_bytes_sent(ip, run, name):
     run("import numpy as np\nbig = np.ones(2_000_000)\n")  # 16 MB
-    run_ok(run, BACKENDS[name] + " --chunksize 1 -q", "sums = []\nfor i in range(40):\n    sums.append(float(big[i]))\n")
+    run_ok(
+        run,
+        BACKENDS[name] + " --chunksize 1 -q",
+        "sums = []\nfor i in range(40):\n    sums.append(float(big[i]))\n",
+    )
     sent = report().bytes_sent
     assert 16e6 <= sent <= 2 * 16e6 + 1e6  # about workers × size, never items × size
