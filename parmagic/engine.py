@@ -172,6 +172,7 @@ def loop_hook(
             name, probed, start = probe(iterator, length, recorded, report)
         backend = session.backend(name, options.workers, options.start_method)
         report.backend, report.workers = backend.name, backend.workers
+        report.copies_objects = backend.copies_kernel_objects
         report.start_method = backend.start_method
         task = make_task(backend, recorded)
         if backend.runs_coroutines and not plan.body.awaits:

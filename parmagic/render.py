@@ -15,7 +15,7 @@ ASCII = str.maketrans({"·": "|", "×": "x"})  # for a stdout that cannot encode
 def advice(r: RunReport) -> str | None:
     """One sentence when the figures show a likely mistake, else None."""
     computing = r.cpu_share >= 0.7 and r.item_count > 1
-    threads = r.backend in ("threads", "futures", "asyncio")
+    threads = not r.copies_objects and r.backend != "serial"  # one process: the GIL applies
     # threads on Python code: the GIL lets the items use about one core between them
     # (their own times overlap while they wait for it, so busy time overstates the work)
     gil_bound = r.wall > 0 and 0.7 < r.cpu / r.wall < 1.3

@@ -47,6 +47,7 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)
     worker_busy: dict[str, float] = field(default_factory=dict)
     cores: int = 1  # usable cores during the run
+    copies_objects: bool = False  # items ran in other processes, on copies of kernel objects
     usage: Usage | None = None  # per-core and machine samples (monitor.py)
 
     def add(self, result, count: int) -> None:
@@ -103,10 +104,6 @@ class RunReport:
     @property
     def efficiency(self) -> float:
         return self.speedup / self.ideal if self.ideal else 0.0
-
-    @property
-    def copies_objects(self) -> bool:
-        return "processes" in self.backend or self.backend == "dask"
 
     def summary(self) -> str:
         from .render import text_summary

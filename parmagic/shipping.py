@@ -88,7 +88,8 @@ def dump_result(result) -> bytes:
     """Pickle a chunk result; what cannot travel fails its own item, or stays behind."""
     try:
         data = dumps(result)
-        pickle.loads(data)  # an exception class may pickle yet fail to rebuild (custom __init__)
+        if result.errors:  # an exception may pickle yet fail to rebuild (a custom __init__)
+            pickle.loads(dumps(result.errors))
         return data
     except Exception:
         pass
@@ -156,6 +157,8 @@ def captured_digests(namespace: dict, only: dict | None = None) -> dict[str, byt
             continue
         if only is not None and name not in only:
             continue
+        if getattr(value, "nbytes", 0) > DIGEST_LIMIT:  # an array: too big to watch, and to
+            continue  # pickle just to find that out
         try:
             data = dumps(value)
         except Exception:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import queue
 import time
 from abc import ABC, abstractmethod
 
@@ -100,6 +101,17 @@ def failed_chunk(seq: int, start: int, items: list, error: Exception, worker: st
         result.add(now, now, 0.0, [], None, None)
         result.errors[offset] = ItemError(error, [], short_repr(item))
     return result
+
+
+def drain(ready: queue.SimpleQueue, timeout: float) -> list:
+    """What is in the queue: waits up to ``timeout`` for the first entry, then takes the rest."""
+    try:
+        entries = [ready.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while not ready.empty():
+        entries.append(ready.get())
+    return entries
 
 
 def load_backend(name: str) -> type[Backend]:

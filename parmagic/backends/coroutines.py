@@ -12,7 +12,7 @@ import queue
 import threading
 
 from ..worker import ChunkResult, OutputCapture, Task, run_chunk_async
-from . import Backend
+from . import Backend, drain
 
 DEFAULT_CONCURRENCY = 100
 
@@ -89,14 +89,8 @@ class AsyncioBackend(Backend):
         future.add_done_callback(self._done.put)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
-        try:
-            ready = [self._done.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while not self._done.empty():
-            ready.append(self._done.get())
         results = []
-        for future in ready:
+        for future in drain(self._done, timeout):
             if future.cancelled():
                 continue
             result = future.result()  # run_chunk_async records item errors itself

@@ -16,7 +16,7 @@ from multiprocessing.pool import ThreadPool
 
 from .. import errors
 from ..worker import ChunkResult, OutputCapture, Task, run_chunk
-from . import Backend, failed_chunk, usable_cores
+from . import Backend, drain, failed_chunk, usable_cores
 
 
 class _PooledThreads(Backend):
@@ -136,13 +136,7 @@ class ThreadBackend(_PooledThreads):
         self._pool.apply_async(function, (task,), callback=results.put, error_callback=results.put)
 
     def _ready(self, timeout: float) -> list:
-        try:
-            ready = [self._results.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while not self._results.empty():
-            ready.append(self._results.get())
-        return ready
+        return drain(self._results, timeout)
 
     def _close_pool(self, wait: bool) -> None:
         self._pool.close()
