@@ -144,24 +144,24 @@ class _Run:
     def _apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
         """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
         ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
+        outputs, failures = result.outputs, result.errors
         try:
-            for offset in range(len(result)):
+            for offset, (ops, names) in enumerate(zip(result.ops, result.names, strict=True)):
                 counted = offset + 1
-                output = result.outputs.get(offset)
-                if output:
-                    for stream, text in output:
+                if outputs and offset in outputs:
+                    for stream, text in outputs[offset]:
                         (sys.stdout if stream == 1 else sys.stderr).write(text)
-                error = result.errors.get(offset)
+                error = failures.get(offset) if failures else None
                 if error is None or stop_on_error:
                     # a failed item's changes up to its failure stay, as a serial loop leaves
                     # them; under --on-error continue a failed item leaves nothing
-                    try:
-                        apply_ops(ns, result.ops[offset])
-                    except ReplayError as failure:
-                        frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
-                        item = short_repr(items[offset])
-                        error = error or ItemError(failure.error, frames, item)
-                    names = result.names[offset]
+                    if ops:
+                        try:
+                            apply_ops(ns, ops)
+                        except ReplayError as failure:
+                            frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
+                            item = short_repr(items[offset])
+                            error = error or ItemError(failure.error, frames, item)
                     if names:
                         ns.update(names)
                 if error is None:
