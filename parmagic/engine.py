@@ -25,7 +25,7 @@ from .effects import is_recordable
 from .errors import NotPicklable
 from .itemcode import build_item_code
 from .report import RunReport
-from .runner import execute
+from .runner import Applier, Recorder, execute, replay
 from .worker import Task
 
 
@@ -41,6 +41,7 @@ class Options:
     progress: bool = True
     plot: bool = False
     output: str | None = None  # a name to store the report under (like %timeit -o)
+    compare: str | None = None  # backends to compare (--compare)
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:
@@ -159,32 +160,42 @@ def loop_hook(
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
         return Task(function, plan.body.bound, options.on_error == "raise", timeout=options.timeout)
 
+    def prepare(name: str, workers: int | None, report: RunReport, recorded) -> tuple:
+        """The warm backend and the run's task; the report learns which backend runs."""
+        backend = session.backend(name, workers, options.start_method)
+        report.backend, report.workers = backend.name, backend.workers
+        report.copies_objects = backend.copies_kernel_objects
+        report.start_method = backend.start_method
+        for message in copy_warnings(plan, ns, recorded, backend):
+            warn(message)
+        return backend, make_task(backend, recorded)
+
     def run(iterable: Iterable) -> Any:
         session.close_open_run()
         if not plan.is_async:
             session.stop_requested.clear()
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
+        if options.compare:
+            return finish(compare(list(iterable), recorded), [])
         length, iterator = operator.length_hint(iterable), iter(iterable)
         report = RunReport("auto", 1, cores=usable_cores())
         session.last_report = report
         name, probed, start = resolve_backend(options.backend, plan.body.awaits), [], 0
         if name == "auto":
             name, probed, start = probe(iterator, length, recorded, report)
-        backend = session.backend(name, options.workers, options.start_method)
-        report.backend, report.workers = backend.name, backend.workers
-        report.copies_objects = backend.copies_kernel_objects
-        report.start_method = backend.start_method
-        task = make_task(backend, recorded)
+        backend, task = prepare(name, options.workers, report, recorded)
         if backend.runs_coroutines and not plan.body.awaits:
             warn(errors.NO_AWAIT)
-        for message in copy_warnings(plan, ns, recorded, backend):
-            warn(message)
         records = execute(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
             length=max(length - start, 0), progress=options.progress and not options.quiet,
         )  # fmt: skip
         session.open_run = weakref.ref(records)
+        return finish(records, probed)
+
+    def finish(records: Iterator[list], probed: list) -> Any:
+        """What the loop's statement gives: nothing for a ``for``, else the comprehension."""
         if plan.body.kind == "for":
             for _ in records:
                 pass
@@ -194,6 +205,46 @@ def loop_hook(
         if plan.body.kind == "generator":
             return values  # lazy, like the generator expression it replaces
         return {"list": list, "set": set, "dict": dict}[plan.body.kind](values)
+
+    def compare(items: list, recorded) -> Iterator[list]:
+        """--compare: each backend's run recorded; the serial recording applied (compare.py)."""
+        from .compare import backend_list, run_comparison
+
+        awaits, recorders = plan.body.awaits, []
+
+        def run_one(name: str) -> tuple[RunReport, Recorder]:
+            report = RunReport(name, 1, cores=usable_cores())
+            reference_coroutines = name == "serial" and awaits  # one coroutine at a time
+            workers = 1 if reference_coroutines else options.workers
+            backend, task = prepare(
+                "asyncio" if reference_coroutines else name, workers, report, recorded
+            )
+            recorders.append(Recorder(task, report))
+            for _ in execute(
+                backend, task, items, ns, report, filename=plan.filename,
+                chunksize=options.chunksize, stop=session.stop_requested, recorder=recorders[-1],
+            ):  # fmt: skip
+                pass
+            return report, recorders[-1]
+
+        def apply_serial() -> Iterator[list]:
+            serial = recorders[0]
+            applier = Applier(ns, serial.task, RunReport("serial", 1), plan.filename)
+            return replay(serial.transcript, applier)
+
+        try:
+            comparison = run_comparison(backend_list(options.compare, awaits), awaits, run_one)
+        except KeyboardInterrupt:
+            if not recorders:
+                raise
+            yield from apply_serial()
+            interrupt = KeyboardInterrupt()
+            interrupt.add_note(errors.COMPARE_INTERRUPTED.format(
+                backend=recorders[-1].report.backend, applied=recorders[0].report.item_count
+            ))  # fmt: skip
+            raise errors.present(interrupt, []) from None
+        session.last_report = comparison
+        yield from apply_serial()
 
     def probe(iterator, length: int, recorded, report: RunReport) -> tuple[str, list, int]:
         """Run the first items serially, then choose; returns (backend, values, items done)."""

@@ -126,6 +126,10 @@ INTERRUPTED = (
     "the parallel run was interrupted: the first {applied} item(s) were applied, and nothing "
     "of the items that had not finished"
 )
+COMPARE_INTERRUPTED = (
+    "the comparison was interrupted while {backend} ran: the serial run's first {applied} "
+    "item(s) were applied, nothing of any other backend's run"
+)
 ITEMS_ABANDONED = (
     "item(s) {items} were still running on threads when the run stopped; threads cannot be "
     "stopped, so they were abandoned (their effects are not applied)"

@@ -64,6 +64,12 @@ class ParallelMagics(Magics):
     @argument(
         "--no-progress", action="store_true", help="no progress bar (it shows on runs over ~1 s)"
     )
+    @argument(
+        "--compare",
+        metavar="LIST",
+        help="run the loop on each backend in LIST (e.g. serial,threads,processes, or all), "
+        "compare their results with serial's, keep serial's",
+    )
     @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
     @argument("-o", "--output", metavar="NAME", help="store the run's report in NAME")
     @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
@@ -118,7 +124,15 @@ class ParallelMagics(Magics):
             progress=not args.no_progress,
             plot=args.plot,
             output=args.output,
+            compare=args.compare,
         )
+        if args.compare:
+            from .compare import backend_list
+
+            try:
+                backend_list(args.compare, awaits=False)
+            except ParmagicUsageError as exc:
+                raise UsageError(str(exc)) from None
         if args.output and not args.output.isidentifier():
             raise UsageError(f"-o needs a variable name, not {args.output!r}")
         if args.plot:
@@ -212,4 +226,6 @@ def _check_plotting() -> None:
 def draw(report):
     from .plot import draw as draw_report
 
+    if hasattr(report, "plot_report"):  # a comparison: its fastest run with serial's results
+        report = report.plot_report()
     return draw_report(report)

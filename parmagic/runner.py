@@ -83,12 +83,86 @@ def _raise(error: ItemError, index: int) -> None:
     raise errors.present(exc, error.frames)
 
 
+class Applier:
+    """Applies chunk results to the kernel's namespace in item order."""
+
+    def __init__(self, ns: dict, task: Task, report: RunReport, filename: str) -> None:
+        self.ns, self.task, self.report, self.filename = ns, task, report, filename
+        self.failed = False
+
+    def apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
+        """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
+        ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
+        outputs, failures = result.outputs, result.errors
+        try:
+            for offset, (ops, names) in enumerate(zip(result.ops, result.names, strict=True)):
+                counted = offset + 1
+                if outputs and offset in outputs:
+                    for stream, text in outputs[offset]:
+                        (sys.stdout if stream == 1 else sys.stderr).write(text)
+                error = failures.get(offset) if failures else None
+                if error is None or stop_on_error:
+                    # a failed item's changes up to its failure stay, as a serial loop leaves
+                    # them; under --on-error continue a failed item leaves nothing
+                    if ops:
+                        try:
+                            apply_ops(ns, ops)
+                        except ReplayError as failure:
+                            frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
+                            item = short_repr(items[offset])
+                            error = error or ItemError(failure.error, frames, item)
+                    if names:
+                        ns.update(names)
+                if error is None:
+                    yield result.values[offset]
+                    continue
+                index = result.first + offset
+                if stop_on_error:
+                    self.failed = True
+                    self.report.stopped_at = index
+                    _raise(error, index)
+                self.report.failures.append((index, error.item, repr(error.exception)))
+        finally:
+            self.report.add(result, counted)
+
+
+class Recorder:
+    """Keeps chunk results, in item order, instead of applying them (``--compare``): each
+    backend's run is recorded, and only one recording is applied (:func:`replay`)."""
+
+    def __init__(self, task: Task, report: RunReport) -> None:
+        self.task, self.report = task, report
+        self.transcript: list[tuple[ChunkResult, list]] = []
+        self.failed = False
+
+    def apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
+        if self.failed:
+            return  # past the item that stopped the run, as a serial run never gets there
+        self.transcript.append((result, items))
+        count = len(result)
+        if result.errors and self.task.stop_on_error:
+            self.failed = True
+            count = min(result.errors) + 1
+            self.report.stopped_at = result.first + count - 1
+        for offset, error in sorted(result.errors.items()):
+            if offset < count:
+                failure = (result.first + offset, error.item, repr(error.exception))
+                self.report.failures.append(failure)
+        self.report.add(result, count)
+        yield from ()
+
+
+def replay(transcript: list, applier: Applier) -> Iterator[list]:
+    """Apply a recorded run to the kernel, exactly as the run would have applied it."""
+    for result, items in transcript:
+        yield from applier.apply_chunk(result, items)
+
+
 class _Run:
     """The state of one run between the iterable, the backend and the kernel's namespace."""
 
-    def __init__(self, backend, task, iterable, ns, report, filename, chunksize, length) -> None:
-        self.backend, self.task, self.ns, self.report = backend, task, ns, report
-        self.filename = filename
+    def __init__(self, backend, task, iterable, applier, report, chunksize, length) -> None:
+        self.backend, self.task, self.applier, self.report = backend, task, applier, report
         self.iterator = iter(iterable)
         if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
@@ -98,8 +172,12 @@ class _Run:
         self.starts: dict[int, int] = {}  # seq -> index of its first item, until applied
         self.pending: dict[int, ChunkResult] = {}
         self.submitted = self.applied = self.next_index = 0
-        self.exhausted = self.failed = False
+        self.exhausted = False
         self.progress = None
+
+    @property
+    def failed(self) -> bool:
+        return self.applier.failed
 
     def fill(self) -> None:
         """Submit chunks while the backend has room and the window allows."""
@@ -135,46 +213,11 @@ class _Run:
             del self.starts[self.applied]
             self.applied += 1
             self.report.chunks += 1
-            yield from self._apply_chunk(result, items)
+            yield from self.applier.apply_chunk(result, items)
             if self.progress is not None:
                 self.progress.update(len(result))
             for name, kind in result.dropped_names.items():
                 self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
-
-    def _apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
-        """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
-        ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
-        outputs, failures = result.outputs, result.errors
-        try:
-            for offset, (ops, names) in enumerate(zip(result.ops, result.names, strict=True)):
-                counted = offset + 1
-                if outputs and offset in outputs:
-                    for stream, text in outputs[offset]:
-                        (sys.stdout if stream == 1 else sys.stderr).write(text)
-                error = failures.get(offset) if failures else None
-                if error is None or stop_on_error:
-                    # a failed item's changes up to its failure stay, as a serial loop leaves
-                    # them; under --on-error continue a failed item leaves nothing
-                    if ops:
-                        try:
-                            apply_ops(ns, ops)
-                        except ReplayError as failure:
-                            frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
-                            item = short_repr(items[offset])
-                            error = error or ItemError(failure.error, frames, item)
-                    if names:
-                        ns.update(names)
-                if error is None:
-                    yield result.values[offset]
-                    continue
-                index = result.first + offset
-                if stop_on_error:
-                    self.failed = True
-                    self.report.stopped_at = index
-                    _raise(error, index)
-                self.report.failures.append((index, error.item, repr(error.exception)))
-        finally:
-            self.report.add(result, counted)
 
     @property
     def done(self) -> bool:
@@ -202,12 +245,15 @@ def execute(
     first_index: int = 0,
     length: int | None = None,
     progress: bool = False,
+    recorder: Recorder | None = None,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
-    is applied to ``ns``, in item order."""
+    is applied to ``ns``, in item order. With a ``recorder``, nothing is applied: the
+    recorder keeps the results."""
     if length is None:
         length = operator.length_hint(iterable)
-    run = _Run(backend, task, iterable, ns, report, filename, chunksize, length)
+    applier = recorder or Applier(ns, task, report, filename)
+    run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index = first_index
     run.progress = progress_bar(length) if progress else None
     began = time.monotonic()

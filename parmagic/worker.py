@@ -160,7 +160,8 @@ class _CpuSpans:
         if first == len(result):
             return
         cpu = time.thread_time()
-        walls = [end - start for start, end in zip(result.starts[first:], result.ends[first:])]
+        spans = zip(result.starts[first:], result.ends[first:], strict=True)
+        walls = [end - start for start, end in spans]
         total = sum(walls)
         for offset, wall in enumerate(walls, first):
             share = wall / total if total else 1 / len(walls)
