@@ -127,14 +127,14 @@ def workloads(ip) -> list[Workload]:
     }, repeats=7))  # fmt: skip
     import numpy as np
 
-    big = np.ones(12_500_000)  # 100 MB
+    big = np.ones(25_000_000)  # 200 MB
     ip.user_ns.update(big=big, slice_sum=slice_sum)
     size = f"{big.nbytes / 1e6:.0f} MB"
-    found.append(Workload(f"{size} NumPy array captured, 20 items", "bytes sent ≈ workers × size; wall <= joblib", {
-        "parmagic processes": parmagic_cell(ip, "-b processes", "sums = [slice_sum(big, i) for i in range(20)]"),
-        "Pool.starmap, array per task": lambda: pool.starmap(slice_sum, [(big, i) for i in range(20)]),
-        "joblib (memmapping)": lambda: Parallel(n_jobs=-1)(delayed(slice_sum)(big, i) for i in range(20)),
-    }, repeats=3))  # fmt: skip
+    found.append(Workload(f"{size} NumPy array captured, 100 items", "bytes sent ≈ workers × size; wall <= joblib", {
+        "parmagic processes": parmagic_cell(ip, "-b processes", "sums = [slice_sum(big, i) for i in range(100)]"),
+        "Pool.starmap, array per task": lambda: pool.starmap(slice_sum, [(big, i) for i in range(100)]),
+        "joblib (memmapping)": lambda: Parallel(n_jobs=-1)(delayed(slice_sum)(big, i) for i in range(100)),
+    }, repeats=2))  # fmt: skip
     for method in ("fork", "spawn", "forkserver"):
         context = multiprocessing.get_context(method)
 
@@ -168,9 +168,9 @@ def load_ext_time() -> float:
     return statistics.median(times)
 
 
-def urls_table() -> list[str]:
+def urls_table(count: int, repeats: int) -> list[str]:
     done = subprocess.run(
-        [sys.executable, str(HERE / "urls.py"), "200", "2" if QUICK else "5"],
+        [sys.executable, str(HERE / "urls.py"), str(count), "2" if QUICK else str(repeats)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return done.stdout.strip().splitlines()
@@ -227,14 +227,16 @@ def main() -> None:
     ]  # fmt: skip
     for work in all_work:
         lines += work.rows()
-    ip.run_cell("%%parallel -q -b processes\nsums = [slice_sum(big, i) for i in range(20)]")
-    sent = ip.run_line_magic("parallel_report", "").bytes_sent
+    ip.run_cell("%%parallel -q -b processes\nsums = [slice_sum(big, i) for i in range(100)]")
+    report = ip.run_line_magic("parallel_report", "")
+    size = ip.user_ns["big"].nbytes / 1e6
     lines += [
         "",
-        f"Bytes sent by parmagic for the captured array: {sent / 1e6:.0f} MB (array: 100 MB).",
+        f"Bytes sent by parmagic for the captured array: {report.bytes_sent / 1e6:.0f} MB "
+        f"(array: {size:.0f} MB, {report.workers} workers, 100 items).",
     ]
     lines += ["", "Targets:", ""] + [f"- {w.name}: {w.target}" for w in all_work]
-    lines += ["", "## I/O", "", *urls_table()]
+    lines += ["", "## I/O", "", *urls_table(200, 5), "", *urls_table(2000, 2)]
     lines += [
         "",
         f"`%load_ext parmagic`: {load_ext_time() * 1000:.0f} ms (median of 3 fresh interpreters).",

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from .limits import cap_environment, cap_loaded_libraries
-from .shipping import captured_digests, dump_result
+from .shipping import captured_digests, dump_result, load_task
 from .worker import ItemOutput, Task, run_chunk
 
 
@@ -33,7 +33,7 @@ def _become_worker(native_threads: int) -> None:
 def _load_task(payload: bytes, native_threads: int) -> tuple[Task, bool]:
     """The task of a run, and whether native thread pools were capped for it."""
     try:
-        task = pickle.loads(payload)
+        task = load_task(payload)
     except Exception as exc:  # e.g. a module the kernel has and this process cannot import
         task = _failing_task(exc)
     capped = cap_loaded_libraries(native_threads, len(os.sched_getaffinity(0)))

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
+import os
 import pickle
+import tempfile
 import types
 from typing import Any
 
@@ -20,6 +23,9 @@ from . import errors
 from .errors import NotPicklable
 
 DIGEST_LIMIT = 1 << 20  # captured values larger than this are not watched for changes
+SHARED_BUFFER = 1 << 20  # captured buffers (arrays) larger than this go through shared memory
+SHARED_MEMORY = "/dev/shm"
+_SHARED_MARK = "parmagic/shared-buffers"
 _NOT_DATA = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 
 
@@ -66,15 +72,21 @@ def _refusal(name: str, value: object, reason: object) -> NotPicklable:
     return NotPicklable(errors.NOT_PICKLABLE.format(name=name, type=kind, reason=reason), name)
 
 
-def pack_task(task) -> bytes:
-    """Pickle a task, or say which kernel name cannot travel and what to do instead."""
+def pack_task(task, shared_files: list[str] | None = None) -> bytes:
+    """Pickle a task, or say which kernel name cannot travel and what to do instead.
+
+    With ``shared_files``, large buffers (NumPy arrays and the like, pickle protocol 5) are
+    written once to a file in shared memory that every worker maps copy-on-write, instead of
+    travelling down each worker's pipe; its path is added to the list, for the caller to
+    remove when the run ends.
+    """
     task.origins = code_origins(task.function)
     captured = {n: task.function.__globals__[n] for n in referenced_globals(task.function)}
     for name, value in captured.items():
         if isinstance(value, io.IOBase):  # cloudpickle would copy a readable file's content
             raise _refusal(name, value, "an open file belongs to the process that opened it")
     try:
-        return dumps(task)
+        return dumps(task) if shared_files is None else _dumps_sharing(task, shared_files)
     except Exception as exc:
         for name, value in captured.items():
             try:
@@ -82,6 +94,54 @@ def pack_task(task) -> bytes:
             except Exception as reason:
                 raise _refusal(name, value, reason) from None
         raise _refusal("the loop body", task.function, exc) from None
+
+
+def _dumps_sharing(task, shared_files: list[str]) -> bytes:
+    large: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: stays in the pickle
+            return True
+        if raw.nbytes < SHARED_BUFFER:
+            return True
+        large.append(raw)
+        return False
+
+    inner = cloudpickle.dumps(task, protocol=5, buffer_callback=out_of_band)
+    if not large:
+        return inner
+    spans, offset = [], 0
+    with shared_file() as f:
+        shared_files.append(f.name)
+        for raw in large:
+            padding = -offset % 64  # aligned, as NumPy prefers
+            f.write(b"\0" * padding)
+            offset += padding
+            f.write(raw)
+            spans.append((offset, raw.nbytes))
+            offset += raw.nbytes
+    return pickle.dumps((_SHARED_MARK, f.name, spans, inner), protocol=5)
+
+
+def shared_file():
+    """A new temporary file in shared memory (RAM, on Linux), for workers to read or map;
+    whoever makes one removes it."""
+    folder = SHARED_MEMORY if os.path.isdir(SHARED_MEMORY) else None
+    return tempfile.NamedTemporaryFile("wb", prefix="parmagic-", dir=folder, delete=False)
+
+
+def load_task(payload: bytes):
+    """The task from :func:`pack_task`'s bytes, its large buffers mapped from shared memory."""
+    loaded = pickle.loads(payload)
+    if not (isinstance(loaded, tuple) and loaded[0] == _SHARED_MARK):
+        return loaded
+    _, path, spans, inner = loaded
+    with open(path, "rb") as shared:
+        mapped = mmap.mmap(shared.fileno(), 0, access=mmap.ACCESS_COPY)  # writes stay private
+    view = memoryview(mapped)
+    return pickle.loads(inner, buffers=[view[start : start + size] for start, size in spans])
 
 
 def dump_result(result) -> bytes:

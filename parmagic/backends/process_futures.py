@@ -12,19 +12,16 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
-import tempfile
 import time
 from concurrent.futures.process import BrokenProcessPool
 
 from .. import errors
 from ..errors import WorkerDied
 from ..process_worker import prepare_pool_worker, run_shipped_chunk
-from ..shipping import pack_task
+from ..shipping import shared_file
 from ..worker import ChunkResult, Task
 from . import failed_chunk
 from .processes import KILL_GRACE, WorkerProcesses, plain_main
-
-_SHARED_MEMORY = "/dev/shm"
 
 
 class ProcessFuturesBackend(WorkerProcesses):
@@ -47,15 +44,14 @@ class ProcessFuturesBackend(WorkerProcesses):
         return executor
 
     def begin(self, task: Task) -> None:
-        payload = pack_task(task)  # raises NotPicklable before any item runs
-        folder = _SHARED_MEMORY if os.path.isdir(_SHARED_MEMORY) else None
-        with tempfile.NamedTemporaryFile("wb", prefix="parmagic-", dir=folder, delete=False) as f:
+        payload = self._pack(task)
+        with shared_file() as f:
             f.write(payload)
         self._path = f.name
         self._timeout = task.timeout
         self._run += 1
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
-        self._task_size, self._submits, self.bytes_sent = len(payload), 0, 0
+        self._task_size, self._submits = len(payload), 0
 
     def has_capacity(self) -> bool:
         return not self._refused and len(self._running) < 2 * self.workers
@@ -127,6 +123,7 @@ class ProcessFuturesBackend(WorkerProcesses):
         if self._path is not None:
             os.unlink(self._path)
             self._path = None
+        self._remove_shared_files()
         return []
 
     def close(self) -> None:

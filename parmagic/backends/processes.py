@@ -18,6 +18,7 @@ Data flow of one run::
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -108,6 +109,20 @@ class WorkerProcesses(Backend):
             self._context.set_forkserver_preload(["parmagic.process_worker"])
         self.native_threads = threads_per_worker(usable_cores(), workers)
         self._refused: list[ChunkResult] = []
+        self._shared_files: list[str] = []
+
+    def _pack(self, task: Task) -> bytes:
+        """The task's bytes (raises NotPicklable before any item runs); large captured
+        buffers go once to shared memory, counted once in ``bytes_sent``."""
+        payload = pack_task(task, self._shared_files)
+        self.bytes_sent = sum(os.path.getsize(path) for path in self._shared_files)
+        return payload
+
+    def _remove_shared_files(self) -> None:
+        for path in self._shared_files:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        self._shared_files.clear()
 
     def _items_bytes(self, seq: int, start: int, items: list) -> bytes | None:
         """The items pickled, or None once they are queued as failed items (never half a
@@ -136,11 +151,10 @@ class ProcessBackend(WorkerProcesses):
         return _Worker(self._context, number, self.native_threads)
 
     def begin(self, task: Task) -> None:
-        self._payload = pack_task(task)  # raises NotPicklable before any item runs
+        self._payload = self._pack(task)
         self._timeout = task.timeout
         self._run += 1
         self._used: set[_Worker] = set()
-        self.bytes_sent = 0
 
     def has_capacity(self) -> bool:
         return not self._refused and any(w.chunk is None for w in self._workers)
@@ -214,6 +228,7 @@ class ProcessBackend(WorkerProcesses):
         return seq, start, items, numbers
 
     def end(self, completed: bool) -> list[str]:
+        self._remove_shared_files()  # every worker that took a chunk has mapped them
         if not completed:
             for index, worker in enumerate(self._workers):
                 if worker.chunk is not None:  # running items nobody will use: replace it
