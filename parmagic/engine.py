@@ -42,6 +42,8 @@ class Options:
     plot: bool = False
     output: str | None = None  # a name to store the report under (like %timeit -o)
     compare: str | None = None  # backends to compare (--compare)
+    show_code: bool = False
+    export: str | None = None  # a file to write the equivalent program to
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:

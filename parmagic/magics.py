@@ -11,12 +11,13 @@ import os
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Image, display
+from IPython.display import Code, Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer
 
 from . import engine, errors
 from .backends import CHOICES
 from .cell import HOOK_NAME, plan_cell
+from .effects import is_recordable
 from .errors import ParmagicUsageError
 from .info import machine_info
 
@@ -70,6 +71,13 @@ class ParallelMagics(Magics):
         help="run the loop on each backend in LIST (e.g. serial,threads,processes, or all), "
         "compare their results with serial's, keep serial's",
     )
+    @argument(
+        "--show-code",
+        action="store_true",
+        help="print the plain Python program (threading, multiprocessing, concurrent.futures, "
+        "asyncio) that this run is equivalent to",
+    )
+    @argument("--export", metavar="FILE", help="write that program to FILE, runnable with python")
     @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
     @argument("-o", "--output", metavar="NAME", help="store the run's report in NAME")
     @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
@@ -99,7 +107,34 @@ class ParallelMagics(Magics):
             raise UsageError(str(exc)) from None
         except SyntaxError as exc:
             raise exc.with_traceback(None) from None  # the cell's line, not parmagic's frames
-        return self._run(plan, options)
+        try:
+            return self._run(plan, options)
+        finally:
+            if options.show_code or options.export:
+                self._show_program(source, plan, options)
+
+    def _show_program(self, source: str, plan, options) -> None:
+        """--show-code and --export, for the backend that ran (auto's choice, if auto)."""
+        from .showcode import program
+
+        ns = self.shell.user_ns  # after the run: the receivers the loop changed exist now
+        recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
+        report = self.session.last_report
+        if report is None:
+            return
+        if hasattr(report, "plot_report"):  # a comparison: its fastest run with serial's results
+            report = report.plot_report()
+        arguments = (source, plan.body, recorded, ns, report.backend)
+        method = report.start_method
+        if options.show_code:
+            text = program(*arguments, report.workers, method, export=False)
+            display(Code(text, language="python"))
+        if options.export:
+            text = program(*arguments, report.workers, method, export=True)
+            with open(options.export, "w") as script:
+                script.write(text)
+            where = os.path.abspath(options.export)
+            print(f"parmagic: wrote {where}; run it with: python {options.export}")
 
     def _options(self, line: str) -> tuple[engine.Options, str]:
         try:
@@ -125,6 +160,8 @@ class ParallelMagics(Magics):
             plot=args.plot,
             output=args.output,
             compare=args.compare,
+            show_code=args.show_code,
+            export=args.export,
         )
         if args.compare:
             from .compare import backend_list

@@ -1,0 +1,387 @@
+"""``--show-code`` and ``--export``: the plain Python program a run is equivalent to.
+
+The cell is kept as written, except its parallel loop: the body becomes ``loop_body(item)``,
+which returns the changes the item asks of the program's objects (numbered, one per
+recorded statement) and the names it bound; the main program runs it with the chosen library,
+the way that library's documentation shows, and applies the changes in item order.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import inspect
+import linecache
+import textwrap
+import types
+
+from .body import BodyInfo
+from .itemcode import _OPERATORS, _Recorder
+
+_OPERATOR_NODES = {name: node for node, name in _OPERATORS.items()}
+PROCESS_BACKENDS = ("processes", "futures:processes", "dask")
+
+
+class _Changes(_Recorder):
+    """The body's recorded statements become ``changes.append((number, values))``; each
+    number's statement, with those values, is what the main program runs."""
+
+    def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
+        super().__init__(recorded, reductions)
+        self.applied: list[tuple[str, str]] = []  # (statement to run, the original)
+        self.returns = _parse_expr("changes, {k: v for k, v in locals().items() if k != 'changes'}")
+
+    def visit_Continue(self, node):
+        return (
+            ast.copy_location(ast.Return(copy.deepcopy(self.returns)), node)
+            if (self.depth == 0)
+            else node
+        )
+
+    def _log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.stmt:
+        values: list[ast.expr] = []
+
+        def value(expr: ast.expr) -> ast.expr:
+            values.append(expr)
+            return ast.Name(f"\0{len(values) - 1}", ast.Load())
+
+        name = args[0].value
+        target: ast.expr = ast.Name(name, ast.Load())
+        if method in ("call", "setitem", "delitem", "augitem"):
+            for key in args[1].elts:
+                target = ast.Subscript(target, value(key), ast.Load())
+        if method == "call":
+            call_args = [value(a) for a in args[3:]]
+            call_kw = [ast.keyword(k.arg, value(k.value)) for k in keywords]
+            statement = ast.Expr(
+                ast.Call(ast.Attribute(target, args[2].value, ast.Load()), call_args, call_kw)
+            )
+        elif method == "setitem":
+            statement = ast.Assign([ast.Subscript(target, value(args[2]), ast.Store())], None)
+            statement.value = value(args[3])
+        elif method == "augitem":
+            subscript = ast.Subscript(target, value(args[2]), ast.Store())
+            statement = ast.AugAssign(subscript, _OPERATOR_NODES[args[3].value](), value(args[4]))
+        elif method == "delitem":
+            statement = ast.Delete([ast.Subscript(target, value(args[2]), ast.Del())])
+        elif method == "reduce":
+            operator = _OPERATOR_NODES[args[1].value]()
+            statement = ast.AugAssign(ast.Name(name, ast.Store()), operator, value(args[2]))
+        else:  # forget: `del name` in the body
+            statement = ast.parse(f"globals().pop({name!r}, None)").body[0]
+        number = len(self.applied) + 1
+        shown = ast.unparse(ast.fix_missing_locations(statement))
+        for index in range(len(values)):
+            shown = shown.replace(f"\0{index}", f"value[{index}]" if len(values) > 1 else "value")
+        self.applied.append((shown, ast.unparse(node).splitlines()[0]))
+        packed = values[0] if len(values) == 1 else ast.Tuple(values, ast.Load())
+        record = _parse_expr("changes.append(())")
+        record.args = [ast.Tuple([ast.Constant(number), packed], ast.Load())]
+        return ast.copy_location(ast.Expr(record), node)
+
+
+def _parse_expr(source: str) -> ast.expr:
+    return ast.parse(source, mode="eval").body
+
+
+def _body_function(info: BodyInfo, recorded: frozenset[str], coroutine: bool) -> tuple[str, list]:
+    """``loop_body``'s source, and the numbered statements that apply its changes."""
+    node = copy.deepcopy(info.node)
+    if info.kind == "for":
+        target = node.target
+        parameter = target.id if isinstance(target, ast.Name) else "item"
+        rewriter = _Changes(recorded, info.reductions)
+        body = rewriter._block(node.body)
+        head = [] if isinstance(target, ast.Name) else [ast.Assign([target], ast.Name("item"))]
+        statements = [
+            ast.parse("changes = []").body[0],
+            *head,
+            *body,
+            ast.Return(copy.deepcopy(rewriter.returns)),
+        ]
+        applied = rewriter.applied
+        doc = "One item of the loop: the changes it asks for, and the names it bound."
+    else:
+        first = node.generators[0]
+        target = first.target
+        parameter = target.id if isinstance(target, ast.Name) else "item"
+        first.iter = ast.Tuple([ast.Name(parameter, ast.Load())], ast.Load())
+        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
+        applied = []
+        if _one_value_per_item(info):
+            statements = [ast.Return(elt)]
+            doc = "One item of the comprehension: its value."
+        else:
+            statements = [ast.Return(ast.ListComp(elt, node.generators))]
+            doc = "One item of the comprehension: its values (none when a condition drops it)."
+    args = ast.arguments([], [ast.arg(parameter)], None, [], [], None, [])
+    kind = ast.AsyncFunctionDef if coroutine else ast.FunctionDef
+    function = kind("loop_body", args, [ast.Expr(ast.Constant(doc)), *statements], [], None)
+    return ast.unparse(ast.fix_missing_locations(function)), applied
+
+
+def _one_value_per_item(info: BodyInfo) -> bool:
+    generators = info.node.generators
+    return len(generators) == 1 and not generators[0].ifs and not generators[0].is_async
+
+
+def _runner(
+    backend: str, workers: int, method: str | None, iterable: str, shared: list[str]
+) -> tuple[list[str], list[str]]:
+    """(imports, lines that run loop_body over the items into ``in_order``)."""
+    sharing = ""
+    if shared and backend in ("processes", "futures:processes"):
+        names = ", ".join(f"{n!r}: {n}" for n in shared)
+        sharing = f", initializer=share, initargs=({{{names}}},)"
+    context = f'multiprocessing.get_context("{method or "fork"}")'
+    if backend == "serial":
+        return [], [f"in_order = map(loop_body, {iterable})"]
+    if backend in ("threads", "processes"):
+        if backend == "threads":
+            imports, pool = (
+                ["from multiprocessing.pool import ThreadPool"],
+                f"ThreadPool({workers})",
+            )
+        else:
+            imports, pool = ["import multiprocessing"], f"{context}.Pool({workers}{sharing})"
+        return imports, [
+            f"with {pool} as pool:",
+            f"    in_order = pool.map(loop_body, {iterable}, chunksize=4)",
+        ]
+    if backend in ("futures", "futures:processes"):
+        if backend == "futures":
+            imports = ["from concurrent.futures import ThreadPoolExecutor, as_completed"]
+            executor = f"ThreadPoolExecutor(max_workers={workers})"
+        else:
+            imports = [
+                "import multiprocessing",
+                "from concurrent.futures import ProcessPoolExecutor, as_completed",
+            ]
+            executor = f"ProcessPoolExecutor({workers}, mp_context={context}{sharing})"
+        return imports, [
+            f"with {executor} as executor:",
+            f"    futures = {{executor.submit(loop_body, item): n "
+            f"for n, item in enumerate({iterable})}}",
+            "    finished = {}",
+            "    for future in as_completed(futures):  # in the order they finish",
+            "        finished[futures[future]] = future.result()",
+            "in_order = [finished[n] for n in range(len(finished))]",
+        ]
+    if backend == "asyncio":
+        return ["import asyncio"], [
+            f"semaphore = asyncio.Semaphore({workers})  # at most {workers} items at once",
+            "",
+            "async def limited(item):",
+            "    async with semaphore:",
+            "        return await loop_body(item)",
+            "",
+            f"in_order = await asyncio.gather(*(limited(item) for item in {iterable}))",
+        ]
+    if backend == "dask":
+        return ["from dask.distributed import Client, LocalCluster"], [
+            f"cluster = LocalCluster(n_workers={workers}, threads_per_worker=1, "
+            "host='127.0.0.1', dashboard_address='127.0.0.1:0')",
+            "with cluster, Client(cluster) as client:",
+            f"    in_order = client.gather(client.map(loop_body, list({iterable}), pure=False))",
+        ]
+    raise ValueError(f"no equivalent program for backend {backend!r}")
+
+
+def _loads(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _stores(tree: ast.AST, skip: set[int]) -> set[str]:
+    return {
+        n.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and id(n) not in skip
+    }
+
+
+def _free_names(tree: ast.AST) -> list[str]:
+    """Names the cell reads but never assigns (nor imports, defines or takes as arguments):
+    they come from the notebook."""
+    assigned = _stores(tree, set())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            assigned.add(node.name)
+        elif isinstance(node, ast.alias):
+            assigned.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            assigned.add(node.arg)
+    read = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    free = [n for n in read if n not in assigned and not hasattr(builtins, n)]
+    return list(dict.fromkeys(free))
+
+
+def _definition(name: str, value: object) -> str:
+    """How the script defines a name the notebook had: source, import, literal, or a TODO."""
+    if isinstance(value, types.ModuleType):
+        alias = "" if value.__name__ == name else f" as {name}"
+        return f"import {value.__name__}{alias}"
+    if isinstance(value, types.FunctionType | type):
+        module = getattr(value, "__module__", "__main__")
+        if module != "__main__":
+            alias = "" if value.__qualname__ == name else f" as {name}"
+            return f"from {module} import {value.__qualname__}{alias}"
+        found = _notebook_source(value)
+        if found:
+            return found
+        return f"# TODO: define {name} (defined in the notebook; its source was not found)"
+    text = repr(value)
+    try:
+        if len(text) <= 2000 and ast.literal_eval(text) == value:
+            return f"{name} = {text}"
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+    return f"{name} = None  # TODO: define {name} (a {kind} in the notebook)"
+
+
+def _notebook_source(value: type | types.FunctionType) -> str | None:
+    """The source of a notebook function or class. ``inspect`` finds a class only by its
+    module's file, which a notebook lacks: then the cells IPython cached are searched, the
+    latest first."""
+    try:
+        return textwrap.dedent(inspect.getsource(value)).rstrip()
+    except (OSError, TypeError):
+        pass
+    for filename, entry in reversed(list(linecache.cache.items())):
+        if not (isinstance(entry, tuple) and len(entry) == 4):
+            continue
+        source = "".join(entry[2])
+        try:
+            tree = ast.parse(source, filename)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name == value.__name__:
+                return ast.get_source_segment(source, node)
+    return None
+
+
+PLACEHOLDER = "__parmagic_loop_code__"
+
+
+def _main_lines(cell: ast.Module, loop: ast.AST, info: BodyInfo, run: list[str]) -> list[str]:
+    """The cell's own code, with the loop replaced by ``run`` and the applying of results."""
+    marker = ast.Expr(ast.Name(PLACEHOLDER, ast.Load()))
+    if info.kind == "for":
+        _replace(cell, loop, marker)
+    else:
+        _replace(cell, loop, ast.Name("loop_values", ast.Load()), before=marker)
+    lines = []
+    for line in ast.unparse(cell).splitlines():
+        if line.strip() != PLACEHOLDER:
+            lines.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        lines += [indent + part if part else "" for part in run]
+    return lines
+
+
+def _results_lines(info: BodyInfo, applied: list[tuple[str, str]]) -> list[str]:
+    """The main program's side: the items' results, applied in item order."""
+    if info.kind != "for":
+        gather = {"set": "set", "dict": "dict"}.get(info.kind, "list")
+        if _one_value_per_item(info):
+            return [f"loop_values = {gather}(in_order)"]
+        return [f"loop_values = {gather}(v for values in in_order for v in values)"]
+    lines = ["names = {}", "for changes, names in in_order:", "    for number, value in changes:"]
+    for position, (statement, original) in enumerate(applied, 1):
+        keyword = "if" if position == 1 else "elif"
+        lines += [
+            f"        {keyword} number == {position}:  # {original}",
+            f"            {statement}",
+        ]
+    if not applied:
+        lines.append("        pass")
+    return lines + ["globals().update(names)  # the loop's names, as its last item left them"]
+
+
+def program(
+    source: str,
+    info: BodyInfo,
+    recorded: frozenset[str],
+    ns: dict,
+    backend: str,
+    workers: int,
+    start_method: str | None,
+    export: bool,
+) -> str:
+    """The whole program: notebook definitions (for ``--export``), ``loop_body``, then the
+    cell with its loop replaced by the chosen library's code, under the main guard."""
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    cell = compile(source, "<cell>", "exec", flags)
+    loop = _find(cell, info.node)
+    coroutine = backend == "asyncio"
+    function, applied = _body_function(info, recorded, coroutine)
+    iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
+    inside = {id(n) for n in ast.walk(loop)}
+    shared = sorted(_stores(cell, inside) & _loads(ast.parse(function)))
+    notebook = [n for n in _free_names(cell) if n in ns]
+    imports, run = _runner(backend, workers, start_method, iterable, shared)
+    main = _main_lines(cell, loop, info, run + _results_lines(info, applied))
+    out = [f"# What `%%parallel -b {backend}` ran, as a plain Python program (by parmagic).", ""]
+    out += imports
+    if export and notebook:
+        classes = {  # a value's class from the notebook, so the TODO can be filled in
+            type(ns[n]).__name__: type(ns[n])
+            for n in notebook
+            if type(ns[n]).__module__ == "__main__" and type(ns[n]).__name__ not in notebook
+        }
+        definitions = [_definition(name, cls) for name, cls in classes.items()]
+        definitions += [_definition(n, ns[n]) for n in notebook]
+        out += ["", "# From the notebook:", *definitions]
+    elif notebook:
+        out += ["", f"# From the notebook: {', '.join(notebook)}"]
+    if "initializer=share" in "\n".join(run):
+        out += ["", "", "def share(names):"]
+        out += ['    """The values the loop reads, for each worker process: they are made under']
+        out += ['    the main guard below, which worker processes do not run."""']
+        out += ["    globals().update(names)"]
+    guard = 'if __name__ == "__main__":'
+    if coroutine:  # the body may use what the cell opened (a session): one coroutine holds both
+        inner = [*function.splitlines(), "", *main]
+        out += ["", "", "async def main():", *_indented(inner), "", "", guard]
+        out += ["    asyncio.run(main())"]
+    else:
+        out += ["", "", function, "", "", guard, *_indented(main)]
+    return "\n".join(out) + "\n"
+
+
+def _indented(lines: list[str]) -> list[str]:
+    return ["    " + line if line else "" for line in lines]
+
+
+def _find(tree: ast.AST, wanted: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if type(node) is type(wanted) and (node.lineno, node.col_offset) == (
+            wanted.lineno,
+            wanted.col_offset,
+        ):
+            return node
+    raise LookupError("the loop was not found in the cell")
+
+
+def _replace(tree: ast.AST, old: ast.AST, new: ast.AST, before: ast.stmt | None = None) -> None:
+    """Put ``new`` where ``old`` was; ``before``: a statement to insert ahead of the statement
+    that holds ``old``."""
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if value is old:
+                setattr(parent, name, new)
+                return
+            if not isinstance(value, list):
+                continue
+            for index, child in enumerate(value):
+                if child is old:
+                    value[index] = new
+                    return
+                holds_old = isinstance(child, ast.stmt) and any(n is old for n in ast.walk(child))
+                if before is not None and holds_old:
+                    _replace(child, old, new)
+                    value.insert(index, before)
+                    return

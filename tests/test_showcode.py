@@ -1,0 +1,106 @@
+"""--show-code and --export (spec §10): the run as a plain program that runs under python."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import BACKENDS
+
+from parmagic.slowserver import SlowServer
+
+SETUP = "def digits(n):\n    return len(str(n ** n))\nlimit = 120\n"
+CELL = (
+    "counts = {}\ntotal = 0\nfound = []\nbase = 3\n"
+    "for n in range(limit):\n    d = digits(n) + base\n    if d % 2:\n        continue\n"
+    "    found.append(d)\n    counts[d % 7] = n\n    total += d\n"
+    "print(len(found), total, sorted(counts.items()), n, d)\n"
+)
+EXPORTED = {
+    "serial": "-b serial",
+    "threads": "-b threads -w 3",
+    "futures": "-b futures -w 3",
+    "fork": BACKENDS["fork"],
+    "spawn": BACKENDS["spawn"],
+    "futures-spawn": "-b futures:processes -w 2 --start-method spawn",
+}
+
+
+def python(path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", list(EXPORTED))
+def test_exported_script_prints_what_the_cell_printed(ip, run, tmp_path, name):
+    run(SETUP)
+    script = tmp_path / "loop.py"
+    outcome = run(f"%%parallel -q {EXPORTED[name]} --export {script}\n{CELL}")
+    assert outcome.error is None, outcome.err
+    printed_by_cell = outcome.out.splitlines()[0]
+    assert "parmagic: wrote" in outcome.out
+    done = python(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == printed_by_cell
+    text = script.read_text()
+    assert 'if __name__ == "__main__":' in text and "def digits(n):" in text  # copied in
+
+
+@pytest.mark.parametrize(
+    "options, api",
+    [
+        ("-b threads", "ThreadPool("),
+        ("-b processes --start-method spawn", 'multiprocessing.get_context("spawn").Pool('),
+        ("-b futures", "as_completed(futures)"),
+        ("-b futures:processes --start-method forkserver", "ProcessPoolExecutor("),
+        ("-b serial", "map(loop_body"),
+    ],
+)
+def test_show_code_uses_each_librarys_own_api(ip, run, options, api):
+    run(SETUP)
+    outcome = run(f"%%parallel -q {options} --show-code\nsq = [digits(n) for n in range(5)]\n")
+    assert outcome.error is None, outcome.err
+    assert api in outcome.out
+    assert "def loop_body(n):" in outcome.out and "return digits(n)" in outcome.out
+    assert "# From the notebook: digits" in outcome.out
+
+
+def test_comprehension_with_condition_exports_and_runs(ip, run, tmp_path):
+    run(SETUP)
+    script = tmp_path / "squares.py"
+    outcome = run(
+        f"%%parallel -q {BACKENDS['spawn']} --export {script}\n"
+        "sq = {n: digits(n) for n in range(12) if n % 3}\nprint(sq)\n"
+    )
+    assert outcome.error is None
+    done = python(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == outcome.out.splitlines()[0]
+
+
+def test_names_that_are_not_simple_data_get_a_todo(ip, run, tmp_path):
+    run("import threading\nclass Box:\n    pass\nbox = Box()\nlock = threading.Lock()\n")
+    script = tmp_path / "todo.py"
+    run(f"%%parallel -q -b threads --export {script}\nout = []\nfor i in range(3):\n    with lock:\n        out.append((i, box))\n")
+    text = script.read_text()
+    assert "# TODO: define box (a __main__.Box in the notebook)" in text
+    assert "# TODO: define lock (a _thread.lock in the notebook)" in text
+    assert "class Box:" in text
+
+
+def test_asyncio_export_uses_a_semaphore_and_runs(ip, run, tmp_path):
+    script = tmp_path / "fetch.py"
+    with SlowServer(latency=0.05) as site:
+        ip.user_ns["base"] = site.url("/page/")
+        outcome = run(
+            f"%%parallel -q -b asyncio -w 4 --export {script}\nimport aiohttp\nsizes = []\n"
+            "async with aiohttp.ClientSession() as s:\n    for n in range(12):\n"
+            "        async with s.get(f'{base}{n}') as r:\n            sizes.append(len(await r.text()))\n"
+            "print(sum(sizes), n)\n"
+        )
+        assert outcome.error is None, outcome.err
+        done = python(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == outcome.out.splitlines()[0]
+    text = script.read_text()
+    assert "asyncio.Semaphore(4)" in text and "asyncio.gather(" in text and "asyncio.run(main())" in text
