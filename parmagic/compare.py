@@ -72,8 +72,8 @@ class Comparison:
         r = row.report
         if r is None:
             return [row.backend, "", "", "", "", ""]
-        cores = " ".join(f"{m:.0f}%" for m in r.usage.core_means()) if r.usage else ""
-        ours = f"{r.usage.ours_mean:.0f}%" if r.usage else ""
+        cores = " ".join(f"{max(m, 0):.0f}%" for m in r.usage.core_means()) if r.usage else ""
+        ours = f"{max(r.usage.ours_mean, 0):.0f}%" if r.usage else ""
         speed = f"{self.speedup(row):.2f}×"
         return [row.backend, str(r.workers), f"{r.wall:.3f} s", speed, ours, cores]
 

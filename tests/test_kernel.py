@@ -286,19 +286,19 @@ def notebook_text(name: str) -> tuple[dict, str]:
     "name, last_source, result, printed",
     [
         (
-            "02_threads.ipynb",
+            "03_threads.ipynb",
             "threaded == titles",
             "True",
             "parmagic: threads · 12 workers · 12 items",
         ),
         (
-            "03_futures.ipynb",
+            "04_futures.ipynb",
             "list(sizes) == urls",
             "True",
             "TimeoutError('the item ran longer than the 1 s",
         ),
         (
-            "04_asyncio.ipynb",
+            "05_asyncio.ipynb",
             "len(pages), site.max_overlap()",
             "(48, 48)",
             "the loop body never awaits",
@@ -309,3 +309,18 @@ def test_io_demo_notebooks_run_end_to_end(name, last_source, result, printed):
     results, text = notebook_text(name)
     assert results[last_source] == result
     assert printed in text
+
+
+@pytest.mark.timeout(150)
+def test_compare_demo_notebook_compares_and_exports():
+    results, text = notebook_text("02_compare.ipynb")
+    assert results["len(digits), cpu_table.fastest.backend"].startswith("(4000, ")
+    header = [line for line in text.splitlines() if line.startswith("backend ")]
+    assert len(header) >= 4 and all("same as serial" in line for line in header)
+    assert re.search(r"^futures:processes\s+2\s.*✓$", text, re.M)  # one row per backend
+    assert re.search(r"^asyncio\s+\d+\s.*✓$", text, re.M)
+    assert re.search(r"^threads\s+6\s.*differs: item 0: draws\.append\(", text, re.M)
+    assert 'multiprocessing.get_context("spawn").Pool(2)' in text
+    total = re.search(r"^(\d+)\nparmagic: wrote", text, re.M).group(1)
+    assert text.count(f"{total}\n") >= 2  # the exported script printed what the cell printed
+    assert text.count("<IPython.core.display.Image object>") == 1
