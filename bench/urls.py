@@ -3,6 +3,7 @@ the hand-written standard-library and aiohttp code, alternating, median of sever
 
 Usage: python bench/urls.py [COUNT] [REPEATS]     (defaults: 200, 5)
 The ideal for N threads is ceil(COUNT / N) × latency; for asyncio, one latency.
+The server runs in a process of its own, so that it does not share a GIL with the clients.
 """
 
 from __future__ import annotations
@@ -10,14 +11,34 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import aiohttp
 import requests
 from IPython.testing.globalipapp import start_ipython
 
-from parmagic.slowserver import SlowServer
+SERVER = (
+    "import sys\nfrom parmagic.slowserver import SlowServer\n"
+    "site = SlowServer(latency=float(sys.argv[1])).start()\n"
+    "print(site.url('/page/'), flush=True)\nsys.stdin.read()\n"
+)
+
+
+@contextmanager
+def slow_server_process(latency: float):
+    """The slow site in another process; yields its base URL, stops when stdin closes."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(latency)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield server.stdout.readline().strip()
+    finally:
+        server.stdin.close()
+        server.wait(timeout=10)
 
 LATENCY = 0.05
 THREADS = 32
@@ -46,8 +67,8 @@ def main() -> None:
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     ip = start_ipython()
     ip.run_line_magic("load_ext", "parmagic")
-    with SlowServer(latency=LATENCY) as site:
-        urls = [site.url(f"/page/{n}") for n in range(count)]
+    with slow_server_process(LATENCY) as base:
+        urls = [f"{base}{n}" for n in range(count)]
         ip.user_ns.update(urls=urls)
         ip.run_cell("import requests\nsession = requests.Session()")
         loop_body = (
@@ -55,7 +76,7 @@ def main() -> None:
             "    sizes.append(len(session.get(url, timeout=10).content))\n"
         )
         aio_cell = (
-            "%%parallel -q -b asyncio\nimport aiohttp\nsizes = []\n"
+            "%%parallel -q -b asyncio -w {workers}\nimport aiohttp\nsizes = []\n"
             "async with aiohttp.ClientSession() as s:\n    for url in urls:\n"
             "        async with s.get(url) as r:\n            sizes.append(len(await r.read()))\n"
         )
@@ -67,7 +88,12 @@ def main() -> None:
             "parmagic futures": lambda: ip.run_cell(
                 f"%%parallel -q -b futures -w {THREADS}\n{loop_body}"
             ),
-            "parmagic asyncio": lambda: ip.run_cell(aio_cell),
+            "parmagic asyncio (default: 100 at once)": lambda: ip.run_cell(
+                aio_cell.format(workers=100)
+            ),
+            "parmagic asyncio, all at once (as gather)": lambda: ip.run_cell(
+                aio_cell.format(workers=count)
+            ),
             "by hand aiohttp + gather": lambda: by_hand_asyncio(urls),
         }
         times: dict[str, list[float]] = {name: [] for name in cases}

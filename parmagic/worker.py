@@ -169,58 +169,36 @@ class _CpuSpans:
         self.first, self.since, self.cpu = len(result), result.ends[-1], cpu
 
 
-class _Item:
-    """One item's run: output capture, timing, the error it raised, all into ``result``.
+def _record(
+    task: Task,
+    result: ChunkResult,
+    offset: int,
+    item,
+    began: float,
+    log: EffectLog,
+    output: list,
+    value,
+    error: BaseException | None,
+) -> float:
+    """Put what one item did into ``result``; returns when it ended (the next item's start).
 
-    A context manager so that the plain and the asyncio chunk runners share it: the ``with``
-    block only calls (or awaits) the item function.
+    The plain and the asyncio chunk runners share it; they differ only in calling or
+    awaiting the item function.
     """
-
-    __slots__ = ("task", "result", "offset", "item", "alarm", "began", "ended", "log", "output")
-    __slots__ += ("value", "failed", "token")
-
-    def __init__(self, task: Task, result: ChunkResult, offset: int, item, alarm, began) -> None:
-        self.task = task
-        self.result = result
-        self.offset = offset
-        self.item = item
-        self.alarm = alarm
-        self.began = began or time.monotonic()
-        self.log = EffectLog()
-        self.output = []
-        self.value = None
-        self.failed = False
-
-    def __enter__(self) -> _Item:
-        self.token = current_output.set(self.output)
-        if self.alarm:
-            _armed.set()
-            signal.setitimer(signal.ITIMER_REAL, self.alarm)
-        return self
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if self.alarm:
-            _armed.clear()  # an alarm that fires from here on finds no item to stop
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        current_output.reset(self.token)
-        if kind is KeyboardInterrupt:
-            return False  # the kernel's own interrupt: the runner stops the whole run
-        result, offset, task = self.result, self.offset, self.task
-        names = self.log.names
-        if names is not None:
-            names.pop(ITEM_ARG, None)  # the item function's own parameters
-            names.pop(LOG_ARG, None)
-        self.ended = time.monotonic()  # the next item of a chunk starts here
-        result.add(self.began, self.ended, 0.0, self.log.ops, names, self.value)
-        if self.output:
-            result.outputs[offset] = self.output
-        if exc is not None:
-            if isinstance(exc, ItemTimedOut | TimeoutError) and task.timeout:
-                exc = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
-            frames = user_frames(tb, task.origins)
-            result.errors[offset] = ItemError(exc, frames, short_repr(self.item))
-            self.failed = True
-        return True
+    names = log.names
+    if names is not None:
+        names.pop(ITEM_ARG, None)  # the item function's own parameters
+        names.pop(LOG_ARG, None)
+    ended = time.monotonic()
+    result.add(began, ended, 0.0, log.ops, names, value)
+    if output:
+        result.outputs[offset] = output
+    if error is not None:
+        if isinstance(error, ItemTimedOut | TimeoutError) and task.timeout:
+            error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
+        frames = user_frames(error.__traceback__, task.origins)
+        result.errors[offset] = ItemError(error, frames, short_repr(item))
+    return ended
 
 
 @contextmanager
@@ -239,20 +217,34 @@ def _alarms(task: Task):
 def run_chunk(
     task: Task, seq: int, start: int, items: list, worker: str | None = None
 ) -> ChunkResult:
-    """Run consecutive items and record what each did."""
+    """Run consecutive items and record what each did (a tight loop: items may be cheap)."""
     result = ChunkResult(seq, start, worker or threading.current_thread().name)
     cpu = _CpuSpans(result)
-    began = cpu.since
+    began, function, cancelled = cpu.since, task.function, task.cancelled.is_set
     with _alarms(task) as alarm:
         for offset, item in enumerate(items):
-            if task.cancelled.is_set():
+            if cancelled():
                 break
-            with _Item(task, result, offset, item, alarm, began) as run:
-                run.value = task.function(item, run.log)
-            cpu.after_item(run.ended)
-            if run.failed and task.stop_on_error:
+            log, output, value, error = EffectLog(), [], None, None
+            token = current_output.set(output)
+            if alarm:
+                _armed.set()
+                signal.setitimer(signal.ITIMER_REAL, alarm)
+            try:
+                value = function(item, log)
+            except KeyboardInterrupt:
+                raise  # the kernel's own interrupt: the runner stops the whole run
+            except BaseException as exc:
+                error = exc
+            finally:
+                if alarm:
+                    _armed.clear()  # an alarm that fires from here on finds no item to stop
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                current_output.reset(token)
+            began = _record(task, result, offset, item, began, log, output, value, error)
+            cpu.after_item(began)
+            if error is not None and task.stop_on_error:
                 break
-            began = run.ended
     cpu.close()
     return result
 
@@ -264,12 +256,19 @@ async def run_chunk_async(task: Task, seq: int, start: int, items: list) -> Chun
     result = ChunkResult(seq, start, "event loop")
     cpu = _CpuSpans(result)  # the loop thread's: other coroutines' CPU counts too
     for offset, item in enumerate(items):
-        with _Item(task, result, offset, item, None, None) as run:
-            coroutine = task.function(item, run.log)
-            run.value = await (
-                asyncio.wait_for(coroutine, task.timeout) if task.timeout else coroutine
-            )
-        if run.failed and task.stop_on_error:
+        log, output, value, error = EffectLog(), [], None, None
+        token, began = current_output.set(output), time.monotonic()
+        try:
+            coroutine = task.function(item, log)
+            value = await (asyncio.wait_for(coroutine, task.timeout) if task.timeout else coroutine)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            error = exc
+        finally:
+            current_output.reset(token)
+        _record(task, result, offset, item, began, log, output, value, error)
+        if error is not None and task.stop_on_error:
             break
     cpu.close()
     return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
+import select
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -22,6 +23,28 @@ from ..shipping import shared_file
 from ..worker import ChunkResult, Task
 from . import failed_chunk
 from .processes import KILL_GRACE, WorkerProcesses, plain_main
+
+MANAGER_GRACE = 1.0  # seconds for the executor's manager thread to end by itself
+
+
+def _unblock_manager(executor: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Let the executor's manager thread end after its workers were killed.
+
+    A worker killed between writing a result's header and its body leaves half a message in
+    the result pipe, and the manager thread waits for the rest for ever (so would
+    ``shutdown(wait=True)``, and the interpreter at exit). Zeros written into the pipe complete
+    the message; the manager reads it as a broken result and ends, as after a dead worker.
+    """
+    manager = getattr(executor, "_executor_manager_thread", None)
+    if manager is None:
+        return
+    manager.join(MANAGER_GRACE)
+    writer = executor._result_queue._writer.fileno()
+    deadline = time.monotonic() + 5 * MANAGER_GRACE
+    while manager.is_alive() and time.monotonic() < deadline:
+        if select.select([], [writer], [], 0.1)[1]:
+            os.write(writer, bytes(512))  # less than a pipe's atomic size: never blocks
+        manager.join(0.05)
 
 
 class ProcessFuturesBackend(WorkerProcesses):
@@ -109,9 +132,11 @@ class ProcessFuturesBackend(WorkerProcesses):
 
     def _kill(self) -> None:
         # ProcessPoolExecutor has no way to stop a running task (3.14 adds kill_workers()).
-        for process in list(getattr(self._executor, "_processes", {}).values()):
+        executor = self._executor
+        for process in list(getattr(executor, "_processes", {}).values()):
             process.kill()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=False, cancel_futures=True)
+        _unblock_manager(executor)
         self._running.clear()
         self._executor = self._new_executor()
 
