@@ -13,6 +13,7 @@ import concurrent.futures
 import os
 import pickle
 import select
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -27,7 +28,7 @@ from .processes import KILL_GRACE, WorkerProcesses, plain_main
 MANAGER_GRACE = 1.0  # seconds for the executor's manager thread to end by itself
 
 
-def _unblock_manager(executor: concurrent.futures.ProcessPoolExecutor) -> None:
+def _unblock_manager(manager: threading.Thread, writer: int) -> None:
     """Let the executor's manager thread end after its workers were killed.
 
     A worker killed between writing a result's header and its body leaves half a message in
@@ -35,11 +36,7 @@ def _unblock_manager(executor: concurrent.futures.ProcessPoolExecutor) -> None:
     ``shutdown(wait=True)``, and the interpreter at exit). Zeros written into the pipe complete
     the message; the manager reads it as a broken result and ends, as after a dead worker.
     """
-    manager = getattr(executor, "_executor_manager_thread", None)
-    if manager is None:
-        return
     manager.join(MANAGER_GRACE)
-    writer = executor._result_queue._writer.fileno()
     deadline = time.monotonic() + 5 * MANAGER_GRACE
     while manager.is_alive() and time.monotonic() < deadline:
         if select.select([], [writer], [], 0.1)[1]:
@@ -133,10 +130,13 @@ class ProcessFuturesBackend(WorkerProcesses):
     def _kill(self) -> None:
         # ProcessPoolExecutor has no way to stop a running task (3.14 adds kill_workers()).
         executor = self._executor
+        manager = executor._executor_manager_thread  # shutdown() forgets both
+        results = executor._result_queue
         for process in list(getattr(executor, "_processes", {}).values()):
             process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
-        _unblock_manager(executor)
+        if manager is not None:
+            _unblock_manager(manager, results._writer.fileno())
         self._running.clear()
         self._executor = self._new_executor()
 
