@@ -1,0 +1,200 @@
+"""dask: items as tasks on a ``dask.distributed`` cluster, for loops that outgrow one machine.
+
+Without ``--scheduler`` a local cluster of worker processes (one thread each) is started on first
+use, bound to 127.0.0.1 only (scheduler, workers, nannies and dashboard: dask's own default
+dashboard listens on every interface), and kept warm across cells. With ``--scheduler``, an
+existing cluster is used as it is.
+
+Shipping is the process backends' (one path, not a second): the task is ``pack_task``'s bytes,
+scattered once per run (each worker fetches it once from the cluster, never once per item);
+chunks carry only their pickled items; each chunk is one dask task, ``run_dask_chunk``, which
+returns ``dump_result``'s bytes. Effects are applied in the kernel only, so a task that dask
+retries on another worker after its first worker died is still applied exactly once::
+
+    kernel: begin ── client.scatter(task bytes) ──▶ cluster (once per run)
+            submit ── client.submit(run_dask_chunk, run, task future, seq, start, items)
+    worker thread: run_chunk(...) ── dump_result bytes ──▶ wait ──▶ runner (item order)
+
+``distributed`` is imported here only, when a run first asks for ``dask``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import signal
+import time
+import uuid
+
+from .. import errors
+from ..errors import ParmagicUsageError, WorkerDied
+from ..process_worker import run_dask_chunk
+from ..shipping import pack_task
+from ..worker import ChunkResult, Task
+from . import drain, failed_chunk
+from .processes import PickledItems, plain_main
+
+LOOPBACK = "127.0.0.1"
+CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
+KILL_GRACE = 0.5  # seconds past --timeout before an item is given up (no alarm in dask threads)
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ParmagicUsageError(errors.DASK_MISSING) from None
+    # dask logs INFO lines (and a worker's death as WARNING) to the kernel's stderr, which a
+    # notebook shows in the cell; parmagic reports what matters itself
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    return distributed
+
+
+def _connect(distributed, address: str):
+    try:
+        return distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as reason:
+        message = errors.SCHEDULER_UNREACHABLE.format(
+            address=address, seconds=CONNECT_TIMEOUT, reason=str(reason).split("\n")[0]
+        )
+        raise ParmagicUsageError(message) from None
+
+
+def _local_cluster(distributed, workers: int):
+    """Worker processes with one thread each, everything on the loopback interface.
+
+    Worker dashboards stay off (``worker_dashboard_address`` None); the nannies start their
+    workers with ``spawn``, here without the kernel's ``__main__`` (see ``plain_main``)."""
+    with plain_main():
+        return distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host=LOOPBACK,
+            scheduler_port=0,
+            dashboard_address=f"{LOOPBACK}:0",
+            silence_logs=logging.ERROR,
+        )
+
+
+class DaskBackend(PickledItems):
+    name = "dask"
+
+    def __init__(
+        self, workers: int, start_method: str | None = None, scheduler: str | None = None
+    ) -> None:
+        super().__init__(workers)
+        distributed = _distributed()
+        self.requested, self.scheduler = workers, scheduler
+        self._killed_worker = distributed.KilledWorker
+        self.cluster = None if scheduler else _local_cluster(distributed, workers)
+        if scheduler:
+            self.client = _connect(distributed, scheduler)
+        else:
+            self.client = distributed.Client(self.cluster, set_as_default=False)
+        self.address = self.client.scheduler.address
+        self.dashboard = self.client.dashboard_link
+        # an existing cluster's size is its own: the summary shows its worker threads
+        self.workers = max(1, sum(self.client.nthreads().values())) if scheduler else workers
+        self._running: dict = {}  # future -> (seq, start, items, when submitted)
+        self._done: queue.SimpleQueue = queue.SimpleQueue()  # futures, from dask's callbacks
+        self._task_future = None
+
+    def fits(self, workers: int, start_method: str | None, scheduler: str | None) -> bool:
+        return self.requested == workers and self.scheduler == scheduler
+
+    @property
+    def description(self) -> str:
+        kind = "existing cluster" if self.scheduler else "local cluster"
+        dashboard = f", dashboard {self.dashboard}" if self.dashboard else ""
+        return f"dask ({kind}, {self.workers} worker threads, scheduler {self.address}{dashboard})"
+
+    def begin(self, task: Task) -> None:
+        payload = pack_task(task)  # raises NotPicklable before any item runs
+        self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
+        # on every worker: a worker that dies then loses one copy, not the run's only one
+        self._task_future = self.client.scatter(payload, hash=False, broadcast=True)
+        self._timeout = task.timeout
+        self._running.clear()
+        self.bytes_sent = len(payload) * len(self.client.nthreads())
+
+    def has_capacity(self) -> bool:
+        # one chunk queued behind each running one hides the scheduler's round trip; with
+        # --timeout none waits, since an item's time counts from its submission
+        limit = self.workers if self._timeout else 2 * self.workers
+        return not self._refused and len(self._running) < limit
+
+    def submit(self, seq: int, start: int, items: list) -> None:
+        payload = self._items_bytes(seq, start, items)
+        if payload is None:
+            return
+        future = self.client.submit(
+            run_dask_chunk, self._run, self._task_future, seq, start, payload,
+            key=f"parmagic-{self._run[:8]}-{seq}", pure=False,
+        )  # fmt: skip
+        self._running[future] = (seq, start, items, time.monotonic())
+        future.add_done_callback(self._done.put)  # called on a thread of dask's client
+        self.bytes_sent += len(payload)
+
+    def wait(self, timeout: float) -> list[ChunkResult]:
+        if self._refused:
+            return self._take_refused()
+        if self._timeout and self._running:
+            oldest = min(since for *_, since in self._running.values())
+            timeout = min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic())
+        finished = drain(self._done, max(timeout, 0.0))
+        results = [self._collect(f) for f in finished if f in self._running]  # not cancelled
+        if self._timeout:
+            now = time.monotonic()
+            late = [f for f, c in self._running.items() if now - c[3] > self._timeout + KILL_GRACE]
+            if late:
+                fate = self._stop(late)
+                error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
+                results += [failed_chunk(*self._running.pop(f)[:3], error, "dask") for f in late]
+        return results
+
+    def _collect(self, future) -> ChunkResult:
+        seq, start, items, _ = self._running.pop(future)
+        numbers = ", ".join(str(start + offset) for offset in range(len(items)))
+        if future.status == "cancelled":
+            error = WorkerDied(errors.DASK_CANCELLED.format(items=numbers, reason="cancelled"))
+        elif future.status == "error":
+            error = future.exception()
+            if isinstance(error, self._killed_worker):
+                reason = str(error).split("\n")[0]
+                error = WorkerDied(errors.DASK_WORKER_DIED.format(items=numbers, reason=reason))
+        else:
+            try:
+                return pickle.loads(future.result())
+            except Exception as reason:  # e.g. a class the kernel no longer has
+                error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
+        return failed_chunk(seq, start, items, error, "dask")
+
+    def _stop(self, futures: list) -> str:
+        """Cancel tasks nobody will use. A running dask task cannot be stopped, so on the
+        local cluster the worker processes running them are killed (their nannies start new
+        ones); on an existing cluster they run on. Returns what happened, for a message."""
+        busy = set()
+        if self.cluster is not None:
+            keys = {future.key for future in futures}
+            busy = {w for w, ks in self.client.processing().items() if keys & set(ks)}
+        self.client.cancel(futures, force=True)
+        if not busy:
+            return errors.TIMEOUT_DASK_ABANDONED
+        for pid in self.client.run(os.getpid, workers=list(busy)).values():
+            os.kill(pid, signal.SIGKILL)  # our own child: the local cluster's worker
+        return errors.TIMEOUT_DASK_RESTARTED
+
+    def end(self, completed: bool) -> list[str]:
+        if self._running:
+            self._stop(list(self._running))  # interrupted, or stopped at a failing item
+        self._running.clear()
+        self._task_future = None  # released: the cluster forgets the task bytes
+        return []
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
