@@ -137,8 +137,10 @@ DASK_WORKER_DIED = (
     "each worker died while running them (a crash, os._exit, out of memory); nothing of those "
     "items was applied"
 )
-DASK_CANCELLED = (
-    "the dask cluster cancelled item(s) {items} ({reason}); nothing of those items was applied"
+DASK_LOST = (
+    "the dask cluster lost item(s) {items} each time they were sent ({reason}): the workers "
+    "that ran them, or that held the run's data, died (a crash, os._exit, out of memory); "
+    "nothing of those items was applied"
 )
 TIMEOUT_DASK_RESTARTED = "; its dask worker process was stopped and the cluster started a new one"
 TIMEOUT_DASK_ABANDONED = (

@@ -25,8 +25,10 @@ import os
 import pickle
 import queue
 import signal
+import socket
 import time
 import uuid
+from dataclasses import dataclass
 
 from .. import errors
 from ..errors import ParmagicUsageError, WorkerDied
@@ -39,6 +41,21 @@ from .processes import PickledItems, plain_main
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
 KILL_GRACE = 0.5  # seconds past --timeout before an item is given up (no alarm in dask threads)
+RESENDS = 2  # times a chunk whose finished result was lost with its worker is run again
+
+
+@dataclass
+class _Chunk:
+    seq: int
+    start: int
+    items: list
+    payload: bytes  # the pickled items, kept to send the chunk again
+    since: float  # when it was submitted
+    attempt: int = 0
+
+    @property
+    def numbers(self) -> str:
+        return ", ".join(str(self.start + offset) for offset in range(len(self.items)))
 
 
 def _distributed():
@@ -46,14 +63,22 @@ def _distributed():
         import distributed
     except ImportError:
         raise ParmagicUsageError(errors.DASK_MISSING) from None
-    # dask logs INFO lines (and a worker's death as WARNING) to the kernel's stderr, which a
-    # notebook shows in the cell; parmagic reports what matters itself
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    # dask logs to the kernel's stderr, which a notebook shows in the cell: INFO lines, and
+    # ERROR lines while it recovers from a dead worker; parmagic reports what matters itself
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     return distributed
 
 
 def _connect(distributed, address: str):
+    """A client of an existing scheduler, or a sentence saying why there is none.
+
+    A TCP address is tried with a plain socket first: a ``Client`` that fails to connect
+    leaves its event-loop thread running in the kernel."""
     try:
+        protocol, location = distributed.comm.parse_address(address)
+        if protocol == "tcp":
+            host_port = distributed.comm.parse_host_port(location)
+            socket.create_connection(host_port, CONNECT_TIMEOUT).close()
         return distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as reason:
         message = errors.SCHEDULER_UNREACHABLE.format(
@@ -98,7 +123,7 @@ class DaskBackend(PickledItems):
         self.dashboard = self.client.dashboard_link
         # an existing cluster's size is its own: the summary shows its worker threads
         self.workers = max(1, sum(self.client.nthreads().values())) if scheduler else workers
-        self._running: dict = {}  # future -> (seq, start, items, when submitted)
+        self._running: dict = {}  # future -> _Chunk
         self._done: queue.SimpleQueue = queue.SimpleQueue()  # futures, from dask's callbacks
         self._task_future = None
 
@@ -114,11 +139,22 @@ class DaskBackend(PickledItems):
     def begin(self, task: Task) -> None:
         payload = pack_task(task)  # raises NotPicklable before any item runs
         self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
-        # on every worker: a worker that dies then loses one copy, not the run's only one
-        self._task_future = self.client.scatter(payload, hash=False, broadcast=True)
+        self._payload = payload
+        self._scatter()
         self._timeout = task.timeout
         self._running.clear()
         self.bytes_sent = len(payload) * len(self.client.nthreads())
+
+    def _scatter(self) -> None:
+        # to every worker: a worker that dies then takes one copy along, not the only one
+        for attempt in range(3):
+            try:
+                self._task_future = self.client.scatter(self._payload, hash=False, broadcast=True)
+                return
+            except OSError:  # a worker that died a moment ago, not yet removed by the scheduler
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
 
     def has_capacity(self) -> bool:
         # one chunk queued behind each running one hides the scheduler's round trip; with
@@ -130,47 +166,67 @@ class DaskBackend(PickledItems):
         payload = self._items_bytes(seq, start, items)
         if payload is None:
             return
-        future = self.client.submit(
-            run_dask_chunk, self._run, self._task_future, seq, start, payload,
-            key=f"parmagic-{self._run[:8]}-{seq}", pure=False,
-        )  # fmt: skip
-        self._running[future] = (seq, start, items, time.monotonic())
-        future.add_done_callback(self._done.put)  # called on a thread of dask's client
+        self._send(_Chunk(seq, start, items, payload, time.monotonic()))
         self.bytes_sent += len(payload)
+
+    def _send(self, chunk: _Chunk) -> None:
+        if self._task_future.status != "finished":  # every copy died with its workers
+            self._scatter()
+        future = self.client.submit(
+            run_dask_chunk, self._run, self._task_future, chunk.seq, chunk.start, chunk.payload,
+            key=f"parmagic-{self._run[:8]}-{chunk.seq}-{chunk.attempt}", pure=False,
+        )  # fmt: skip
+        self._running[future] = chunk
+        future.add_done_callback(self._done.put)  # called on a thread of dask's client
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
             return self._take_refused()
         if self._timeout and self._running:
-            oldest = min(since for *_, since in self._running.values())
+            oldest = min(chunk.since for chunk in self._running.values())
             timeout = min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic())
         finished = drain(self._done, max(timeout, 0.0))
-        results = [self._collect(f) for f in finished if f in self._running]  # not cancelled
+        collected = [self._collect(f) for f in finished if f in self._running]  # not cancelled
+        results = [result for result in collected if result is not None]
         if self._timeout:
             now = time.monotonic()
-            late = [f for f, c in self._running.items() if now - c[3] > self._timeout + KILL_GRACE]
+            allowed = self._timeout + KILL_GRACE
+            late = [f for f, chunk in self._running.items() if now - chunk.since > allowed]
             if late:
                 fate = self._stop(late)
                 error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
-                results += [failed_chunk(*self._running.pop(f)[:3], error, "dask") for f in late]
+                for future in late:
+                    chunk = self._running.pop(future)
+                    results.append(failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask"))
         return results
 
-    def _collect(self, future) -> ChunkResult:
-        seq, start, items, _ = self._running.pop(future)
-        numbers = ", ".join(str(start + offset) for offset in range(len(items)))
-        if future.status == "cancelled":
-            error = WorkerDied(errors.DASK_CANCELLED.format(items=numbers, reason="cancelled"))
-        elif future.status == "error":
+    def _collect(self, future) -> ChunkResult | None:
+        """The chunk's result; None when it was sent again (its result died with its worker
+        before the kernel fetched it: items change nothing outside their run, so a second
+        run of them is safe, as is dask's own retry)."""
+        chunk = self._running.pop(future)
+        if future.status == "error":
             error = future.exception()
             if isinstance(error, self._killed_worker):
                 reason = str(error).split("\n")[0]
-                error = WorkerDied(errors.DASK_WORKER_DIED.format(items=numbers, reason=reason))
-        else:
-            try:
-                return pickle.loads(future.result())
-            except Exception as reason:  # e.g. a class the kernel no longer has
-                error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
-        return failed_chunk(seq, start, items, error, "dask")
+                error = WorkerDied(
+                    errors.DASK_WORKER_DIED.format(items=chunk.numbers, reason=reason)
+                )
+            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
+        try:
+            data = future.result(timeout=CONNECT_TIMEOUT)
+        except Exception as reason:  # cancelled or lost by the cluster
+            if chunk.attempt < RESENDS:
+                chunk.attempt, chunk.since = chunk.attempt + 1, time.monotonic()
+                self._send(chunk)
+                return None
+            message = errors.DASK_LOST.format(items=chunk.numbers, reason=reason)
+            return failed_chunk(chunk.seq, chunk.start, chunk.items, WorkerDied(message), "dask")
+        try:
+            return pickle.loads(data)
+        except Exception as reason:  # e.g. a class the kernel no longer has
+            error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
+            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
 
     def _stop(self, futures: list) -> str:
         """Cancel tasks nobody will use. A running dask task cannot be stopped, so on the
@@ -185,6 +241,9 @@ class DaskBackend(PickledItems):
             return errors.TIMEOUT_DASK_ABANDONED
         for pid in self.client.run(os.getpid, workers=list(busy)).values():
             os.kill(pid, signal.SIGKILL)  # our own child: the local cluster's worker
+        deadline = time.monotonic() + 3  # until the scheduler has let go of them
+        while busy & set(self.client.nthreads()) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return errors.TIMEOUT_DASK_RESTARTED
 
     def end(self, completed: bool) -> list[str]:
