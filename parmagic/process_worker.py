@@ -4,8 +4,8 @@ Three ways in, one way of working. ``serve`` is the loop of a ``processes`` work
 its own pipe (see backends/processes.py). ``prepare_pool_worker`` and ``run_shipped_chunk`` are
 what a ``concurrent.futures.ProcessPoolExecutor`` worker runs for ``futures:processes``, where
 the task is read once per run from a temporary file. ``run_dask_chunk`` is what a dask worker
-thread runs for ``dask``, where the task arrives as data scattered once per run. Imports nothing
-heavy, never IPython, never dask.
+thread runs for ``dask``, where the task arrives once per run as the value of a dask task.
+Imports nothing heavy, never IPython, never dask.
 """
 
 from __future__ import annotations
@@ -106,8 +106,14 @@ def run_shipped_chunk(run: int, path: str, seq: int, start: int, items: bytes) -
 _dask_state: dict = {"loaded": (None, None), "capture": None}
 
 
+def hold_task(payload: bytes) -> bytes:
+    """The dask task whose value is a run's packed task: dask recomputes it from its spec if
+    every worker holding it dies, which scattered data cannot be (see dask_cluster.py)."""
+    return payload
+
+
 def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes) -> bytes:
-    """One chunk on a dask worker thread. ``payload`` is the run's task, scattered once per run
+    """One chunk on a dask worker thread. ``payload`` is the run's task, sent once per run
     (dask hands each worker the same bytes); it is unpickled once per run and worker process.
 
     Output: the first chunk installs :class:`ItemOutput` stand-ins for the process's streams

@@ -6,14 +6,20 @@ dashboard listens on every interface), and kept warm across cells. With ``--sche
 existing cluster is used as it is.
 
 Shipping is the process backends' (one path, not a second): the task is ``pack_task``'s bytes,
-scattered once per run (each worker fetches it once from the cluster, never once per item);
-chunks carry only their pickled items; each chunk is one dask task, ``run_dask_chunk``, which
-returns ``dump_result``'s bytes. Effects are applied in the kernel only, so a task that dask
-retries on another worker after its first worker died is still applied exactly once::
+sent once per run (each worker fetches it once from the cluster, never once per item); chunks
+carry only their pickled items; each chunk is one dask task, ``run_dask_chunk``, which returns
+``dump_result``'s bytes. Effects are applied in the kernel only, so a task that dask retries
+on another worker after its first worker died is still applied exactly once::
 
-    kernel: begin ── client.scatter(task bytes) ──▶ cluster (once per run)
+    kernel: begin ── client.submit(hold_task, task bytes) ──▶ cluster (once per run)
             submit ── client.submit(run_dask_chunk, run, task future, seq, start, items)
     worker thread: run_chunk(...) ── dump_result bytes ──▶ wait ──▶ runner (item order)
+
+The task bytes travel as the argument of one ``hold_task`` task rather than through
+``Client.scatter``: scattered data cannot be recomputed, so an item that crashes its worker
+would, once dask had retried it on every worker, take every copy along; the run's remaining
+tasks and even finished results were then forgotten, and dask's ``KilledWorker`` (which names
+the culprit) was never reached. A task is recomputed from its spec on a live worker instead.
 
 ``distributed`` is imported here only, when a run first asks for ``dask``.
 """
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 
 from .. import errors
 from ..errors import ParmagicUsageError, WorkerDied
-from ..process_worker import run_dask_chunk
+from ..process_worker import hold_task, run_dask_chunk
 from ..shipping import pack_task
 from ..worker import ChunkResult, Task
 from . import drain, failed_chunk
@@ -42,6 +48,8 @@ LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
 KILL_GRACE = 0.5  # seconds past --timeout before an item is given up (no alarm in dask threads)
 RESENDS = 2  # times a chunk whose finished result was lost with its worker is run again
+LARGE_GRAPH = "distributed.admin.large-graph-warning-threshold"
+LARGE_GRAPH_DEFAULT = 10_000_000
 
 
 @dataclass
@@ -60,6 +68,7 @@ class _Chunk:
 
 def _distributed():
     try:
+        import dask.config  # noqa: F401 - the module's other uses find it imported
         import distributed
     except ImportError:
         raise ParmagicUsageError(errors.DASK_MISSING) from None
@@ -92,7 +101,11 @@ def _local_cluster(distributed, workers: int):
 
     Worker dashboards stay off (``worker_dashboard_address`` None); the nannies start their
     workers with ``spawn``, here without the kernel's ``__main__`` (see ``plain_main``)."""
-    with plain_main():
+    # one task at a time per worker thread (dask's default queues a second one behind it):
+    # a worker that dies then takes only the task it ran, and KilledWorker names the culprit
+    import dask.config
+
+    with plain_main(), dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
         return distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -140,21 +153,19 @@ class DaskBackend(PickledItems):
         payload = pack_task(task)  # raises NotPicklable before any item runs
         self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
         self._payload = payload
-        self._scatter()
+        self._send_task()
         self._timeout = task.timeout
         self._running.clear()
         self.bytes_sent = len(payload) * len(self.client.nthreads())
 
-    def _scatter(self) -> None:
-        # to every worker: a worker that dies then takes one copy along, not the only one
-        for attempt in range(3):
-            try:
-                self._task_future = self.client.scatter(self._payload, hash=False, broadcast=True)
-                return
-            except OSError:  # a worker that died a moment ago, not yet removed by the scheduler
-                if attempt == 2:
-                    raise
-                time.sleep(0.2)
+    def _send_task(self) -> None:
+        import dask.config
+
+        # the captured data, once per run: large on purpose, so no warning about its size
+        with dask.config.set({LARGE_GRAPH: max(LARGE_GRAPH_DEFAULT, 2 * len(self._payload))}):
+            self._task_future = self.client.submit(
+                hold_task, self._payload, key=f"parmagic-task-{self._run}", pure=False
+            )
 
     def has_capacity(self) -> bool:
         # one chunk queued behind each running one hides the scheduler's round trip; with
@@ -170,14 +181,12 @@ class DaskBackend(PickledItems):
         self.bytes_sent += len(payload)
 
     def _send(self, chunk: _Chunk) -> None:
-        if self._task_future.status != "finished":  # every copy died with its workers
-            self._scatter()
         future = self.client.submit(
             run_dask_chunk, self._run, self._task_future, chunk.seq, chunk.start, chunk.payload,
             key=f"parmagic-{self._run[:8]}-{chunk.seq}-{chunk.attempt}", pure=False,
         )  # fmt: skip
         self._running[future] = chunk
-        future.add_done_callback(self._done.put)  # called on a thread of dask's client
+        future.add_done_callback(self._fetch)  # called on a thread of dask's client
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
@@ -185,8 +194,8 @@ class DaskBackend(PickledItems):
         if self._timeout and self._running:
             oldest = min(chunk.since for chunk in self._running.values())
             timeout = min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic())
-        finished = drain(self._done, max(timeout, 0.0))
-        collected = [self._collect(f) for f in finished if f in self._running]  # not cancelled
+        finished = drain(self._done, max(timeout, 0.0))  # not those cancelled by _stop:
+        collected = [self._collect(*entry) for entry in finished if entry[0] in self._running]
         results = [result for result in collected if result is not None]
         if self._timeout:
             now = time.monotonic()
@@ -200,28 +209,31 @@ class DaskBackend(PickledItems):
                     results.append(failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask"))
         return results
 
-    def _collect(self, future) -> ChunkResult | None:
-        """The chunk's result; None when it was sent again (its result died with its worker
-        before the kernel fetched it: items change nothing outside their run, so a second
-        run of them is safe, as is dask's own retry)."""
-        chunk = self._running.pop(future)
-        if future.status == "error":
-            error = future.exception()
-            if isinstance(error, self._killed_worker):
-                reason = str(error).split("\n")[0]
-                error = WorkerDied(
-                    errors.DASK_WORKER_DIED.format(items=chunk.numbers, reason=reason)
-                )
-            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
+    def _fetch(self, future) -> None:
+        """On dask's callback thread, as soon as a chunk's task ends: its result is fetched
+        at once, before the worker holding it can die with it (an item that crashes workers
+        would otherwise take finished results of earlier items along)."""
         try:
-            data = future.result(timeout=CONNECT_TIMEOUT)
-        except Exception as reason:  # cancelled or lost by the cluster
+            outcome = future.result(timeout=CONNECT_TIMEOUT), None
+        except BaseException as error:  # the task's own error, KilledWorker, cancelled, lost
+            outcome = None, error
+        self._done.put((future, *outcome))
+
+    def _collect(self, future, data: bytes | None, error) -> ChunkResult | None:
+        """The chunk's result; None when it was sent again (lost by the cluster: items change
+        nothing outside their run, so a second run of them is safe, as is dask's own retry)."""
+        chunk = self._running.pop(future)
+        if isinstance(error, self._killed_worker):
+            reason = str(error).split("\n")[0]
+            error = WorkerDied(errors.DASK_WORKER_DIED.format(items=chunk.numbers, reason=reason))
+        elif error is not None and future.status != "error":  # cancelled or lost
             if chunk.attempt < RESENDS:
                 chunk.attempt, chunk.since = chunk.attempt + 1, time.monotonic()
                 self._send(chunk)
                 return None
-            message = errors.DASK_LOST.format(items=chunk.numbers, reason=reason)
-            return failed_chunk(chunk.seq, chunk.start, chunk.items, WorkerDied(message), "dask")
+            error = WorkerDied(errors.DASK_LOST.format(items=chunk.numbers, reason=error))
+        if error is not None:
+            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
         try:
             return pickle.loads(data)
         except Exception as reason:  # e.g. a class the kernel no longer has
