@@ -17,19 +17,13 @@ import psutil
 import pytest
 from conftest import report
 from IPython.core.error import UsageError
+from test_semantics import SETUP, parallel
 
 from parmagic.errors import WorkerDied
 
 pytest.importorskip("distributed")
 
-SETUP = "import time\ndef nap(i):\n    time.sleep(0.002 * ((i * 7) % 5))\n"
 LOCAL = "-b dask -w 2"
-
-
-def parallel(run, options: str, cell: str):
-    outcome = run(f"%%parallel {options}\n{cell}")
-    assert outcome.error is None, outcome.out + outcome.err
-    return outcome
 
 
 def append_order(ip, run, options: str) -> None:
