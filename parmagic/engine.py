@@ -44,6 +44,7 @@ class Options:
     compare: str | None = None  # backends to compare (--compare)
     show_code: bool = False
     export: str | None = None  # a file to write the equivalent program to
+    scheduler: str | None = None  # dask: an existing cluster's scheduler address
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:
@@ -91,32 +92,32 @@ class Session:
         except RunInterrupted as stopped:
             raise stopped.interrupt from None
 
-    def backend(self, name: str, workers: int | None, start_method: str | None) -> Backend:
-        """A warm backend; a new one only when the worker count or start method changes."""
+    def backend(
+        self, name: str, workers: int | None, start_method: str | None, scheduler: str | None = None
+    ) -> Backend:
+        """A warm backend; a new one only when the worker count, start method or (dask)
+        scheduler changes."""
         cls = load_backend(name)
         workers = workers or cls.default_workers()
         wanted_method = None
         if cls.copies_kernel_objects:
             wanted_method = start_method or multiprocessing.get_start_method()
         current = self._backends.get(name)
-        if current is not None and (
-            current.workers != workers or current.start_method != wanted_method
-        ):
+        if current is not None and not current.fits(workers, wanted_method, scheduler):
             current.close()
             current = None
         if current is None:
             if cls.runs_coroutines:
                 current = cls(workers, self.event_loop())
+            elif scheduler:
+                current = cls(workers, wanted_method, scheduler)
             else:
                 current = cls(workers, wanted_method) if wanted_method else cls(workers)
             self._backends[name] = current
         return current
 
     def warm_pools(self) -> list[str]:
-        return [
-            f"{b.name} ({b.workers} workers{', ' + b.start_method if b.start_method else ''})"
-            for b in self._backends.values()
-        ]
+        return [b.description for b in self._backends.values()]
 
     def close_open_run(self) -> None:
         """Finish a run that a generator expression left half-consumed, so that its workers
@@ -164,10 +165,11 @@ def loop_hook(
 
     def prepare(name: str, workers: int | None, report: RunReport, recorded) -> tuple:
         """The warm backend and the run's task; the report learns which backend runs."""
-        backend = session.backend(name, workers, options.start_method)
+        backend = session.backend(name, workers, options.start_method, options.scheduler)
         report.backend, report.workers = backend.name, backend.workers
         report.copies_objects = backend.copies_kernel_objects
         report.start_method = backend.start_method
+        report.dashboard = backend.dashboard
         for message in copy_warnings(plan, ns, recorded, backend):
             warn(message)
         return backend, make_task(backend, recorded)

@@ -122,6 +122,31 @@ TIMEOUT_KILLED = "; its worker process was stopped and replaced"
 TIMEOUT_ABANDONED = (
     "; a thread cannot be stopped, so it was abandoned and may still be running in the background"
 )
+DASK_MISSING = (
+    "the dask backend needs dask.distributed, which is not installed here; install it with "
+    "pip install 'parmagic[dask]' and run the cell again"
+)
+SCHEDULER_UNREACHABLE = (
+    "could not reach a dask scheduler at {address} within {seconds:g} s ({reason}); start the "
+    "scheduler (`dask scheduler`) or correct the address (tcp://HOST:PORT), or leave out "
+    "--scheduler to run on a local cluster"
+)
+SCHEDULER_ONLY_FOR_DASK = "--scheduler is an option of --backend dask, not of {backend}"
+DASK_WORKER_DIED = (
+    "dask gave up on item(s) {items}: {reason}. The cluster retried them on other workers and "
+    "each worker died while running them (a crash, os._exit, out of memory); nothing of those "
+    "items was applied"
+)
+DASK_LOST = (
+    "the dask cluster lost item(s) {items} each time they were sent ({reason}): the workers "
+    "that ran them, or that held the run's data, died (a crash, os._exit, out of memory); "
+    "nothing of those items was applied"
+)
+TIMEOUT_DASK_RESTARTED = "; its dask worker process was stopped and the cluster started a new one"
+TIMEOUT_DASK_ABANDONED = (
+    "; dask cannot stop a running task, so it runs on in its worker until it ends (its result "
+    "is dropped)"
+)
 INTERRUPTED = (
     "the parallel run was interrupted: the first {applied} item(s) were applied, and nothing "
     "of the items that had not finished"

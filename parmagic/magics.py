@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import Code, Image, display
-from traitlets import Bool, CaselessStrEnum, Float, Integer
+from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import engine, errors
 from .backends import CHOICES
@@ -42,6 +42,9 @@ class ParallelMagics(Magics):
     on_error = CaselessStrEnum(("raise", "continue"), default_value="raise").tag(config=True)
     timeout = Float(0.0, help="Seconds allowed to one item; 0 means no limit.").tag(config=True)
     quiet = Bool(False, help="Show no summary after a run.").tag(config=True)
+    scheduler = Unicode(
+        "", help="dask: the scheduler of an existing cluster; '' = a local cluster."
+    ).tag(config=True)
 
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -80,6 +83,11 @@ class ParallelMagics(Magics):
     @argument("--export", metavar="FILE", help="write that program to FILE, runnable with python")
     @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
     @argument("-o", "--output", metavar="NAME", help="store the run's report in NAME")
+    @argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask: use the cluster of this scheduler (tcp://HOST:PORT) instead of a local one",
+    )
     @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
     @line_cell_magic
     def parallel(self, line: str, cell: str | None = None):
@@ -148,8 +156,12 @@ class ParallelMagics(Magics):
                 raise UsageError(f"--{name} must be 1 or more, not {value}")
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
+        backend = args.backend or self.backend
+        uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
+        if args.scheduler and not uses_dask:
+            raise UsageError(errors.SCHEDULER_ONLY_FOR_DASK.format(backend=backend))
         options = engine.Options(
-            backend=args.backend or self.backend,
+            backend=backend,
             workers=args.workers or self.workers or None,
             chunksize=args.chunksize or self.chunksize or None,
             start_method=args.start_method or self.start_method or None,
@@ -162,6 +174,7 @@ class ParallelMagics(Magics):
             compare=args.compare,
             show_code=args.show_code,
             export=args.export,
+            scheduler=(args.scheduler or self.scheduler or None) if uses_dask else None,
         )
         if args.compare:
             from .compare import backend_list

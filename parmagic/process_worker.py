@@ -1,9 +1,11 @@
 """The worker-process side: what runs in each worker process, and nothing else.
 
-Two ways in, one way of working. ``serve`` is the loop of a ``processes`` worker, fed through
+Three ways in, one way of working. ``serve`` is the loop of a ``processes`` worker, fed through
 its own pipe (see backends/processes.py). ``prepare_pool_worker`` and ``run_shipped_chunk`` are
 what a ``concurrent.futures.ProcessPoolExecutor`` worker runs for ``futures:processes``, where
-the task is read once per run from a temporary file. Imports nothing heavy, never IPython.
+the task is read once per run from a temporary file. ``run_dask_chunk`` is what a dask worker
+thread runs for ``dask``, where the task arrives once per run as the value of a dask task.
+Imports nothing heavy, never IPython, never dask.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 from .limits import cap_environment, cap_loaded_libraries
 from .shipping import captured_digests, dump_result, load_task
-from .worker import ItemOutput, Task, run_chunk
+from .worker import ItemOutput, OutputCapture, Task, run_chunk
 
 
 def _become_worker(native_threads: int) -> None:
@@ -30,12 +32,15 @@ def _become_worker(native_threads: int) -> None:
         setattr(sys, attr, ItemOutput(stream, number))
 
 
-def _load_task(payload: bytes, native_threads: int) -> tuple[Task, bool]:
-    """The task of a run, and whether native thread pools were capped for it."""
+def _load_task(payload: bytes, native_threads: int | None) -> tuple[Task, bool]:
+    """The task of a run, and whether native thread pools were capped for it (None: leave
+    them as the process has them, as in a dask worker, whose nanny caps them itself)."""
     try:
         task = load_task(payload)
     except Exception as exc:  # e.g. a module the kernel has and this process cannot import
         task = _failing_task(exc)
+    if native_threads is None:
+        return task, False
     capped = cap_loaded_libraries(native_threads, len(os.sched_getaffinity(0)))
     return task, capped
 
@@ -95,4 +100,33 @@ def run_shipped_chunk(run: int, path: str, seq: int, start: int, items: bytes) -
         _pool_state.update(run=run, task=task, capped=capped)
     result = run_chunk(_pool_state["task"], seq, start, pickle.loads(items), f"pid {os.getpid()}")
     result.native_limit = _pool_state["threads"] if _pool_state["capped"] else None
+    return dump_result(result)
+
+
+_dask_state: dict = {"loaded": (None, None), "capture": None}
+
+
+def hold_task(payload: bytes) -> bytes:
+    """The dask task whose value is a run's packed task: dask recomputes it from its spec if
+    every worker holding it dies, which scattered data cannot be (see dask_cluster.py)."""
+    return payload
+
+
+def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes) -> bytes:
+    """One chunk on a dask worker thread. ``payload`` is the run's task, sent once per run
+    (dask hands each worker the same bytes); it is unpickled once per run and worker process.
+
+    Output: the first chunk installs :class:`ItemOutput` stand-ins for the process's streams
+    (kept: other tasks' output passes through them untouched), so each item's prints go to its
+    own record. No alarm: SIGALRM works on a main thread only; the kernel enforces --timeout.
+    """
+    if _dask_state["capture"] is None:
+        _dask_state["capture"] = OutputCapture()
+    loaded_run, task = _dask_state["loaded"]
+    if loaded_run != run:
+        task, _ = _load_task(payload, None)
+        _dask_state["loaded"] = (run, task)  # one assignment: threads see a whole pair
+    from distributed import get_worker  # already imported in any dask worker: costs nothing
+
+    result = run_chunk(task, seq, start, pickle.loads(items), get_worker().address)
     return dump_result(result)

@@ -124,6 +124,8 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
                 ("cores", f"{cores} · {machine}, other programs {r.usage.others_mean:.0f}%")
             )
         rows.append(("workers", _workers_text(r)))
+        if r.dashboard:
+            rows.append(("dashboard", r.dashboard))
         hint = advice(r)
         if hint:
             rows.append(("advice", hint))
@@ -155,9 +157,15 @@ def html_summary(r: RunReport) -> str:
             )
         return out
 
+    def cell(label: str, text: str) -> str:
+        if label == "dashboard":
+            link = html.escape(text)
+            return f"<a href='{link}' target='_blank'>{link}</a>"
+        return inline_bar(text)
+
     cells = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th>"
-        f"<td style='text-align:left'>{inline_bar(text)}</td></tr>"
+        f"<td style='text-align:left'>{cell(label, text)}</td></tr>"
         for label, text in _sections(r, core)
     )
     return f"<table class='parmagic-summary' style='font-size:90%'>{cells}</table>"

@@ -49,6 +49,7 @@ class RunReport:
     cores: int = 1  # usable cores during the run
     copies_objects: bool = False  # items ran in other processes, on copies of kernel objects
     usage: Usage | None = None  # per-core and machine samples (monitor.py)
+    dashboard: str | None = None  # a link to the cluster's dashboard (dask)
 
     def add(self, result, count: int) -> None:
         """Count the first ``count`` items of a chunk result."""

@@ -27,6 +27,10 @@ BACKENDS = {
 PROCESS_BACKENDS = ("fork", "spawn", "forkserver")
 # Started once by multiprocessing and kept for the interpreter's life; not ours to close.
 _MULTIPROCESSING_HELPERS = ("forkserver", "resource_tracker")
+# Threads kept for the interpreter's life, not ours to close: tqdm's one monitor thread for
+# all its bars (TMonitor, by type), and dask's two single-thread executors (for offloaded work,
+# distributed.utils._offload_executor, and for future callbacks, Future._cb_executor).
+_INTERPRETER_LIFE_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 
 
 @dataclass
@@ -99,8 +103,11 @@ def no_leaks():
         threads = [
             t
             for t in threading.enumerate()
-            if t not in threads_before and t.is_alive() and type(t).__name__ != "TMonitor"
-        ]  # tqdm keeps one monitor thread for all its bars: not ours to close
+            if t not in threads_before
+            and t.is_alive()
+            and type(t).__name__ != "TMonitor"
+            and not t.name.startswith(_INTERPRETER_LIFE_THREADS)
+        ]
         children = _our_children() - children_before
         if not threads and not children:
             return

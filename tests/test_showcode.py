@@ -81,7 +81,9 @@ def test_comprehension_with_condition_exports_and_runs(ip, run, tmp_path):
 def test_names_that_are_not_simple_data_get_a_todo(ip, run, tmp_path):
     run("import threading\nclass Box:\n    pass\nbox = Box()\nlock = threading.Lock()\n")
     script = tmp_path / "todo.py"
-    run(f"%%parallel -q -b threads --export {script}\nout = []\nfor i in range(3):\n    with lock:\n        out.append((i, box))\n")
+    run(
+        f"%%parallel -q -b threads --export {script}\nout = []\nfor i in range(3):\n    with lock:\n        out.append((i, box))\n"
+    )
     text = script.read_text()
     assert "# TODO: define box (a __main__.Box in the notebook)" in text
     assert "# TODO: define lock (a _thread.lock in the notebook)" in text
@@ -103,4 +105,8 @@ def test_asyncio_export_uses_a_semaphore_and_runs(ip, run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == outcome.out.splitlines()[0]
     text = script.read_text()
-    assert "asyncio.Semaphore(4)" in text and "asyncio.gather(" in text and "asyncio.run(main())" in text
+    assert (
+        "asyncio.Semaphore(4)" in text
+        and "asyncio.gather(" in text
+        and "asyncio.run(main())" in text
+    )

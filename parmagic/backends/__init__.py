@@ -24,6 +24,7 @@ REGISTRY = {
     "processes": "processes:ProcessBackend",
     "futures:processes": "process_futures:ProcessFuturesBackend",
     "asyncio": "coroutines:AsyncioBackend",
+    "dask": "dask_cluster:DaskBackend",
 }
 CHOICES = (*REGISTRY, "auto")
 
@@ -58,9 +59,20 @@ class Backend(ABC):
     runs_coroutines = False  # True where the item function is a coroutine function
     bytes_sent = 0  # to worker processes during the current run (task and items)
     start_method: str | None = None
+    dashboard: str | None = None  # a link to watch the run (dask's dashboard)
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+
+    def fits(self, workers: int, start_method: str | None, scheduler: str | None) -> bool:
+        """Whether this warm backend can serve a run asking for these settings."""
+        return self.workers == workers and self.start_method == start_method
+
+    @property
+    def description(self) -> str:
+        """One line for %parallel_info's warm pools."""
+        method = f", {self.start_method}" if self.start_method else ""
+        return f"{self.name} ({self.workers} workers{method})"
 
     @classmethod
     def default_workers(cls) -> int:

@@ -95,19 +95,15 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-class WorkerProcesses(Backend):
-    """What both process backends share: the start method, native thread caps, and refusing
-    items that cannot be pickled as failed items (the serial prefix still applies)."""
+class PickledItems(Backend):
+    """What every backend whose items run in other processes shares (both process backends
+    and dask): items travel pickled, and items that cannot be pickled are refused as failed
+    items (the serial prefix still applies)."""
 
     copies_kernel_objects = True
 
-    def __init__(self, workers: int, start_method: str | None = None) -> None:
+    def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self.start_method = start_method or multiprocessing.get_start_method()
-        self._context = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            self._context.set_forkserver_preload(["parmagic.process_worker"])
-        self.native_threads = threads_per_worker(usable_cores(), workers)
         self._refused: list[ChunkResult] = []
         self._shared_files: list[str] = []
 
@@ -137,6 +133,18 @@ class WorkerProcesses(Backend):
     def _take_refused(self) -> list[ChunkResult]:
         refused, self._refused = self._refused, []
         return refused
+
+
+class WorkerProcesses(PickledItems):
+    """What both process backends share: the start method and native thread caps."""
+
+    def __init__(self, workers: int, start_method: str | None = None) -> None:
+        super().__init__(workers)
+        self.start_method = start_method or multiprocessing.get_start_method()
+        self._context = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            self._context.set_forkserver_preload(["parmagic.process_worker"])
+        self.native_threads = threads_per_worker(usable_cores(), workers)
 
 
 class ProcessBackend(WorkerProcesses):
