@@ -11,7 +11,7 @@ import os
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Code, Image, display
+from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import engine, errors
@@ -136,7 +136,10 @@ class ParallelMagics(Magics):
         method = report.start_method
         if options.show_code:
             text = program(*arguments, report.workers, method, export=False)
-            display(Code(text, language="python"))
+            if self._in_notebook():  # highlighted as a fenced block; plain text for other views
+                display({"text/markdown": f"```python\n{text}```", "text/plain": text}, raw=True)
+            else:
+                print(text)
         if options.export:
             text = program(*arguments, report.workers, method, export=True)
             with open(options.export, "w") as script:
@@ -242,11 +245,14 @@ class ParallelMagics(Magics):
             self._show_figure(draw(report))
         return report
 
+    def _in_notebook(self) -> bool:
+        return type(self.shell).__name__ == "ZMQInteractiveShell"  # a Jupyter kernel
+
     def _show_figure(self, figure) -> None:
         """A PNG in a notebook; in a terminal, a file in the current folder, named."""
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
-        if type(self.shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel
+        if self._in_notebook():
             display(Image(buffer.getvalue()))
         else:
             path = os.path.abspath(PLOT_FILE)
