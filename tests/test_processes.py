@@ -178,3 +178,17 @@ def test_a_worker_changing_a_shared_array_changes_its_own_copy(ip, run):
     run_ok(run, BACKENDS["fork"] + " -q", "seen = [poke(big, i) for i in range(6)]\n")
     assert ip.user_ns["big"].sum() == 0  # the kernel's array is untouched
     assert all(1 <= s <= 6 for s in ip.user_ns["seen"])
+
+
+def test_a_chunk_queued_behind_a_dying_item_runs_on_the_replacement(ip, run):
+    run("import os, time\n")
+    outcome = run(
+        f"%%parallel {BACKENDS['fork']} --chunksize 1 --on-error continue\ndone = []\n"
+        "for i in range(12):\n    time.sleep(0.05)\n    if i == 4:\n        os._exit(9)\n    done.append(i)\n"
+    )
+    assert outcome.error is None, outcome.err
+    r = report()
+    assert [index for index, *_ in r.failures] == [4]  # only the item that was running
+    assert "exit code 9" in r.failures[0][2]
+    assert ip.user_ns["done"] == [i for i in range(12) if i != 4]
+    assert len(r.per_worker) == 3  # the dead worker's queued chunk ran on its replacement

@@ -24,7 +24,9 @@ import signal
 import sys
 import time
 import types
+from collections import deque
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from multiprocessing import connection
 
 from .. import errors
@@ -67,8 +69,8 @@ class _Worker:
             self.process.start()
         child.close()
         self.run: int | None = None
-        self.chunk: tuple[int, int, list] | None = None  # seq, first index, items
-        self.since = 0.0  # when the chunk was sent
+        self.chunks: deque[_Sent] = deque()  # sent, not yet reported back; the first runs
+        self.since = 0.0  # when the first of them started
 
     def stop(self, timeout: float = 1.0) -> None:
         with suppress(OSError):  # already gone
@@ -87,6 +89,18 @@ class _Worker:
         self.process.kill()
         self.process.join()
         self.conn.close()
+
+
+@dataclass
+class _Sent:
+    seq: int
+    start: int
+    items: list
+    payload: bytes  # the pickled items: sent again if a worker dies with this chunk queued
+
+    @property
+    def numbers(self) -> str:
+        return ", ".join(str(self.start + offset) for offset in range(len(self.items)))
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -148,7 +162,12 @@ class WorkerProcesses(PickledItems):
 
 
 class ProcessBackend(WorkerProcesses):
+    """Each worker holds up to two chunks: one running, one queued in its pipe, so that it
+    starts the next chunk the moment it ends one, without waiting for the kernel (as
+    ``Pool``'s task queue does). With ``--timeout``, one: a deadline needs a known start."""
+
     name = "processes"
+    PREFETCH = 2
 
     def __init__(self, workers: int, start_method: str | None = None) -> None:
         super().__init__(workers, start_method)
@@ -158,36 +177,44 @@ class ProcessBackend(WorkerProcesses):
     def _new_worker(self, number: int) -> _Worker:
         return _Worker(self._context, number, self.native_threads)
 
+    @property
+    def capacity(self) -> int:
+        return self.workers * self.PREFETCH
+
     def begin(self, task: Task) -> None:
         self._payload = self._pack(task)
         self._timeout = task.timeout
+        self._depth = 1 if task.timeout else self.PREFETCH
         self._run += 1
         self._used: set[_Worker] = set()
 
     def has_capacity(self) -> bool:
-        return not self._refused and any(w.chunk is None for w in self._workers)
+        return not self._refused and any(len(w.chunks) < self._depth for w in self._workers)
 
     def submit(self, seq: int, start: int, items: list) -> None:
         payload = self._items_bytes(seq, start, items)
-        if payload is None:
-            return
-        worker = next(w for w in self._workers if w.chunk is None)
+        if payload is not None:
+            worker = min(self._workers, key=lambda w: len(w.chunks))
+            self._send(worker, _Sent(seq, start, items, payload))
+
+    def _send(self, worker: _Worker, chunk: _Sent) -> None:
         if worker.run != self._run:
             worker.conn.send(("task", self._run))
             worker.conn.send_bytes(self._payload)
             worker.run = self._run
             self.bytes_sent += len(self._payload)
-        worker.conn.send(("chunk", seq, start))
-        worker.conn.send_bytes(payload)
-        self.bytes_sent += len(payload)
-        worker.chunk = (seq, start, items)
-        worker.since = time.monotonic()
+        worker.conn.send(("chunk", chunk.seq, chunk.start))
+        worker.conn.send_bytes(chunk.payload)
+        self.bytes_sent += len(chunk.payload)
+        if not worker.chunks:
+            worker.since = time.monotonic()
+        worker.chunks.append(chunk)
         self._used.add(worker)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
             return self._take_refused()
-        busy = [w for w in self._workers if w.chunk is not None]
+        busy = [w for w in self._workers if w.chunks]
         if self._timeout:
             deadline = min(w.since for w in busy) + self._timeout + KILL_GRACE
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
@@ -197,49 +224,52 @@ class ProcessBackend(WorkerProcesses):
         for worker in busy:
             if worker.conn in ready:
                 try:
-                    data = worker.conn.recv_bytes()
-                except (EOFError, OSError):
-                    data = None  # it died: the sentinel case below
-                if data is not None:
-                    results.append(self._load(worker, data))
+                    results.append(self._load(worker, worker.conn.recv_bytes()))
+                    while worker.chunks and worker.conn.poll():  # its queued chunk, done too
+                        results.append(self._load(worker, worker.conn.recv_bytes()))
                     continue
+                except (EOFError, OSError):
+                    pass  # it died: the sentinel case below
             if worker.conn in ready or worker.process.sentinel in ready:
                 worker.process.join()
                 how = describe_exit(worker.process.exitcode)
-                seq, start, items, numbers = self._replace(worker)
-                error = WorkerDied(errors.WORKER_DIED.format(how=how, items=numbers))
-                results.append(failed_chunk(seq, start, items, error, worker.name))
+                lost = self._replace(worker)
+                error = WorkerDied(errors.WORKER_DIED.format(how=how, items=lost.numbers))
+                results.append(failed_chunk(lost.seq, lost.start, lost.items, error, worker.name))
             elif self._timeout and time.monotonic() - worker.since > self._timeout + KILL_GRACE:
                 worker.kill()  # the item ignored its alarm (C code holding on): stop it
-                seq, start, items, _ = self._replace(worker)
+                lost = self._replace(worker)
                 fate = errors.TIMEOUT_KILLED
                 error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
-                results.append(failed_chunk(seq, start, items, error, worker.name))
+                results.append(failed_chunk(lost.seq, lost.start, lost.items, error, worker.name))
         return results
 
     def _load(self, worker: _Worker, data: bytes) -> ChunkResult:
-        seq, start, items = worker.chunk
-        worker.chunk = None
+        chunk = worker.chunks.popleft()
+        worker.since = time.monotonic()  # the next chunk, if any, starts now
         try:
             return pickle.loads(data)
         except Exception as reason:  # e.g. a class the kernel no longer has
             error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
-            return failed_chunk(seq, start, items, error, worker.name)
+            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, worker.name)
 
-    def _replace(self, worker: _Worker) -> tuple[int, int, list, str]:
-        """Put a new worker in the place of one that will not report back; its chunk is lost."""
-        seq, start, items = worker.chunk
-        self._workers[self._workers.index(worker)] = self._new_worker(len(self._workers))
+    def _replace(self, worker: _Worker) -> _Sent:
+        """Put a new worker in the place of one that will not report back. Its running chunk
+        is lost (returned, to fail); its queued chunks go to the new worker."""
+        lost, *queued = worker.chunks
+        replacement = self._new_worker(len(self._workers))
+        self._workers[self._workers.index(worker)] = replacement
         self._used.discard(worker)
         worker.conn.close()
-        numbers = ", ".join(str(start + offset) for offset in range(len(items)))
-        return seq, start, items, numbers
+        for chunk in queued:
+            self._send(replacement, chunk)
+        return lost
 
     def end(self, completed: bool) -> list[str]:
         self._remove_shared_files()  # every worker that took a chunk has mapped them
         if not completed:
             for index, worker in enumerate(self._workers):
-                if worker.chunk is not None:  # running items nobody will use: replace it
+                if worker.chunks:  # running items nobody will use: replace it
                     worker.kill()
                     self._workers[index] = self._new_worker(index)
             return []
