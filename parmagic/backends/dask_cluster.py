@@ -42,7 +42,7 @@ from ..process_worker import hold_task, run_dask_chunk
 from ..shipping import pack_task
 from ..worker import ChunkResult, Task
 from . import drain, failed_chunk
-from .processes import PickledItems, plain_main
+from .processes import PickledItems, SentChunk, plain_main
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
@@ -53,17 +53,9 @@ LARGE_GRAPH_DEFAULT = 10_000_000
 
 
 @dataclass
-class _Chunk:
-    seq: int
-    start: int
-    items: list
-    payload: bytes  # the pickled items, kept to send the chunk again
-    since: float  # when it was submitted
+class _Chunk(SentChunk):
+    since: float = 0.0  # when it was submitted
     attempt: int = 0
-
-    @property
-    def numbers(self) -> str:
-        return ", ".join(str(self.start + offset) for offset in range(len(self.items)))
 
 
 def _distributed():

@@ -69,7 +69,7 @@ class _Worker:
             self.process.start()
         child.close()
         self.run: int | None = None
-        self.chunks: deque[_Sent] = deque()  # sent, not yet reported back; the first runs
+        self.chunks: deque[SentChunk] = deque()  # sent, not yet reported back; the first runs
         self.since = 0.0  # when the first of them started
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -92,7 +92,9 @@ class _Worker:
 
 
 @dataclass
-class _Sent:
+class SentChunk:
+    """A chunk handed to a worker, kept until its result is back."""
+
     seq: int
     start: int
     items: list
@@ -195,9 +197,9 @@ class ProcessBackend(WorkerProcesses):
         payload = self._items_bytes(seq, start, items)
         if payload is not None:
             worker = min(self._workers, key=lambda w: len(w.chunks))
-            self._send(worker, _Sent(seq, start, items, payload))
+            self._send(worker, SentChunk(seq, start, items, payload))
 
-    def _send(self, worker: _Worker, chunk: _Sent) -> None:
+    def _send(self, worker: _Worker, chunk: SentChunk) -> None:
         if worker.run != self._run:
             worker.conn.send(("task", self._run))
             worker.conn.send_bytes(self._payload)
@@ -253,7 +255,7 @@ class ProcessBackend(WorkerProcesses):
             error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
             return failed_chunk(chunk.seq, chunk.start, chunk.items, error, worker.name)
 
-    def _replace(self, worker: _Worker) -> _Sent:
+    def _replace(self, worker: _Worker) -> SentChunk:
         """Put a new worker in the place of one that will not report back. Its running chunk
         is lost (returned, to fail); its queued chunks go to the new worker."""
         lost, *queued = worker.chunks
