@@ -226,3 +226,28 @@ def test_an_item_over_its_timeout_fails_and_its_worker_is_replaced(ip, run):
     assert ip.user_ns["done"] == [0, 1]
     parallel(run, LOCAL, "after = [k * 2 for k in range(20)]\n")
     assert ip.user_ns["after"] == [k * 2 for k in range(20)]
+
+
+def test_interrupt_stops_a_dask_run_with_the_serial_prefix(ip, run):
+    import os
+    import signal
+
+    run("import time\n")
+    parallel(run, LOCAL, "warm = [k for k in range(4)]\n")  # the cluster starts before the clock
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    began = time.monotonic()
+    timer.start()
+    try:
+        outcome = run(
+            f"%%parallel {LOCAL} --chunksize 1\ndone = []\nfor i in range(40):\n"
+            "    time.sleep(0.2)\n    done.append(i)\n"
+        )
+    finally:
+        timer.cancel()
+    assert isinstance(outcome.error, KeyboardInterrupt)
+    assert time.monotonic() - began < 1.0 + 3
+    done = ip.user_ns["done"]
+    assert 0 < len(done) < 40 and done == list(range(len(done)))  # a prefix, in order
+    assert "the parallel run was interrupted" in "\n".join(outcome.error._render_traceback_())
+    parallel(run, LOCAL, "after = [k * 2 for k in range(20)]\n")
+    assert ip.user_ns["after"] == [k * 2 for k in range(20)]
