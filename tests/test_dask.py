@@ -251,3 +251,20 @@ def test_interrupt_stops_a_dask_run_with_the_serial_prefix(ip, run):
     assert "the parallel run was interrupted" in "\n".join(outcome.error._render_traceback_())
     parallel(run, LOCAL, "after = [k * 2 for k in range(20)]\n")
     assert ip.user_ns["after"] == [k * 2 for k in range(20)]
+
+
+def test_exported_dask_script_runs_and_prints_what_the_cell_printed(ip, run, tmp_path):
+    script = tmp_path / "on_dask.py"
+    outcome = run(
+        f"%%parallel -q {LOCAL} --export {script}\ndef cube(n):\n    return n ** 3\n"
+        "total = 0\nfor n in range(30):\n    total += cube(n)\nprint(total, n)\n"
+    )
+    assert outcome.error is None, outcome.err
+    assert "Client(cluster)" in script.read_text()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        done.stdout.strip() == outcome.out.splitlines()[0] == f"{sum(n**3 for n in range(30))} 29"
+    )
