@@ -116,6 +116,12 @@ def workloads(ip) -> list[Workload]:
         "ProcessPoolExecutor.map": lambda: list(executor.map(spin, range(200), chunksize=4)),
         "joblib Parallel(n_jobs=-1)": lambda: Parallel(n_jobs=-1)(delayed(spin)(i) for i in range(200)),
     }, repeats=3))  # fmt: skip
+    # the same on fresh interpreters (as loky's workers are) instead of forks of this process
+    found.append(Workload("pure-Python function, 200 items, forkserver", "as above", {
+        "parmagic processes, forkserver": parmagic_cell(ip, "-b processes --start-method forkserver", "out = [spin(i) for i in range(200)]"),
+        "Pool.map": lambda: pool.map(spin, range(200), 4),
+        "joblib Parallel(n_jobs=-1)": lambda: Parallel(n_jobs=-1)(delayed(spin)(i) for i in range(200)),
+    }, repeats=4))  # fmt: skip
     loky = get_reusable_executor(cores)
     found.append(Workload("10,000 no-op items, warm", "processes <= 50 ms, threads <= 20 ms", {
         "parmagic processes": parmagic_cell(ip, "-b processes", "for i in range(10_000):\n    pass"),
