@@ -139,19 +139,16 @@ def backend_list(spec: str, awaits: bool) -> list[str]:
     backend on this machine except dask (which would start a cluster)."""
     from .backends import CHOICES
 
-    names = list(EVERY_BACKEND) if spec.strip() == "all" else []
-    if not names:
-        names = [name.strip() for name in spec.split(",") if name.strip()]
+    if spec.strip() == "all":
+        return [REFERENCE, "asyncio"] if awaits else list(EVERY_BACKEND)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
     unknown = [name for name in names if name not in CHOICES or name == "auto"]
     if unknown:
         choices = ", ".join(c for c in CHOICES if c != "auto")
         raise ParmagicUsageError(
             f"--compare: unknown backend {unknown[0]!r}; choose from {choices}, or all"
         )
-    names = list(dict.fromkeys([REFERENCE, *names]))  # serial always runs, first
-    if awaits and spec.strip() == "all":
-        names = [REFERENCE, "asyncio"]
-    return names
+    return list(dict.fromkeys([REFERENCE, *names]))  # serial always runs, first
 
 
 def refusal(name: str, awaits: bool) -> str | None:

@@ -130,8 +130,7 @@ class ParallelMagics(Magics):
         report = self.session.last_report
         if report is None:
             return
-        if hasattr(report, "plot_report"):  # a comparison: its fastest run with serial's results
-            report = report.plot_report()
+        report = one_run(report)
         arguments = (source, plan.body, recorded, ns, report.backend)
         method = report.start_method
         if options.show_code:
@@ -279,9 +278,12 @@ def _check_plotting() -> None:
         raise UsageError(PLOT_MISSING) from None
 
 
+def one_run(report):
+    """A run's report; for a comparison, its fastest run with serial's results."""
+    return report.plot_report() if hasattr(report, "plot_report") else report
+
+
 def draw(report):
     from .plot import draw as draw_report
 
-    if hasattr(report, "plot_report"):  # a comparison: its fastest run with serial's results
-        report = report.plot_report()
-    return draw_report(report)
+    return draw_report(one_run(report))

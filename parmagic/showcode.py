@@ -20,7 +20,7 @@ from .body import BodyInfo
 from .itemcode import _OPERATORS, _Recorder
 
 _OPERATOR_NODES = {name: node for node, name in _OPERATORS.items()}
-PROCESS_BACKENDS = ("processes", "futures:processes", "dask")
+INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
 
 
 class _Changes(_Recorder):
@@ -131,7 +131,7 @@ def _runner(
 ) -> tuple[list[str], list[str]]:
     """(imports, lines that run loop_body over the items into ``in_order``)."""
     sharing = ""
-    if shared and backend in ("processes", "futures:processes"):
+    if shared:
         names = ", ".join(f"{n!r}: {n}" for n in shared)
         sharing = f", initializer=share, initargs=({{{names}}},)"
     context = f'multiprocessing.get_context("{method or "fork"}")'
@@ -321,6 +321,8 @@ def program(
     iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
     inside = {id(n) for n in ast.walk(loop)}
     shared = sorted(_stores(cell, inside) & _loads(ast.parse(function)))
+    if backend not in INITIALIZER_BACKENDS:
+        shared = []  # threads and coroutines see the main program's names themselves
     notebook = [n for n in _free_names(cell) if n in ns]
     imports, run = _runner(backend, workers, start_method, iterable, shared)
     main = _main_lines(cell, loop, info, run + _results_lines(info, applied))
@@ -337,7 +339,7 @@ def program(
         out += ["", "# From the notebook:", *definitions]
     elif notebook:
         out += ["", f"# From the notebook: {', '.join(notebook)}"]
-    if "initializer=share" in "\n".join(run):
+    if shared:
         out += ["", "", "def share(names):"]
         out += ['    """The values the loop reads, for each worker process: they are made under']
         out += ['    the main guard below, which worker processes do not run."""']

@@ -68,6 +68,7 @@ class ProcessFuturesBackend(WorkerProcesses):
         with shared_file() as f:
             f.write(payload)
         self._path = f.name
+        self._shared_files.append(f.name)  # removed with the buffers when the run ends
         self._timeout = task.timeout
         self._run += 1
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
@@ -145,9 +146,6 @@ class ProcessFuturesBackend(WorkerProcesses):
         self.bytes_sent += self._task_size * min(self.workers, self._submits)
         if not completed and self._running:
             self._kill()  # running items nobody will use
-        if self._path is not None:
-            os.unlink(self._path)
-            self._path = None
         self._remove_shared_files()
         return []
 

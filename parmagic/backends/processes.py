@@ -121,20 +121,6 @@ class PickledItems(Backend):
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
         self._refused: list[ChunkResult] = []
-        self._shared_files: list[str] = []
-
-    def _pack(self, task: Task) -> bytes:
-        """The task's bytes (raises NotPicklable before any item runs); large captured
-        buffers go once to shared memory, counted once in ``bytes_sent``."""
-        payload = pack_task(task, self._shared_files)
-        self.bytes_sent = sum(os.path.getsize(path) for path in self._shared_files)
-        return payload
-
-    def _remove_shared_files(self) -> None:
-        for path in self._shared_files:
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-        self._shared_files.clear()
 
     def _items_bytes(self, seq: int, start: int, items: list) -> bytes | None:
         """The items pickled, or None once they are queued as failed items (never half a
@@ -152,7 +138,8 @@ class PickledItems(Backend):
 
 
 class WorkerProcesses(PickledItems):
-    """What both process backends share: the start method and native thread caps."""
+    """What both process backends share: the start method, native thread caps, and large
+    captured buffers in shared memory (workers on this machine can map them)."""
 
     def __init__(self, workers: int, start_method: str | None = None) -> None:
         super().__init__(workers)
@@ -161,6 +148,20 @@ class WorkerProcesses(PickledItems):
         if self.start_method == "forkserver":
             self._context.set_forkserver_preload(["parmagic.process_worker"])
         self.native_threads = threads_per_worker(usable_cores(), workers)
+        self._shared_files: list[str] = []
+
+    def _pack(self, task: Task) -> bytes:
+        """The task's bytes (raises NotPicklable before any item runs); large captured
+        buffers go once to shared memory, counted once in ``bytes_sent``."""
+        payload = pack_task(task, self._shared_files)
+        self.bytes_sent = sum(os.path.getsize(path) for path in self._shared_files)
+        return payload
+
+    def _remove_shared_files(self) -> None:
+        for path in self._shared_files:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        self._shared_files.clear()
 
 
 class ProcessBackend(WorkerProcesses):
