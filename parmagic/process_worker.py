@@ -13,8 +13,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import queue
 import signal
 import sys
+import threading
+import time
 
 from .limits import cap_environment, cap_loaded_libraries
 from .shipping import captured_digests, dump_result, load_task
@@ -55,24 +58,88 @@ def _failing_task(error: Exception) -> Task:
     return Task(fail, frozenset(), stop_on_error=True)
 
 
-def serve(conn, native_threads: int) -> None:
+KERNEL_CHECK = 0.5  # seconds between a worker's checks that the kernel still lives
+_BODIES = ("task", "chunk")  # messages followed by a bytes body
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # dead, not yet reaped by its own parent
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _exit_with_kernel(kernel: int, parent: int) -> None:
+    """End this worker once the kernel that started it is gone (killed, out of memory,
+    restarted by Jupyter): nobody is left to read its results. A forkserver's children hold
+    the forkserver open, so the kernel itself is watched, not only this process's parent."""
+    if os.getppid() != parent or _gone(kernel):
+        os._exit(0)
+
+
+def _watch_kernel(kernel: int) -> None:
+    """The same check on a thread of its own, for workers whose main thread a pool owns."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(KERNEL_CHECK)
+            _exit_with_kernel(kernel, parent)
+
+    threading.Thread(target=watch, name="parmagic-kernel-watch", daemon=True).start()
+
+
+def _read_inbox(conn, inbox: queue.SimpleQueue, kernel: int) -> None:
+    """Take every message off the pipe as soon as it comes, so that the kernel's sends never
+    wait for this worker's sends (both ends writing a full pipe, nobody reading, is a
+    deadlock); the kernel sends at most two chunks ahead, so the inbox stays small."""
+    parent = os.getppid()
+    while True:
+        try:
+            if conn.poll(KERNEL_CHECK):
+                header = conn.recv()
+                inbox.put((header, conn.recv_bytes() if header[0] in _BODIES else None))
+                continue
+        except (EOFError, OSError):  # the kernel closed its end, or is gone
+            inbox.put((("stop",), None))
+            return
+        _exit_with_kernel(kernel, parent)
+
+
+def serve(conn, native_threads: int, kernel: int) -> None:
     """A ``processes`` worker: a task once per run, then chunks; chunk results back."""
     _become_worker(native_threads)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    reader = threading.Thread(
+        target=_read_inbox, args=(conn, inbox, kernel), name="parmagic-inbox", daemon=True
+    )
+    reader.start()
+    try:
+        _serve(conn, inbox, native_threads)
+    except OSError:  # the kernel went away while this worker was sending to it
+        os._exit(0)
+
+
+def _serve(conn, inbox: queue.SimpleQueue, native_threads: int) -> None:
     task: Task | None = None
     digests: dict[str, bytes] = {}
     capped = False
     name = f"pid {os.getpid()}"
     while True:
-        try:
-            header = conn.recv()
-        except EOFError:
-            return
+        header, body = inbox.get()
         if header[0] == "task":
-            task, capped = _load_task(conn.recv_bytes(), native_threads)
+            task, capped = _load_task(body, native_threads)
             digests = captured_digests(task.function.__globals__)
         elif header[0] == "chunk":
             _, seq, start = header
-            items = pickle.loads(conn.recv_bytes())
+            items = pickle.loads(body)
             result = run_chunk(task, seq, start, items, name)
             result.native_limit = native_threads if capped else None
             conn.send_bytes(dump_result(result))
@@ -86,9 +153,10 @@ def serve(conn, native_threads: int) -> None:
 _pool_state: dict = {"run": None, "task": None, "capped": False, "threads": 1}
 
 
-def prepare_pool_worker(native_threads: int) -> None:
+def prepare_pool_worker(native_threads: int, kernel: int) -> None:
     """The ``initializer`` of a ``futures:processes`` worker."""
     _become_worker(native_threads)
+    _watch_kernel(kernel)
     _pool_state["threads"] = native_threads
 
 

@@ -56,7 +56,7 @@ class ProcessFuturesBackend(WorkerProcesses):
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         executor = concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=self._context, initializer=prepare_pool_worker,
-            initargs=(self.native_threads,),
+            initargs=(self.native_threads, os.getpid()),
         )  # fmt: skip
         with plain_main():  # start every worker now, without the kernel's __main__
             warm = [executor.submit(os.getpid) for _ in range(self.workers)]

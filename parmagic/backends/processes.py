@@ -61,7 +61,7 @@ class _Worker:
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(
             target=serve,
-            args=(child, native_threads),
+            args=(child, native_threads, os.getpid()),
             name=f"parmagic-worker-{number}",
             daemon=True,
         )
@@ -201,14 +201,19 @@ class ProcessBackend(WorkerProcesses):
             self._send(worker, SentChunk(seq, start, items, payload))
 
     def _send(self, worker: _Worker, chunk: SentChunk) -> None:
-        if worker.run != self._run:
-            worker.conn.send(("task", self._run))
-            worker.conn.send_bytes(self._payload)
-            worker.run = self._run
-            self.bytes_sent += len(self._payload)
-        worker.conn.send(("chunk", chunk.seq, chunk.start))
-        worker.conn.send_bytes(chunk.payload)
-        self.bytes_sent += len(chunk.payload)
+        """Never blocks for long: the worker reads its pipe on a thread of its own. A worker
+        that died keeps the chunk, and :meth:`wait` learns of the death from its sentinel."""
+        try:
+            if worker.run != self._run:
+                worker.conn.send(("task", self._run))
+                worker.conn.send_bytes(self._payload)
+                worker.run = self._run
+                self.bytes_sent += len(self._payload)
+            worker.conn.send(("chunk", chunk.seq, chunk.start))
+            worker.conn.send_bytes(chunk.payload)
+            self.bytes_sent += len(chunk.payload)
+        except OSError:
+            pass
         if not worker.chunks:
             worker.since = time.monotonic()
         worker.chunks.append(chunk)
@@ -280,7 +285,8 @@ class ProcessBackend(WorkerProcesses):
         for worker in self._used:
             worker.conn.send(("changes",))
         for worker in self._used:
-            changed.update(worker.conn.recv())
+            with suppress(EOFError, OSError):  # it died after its last chunk: nothing to say
+                changed.update(worker.conn.recv())
         return [errors.CHANGED_IN_WORKER.format(name=name) for name in sorted(changed)]
 
     def close(self) -> None:
