@@ -18,6 +18,7 @@ from . import errors
 from .backends import Backend
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
+from .kernel_state import kept_as_it_was
 from .report import RunReport
 from .worker import ChunkResult, ItemError, Task
 
@@ -255,15 +256,20 @@ def execute(
     applier = recorder or Applier(ns, task, report, filename)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index = first_index
-    run.progress = progress_bar(length) if progress else None
+    with kept_as_it_was():
+        yield from _drive(run, backend, task, report, stop, progress, length)
+
+
+def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, progress, length):
     began = time.monotonic()
     backend.begin(task)
     report.startup += time.monotonic() - began
     from .monitor import Monitor  # psutil: imported by the first run, not by %load_ext
 
-    monitor = Monitor().start()
-    completed = False
+    completed, monitor = False, None
     try:
+        monitor = Monitor().start()
+        run.progress = progress_bar(length) if progress else None
         while True:
             mark = time.monotonic()
             run.fill()
@@ -288,4 +294,5 @@ def execute(
         report.warnings += backend.end(completed)
         report.bytes_sent += backend.bytes_sent
         report.wall += time.monotonic() - began
-        report.usage = monitor.stop().joined(report.usage)
+        if monitor is not None:
+            report.usage = monitor.stop().joined(report.usage)

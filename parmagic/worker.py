@@ -109,7 +109,7 @@ class ItemOutput(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        if current_output.get() is None:
+        if current_output.get() is None and not self.original.closed:
             self.original.flush()
 
     def __getattr__(self, name: str):
@@ -119,9 +119,9 @@ class ItemOutput(io.TextIOBase):
 class OutputCapture:
     """Route item output to the item's record for items run in this process's threads.
 
-    Installs the stand-ins once; :meth:`release` removes them unless items abandoned on pool
-    threads may still print, whose output must go to their own (discarded) records rather
-    than into whatever cell runs next.
+    Installs the stand-ins once; :meth:`release` puts the process's own streams back. An item
+    abandoned on a pool thread that prints after its run has ended prints to the cell then
+    running: the kernel's streams must never be left replaced.
     """
 
     def __init__(self) -> None:
@@ -130,8 +130,8 @@ class OutputCapture:
         if self.installed:
             sys.stdout, sys.stderr = ItemOutput(self.saved[0], 1), ItemOutput(self.saved[1], 2)
 
-    def release(self, items_still_running: bool = False) -> None:
-        if self.installed and not items_still_running and isinstance(sys.stdout, ItemOutput):
+    def release(self) -> None:
+        if self.installed and isinstance(sys.stdout, ItemOutput):
             sys.stdout, sys.stderr = self.saved
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -92,12 +94,24 @@ def _our_children() -> set[int]:
     return children
 
 
+def _kernel_hooks() -> dict[str, object]:
+    """What a run may swap in the kernel and must put back (the objects themselves)."""
+    hooks = {name: getattr(sys, name) for name in ("stdout", "stderr", "excepthook", "displayhook")}
+    hooks["SIGINT handler"] = signal.getsignal(signal.SIGINT)
+    hooks["SIGALRM handler"] = signal.getsignal(signal.SIGALRM)
+    return hooks
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """Fail a test that leaves threads or child processes behind once the shell is closed."""
+    """Fail a test that leaves the kernel's streams, hooks or signal handlers replaced, or
+    threads or child processes behind once the shell is closed."""
     threads_before = set(threading.enumerate())
     children_before = _our_children()
+    hooks_before = _kernel_hooks()
     yield
+    replaced = [name for name, now in _kernel_hooks().items() if now is not hooks_before[name]]
+    assert not replaced, f"left replaced in the kernel: {replaced}"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         threads = [

@@ -105,7 +105,7 @@ class _PooledThreads(Backend):
 
     def end(self, completed: bool) -> list[str]:
         abandoned = not completed and bool(self._running)
-        self._capture.release(items_still_running=abandoned)
+        self._capture.release()
         if not abandoned:
             return []
         items = sorted(

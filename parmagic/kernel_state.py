@@ -1,0 +1,30 @@
+"""What a run may swap in the kernel (output streams, hooks, signal handlers), put back on
+every way out of the run: success, an error, an interrupt (also one that lands while the run
+starts or ends), a timeout, a dead worker."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_HOOKS = ("stdout", "stderr", "excepthook", "displayhook")
+_SIGNALS = (signal.SIGINT, signal.SIGALRM)
+
+
+@contextmanager
+def kept_as_it_was() -> Iterator[None]:
+    hooks = {name: getattr(sys, name) for name in _HOOKS}
+    on_main = threading.current_thread() is threading.main_thread()
+    handlers = {number: signal.getsignal(number) for number in _SIGNALS} if on_main else {}
+    try:
+        yield
+    finally:
+        for name, value in hooks.items():
+            if getattr(sys, name) is not value:
+                setattr(sys, name, value)
+        for number, handler in handlers.items():
+            if signal.getsignal(number) is not handler:
+                signal.signal(number, handler)
