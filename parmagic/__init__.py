@@ -15,9 +15,11 @@ _loaded: dict[int, object] = {}
 def load_ipython_extension(ipython) -> None:
     """``%load_ext parmagic``: register the magics and make them configurable."""
     from .magics import ParallelMagics
+    from .shared_files import sweep_leftovers
 
     if id(ipython) in _loaded:
         return
+    sweep_leftovers()  # shared-memory files of kernels killed mid-run
     magics = ParallelMagics(shell=ipython)
     atexit.register(magics.close)  # a kernel that shuts down closes its pools first
     ipython.register_magics(magics)

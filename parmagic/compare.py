@@ -55,18 +55,30 @@ class Comparison:
     def fastest(self) -> Row | None:
         """The fastest backend that gave the serial run's results and effects."""
         same = [row for row in self.rows if row.same]
-        return min(same, key=lambda row: row.report.wall) if same else None
+        if not same or self.failed_at is not None:
+            return None
+        return min(same, key=lambda row: row.report.wall)
 
     @property
     def reports(self) -> dict[str, RunReport]:
         return {row.backend: row.report for row in self.rows if row.report is not None}
 
+    @property
+    def failed_at(self) -> int | None:
+        """The item at which the serial run stopped with an error (None: it did not)."""
+        reference = self.reference.report
+        return reference.stopped_at if reference is not None else None
+
     def verdict(self, row: Row) -> str:
         if row.refused:
             return f"did not run: {row.refused}"
+        stopped = row.report.stopped_at
+        failed = f"failed at item {stopped}" if stopped is not None else ""
         if row is self.reference:
-            return "(the reference)"
-        return "✓" if row.difference is None else f"differs: {row.difference}"
+            return failed or "(the reference)"
+        if row.difference is not None:
+            return f"differs: {row.difference}"
+        return failed or "✓"
 
     def cells(self, row: Row) -> list[str]:
         r = row.report
@@ -78,6 +90,8 @@ class Comparison:
         return [row.backend, str(r.workers), f"{r.wall:.3f} s", speed, ours, cores]
 
     def conclusion(self) -> str:
+        if self.failed_at is not None:
+            return f"the serial run failed at item {self.failed_at}: no backend is named fastest"
         best = self.fastest
         if best is None:
             return "no backend gave the serial run's results"

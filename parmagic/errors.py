@@ -132,6 +132,14 @@ SCHEDULER_UNREACHABLE = (
     "--scheduler to run on a local cluster"
 )
 SCHEDULER_ONLY_FOR_DASK = "--scheduler is an option of --backend dask, not of {backend}"
+START_METHOD_NOT_USED = (
+    "--start-method applies to worker processes (processes, futures:processes), and "
+    "{backend} starts none: leave it out, or choose --backend processes"
+)
+EXPORT_NOT_WRITABLE = (
+    "--export cannot write {path!r}: the folder {folder!r} does not exist or is not writable "
+    "(nothing was run); name a file in a folder that exists"
+)
 DASK_WORKER_DIED = (
     "dask gave up on item(s) {items}: {reason}. The cluster retried them on other workers and "
     "each worker died while running them (a crash, os._exit, out of memory); nothing of those "

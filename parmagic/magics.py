@@ -7,6 +7,7 @@ import ast
 import inspect
 import io
 import os
+from collections import Counter
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -22,6 +23,7 @@ from .errors import ParmagicUsageError
 from .info import machine_info
 
 START_METHODS = ("fork", "spawn", "forkserver")
+PROCESS_BACKENDS = ("processes", "futures:processes", "auto")  # --start-method applies
 PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
 
 
@@ -185,6 +187,10 @@ class ParallelMagics(Magics):
                 backend_list(args.compare, awaits=False)
             except ParmagicUsageError as exc:
                 raise UsageError(str(exc)) from None
+        if options.start_method and backend not in PROCESS_BACKENDS and not args.compare:
+            raise UsageError(errors.START_METHOD_NOT_USED.format(backend=backend))
+        if args.export:
+            _check_writable(args.export)
         if args.output and not args.output.isidentifier():
             raise UsageError(f"-o needs a variable name, not {args.output!r}")
         if args.plot:
@@ -211,8 +217,10 @@ class ParallelMagics(Magics):
         finally:
             ns.pop(HOOK_NAME, None)
             report = self.session.last_report
+            if report is not None and not getattr(report, "started", True):
+                report = self.session.last_report = before  # refused: nothing ran to sum up
             if report is not None and report is not before:
-                for message in report.warnings:
+                for message in counted(report.warnings):
                     engine.print_warning(message)
                 if options.output:
                     ns[options.output] = report
@@ -267,6 +275,19 @@ class ParallelMagics(Magics):
 
     def close(self) -> None:
         self.session.close()
+
+
+def counted(messages: list[str]) -> list[str]:
+    """Each distinct message once, in first-seen order, with a count where it repeated."""
+    counts = Counter(messages)
+    return [m if counts[m] == 1 else f"{m} ({counts[m]} times)" for m in counts]
+
+
+def _check_writable(path: str) -> None:
+    """--export's file, checked before anything runs: a run must not end in a lost script."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(errors.EXPORT_NOT_WRITABLE.format(path=path, folder=folder))
 
 
 def _check_plotting() -> None:

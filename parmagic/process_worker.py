@@ -20,6 +20,7 @@ import threading
 import time
 
 from .limits import cap_environment, cap_loaded_libraries
+from .shared_files import process_alive
 from .shipping import captured_digests, dump_result, load_task
 from .worker import ItemOutput, OutputCapture, Task, run_chunk
 
@@ -62,25 +63,11 @@ KERNEL_CHECK = 0.5  # seconds between a worker's checks that the kernel still li
 _BODIES = ("task", "chunk")  # messages followed by a bytes body
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # dead, not yet reaped by its own parent
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _exit_with_kernel(kernel: int, parent: int) -> None:
     """End this worker once the kernel that started it is gone (killed, out of memory,
     restarted by Jupyter): nobody is left to read its results. A forkserver's children hold
     the forkserver open, so the kernel itself is watched, not only this process's parent."""
-    if os.getppid() != parent or _gone(kernel):
+    if os.getppid() != parent or not process_alive(kernel):
         os._exit(0)
 
 

@@ -13,7 +13,10 @@ ASCII = str.maketrans({"·": "|", "×": "x"})  # for a stdout that cannot encode
 
 
 def advice(r: RunReport) -> str | None:
-    """One sentence when the figures show a likely mistake, else None."""
+    """One sentence when the figures show a likely mistake, else None (nothing after a run
+    that stopped early: its figures describe a part of the loop, not the loop)."""
+    if r.stopped_at is not None or r.interrupted:
+        return None
     computing = r.cpu_share >= 0.7 and r.item_count > 1
     threads = not r.copies_objects and r.backend != "serial"  # one process: the GIL applies
     # threads on Python code: the GIL lets the items use about one core between them
@@ -70,7 +73,7 @@ def _head(r: RunReport) -> str:
     )
     if r.stopped_at is not None:
         line += f" · stopped at item {r.stopped_at}"
-    if r.unfinished:
+    if r.interrupted:
         line += f" · interrupted ({len(r.unfinished)} unfinished)"
     return line
 

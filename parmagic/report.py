@@ -44,6 +44,8 @@ class RunReport:
     auto_reason: str | None = None  # why --backend auto chose this backend
     native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
+    interrupted: bool = False
+    started: bool = False  # False: refused before any item ran (no summary to show)
     warnings: list[str] = field(default_factory=list)
     worker_busy: dict[str, float] = field(default_factory=dict)
     cores: int = 1  # usable cores during the run

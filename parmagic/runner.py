@@ -217,8 +217,10 @@ class _Run:
             yield from self.applier.apply_chunk(result, items)
             if self.progress is not None:
                 self.progress.update(len(result))
-            for name, kind in result.dropped_names.items():
-                self.report.warnings.append(errors.NAME_NOT_RETURNED.format(name=name, type=kind))
+            for name, kind in result.dropped_names.items():  # every chunk says so: once
+                warning = errors.NAME_NOT_RETURNED.format(name=name, type=kind)
+                if warning not in self.report.warnings:
+                    self.report.warnings.append(warning)
 
     @property
     def done(self) -> bool:
@@ -264,6 +266,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
     began = time.monotonic()
     backend.begin(task)
     report.startup += time.monotonic() - began
+    report.started = True
     from .monitor import Monitor  # psutil: imported by the first run, not by %load_ext
 
     completed, monitor = False, None
@@ -284,7 +287,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
                 raise KeyboardInterrupt  # asked by the kernel thread (see Session)
         completed = True
     except KeyboardInterrupt as interrupt:
-        report.unfinished = run.unfinished()
+        report.unfinished, report.interrupted = run.unfinished(), True
         interrupt.add_note(errors.INTERRUPTED.format(applied=report.item_count))
         raise errors.present(interrupt, []) from None
     finally:

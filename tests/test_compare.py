@@ -79,7 +79,18 @@ def test_an_item_error_is_raised_after_the_table_with_the_serial_prefix(ip, run)
     )
     assert isinstance(outcome.error, ZeroDivisionError)
     assert ip.user_ns["got"] == [10 // (n - 6) for n in range(6)]
-    assert "fastest with the serial results" in outcome.out
+    assert "stopped at item 6" not in outcome.out  # serial itself failed at item 6:
+    assert "failed at item 6" in outcome.out
+    assert "no backend is named fastest" in outcome.out  # no verdict from failed runs
+    assert "✓" not in outcome.out and "fastest with the serial results" not in outcome.out
+
+
+def test_when_every_item_fails_no_row_is_marked_the_same_and_none_is_fastest(ip, run):
+    outcome = run(f"%%parallel {THREE}\nx = [digit_count(n) for n in range(10)]\n")
+    assert isinstance(outcome.error, NameError)
+    rows = [line for line in outcome.out.splitlines() if line.endswith("failed at item 0")]
+    assert len(rows) == 3  # serial, threads, processes
+    assert "✓" not in outcome.out and "fastest with" not in outcome.out
 
 
 def test_compare_all_on_an_awaiting_body_compares_asyncio_with_one_at_a_time(ip, run):

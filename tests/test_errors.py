@@ -97,6 +97,9 @@ def test_syntax_error_points_at_the_cells_line(run):
         ("--workers 0", "--workers must be 1 or more"),
         ("--on-error ignore", "invalid choice: 'ignore'"),
         ("--frobnicate", "unrecognized arguments: --frobnicate"),
+        ("-b threads --start-method spawn", "--start-method applies to worker processes"),
+        ("-b serial --start-method fork", "serial starts none"),
+        ("-b threads --export /no/such/folder/f.py", "--export cannot write"),
     ],
 )
 def test_bad_options_print_usage_without_traceback(run, options, fragment):
@@ -131,7 +134,19 @@ def test_unpicklable_capture_is_refused_before_any_item(ip, run, setup, kind):
     assert message.startswith(f"the loop uses `thing` (a {kind})")
     assert "--backend threads" in message
     assert ip.user_ns["started"] == []
+    assert "parmagic:" not in outcome.out  # nothing ran: no summary of nothing
     run("close = getattr(thing, 'close', None)\nif close:\n    close()\n")
+
+
+def test_an_unwritable_export_path_is_refused_before_anything_runs(ip, run):
+    outcome = run(
+        "%%parallel -b threads --export /no/such/folder/f.py\nran = []\nfor i in range(3):\n"
+        "    ran.append(i)\n"
+    )
+    assert isinstance(outcome.error, UsageError)
+    assert "/no/such/folder" in str(outcome.error)
+    assert "ran" not in ip.user_ns  # not even the statements before the loop
+    assert "Traceback" not in outcome.out + outcome.err
 
 
 def test_kernel_stays_usable_after_errors(ip, run, backend):

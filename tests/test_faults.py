@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -146,3 +147,34 @@ def test_a_long_run_keeps_totals_for_every_item_but_bounded_records(ip, run, mon
     assert outcome.error is None and ip.user_ns["total"] == sum(range(20_000))
     assert report().item_count == 20_000 and len(report().items) == 1000
     assert sum(report().per_worker.values()) == 20_000
+
+
+@pytest.mark.parametrize("name", ["threads", "futures", "serial", "fork", "asyncio"])
+def test_an_interrupt_leaves_the_kernels_streams_as_they_were(ip, run, name):
+    streams = sys.stdout, sys.stderr
+    run("import asyncio, time\n")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    outcome = run(f"%%parallel {BACKENDS[name]} -w 4\nfor i in range(100):\n    {sleep(name)}(0.2)\n")
+    timer.join()
+    assert isinstance(outcome.error, KeyboardInterrupt)
+    assert (sys.stdout, sys.stderr) == streams
+    assert sys.stdout.encoding  # ItemOutput stand-ins have none
+
+
+def test_a_summary_after_a_failure_or_an_interrupt_gives_no_advice(ip, run):
+    outcome = run("%%parallel -b threads -w 4\nfor i in range(40):\n    1 / (i - 30)\n")
+    assert isinstance(outcome.error, ZeroDivisionError)
+    assert report().stopped_at == 30
+    assert "stopped at item 30" in outcome.out
+    assert "advice" not in outcome.out
+
+
+def test_a_warning_repeated_by_every_chunk_is_shown_once(ip, run, tmp_path):
+    run(f"paths = []\nfor i in range(40):\n    p = r'{tmp_path}/f%d' % i\n    with open(p, 'w') as f:\n        f.write('x')\n    paths.append(p)\n")
+    outcome = run(
+        "%%parallel -b processes -w 2 --chunksize 2 -q\nsizes = []\nfor p in paths:\n"
+        "    with open(p) as f:\n        sizes.append(len(f.read()))\n"
+    )
+    assert outcome.error is None and ip.user_ns["sizes"] == [1] * 40
+    assert outcome.err.count("`f` (a TextIOWrapper) could not be sent back") == 1

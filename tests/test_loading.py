@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,24 @@ def test_every_option_of_the_magic_is_in_the_readme(ip):
     assert options, "no options found in %%parallel?"
     missing = sorted(o for o in options if f"`{o}" not in readme and f" {o} " not in readme)
     assert not missing, f"options of %%parallel? missing from the README: {missing}"
+
+
+def test_loading_sweeps_shared_files_that_dead_kernels_left(_ipython):
+    from parmagic.shared_files import PREFIX, folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs (reaped)
+    leftover = os.path.join(folder(), f"{PREFIX}{dead.pid}-left")
+    ours = os.path.join(folder(), f"{PREFIX}{os.getpid()}-ours")
+    for path in (leftover, ours):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    try:
+        _ipython.run_line_magic("load_ext", "parmagic")
+        _ipython.run_line_magic("unload_ext", "parmagic")
+        assert not os.path.exists(leftover)
+        assert os.path.exists(ours)  # a live kernel's file is its own to remove
+    finally:
+        for path in (leftover, ours):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from .. import errors
 from ..errors import WorkerDied
 from ..process_worker import prepare_pool_worker, run_shipped_chunk
-from ..shipping import shared_file
+from ..shared_files import shared_file
 from ..worker import ChunkResult, Task
 from . import failed_chunk
 from .processes import KILL_GRACE, WorkerProcesses, plain_main
