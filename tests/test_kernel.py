@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import HANG_GUARD
 from jupyter_client.manager import start_new_kernel
 
 DEMO = Path(__file__).resolve().parent.parent / "demo_notebooks" / "01_processes.ipynb"
@@ -188,7 +189,7 @@ def test_interrupt_button_stops_the_run_and_the_next_run_works(km, kc, backend):
     interrupted = time.monotonic()
     km.interrupt_kernel()
     outcome = collect(kc, msg_id)
-    assert time.monotonic() - interrupted < 2.0
+    assert time.monotonic() - interrupted < HANG_GUARD
     assert outcome.ename == "KeyboardInterrupt"
     assert "the parallel run was interrupted" in outcome.traceback
     assert run_ok(kc, "done == list(range(len(done))) and 0 < len(done) < 400").result == "True"
