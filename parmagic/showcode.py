@@ -241,13 +241,16 @@ def _definition(name: str, value: object) -> str:
 
 
 def _notebook_source(value: type | types.FunctionType) -> str | None:
-    """The source of a notebook function or class. ``inspect`` finds a class only by its
-    module's file, which a notebook lacks: then the cells IPython cached are searched, the
-    latest first."""
-    try:
-        return textwrap.dedent(inspect.getsource(value)).rstrip()
-    except (OSError, TypeError):
-        pass
+    """The source of a notebook function or class. A function's code names its cell, which
+    ``inspect`` finds; a class names only its module, and a notebook's ``__main__`` has no
+    file of its own (``inspect`` may even read the wrong file there: Python 3.13 looks up
+    ``__firstlineno__`` in whatever ``__main__.__file__`` is), so for a class the cells
+    IPython cached are searched, the latest first."""
+    if not isinstance(value, type):
+        try:
+            return textwrap.dedent(inspect.getsource(value)).rstrip()
+        except (OSError, TypeError):
+            return None
     for filename, entry in reversed(list(linecache.cache.items())):
         if not (isinstance(entry, tuple) and len(entry) == 4):
             continue

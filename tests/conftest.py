@@ -38,6 +38,22 @@ _MULTIPROCESSING_HELPERS = ("forkserver", "resource_tracker")
 _INTERPRETER_LIFE_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 
 
+# `make test-fast` leaves these out (`-m "not slow"`); `make test` runs everything. Slow: a real
+# kernel, a terminal, a cluster, fuzzing, the stress matrix, and fresh interpreters per worker.
+SLOW_MODULES = {
+    "test_kernel", "test_terminal", "test_dask", "test_fuzz_rewriter", "test_shutdown",
+    "test_stress", "test_kernel_death",
+}  # fmt: skip
+SLOW_VARIANTS = ("spawn", "forkserver")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        variant = item.callspec.id if hasattr(item, "callspec") else ""
+        if item.module.__name__ in SLOW_MODULES or any(v in variant for v in SLOW_VARIANTS):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class CellRun:
     result: object  # IPython's ExecutionResult

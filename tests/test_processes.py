@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 import pytest
@@ -192,3 +193,14 @@ def test_a_chunk_queued_behind_a_dying_item_runs_on_the_replacement(ip, run):
     assert "exit code 9" in r.failures[0][2]
     assert ip.user_ns["done"] == [i for i in range(12) if i != 4]
     assert len(r.per_worker) == 3  # the dead worker's queued chunk ran on its replacement
+
+
+@pytest.mark.parametrize("backend", ["processes", "futures:processes"])
+def test_forkserver_as_the_platforms_default_start_method(ip, run, monkeypatch, backend):
+    """Python 3.14 makes forkserver the default on Linux: nothing may assume fork."""
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "forkserver")
+    run("def triple(x):\n    return x * 3\n")
+    outcome = run(f"%%parallel -b {backend} -w 2\nout = [triple(i) for i in range(10)]\n")
+    assert outcome.error is None, outcome.err
+    assert ip.user_ns["out"] == [i * 3 for i in range(10)]
+    assert report().start_method == "forkserver" and "(forkserver)" in outcome.out

@@ -50,16 +50,21 @@ def interpreters() -> dict[tuple[int, int], str]:
 
 
 def run_on(version: tuple[int, int], python: str, pytest_args: list[str]) -> tuple[bool, str]:
+    os.makedirs(os.path.join(ROOT, ".venvs"), exist_ok=True)
     venv = os.path.join(ROOT, ".venvs", f"py{version[0]}.{version[1]}")
     bin_python = os.path.join(venv, "bin", "python")
     stamp = os.path.join(venv, ".installed")
     if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(
         os.path.join(ROOT, "pyproject.toml")
     ):
-        subprocess.run([python, "-m", "venv", venv], check=True)
-        pip = [bin_python, "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+        with open(os.path.join(venv + ".install.log"), "w") as log:
+            for step in (
+                [python, "-m", "venv", venv],
+                [bin_python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+                [bin_python, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"],
+            ):
+                if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT).returncode:
+                    return False, f"could not install the project (log: {log.name})"
         open(stamp, "w").close()
     log = os.path.join(venv, "pytest.log")
     with open(log, "w") as out:

@@ -129,12 +129,16 @@ class ProcessFuturesBackend(WorkerProcesses):
         return [failed_chunk(seq, start, items, e, "pool") for (seq, start, items), e in chunks]
 
     def _kill(self) -> None:
-        # ProcessPoolExecutor has no way to stop a running task (3.14 adds kill_workers()).
+        # Before 3.14, ProcessPoolExecutor has no way to stop a running task: its processes
+        # are killed one by one; 3.14's kill_workers() does the same, publicly.
         executor = self._executor
         manager = executor._executor_manager_thread  # shutdown() forgets both
         results = executor._result_queue
-        for process in list(getattr(executor, "_processes", {}).values()):
-            process.kill()
+        if hasattr(executor, "kill_workers"):
+            executor.kill_workers()
+        else:
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
         if manager is not None:
             _unblock_manager(manager, results._writer.fileno())
