@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint setup clean
+.PHONY: test test-fast test-pythons demo bench lint setup clean
 
 setup: $(STAMP)
 
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check parmagic tests demo_notebooks bench
+	$(BIN)/ruff check parmagic tests demo_notebooks bench tools
 	$(BIN)/python -m pytest
+
+# The inner loop while developing: everything but real kernels, terminals, clusters, fuzzing,
+# the stress matrix and spawn/forkserver variants (tests/conftest.py marks those slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+# The whole suite on every CPython 3.11+ on this machine, each in a venv of its own (.venvs/).
+test-pythons: $(STAMP)
+	$(BIN)/python tools/test_pythons.py
 
 demo: $(STAMP)
 	$(BIN)/python demo_notebooks/run_demos.py

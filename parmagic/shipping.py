@@ -123,9 +123,6 @@ def _dumps_sharing(task, shared_files: list[str]) -> bytes:
     return pickle.dumps((_SHARED_MARK, f.name, spans, inner), protocol=5)
 
 
-    return True
-
-
 def load_task(payload: bytes):
     """The task from :func:`pack_task`'s bytes, its large buffers mapped from shared memory."""
     loaded = pickle.loads(payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ import pytest
 from IPython.testing.globalipapp import start_ipython
 
 import parmagic
+from parmagic import worker
 
 # The names a conformance test is stamped out over: backend plus process start method.
 BACKENDS = {
@@ -103,10 +105,13 @@ def backend(request) -> str:
 
 
 def _our_children() -> set[int]:
-    children = set()
+    """Every descendant but multiprocessing's own helpers (direct children of this process: a
+    forkserver's children, the workers, carry its command line and are counted)."""
+    me, children = os.getpid(), set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if not any(h in " ".join(child.cmdline()) for h in _MULTIPROCESSING_HELPERS):
+            helper = any(h in " ".join(child.cmdline()) for h in _MULTIPROCESSING_HELPERS)
+            if not (helper and child.ppid() == me):
                 children.add(child.pid)
         except psutil.NoSuchProcess:
             continue
@@ -117,7 +122,9 @@ def _kernel_hooks() -> dict[str, object]:
     """What a run may swap in the kernel and must put back (the objects themselves)."""
     hooks = {name: getattr(sys, name) for name in ("stdout", "stderr", "excepthook", "displayhook")}
     hooks["SIGINT handler"] = signal.getsignal(signal.SIGINT)
-    hooks["SIGALRM handler"] = signal.getsignal(signal.SIGALRM)
+    # pytest-timeout owns SIGALRM around each test (and resets it when a test fails): only
+    # parmagic's own alarm handler, left in place, is a leak
+    hooks["parmagic's SIGALRM handler"] = signal.getsignal(signal.SIGALRM) is worker._expire
     return hooks
 
 
@@ -130,6 +137,7 @@ def no_leaks():
     hooks_before = _kernel_hooks()
     yield
     replaced = [name for name, now in _kernel_hooks().items() if now is not hooks_before[name]]
+    assert not hooks_before["parmagic's SIGALRM handler"]
     assert not replaced, f"left replaced in the kernel: {replaced}"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

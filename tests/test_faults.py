@@ -157,7 +157,9 @@ def test_an_interrupt_leaves_the_kernels_streams_as_they_were(ip, run, name):
     run("import asyncio, time\n")
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
-    outcome = run(f"%%parallel {BACKENDS[name]} -w 4\nfor i in range(100):\n    {sleep(name)}(0.2)\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[name]} -w 4\nfor i in range(100):\n    {sleep(name)}(0.2)\n"
+    )
     timer.join()
     assert isinstance(outcome.error, KeyboardInterrupt)
     assert (sys.stdout, sys.stderr) == streams
@@ -173,7 +175,9 @@ def test_a_summary_after_a_failure_or_an_interrupt_gives_no_advice(ip, run):
 
 
 def test_a_warning_repeated_by_every_chunk_is_shown_once(ip, run, tmp_path):
-    run(f"paths = []\nfor i in range(40):\n    p = r'{tmp_path}/f%d' % i\n    with open(p, 'w') as f:\n        f.write('x')\n    paths.append(p)\n")
+    run(
+        f"paths = []\nfor i in range(40):\n    p = r'{tmp_path}/f%d' % i\n    with open(p, 'w') as f:\n        f.write('x')\n    paths.append(p)\n"
+    )
     outcome = run(
         "%%parallel -b processes -w 2 --chunksize 2 -q\nsizes = []\nfor p in paths:\n"
         "    with open(p) as f:\n        sizes.append(len(f.read()))\n"

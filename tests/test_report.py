@@ -164,9 +164,18 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
             "8 workers compute on 2 cores: --workers 2 is enough",
         ),
         (_measured("threads", False, item_count=30, wall=1.0, busy=8.0, cpu=0.05), None),
-        (_measured("threads", False, item_count=12, wall=1.0, busy=2.0, cpu=1.9, stopped_at=5), None),
+        (
+            _measured("threads", False, item_count=12, wall=1.0, busy=2.0, cpu=1.9, stopped_at=5),
+            None,
+        ),
     ],
-    ids=["threads-on-computing-loop", "processes-on-tiny-loop", "oversubscribed", "waiting-on-threads", "after-a-failure"],
+    ids=[
+        "threads-on-computing-loop",
+        "processes-on-tiny-loop",
+        "oversubscribed",
+        "waiting-on-threads",
+        "after-a-failure",
+    ],
 )
 def test_advice_names_the_likely_mistake(r, expected):
     hint = advice(r)
@@ -175,7 +184,10 @@ def test_advice_names_the_likely_mistake(r, expected):
 
 @pytest.mark.parametrize(
     "options, cell",
-    [("-b threads -w 2", "for i in range(12):\n    spin(i)\n"), (BACKENDS["fork"], "for i in range(3):\n    pass\n")],
+    [
+        ("-b threads -w 2", "for i in range(12):\n    spin(i)\n"),
+        (BACKENDS["fork"], "for i in range(3):\n    pass\n"),
+    ],
     ids=["threads-on-computing-loop", "processes-on-tiny-loop"],
 )
 def test_the_summary_shows_the_advice_its_figures_give(ip, run, options, cell):

@@ -7,8 +7,11 @@ measurement). Sizes go through the pipes both ways: an item is sent, and the bod
 (the result) comes back for every item.
 
 Regression guard: 40 items of 100 kB with 100 kB results on ``processes`` once deadlocked the
-pipes (the kernel blocked sending a chunk while the worker blocked sending a result); the
-``fork-item100kB-result100kB`` cases (``--chunksize 1`` and the adaptive default) are that run.
+pipes (the kernel blocked sending a chunk while the worker blocked sending a result). The
+``*-item100kB-result100kB`` cases are that run, with ``--chunksize 1``, ``--chunksize 4`` and the
+adaptive default (no ``--chunksize``) on every process backend; against the code before the fix
+(662a015) the ``--chunksize 4`` and adaptive ones on fork, spawn and forkserver, and both NumPy
+cases below, hang until pytest-timeout stops them.
 
 Chosen to fit in well under a minute on two cores: every size pair on fork, threads and serial,
 the diagonal (equal item and result sizes) on the other process backends; 8 items when a size

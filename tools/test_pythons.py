@@ -5,7 +5,7 @@ per minor version; installs the project with its test extra into ``.venvs/pyX.Y`
 with the arguments given (default: the whole suite); prints one line per version.
 
     python tools/test_pythons.py                       # every version, whole suite
-    python tools/test_pythons.py --skip-current -- tests/test_semantics.py
+    python tools/test_pythons.py --skip-current --oldest 3.12 -- tests/test_semantics.py
 """
 
 from __future__ import annotations
@@ -82,13 +82,17 @@ def main() -> int:
     parser.add_argument(
         "--skip-current", action="store_true", help="leave out this interpreter's version"
     )
+    parser.add_argument(
+        "--oldest", default="3.11", help="the oldest version to run on (default: 3.11)"
+    )
     parser.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --)")
     args = parser.parse_args()
-    found = interpreters()
+    oldest = tuple(int(part) for part in args.oldest.split("."))
+    found = {version: python for version, python in interpreters().items() if version >= oldest}
     if args.skip_current:
         found.pop(sys.version_info[:2], None)
     if not found:
-        print("test-pythons: no other CPython 3.11+ found on this machine; nothing to run")
+        print(f"test-pythons: no other CPython {args.oldest}+ found on this machine; skipped")
         return 0
     failed = False
     for version, python in found.items():
