@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from .report import CPU_BOUND_SHARE
+
 PROBE_SECONDS = 0.02  # stop probing once this much time went into probe items...
 PROBE_ITEMS = 8  # ...or after this many items
 SMALL_LOOP_SECONDS = 0.05  # a loop shorter than this is not worth any worker
 SMALL_FOR_PROCESSES = 0.2  # below this, process start-up and shipping eat the gain
-CPU_BOUND_SHARE = 0.7  # CPU time / wall time of the items from which they count as computing
 
 
 class Probe:
@@ -36,18 +37,18 @@ class Probe:
 
 
 def choose(
-    probe: Probe, busy: float, cpu: float, remaining: int | None, cores: int, refusal: str | None
+    probe: Probe, busy: float, share: float, remaining: int | None, cores: int, refusal: str | None
 ) -> tuple[str, str]:
     """(backend, the reason in words) from what the probe items cost.
 
-    ``remaining``: items left (None: unknown, taken as many); ``refusal``: why the body
-    cannot go to a process, if it cannot.
+    ``share``: the probe items' CPU share (``RunReport.cpu_share``: time queued for a core on
+    a busy machine left out); ``remaining``: items left (None: unknown, taken as many);
+    ``refusal``: why the body cannot go to a process, if it cannot.
     """
     if probe.exhausted:
         return "serial", "the probe ran every item"
     per_item = busy / probe.count if probe.count else 0.0
     estimate = per_item * remaining if remaining else float("inf")
-    share = cpu / busy if busy > 0 else 1.0
     computing = f"items compute (CPU {share:.0%} of their time)"
     if estimate < SMALL_LOOP_SECONDS:
         return "serial", f"the loop takes about {estimate * 1000:.0f} ms, less than workers cost"

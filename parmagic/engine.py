@@ -18,13 +18,13 @@ from types import FunctionType
 from typing import Any
 
 from . import errors
-from .auto import CPU_BOUND_SHARE, PROBE_ITEMS, Probe, choose
+from .auto import PROBE_ITEMS, Probe, choose
 from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
 from .effects import is_recordable
 from .errors import NotPicklable
 from .itemcode import build_item_code
-from .report import RunReport
+from .report import CPU_BOUND_SHARE, RunReport
 from .runner import Applier, Recorder, execute, replay
 from .worker import Task
 
@@ -260,7 +260,7 @@ def loop_hook(
             stop=session.stop_requested, length=min(length, PROBE_ITEMS),
         ))  # fmt: skip
         unpicklable = None
-        if not sampler.exhausted and report.cpu > CPU_BOUND_SHARE * report.busy:
+        if not sampler.exhausted and report.cpu_share > CPU_BOUND_SHARE:
             from .shipping import pack_task  # cloudpickle: only when processes are in view
 
             try:
@@ -269,7 +269,7 @@ def loop_hook(
                 unpicklable = str(refusal).split(" (")[0]
         remaining = length - sampler.count if length else None
         name, reason = choose(
-            sampler, report.busy, report.cpu, remaining, usable_cores(), unpicklable
+            sampler, report.busy, report.cpu_share, remaining, usable_cores(), unpicklable
         )
         report.auto_reason = f"{reason}; {sampler.count} item(s) probed in the kernel"
         return name, probed, sampler.count

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import sys
 
-from .report import RunReport
+from .report import CPU_BOUND_SHARE, RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 ASCII = str.maketrans({"·": "|", "×": "x"})  # for a stdout that cannot encode the rest
@@ -17,7 +17,7 @@ def advice(r: RunReport) -> str | None:
     that stopped early: its figures describe a part of the loop, not the loop)."""
     if r.stopped_at is not None or r.interrupted:
         return None
-    computing = r.cpu_share >= 0.7 and r.item_count > 1
+    computing = r.cpu_share >= CPU_BOUND_SHARE and r.item_count > 1
     threads = not r.copies_objects and r.backend != "serial"  # one process: the GIL applies
     # threads on Python code: the GIL lets the items use about one core between them
     # (their own times overlap while they wait for it, so busy time overstates the work)
@@ -110,7 +110,7 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
     one core."""
     rows = [("", _head(r))]
     if r.item_count:
-        kind = "computing" if r.cpu_share >= 0.7 else "mostly waiting"
+        kind = "computing" if r.cpu_share >= CPU_BOUND_SHARE else "mostly waiting"
         cpu = f"{r.cpu:.3f} s in the items, {r.cpu_share:.0%} of their busy time: {kind}"
         sent = f" ({_size(r.bytes_sent)})" if r.bytes_sent else ""
         split = (

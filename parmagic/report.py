@@ -9,6 +9,9 @@ if TYPE_CHECKING:
     from .monitor import Usage
 
 
+CPU_BOUND_SHARE = 0.7  # the items' CPU share from which a loop counts as computing
+
+
 @dataclass
 class ItemTiming:
     index: int
@@ -38,6 +41,7 @@ class RunReport:
     item_count: int = 0
     busy: float = 0.0  # sum of the items' own times: what a serial run would roughly take
     cpu: float = 0.0
+    queued: float = 0.0  # of busy: items ready to run, waiting for a core (a loaded machine)
     per_worker: dict[str, int] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
@@ -59,6 +63,8 @@ class RunReport:
         self.item_count += count
         self.busy += sum(ends) - sum(starts)
         self.cpu += sum(cpus)
+        if len(result):
+            self.queued += result.queued * count / len(result)
         self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
         busy = self.worker_busy.get(result.worker, 0.0)
         self.worker_busy[result.worker] = busy + sum(ends) - sum(starts)
@@ -84,8 +90,11 @@ class RunReport:
 
     @property
     def cpu_share(self) -> float:
-        """The items' CPU time over their wall time: near 1 computes, near 0 waits."""
-        return self.cpu / self.busy if self.busy > 0 else 0.0
+        """The items' CPU time over the time they were not kept from a core: near 1 they
+        compute, near 0 they wait (I/O, sleep, locks). Time spent ready but queued for a core
+        (other programs on a busy machine) is left out: it says nothing of the items."""
+        running = self.busy - min(self.queued, self.busy)
+        return min(1.0, self.cpu / running) if running > 0 else 0.0
 
     @property
     def speedup(self) -> float:
@@ -98,7 +107,7 @@ class RunReport:
         parallel = max(1, min(self.workers, self.item_count))
         if self.backend == "serial":
             return 1.0
-        if self.cpu_share >= 0.7:
+        if self.cpu_share >= CPU_BOUND_SHARE:
             if self.copies_objects:
                 return float(min(parallel, self.cores))
             return 1.0  # one thread runs Python at a time (the GIL)

@@ -22,6 +22,7 @@ from .effects import ITEM_ARG, LOG_ARG, EffectLog
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
 
 CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see _CpuSpans)
+SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: this thread's time on a CPU, and queued
 
 # The output list of the item running in this thread (or asyncio task): each thread, and each
 # task, has its own context, so concurrent items never share a buffer.
@@ -81,6 +82,7 @@ class ChunkResult:
     errors: dict[int, ItemError] = field(default_factory=dict)
     dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
     native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
+    queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -133,6 +135,17 @@ class OutputCapture:
     def release(self) -> None:
         if self.installed and isinstance(sys.stdout, ItemOutput):
             sys.stdout, sys.stderr = self.saved
+
+
+def run_queue_wait() -> float:
+    """Seconds this thread has spent ready to run but waiting for a core (Linux's scheduler
+    accounting; 0 elsewhere): the time a busy machine adds to an item that only computes,
+    which must not be mistaken for the item waiting on I/O."""
+    try:
+        with open(SCHEDSTAT, "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class ItemTimedOut(BaseException):
@@ -219,6 +232,7 @@ def run_chunk(
 ) -> ChunkResult:
     """Run consecutive items and record what each did (a tight loop: items may be cheap)."""
     result = ChunkResult(seq, start, worker or threading.current_thread().name)
+    queued = run_queue_wait()
     cpu = _CpuSpans(result)
     began, function, cancelled = cpu.since, task.function, task.cancelled.is_set
     with _alarms(task) as alarm:
@@ -246,6 +260,7 @@ def run_chunk(
             if error is not None and task.stop_on_error:
                 break
     cpu.close()
+    result.queued = run_queue_wait() - queued
     return result
 
 
@@ -254,6 +269,7 @@ async def run_chunk_async(task: Task, seq: int, start: int, items: list) -> Chun
     import asyncio
 
     result = ChunkResult(seq, start, "event loop")
+    queued = run_queue_wait()
     cpu = _CpuSpans(result)  # the loop thread's: other coroutines' CPU counts too
     for offset, item in enumerate(items):
         log, output, value, error = EffectLog(), [], None, None
@@ -271,6 +287,7 @@ async def run_chunk_async(task: Task, seq: int, start: int, items: list) -> Chun
         if error is not None and task.stop_on_error:
             break
     cpu.close()
+    result.queued = run_queue_wait() - queued
     return result
 
 

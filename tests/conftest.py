@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -104,14 +103,18 @@ def backend(request) -> str:
     return BACKENDS[request.param]
 
 
+def _is_helper(process: psutil.Process) -> bool:
+    return any(h in " ".join(process.cmdline()) for h in _MULTIPROCESSING_HELPERS)
+
+
 def _our_children() -> set[int]:
-    """Every descendant but multiprocessing's own helpers (direct children of this process: a
-    forkserver's children, the workers, carry its command line and are counted)."""
-    me, children = os.getpid(), set()
+    """Every descendant but multiprocessing's own helpers. A forkserver's children (workers)
+    carry its command line: they count, being a helper's children."""
+    children = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            helper = any(h in " ".join(child.cmdline()) for h in _MULTIPROCESSING_HELPERS)
-            if not (helper and child.ppid() == me):
+            parent = child.parent()
+            if not (_is_helper(child) and not (parent and _is_helper(parent))):
                 children.add(child.pid)
         except psutil.NoSuchProcess:
             continue

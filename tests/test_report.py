@@ -3,6 +3,7 @@ measurement, their text and HTML forms, the plot, progress, and %parallel_info."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -197,3 +198,28 @@ def test_the_summary_shows_the_advice_its_figures_give(ip, run, options, cell):
     assert outcome.error is None
     hint = advice(report())
     assert (f"advice   {hint}" in outcome.out) if hint else ("advice" not in outcome.out)
+
+
+@pytest.fixture
+def busy_machine():
+    """Every core kept busy by another program, as on a shared machine."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+    yield
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()
+
+
+@pytest.mark.parametrize("name", ["serial", "fork"])
+def test_a_computing_loop_is_labelled_computing_on_a_busy_machine(ip, run, busy_machine, name):
+    """Time spent waiting for a core (the scheduler's run queue) is not waiting on I/O."""
+    run(SPIN)
+    outcome = run(f"%%parallel {BACKENDS[name]}\nfor i in range(16):\n    spin(i)\n")
+    assert outcome.error is None
+    r = report()
+    assert r.queued > 0  # the items did wait for a core
+    assert r.cpu_share >= 0.7, (r.cpu, r.busy, r.queued)
+    assert "of their busy time: computing" in outcome.out
