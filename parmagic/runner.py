@@ -269,7 +269,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
     report.started = True
     from .monitor import Monitor  # psutil: imported by the first run, not by %load_ext
 
-    completed, monitor = False, None
+    completed, monitor, consumer_stopped = False, None, False
     try:
         monitor = Monitor().start()
         run.progress = progress_bar(length) if progress else None
@@ -286,6 +286,9 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt  # asked by the kernel thread (see Session)
         completed = True
+    except GeneratorExit:  # a consumer that stopped early (any, next): items ran ahead
+        consumer_stopped = True
+        raise
     except KeyboardInterrupt as interrupt:
         report.unfinished, report.interrupted = run.unfinished(), True
         interrupt.add_note(errors.INTERRUPTED.format(applied=report.item_count))
@@ -294,7 +297,9 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         task.cancelled.set()  # pool threads start no further item of this run
         if run.progress is not None:
             run.progress.close()
-        report.warnings += backend.end(completed)
+        warnings = backend.end(completed)
+        if not consumer_stopped:  # else items still running are read-ahead nobody asked for
+            report.warnings += warnings
         report.bytes_sent += backend.bytes_sent
         report.wall += time.monotonic() - began
         if monitor is not None:

@@ -184,3 +184,14 @@ def test_a_warning_repeated_by_every_chunk_is_shown_once(ip, run, tmp_path):
     )
     assert outcome.error is None and ip.user_ns["sizes"] == [1] * 40
     assert outcome.err.count("`f` (a TextIOWrapper) could not be sent back") == 1
+
+
+@pytest.mark.parametrize("name", ["threads", "futures", "fork"])
+def test_a_consumer_that_stops_early_gets_no_warning_about_items_run_ahead(ip, run, name):
+    run("import time\n")
+    outcome = run(
+        f"%%parallel {BACKENDS[name]} -q\ngen = (time.sleep(0.2) or i for i in range(30))\n"
+        "found = [next(gen), next(gen)]\ndel gen\n"
+    )
+    assert outcome.error is None and ip.user_ns["found"] == [0, 1]
+    assert outcome.err == ""  # items still running were read ahead, not abandoned work
