@@ -93,7 +93,7 @@ class RunReport:
         """The items' CPU time over the time they were not kept from a core: near 1 they
         compute, near 0 they wait (I/O, sleep, locks). Time spent ready but queued for a core
         (other programs on a busy machine) is left out: it says nothing of the items."""
-        running = self.busy - min(self.queued, self.busy)
+        running = max(self.busy - self.queued, self.cpu)  # a thread's CPU time fits in it
         return min(1.0, self.cpu / running) if running > 0 else 0.0
 
     @property
