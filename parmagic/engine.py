@@ -22,10 +22,12 @@ from .auto import PROBE_ITEMS, Probe, choose
 from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
 from .effects import is_recordable
-from .errors import NotPicklable
+from .errors import NotPicklable, ParmagicUsageError
+from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects
 from .itemcode import build_item_code
 from .report import CPU_BOUND_SHARE, RunReport
 from .runner import Applier, Recorder, execute, replay
+from .scopes import stored_names
 from .worker import Task
 
 
@@ -45,6 +47,9 @@ class Options:
     show_code: bool = False
     export: str | None = None  # a file to write the equivalent program to
     scheduler: str | None = None  # dask: an existing cluster's scheduler address
+    unordered: bool = False  # accept changes parmagic cannot replay in item order
+    seed: int | None = None  # every item its own random streams, from this and its index
+    serial_reason: str | None = None  # why auto must run serially (found before the run)
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:
@@ -138,17 +143,39 @@ class Session:
             self._event_loop = None
 
 
-def copy_warnings(
-    plan: CellPlan, ns: dict, recorded: frozenset[str], backend: Backend
-) -> list[str]:
-    """What the body does to kernel objects that parmagic does not replay in item order (§5.6):
-    a worker process does it to a copy; pool threads do it to the real object, in any order."""
+def hidden_effects(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
+    """What the body does beyond what parmagic replays, found before anything runs: changes
+    of its own it cannot replay (attributes, methods of other objects, ``global``), and what
+    the notebook functions it calls do and global random state (hidden_effects.py)."""
+    info = plan.body
+    if info.kind == "for":
+        nodes, names = info.node.body, set(info.bound)
+    else:
+        first, *inner = info.node.generators
+        parts = [info.node.key, info.node.value] if info.kind == "dict" else [info.node.elt]
+        nodes = [*first.ifs, *inner, *parts]
+        names = {n for g in info.node.generators for n in stored_names(g.target)}
+    effects = [
+        HiddenEffect(UNORDERED, line, "", what, name) for line, what, name in info.copy_warnings
+    ]
+    return effects + find_hidden_effects(nodes, ns, names)
+
+
+def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> list[tuple]:
+    """Kernel objects the body changes in place that are not of a kind parmagic replays (a
+    custom class's ``append``): known only once the statements before the loop have run."""
+    return sorted(
+        (line, f"`{name}` (a {type(ns[name]).__name__}) is changed in place", name)
+        for name, line in plan.body.receivers.items()
+        if name not in recorded and name in ns
+    )
+
+
+def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> list[str]:
+    """With --unordered: what the run does in any order (threads) or to copies (processes)."""
     if backend.name == "serial":
         return []
-    found = [(line, what, name) for line, what, name in plan.body.copy_warnings]
-    for name, line in plan.body.receivers.items():
-        if name not in recorded and name in ns:
-            found.append((line, f"changing `{name}` (a {type(ns[name]).__name__})", name))
+    found = [*plan.body.copy_warnings, *unreplayed_receivers(plan, ns, recorded)]
     template = errors.COPY_WARNING if backend.copies_kernel_objects else errors.UNORDERED_WARNING
     return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
@@ -161,7 +188,20 @@ def loop_hook(
     def make_task(backend: Backend, recorded: frozenset[str]) -> Task:
         code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
-        return Task(function, plan.body.bound, options.on_error == "raise", timeout=options.timeout)
+        stop_on_error = options.on_error == "raise"
+        return Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
+
+    def late_refusal(name: str, recorded) -> str | None:
+        """Changes in place of kernel objects parmagic does not replay, refused before any item
+        runs (or, under auto, the reason to run serially)."""
+        found = [] if options.unordered else unreplayed_receivers(plan, ns, recorded)
+        if not found or name == "serial":
+            return None
+        line, what, _ = found[0]
+        place = f"line {line}: "
+        if name != "auto":
+            raise ParmagicUsageError(errors.UNREPLAYABLE.format(place=place, what=what))
+        return f"{place}{what}, which only a serial run keeps in item order"
 
     def prepare(name: str, workers: int | None, report: RunReport, recorded) -> tuple:
         """The warm backend and the run's task; the report learns which backend runs."""
@@ -170,8 +210,9 @@ def loop_hook(
         report.copies_objects = backend.copies_kernel_objects
         report.start_method = backend.start_method
         report.dashboard = backend.dashboard
-        for message in copy_warnings(plan, ns, recorded, backend):
-            warn(message)
+        if options.unordered:
+            for message in unordered_warnings(plan, ns, recorded, backend):
+                warn(message)
         return backend, make_task(backend, recorded)
 
     def run(iterable: Iterable) -> Any:
@@ -185,8 +226,14 @@ def loop_hook(
         report = RunReport("auto", 1, cores=usable_cores())
         session.last_report = report
         name, probed, start = resolve_backend(options.backend, plan.body.awaits), [], 0
+        serial_reason = options.serial_reason or late_refusal(name, recorded)
+        if name == "auto" and serial_reason:
+            name, report.auto_reason = "serial", serial_reason
         if name == "auto":
             name, probed, start = probe(iterator, length, recorded, report)
+            if name == "threads" and options.seed is not None:
+                name = "serial"  # threads share one global random state
+                report.auto_reason += "; serial, as --seed needs items in processes of their own"
         backend, task = prepare(name, options.workers, report, recorded)
         if backend.runs_coroutines and not plan.body.awaits:
             warn(errors.NO_AWAIT)

@@ -131,6 +131,27 @@ SCHEDULER_UNREACHABLE = (
     "scheduler (`dask scheduler`) or correct the address (tcp://HOST:PORT), or leave out "
     "--scheduler to run on a local cluster"
 )
+LOOP_NAME_AS_GLOBAL = (
+    "{place}{what}: in a parallel item it would see the kernel's `{name}`, not the item's (the "
+    "item's names are its own). Pass it as an argument instead, e.g. `f({name})`"
+)
+UNREPLAYABLE = (
+    "{place}{what}, which parmagic cannot replay in item order, so the cell could end "
+    "differently from the plain loop (nothing has run). Make the loop itself do the change "
+    "(return the value from the function and append it to a list, or set `d[k] = value`, in "
+    "the loop), run it with --backend serial, or accept the change in any order with --unordered"
+)
+GLOBAL_RANDOM = (
+    "{place}{what}: parallel items would draw in another order than the plain loop (and "
+    "forked workers would repeat one another's numbers), so nothing has run. Give every item "
+    "its own reproducible stream with --seed N (on serial, processes, futures:processes or "
+    "dask), or run it with --backend serial"
+)
+SEED_NEEDS_PROCESSES = (
+    "--seed gives every item its own random stream, which needs items in processes of their "
+    "own; {backend}'s items share the kernel's one global random state. Use --backend "
+    "processes (or serial)"
+)
 SCHEDULER_ONLY_FOR_DASK = "--scheduler is an option of --backend dask, not of {backend}"
 START_METHOD_NOT_USED = (
     "--start-method applies to worker processes (processes, futures:processes), and "

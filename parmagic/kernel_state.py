@@ -15,8 +15,11 @@ _SIGNALS = (signal.SIGINT, signal.SIGALRM)
 
 
 @contextmanager
-def kept_as_it_was() -> Iterator[None]:
+def kept_as_it_was(random_state: bool = False) -> Iterator[None]:
+    """``random_state``: also the global random states (``--seed`` reseeds them per item, and
+    items of a serial run run here)."""
     hooks = {name: getattr(sys, name) for name in _HOOKS}
+    states = _random_states() if random_state else []
     on_main = threading.current_thread() is threading.main_thread()
     handlers = {number: signal.getsignal(number) for number in _SIGNALS} if on_main else {}
     try:
@@ -28,3 +31,15 @@ def kept_as_it_was() -> Iterator[None]:
         for number, handler in handlers.items():
             if signal.getsignal(number) is not handler:
                 signal.signal(number, handler)
+        for restore, state in states:
+            restore(state)
+
+
+def _random_states() -> list[tuple]:
+    import random
+
+    states = [(random.setstate, random.getstate())]
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        states.append((numpy.random.set_state, numpy.random.get_state()))
+    return states

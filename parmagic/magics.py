@@ -20,6 +20,7 @@ from .backends import CHOICES
 from .cell import HOOK_NAME, plan_cell
 from .effects import is_recordable
 from .errors import ParmagicUsageError
+from .hidden_effects import refusal
 from .info import machine_info
 
 START_METHODS = ("fork", "spawn", "forkserver")
@@ -83,6 +84,19 @@ class ParallelMagics(Magics):
         "asyncio) that this run is equivalent to",
     )
     @argument("--export", metavar="FILE", help="write that program to FILE, runnable with python")
+    @argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="give every item its own random streams (random, numpy.random) made from N and the "
+        "item's index: the same numbers on serial, processes, futures:processes and dask",
+    )
+    @argument(
+        "--unordered",
+        action="store_true",
+        help="run a body whose changes parmagic cannot replay in item order (attributes, other "
+        "objects' methods, global), accepting them in any order (threads) or on copies (processes)",
+    )
     @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
     @argument("-o", "--output", metavar="NAME", help="store the run's report in NAME")
     @argument(
@@ -113,6 +127,13 @@ class ParallelMagics(Magics):
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
             plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
+            effects = engine.hidden_effects(plan, self.shell.user_ns)
+            backend = "serial" if options.compare else options.backend  # compare keeps serial's
+            refused, options.serial_reason = refusal(
+                effects, backend, options.unordered, options.seed
+            )
+            if refused:
+                raise ParmagicUsageError(refused)
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
         except SyntaxError as exc:
@@ -179,6 +200,8 @@ class ParallelMagics(Magics):
             show_code=args.show_code,
             export=args.export,
             scheduler=(args.scheduler or self.scheduler or None) if uses_dask else None,
+            unordered=args.unordered,
+            seed=args.seed,
         )
         if args.compare:
             from .compare import backend_list
@@ -189,6 +212,8 @@ class ParallelMagics(Magics):
                 raise UsageError(str(exc)) from None
         if options.start_method and backend not in PROCESS_BACKENDS and not args.compare:
             raise UsageError(errors.START_METHOD_NOT_USED.format(backend=backend))
+        if args.seed is not None and backend in ("threads", "futures", "asyncio"):
+            raise UsageError(errors.SEED_NEEDS_PROCESSES.format(backend=backend))
         if args.export:
             _check_writable(args.export)
         if args.output and not args.output.isidentifier():

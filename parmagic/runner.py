@@ -258,7 +258,7 @@ def execute(
     applier = recorder or Applier(ns, task, report, filename)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index = first_index
-    with kept_as_it_was():
+    with kept_as_it_was(random_state=task.seed is not None):
         yield from _drive(run, backend, task, report, stop, progress, length)
 
 

@@ -41,6 +41,7 @@ class Task:
     timeout: float | None = None
     origins: dict[tuple[str, int], str] = field(default_factory=dict)  # see user_frames
     cancelled: threading.Event = field(default_factory=threading.Event)  # for pool threads
+    seed: int | None = None  # --seed: each item's random streams come from it and its index
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -135,6 +136,18 @@ class OutputCapture:
     def release(self) -> None:
         if self.installed and isinstance(sys.stdout, ItemOutput):
             sys.stdout, sys.stderr = self.saved
+
+
+def seed_item(seed: int, index: int) -> None:
+    """--seed: the item's own streams for ``random`` and NumPy's global state, made from the
+    seed and the item's index alone, so that an item draws the same numbers on every backend
+    whatever the worker count and chunking."""
+    import random
+
+    random.seed(f"parmagic:{seed}:{index}")
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(numpy.random.SeedSequence([seed, index]).generate_state(4))
 
 
 def run_queue_wait() -> float:
@@ -239,6 +252,8 @@ def run_chunk(
         for offset, item in enumerate(items):
             if cancelled():
                 break
+            if task.seed is not None:
+                seed_item(task.seed, start + offset)
             log, output, value, error = EffectLog(), [], None, None
             token = current_output.set(output)
             if alarm:

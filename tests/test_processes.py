@@ -7,6 +7,7 @@ import os
 
 import pytest
 from conftest import BACKENDS, PROCESS_BACKENDS, report
+from IPython.core.error import UsageError
 
 import parmagic
 
@@ -58,13 +59,19 @@ def test_pool_stays_warm_until_its_shape_changes(ip, run, method):
     assert not ip.user_ns["pids"] & (first | second)  # one worker: a new pool
 
 
-def test_changing_a_copy_is_warned_before_the_run(ip, run):
-    run("class Box:\n    count = 0\nbox = Box()\n")
-    outcome = run_ok(run, BACKENDS["fork"], "for i in range(3):\n    box.count = i\n")
+def test_changes_parmagic_cannot_replay_are_refused_unless_accepted(ip, run):
+    run("class Box:\n    count = 0\nbox = Box()\nran = []\n")
+    for name in ("fork", "threads"):
+        refused = run(f"%%parallel {BACKENDS[name]}\nfor i in range(3):\n    ran.append(i)\n    box.count = i\n")
+        assert isinstance(refused.error, UsageError)
+        assert str(refused.error).startswith("line 4: `box.count = ...`, which parmagic cannot")
+        assert "--unordered" in str(refused.error)
+        assert ip.user_ns["ran"] == []  # refused before any item ran
+    outcome = run_ok(run, BACKENDS["fork"] + " --unordered", "for i in range(3):\n    box.count = i\n")
     assert "line 3: `box.count = ...` acts on a copy inside each worker process" in outcome.err
     assert ip.user_ns["box"].count == 0
     threads = run_ok(
-        run, BACKENDS["threads"] + " --chunksize 3", "for i in range(3):\n    box.count = i\n"
+        run, BACKENDS["threads"] + " --chunksize 3 --unordered", "for i in range(3):\n    box.count = i\n"
     )
     assert "changes the real `box` as items finish, which is not item order" in threads.err
     assert ip.user_ns["box"].count == 2  # one chunk: in order
@@ -72,10 +79,13 @@ def test_changing_a_copy_is_warned_before_the_run(ip, run):
     assert "parmagic warning" not in serial.err and ip.user_ns["box"].count == -2
 
 
-def test_changes_made_through_functions_are_noticed_after_the_run(ip, run):
+def test_changes_made_through_notebook_functions_are_refused_unless_accepted(ip, run):
     run("cache = {}\ndef remember(k):\n    cache[k] = k * 2\n    return k\n")
-    outcome = run_ok(run, BACKENDS["spawn"], "for i in range(4):\n    remember(i)\n")
-    assert "the loop changed `cache` inside the worker processes" in outcome.err
+    refused = run(f"%%parallel {BACKENDS['fork']}\nfor i in range(4):\n    remember(i)\n")
+    assert isinstance(refused.error, UsageError)
+    assert "the notebook function `remember` (line 3 of its cell) changes the kernel's `cache`" in str(refused.error)
+    outcome = run_ok(run, BACKENDS["spawn"] + " --unordered", "for i in range(4):\n    remember(i)\n")
+    assert "the loop changed `cache` inside the worker processes" in outcome.err  # still checked
     assert ip.user_ns["cache"] == {}
 
 

@@ -1,0 +1,203 @@
+"""What the body does to the kernel that its own lines do not show: the notebook functions it
+calls (followed transitively) and global random state.
+
+A notebook function (one whose ``__globals__`` is the kernel's namespace) counts as the body:
+what it changes in the kernel cannot be replayed in item order from inside it, and a name it
+reads as a global that the loop binds is, in a parallel item, the kernel's value, not the
+item's (the item's names are the item function's locals). Functions of libraries are trusted.
+Random draws from the ``random`` module's or NumPy's global state depend on the order of the
+draws, which parallel items do not keep (and forked workers would continue one stream each).
+
+Pure analysis: the kernel's namespace and syntax trees in, facts out; nothing is called.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+import textwrap
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .body import MUTATORS
+from .scopes import attribute_root, bound_names, receiver_root, walk_scope
+
+LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
+
+
+@dataclass(frozen=True)
+class HiddenEffect:
+    kind: str  # LOOP_NAME, UNORDERED or RANDOM
+    line: int  # the cell's line of the call that leads there
+    where: str  # "" for the body itself, else "the notebook function `f` (line 3 of its cell)"
+    what: str  # "changes `seen`", "reads `repo`", "draws from numpy's global random state"
+    name: str = ""  # the kernel name involved, if any
+
+    @property
+    def place(self) -> str:
+        return f"line {self.line}: " + (f"{self.where} " if self.where else "")
+
+
+def find_hidden_effects(
+    nodes: Iterable[ast.AST], ns: dict, loop_names: set[str]
+) -> list[HiddenEffect]:
+    """Every hidden effect reachable from the body's calls, once each, in line order."""
+    finder = _Finder(ns, loop_names)
+    for top in nodes:
+        for node in walk_scope(top):
+            if isinstance(node, ast.Call):
+                finder.call(node, node.lineno, ns, local=loop_names, where="")
+    return sorted(set(finder.found), key=lambda e: (e.line, e.kind, e.what))
+
+
+def global_random_state(value: object) -> str | None:
+    """ "the `random` module's" / "numpy's" when ``value`` draws from (or seeds) that global
+    state: the module functions are bound methods of one hidden generator."""
+    owner = getattr(value, "__self__", None)
+    if owner is None:
+        return None
+    random = sys.modules.get("random")
+    if random is not None and owner is getattr(random, "_inst", None):
+        return "the `random` module's"
+    numpy_random = sys.modules.get("numpy.random")
+    mtrand = getattr(numpy_random, "mtrand", None)
+    if mtrand is not None and owner is getattr(mtrand, "_rand", None):
+        return "numpy's"
+    return None
+
+
+class _Finder:
+    def __init__(self, ns: dict, loop_names: set[str]) -> None:
+        self.ns, self.loop_names = ns, loop_names
+        self.found: list[HiddenEffect] = []
+        self.seen: set[types.CodeType] = set()
+
+    def call(self, node: ast.Call, line: int, scope: dict, local: set[str], where: str) -> None:
+        callee = _resolve(node.func, scope, local)
+        source = global_random_state(callee)
+        if source:
+            what = f"`{ast.unparse(node.func)}(...)` draws from {source} global random state"
+            self.found.append(HiddenEffect(RANDOM, line, where, what))
+        elif isinstance(callee, types.FunctionType) and callee.__globals__ is self.ns:
+            self.function(callee, line)
+
+    def function(self, function: types.FunctionType, line: int) -> None:
+        """Analyse a notebook function once; ``line`` is the cell's line that reached it."""
+        code = function.__code__
+        if code in self.seen:
+            return
+        self.seen.add(code)
+        tree = _parsed(function)
+        if tree is None:
+            return  # no source (defined through exec, say): trusted, like a library's
+        arguments = tree.args
+        own = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}
+        own |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
+        declared = {n for s in ast.walk(tree) if isinstance(s, ast.Global) for n in s.names}
+        own |= bound_names(tree.body) - declared
+        for statement in tree.body:
+            for node in walk_scope(statement):
+                own_line = code.co_firstlineno + getattr(node, "lineno", 1) - 1
+                where = f"the notebook function `{function.__name__}` (line {own_line} of its cell)"
+                self._node(node, function, own, line, where)
+
+    def _node(self, node, function, own: set[str], line: int, where: str) -> None:
+        def changes(name: str) -> None:
+            what = f"changes the kernel's `{name}`"
+            self.found.append(HiddenEffect(UNORDERED, line, where, what, name))
+
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id in self.loop_names and node.id not in own:
+                what = f"reads `{node.id}`, which the loop sets, as a global"
+                self.found.append(HiddenEffect(LOOP_NAME, line, where, what, node.id))
+        elif isinstance(node, ast.Global):
+            for name in node.names:
+                changes(name)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in MUTATORS:
+                root = attribute_root(func.value)
+                if root is not None and root.id not in own and root.id in function.__globals__:
+                    changes(root.id)
+            self.call(node, line, function.__globals__, own, where)
+        elif isinstance(node, ast.Subscript | ast.Attribute) and isinstance(
+            node.ctx, ast.Store | ast.Del
+        ):
+            root = receiver_root(node.value) if isinstance(node, ast.Subscript) else None
+            root_name = root[0] if root else attribute_root(node.value)
+            if root_name is not None and root_name.id not in own:
+                changes(root_name.id)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
+            root = attribute_root(node.target.value)
+            if root is not None and root.id not in own:
+                changes(root.id)
+
+
+def _resolve(func: ast.expr, scope: dict, local: set[str]) -> object:
+    """What a call's callee names in ``scope``, through module attributes only (nothing that
+    could run code, such as a property, is touched); None when unknown."""
+    parts: list[str] = []
+    while isinstance(func, ast.Attribute):
+        parts.insert(0, func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name) or func.id in local:
+        return None
+    value = scope.get(func.id, getattr(scope.get("__builtins__"), func.id, None))
+    for part in parts:
+        if not isinstance(value, types.ModuleType):
+            return None
+        value = getattr(value, part, None)
+    return value
+
+
+def _parsed(function: types.FunctionType) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    try:
+        source = textwrap.dedent(inspect.getsource(function))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    first = tree.body[0] if tree.body else None
+    return first if isinstance(first, ast.FunctionDef | ast.AsyncFunctionDef) else None
+
+
+PARALLEL_SEEDABLE = ("processes", "futures:processes", "dask")  # one process per running item
+
+
+def refusal(
+    effects: list[HiddenEffect], backend: str, unordered: bool, seed: int | None
+) -> tuple[str | None, str | None]:
+    """(why the run is refused, or None; why ``auto`` must run serially, or None).
+
+    What cannot give the plain loop's result is refused before anything runs: a loop name
+    read as a global (wrong on every backend), changes that cannot be replayed in item order
+    (unless ``--unordered`` accepts them), and global random draws (unless ``--seed`` gives
+    each item its own stream, which only items in processes of their own can have).
+    """
+    from . import errors
+
+    for effect in effects:
+        if effect.kind == LOOP_NAME:
+            message = errors.LOOP_NAME_AS_GLOBAL.format(
+                place=effect.place, what=effect.what, name=effect.name
+            )
+            return message, None
+    serial_reason = None
+    for effect in effects:
+        place = effect.place
+        if effect.kind == UNORDERED and not unordered:
+            message = errors.UNREPLAYABLE.format(place=place, what=effect.what)
+            reason = f"{place}{effect.what}, which only a serial run keeps in item order"
+        elif effect.kind == RANDOM and seed is None:
+            message = errors.GLOBAL_RANDOM.format(place=place, what=effect.what)
+            reason = f"{place}{effect.what}: a serial run keeps the plain loop's numbers"
+        elif effect.kind == RANDOM and backend not in (*PARALLEL_SEEDABLE, "serial", "auto"):
+            return errors.SEED_NEEDS_PROCESSES.format(backend=backend), None
+        else:
+            continue
+        if backend == "auto":
+            serial_reason = serial_reason or reason
+        elif backend != "serial":
+            return message, None
+    return None, serial_reason
