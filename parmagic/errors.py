@@ -133,7 +133,7 @@ SCHEDULER_UNREACHABLE = (
 )
 LOOP_NAME_AS_GLOBAL = (
     "{place}{what}: in a parallel item it would see the kernel's `{name}`, not the item's (the "
-    "item's names are its own). Pass it as an argument instead, e.g. `f({name})`"
+    "item's names are its own). Pass it as an argument instead: `{function}(..., {name})`"
 )
 UNREPLAYABLE = (
     "{place}{what}, which parmagic cannot replay in item order, so the cell could end "

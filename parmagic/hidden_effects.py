@@ -34,6 +34,7 @@ class HiddenEffect:
     where: str  # "" for the body itself, else "the notebook function `f` (line 3 of its cell)"
     what: str  # "changes `seen`", "reads `repo`", "draws from numpy's global random state"
     name: str = ""  # the kernel name involved, if any
+    function: str = ""  # the notebook function involved, if any
 
     @property
     def place(self) -> str:
@@ -111,7 +112,8 @@ class _Finder:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             if node.id in self.loop_names and node.id not in own:
                 what = f"reads `{node.id}`, which the loop sets, as a global"
-                self.found.append(HiddenEffect(LOOP_NAME, line, where, what, node.id))
+                effect = HiddenEffect(LOOP_NAME, line, where, what, node.id, function.__name__)
+                self.found.append(effect)
         elif isinstance(node, ast.Global):
             for name in node.names:
                 changes(name)
@@ -180,7 +182,7 @@ def refusal(
     for effect in effects:
         if effect.kind == LOOP_NAME:
             message = errors.LOOP_NAME_AS_GLOBAL.format(
-                place=effect.place, what=effect.what, name=effect.name
+                place=effect.place, what=effect.what, name=effect.name, function=effect.function
             )
             return message, None
     serial_reason = None

@@ -1,0 +1,135 @@
+"""What the body's own lines do not show (spec §5.6, §5.7, §5.10): notebook functions it calls,
+global random state, and changes parmagic cannot replay. On every backend the cell either ends
+as the plain loop ends or is refused before any item runs, naming the line."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import BACKENDS, report
+from IPython.core.error import UsageError
+
+from parmagic.hidden_effects import LOOP_NAME, RANDOM, UNORDERED, refusal
+from parmagic.hidden_effects import HiddenEffect as Effect
+
+PARALLEL = [name for name in BACKENDS if name != "serial"]
+SEEDABLE = ("serial", "fork", "spawn", "forkserver", "futures-fork", "futures-spawn")
+
+
+def refused_before_any_item(ip, outcome, *fragments: str) -> None:
+    assert isinstance(outcome.error, UsageError), (outcome.out, outcome.err)
+    for fragment in fragments:
+        assert fragment in str(outcome.error)
+    assert ip.user_ns["ran"] == []  # a side-effect counter the items would have filled
+
+
+def test_global_random_state_is_refused_on_parallel_backends(ip, run, backend):
+    run("import numpy as np, random\nran = []\nnp.random.seed(7)\n")
+    cell = "means = []\nfor i in range(8):\n    ran.append(i)\n    means.append(np.random.choice(np.arange(5), 5).mean())\n"
+    outcome = run(f"%%parallel {backend} -q\n{cell}")
+    if backend == BACKENDS["serial"]:
+        assert outcome.error is None
+        plain = {"np": ip.user_ns["np"]}
+        exec("np.random.seed(7)\nmeans = []\nfor i in range(8):\n    means.append(np.random.choice(np.arange(5), 5).mean())\n", plain)
+        assert ip.user_ns["means"] == plain["means"]
+        return
+    refused_before_any_item(ip, outcome, "line 5: `np.random.choice(...)` draws from numpy's", "--seed N")
+
+
+@pytest.mark.parametrize("call", ["random.random()", "choice([1, 2, 3])", "np.random.rand()"])
+def test_draws_through_a_notebook_function_are_refused_and_auto_runs_serially(ip, run, call):
+    run(f"import numpy as np, random\nfrom random import choice\nran = []\ndef draw():\n    return {call}\n")
+    refused = run("%%parallel -b processes -w 2\nfor i in range(4):\n    ran.append(i)\n    draw()\n")
+    refused_before_any_item(ip, refused, "the notebook function `draw` (line 5 of its cell)")
+    outcome = run("%%parallel\nout = [draw() for i in range(4)]\n")
+    assert outcome.error is None and len(ip.user_ns["out"]) == 4
+    assert report().backend == "serial" and "global random state" in report().auto_reason
+
+
+@pytest.mark.parametrize("name", SEEDABLE)
+def test_seed_gives_each_item_the_same_numbers_on_every_backend(ip, run, name):
+    run("import numpy as np, random\n")
+    cell = "xs = []\nfor i in range(9):\n    xs.append((np.random.rand(), random.random()))\n"
+    run(f"%%parallel -b serial --seed 11 -q\n{cell}")
+    reference = ip.user_ns["xs"]
+    assert len(set(reference)) == 9  # every item its own stream
+    options = BACKENDS[name].replace(" -w 2", "")
+    for workers, chunks in ((1, 1), (2, 4), (3, 2)):
+        run(f"%%parallel {options} -w {workers} --chunksize {chunks} --seed 11 -q\n{cell}")
+        assert ip.user_ns["xs"] == reference, (workers, chunks)
+
+
+def test_seed_leaves_the_kernels_random_state_as_it_was(ip, run):
+    run("import numpy as np, random\nrandom.seed(1)\nnp.random.seed(1)\n")
+    run("%%parallel -b serial --seed 5 -q\nfor i in range(3):\n    x = random.random() + np.random.rand()\n")
+    after = run("pair = (random.random(), np.random.rand())\n")
+    assert after.error is None
+    plain = {}
+    exec("import numpy as np, random\nrandom.seed(1)\nnp.random.seed(1)\npair = (random.random(), np.random.rand())\n", plain)
+    assert ip.user_ns["pair"] == plain["pair"]
+
+
+@pytest.mark.parametrize("name", ["threads", "futures", "asyncio"])
+def test_seed_is_refused_where_items_share_one_global_state(run, name):
+    outcome = run(f"%%parallel -b {name} --seed 3\nfor i in range(3):\n    pass\n")
+    assert isinstance(outcome.error, UsageError)
+    assert "share the kernel's one global random state" in str(outcome.error)
+
+
+def test_a_notebook_function_changing_kernel_objects_is_refused_on_parallel_backends(ip, run, backend):
+    run("import time\nseen = {}\nran = []\ndef record(k):\n    time.sleep(0.01 * (k % 2))\n    seen[k] = k * k\n")
+    outcome = run(f"%%parallel {backend} -q\nfor k in range(6):\n    ran.append(k)\n    record(k)\n")
+    if backend == BACKENDS["serial"]:
+        assert outcome.error is None and list(ip.user_ns["seen"].items()) == [(k, k * k) for k in range(6)]
+        return
+    refused_before_any_item(ip, outcome, "line 4: the notebook function `record` (line 6 of its cell) changes the kernel's `seen`", "--unordered")
+
+
+def test_functions_are_followed_through_other_notebook_functions(ip, run):
+    run("log = []\nran = []\ndef inner(x):\n    log.append(x)\ndef outer(x):\n    inner(x)\n    return x\n")
+    outcome = run("%%parallel -b threads\nfor i in range(3):\n    ran.append(i)\n    outer(i)\n")
+    refused_before_any_item(ip, outcome, "the notebook function `inner` (line 4 of its cell) changes the kernel's `log`")
+
+
+def test_auto_runs_a_loop_with_unreplayable_changes_serially(ip, run):
+    run("seen = {}\ndef record(k):\n    seen[k] = k\n")
+    outcome = run("%%parallel\nfor k in range(30):\n    record(k)\n")
+    assert outcome.error is None and list(ip.user_ns["seen"]) == list(range(30))
+    assert report().backend == "serial" and "changes the kernel's `seen`" in outcome.out
+
+
+def test_a_loop_name_read_as_a_global_is_refused_on_every_backend(ip, run, backend):
+    run("def show():\n    return repo * 2\nrepo = 0\nran = []\n")
+    outcome = run(f"%%parallel {backend}\nout = []\nfor repo in range(3):\n    ran.append(repo)\n    out.append(show())\n")
+    refused_before_any_item(ip, outcome, "line 5: the notebook function `show` (line 2 of its cell) reads `repo`", "show(")
+
+
+def test_library_functions_and_pure_notebook_functions_run(ip, run, backend):
+    run("import math\ndef area(r):\n    scale = 2\n    return math.pi * r * r * scale\n")
+    outcome = run(f"%%parallel {backend} -q\nareas = [area(r) for r in range(5)]\n")
+    assert outcome.error is None and ip.user_ns["areas"] == [math_area(r) for r in range(5)]
+
+
+def math_area(r: int) -> float:
+    import math
+
+    return math.pi * r * r * 2
+
+
+@pytest.mark.parametrize(
+    "effects, backend, unordered, seed, refused, serial",
+    [
+        ([Effect(LOOP_NAME, 3, "", "reads `i`", "i")], "serial", True, 1, True, False),
+        ([Effect(UNORDERED, 3, "", "`b.x = ...`", "b")], "serial", False, None, False, False),
+        ([Effect(UNORDERED, 3, "", "`b.x = ...`", "b")], "threads", False, None, True, False),
+        ([Effect(UNORDERED, 3, "", "`b.x = ...`", "b")], "threads", True, None, False, False),
+        ([Effect(UNORDERED, 3, "", "`b.x = ...`", "b")], "auto", False, None, False, True),
+        ([Effect(RANDOM, 3, "", "draws", "")], "processes", False, None, True, False),
+        ([Effect(RANDOM, 3, "", "draws", "")], "processes", False, 4, False, False),
+        ([Effect(RANDOM, 3, "", "draws", "")], "threads", False, 4, True, False),
+        ([Effect(RANDOM, 3, "", "draws", "")], "auto", False, None, False, True),
+        ([], "threads", False, None, False, False),
+    ],
+)
+def test_refusal_rules(effects, backend, unordered, seed, refused, serial):
+    message, reason = refusal(effects, backend, unordered, seed)
+    assert (message is not None) == refused and (reason is not None) == serial
