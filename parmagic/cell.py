@@ -36,10 +36,28 @@ class CellPlan:
         return ast.Module(head, []), ast.Expression(last.value)
 
 
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` with no ``else``: always true in a kernel (cells pasted
+    from scripts often keep it), so its body is the cell's own."""
+    if not isinstance(stmt, ast.If) or stmt.orelse:
+        return False
+    test = stmt.test
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
 def _top_level(stmts: list[ast.stmt]):
-    """The cell's own statements, looking inside top-level ``with`` and ``try`` blocks."""
+    """The cell's own statements, looking inside top-level ``with`` and ``try`` blocks and an
+    ``if __name__ == "__main__":`` guard."""
     for stmt in stmts:
-        if isinstance(stmt, ast.With | ast.AsyncWith):
+        if isinstance(stmt, ast.With | ast.AsyncWith) or _is_main_guard(stmt):
             yield from _top_level(stmt.body)
         elif isinstance(stmt, ast.Try | ast.TryStar):
             yield from _top_level(stmt.body)

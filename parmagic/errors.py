@@ -147,6 +147,17 @@ GLOBAL_RANDOM = (
     "its own reproducible stream with --seed N (on serial, processes, futures:processes or "
     "dask), or run it with --backend serial"
 )
+TASK_IN_ITEM = (
+    "{place}{what}: it would run on parmagic's event loop, not the kernel's, after its item "
+    "has ended, so nothing has run. Await the work in the loop body instead (`result = await "
+    "fetch(session, url)`) and run it with --backend asyncio, or make and gather the tasks "
+    "without %%parallel"
+)
+COROUTINE_NOT_AWAITED = (
+    "{place}{what}; a coroutine object cannot come back from a worker process, so nothing has "
+    "run. Await it in the body (`await ...`, with --backend asyncio), or run it with "
+    "--backend serial or threads"
+)
 SEED_NEEDS_PROCESSES = (
     "--seed gives every item its own random stream, which needs items in processes of their "
     "own; {backend}'s items share the kernel's one global random state. Use --backend "

@@ -25,6 +25,8 @@ from .body import MUTATORS
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
+TASK, COROUTINE = "task", "coroutine"  # asyncio tasks made by items; coroutines left unawaited
+_TASK_MAKERS = ("create_task", "ensure_future")
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,11 @@ def find_hidden_effects(
     """Every hidden effect reachable from the body's calls, once each, in line order."""
     finder = _Finder(ns, loop_names)
     for top in nodes:
+        consumed = _consumed_calls(top)
         for node in walk_scope(top):
             if isinstance(node, ast.Call):
                 finder.call(node, node.lineno, ns, local=loop_names, where="")
+                finder.coroutine(node, ns, loop_names, id(node) in consumed)
     return sorted(set(finder.found), key=lambda e: (e.line, e.kind, e.what))
 
 
@@ -83,6 +87,18 @@ class _Finder:
             self.found.append(HiddenEffect(RANDOM, line, where, what))
         elif isinstance(callee, types.FunctionType) and callee.__globals__ is self.ns:
             self.function(callee, line)
+
+    def coroutine(self, node: ast.Call, scope: dict, local: set[str], consumed: bool) -> None:
+        """Tasks an item makes outlive it, on a loop it does not own; a coroutine object an
+        item makes and leaves unawaited cannot travel back from a worker process."""
+        callee = _resolve(node.func, scope, local)
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and callee in [getattr(asyncio, n, None) for n in _TASK_MAKERS]:
+            what = f"`{ast.unparse(node.func)}(...)` makes a task that outlives its item"
+            self.found.append(HiddenEffect(TASK, node.lineno, "", what))
+        elif not consumed and inspect.iscoroutinefunction(callee):
+            what = f"`{ast.unparse(node)}` makes a coroutine that is never awaited"
+            self.found.append(HiddenEffect(COROUTINE, node.lineno, "", what))
 
     def function(self, function: types.FunctionType, line: int) -> None:
         """Analyse a notebook function once; ``line`` is the cell's line that reached it."""
@@ -137,6 +153,20 @@ class _Finder:
                 changes(root.id)
 
 
+def _consumed_calls(top: ast.AST) -> set[int]:
+    """Calls whose value the item itself uses up: awaited, or handed to another call (such as
+    ``asyncio.run(main())``) other than a container's ``append``."""
+    consumed = set()
+    for node in walk_scope(top):
+        if isinstance(node, ast.Await):
+            consumed.add(id(node.value))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if not (isinstance(func, ast.Attribute) and func.attr in MUTATORS):
+                consumed |= {id(a) for a in node.args} | {id(k.value) for k in node.keywords}
+    return consumed
+
+
 def _resolve(func: ast.expr, scope: dict, local: set[str]) -> object:
     """What a call's callee names in ``scope``, through module attributes only (nothing that
     could run code, such as a property, is touched); None when unknown."""
@@ -185,10 +215,17 @@ def refusal(
                 place=effect.place, what=effect.what, name=effect.name, function=effect.function
             )
             return message, None
+    for effect in effects:
+        if effect.kind == TASK:
+            return errors.TASK_IN_ITEM.format(place=effect.place, what=effect.what), None
+        if effect.kind == COROUTINE and backend in PARALLEL_SEEDABLE:
+            return errors.COROUTINE_NOT_AWAITED.format(place=effect.place, what=effect.what), None
     serial_reason = None
     for effect in effects:
         place = effect.place
-        if effect.kind == UNORDERED and not unordered:
+        if effect.kind == COROUTINE and backend == "auto":
+            serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
+        elif effect.kind == UNORDERED and not unordered:
             message = errors.UNREPLAYABLE.format(place=place, what=effect.what)
             reason = f"{place}{effect.what}, which only a serial run keeps in item order"
         elif effect.kind == RANDOM and seed is None:

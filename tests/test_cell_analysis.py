@@ -65,6 +65,7 @@ LOOP = "\n    for x in xs:\n        pass"
         case("in-try", f"try:{LOOP}\nexcept ValueError:\n    pass", "for", 2, "x"),
         case("in-except", f"try:\n    setup()\nexcept ValueError:{LOOP}", "for", 4, "x"),
         case("in-finally", f"try:\n    setup()\nfinally:{LOOP}", "for", 4, "x"),
+        case("in-main-guard", f"if __name__ == '__main__':{LOOP}", "for", 2, "x"),
         case("before-and-after", "r = []\nfor n in ns:\n    r.append(n)\nprint(r)", "for", 2, "n"),
         case("for-else", "for x in xs:\n    pass\nelse:\n    done = 1", "for", 1, "x"),
         case("for-beats-comp", "ys = [y for y in xs]\nfor x in ys:\n    pass", "for", 2, "x"),

@@ -133,3 +133,20 @@ def math_area(r: int) -> float:
 def test_refusal_rules(effects, backend, unordered, seed, refused, serial):
     message, reason = refusal(effects, backend, unordered, seed)
     assert (message is not None) == refused and (reason is not None) == serial
+
+
+def test_tasks_made_by_items_are_refused_on_every_backend(ip, run, backend):
+    run("import asyncio\nran = []\nasync def fetch(u):\n    return u\n")
+    outcome = run(f"%%parallel {backend}\nfor u in range(3):\n    ran.append(u)\n    t = asyncio.create_task(fetch(u))\n")
+    refused_before_any_item(ip, outcome, "line 4: `asyncio.create_task(...)` makes a task", "--backend asyncio")
+
+
+def test_coroutines_left_unawaited_are_refused_for_processes_and_kept_elsewhere(ip, run, backend):
+    run("ran = []\nasync def fetch(u):\n    return u\n")
+    cell = "coros = []\nfor u in range(3):\n    ran.append(u)\n    coros.append(fetch(u))\n"
+    outcome = run(f"%%parallel {backend} -q\n{cell}")
+    if any(name in backend for name in ("processes", "dask")):
+        refused_before_any_item(ip, outcome, "line 5: `fetch(u)` makes a coroutine that is never awaited")
+        return
+    assert outcome.error is None and len(ip.user_ns["coros"]) == 3
+    run("for c in coros:\n    c.close()\n")  # no 'never awaited' warnings at collection

@@ -217,3 +217,10 @@ def test_slow_items_are_shared_between_workers(run, backend_name):
     for timing in report().items:
         counts[timing.worker] = counts.get(timing.worker, 0) + 1
     assert len(counts) == 2 and min(counts.values()) >= 12, counts
+
+
+def test_a_loop_under_a_main_guard_is_the_cells_loop(ip, run, backend):
+    """Cells pasted from scripts keep `if __name__ == "__main__":`, always true in a kernel."""
+    cell = "if __name__ == '__main__':\n    out = []\n    for i in range(5):\n        out.append(i * 3)\n"
+    parallel(run, backend, cell)
+    assert ip.user_ns["out"] == [0, 3, 6, 9, 12]
