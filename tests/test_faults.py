@@ -35,21 +35,25 @@ def assert_next_run_works(ip, run, options: str) -> None:
     assert outcome.error is None and ip.user_ns["after"] == [k * 2 for k in range(20)]
 
 
-def interrupt_once_items_ran(marker, count: int = 3) -> threading.Thread:
+class InterruptOnceItemsRan(threading.Thread):
     """SIGINT to this process once ``count`` items wrote their line to ``marker``: items are
-    surely running, however slowly a loaded machine starts the workers."""
+    surely running, however slowly a loaded machine starts the workers. Never sends one after
+    :meth:`stop` (a late interrupt would land in another test)."""
 
-    def watch() -> None:
-        deadline = time.monotonic() + HANG_GUARD
-        while time.monotonic() < deadline:
-            if marker.exists() and len(marker.read_text().splitlines()) >= count:
-                break
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)
+    def __init__(self, marker, count: int = 3) -> None:
+        super().__init__()
+        self.marker, self.count, self.stopped = marker, count, threading.Event()
+        self.start()
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    return watcher
+    def run(self) -> None:
+        while not self.stopped.wait(0.02):
+            if self.marker.exists() and len(self.marker.read_text().splitlines()) >= self.count:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
@@ -57,12 +61,12 @@ def test_interrupt_stops_the_run_within_two_seconds(ip, run, name, tmp_path):
     options = BACKENDS[name] + (" -w 2" if name == "asyncio" else "")  # still running then
     marker = tmp_path / "ran"
     run(f"import asyncio, time\ndone = []\nmarker = r'{marker}'\n")
-    watcher = interrupt_once_items_ran(marker)
+    watcher = InterruptOnceItemsRan(marker)
     outcome = run(
         f"%%parallel {options}\nfor i in range(200):\n    {sleep(name)}(0.05)\n"
         "    with open(marker, 'a') as f:\n        print(i, file=f)\n    done.append(i)\n"
     )
-    watcher.join()
+    watcher.stop()
     assert isinstance(outcome.error, KeyboardInterrupt)  # the 2 s promise: bench/faults.py
     assert_prefix(ip.user_ns["done"])
     assert len(ip.user_ns["done"]) < 200
