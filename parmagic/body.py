@@ -126,7 +126,19 @@ def analyse_for(loop: ast.For, backend: str = "threads") -> BodyInfo:
     return info
 
 
+# pandas' row iterators read the frame once, at the start, and a frame's index and columns
+# are objects that writes replace rather than change: writing to the frame leaves them be
+SNAPSHOT_ITERATORS = frozenset({"iterrows", "itertuples"})
+SNAPSHOT_ATTRIBUTES = frozenset({"index", "columns"})
+
+
 def _refuse_changing_the_iterable(loop: ast.For, info: BodyInfo) -> None:
+    iterable = loop.iter
+    method = iterable.func if isinstance(iterable, ast.Call) else None
+    if isinstance(method, ast.Attribute) and method.attr in SNAPSHOT_ITERATORS:
+        return
+    if isinstance(iterable, ast.Attribute) and iterable.attr in SNAPSHOT_ATTRIBUTES:
+        return
     root = attribute_root(loop.iter) if not isinstance(loop.iter, ast.Name) else loop.iter
     changed = {**info.receivers, **info.reductions}
     if root is not None and root.id in changed:

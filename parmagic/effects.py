@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 CALL, SETITEM, DELITEM, AUGITEM, REDUCE, FORGET = range(6)
+# A path step that is an attribute rather than a key: pandas' indexers (``df.loc[i, "x"] = v``)
+INDEXER, INDEXERS = "parmagic:indexer", frozenset({"loc", "iloc", "at", "iat"})
 ITEM_ARG, LOG_ARG = "__item__", "__log__"  # the item function's parameters
 
 
@@ -54,7 +56,10 @@ def is_recordable(value: object) -> bool:
     if isinstance(value, list | dict | set | collections.deque | bytearray):
         return True
     numpy = sys.modules.get("numpy")
-    return numpy is not None and isinstance(value, numpy.ndarray)
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        return True
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame | pandas.Series)
 
 
 class ReplayError(Exception):
@@ -72,7 +77,10 @@ def _resolve(ns: dict, name: str, path: tuple) -> Any:
     except KeyError:
         raise NameError(f"name {name!r} is not defined", name=name) from None
     for key in path:
-        target = target[key]
+        if type(key) is tuple and len(key) == 2 and key[0] == INDEXER:
+            target = getattr(target, key[1])
+        else:
+            target = target[key]
     return target
 
 

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import ast
 
+from .effects import INDEXER, INDEXERS
+
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 
 
 def receiver_root(expr: ast.expr) -> tuple[ast.Name, list[ast.expr]] | None:
-    """``groups[k][j]`` -> (Name groups, [k, j]); None when the chain holds anything else."""
+    """``groups[k][j]`` -> (Name groups, [k, j]); None when the chain holds anything else.
+
+    pandas' indexers are steps too: ``df.loc[i]`` -> (Name df, [(INDEXER, "loc"), i])."""
     keys: list[ast.expr] = []
-    while isinstance(expr, ast.Subscript):
-        keys.insert(0, expr.slice)
+    while True:
+        if isinstance(expr, ast.Subscript):
+            keys.insert(0, expr.slice)
+        elif isinstance(expr, ast.Attribute) and expr.attr in INDEXERS:
+            step = [ast.Constant(INDEXER), ast.Constant(expr.attr)]
+            keys.insert(0, ast.copy_location(ast.Tuple(step, ast.Load()), expr))
+        else:
+            break
         expr = expr.value
     return (expr, keys) if isinstance(expr, ast.Name) else None
 
