@@ -46,6 +46,14 @@ class BodyInfo:
     receivers: dict[str, int] = field(default_factory=dict)  # kernel names mutated in place
     copy_warnings: list[tuple[int, str, str]] = field(default_factory=list)  # line, what, name
     awaits: bool = False  # the body uses await / async for / async with: it needs asyncio
+    tail: list[ast.stmt] = field(default_factory=list)  # the ordered tail: runs in the kernel
+
+    @property
+    def head(self) -> list[ast.stmt]:
+        """The part of a ``for`` body that runs where the items run (all of it, without a
+        tail)."""
+        body = self.node.body
+        return body[: len(body) - len(self.tail)]
 
     @property
     def line(self) -> int:
@@ -104,26 +112,97 @@ def _check_async(nodes, backend: str, info: BodyInfo) -> None:
 
 
 def analyse_for(loop: ast.For, backend: str = "threads") -> BodyInfo:
-    """Check a ``for`` loop's body and classify what it does to the kernel."""
+    """Check a ``for`` loop's body and classify what it does to the kernel.
+
+    A body that reads state carried from item to item may still run, with an ordered tail:
+    see :func:`_with_ordered_tail`."""
     _check_target(loop.target)
     for stmt in _loop_level(loop.body):
         if isinstance(stmt, ast.Break):
             raise LoopRefused(errors.BREAK_REFUSED.format(line=stmt.lineno), stmt.lineno)
+    try:
+        return _analyse_part(loop, loop.body, backend)
+    except LoopRefused as refusal:
+        if not refusal.carried:
+            raise
+        return _with_ordered_tail(loop, backend, refusal)
 
-    bound = bound_names(loop.body) | stored_names(loop.target)
+
+def _analyse_part(loop: ast.For, stmts: list[ast.stmt], backend: str) -> BodyInfo:
+    """The checks and facts of the statements that run where the items run."""
+    bound = bound_names(stmts) | stored_names(loop.target)
     info = BodyInfo(kind="for", node=loop)
-    _check_async(loop.body, backend, info)
+    _check_async(stmts, backend, info)
     receiver_ids: set[int] = set()
-    for stmt in loop.body:
+    for stmt in stmts:
         for node in walk_scope(stmt):
             _classify(node, bound, info, receiver_ids)
     info.reductions = {n: line for n, line in info.reductions.items() if n not in bound}
     info.bound = frozenset(bound)
     _refuse_changing_the_iterable(loop, info)
-    _refuse_late_binding(loop.body, set(bound) | set(info.reductions) | set(info.receivers))
-    _refuse_carried_reads(loop.body, info, receiver_ids)
-    DefiniteAssignment(info.bound).block(loop.body, stored_names(loop.target))
+    _refuse_late_binding(stmts, set(bound) | set(info.reductions) | set(info.receivers))
+    _refuse_carried_reads(stmts, info, receiver_ids)
+    DefiniteAssignment(info.bound).block(stmts, stored_names(loop.target))
     return info
+
+
+def _with_ordered_tail(loop: ast.For, backend: str, refusal: LoopRefused) -> BodyInfo:
+    """OpenMP's ``ordered``: the statements from the first one that reads carried state to the
+    end of the body (a running maximum, ``d[w] = d.get(w, 0) + 1``, a running position) run
+    in the kernel, in item order, as each item's results are applied; the statements before
+    them run in parallel. Only when those run without reading carried state, do not read what
+    the tail changes, and cannot skip the tail (``continue``); else the refusal stands."""
+    body, reason, split = loop.body, refusal, len(loop.body)
+    while True:
+        split = next(
+            i for i, s in enumerate(body[:split]) if s.lineno <= reason.line <= s.end_lineno
+        )
+        if split == 0:
+            raise refusal  # the carried reads come first: nothing left to run in parallel
+        try:
+            info = _analyse_part(loop, body[:split], backend)
+            break
+        except LoopRefused as again:
+            if not again.carried:
+                raise refusal from None
+            reason = again
+    head, tail = body[:split], body[split:]
+    if _ends_early(head) or _ends_early(tail) or _async_uses(tail):
+        raise refusal
+    changed_by_tail = _names_changed(tail)
+    read_by_head = {n.id for s in head for n in scope_names(s) if isinstance(n.ctx, ast.Load)}
+    if (read_by_head - bound_names(head)) & changed_by_tail:
+        raise refusal
+    info.tail = tail
+    return info
+
+
+def _ends_early(stmts: list[ast.stmt]) -> bool:
+    """A ``continue`` of the parallel loop (it would skip the tail), or return/yield."""
+    kinds = ast.Continue | ast.Return | ast.Yield | ast.YieldFrom
+    return any(isinstance(s, kinds) for s in _loop_level(stmts)) or any(
+        isinstance(n, ast.Return | ast.Yield | ast.YieldFrom) for s in stmts for n in walk_scope(s)
+    )
+
+
+def _names_changed(stmts: list[ast.stmt]) -> set[str]:
+    """Names the statements bind, and the roots of objects they change in place."""
+    changed = bound_names(stmts)
+    for stmt in stmts:
+        for node in walk_scope(stmt):
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                changed.add(node.target.id)
+            elif isinstance(node, ast.Subscript | ast.Attribute) and isinstance(
+                node.ctx, ast.Store | ast.Del
+            ):
+                root = attribute_root(node)
+                if root is not None:
+                    changed.add(root.id)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                root = attribute_root(node.func.value)
+                if root is not None and node.func.attr in MUTATORS:
+                    changed.add(root.id)
+    return changed
 
 
 # pandas' row iterators read the frame once, at the start, and a frame's index and columns
@@ -238,6 +317,7 @@ def _refuse_carried_reads(stmts, info: BodyInfo, receiver_ids: set[int]) -> None
                         line=node.lineno, name=node.id, write_line=changed[node.id]
                     ),
                     node.lineno,
+                    carried=True,
                 )
 
 

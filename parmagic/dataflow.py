@@ -29,7 +29,9 @@ class DefiniteAssignment:
                     and node.id not in assigned
                 ):
                     raise LoopRefused(
-                        errors.CARRIED_NAME.format(line=node.lineno, name=node.id), node.lineno
+                        errors.CARRIED_NAME.format(line=node.lineno, name=node.id),
+                        node.lineno,
+                        carried=True,
                     )
             walrus |= _certain_walrus_targets(top)
         return assigned | walrus

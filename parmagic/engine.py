@@ -5,6 +5,8 @@ Plain Python: the magics front is the only module that talks to IPython.
 
 from __future__ import annotations
 
+import ast
+import copy
 import inspect
 import itertools
 import multiprocessing
@@ -14,7 +16,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 from . import errors
@@ -149,7 +151,7 @@ def hidden_effects(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
     the notebook functions it calls do and global random state (hidden_effects.py)."""
     info = plan.body
     if info.kind == "for":
-        nodes, names = info.node.body, set(info.bound)
+        nodes, names = info.head, set(info.bound)  # the ordered tail runs in order, here
     else:
         first, *inner = info.node.generators
         parts = [info.node.key, info.node.value] if info.kind == "dict" else [info.node.elt]
@@ -180,10 +182,21 @@ def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> 
     return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
 
+def ordered_tail_code(plan: CellPlan) -> CodeType | None:
+    """The loop's ordered tail, compiled to run in the kernel's namespace with the cell's
+    file name and line numbers (None: the whole body runs where the items run)."""
+    if not plan.body.tail:
+        return None
+    module = ast.Module(copy.deepcopy(plan.body.tail), [])
+    return compile(module, plan.filename, "exec", dont_inherit=True)
+
+
 def loop_hook(
     plan: CellPlan, ns: dict, options: Options, session: Session, warn: Callable[[str], None]
 ) -> Callable[[Iterable], Any]:
     """The function the rewritten cell calls in place of its loop, with the loop's iterable."""
+
+    tail = ordered_tail_code(plan)
 
     def make_task(backend: Backend, recorded: frozenset[str]) -> Task:
         code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
@@ -241,6 +254,7 @@ def loop_hook(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
             length=max(length - start, 0), progress=options.progress and not options.quiet,
+            tail=tail,
         )  # fmt: skip
         session.open_run = weakref.ref(records)
         return finish(records, probed)
@@ -280,7 +294,7 @@ def loop_hook(
 
         def apply_serial() -> Iterator[list]:
             serial = recorders[0]
-            applier = Applier(ns, serial.task, RunReport("serial", 1), plan.filename)
+            applier = Applier(ns, serial.task, RunReport("serial", 1), plan.filename, tail)
             return replay(serial.transcript, applier)
 
         try:
@@ -304,7 +318,7 @@ def loop_hook(
         task = make_task(serial, recorded)
         probed = list(execute(
             serial, task, sampler.items(iterator), ns, report, filename=plan.filename,
-            stop=session.stop_requested, length=min(length, PROBE_ITEMS),
+            stop=session.stop_requested, length=min(length, PROBE_ITEMS), tail=tail,
         ))  # fmt: skip
         unpicklable = None
         if not sampler.exhausted and report.cpu_share > CPU_BOUND_SHARE:

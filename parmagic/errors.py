@@ -48,15 +48,19 @@ NO_AWAIT = (
     "until it ends and the items run one after another; use --backend threads for blocking "
     "calls, or an async library (aiohttp, asyncio.sleep) with `await`"
 )
+_ORDERED_TAIL_ADVICE = (
+    "parmagic runs statements that read state carried from item to item in the kernel, in "
+    "item order, when they come last in the body, after the work that does not need that "
+    "state; here that work needs it. Move the reads of `{name}` after it, or run the loop "
+    "without %%parallel"
+)
 CARRIED_READ = (
-    "line {line}: the body reads `{name}`, which it also changes (line {write_line}); in a "
-    "parallel run each item would see a different `{name}` than in a serial loop. Collect "
-    "per-item results (e.g. `found.append(x)`) and combine them after the loop"
+    "line {line}: the body reads `{name}`, which it also changes (line {write_line}), so each "
+    "item depends on the ones before it. " + _ORDERED_TAIL_ADVICE
 )
 CARRIED_NAME = (
-    "line {line}: the body reads `{name}` before this item assigns it, so the value would "
-    "come from the previous item; assign `{name}` at the top of the body, or run the loop "
-    "without %%parallel"
+    "line {line}: the body reads `{name}` before this item assigns it, so the value comes "
+    "from the previous item. " + _ORDERED_TAIL_ADVICE
 )
 ITERABLE_CHANGED = (
     "line {line}: the loop iterates over `{name}` and also changes it (line {write_line}); a "
@@ -147,6 +151,10 @@ GLOBAL_RANDOM = (
     "its own reproducible stream with --seed N (on serial, processes, futures:processes or "
     "dask), or run it with --backend serial"
 )
+NO_PROGRAM_FOR_TAIL = (
+    "--show-code and --export cannot yet write a loop with an ordered tail (lines "
+    "{first}-{last}, which run in the kernel in item order); run it without them"
+)
 TASK_IN_ITEM = (
     "{place}{what}: it would run on parmagic's event loop, not the kernel's, after its item "
     "has ended, so nothing has run. Await the work in the loop body instead (`result = await "
@@ -215,11 +223,13 @@ class ParmagicUsageError(ParmagicError, ValueError):
 
 
 class LoopRefused(ParmagicUsageError):
-    """The loop cannot run in parallel with serial results (spec §4)."""
+    """The loop cannot run in parallel with serial results (spec §4). ``carried``: the reason
+    is state carried from item to item, which an ordered tail may still serve (body.py)."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, carried: bool = False) -> None:
         super().__init__(message)
         self.line = line
+        self.carried = carried
 
 
 class NotPicklable(ParmagicUsageError, TypeError):

@@ -135,7 +135,8 @@ def build_item_code(
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
         assign = ast.Assign([node.target], item)
-        body = _Recorder(recorded, info.reductions)._block(node.body)
+        head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
+        body = _Recorder(recorded, info.reductions)._block(head)
         bind = ast.Expr(
             ast.Call(
                 ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),

@@ -134,6 +134,9 @@ class ParallelMagics(Magics):
             )
             if refused:
                 raise ParmagicUsageError(refused)
+            if plan.body.tail and (options.show_code or options.export):
+                first, last = plan.body.tail[0].lineno, plan.body.tail[-1].end_lineno
+                raise ParmagicUsageError(errors.NO_PROGRAM_FOR_TAIL.format(first=first, last=last))
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
         except SyntaxError as exc:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import CodeType
 
 from . import errors
 from .backends import Backend
@@ -85,11 +86,22 @@ def _raise(error: ItemError, index: int) -> None:
 
 
 class Applier:
-    """Applies chunk results to the kernel's namespace in item order."""
+    """Applies chunk results to the kernel's namespace in item order; runs the loop's ordered
+    tail (``tail``, compiled) for each item once its results are applied."""
 
-    def __init__(self, ns: dict, task: Task, report: RunReport, filename: str) -> None:
+    def __init__(
+        self, ns: dict, task: Task, report: RunReport, filename: str, tail: CodeType | None = None
+    ) -> None:
         self.ns, self.task, self.report, self.filename = ns, task, report, filename
+        self.tail = tail
         self.failed = False
+
+    def _run_tail(self, item) -> ItemError | None:
+        try:
+            exec(self.tail, self.ns)
+        except Exception as error:
+            return ItemError(error, errors.user_frames(error.__traceback__), short_repr(item))
+        return None
 
     def apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
         """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
@@ -114,6 +126,8 @@ class Applier:
                             error = error or ItemError(failure.error, frames, item)
                     if names:
                         ns.update(names)
+                    if error is None and self.tail is not None:
+                        error = self._run_tail(items[offset])
                 if error is None:
                     yield result.values[offset]
                     continue
@@ -249,13 +263,14 @@ def execute(
     length: int | None = None,
     progress: bool = False,
     recorder: Recorder | None = None,
+    tail: CodeType | None = None,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
     is applied to ``ns``, in item order. With a ``recorder``, nothing is applied: the
     recorder keeps the results."""
     if length is None:
         length = operator.length_hint(iterable)
-    applier = recorder or Applier(ns, task, report, filename)
+    applier = recorder or Applier(ns, task, report, filename, tail)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index = first_index
     with kept_as_it_was(random_state=task.seed is not None):

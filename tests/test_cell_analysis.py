@@ -165,11 +165,6 @@ CHANGED = errors.ITERABLE_CHANGED.format
         case(
             "read-before-assign", "for x in xs:\n    print(s)\n    s = x", NAME(line=2, name="s"), 2
         ),
-        case(
-            "reads-name-assigned-on-one-branch",
-            "for x in xs:\n    if x:\n        flag = x\n    print(flag)",
-            *(NAME(line=4, name="flag"), 4),
-        ),
         case("subscript-target", 'for d["k"] in xs:\n    pass', BAD(line=1, target="d['k']"), 1),
         case("walrus-in-comp", "ys = [y for x in xs if (y := x * 2)]", WALRUS, 1),
         case(
@@ -195,24 +190,6 @@ CHANGED = errors.ITERABLE_CHANGED.format
             "for x in queue:\n    queue.append(x + 1)",
             CHANGED(line=1, name="queue", write_line=2),
             1,
-        ),
-        case(
-            "match-without-catch-all",
-            "for x in xs:\n    match x:\n        case int():\n            kind = 1\n    out.append(kind)",
-            NAME(line=5, name="kind"),
-            5,
-        ),
-        case(
-            "walrus-behind-and",
-            "for i in xs:\n    if i % 2 and (y := i):\n        pass\n    out.append(y)",
-            NAME(line=4, name="y"),
-            4,
-        ),
-        case(
-            "assigned-under-suppress",
-            "for i in xs:\n    with suppress(ZeroDivisionError):\n        y = 10 // i\n    out.append(y)",
-            NAME(line=4, name="y"),
-            4,
         ),
     ],
 )
@@ -253,6 +230,75 @@ def test_refused(source, message, line):
 def test_not_refused(source, bound):
     body = plan(source).body
     assert (body.kind, body.line, body.bound) == ("for", 1, frozenset(bound))
+
+
+@pytest.mark.parametrize(
+    ("source", "first_tail_line"),
+    [
+        case(
+            "reads-name-assigned-on-one-branch",
+            "for x in xs:\n    if x:\n        flag = x\n    print(flag)",
+            4,
+        ),
+        case(
+            "match-without-catch-all",
+            "for x in xs:\n    match x:\n        case int():\n            kind = 1\n    out.append(kind)",
+            5,
+        ),
+        case(
+            "walrus-behind-and",
+            "for i in xs:\n    if i % 2 and (y := i):\n        pass\n    out.append(y)",
+            4,
+        ),
+        case(
+            "assigned-under-suppress",
+            "for i in xs:\n    with suppress(ZeroDivisionError):\n        y = 10 // i\n    out.append(y)",
+            4,
+        ),
+        case(
+            "running-maximum",
+            "for n in ns:\n    steps = cost(n)\n    if steps > longest:\n        longest, number = steps, n",
+            3,
+        ),
+        case(
+            "word-counts",
+            "for line in lines:\n    words = line.split()\n    for w in words:\n        counts[w] = counts.get(w, 0) + 1",
+            3,
+        ),
+        case(
+            "running-position",
+            "for s in sizes:\n    step = simulate(s)\n    position += step\n    positions.append(position)",
+            4,  # `position += step` stays a reduction, replayed before the tail reads it
+        ),
+    ],
+)
+def test_carried_reads_at_the_end_become_an_ordered_tail(source, first_tail_line):
+    """Reads of the previous items' state that come last run in the kernel, in item order."""
+    body = plan(source).body
+    assert body.tail and body.tail[0].lineno == first_tail_line
+    assert all(s.lineno < first_tail_line for s in body.head)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "for x in xs:\n    y = state * 2\n    state = cost(y)",  # the parallel work needs it
+        "for x in xs:\n    if x > best:\n        continue\n    best = x",  # nothing before it
+        "for x in xs:\n    y = cost(x)\n    if y < 0:\n        continue\n    total = total + y",
+        "for x in xs:\n    y = cost(x, seen)\n    if y not in seen:\n        seen.add(y)",
+    ],
+    ids=[
+        "work-needs-it",
+        "reads-first",
+        "continue-skips-the-tail",
+        "head-reads-what-the-tail-changes",
+    ],
+)
+def test_carried_reads_that_the_parallel_part_needs_stay_refused(source):
+    with pytest.raises(LoopRefused) as refused:
+        plan(source)
+    assert refused.value.carried
+    assert "in item order, when they come last in the body" in str(refused.value)
 
 
 # §5: what the analysis learns ----------------------------------------------------------------

@@ -7,6 +7,7 @@ Every kernel is shut down by its fixture.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,8 +271,12 @@ def notebook_text(name: str) -> tuple[dict, str]:
     from nbclient import NotebookClient
 
     nb = nbformat.read(DEMO.parent / name, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=REPLY_TIMEOUT,
-                   resources={"metadata": {"path": str(DEMO.parent)}}).execute()  # fmt: skip
+    handler = signal.getsignal(signal.SIGINT)  # nbclient's event loop may leave its own here
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=REPLY_TIMEOUT,
+                       resources={"metadata": {"path": str(DEMO.parent)}}).execute()  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, handler)
     results, printed = {}, []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
