@@ -40,12 +40,13 @@ _INTERPRETER_LIFE_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 
 
 # `make test-fast` leaves these out (`-m "not slow"`); `make test` runs everything. Slow: a real
-# kernel, a terminal, a cluster, fuzzing, the stress matrix, and fresh interpreters per worker.
+# kernel, a terminal, a cluster, fuzzing, the stress matrix, fresh interpreters per worker, and
+# the concurrent.futures variants (their pools' twins, threads and fork, stay in the fast set).
 SLOW_MODULES = {
     "test_kernel", "test_terminal", "test_dask", "test_fuzz_rewriter", "test_shutdown",
     "test_stress", "test_kernel_death",
 }  # fmt: skip
-SLOW_VARIANTS = ("spawn", "forkserver")
+SLOW_VARIANTS = ("spawn", "forkserver", "futures")
 
 
 def pytest_collection_modifyitems(items) -> None:
