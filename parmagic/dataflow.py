@@ -36,6 +36,27 @@ class DefiniteAssignment:
             walrus |= _certain_walrus_targets(top)
         return assigned | walrus
 
+    def _refuse_spelled_out_reduction(self, s: ast.Assign, assigned: set[str]) -> None:
+        """``total = total + x`` reads the previous item's ``total``; ``total += x`` says the
+        same as a reduction, which parmagic applies in item order."""
+        target, value = s.targets[0], s.value
+        if not (
+            len(s.targets) == 1
+            and isinstance(target, ast.Name)
+            and target.id in self.bound
+            and target.id not in assigned
+            and isinstance(value, ast.BinOp)
+            and isinstance(value.left, ast.Name)
+            and value.left.id == target.id
+            and target.id not in {n.id for n in ast.walk(value.right) if isinstance(n, ast.Name)}
+        ):
+            return
+        op = ast.unparse(ast.BinOp(ast.Name("a"), value.op, ast.Name("b")))[2:-2]
+        message = errors.SPELLED_OUT_REDUCTION.format(
+            line=s.lineno, name=target.id, op=op, right=ast.unparse(value.right)
+        )
+        raise LoopRefused(message, s.lineno, carried=True)
+
     def block(self, stmts: list[ast.stmt], assigned: set[str]) -> set[str]:
         for stmt in stmts:
             assigned = self.stmt(stmt, set(assigned))
@@ -43,6 +64,7 @@ class DefiniteAssignment:
 
     def stmt(self, s: ast.stmt, a: set[str]) -> set[str]:  # noqa: C901 - one case per statement
         if isinstance(s, ast.Assign):
+            self._refuse_spelled_out_reduction(s, a)
             a = self.reads([s.value, *[_target_loads(t) for t in s.targets]], a)
             return a | set().union(*(stored_names(t) for t in s.targets))
         if isinstance(s, ast.AnnAssign):

@@ -54,6 +54,10 @@ _ORDERED_TAIL_ADVICE = (
     "state; here that work needs it. Move the reads of `{name}` after it, or run the loop "
     "without %%parallel"
 )
+SPELLED_OUT_REDUCTION = (
+    "line {line}: `{name} = {name} {op} ...` reads the previous item's `{name}`; write "
+    "`{name} {op}= {right}` instead, a reduction that parmagic applies in item order"
+)
 CARRIED_READ = (
     "line {line}: the body reads `{name}`, which it also changes (line {write_line}), so each "
     "item depends on the ones before it. " + _ORDERED_TAIL_ADVICE

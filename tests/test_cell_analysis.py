@@ -435,3 +435,11 @@ def test_item_traceback_points_at_cell_line(source, line):
 def test_comprehension_item_values(source, item, values):
     _, value, log = run_item(source, item)
     assert (value, log.ops) == (values, [])
+
+
+def test_a_spelled_out_reduction_is_told_to_use_augmented_assignment():
+    with pytest.raises(LoopRefused) as refused:
+        plan("x = 0\nfor i in range(3):\n    x = x + i * 2")
+    assert str(refused.value) == errors.SPELLED_OUT_REDUCTION.format(
+        line=3, name="x", op="+", right="i * 2"
+    )

@@ -68,7 +68,18 @@ def notebook_function(ip, run, options: str) -> None:
     assert ip.user_ns["squares"] == [n * n for n in range(30)]
 
 
+def seeded_numbers(ip, run, options: str) -> None:
+    """--seed: each item's numbers as on serial (the workers run one thread each)."""
+    run("import numpy as np, random\n")
+    cell = "xs = []\nfor i in range(9):\n    xs.append((np.random.rand(), random.random()))\n"
+    parallel(run, "-b serial --seed 5 -q", cell)
+    reference = ip.user_ns["xs"]
+    parallel(run, f"{options} --seed 5 --chunksize 2 -q", cell)
+    assert ip.user_ns["xs"] == reference
+
+
 CASES = [
+    seeded_numbers,
     append_order,
     reduction,
     prints_in_item_order,
@@ -268,3 +279,7 @@ def test_exported_dask_script_runs_and_prints_what_the_cell_printed(ip, run, tmp
     assert (
         done.stdout.strip() == outcome.out.splitlines()[0] == f"{sum(n**3 for n in range(30))} 29"
     )
+
+
+def test_seed_gives_the_same_numbers_on_the_local_cluster(ip, run):
+    seeded_numbers(ip, run, LOCAL)
