@@ -284,7 +284,7 @@ def test_carried_reads_at_the_end_become_an_ordered_tail(source, first_tail_line
     [
         "for x in xs:\n    y = state * 2\n    state = cost(y)",  # the parallel work needs it
         "for x in xs:\n    if x > best:\n        continue\n    best = x",  # nothing before it
-        "for x in xs:\n    y = cost(x)\n    if y < 0:\n        continue\n    total = total + y",
+        "for x in xs:\n    y = cost(x)\n    if y < 0:\n        continue\n    if y > best:\n        best = y",
         "for x in xs:\n    y = cost(x, seen)\n    if y not in seen:\n        seen.add(y)",
     ],
     ids=[
