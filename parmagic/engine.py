@@ -25,7 +25,7 @@ from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
 from .effects import is_recordable
 from .errors import NotPicklable, ParmagicUsageError
-from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects
+from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
 from .itemcode import build_item_code
 from .report import CPU_BOUND_SHARE, RunReport
 from .runner import Applier, Recorder, execute, replay
@@ -205,8 +205,15 @@ def loop_hook(
         return Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
 
     def late_refusal(name: str, recorded) -> str | None:
-        """Changes in place of kernel objects parmagic does not replay, refused before any item
-        runs (or, under auto, the reason to run serially)."""
+        """What the statements before the loop made knowable, refused before any item runs
+        (or, under auto, the reason to run serially): notebook functions and modules the cell
+        itself defined or imported, and changes in place of kernel objects parmagic does not
+        replay."""
+        refused, reason = refusal(hidden_effects(plan, ns), name, options.unordered, options.seed)
+        if refused:
+            raise ParmagicUsageError(refused)
+        if reason:
+            return reason
         found = [] if options.unordered else unreplayed_receivers(plan, ns, recorded)
         if not found or name == "serial":
             return None
@@ -234,6 +241,7 @@ def loop_hook(
             session.stop_requested.clear()
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
         if options.compare:
+            late_refusal("serial", recorded)  # the loop's names read as globals, say
             return finish(compare(list(iterable), recorded), [])
         length, iterator = operator.length_hint(iterable), iter(iterable)
         report = RunReport("auto", 1, cores=usable_cores())

@@ -150,3 +150,16 @@ def test_coroutines_left_unawaited_are_refused_for_processes_and_kept_elsewhere(
         return
     assert outcome.error is None and len(ip.user_ns["coros"]) == 3
     run("for c in coros:\n    c.close()\n")  # no 'never awaited' warnings at collection
+
+
+def test_functions_and_modules_of_the_same_cell_are_followed_before_any_item(ip, run, backend):
+    run("ran = []\n")
+    cell = (
+        "import random\nseen = {}\ndef record(k):\n    seen[k] = random.random()\n"
+        "for k in range(4):\n    ran.append(k)\n    record(k)\n"
+    )
+    outcome = run(f"%%parallel {backend} -q\n{cell}")
+    if backend == BACKENDS["serial"]:
+        assert outcome.error is None and list(ip.user_ns["seen"]) == [0, 1, 2, 3]
+        return
+    refused_before_any_item(ip, outcome, "line 8: the notebook function `record`")
