@@ -58,18 +58,18 @@ def find_hidden_effects(
 
 
 def global_random_state(value: object) -> str | None:
-    """ "the `random` module's" / "numpy's" when ``value`` draws from (or seeds) that global
-    state: the module functions are bound methods of one hidden generator."""
+    """The global state ``value`` draws from (or seeds), if any: the module functions of
+    ``random`` and ``numpy.random`` are bound methods of one hidden generator each."""
     owner = getattr(value, "__self__", None)
     if owner is None:
         return None
     random = sys.modules.get("random")
     if random is not None and owner is getattr(random, "_inst", None):
-        return "the `random` module's"
+        return "the `random` module's global random state"
     numpy_random = sys.modules.get("numpy.random")
     mtrand = getattr(numpy_random, "mtrand", None)
     if mtrand is not None and owner is getattr(mtrand, "_rand", None):
-        return "numpy's"
+        return "numpy's global random state"
     return None
 
 
@@ -81,9 +81,9 @@ class _Finder:
 
     def call(self, node: ast.Call, line: int, scope: dict, local: set[str], where: str) -> None:
         callee = _resolve(node.func, scope, local)
-        source = global_random_state(callee)
+        source = global_random_state(callee) or _shared_generator(node.func, scope, local)
         if source:
-            what = f"`{ast.unparse(node.func)}(...)` draws from {source} global random state"
+            what = f"`{ast.unparse(node.func)}(...)` draws from {source}"
             self.found.append(HiddenEffect(RANDOM, line, where, what))
         elif isinstance(callee, types.FunctionType) and callee.__globals__ is self.ns:
             self.function(callee, line)
@@ -151,6 +151,26 @@ class _Finder:
             root = attribute_root(node.target.value)
             if root is not None and root.id not in own:
                 changes(root.id)
+
+
+def _shared_generator(func: ast.expr, scope: dict, local: set[str]) -> str | None:
+    """What the call draws from, when it is a method of a random generator the kernel holds
+    (``rng = np.random.default_rng(0)``; ``random.Random(1)``): items would share its stream,
+    and forked workers would each continue a copy of it."""
+    if not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)):
+        return None
+    name = func.value.id
+    if name in local or name not in scope:
+        return None
+    value, kinds = scope[name], []
+    random = sys.modules.get("random")
+    if random is not None:
+        kinds.append(random.Random)
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        kinds += [numpy_random.Generator, numpy_random.RandomState]
+    shared = f"`{name}`, a random generator every item would share"
+    return shared if kinds and isinstance(value, tuple(kinds)) else None
 
 
 def _consumed_calls(top: ast.AST) -> set[int]:

@@ -29,16 +29,25 @@ def test_global_random_state_is_refused_on_parallel_backends(ip, run, backend):
     if backend == BACKENDS["serial"]:
         assert outcome.error is None
         plain = {"np": ip.user_ns["np"]}
-        exec("np.random.seed(7)\nmeans = []\nfor i in range(8):\n    means.append(np.random.choice(np.arange(5), 5).mean())\n", plain)
+        exec(
+            "np.random.seed(7)\nmeans = []\nfor i in range(8):\n    means.append(np.random.choice(np.arange(5), 5).mean())\n",
+            plain,
+        )
         assert ip.user_ns["means"] == plain["means"]
         return
-    refused_before_any_item(ip, outcome, "line 5: `np.random.choice(...)` draws from numpy's", "--seed N")
+    refused_before_any_item(
+        ip, outcome, "line 5: `np.random.choice(...)` draws from numpy's", "--seed N"
+    )
 
 
 @pytest.mark.parametrize("call", ["random.random()", "choice([1, 2, 3])", "np.random.rand()"])
 def test_draws_through_a_notebook_function_are_refused_and_auto_runs_serially(ip, run, call):
-    run(f"import numpy as np, random\nfrom random import choice\nran = []\ndef draw():\n    return {call}\n")
-    refused = run("%%parallel -b processes -w 2\nfor i in range(4):\n    ran.append(i)\n    draw()\n")
+    run(
+        f"import numpy as np, random\nfrom random import choice\nran = []\ndef draw():\n    return {call}\n"
+    )
+    refused = run(
+        "%%parallel -b processes -w 2\nfor i in range(4):\n    ran.append(i)\n    draw()\n"
+    )
     refused_before_any_item(ip, refused, "the notebook function `draw` (line 5 of its cell)")
     outcome = run("%%parallel\nout = [draw() for i in range(4)]\n")
     assert outcome.error is None and len(ip.user_ns["out"]) == 4
@@ -60,11 +69,16 @@ def test_seed_gives_each_item_the_same_numbers_on_every_backend(ip, run, name):
 
 def test_seed_leaves_the_kernels_random_state_as_it_was(ip, run):
     run("import numpy as np, random\nrandom.seed(1)\nnp.random.seed(1)\n")
-    run("%%parallel -b serial --seed 5 -q\nfor i in range(3):\n    x = random.random() + np.random.rand()\n")
+    run(
+        "%%parallel -b serial --seed 5 -q\nfor i in range(3):\n    x = random.random() + np.random.rand()\n"
+    )
     after = run("pair = (random.random(), np.random.rand())\n")
     assert after.error is None
     plain = {}
-    exec("import numpy as np, random\nrandom.seed(1)\nnp.random.seed(1)\npair = (random.random(), np.random.rand())\n", plain)
+    exec(
+        "import numpy as np, random\nrandom.seed(1)\nnp.random.seed(1)\npair = (random.random(), np.random.rand())\n",
+        plain,
+    )
     assert ip.user_ns["pair"] == plain["pair"]
 
 
@@ -75,19 +89,36 @@ def test_seed_is_refused_where_items_share_one_global_state(run, name):
     assert "share the kernel's one global random state" in str(outcome.error)
 
 
-def test_a_notebook_function_changing_kernel_objects_is_refused_on_parallel_backends(ip, run, backend):
-    run("import time\nseen = {}\nran = []\ndef record(k):\n    time.sleep(0.01 * (k % 2))\n    seen[k] = k * k\n")
-    outcome = run(f"%%parallel {backend} -q\nfor k in range(6):\n    ran.append(k)\n    record(k)\n")
+def test_a_notebook_function_changing_kernel_objects_is_refused_on_parallel_backends(
+    ip, run, backend
+):
+    run(
+        "import time\nseen = {}\nran = []\ndef record(k):\n    time.sleep(0.01 * (k % 2))\n    seen[k] = k * k\n"
+    )
+    outcome = run(
+        f"%%parallel {backend} -q\nfor k in range(6):\n    ran.append(k)\n    record(k)\n"
+    )
     if backend == BACKENDS["serial"]:
-        assert outcome.error is None and list(ip.user_ns["seen"].items()) == [(k, k * k) for k in range(6)]
+        assert outcome.error is None and list(ip.user_ns["seen"].items()) == [
+            (k, k * k) for k in range(6)
+        ]
         return
-    refused_before_any_item(ip, outcome, "line 4: the notebook function `record` (line 6 of its cell) changes the kernel's `seen`", "--unordered")
+    refused_before_any_item(
+        ip,
+        outcome,
+        "line 4: the notebook function `record` (line 6 of its cell) changes the kernel's `seen`",
+        "--unordered",
+    )
 
 
 def test_functions_are_followed_through_other_notebook_functions(ip, run):
-    run("log = []\nran = []\ndef inner(x):\n    log.append(x)\ndef outer(x):\n    inner(x)\n    return x\n")
+    run(
+        "log = []\nran = []\ndef inner(x):\n    log.append(x)\ndef outer(x):\n    inner(x)\n    return x\n"
+    )
     outcome = run("%%parallel -b threads\nfor i in range(3):\n    ran.append(i)\n    outer(i)\n")
-    refused_before_any_item(ip, outcome, "the notebook function `inner` (line 4 of its cell) changes the kernel's `log`")
+    refused_before_any_item(
+        ip, outcome, "the notebook function `inner` (line 4 of its cell) changes the kernel's `log`"
+    )
 
 
 def test_auto_runs_a_loop_with_unreplayable_changes_serially(ip, run):
@@ -99,8 +130,15 @@ def test_auto_runs_a_loop_with_unreplayable_changes_serially(ip, run):
 
 def test_a_loop_name_read_as_a_global_is_refused_on_every_backend(ip, run, backend):
     run("def show():\n    return repo * 2\nrepo = 0\nran = []\n")
-    outcome = run(f"%%parallel {backend}\nout = []\nfor repo in range(3):\n    ran.append(repo)\n    out.append(show())\n")
-    refused_before_any_item(ip, outcome, "line 5: the notebook function `show` (line 2 of its cell) reads `repo`", "show(")
+    outcome = run(
+        f"%%parallel {backend}\nout = []\nfor repo in range(3):\n    ran.append(repo)\n    out.append(show())\n"
+    )
+    refused_before_any_item(
+        ip,
+        outcome,
+        "line 5: the notebook function `show` (line 2 of its cell) reads `repo`",
+        "show(",
+    )
 
 
 def test_library_functions_and_pure_notebook_functions_run(ip, run, backend):
@@ -137,8 +175,12 @@ def test_refusal_rules(effects, backend, unordered, seed, refused, serial):
 
 def test_tasks_made_by_items_are_refused_on_every_backend(ip, run, backend):
     run("import asyncio\nran = []\nasync def fetch(u):\n    return u\n")
-    outcome = run(f"%%parallel {backend}\nfor u in range(3):\n    ran.append(u)\n    t = asyncio.create_task(fetch(u))\n")
-    refused_before_any_item(ip, outcome, "line 4: `asyncio.create_task(...)` makes a task", "--backend asyncio")
+    outcome = run(
+        f"%%parallel {backend}\nfor u in range(3):\n    ran.append(u)\n    t = asyncio.create_task(fetch(u))\n"
+    )
+    refused_before_any_item(
+        ip, outcome, "line 4: `asyncio.create_task(...)` makes a task", "--backend asyncio"
+    )
 
 
 def test_coroutines_left_unawaited_are_refused_for_processes_and_kept_elsewhere(ip, run, backend):
@@ -146,7 +188,9 @@ def test_coroutines_left_unawaited_are_refused_for_processes_and_kept_elsewhere(
     cell = "coros = []\nfor u in range(3):\n    ran.append(u)\n    coros.append(fetch(u))\n"
     outcome = run(f"%%parallel {backend} -q\n{cell}")
     if any(name in backend for name in ("processes", "dask")):
-        refused_before_any_item(ip, outcome, "line 5: `fetch(u)` makes a coroutine that is never awaited")
+        refused_before_any_item(
+            ip, outcome, "line 5: `fetch(u)` makes a coroutine that is never awaited"
+        )
         return
     assert outcome.error is None and len(ip.user_ns["coros"]) == 3
     run("for c in coros:\n    c.close()\n")  # no 'never awaited' warnings at collection
@@ -163,3 +207,15 @@ def test_functions_and_modules_of_the_same_cell_are_followed_before_any_item(ip,
         assert outcome.error is None and list(ip.user_ns["seen"]) == [0, 1, 2, 3]
         return
     refused_before_any_item(ip, outcome, "line 8: the notebook function `record`")
+
+
+@pytest.mark.parametrize("make", ["np.random.default_rng(0)", "random.Random(0)"])
+def test_a_shared_generator_object_is_refused_like_global_state(ip, run, make):
+    run(f"import numpy as np, random\nrng = {make}\nran = []\n")
+    draw = "rng.random()"
+    outcome = run(
+        f"%%parallel -b processes -w 2\nfor i in range(4):\n    ran.append(i)\n    x = {draw}\n"
+    )
+    refused_before_any_item(
+        ip, outcome, "`rng.random(...)` draws from `rng`, a random generator every item would share"
+    )

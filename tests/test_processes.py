@@ -62,16 +62,22 @@ def test_pool_stays_warm_until_its_shape_changes(ip, run, method):
 def test_changes_parmagic_cannot_replay_are_refused_unless_accepted(ip, run):
     run("class Box:\n    count = 0\nbox = Box()\nran = []\n")
     for name in ("fork", "threads"):
-        refused = run(f"%%parallel {BACKENDS[name]}\nfor i in range(3):\n    ran.append(i)\n    box.count = i\n")
+        refused = run(
+            f"%%parallel {BACKENDS[name]}\nfor i in range(3):\n    ran.append(i)\n    box.count = i\n"
+        )
         assert isinstance(refused.error, UsageError)
         assert str(refused.error).startswith("line 4: `box.count = ...`, which parmagic cannot")
         assert "--unordered" in str(refused.error)
         assert ip.user_ns["ran"] == []  # refused before any item ran
-    outcome = run_ok(run, BACKENDS["fork"] + " --unordered", "for i in range(3):\n    box.count = i\n")
+    outcome = run_ok(
+        run, BACKENDS["fork"] + " --unordered", "for i in range(3):\n    box.count = i\n"
+    )
     assert "line 3: `box.count = ...` acts on a copy inside each worker process" in outcome.err
     assert ip.user_ns["box"].count == 0
     threads = run_ok(
-        run, BACKENDS["threads"] + " --chunksize 3 --unordered", "for i in range(3):\n    box.count = i\n"
+        run,
+        BACKENDS["threads"] + " --chunksize 3 --unordered",
+        "for i in range(3):\n    box.count = i\n",
     )
     assert "changes the real `box` as items finish, which is not item order" in threads.err
     assert ip.user_ns["box"].count == 2  # one chunk: in order
@@ -83,8 +89,13 @@ def test_changes_made_through_notebook_functions_are_refused_unless_accepted(ip,
     run("cache = {}\ndef remember(k):\n    cache[k] = k * 2\n    return k\n")
     refused = run(f"%%parallel {BACKENDS['fork']}\nfor i in range(4):\n    remember(i)\n")
     assert isinstance(refused.error, UsageError)
-    assert "the notebook function `remember` (line 3 of its cell) changes the kernel's `cache`" in str(refused.error)
-    outcome = run_ok(run, BACKENDS["spawn"] + " --unordered", "for i in range(4):\n    remember(i)\n")
+    assert (
+        "the notebook function `remember` (line 3 of its cell) changes the kernel's `cache`"
+        in str(refused.error)
+    )
+    outcome = run_ok(
+        run, BACKENDS["spawn"] + " --unordered", "for i in range(4):\n    remember(i)\n"
+    )
     assert "the loop changed `cache` inside the worker processes" in outcome.err  # still checked
     assert ip.user_ns["cache"] == {}
 
