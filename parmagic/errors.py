@@ -170,6 +170,12 @@ COROUTINE_NOT_AWAITED = (
     "run. Await it in the body (`await ...`, with --backend asyncio), or run it with "
     "--backend serial or threads"
 )
+SHARED_GENERATOR = (
+    "{place}{what}: parallel items would draw from it in another order (and forked workers "
+    "would repeat one another's numbers; --seed reseeds the global state, not this generator), "
+    "so nothing has run. Make one generator per item from the item, e.g. "
+    "`rng = np.random.default_rng([7, i])` in the body, or run it with --backend serial"
+)
 SEED_NEEDS_PROCESSES = (
     "--seed gives every item its own random stream, which needs items in processes of their "
     "own; {backend}'s items share the kernel's one global random state. Use --backend "

@@ -26,6 +26,7 @@ from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
 TASK, COROUTINE = "task", "coroutine"  # asyncio tasks made by items; coroutines left unawaited
+SHARED_GENERATOR = "shared-generator"  # --seed reseeds global state, not the user's generator
 _TASK_MAKERS = ("create_task", "ensure_future")
 
 
@@ -81,10 +82,12 @@ class _Finder:
 
     def call(self, node: ast.Call, line: int, scope: dict, local: set[str], where: str) -> None:
         callee = _resolve(node.func, scope, local)
-        source = global_random_state(callee) or _shared_generator(node.func, scope, local)
-        if source:
-            what = f"`{ast.unparse(node.func)}(...)` draws from {source}"
-            self.found.append(HiddenEffect(RANDOM, line, where, what))
+        source = global_random_state(callee)
+        shared = _shared_generator(node.func, scope, local)
+        if source or shared:
+            what = f"`{ast.unparse(node.func)}(...)` draws from {source or shared}"
+            kind = RANDOM if source else SHARED_GENERATOR
+            self.found.append(HiddenEffect(kind, line, where, what))
         elif isinstance(callee, types.FunctionType) and callee.__globals__ is self.ns:
             self.function(callee, line)
 
@@ -245,6 +248,10 @@ def refusal(
         place = effect.place
         if effect.kind == COROUTINE and backend == "auto":
             serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
+        elif effect.kind == SHARED_GENERATOR and backend != "serial":
+            if backend != "auto":
+                return errors.SHARED_GENERATOR.format(place=place, what=effect.what), None
+            serial_reason = serial_reason or f"{place}{effect.what}: serial keeps its stream"
         elif effect.kind == UNORDERED and not unordered:
             message = errors.UNREPLAYABLE.format(place=place, what=effect.what)
             reason = f"{place}{effect.what}, which only a serial run keeps in item order"
