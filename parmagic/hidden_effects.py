@@ -21,6 +21,7 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import errors
 from .body import MUTATORS
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
@@ -230,8 +231,6 @@ def refusal(
     (unless ``--unordered`` accepts them), and global random draws (unless ``--seed`` gives
     each item its own stream, which only items in processes of their own can have).
     """
-    from . import errors
-
     for effect in effects:
         if effect.kind == LOOP_NAME:
             message = errors.LOOP_NAME_AS_GLOBAL.format(

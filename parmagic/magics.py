@@ -24,7 +24,7 @@ from .hidden_effects import refusal
 from .info import machine_info
 
 START_METHODS = ("fork", "spawn", "forkserver")
-PROCESS_BACKENDS = ("processes", "futures:processes", "auto")  # --start-method applies
+START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
 PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
 
 
@@ -213,7 +213,7 @@ class ParallelMagics(Magics):
                 backend_list(args.compare, awaits=False)
             except ParmagicUsageError as exc:
                 raise UsageError(str(exc)) from None
-        if options.start_method and backend not in PROCESS_BACKENDS and not args.compare:
+        if options.start_method and backend not in START_METHOD_BACKENDS and not args.compare:
             raise UsageError(errors.START_METHOD_NOT_USED.format(backend=backend))
         if args.seed is not None and backend in ("threads", "futures", "asyncio"):
             raise UsageError(errors.SEED_NEEDS_PROCESSES.format(backend=backend))

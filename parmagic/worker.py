@@ -247,13 +247,13 @@ def run_chunk(
     result = ChunkResult(seq, start, worker or threading.current_thread().name)
     queued = run_queue_wait()
     cpu = _CpuSpans(result)
-    began, function, cancelled = cpu.since, task.function, task.cancelled.is_set
+    began, function, cancelled, seed = cpu.since, task.function, task.cancelled.is_set, task.seed
     with _alarms(task) as alarm:
         for offset, item in enumerate(items):
             if cancelled():
                 break
-            if task.seed is not None:
-                seed_item(task.seed, start + offset)
+            if seed is not None:
+                seed_item(seed, start + offset)
             log, output, value, error = EffectLog(), [], None, None
             token = current_output.set(output)
             if alarm:
