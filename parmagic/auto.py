@@ -1,63 +1,194 @@
-"""``--backend auto``: pick a backend from the body and from a short probe of the first items.
+"""``--backend auto``: the loop starts in the kernel and moves once its items say where to.
 
-The probe runs the first items in the kernel, one after another, as a serial run would; they
-count as done (no item runs twice). Their CPU time against their wall time says whether the
-loop computes (processes) or waits (threads); their time per item, with the loop's length,
-says whether starting workers would cost more than the whole loop (serial).
+The first items run in the kernel, one after another, exactly as a serial run would run them,
+and count as done: nothing is probed twice, and their times, taken with no other item
+running, are what a serial run takes. After each chunk of them the lead-in weighs the rest
+of the loop on each backend with a small cost model (:func:`forecast`) and moves it to the
+first backend that would clearly beat the kernel. A loop whose first items are cheap (they
+often are: ``range`` grows) keeps running in the kernel until its items get dear enough,
+so the choice rests on what the loop costs where it has got to, not on its first items.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from .report import CPU_BOUND_SHARE
+from .report import RunReport
 
-PROBE_SECONDS = 0.02  # stop probing once this much time went into probe items...
-PROBE_ITEMS = 8  # ...or after this many items
-SMALL_LOOP_SECONDS = 0.05  # a loop shorter than this is not worth any worker
-SMALL_FOR_PROCESSES = 0.2  # below this, process start-up and shipping eat the gain
+LEAD_ITEMS = 2  # decide on no fewer items than this...
+LEAD_SECONDS = 0.01  # ...unless the items so far took this long
+WARM_START = 0.005  # seconds to hand a run to a warm process pool
+COLD_START = {"fork": 0.05, "forkserver": 0.4, "spawn": 0.6}  # to start one (this machine)
+SHIPPING_RATE = 1e9  # bytes per second, pickled and sent to a worker
+KERNEL_PER_ITEM = 3e-6  # the kernel's own seconds per item on a parallel backend (applying)
+MIN_GAIN_SECONDS = 0.02  # move only when the backend saves at least this much...
+MIN_GAIN_SHARE = 0.2  # ...and this share of what the kernel would take
 
 
-class Probe:
-    """Hands out the loop's first items, until the probe has seen enough of them."""
+@dataclass
+class Outlook:
+    """What the machine and the session offer the rest of the loop."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.exhausted = False
+    cores: int
+    threads: int  # workers a thread pool would have
+    processes: int  # workers a process pool would have
+    process_start: float  # seconds until a process pool runs items (warm: almost none)
+    captured_bytes: Callable[[], int]  # about what the task weighs (cheap: nothing pickled)
+    processes_refused: Callable[[], str | None]  # why the task cannot go (it is pickled)
+
+
+@dataclass
+class Forecast:
+    """Seconds the rest of the loop would take on each backend that can run it."""
+
+    serial: float
+    threads: float
+    processes: float | None  # None: the body cannot go to processes, or one core
+
+    def best(self) -> str:
+        options = {"serial": self.serial, "threads": self.threads}
+        if self.processes is not None:
+            options["processes"] = self.processes
+        name = min(options, key=options.__getitem__)
+        gain = self.serial - options[name]
+        if gain < max(MIN_GAIN_SECONDS, MIN_GAIN_SHARE * self.serial):
+            return "serial"
+        return name
+
+
+def forecast(
+    per_item: float, share: float, remaining: int, outlook: Outlook, shipping: float | None
+) -> Forecast:
+    """The rest of the loop on each backend: ``remaining`` items of ``per_item`` seconds
+    each, of which ``share`` is CPU time. Threads run one item's Python at a time (the
+    GIL); processes run as many as there are cores, after starting and shipping the task
+    (``shipping``: seconds; None: the body cannot go); the kernel's own part of each item
+    (showing output, replaying changes) takes a core's time on every parallel backend."""
+    work = per_item * remaining
+
+    def spread(workers: int, cpu_lanes: int) -> float:
+        rounds = math.ceil(remaining / workers) * per_item
+        busy_lanes = share * min(workers, remaining) / cpu_lanes
+        return rounds * max(1.0, busy_lanes)
+
+    kernel = KERNEL_PER_ITEM * remaining
+    threads = max(spread(outlook.threads, 1), kernel)
+    processes = None
+    if shipping is not None and outlook.cores > 1:
+        lanes = min(outlook.cores, outlook.processes)
+        computing = spread(outlook.processes, outlook.cores) + kernel * share / lanes
+        processes = outlook.process_start + shipping + max(computing, kernel)
+    return Forecast(work, threads, processes)
+
+
+class Lead:
+    """Hands the kernel the loop's items until the forecast says another backend should take
+    the rest; then :attr:`choice` names it (None: the loop ended in the kernel)."""
+
+    def __init__(self, report: RunReport, length: int, outlook: Outlook) -> None:
+        self.report, self.length, self.outlook = report, length, outlook
+        self.choice: str | None = None
+        self.moved = ""  # why the rest went to ``choice``
+        self.refused: str | None = None  # why processes cannot take the loop, once asked
+        self._shipping: float | None = None  # seconds to ship the task, once weighed
+        self._checked = False  # whether the task was pickled to see that it can go
+        self._seen = (0, 0.0)  # items done and their own time, at the last decision
+        self._per_item = 0.0
 
     def items(self, iterator: Iterator) -> Iterator:
         began = time.monotonic()
-        for item in iterator:
-            yield item
-            self.count += 1
-            if self.count >= PROBE_ITEMS or time.monotonic() - began >= PROBE_SECONDS:
+        while True:
+            done = self.report.item_count
+            if done != self._seen[0] and self._decide(time.monotonic() - began):
                 return
-        self.exhausted = True
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            yield item
 
+    @property
+    def reason(self) -> str:
+        """Why the rest of the loop went where it went (ask once the lead-in has ended)."""
+        return self.moved if self.choice else self._stayed()
 
-def choose(
-    probe: Probe, busy: float, share: float, remaining: int | None, cores: int, refusal: str | None
-) -> tuple[str, str]:
-    """(backend, the reason in words) from what the probe items cost.
+    def _decide(self, elapsed: float) -> bool:
+        """Weigh the rest of the loop after a chunk; True when it moves elsewhere."""
+        r = self.report
+        done, own = r.item_count, r.own_time
+        recent = (own - self._seen[1]) / (done - self._seen[0])
+        self._seen = (done, own)
+        self._per_item = max(own / done, recent)  # items often get dearer as a loop goes on
+        if done < LEAD_ITEMS and elapsed < LEAD_SECONDS:
+            return False
+        remaining = self.length - done if self.length else done  # unknown: as many again
+        if remaining <= 0:
+            return False
+        share = r.cpu_share
+        outlook = self._weigh(share, remaining)
+        choice = outlook.best()
+        if choice == "serial":
+            return False
+        self.choice = choice
+        self.moved = self._moved(choice, share, remaining, outlook)
+        return True
 
-    ``share``: the probe items' CPU share (``RunReport.cpu_share``: time queued for a core on
-    a busy machine left out); ``remaining``: items left (None: unknown, taken as many);
-    ``refusal``: why the body cannot go to a process, if it cannot.
-    """
-    if probe.exhausted:
-        return "serial", "the probe ran every item"
-    per_item = busy / probe.count if probe.count else 0.0
-    estimate = per_item * remaining if remaining else float("inf")
-    computing = f"items compute (CPU {share:.0%} of their time)"
-    if estimate < SMALL_LOOP_SECONDS:
-        return "serial", f"the loop takes about {estimate * 1000:.0f} ms, less than workers cost"
-    if share < CPU_BOUND_SHARE:
-        return "threads", f"items mostly wait (CPU {share:.0%} of their time)"
-    if cores < 2:
-        return "serial", f"{computing} and only one core is usable"
-    if refusal:
-        return "threads", f"{computing}, but cannot go to processes: {refusal}"
-    if estimate < SMALL_FOR_PROCESSES:
-        return "serial", f"{computing}, but the loop takes about {estimate:.2f} s: too short"
-    return "processes", f"{computing} and {cores} cores are usable"
+    def _weigh(self, share: float, remaining: int) -> Forecast:
+        """The forecast, with what shipping the task to processes costs weighed only once
+        processes would win without it, and the task pickled (to see that it can go) only
+        once they would win with it: both cost time, the pickling most."""
+
+        def weighed(shipping: float | None) -> Forecast:
+            return forecast(self._per_item, share, remaining, self.outlook, shipping)
+
+        if self.refused:
+            return weighed(None)
+        outlook = weighed(self._shipping or 0.0)
+        if outlook.best() != "processes" or self._checked:
+            return outlook
+        if self._shipping is None:
+            weight = self.outlook.captured_bytes() * self.outlook.processes
+            self._shipping = weight / SHIPPING_RATE
+            outlook = weighed(self._shipping)
+            if outlook.best() != "processes":
+                return outlook
+        self._checked = True
+        self.refused = self.outlook.processes_refused()
+        return weighed(None) if self.refused else outlook
+
+    def _first(self) -> str:
+        count = self.report.item_count
+        return f"the first {count} item(s), run in the kernel" if count > 1 else "the first item"
+
+    def _moved(self, choice: str, share: float, remaining: int, outlook: Forecast) -> str:
+        kind = "compute" if self.report.computing else "mostly wait"
+        seen = f"items {kind} (CPU {share:.0%} of their time over {self._first()})"
+        pace = f"{self._per_item * 1000:.2g} ms each lately"
+        rest = f"{remaining} more to come ({pace})"
+        if not self.length:
+            rest = f"more to come ({pace}; the loop's length is unknown)"
+        if choice == "processes":
+            cores = min(self.outlook.cores, self.outlook.processes)
+            return f"{seen}; {rest}: {cores} cores share them"
+        note = f"; processes cannot take it: {self.refused}" if self.refused else ""
+        return f"{seen}; {rest}: threads overlap their waiting{note}"
+
+    def _stayed(self) -> str:
+        r = self.report
+        if r.item_count == 0:
+            return "the loop had no items"
+        why = "workers would not have paid for themselves"
+        if self._shipping and self._shipping > MIN_GAIN_SECONDS:
+            weight = self._shipping * SHIPPING_RATE / self.outlook.processes / 1e6
+            why = f"sending the {weight:.0f} MB it captures to processes costs more than they save"
+        if self.refused:
+            why = (
+                f"the items compute and cannot go to processes ({self.refused}), and "
+                "threads run one item's Python at a time"
+            )
+        elif r.computing and self.outlook.cores < 2:
+            why = "the items compute and only one core is usable"
+        return f"the whole loop ran in the kernel ({r.item_count} items in {r.wall:.3f} s): {why}"

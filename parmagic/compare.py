@@ -20,6 +20,7 @@ from .runner import Recorder
 
 REFERENCE = "serial"
 EVERY_BACKEND = ("serial", "threads", "futures", "processes", "futures:processes", "asyncio")
+AUTO = "auto"
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Comparison:
         cores = " ".join(f"{max(m, 0):.0f}%" for m in r.usage.core_means()) if r.usage else ""
         ours = f"{max(r.usage.ours_mean, 0):.0f}%" if r.usage else ""
         speed = f"{self.speedup(row):.2f}×"
-        return [row.backend, str(r.workers), f"{r.wall:.3f} s", speed, ours, cores]
+        name = f"auto: {r.backend}" if row.backend == AUTO else row.backend
+        return [name, str(r.workers), f"{r.wall:.3f} s", speed, ours, cores]
 
     def conclusion(self) -> str:
         if self.failed_at is not None:
@@ -154,11 +156,11 @@ def backend_list(spec: str, awaits: bool) -> list[str]:
     from .backends import CHOICES
 
     if spec.strip() == "all":
-        return [REFERENCE, "asyncio"] if awaits else list(EVERY_BACKEND)
+        return [REFERENCE, "asyncio"] if awaits else [*EVERY_BACKEND, AUTO]
     names = [name.strip() for name in spec.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CHOICES or name == "auto"]
+    unknown = [name for name in names if name not in CHOICES]
     if unknown:
-        choices = ", ".join(c for c in CHOICES if c != "auto")
+        choices = ", ".join(CHOICES)
         raise ParmagicUsageError(
             f"--compare: unknown backend {unknown[0]!r}; choose from {choices}, or all"
         )
@@ -167,7 +169,7 @@ def backend_list(spec: str, awaits: bool) -> list[str]:
 
 def refusal(name: str, awaits: bool) -> str | None:
     """Why ``name`` cannot run this body, before trying."""
-    if awaits and name not in ("asyncio", REFERENCE):
+    if awaits and name not in ("asyncio", REFERENCE, AUTO):
         return "the body awaits; only asyncio runs coroutines"
     if not awaits and name == "asyncio":
         return "the body never awaits, so asyncio would run its items one after another"

@@ -13,6 +13,7 @@ import multiprocessing
 import operator
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,14 +21,14 @@ from types import CodeType, FunctionType
 from typing import Any
 
 from . import errors
-from .auto import PROBE_ITEMS, Probe, choose
+from .auto import COLD_START, WARM_START, Lead, Outlook
 from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
 from .effects import is_recordable
 from .errors import NotPicklable, ParmagicUsageError
 from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
 from .itemcode import build_item_code
-from .report import CPU_BOUND_SHARE, RunReport
+from .report import RunReport
 from .runner import Applier, Recorder, execute, replay
 from .scopes import stored_names
 from .worker import Task
@@ -122,6 +123,16 @@ class Session:
                 current = cls(workers, wanted_method) if wanted_method else cls(workers)
             self._backends[name] = current
         return current
+
+    def is_warm(self, name: str, workers: int | None, start_method: str | None) -> bool:
+        """Whether a run on this backend would find its pool already started."""
+        current = self._backends.get(name)
+        if current is None:
+            return False
+        cls = type(current)
+        method = start_method or multiprocessing.get_start_method()
+        wanted = method if cls.copies_kernel_objects else None
+        return current.fits(workers or cls.default_workers(), wanted, None)
 
     def warm_pools(self) -> list[str]:
         return [b.description for b in self._backends.values()]
@@ -224,8 +235,13 @@ def loop_hook(
         return f"{place}{what}, which only a serial run keeps in item order"
 
     def prepare(name: str, workers: int | None, report: RunReport, recorded) -> tuple:
-        """The warm backend and the run's task; the report learns which backend runs."""
+        """The warm backend and the run's task; the report learns which backend runs. A pool
+        or cluster started here counts in the run's start-up and wall time."""
+        began = time.monotonic()
         backend = session.backend(name, workers, options.start_method, options.scheduler)
+        started = time.monotonic() - began
+        report.startup += started
+        report.wall += started
         report.backend, report.workers = backend.name, backend.workers
         report.copies_objects = backend.copies_kernel_objects
         report.start_method = backend.start_method
@@ -246,15 +262,14 @@ def loop_hook(
         length, iterator = operator.length_hint(iterable), iter(iterable)
         report = RunReport("auto", 1, cores=usable_cores())
         session.last_report = report
-        name, probed, start = resolve_backend(options.backend, plan.body.awaits), [], 0
+        name, led, start = resolve_backend(options.backend, plan.body.awaits), [], 0
         serial_reason = options.serial_reason or late_refusal(name, recorded)
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
         if name == "auto":
-            name, probed, start = probe(iterator, length, recorded, report)
-            if name == "threads" and options.seed is not None:
-                name = "serial"  # threads share one global random state
-                report.auto_reason += "; serial, as --seed needs items in processes of their own"
+            name, led, start = lead_in(iterator, length, recorded, report)
+            if name is None:
+                return finish(iter([]), led)
         backend, task = prepare(name, options.workers, report, recorded)
         if backend.runs_coroutines and not plan.body.awaits:
             warn(errors.NO_AWAIT)
@@ -265,16 +280,16 @@ def loop_hook(
             tail=tail,
         )  # fmt: skip
         session.open_run = weakref.ref(records)
-        return finish(records, probed)
+        return finish(records, led)
 
-    def finish(records: Iterator[list], probed: list) -> Any:
+    def finish(records: Iterator[list], led: list) -> Any:
         """What the loop's statement gives: nothing for a ``for``, else the comprehension."""
         if plan.body.kind == "for":
             for _ in records:
                 pass
             return None
         # each item's values are a list: a comprehension's inner clauses may give 0 or more
-        values = itertools.chain.from_iterable(itertools.chain(probed, records))
+        values = itertools.chain.from_iterable(itertools.chain(led, records))
         if plan.body.kind == "generator":
             return values  # lazy, like the generator expression it replaces
         return {"list": list, "set": set, "dict": dict}[plan.body.kind](values)
@@ -289,16 +304,24 @@ def loop_hook(
             report = RunReport(name, 1, cores=usable_cores())
             reference_coroutines = name == "serial" and awaits  # one coroutine at a time
             workers = 1 if reference_coroutines else options.workers
-            backend, task = prepare(
+            iterator, start, recorder = iter(items), 0, Recorder(None, report)
+            recorders.append(recorder)
+            if name == "auto" and not awaits:
+                name, _, start = lead_in(iterator, len(items), recorded, report, recorder)
+                if name is None:
+                    return report, recorder
+            elif name == "auto":
+                name = "asyncio"
+            backend, recorder.task = prepare(
                 "asyncio" if reference_coroutines else name, workers, report, recorded
             )
-            recorders.append(Recorder(task, report))
             for _ in execute(
-                backend, task, items, ns, report, filename=plan.filename,
-                chunksize=options.chunksize, stop=session.stop_requested, recorder=recorders[-1],
+                backend, recorder.task, iterator, ns, report, filename=plan.filename,
+                chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
+                length=len(items) - start, recorder=recorder,
             ):  # fmt: skip
                 pass
-            return report, recorders[-1]
+            return report, recorder
 
         def apply_serial() -> Iterator[list]:
             serial = recorders[0]
@@ -319,29 +342,54 @@ def loop_hook(
         session.last_report = comparison
         yield from apply_serial()
 
-    def probe(iterator, length: int, recorded, report: RunReport) -> tuple[str, list, int]:
-        """Run the first items serially, then choose; returns (backend, values, items done)."""
-        sampler = Probe()
-        serial = session.backend("serial", 1, None)
-        task = make_task(serial, recorded)
-        probed = list(execute(
-            serial, task, sampler.items(iterator), ns, report, filename=plan.filename,
-            stop=session.stop_requested, length=min(length, PROBE_ITEMS), tail=tail,
-        ))  # fmt: skip
-        unpicklable = None
-        if not sampler.exhausted and report.cpu_share > CPU_BOUND_SHARE:
+    def outlook(task: Task) -> Outlook:
+        """What the rest of an auto run could have: cores, pools, warm or not."""
+        from .backends.threads import ThreadBackend
+
+        def processes_refused() -> str | None:
             from .shipping import pack_task  # cloudpickle: only when processes are in view
 
             try:
                 pack_task(task)
-            except NotPicklable as refusal:
-                unpicklable = str(refusal).split(" (")[0]
-        remaining = length - sampler.count if length else None
-        name, reason = choose(
-            sampler, report.busy, report.cpu_share, remaining, usable_cores(), unpicklable
+            except NotPicklable as refused:
+                return str(refused).split(" (")[0]
+            return None
+
+        def captured_bytes() -> int:
+            from .shipping import captured_bytes
+
+            return captured_bytes(task.function)
+
+        method = options.start_method or multiprocessing.get_start_method()
+        warm = session.is_warm("processes", options.workers, options.start_method)
+        return Outlook(
+            cores=usable_cores(),
+            threads=options.workers or ThreadBackend.default_workers(),
+            processes=options.workers or usable_cores(),
+            process_start=WARM_START if warm else COLD_START.get(method, 0.5),
+            captured_bytes=captured_bytes,
+            processes_refused=processes_refused,
         )
-        report.auto_reason = f"{reason}; {sampler.count} item(s) probed in the kernel"
-        return name, probed, sampler.count
+
+    def lead_in(iterator, length: int, recorded, report: RunReport, recorder=None) -> tuple:
+        """auto: the first items in the kernel until the rest should go elsewhere (auto.py).
+        Returns (the backend for the rest or None when the kernel ran the whole loop, the
+        items' values, the number of items done)."""
+        serial = session.backend("serial", 1, None)
+        task = make_task(serial, recorded)
+        leader = Lead(report, length, outlook(task))
+        report.backend, report.workers = serial.name, serial.workers
+        if recorder is not None:
+            recorder.task = task
+        led = list(execute(
+            serial, task, leader.items(iterator), ns, report, filename=plan.filename,
+            stop=session.stop_requested, length=length, tail=tail, recorder=recorder,
+        ))  # fmt: skip
+        name, report.auto_reason = leader.choice, leader.reason
+        if name == "threads" and options.seed is not None:
+            name = "serial"  # threads share one global random state
+            report.auto_reason += "; serial, as --seed needs items in processes of their own"
+        return name, led, report.item_count
 
     return run
 

@@ -141,8 +141,10 @@ class _Finder:
             func = node.func
             if isinstance(func, ast.Attribute) and func.attr in MUTATORS:
                 root = attribute_root(func.value)
-                if root is not None and root.id not in own and root.id in function.__globals__:
-                    changes(root.id)
+                scope = function.__globals__
+                library = isinstance(_resolve(func.value, scope, own), types.ModuleType)
+                if root is not None and root.id not in own and root.id in scope and not library:
+                    changes(root.id)  # np.sort(values) is a library's function, not a change
             self.call(node, line, function.__globals__, own, where)
         elif isinstance(node, ast.Subscript | ast.Attribute) and isinstance(
             node.ctx, ast.Store | ast.Del

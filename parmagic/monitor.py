@@ -44,7 +44,7 @@ class Usage:
         return sum(v * w for v, w in zip(values, weights, strict=False)) / total
 
     def core_means(self) -> list[float]:
-        return [self._mean(values) for values in self.cores if values]
+        return [max(0.0, self._mean(values)) for values in self.cores if values]
 
     @property
     def ours_mean(self) -> float:

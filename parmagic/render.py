@@ -6,10 +6,11 @@ from __future__ import annotations
 import html
 import sys
 
-from .report import CPU_BOUND_SHARE, RunReport
+from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
-ASCII = str.maketrans({"·": "|", "×": "x"})  # for a stdout that cannot encode the rest
+ASCII = str.maketrans({"·": "|", "×": "x", "≈": "~"})  # for a stdout that encodes no more
+GIL_BOUND_CORES = 1.3  # items sharing a process that used less CPU than this ran one at a time
 
 
 def advice(r: RunReport) -> str | None:
@@ -17,17 +18,22 @@ def advice(r: RunReport) -> str | None:
     that stopped early: its figures describe a part of the loop, not the loop)."""
     if r.stopped_at is not None or r.interrupted:
         return None
-    computing = r.cpu_share >= CPU_BOUND_SHARE and r.item_count > 1
-    threads = not r.copies_objects and r.backend != "serial"  # one process: the GIL applies
-    # threads on Python code: the GIL lets the items use about one core between them
-    # (their own times overlap while they wait for it, so busy time overstates the work)
-    gil_bound = r.wall > 0 and 0.7 < r.cpu / r.wall < 1.3
-    if threads and (computing or gil_bound) and r.cores > 1 and r.busy > 0.2:
+    computing = r.computing and r.item_count > 1
+    # threads on Python code: the GIL lets the items use about one core between them (code
+    # that releases it, NumPy's, uses more: then threads do fine)
+    gil_bound = r.shared_wall > 0 and r.shared_cpu < GIL_BOUND_CORES * r.shared_wall
+    if computing and gil_bound and r.cores > 1 and r.cpu > 0.2:
         return "items compute, and one thread runs Python at a time: try --backend processes"
-    if r.copies_objects and r.wall < 0.1 and r.busy < r.wall:
-        return "the loop is too small to pay for worker processes: serial is faster here"
-    if r.copies_objects and r.startup > 0.5 * r.wall and r.wall > 0.05:
-        return "sending the data to the workers took most of the run: capture less, or use threads"
+    if r.copies_objects and r.speedup < 1 and r.wall > 0.01:
+        if r.startup + r.sending > 0.5 * r.wall:
+            return (
+                "sending the data to the workers took most of the run: capture less, or use "
+                "threads"
+            )
+        return (
+            f"the loop is too small to pay for worker processes: serial is faster here "
+            f"(about {r.serial_estimate:.3f} s)"
+        )
     if computing and r.copies_objects and r.workers > r.cores:
         return f"{r.workers} workers compute on {r.cores} cores: --workers {r.cores} is enough"
     if r.usage is not None and r.usage.others_mean > 25:
@@ -110,15 +116,16 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
     one core."""
     rows = [("", _head(r))]
     if r.item_count:
-        kind = "computing" if r.cpu_share >= CPU_BOUND_SHARE else "mostly waiting"
-        cpu = f"{r.cpu:.3f} s in the items, {r.cpu_share:.0%} of their busy time: {kind}"
+        kind = "computing" if r.computing else "mostly waiting"
+        cpu = f"{r.cpu:.3f} s in the items, {r.cpu_share:.0%} of their own time: {kind}"
         sent = f" ({_size(r.bytes_sent)})" if r.bytes_sent else ""
         split = (
             f"start-up {r.startup:.3f} · sending {r.sending:.3f}{sent} · running {r.waiting:.3f}"
         )
         rows.append(("time", f"{split} · applying {r.applying:.3f} s"))
         rows.append(("CPU", cpu))
-        ideal = f"{r.speedup:.2f}× of an ideal {r.ideal:.0f}× here"
+        serial = f"serial ≈ {r.serial_estimate:.3f} s" if r.backend != "serial" else "serial"
+        ideal = f"{r.speedup:.2f}× ({serial}) of an ideal {r.ideal:.0f}× here"
         rows.append(("speedup", f"{ideal} · efficiency {r.efficiency:.0%}"))
         if r.usage is not None and r.usage.times:
             cores = "  ".join(core_bar(n, m) for n, m in enumerate(r.usage.core_means()))

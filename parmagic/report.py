@@ -39,9 +39,17 @@ class RunReport:
     bytes_sent: int = 0  # pickled task and items sent to worker processes
     timings: list[tuple] = field(default_factory=list)  # per item, the first MAX_ITEM_RECORDS
     item_count: int = 0
-    busy: float = 0.0  # sum of the items' own times: what a serial run would roughly take
+    busy: float = 0.0  # the items' spans added up (overlapping waits for a core, the GIL...)
     cpu: float = 0.0
     queued: float = 0.0  # of busy: items ready to run, waiting for a core (a loaded machine)
+    alone: float = 0.0  # busy - queued of items that had their thread of Python to themselves
+    shared_busy: float = 0.0  # the same figures for items that shared one process's Python
+    shared_cpu: float = 0.0  # (threads, asyncio): they also waited for each other, and
+    shared_queued: float = 0.0  # that waiting is not theirs (see own_time)
+    shared_wall: float = 0.0  # the wall time of the runs in which items shared a process
+    shared_process_cpu: float = 0.0  # the kernel process's CPU time during those runs
+    kernel_cpu: float = 0.0  # the kernel thread's CPU time applying results
+    sharing: bool = False  # the items now arriving share one process (set per backend run)
     per_worker: dict[str, int] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
@@ -60,14 +68,20 @@ class RunReport:
     def add(self, result, count: int) -> None:
         """Count the first ``count`` items of a chunk result."""
         starts, ends, cpus = result.starts[:count], result.ends[:count], result.cpus[:count]
+        busy, cpu = sum(ends) - sum(starts), sum(cpus)
+        queued = result.queued * count / len(result) if len(result) else 0.0
         self.item_count += count
-        self.busy += sum(ends) - sum(starts)
-        self.cpu += sum(cpus)
-        if len(result):
-            self.queued += result.queued * count / len(result)
+        self.busy += busy
+        self.cpu += cpu
+        self.queued += queued
+        if self.sharing:
+            self.shared_busy += busy
+            self.shared_cpu += cpu
+            self.shared_queued += queued
+        else:
+            self.alone += max(busy - queued, min(cpu, busy))  # native threads: cpu > busy
         self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
-        busy = self.worker_busy.get(result.worker, 0.0)
-        self.worker_busy[result.worker] = busy + sum(ends) - sum(starts)
+        self.worker_busy[result.worker] = self.worker_busy.get(result.worker, 0.0) + busy
         room = MAX_ITEM_RECORDS - len(self.timings)
         if room > 0:
             indices = range(result.first, result.first + count)
@@ -89,17 +103,50 @@ class RunReport:
         return max(0.0, self.wall - self.startup - self.sending - self.waiting)
 
     @property
+    def own_time(self) -> float:
+        """What the items would take one after another in the kernel: their time on a CPU
+        plus their waiting on the world (I/O, sleep), without the waiting a parallel run adds.
+
+        Time queued for a core is left out (Linux's scheduler accounting, worker.py). Items
+        that shared one process (threads, coroutines) also waited for each other, for the
+        GIL or the event loop, which no clock tells apart from I/O: that part of their
+        blocked time is taken in the proportion the process's Python was busy
+        (``shared_cpu / shared_wall``): nearly all of it on a loop that computes, nearly none
+        on a loop that waits. This errs low, never high: the speedup it gives never flatters.
+        """
+        own = self.alone
+        if self.shared_busy or self.shared_cpu:
+            used = max(self.shared_cpu, self.shared_process_cpu)
+            busy_python = min(1.0, used / self.shared_wall) if self.shared_wall else 1.0
+            blocked = max(0.0, self.shared_busy - self.shared_queued - self.shared_cpu)
+            own += self.shared_cpu + blocked * (1.0 - busy_python)
+        return own
+
+    @property
+    def serial_estimate(self) -> float:
+        """What a serial run of the same items would take: their own time, plus the kernel's
+        work that a serial run does too (showing output, replaying changes), as CPU time: on
+        threads its wall time includes waiting for the GIL."""
+        if self.backend == "serial":
+            return self.wall
+        return self.own_time + self.kernel_cpu
+
+    @property
     def cpu_share(self) -> float:
-        """The items' CPU time over the time they were not kept from a core: near 1 they
-        compute, near 0 they wait (I/O, sleep, locks). Time spent ready but queued for a core
-        (other programs on a busy machine) is left out: it says nothing of the items."""
-        running = max(self.busy - self.queued, self.cpu)  # a thread's CPU time fits in it
-        return min(1.0, self.cpu / running) if running > 0 else 0.0
+        """The items' CPU time over their own time: near 1 they compute, near 0 they wait
+        (I/O, sleep, locks)."""
+        own = self.own_time
+        return min(1.0, self.cpu / own) if own > 0 else 0.0
+
+    @property
+    def computing(self) -> bool:
+        """The one classification the summary's CPU line, its advice and auto's note use."""
+        return self.cpu_share >= CPU_BOUND_SHARE
 
     @property
     def speedup(self) -> float:
-        """Over the serial estimate (the items' summed times)."""
-        return self.busy / self.wall if self.wall > 0 else 0.0
+        """Over the serial estimate: how many times faster than the plain loop, about."""
+        return self.serial_estimate / self.wall if self.wall > 0 else 0.0
 
     @property
     def ideal(self) -> float:
@@ -107,7 +154,7 @@ class RunReport:
         parallel = max(1, min(self.workers, self.item_count))
         if self.backend == "serial":
             return 1.0
-        if self.cpu_share >= CPU_BOUND_SHARE:
+        if self.computing:
             if self.copies_objects:
                 return float(min(parallel, self.cores))
             return 1.0  # one thread runs Python at a time (the GIL)
@@ -115,7 +162,8 @@ class RunReport:
 
     @property
     def efficiency(self) -> float:
-        return self.speedup / self.ideal if self.ideal else 0.0
+        """The speedup over the ideal, at most 1: both are estimates near the top."""
+        return min(1.0, self.speedup / self.ideal) if self.ideal else 0.0
 
     def summary(self) -> str:
         from .render import text_summary

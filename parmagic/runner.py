@@ -278,10 +278,11 @@ def execute(
 
 
 def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, progress, length):
-    began = time.monotonic()
+    began, process_cpu = time.monotonic(), time.process_time()
     backend.begin(task)
     report.startup += time.monotonic() - began
     report.started = True
+    report.sharing = backend.items_share_a_process
     from .monitor import Monitor  # psutil: imported by the first run, not by %load_ext
 
     completed, monitor, consumer_stopped = False, None, False
@@ -289,15 +290,19 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         monitor = Monitor().start()
         run.progress = progress_bar(length) if progress else None
         while True:
-            mark = time.monotonic()
+            mark, blocked = time.monotonic(), backend.send_blocked
             run.fill()
-            report.sending += time.monotonic() - mark
+            waited = backend.send_blocked - blocked  # a busy worker's, not the sending's
+            report.sending += time.monotonic() - mark - waited
+            report.waiting += waited
             if run.done:
                 break
             mark = time.monotonic()
             run.collect()
             report.waiting += time.monotonic() - mark
+            mark = time.thread_time()
             yield from run.apply_ready()
+            report.kernel_cpu += time.thread_time() - mark
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt  # asked by the kernel thread (see Session)
         completed = True
@@ -317,5 +322,8 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             report.warnings += warnings
         report.bytes_sent += backend.bytes_sent
         report.wall += time.monotonic() - began
+        if report.sharing:
+            report.shared_wall += time.monotonic() - began
+            report.shared_process_cpu += time.process_time() - process_cpu
         if monitor is not None:
             report.usage = monitor.stop().joined(report.usage)

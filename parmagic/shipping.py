@@ -12,6 +12,7 @@ import hashlib
 import io
 import mmap
 import pickle
+import sys
 import types
 from typing import Any
 
@@ -40,6 +41,27 @@ def referenced_globals(function: types.FunctionType) -> list[str]:
         names += [n for n in code.co_names if n in function.__globals__ and n not in names]
         todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     return names
+
+
+def captured_bytes(function: types.FunctionType) -> int:
+    """About how many bytes the kernel objects a function captures (through the notebook
+    functions it calls too) weigh, without pickling them: a buffer by its size, anything
+    else by its own size (``sys.getsizeof``, which pandas makes deep)."""
+    total, seen, todo = 0, set(), [function]
+    while todo:
+        current = todo.pop()
+        for name in referenced_globals(current):
+            value = current.__globals__[name]
+            if id(value) in seen or isinstance(value, types.ModuleType):
+                continue
+            seen.add(id(value))
+            if isinstance(value, types.FunctionType):
+                if value.__globals__ is function.__globals__:
+                    todo.append(value)
+                continue
+            size = getattr(value, "nbytes", None)
+            total += size if isinstance(size, int) else sys.getsizeof(value)
+    return total
 
 
 def code_origins(function: types.FunctionType) -> dict[tuple[str, int], str]:

@@ -279,19 +279,51 @@ def run_chunk(
     return result
 
 
-async def run_chunk_async(task: Task, seq: int, start: int, items: list) -> ChunkResult:
-    """The same for a coroutine item function, on an event loop."""
+class CpuCounted:
+    """Awaits a coroutine, adding up the loop thread's CPU time over that coroutine's own
+    steps (the coroutines of a run interleave on one thread, so the thread's CPU time over
+    one item's span would count the others' too), and counting the times it woke up."""
+
+    def __init__(self, coroutine) -> None:
+        self.coroutine, self.cpu, self.wakeups = coroutine, 0.0, 0
+
+    def __await__(self):
+        coroutine, sent, thrown = self.coroutine, None, None
+        while True:
+            self.wakeups += 1
+            began = time.thread_time()
+            try:
+                step = coroutine.send(sent) if thrown is None else coroutine.throw(thrown)
+            except StopIteration as done:
+                return done.value
+            finally:
+                self.cpu += time.thread_time() - began
+            try:
+                sent, thrown = (yield step), None
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:  # cancellation, a timeout: to the coroutine
+                sent, thrown = None, error
+
+
+async def run_chunk_async(
+    task: Task, seq: int, start: int, items: list, lateness: Callable[[], float]
+) -> ChunkResult:
+    """The same for a coroutine item function, on an event loop. ``lateness()``: how late
+    the loop runs what is due, lately (see coroutines.LoopLateness): every time an item
+    wakes up it waits about that long for the other items' steps, which is not its own
+    time, and counts as queued."""
     import asyncio
 
     result = ChunkResult(seq, start, "event loop")
-    queued = run_queue_wait()
-    cpu = _CpuSpans(result)  # the loop thread's: other coroutines' CPU counts too
     for offset, item in enumerate(items):
         log, output, value, error = EffectLog(), [], None, None
         token, began = current_output.set(output), time.monotonic()
+        counted = None
         try:
-            coroutine = task.function(item, log)
-            value = await (asyncio.wait_for(coroutine, task.timeout) if task.timeout else coroutine)
+            counted = CpuCounted(task.function(item, log))
+            value = await (asyncio.wait_for(counted, task.timeout) if task.timeout else counted)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -299,10 +331,11 @@ async def run_chunk_async(task: Task, seq: int, start: int, items: list) -> Chun
         finally:
             current_output.reset(token)
         _record(task, result, offset, item, began, log, output, value, error)
+        if counted is not None:
+            result.cpus[-1] = counted.cpu
+            result.queued += (counted.wakeups - 1) * lateness()
         if error is not None and task.stop_on_error:
             break
-    cpu.close()
-    result.queued = run_queue_wait() - queued
     return result
 
 

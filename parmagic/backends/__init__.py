@@ -57,7 +57,9 @@ class Backend(ABC):
     copies_kernel_objects = False  # True where items see copies of kernel objects
     one_item_per_chunk = False  # True where every item needs its own message (coroutines)
     runs_coroutines = False  # True where the item function is a coroutine function
+    items_share_a_process = False  # True where items take turns at one process's Python
     bytes_sent = 0  # to worker processes during the current run (task and items)
+    send_blocked = 0.0  # seconds sends waited for busy workers to take them (not sending)
     start_method: str | None = None
     dashboard: str | None = None  # a link to watch the run (dask's dashboard)
 

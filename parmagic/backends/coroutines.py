@@ -15,6 +15,7 @@ from ..worker import ChunkResult, OutputCapture, Task, run_chunk_async
 from . import Backend, drain
 
 DEFAULT_CONCURRENCY = 100
+LATENESS_PERIOD = 0.002  # seconds between the lateness probe's timers
 
 
 class EventLoopThread:
@@ -45,6 +46,37 @@ class EventLoopThread:
         self.loop.close()
 
 
+class LoopLateness:
+    """How late the event loop runs a timer that is due, on average over a run: while other
+    coroutines' steps run, a coroutine whose wait is over waits that long again for the
+    loop. (A thread's run-queue wait, for the one loop thread.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.total, self.count = loop, 0.0, 0
+        self.idle = loop.call_soon_threadsafe(self._arm)  # first reading: an idle loop's
+
+    def _arm(self) -> None:
+        self.due = self.loop.time() + LATENESS_PERIOD
+        self.handle = self.loop.call_at(self.due, self._fire)
+
+    def _fire(self) -> None:
+        self.total += max(0.0, self.loop.time() - self.due)
+        self.count += 1
+        self._arm()
+
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def stop(self) -> None:
+        def cancel() -> None:
+            handle = getattr(self, "handle", None)
+            if handle is not None:
+                handle.cancel()
+            self.idle.cancel()
+
+        self.loop.call_soon_threadsafe(cancel)
+
+
 class AsyncioBackend(Backend):
     name = "asyncio"
     one_item_per_chunk = True
@@ -64,6 +96,7 @@ class AsyncioBackend(Backend):
         self._running: dict[int, concurrent.futures.Future] = {}
         self._tasks: set[asyncio.Task] = set()  # touched on the loop thread only
         self._capture = OutputCapture()
+        self._lateness = LoopLateness(self.loop_thread.loop)
 
     async def _tracked(self, coroutine):
         """Run an item's coroutine as a task the run can cancel from another thread."""
@@ -83,7 +116,7 @@ class AsyncioBackend(Backend):
 
     def submit(self, seq: int, start: int, items: list) -> None:
         future = self.loop_thread.submit(
-            self._tracked(run_chunk_async(self._task, seq, start, items))
+            self._tracked(run_chunk_async(self._task, seq, start, items, self._lateness.mean))
         )
         self._running[seq] = future
         future.add_done_callback(self._done.put)
@@ -105,4 +138,5 @@ class AsyncioBackend(Backend):
             concurrent.futures.wait(list(self._running.values()), timeout=0.5)
         self._running.clear()
         self._capture.release()
+        self._lateness.stop()
         return []

@@ -186,6 +186,7 @@ class ProcessBackend(WorkerProcesses):
 
     def begin(self, task: Task) -> None:
         self._payload = self._pack(task)
+        self.send_blocked = 0.0
         self._timeout = task.timeout
         self._depth = 1 if task.timeout else self.PREFETCH
         self._run += 1
@@ -202,7 +203,10 @@ class ProcessBackend(WorkerProcesses):
 
     def _send(self, worker: _Worker, chunk: SentChunk) -> None:
         """Never blocks for long: the worker reads its pipe on a thread of its own. A worker
-        that died keeps the chunk, and :meth:`wait` learns of the death from its sentinel."""
+        that died keeps the chunk, and :meth:`wait` learns of the death from its sentinel.
+        A large chunk still waits for the worker's reading thread to get a core between the
+        items computing: that wait counts as running, not as sending."""
+        began = time.monotonic()
         try:
             if worker.run != self._run:
                 worker.conn.send(("task", self._run))
@@ -214,6 +218,7 @@ class ProcessBackend(WorkerProcesses):
             self.bytes_sent += len(chunk.payload)
         except OSError:
             pass
+        self.send_blocked += time.monotonic() - began
         if not worker.chunks:
             worker.since = time.monotonic()
         worker.chunks.append(chunk)

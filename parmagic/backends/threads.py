@@ -22,6 +22,8 @@ from . import Backend, drain, failed_chunk, usable_cores
 class _PooledThreads(Backend):
     """What both thread backends share: bookkeeping, timeouts, abandoning, output capture."""
 
+    items_share_a_process = True
+
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
         self._pool = self._new_pool()
