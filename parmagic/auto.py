@@ -134,6 +134,7 @@ class Lead:
             return False
         self.choice = choice
         self.moved = self._moved(choice, share, remaining, outlook)
+        r.auto_saw_computing = r.computing
         return True
 
     def _weigh(self, share: float, remaining: int) -> Forecast:

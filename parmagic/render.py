@@ -10,7 +10,8 @@ from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 ASCII = str.maketrans({"·": "|", "×": "x", "≈": "~"})  # for a stdout that encodes no more
-GIL_BOUND_CORES = 1.3  # items sharing a process that used less CPU than this ran one at a time
+LOAD_SECONDS = 0.3  # the samples of a shorter run say too little of other programs
+NO_GAIN = 1.3  # a speedup under this on threads, for items that compute: the GIL held them
 
 
 def advice(r: RunReport) -> str | None:
@@ -18,13 +19,20 @@ def advice(r: RunReport) -> str | None:
     that stopped early: its figures describe a part of the loop, not the loop)."""
     if r.stopped_at is not None or r.interrupted:
         return None
+    if r.usage is not None and r.usage.others_mean > 25 and r.wall > LOAD_SECONDS:
+        return (
+            f"other programs used {r.usage.others_mean:.0f}% of the machine during the run: "
+            "these figures say more about them than about the loop"
+        )
     computing = r.computing and r.item_count > 1
-    # threads on Python code: the GIL lets the items use about one core between them (code
-    # that releases it, NumPy's, uses more: then threads do fine)
-    gil_bound = r.shared_wall > 0 and r.shared_cpu < GIL_BOUND_CORES * r.shared_wall
-    if computing and gil_bound and r.cores > 1 and r.cpu > 0.2:
+    # items sharing a process that compute and gained nothing: the GIL let one of them run
+    # Python at a time (code that releases it, NumPy's, gains: then threads are fine)
+    shared = r.shared_wall > 0
+    if shared and computing and r.speedup < NO_GAIN and r.cores > 1 and r.cpu > 0.2:
         return "items compute, and one thread runs Python at a time: try --backend processes"
-    if r.copies_objects and r.speedup < 1 and r.wall > 0.01:
+    if computing and r.copies_objects and r.workers > r.cores:
+        return f"{r.workers} workers compute on {r.cores} cores: --workers {r.cores} is enough"
+    if r.copies_objects and r.speedup < 1:
         if r.startup + r.sending > 0.5 * r.wall:
             return (
                 "sending the data to the workers took most of the run: capture less, or use "
@@ -34,10 +42,6 @@ def advice(r: RunReport) -> str | None:
             f"the loop is too small to pay for worker processes: serial is faster here "
             f"(about {r.serial_estimate:.3f} s)"
         )
-    if computing and r.copies_objects and r.workers > r.cores:
-        return f"{r.workers} workers compute on {r.cores} cores: --workers {r.cores} is enough"
-    if r.usage is not None and r.usage.others_mean > 25:
-        return f"other programs used {r.usage.others_mean:.0f}% of the machine during the run"
     busy = [b for b in r.worker_busy.values() if b > 0]
     if len(busy) > 1 and r.wall > 0.2 and max(busy) > 2 * min(busy) and r.chunks < 4 * len(busy):
         return "some workers were idle while others worked: try a smaller --chunksize"
@@ -99,7 +103,10 @@ def _workers_text(r: RunReport) -> str:
 def _notes(r: RunReport) -> list[str]:
     lines = []
     if r.auto_reason:
-        lines.append(f"auto chose {r.backend}: {r.auto_reason}")
+        line = f"auto chose {r.backend}: {r.auto_reason}"
+        if r.auto_saw_computing is not None and r.auto_saw_computing != r.computing:
+            line += f"; over the whole loop they {'compute' if r.computing else 'mostly wait'}"
+        lines.append(line)
     if r.native_limit:
         lines.append(
             f"native thread pools (BLAS, OpenMP) limited to {r.native_limit} per worker "

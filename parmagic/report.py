@@ -54,6 +54,7 @@ class RunReport:
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
     auto_reason: str | None = None  # why --backend auto chose this backend
+    auto_saw_computing: bool | None = None  # what auto's lead-in items did, when it moved
     native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     interrupted: bool = False
@@ -109,14 +110,14 @@ class RunReport:
 
         Time queued for a core is left out (Linux's scheduler accounting, worker.py). Items
         that shared one process (threads, coroutines) also waited for each other, for the
-        GIL or the event loop, which no clock tells apart from I/O: that part of their
-        blocked time is taken in the proportion the process's Python was busy
-        (``shared_cpu / shared_wall``): nearly all of it on a loop that computes, nearly none
-        on a loop that waits. This errs low, never high: the speedup it gives never flatters.
+        GIL, which no clock tells apart from I/O: that part of their blocked time is taken
+        in the proportion the process's Python was busy (on a core, or queued for one):
+        nearly all of it on a loop that computes, nearly none on a loop that waits. This
+        errs low rather than high: the speedup it gives does not flatter.
         """
         own = self.alone
         if self.shared_busy or self.shared_cpu:
-            used = max(self.shared_cpu, self.shared_process_cpu)
+            used = max(self.shared_cpu, self.shared_process_cpu) + self.shared_queued
             busy_python = min(1.0, used / self.shared_wall) if self.shared_wall else 1.0
             blocked = max(0.0, self.shared_busy - self.shared_queued - self.shared_cpu)
             own += self.shared_cpu + blocked * (1.0 - busy_python)

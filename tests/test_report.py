@@ -37,9 +37,8 @@ def test_a_computing_loop_on_processes_counts_the_items_cpu_time(ip, run):
     "cpu, busy, label", [(1.9, 2.0, "computing"), (0.1, 2.0, "mostly waiting")]
 )
 def test_the_cpu_label_follows_the_items_cpu_share(cpu, busy, label):
-    r = RunReport("processes", 2, cores=2, copies_objects=True)
-    r.item_count, r.cpu, r.busy, r.wall = 10, cpu, busy, 1.0
-    assert f"of their busy time: {label}" in text_summary(r)
+    r = _measured("processes", True, item_count=10, cpu=cpu, busy=busy, wall=1.0)
+    assert f"of their own time: {label}" in text_summary(r)
 
 
 def test_a_waiting_loop_on_threads_shows_little_cpu(ip, run):
@@ -59,10 +58,18 @@ def test_figures_agree_with_each_other(ip, run, name):
     assert sorted(t.index for t in r.items) == list(range(37))  # every item, exactly once
     assert sum(r.per_worker.values()) == r.item_count == 37
     assert r.busy == pytest.approx(sum(t.end - t.start for t in r.items))
-    assert r.speedup == pytest.approx(r.busy / r.wall)
-    assert r.efficiency == pytest.approx(r.speedup / r.ideal)
+    assert r.speedup == pytest.approx(r.serial_estimate / r.wall)
+    if name == "serial":
+        assert r.speedup == pytest.approx(1.0)  # serial against itself, by definition
+    else:
+        assert r.serial_estimate == pytest.approx(r.own_time + r.kernel_cpu)
+        assert r.cpu <= r.own_time <= r.busy  # waiting for a core or the GIL is not theirs
+    assert r.efficiency == pytest.approx(min(1.0, r.speedup / r.ideal))
+    assert 0 <= r.cpu_share <= 1 and 0 <= r.efficiency <= 1
     assert sum(r.worker_busy.values()) == pytest.approx(r.busy)
     assert r.startup + r.sending + r.waiting + r.applying == pytest.approx(r.wall)
+    if name == "asyncio":  # one thread ran every coroutine: its CPU time fits in the wall
+        assert r.cpu <= r.wall
 
 
 def test_text_falls_back_to_ascii_and_html_parses(ip, run):
@@ -142,10 +149,16 @@ def test_summary_on_a_stdout_that_only_encodes_ascii(ip, run, monkeypatch):
 
 
 def _measured(backend: str, copies: bool, **figures) -> RunReport:
-    """A report with given figures: the advice rules tested apart from any machine's load."""
+    """A report with given figures: the advice rules tested apart from any machine's load.
+    Items in other processes had their Python to themselves; threads shared the kernel's."""
     r = RunReport(backend, 2, cores=2, copies_objects=copies)
     for name, value in figures.items():
         setattr(r, name, value)
+    if copies or backend == "serial":
+        r.alone = r.busy - r.queued
+    else:
+        r.shared_busy, r.shared_cpu, r.shared_wall = r.busy, r.cpu, r.wall
+        r.shared_queued = r.queued
     return r
 
 
@@ -153,18 +166,32 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
     "r, expected",
     [
         (
-            _measured("threads", False, item_count=12, wall=1.0, busy=2.0, cpu=1.9),
+            _measured("threads", False, item_count=12, wall=1.0, busy=6.0, cpu=0.95),
             "items compute, and one thread runs Python at a time: try --backend processes",
         ),
+        (
+            _measured("threads", False, item_count=12, wall=1.0, busy=3.5, cpu=0.6, queued=0.35),
+            "items compute, and one thread runs Python at a time: try --backend processes",
+        ),
+        (_measured("threads", False, item_count=12, wall=1.0, busy=2.0, cpu=1.9), None),
         (
             _measured("processes", True, item_count=3, wall=0.05, busy=0.001, cpu=0.001),
             "the loop is too small to pay for worker processes",
         ),
         (
+            _measured("processes", True, item_count=40, wall=0.2, busy=0.15, cpu=0.15, startup=0.15),
+            "sending the data to the workers took most of the run",
+        ),
+        (
             _measured("processes", True, item_count=30, wall=1.0, busy=1.6, cpu=1.5, workers=8),
             "8 workers compute on 2 cores: --workers 2 is enough",
         ),
+        (
+            _measured("processes", True, item_count=30, wall=1.0, busy=6.4, cpu=1.5, queued=4.8, workers=8),
+            "8 workers compute on 2 cores: --workers 2 is enough",
+        ),
         (_measured("threads", False, item_count=30, wall=1.0, busy=8.0, cpu=0.05), None),
+        (_measured("threads", False, item_count=30, wall=1.0, busy=8.0, cpu=0.3), None),
         (
             _measured("threads", False, item_count=12, wall=1.0, busy=2.0, cpu=1.9, stopped_at=5),
             None,
@@ -172,9 +199,14 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
     ],
     ids=[
         "threads-on-computing-loop",
+        "threads-on-computing-loop-busy-machine",
+        "threads-with-the-gil-released",
         "processes-on-tiny-loop",
+        "processes-sending-most",
         "oversubscribed",
+        "oversubscribed-queued-for-cores",
         "waiting-on-threads",
+        "waiting-on-threads-some-cpu",
         "after-a-failure",
     ],
 )
@@ -222,4 +254,4 @@ def test_a_computing_loop_is_labelled_computing_on_a_busy_machine(ip, run, busy_
     r = report()
     assert r.queued > 0  # the items did wait for a core
     assert r.cpu_share >= 0.7, (r.cpu, r.busy, r.queued)
-    assert "of their busy time: computing" in outcome.out
+    assert "of their own time: computing" in outcome.out
