@@ -34,6 +34,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/honesty.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

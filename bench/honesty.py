@@ -7,7 +7,7 @@ speedup measured against the median serial run, and the speedup the summary prin
 workload, auto's choice next to the fastest backend. Goals: auto within 10% of the fastest,
 printed speedup within 15% of measured. Benchmarks never fail: they measure.
 
-Usage: python bench/honesty.py [--quick]   (writes bench/honesty.md)
+Usage: python bench/honesty.py [--quick] [--only TEXT]   (writes bench/honesty.md)
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def sorted_top(seed):
     values = np.random.default_rng(seed).random(1_000_000)
     return float(np.sort(values)[-10])
 
-big = np.random.default_rng(0).random(10_000_000)  # 80 MB the items read
+big = np.random.default_rng(0).random(40_000_000)  # 320 MB the items read
 '''
 
 WORKLOADS = {
@@ -72,8 +72,8 @@ WORKLOADS = {
         "total = 0\nfor i in range(200_000):\n    total += i * i",
         ["serial", "threads", "processes"],
     ),
-    "data-heavy items: slices of an 80 MB array": (
-        "sums = []\nfor i in range(200):\n    sums.append(float(big[i::200].sum()))",
+    "data-heavy items: slices of a 320 MB array": (
+        "sums = []\nfor i in range(2000):\n    sums.append(float(big[i::2000].sum()))",
         ["serial", "threads", "processes"],
     ),
 }
@@ -112,7 +112,10 @@ def table(ip) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     verdicts = []
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     for label, (body, backends) in WORKLOADS.items():
+        if only not in label:
+            continue
         print(f"running: {label}", flush=True)
         found = measure(ip, body, backends)
         serial = statistics.median(found["serial"][0])

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .report import RunReport
+from .report import RELEASED_CORES, RunReport
 
 LEAD_ITEMS = 2  # decide on no fewer items than this...
 LEAD_SECONDS = 0.01  # ...unless the items so far took this long
@@ -26,6 +26,9 @@ SHIPPING_RATE = 1e9  # bytes per second, pickled and sent to a worker
 KERNEL_PER_ITEM = 3e-6  # the kernel's own seconds per item on a parallel backend (applying)
 MIN_GAIN_SECONDS = 0.02  # move only when the backend saves at least this much...
 MIN_GAIN_SHARE = 0.2  # ...and this share of what the kernel would take
+TRY_THREADS = "threads, on trial"  # the lead-in's choice when only a trial can tell
+TRIAL_WORTH = 0.15  # seconds of kernel work left that are worth a trial on threads
+TRIAL_SECONDS = 0.05  # how long the trial lasts
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Outlook:
     process_start: float  # seconds until a process pool runs items (warm: almost none)
     captured_bytes: Callable[[], int]  # about what the task weighs (cheap: nothing pickled)
     processes_refused: Callable[[], str | None]  # why the task cannot go (it is pickled)
+    threads_allowed: bool = True  # False under --seed (threads share one random state)
 
 
 @dataclass
@@ -86,7 +90,14 @@ def forecast(
 
 class Lead:
     """Hands the kernel the loop's items until the forecast says another backend should take
-    the rest; then :attr:`choice` names it (None: the loop ended in the kernel)."""
+    the rest; then :attr:`choice` names it (None: the loop ended in the kernel).
+
+    Whether code that computes releases the GIL (NumPy's does) shows only on threads: when
+    processes would not pay (the loop captures too much, or cannot be pickled) and enough
+    work is left, the choice is :data:`TRY_THREADS`, and :meth:`trial` hands threads the
+    items until the process's CPU use tells: over :data:`RELEASED_CORES` cores, threads keep
+    the rest (:attr:`kept`); else the rest goes back to the kernel.
+    """
 
     def __init__(self, report: RunReport, length: int, outlook: Outlook) -> None:
         self.report, self.length, self.outlook = report, length, outlook
@@ -97,6 +108,8 @@ class Lead:
         self._checked = False  # whether the task was pickled to see that it can go
         self._seen = (0, 0.0)  # items done and their own time, at the last decision
         self._per_item = 0.0
+        self.kept = False  # the trial on threads showed the items run side by side
+        self.led = 0  # items the kernel ran before the rest moved
 
     def items(self, iterator: Iterator) -> Iterator:
         began = time.monotonic()
@@ -130,12 +143,62 @@ class Lead:
         share = r.cpu_share
         outlook = self._weigh(share, remaining)
         choice = outlook.best()
+        if choice == "serial" and self._worth_a_trial(outlook):
+            choice = TRY_THREADS
         if choice == "serial":
             return False
-        self.choice = choice
+        self.choice, self.led = choice, done
         self.moved = self._moved(choice, share, remaining, outlook)
         r.auto_saw_computing = r.computing
         return True
+
+    def _worth_a_trial(self, outlook: Forecast) -> bool:
+        """Only where processes cannot beat the kernel at all (while they merely do not win
+        by enough yet, more items in the kernel will tell)."""
+        processes_lose = outlook.processes is None or outlook.processes >= outlook.serial
+        return (
+            processes_lose
+            and self.report.computing
+            and self.outlook.cores > 1
+            and self.outlook.threads_allowed
+            and outlook.serial >= TRIAL_WORTH
+        )
+
+    def trial(self, iterator: Iterator) -> Iterator:
+        """The items for threads on trial: all of them if they turn out to run side by side,
+        else only until that shows."""
+        from .worker import process_queue_wait
+
+        began, first = time.monotonic(), self.report.item_count
+        cpu = time.process_time() + process_queue_wait()
+        deciding = True
+        while True:
+            elapsed = time.monotonic() - began
+            if deciding and elapsed >= TRIAL_SECONDS and self.report.item_count > first:
+                deciding = False
+                # on a core, or queued for one on a busy machine: what the threads wanted
+                cores = (time.process_time() + process_queue_wait() - cpu) / elapsed
+                self.kept = cores >= RELEASED_CORES
+                self.moved = self._tried(cores, elapsed)
+                if not self.kept:
+                    return
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            yield item
+
+    def _tried(self, cores: float, elapsed: float) -> str:
+        seen = f"items compute (CPU {self.report.cpu_share:.0%} of their time over {self._first()})"
+        if self.kept:
+            return (
+                f"{seen}, in code that releases the GIL: on threads, tried for {elapsed:.2f} s, "
+                f"they used {cores:.1f} cores"
+            )
+        return (
+            f"{seen}; threads, tried for {elapsed:.2f} s, ran one at a time ({cores:.1f} "
+            f"cores), so the rest ran in the kernel: {self._why_not_processes()}"
+        )
 
     def _weigh(self, share: float, remaining: int) -> Forecast:
         """The forecast, with what shipping the task to processes costs weighed only once
@@ -161,7 +224,7 @@ class Lead:
         return weighed(None) if self.refused else outlook
 
     def _first(self) -> str:
-        count = self.report.item_count
+        count = self.led
         return f"the first {count} item(s), run in the kernel" if count > 1 else "the first item"
 
     def _moved(self, choice: str, share: float, remaining: int, outlook: Forecast) -> str:
@@ -177,19 +240,23 @@ class Lead:
         note = f"; processes cannot take it: {self.refused}" if self.refused else ""
         return f"{seen}; {rest}: threads overlap their waiting{note}"
 
+    def _why_not_processes(self) -> str:
+        if self.refused:
+            return f"they cannot go to processes ({self.refused})"
+        if self._shipping and self._shipping > MIN_GAIN_SECONDS:
+            weight = self._shipping * SHIPPING_RATE / self.outlook.processes / 1e6
+            return f"sending the {weight:.0f} MB it captures to processes costs more than they save"
+        return "processes would not have paid for themselves"
+
     def _stayed(self) -> str:
         r = self.report
         if r.item_count == 0:
             return "the loop had no items"
         why = "workers would not have paid for themselves"
-        if self._shipping and self._shipping > MIN_GAIN_SECONDS:
-            weight = self._shipping * SHIPPING_RATE / self.outlook.processes / 1e6
-            why = f"sending the {weight:.0f} MB it captures to processes costs more than they save"
-        if self.refused:
-            why = (
-                f"the items compute and cannot go to processes ({self.refused}), and "
-                "threads run one item's Python at a time"
-            )
+        if self.refused or (self._shipping and self._shipping > MIN_GAIN_SECONDS):
+            why = self._why_not_processes()
+            if r.computing:
+                why += ", and threads run one item's Python at a time"
         elif r.computing and self.outlook.cores < 2:
             why = "the items compute and only one core is usable"
         return f"the whole loop ran in the kernel ({r.item_count} items in {r.wall:.3f} s): {why}"

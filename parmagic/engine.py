@@ -21,7 +21,7 @@ from types import CodeType, FunctionType
 from typing import Any
 
 from . import errors
-from .auto import COLD_START, WARM_START, Lead, Outlook
+from .auto import COLD_START, TRY_THREADS, WARM_START, Lead, Outlook
 from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
 from .effects import is_recordable
@@ -241,6 +241,7 @@ def loop_hook(
         backend = session.backend(name, workers, options.start_method, options.scheduler)
         started = time.monotonic() - began
         report.startup += started
+        report.pool_start += started
         report.wall += started
         report.backend, report.workers = backend.name, backend.workers
         report.copies_objects = backend.copies_kernel_objects
@@ -258,38 +259,72 @@ def loop_hook(
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
         if options.compare:
             late_refusal("serial", recorded)  # the loop's names read as globals, say
-            return finish(compare(list(iterable), recorded), [])
+            return finish(compare(list(iterable), recorded))
         length, iterator = operator.length_hint(iterable), iter(iterable)
         report = RunReport("auto", 1, cores=usable_cores())
         session.last_report = report
-        name, led, start = resolve_backend(options.backend, plan.body.awaits), [], 0
+        name = resolve_backend(options.backend, plan.body.awaits)
         serial_reason = options.serial_reason or late_refusal(name, recorded)
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
         if name == "auto":
-            name, led, start = lead_in(iterator, length, recorded, report)
-            if name is None:
-                return finish(iter([]), led)
-        backend, task = prepare(name, options.workers, report, recorded)
-        if backend.runs_coroutines and not plan.body.awaits:
-            warn(errors.NO_AWAIT)
-        records = execute(
+            records = led_records(iterator, length, recorded, report)
+        else:
+            backend, task = prepare(name, options.workers, report, recorded)
+            if backend.runs_coroutines and not plan.body.awaits:
+                warn(errors.NO_AWAIT)
+            records = records_of(backend, task, iterator, length, report)
+        session.open_run = weakref.ref(records)
+        return finish(records)
+
+    def records_of(backend, task, iterator, length, report, recorder=None) -> Iterator[list]:
+        """The run of the loop's items from ``report.item_count`` on, on ``backend``."""
+        start = report.item_count
+        return execute(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
-            length=max(length - start, 0), progress=options.progress and not options.quiet,
-            tail=tail,
+            length=max(length - start, 0), tail=tail, recorder=recorder,
+            progress=options.progress and not options.quiet and recorder is None,
         )  # fmt: skip
-        session.open_run = weakref.ref(records)
-        return finish(records, led)
 
-    def finish(records: Iterator[list], led: list) -> Any:
+    def led_records(iterator, length: int, recorded, report: RunReport, recorder=None):
+        """auto: the first items in the kernel until the rest should go elsewhere (auto.py),
+        then the rest there; lazy throughout, like the loop it replaces."""
+        serial = session.backend("serial", 1, None)
+        task = make_task(serial, recorded)
+        leader = Lead(report, length, outlook(task))
+        report.backend, report.workers = serial.name, serial.workers
+        if recorder is not None:
+            recorder.task = task
+        yield from records_of(serial, task, leader.items(iterator), length, report, recorder)
+        name, report.auto_reason = leader.choice, leader.reason
+        if name is None:
+            return
+        if name == "threads" and options.seed is not None:
+            name = "serial"  # threads share one global random state
+            report.auto_reason += "; serial, as --seed needs items in processes of their own"
+        workers, items = options.workers, iterator
+        if name == TRY_THREADS:  # as many threads as cores: the items compute
+            name, workers, items = "threads", workers or usable_cores(), leader.trial(iterator)
+        backend, task = prepare(name, workers, report, recorded)
+        if recorder is not None:
+            recorder.task = task
+        yield from records_of(backend, task, items, length, report, recorder)
+        report.auto_reason = leader.reason
+        if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
+            serial, task = prepare("serial", 1, report, recorded)
+            if recorder is not None:
+                recorder.task = task
+            yield from records_of(serial, task, iterator, length, report, recorder)
+
+    def finish(records: Iterator[list]) -> Any:
         """What the loop's statement gives: nothing for a ``for``, else the comprehension."""
         if plan.body.kind == "for":
             for _ in records:
                 pass
             return None
         # each item's values are a list: a comprehension's inner clauses may give 0 or more
-        values = itertools.chain.from_iterable(itertools.chain(led, records))
+        values = itertools.chain.from_iterable(records)
         if plan.body.kind == "generator":
             return values  # lazy, like the generator expression it replaces
         return {"list": list, "set": set, "dict": dict}[plan.body.kind](values)
@@ -304,22 +339,16 @@ def loop_hook(
             report = RunReport(name, 1, cores=usable_cores())
             reference_coroutines = name == "serial" and awaits  # one coroutine at a time
             workers = 1 if reference_coroutines else options.workers
-            iterator, start, recorder = iter(items), 0, Recorder(None, report)
+            recorder = Recorder(None, report)
             recorders.append(recorder)
             if name == "auto" and not awaits:
-                name, _, start = lead_in(iterator, len(items), recorded, report, recorder)
-                if name is None:
-                    return report, recorder
-            elif name == "auto":
-                name = "asyncio"
-            backend, recorder.task = prepare(
-                "asyncio" if reference_coroutines else name, workers, report, recorded
-            )
-            for _ in execute(
-                backend, recorder.task, iterator, ns, report, filename=plan.filename,
-                chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
-                length=len(items) - start, recorder=recorder,
-            ):  # fmt: skip
+                records = led_records(iter(items), len(items), recorded, report, recorder)
+            else:
+                name = "asyncio" if reference_coroutines or name == "auto" else name
+                backend, recorder.task = prepare(name, workers, report, recorded)
+                task = recorder.task
+                records = records_of(backend, task, iter(items), len(items), report, recorder)
+            for _ in records:
                 pass
             return report, recorder
 
@@ -369,27 +398,8 @@ def loop_hook(
             process_start=WARM_START if warm else COLD_START.get(method, 0.5),
             captured_bytes=captured_bytes,
             processes_refused=processes_refused,
+            threads_allowed=options.seed is None,
         )
-
-    def lead_in(iterator, length: int, recorded, report: RunReport, recorder=None) -> tuple:
-        """auto: the first items in the kernel until the rest should go elsewhere (auto.py).
-        Returns (the backend for the rest or None when the kernel ran the whole loop, the
-        items' values, the number of items done)."""
-        serial = session.backend("serial", 1, None)
-        task = make_task(serial, recorded)
-        leader = Lead(report, length, outlook(task))
-        report.backend, report.workers = serial.name, serial.workers
-        if recorder is not None:
-            recorder.task = task
-        led = list(execute(
-            serial, task, leader.items(iterator), ns, report, filename=plan.filename,
-            stop=session.stop_requested, length=length, tail=tail, recorder=recorder,
-        ))  # fmt: skip
-        name, report.auto_reason = leader.choice, leader.reason
-        if name == "threads" and options.seed is not None:
-            name = "serial"  # threads share one global random state
-            report.auto_reason += "; serial, as --seed needs items in processes of their own"
-        return name, led, report.item_count
 
     return run
 

@@ -11,7 +11,6 @@ from .report import RunReport
 BLOCKS = " ▏▎▍▌▋▊▉█"
 ASCII = str.maketrans({"·": "|", "×": "x", "≈": "~"})  # for a stdout that encodes no more
 LOAD_SECONDS = 0.3  # the samples of a shorter run say too little of other programs
-NO_GAIN = 1.3  # a speedup under this on threads, for items that compute: the GIL held them
 
 
 def advice(r: RunReport) -> str | None:
@@ -25,14 +24,16 @@ def advice(r: RunReport) -> str | None:
             "these figures say more about them than about the loop"
         )
     computing = r.computing and r.item_count > 1
-    # items sharing a process that compute and gained nothing: the GIL let one of them run
-    # Python at a time (code that releases it, NumPy's, gains: then threads are fine)
-    shared = r.shared_wall > 0
-    if shared and computing and r.speedup < NO_GAIN and r.cores > 1 and r.cpu > 0.2:
+    # items sharing a process that compute: the GIL lets one of them run Python at a time,
+    # unless their code releases it (NumPy's): then threads are fine
+    gil_bound = r.shared_wall > 0 and not r.releases_the_gil
+    if computing and gil_bound and r.cores > 1 and r.cpu > 0.2:
         return "items compute, and one thread runs Python at a time: try --backend processes"
     if computing and r.copies_objects and r.workers > r.cores:
         return f"{r.workers} workers compute on {r.cores} cores: --workers {r.cores} is enough"
     if r.copies_objects and r.speedup < 1:
+        if r.pool_start > 0.5 * r.wall:
+            return "starting the workers took most of this run: the next run finds them started"
         if r.startup + r.sending > 0.5 * r.wall:
             return (
                 "sending the data to the workers took most of the run: capture less, or use "

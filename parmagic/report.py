@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 
 CPU_BOUND_SHARE = 0.7  # the items' CPU share from which a loop counts as computing
+RELEASED_CORES = 1.4  # cores of CPU items sharing a process used: their code releases the GIL
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RunReport:
     chunks: int = 0
     wall: float = 0.0
     startup: float = 0.0  # preparing the run: pickling the task, a pool's first start
+    pool_start: float = 0.0  # of startup: starting worker processes or a cluster
     sending: float = 0.0  # reading the iterable and handing chunks to the backend
     waiting: float = 0.0  # waiting for results while the items run
     bytes_sent: int = 0  # pickled task and items sent to worker processes
@@ -156,10 +158,17 @@ class RunReport:
         if self.backend == "serial":
             return 1.0
         if self.computing:
-            if self.copies_objects:
+            if self.copies_objects or self.releases_the_gil:
                 return float(min(parallel, self.cores))
             return 1.0  # one thread runs Python at a time (the GIL)
         return float(parallel)
+
+    @property
+    def releases_the_gil(self) -> bool:
+        """Items sharing a process whose CPU time went on more than one core at once (or
+        wanted to, on a busy machine): their code lets go of the GIL (NumPy's does)."""
+        wanted = max(self.shared_cpu, self.shared_process_cpu) + self.shared_queued
+        return self.shared_wall > 0 and wanted >= RELEASED_CORES * self.shared_wall
 
     @property
     def efficiency(self) -> float:

@@ -86,3 +86,13 @@ def test_auto_keeps_a_computing_loop_that_cannot_travel_in_the_kernel(ip, run):
     assert outcome.error is None and report().backend == "serial"
     assert "cannot go to processes (the loop uses `lock`" in outcome.out
     assert ip.user_ns["calls"] == list(range(40))
+
+
+def test_auto_stays_lazy_for_a_generator_expression(ip, run):
+    """The lead-in hands each item's value on as it is done: a consumer that stops early
+    stops the loop early, as with the plain generator expression."""
+    run("import itertools\n")
+    outcome = run("%%parallel -q\nfound = next(x for x in itertools.count() if x > 5)\n")
+    assert outcome.error is None, outcome.err
+    assert ip.user_ns["found"] == 6
+    assert report().item_count < 100  # the endless loop did not run on

@@ -148,8 +148,11 @@ def test_semantics_and_loopback_only_on_the_local_cluster(ip, run):
     kernel = psutil.Process()
     children_before = {p.pid for p in kernel.children(recursive=True)}
     kernel_before = _listening(kernel)
-    for case in CASES:  # one local cluster for every case: it stays warm across cells
+    for number, case in enumerate(CASES):  # one local cluster for every case: it stays warm
         case(ip, run, LOCAL)
+        if number == 0:  # the cluster's start is part of the first run's wall time
+            first = report()
+            assert 0 < first.pool_start <= first.startup <= first.wall
     assert report().dashboard and report().dashboard.startswith("http://127.0.0.1:")
     started = [p for p in kernel.children(recursive=True) if p.pid not in children_before]
     assert len(started) >= 2  # the two worker processes

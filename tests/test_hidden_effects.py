@@ -4,6 +4,7 @@ as the plain loop ends or is refused before any item runs, naming the line."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import BACKENDS, report
 from IPython.core.error import UsageError
@@ -145,6 +146,23 @@ def test_library_functions_and_pure_notebook_functions_run(ip, run, backend):
     run("import math\ndef area(r):\n    scale = 2\n    return math.pi * r * r * scale\n")
     outcome = run(f"%%parallel {backend} -q\nareas = [area(r) for r in range(5)]\n")
     assert outcome.error is None and ip.user_ns["areas"] == [math_area(r) for r in range(5)]
+
+
+def test_a_library_function_named_like_a_method_is_no_change(ip, run, backend):
+    """``np.sort(values)`` and ``heapq.heapify(h)`` call a module's function: nothing of the
+    kernel's changes, as it would with ``values.sort()``."""
+    run(
+        "import heapq\nimport numpy as np\n"
+        "def top(seed):\n    values = np.random.default_rng(seed).random(50)\n"
+        "    heap = list(values)\n    heapq.heapify(heap)\n    return float(np.sort(values)[-1]), heap[0]\n"
+    )
+    outcome = run(f"%%parallel {backend} -q\ntops = []\nfor seed in range(6):\n    tops.append(top(seed))\n")
+    assert outcome.error is None, outcome.err
+    expected = []
+    for seed in range(6):
+        values = np.random.default_rng(seed).random(50)
+        expected.append((float(np.sort(values)[-1]), float(values.min())))
+    assert ip.user_ns["tops"] == expected
 
 
 def math_area(r: int) -> float:

@@ -183,6 +183,10 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
             "sending the data to the workers took most of the run",
         ),
         (
+            _measured("processes", True, item_count=9, wall=0.8, busy=0.1, cpu=0.1, pool_start=0.7, startup=0.7),
+            "starting the workers took most of this run",
+        ),
+        (
             _measured("processes", True, item_count=30, wall=1.0, busy=1.6, cpu=1.5, workers=8),
             "8 workers compute on 2 cores: --workers 2 is enough",
         ),
@@ -203,6 +207,7 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
         "threads-with-the-gil-released",
         "processes-on-tiny-loop",
         "processes-sending-most",
+        "processes-starting-most",
         "oversubscribed",
         "oversubscribed-queued-for-cores",
         "waiting-on-threads",

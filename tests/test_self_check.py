@@ -9,6 +9,7 @@ figures that cannot be true (a share over 100%, a single thread's CPU time over 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import report
 
@@ -159,3 +160,31 @@ def parmagic_table(out: str) -> list[str]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("backend "))
     return lines[start + 1 :]
+
+
+def test_auto_tries_threads_when_processes_cannot_pay_and_keeps_them_for_numpy(ip, run):
+    """Whether code releases the GIL shows only on threads: a loop over a large captured
+    array, too dear to send to processes, gets a trial on threads, and keeps them when its
+    items ran side by side (NumPy's sort lets go of the GIL)."""
+    if CORES < 2:
+        pytest.skip("threads can run side by side only on two cores or more")
+    run(SETUP)
+    body = "tops = []\nfor i in range(40):\n    tops.append(float(np.sort(np.sin(captured[i::50]))[-1]))\n"
+    outcome = run(f"%%parallel\n{body}")
+    assert outcome.error is None, outcome.err
+    r = report()
+    assert r.backend == "threads", outcome.out
+    assert "in code that releases the GIL" in outcome.out
+    assert r.releases_the_gil and r.ideal > 1
+    assert ip.user_ns["tops"] == [float(np.sin(1.0))] * 40
+
+
+def test_auto_takes_a_computing_loop_back_to_the_kernel_when_threads_run_one_at_a_time(ip, run):
+    run(SETUP)
+    run("import threading\nlock = threading.Lock()\n")  # processes cannot take the loop
+    body = "totals = []\nfor i in range(16):\n    with lock:\n        totals.append(spin(i))\n"
+    outcome = run(f"%%parallel\n{body}")
+    assert outcome.error is None, outcome.err
+    assert report().backend == "serial", outcome.out
+    assert "ran one at a time" in outcome.out and "the loop uses `lock`" in outcome.out
+    assert len(ip.user_ns["totals"]) == 16
