@@ -290,13 +290,15 @@ def loop_hook(
     def led_records(iterator, length: int, recorded, report: RunReport, recorder=None):
         """auto: the first items in the kernel until the rest should go elsewhere (auto.py),
         then the rest there; lazy throughout, like the loop it replaces."""
-        serial = session.backend("serial", 1, None)
-        task = make_task(serial, recorded)
+
+        def phase(backend: Backend, task: Task, items) -> Iterator[list]:
+            if recorder is not None:
+                recorder.task = task
+            return records_of(backend, task, items, length, report, recorder)
+
+        serial, task = prepare("serial", 1, report, recorded)
         leader = Lead(report, length, outlook(task))
-        report.backend, report.workers = serial.name, serial.workers
-        if recorder is not None:
-            recorder.task = task
-        yield from records_of(serial, task, leader.items(iterator), length, report, recorder)
+        yield from phase(serial, task, leader.items(iterator))
         name, report.auto_reason = leader.choice, leader.reason
         if name is None:
             return
@@ -306,16 +308,10 @@ def loop_hook(
         workers, items = options.workers, iterator
         if name == TRY_THREADS:  # as many threads as cores: the items compute
             name, workers, items = "threads", workers or usable_cores(), leader.trial(iterator)
-        backend, task = prepare(name, workers, report, recorded)
-        if recorder is not None:
-            recorder.task = task
-        yield from records_of(backend, task, items, length, report, recorder)
+        yield from phase(*prepare(name, workers, report, recorded), items)
         report.auto_reason = leader.reason
         if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
-            serial, task = prepare("serial", 1, report, recorded)
-            if recorder is not None:
-                recorder.task = task
-            yield from records_of(serial, task, iterator, length, report, recorder)
+            yield from phase(*prepare("serial", 1, report, recorded), iterator)
 
     def finish(records: Iterator[list]) -> Any:
         """What the loop's statement gives: nothing for a ``for``, else the comprehension."""
