@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .report import RELEASED_CORES, RunReport
+from .report import RunReport, side_by_side
 
 LEAD_ITEMS = 2  # decide on no fewer items than this...
 LEAD_SECONDS = 0.01  # ...unless the items so far took this long
@@ -95,8 +95,9 @@ class Lead:
     Whether code that computes releases the GIL (NumPy's does) shows only on threads: when
     processes would not pay (the loop captures too much, or cannot be pickled) and enough
     work is left, the choice is :data:`TRY_THREADS`, and :meth:`trial` hands threads the
-    items until the process's CPU use tells: over :data:`RELEASED_CORES` cores, threads keep
-    the rest (:attr:`kept`); else the rest goes back to the kernel.
+    items until their times tell: if they ran side by side (``report.side_by_side``: more
+    than one core busy), threads keep the rest (:attr:`kept`); if they took turns, the rest
+    goes back to the kernel.
     """
 
     def __init__(self, report: RunReport, length: int, outlook: Outlook) -> None:
@@ -167,19 +168,19 @@ class Lead:
     def trial(self, iterator: Iterator) -> Iterator:
         """The items for threads on trial: all of them if they turn out to run side by side,
         else only until that shows."""
-        from .worker import process_queue_wait
-
-        began, first = time.monotonic(), self.report.item_count
-        cpu = time.process_time() + process_queue_wait()
+        r = self.report
+        began, first, records = time.monotonic(), r.item_count, len(r.timings)
+        before = (r.shared_cpu, r.shared_queued)
         deciding = True
         while True:
             elapsed = time.monotonic() - began
-            if deciding and elapsed >= TRIAL_SECONDS and self.report.item_count > first:
+            if deciding and elapsed >= TRIAL_SECONDS and r.item_count > first + 1:
                 deciding = False
-                # on a core, or queued for one on a busy machine: what the threads wanted
-                cores = (time.process_time() + process_queue_wait() - cpu) / elapsed
-                self.kept = cores >= RELEASED_CORES
-                self.moved = self._tried(cores, elapsed)
+                ends = (end for *_, end, _ in r.timings[records:])  # of the items applied
+                span = max(ends, default=time.monotonic()) - began  # (past 100,000 records)
+                cpu, queued = r.shared_cpu - before[0], r.shared_queued - before[1]
+                self.kept = side_by_side(cpu, queued, span)
+                self.moved = self._tried((cpu + queued) / span if span > 0 else 0.0, elapsed)
                 if not self.kept:
                     return
             try:
@@ -188,16 +189,16 @@ class Lead:
                 return
             yield item
 
-    def _tried(self, cores: float, elapsed: float) -> str:
+    def _tried(self, running: float, elapsed: float) -> str:
         seen = f"items compute (CPU {self.report.cpu_share:.0%} of their time over {self._first()})"
         if self.kept:
             return (
                 f"{seen}, in code that releases the GIL: on threads, tried for {elapsed:.2f} s, "
-                f"they used {cores:.1f} cores"
+                f"they ran side by side ({running:.1f} cores busy)"
             )
         return (
-            f"{seen}; threads, tried for {elapsed:.2f} s, ran one at a time ({cores:.1f} "
-            f"cores), so the rest ran in the kernel: {self._why_not_processes()}"
+            f"{seen}; threads, tried for {elapsed:.2f} s, ran one at a time ({running:.1f} "
+            f"cores busy), so the rest ran in the kernel: {self._why_not_processes()}"
         )
 
     def _weigh(self, share: float, remaining: int) -> Forecast:

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
 
 CPU_BOUND_SHARE = 0.7  # the items' CPU share from which a loop counts as computing
-RELEASED_CORES = 1.4  # cores of CPU items sharing a process used: their code releases the GIL
+SIDE_BY_SIDE = 1.4  # cores' worth of time items sharing a process spent on a core (or queued
+# for one) per second of the run: more, and their code releases the GIL; taking turns, one
 
 
 @dataclass
@@ -165,10 +166,10 @@ class RunReport:
 
     @property
     def releases_the_gil(self) -> bool:
-        """Items sharing a process whose CPU time went on more than one core at once (or
-        wanted to, on a busy machine): their code lets go of the GIL (NumPy's does)."""
-        wanted = max(self.shared_cpu, self.shared_process_cpu) + self.shared_queued
-        return self.shared_wall > 0 and wanted >= RELEASED_CORES * self.shared_wall
+        """Items sharing a process that ran on more than one core at once: they did not take
+        turns at the GIL (NumPy's code lets go of it)."""
+        return side_by_side(self.shared_cpu, self.shared_queued, self.shared_wall)
+
 
     @property
     def efficiency(self) -> float:
@@ -189,3 +190,10 @@ class RunReport:
         from .render import html_summary
 
         return html_summary(self)
+
+
+def side_by_side(cpu: float, queued: float, wall: float) -> bool:
+    """Whether threads ran side by side rather than in turns, from their CPU and run-queue
+    times over ``wall`` seconds (a busy machine's queueing counts as running: it says nothing
+    of the GIL)."""
+    return wall > 0 and (cpu + queued) >= SIDE_BY_SIDE * wall

@@ -150,22 +150,15 @@ def seed_item(seed: int, index: int) -> None:
         numpy.random.seed(numpy.random.SeedSequence([seed, index]).generate_state(4))
 
 
-def run_queue_wait(schedstat: str = SCHEDSTAT) -> float:
+def run_queue_wait() -> float:
     """Seconds this thread has spent ready to run but waiting for a core (Linux's scheduler
     accounting; 0 elsewhere): the time a busy machine adds to an item that only computes,
     which must not be mistaken for the item waiting on I/O."""
     try:
-        with open(schedstat, "rb") as stat:
+        with open(SCHEDSTAT, "rb") as stat:
             return int(stat.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
-        return 0.0  # elsewhere than Linux, or a thread that has just ended
-
-
-def process_queue_wait() -> float:
-    """The same, added up over this process's threads."""
-    import glob
-
-    return sum(map(run_queue_wait, glob.glob("/proc/self/task/*/schedstat")))
+        return 0.0
 
 
 class ItemTimedOut(BaseException):

@@ -83,7 +83,7 @@ def test_auto_keeps_a_computing_loop_that_cannot_travel_in_the_kernel(ip, run):
     run("import threading\nlock = threading.Lock()\n")
     cell = "calls = []\nfor i in range(40):\n    with lock:\n        t = sum(k for k in range(400_000))\n    calls.append(i)\n"
     outcome = run(f"%%parallel\n{cell}")
-    assert outcome.error is None and report().backend == "serial"
+    assert outcome.error is None and report().backend == "serial", outcome.out
     assert "cannot go to processes (the loop uses `lock`" in outcome.out
     assert ip.user_ns["calls"] == list(range(40))
 
