@@ -28,7 +28,7 @@ MIN_GAIN_SECONDS = 0.02  # move only when the backend saves at least this much..
 MIN_GAIN_SHARE = 0.2  # ...and this share of what the kernel would take
 TRY_THREADS = "threads, on trial"  # the lead-in's choice when only a trial can tell
 TRIAL_WORTH = 0.15  # seconds of kernel work left that are worth a trial on threads
-TRIAL_SECONDS = 0.05  # how long the trial lasts
+TRIAL_SECONDS = 0.1  # how long the trial lasts, at least
 
 
 @dataclass
@@ -174,10 +174,12 @@ class Lead:
         deciding = True
         while True:
             elapsed = time.monotonic() - began
-            if deciding and elapsed >= TRIAL_SECONDS and r.item_count > first + 1:
+            tried = r.item_count - first
+            if deciding and elapsed >= TRIAL_SECONDS and tried >= 2 * self.outlook.cores:
                 deciding = False
-                ends = (end for *_, end, _ in r.timings[records:])  # of the items applied
-                span = max(ends, default=time.monotonic()) - began  # (past 100,000 records)
+                applied = r.timings[records:]  # empty past 100,000 records: then up to now
+                span = max((t[3] for t in applied), default=time.monotonic())
+                span -= min((t[2] for t in applied), default=began)
                 cpu, queued = r.shared_cpu - before[0], r.shared_queued - before[1]
                 self.kept = side_by_side(cpu, queued, span)
                 self.moved = self._tried((cpu + queued) / span if span > 0 else 0.0, elapsed)

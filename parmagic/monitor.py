@@ -58,8 +58,11 @@ class Usage:
 class Monitor:
     """Samples until stopped; the last partial interval is sampled on stop."""
 
-    def __init__(self, interval: float = INTERVAL) -> None:
-        self.interval = interval
+    def __init__(self, interval: float = INTERVAL, children: bool = True) -> None:
+        """``children``: whether items run in child processes, whose CPU time counts as
+        ours (walking /proc for them holds the GIL, which items in the kernel then wait
+        for: not worth it when there are none)."""
+        self.interval, self.children = interval, children
         self.usage = Usage()
         self._stop = threading.Event()
         self._me = psutil.Process()
@@ -71,7 +74,7 @@ class Monitor:
     def _tree_cpu(self) -> float:
         self._samples += 1
         if self._samples % 10 == 1:  # walking /proc for children costs more than reading them
-            self._family = [self._me, *self._children()]
+            self._family = [self._me, *self._children()] if self.children else [self._me]
         total = 0.0
         for process in self._family:
             try:
