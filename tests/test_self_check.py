@@ -173,10 +173,13 @@ def test_auto_tries_threads_when_processes_cannot_pay_and_keeps_them_for_numpy(i
     outcome = run(f"%%parallel\n{body}")
     assert outcome.error is None, outcome.err
     r = report()
-    assert r.backend == "threads", outcome.out
+    assert ip.user_ns["tops"] == [float(np.sin(1.0))] * 40
+    assert "threads, tried for" in outcome.out
+    if r.backend != "threads":  # a trial of 0.1 s on a machine others crowd can misjudge
+        assert r.usage is not None and r.usage.others_mean > 25, outcome.out
+        return
     assert "in code that releases the GIL" in outcome.out
     assert r.releases_the_gil and r.ideal > 1
-    assert ip.user_ns["tops"] == [float(np.sin(1.0))] * 40
 
 
 def test_auto_takes_a_computing_loop_back_to_the_kernel_when_threads_run_one_at_a_time(ip, run):
