@@ -149,7 +149,7 @@ class Lead:
         if choice == "serial":
             return False
         self.choice, self.led = choice, done
-        self.moved = self._moved(choice, share, remaining, outlook)
+        self.moved = self._moved(choice, share, remaining)
         r.auto_saw_computing = r.computing
         return True
 
@@ -230,7 +230,8 @@ class Lead:
         count = self.led
         return f"the first {count} item(s), run in the kernel" if count > 1 else "the first item"
 
-    def _moved(self, choice: str, share: float, remaining: int, outlook: Forecast) -> str:
+    def _moved(self, choice: str, share: float, remaining: int) -> str:
+        """Why the rest moved to ``choice`` (for a trial, until the trial tells)."""
         kind = "compute" if self.report.computing else "mostly wait"
         seen = f"items {kind} (CPU {share:.0%} of their time over {self._first()})"
         pace = f"{self._per_item * 1000:.2g} ms each lately"
@@ -240,6 +241,8 @@ class Lead:
         if choice == "processes":
             cores = min(self.outlook.cores, self.outlook.processes)
             return f"{seen}; {rest}: {cores} cores share them"
+        if choice == TRY_THREADS:
+            return f"{seen}; {rest}, and {self._why_not_processes()}: threads took them on trial"
         note = f"; processes cannot take it: {self.refused}" if self.refused else ""
         return f"{seen}; {rest}: threads overlap their waiting{note}"
 

@@ -170,7 +170,6 @@ class RunReport:
         turns at the GIL (NumPy's code lets go of it)."""
         return side_by_side(self.shared_cpu, self.shared_queued, self.shared_wall)
 
-
     @property
     def efficiency(self) -> float:
         """The speedup over the ideal, at most 1: both are estimates near the top."""

@@ -321,9 +321,10 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         if not consumer_stopped:  # else items still running are read-ahead nobody asked for
             report.warnings += warnings
         report.bytes_sent += backend.bytes_sent
-        report.wall += time.monotonic() - began
+        elapsed = time.monotonic() - began
+        report.wall += elapsed
         if report.sharing:
-            report.shared_wall += time.monotonic() - began
+            report.shared_wall += elapsed
             report.shared_process_cpu += time.process_time() - process_cpu
         if monitor is not None:
             report.usage = monitor.stop().joined(report.usage)

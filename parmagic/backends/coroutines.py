@@ -53,7 +53,8 @@ class LoopLateness:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop, self.total, self.count = loop, 0.0, 0
-        self.idle = loop.call_soon_threadsafe(self._arm)  # first reading: an idle loop's
+        self.handle: asyncio.TimerHandle | None = None  # the next reading (loop thread only)
+        self.first = loop.call_soon_threadsafe(self._arm)
 
     def _arm(self) -> None:
         self.due = self.loop.time() + LATENESS_PERIOD
@@ -69,10 +70,9 @@ class LoopLateness:
 
     def stop(self) -> None:
         def cancel() -> None:
-            handle = getattr(self, "handle", None)
-            if handle is not None:
-                handle.cancel()
-            self.idle.cancel()
+            self.first.cancel()
+            if self.handle is not None:
+                self.handle.cancel()
 
         self.loop.call_soon_threadsafe(cancel)
 
