@@ -44,7 +44,8 @@ class Usage:
         return sum(v * w for v, w in zip(values, weights, strict=False)) / total
 
     def core_means(self) -> list[float]:
-        return [max(0.0, self._mean(values)) for values in self.cores if values]
+        """Rounding in psutil's deltas can put a mean a hair outside 0–100."""
+        return [min(100.0, max(0.0, self._mean(values))) for values in self.cores if values]
 
     @property
     def ours_mean(self) -> float:

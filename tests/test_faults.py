@@ -151,6 +151,25 @@ def test_an_endless_iterable_stops_at_the_failing_item(ip, run, name):
     assert len(ip.user_ns["pulled"]) < 100_000  # read lazily, a bounded window ahead
 
 
+@pytest.mark.parametrize("name", ["fork", "futures-fork"])
+def test_a_pool_stopped_with_full_pipes_leaves_no_thread_behind(ip, run, name):
+    """Big items and results fill the pipes when a failing item stops the run: a pool's
+    helper threads blocked on them must still end, before the next pool forks."""
+    run("import itertools, threading\nclass Enough(Exception):\n    pass\nblob = 'x' * 20_000\n")
+    cell = (
+        f"%%parallel -q {BACKENDS[name]}\nsizes = []\n"
+        "for text in (blob + str(k) for k in itertools.count()):\n"
+        "    if text.endswith('300'):\n        raise Enough(text[-3:])\n"
+        "    sizes.append(len(text))\n"
+    )
+    counts = []
+    for _ in range(3):
+        assert type(run(cell).error).__name__ == "Enough"
+        assert ip.user_ns["sizes"] == [20_000 + len(str(k)) for k in range(300)]
+        counts.append(threading.active_count())
+    assert counts[2] <= counts[0], f"threads after each run: {counts}"
+
+
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_islice_of_an_endless_iterable_runs_to_its_end(ip, run, name):
     run("import itertools\n")

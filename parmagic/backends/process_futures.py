@@ -10,6 +10,7 @@ is started.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import pickle
 import select
@@ -25,23 +26,30 @@ from ..worker import ChunkResult, Task
 from . import failed_chunk
 from .processes import KILL_GRACE, WorkerProcesses, plain_main
 
-MANAGER_GRACE = 1.0  # seconds for the executor's manager thread to end by itself
+MANAGER_GRACE = 5.0  # seconds for the executor's manager thread to end once unblocked
 
 
-def _unblock_manager(manager: threading.Thread, writer: int) -> None:
+def _unblock_manager(manager: threading.Thread, calls, results) -> None:
     """Let the executor's manager thread end after its workers were killed.
 
+    Two pipes can hold it for ever (and ``shutdown(wait=True)``, and the interpreter at exit).
     A worker killed between writing a result's header and its body leaves half a message in
-    the result pipe, and the manager thread waits for the rest for ever (so would
-    ``shutdown(wait=True)``, and the interpreter at exit). Zeros written into the pipe complete
-    the message; the manager reads it as a broken result and ends, as after a dead worker.
+    the result pipe, and the manager waits for the rest: zeros written into the pipe complete
+    the message, which the manager reads as a broken result and ends, as after a dead worker.
+    And the queue feeding calls to workers blocks on a full pipe nobody reads: closing the
+    reader here, as CPython does for a broken pool, makes that write fail instead. Both must
+    happen before the next pool forks, or its workers inherit the old pipes' ends.
     """
-    manager.join(MANAGER_GRACE)
-    deadline = time.monotonic() + 5 * MANAGER_GRACE
+    calls._reader.close()
+    writer = results._writer.fileno()
+    os.set_blocking(writer, False)  # the killed workers were the only other writers
+    zeros = bytes(1 << 16)
+    deadline = time.monotonic() + MANAGER_GRACE
     while manager.is_alive() and time.monotonic() < deadline:
-        if select.select([], [writer], [], 0.1)[1]:
-            os.write(writer, bytes(512))  # less than a pipe's atomic size: never blocks
-        manager.join(0.05)
+        if select.select([], [writer], [], 0.05)[1]:
+            with contextlib.suppress(BlockingIOError):  # the manager read less than we wrote
+                os.write(writer, zeros)
+        manager.join(0.01)
 
 
 class ProcessFuturesBackend(WorkerProcesses):
@@ -132,16 +140,19 @@ class ProcessFuturesBackend(WorkerProcesses):
         # Before 3.14, ProcessPoolExecutor has no way to stop a running task: its processes
         # are killed one by one; 3.14's kill_workers() does the same, publicly.
         executor = self._executor
-        manager = executor._executor_manager_thread  # shutdown() forgets both
-        results = executor._result_queue
+        manager = executor._executor_manager_thread  # shutdown() forgets these
+        calls, results = executor._call_queue, executor._result_queue
         if hasattr(executor, "kill_workers"):
             executor.kill_workers()
         else:
-            for process in list(getattr(executor, "_processes", {}).values()):
+            processes = list(getattr(executor, "_processes", {}).values())
+            for process in processes:
                 process.kill()
+            for process in processes:
+                process.join(KILL_GRACE)  # dead before shutdown counts who is alive
         executor.shutdown(wait=False, cancel_futures=True)
         if manager is not None:
-            _unblock_manager(manager, results._writer.fileno())
+            _unblock_manager(manager, calls, results)
         self._running.clear()
         self._executor = self._new_executor()
 
