@@ -30,7 +30,9 @@ def main() -> None:
     ip = start_ipython()
     ip.run_line_magic("load_ext", "parmagic")
     ip.run_cell(SETUP)
-    cells = {name: CELL.format(options=o, items=ITEMS, seconds=SECONDS) for name, o in VARIANTS.items()}
+    cells = {
+        name: CELL.format(options=o, items=ITEMS, seconds=SECONDS) for name, o in VARIANTS.items()
+    }
     for cell in cells.values():  # warm: start the pool and the cluster
         ip.run_cell(cell.replace(f"range({ITEMS})", "range(4)"))
     times: dict[str, list[float]] = {name: [] for name in cells}
@@ -41,7 +43,9 @@ def main() -> None:
             times[name].append(time.perf_counter() - began)
             assert result.success and ip.user_ns["done"] == list(range(ITEMS)), name
     serial = ITEMS * SECONDS
-    print(f"{ITEMS} items × {SECONDS * 1000:.0f} ms of CPU each (serial ≈ {serial:.1f} s), median of {REPEATS}")
+    print(
+        f"{ITEMS} items × {SECONDS * 1000:.0f} ms of CPU each (serial ≈ {serial:.1f} s), median of {REPEATS}"
+    )
     print("| backend | wall (s) | speedup over serial |")
     print("|---|---|---|")
     for name, values in times.items():

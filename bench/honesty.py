@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 QUICK = "--quick" in sys.argv
 REPEATS = 2 if QUICK else 5
 
-SETUP = '''
+SETUP = """
 import asyncio, time
 import numpy as np
 
@@ -45,7 +45,7 @@ def sorted_top(seed):
     return float(np.sort(values)[-10])
 
 big = np.random.default_rng(0).random(40_000_000)  # 320 MB the items read
-'''
+"""
 
 WORKLOADS = {
     "README: digit_count over range(4000)": (

@@ -40,6 +40,7 @@ def slow_server_process(latency: float):
         server.stdin.close()
         server.wait(timeout=10)
 
+
 LATENCY = 0.05
 THREADS = 32
 

@@ -27,6 +27,7 @@ OUT_DIR = HERE.parent / "build" / "demo"
 CELL_TIMEOUT = 120  # seconds per cell
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+
 def output_text(output) -> tuple[str, str]:
     """An output's text and its CSS class: streams, plain-text results, and errors."""
     kind = output.get("output_type")

@@ -36,8 +36,7 @@ def advice(r: RunReport) -> str | None:
             return "starting the workers took most of this run: the next run finds them started"
         if r.startup + r.sending > 0.5 * r.wall:
             return (
-                "sending the data to the workers took most of the run: capture less, or use "
-                "threads"
+                "sending the data to the workers took most of the run: capture less, or use threads"
             )
         return (
             f"the loop is too small to pay for worker processes: serial is faster here "

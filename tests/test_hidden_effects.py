@@ -156,7 +156,9 @@ def test_a_library_function_named_like_a_method_is_no_change(ip, run, backend):
         "def top(seed):\n    values = np.random.default_rng(seed).random(50)\n"
         "    heap = list(values)\n    heapq.heapify(heap)\n    return float(np.sort(values)[-1]), heap[0]\n"
     )
-    outcome = run(f"%%parallel {backend} -q\ntops = []\nfor seed in range(6):\n    tops.append(top(seed))\n")
+    outcome = run(
+        f"%%parallel {backend} -q\ntops = []\nfor seed in range(6):\n    tops.append(top(seed))\n"
+    )
     assert outcome.error is None, outcome.err
     expected = []
     for seed in range(6):

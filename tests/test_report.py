@@ -179,11 +179,22 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
             "the loop is too small to pay for worker processes",
         ),
         (
-            _measured("processes", True, item_count=40, wall=0.2, busy=0.15, cpu=0.15, startup=0.15),
+            _measured(
+                "processes", True, item_count=40, wall=0.2, busy=0.15, cpu=0.15, startup=0.15
+            ),
             "sending the data to the workers took most of the run",
         ),
         (
-            _measured("processes", True, item_count=9, wall=0.8, busy=0.1, cpu=0.1, pool_start=0.7, startup=0.7),
+            _measured(
+                "processes",
+                True,
+                item_count=9,
+                wall=0.8,
+                busy=0.1,
+                cpu=0.1,
+                pool_start=0.7,
+                startup=0.7,
+            ),
             "starting the workers took most of this run",
         ),
         (
@@ -191,7 +202,9 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
             "8 workers compute on 2 cores: --workers 2 is enough",
         ),
         (
-            _measured("processes", True, item_count=30, wall=1.0, busy=6.4, cpu=1.5, queued=4.8, workers=8),
+            _measured(
+                "processes", True, item_count=30, wall=1.0, busy=6.4, cpu=1.5, queued=4.8, workers=8
+            ),
             "8 workers compute on 2 cores: --workers 2 is enough",
         ),
         (_measured("threads", False, item_count=30, wall=1.0, busy=8.0, cpu=0.05), None),

@@ -93,7 +93,9 @@ def _bounded(r) -> None:
     [case[1:] for case in CASES],
     ids=[f"{case[0]}:{case[2]}" for case in CASES],
 )
-def test_the_summary_labels_and_advises_as_the_loop_calls_for(ip, run, body, options, label, expected):
+def test_the_summary_labels_and_advises_as_the_loop_calls_for(
+    ip, run, body, options, label, expected
+):
     run(SETUP)
     run("%%parallel -q -b processes --start-method fork\nfor i in range(2):\n    pass\n")  # warm
     outcome = run(f"%%parallel {options}\n{body}")
