@@ -35,6 +35,20 @@ MUTATORS = frozenset({
 })  # fmt: skip
 
 
+# Functions that change their first argument in place (``heapq.heappush(h, x)``,
+# ``np.copyto(arr[i], v)``): on a kernel object, a change parmagic cannot replay.
+CHANGING_FUNCTIONS = frozenset({
+    "heappush", "heappop", "heapify", "heapreplace", "heappushpop", "insort", "insort_left",
+    "insort_right", "shuffle", "copyto", "place", "putmask", "fill_diagonal", "put_along_axis",
+    "setattr", "delattr",
+})  # fmt: skip
+# In-place methods that change the object they are called on, beyond the replayed MUTATORS.
+IN_PLACE = MUTATORS | {"fill", "resize", "partition", "itemset"}
+# Calls that hand on, rather than copy, the iterables they are given.
+HOLDING_CALLS = frozenset({"iter", "enumerate", "zip", "reversed", "map", "filter", "islice"})
+VIEWS = frozenset({"keys", "values", "items"})
+
+
 @dataclass
 class BodyInfo:
     """What the analysis learnt about one parallel loop."""
@@ -45,6 +59,12 @@ class BodyInfo:
     reductions: dict[str, int] = field(default_factory=dict)
     receivers: dict[str, int] = field(default_factory=dict)  # kernel names mutated in place
     copy_warnings: list[tuple[int, str, str]] = field(default_factory=list)  # line, what, name
+    # changes to the objects the loop hands its items (line, what, name): items in worker
+    # processes would change copies, so only backends that share the kernel's objects run them
+    item_changes: list[tuple[int, str, str]] = field(default_factory=list)
+    # kernel objects whose methods the body calls dropping the result (``g.add_edge(...)``,
+    # ``arr[i].fill(0)``): a change parmagic cannot replay, unless a module's or a logger's
+    object_calls: dict[str, int] = field(default_factory=dict)
     awaits: bool = False  # the body uses await / async for / async with: it needs asyncio
     tail: list[ast.stmt] = field(default_factory=list)  # the ordered tail: runs in the kernel
 
@@ -139,6 +159,7 @@ def _analyse_part(loop: ast.For, stmts: list[ast.stmt], backend: str) -> BodyInf
             _classify(node, bound, info, receiver_ids)
     info.reductions = {n: line for n, line in info.reductions.items() if n not in bound}
     info.bound = frozenset(bound)
+    _hidden_writes(stmts, bound, stored_names(loop.target), info)
     _refuse_changing_the_iterable(loop, info)
     _refuse_late_binding(stmts, set(bound) | set(info.reductions) | set(info.receivers))
     _refuse_carried_reads(stmts, info, receiver_ids)
@@ -218,13 +239,30 @@ def _refuse_changing_the_iterable(loop: ast.For, info: BodyInfo) -> None:
         return
     if isinstance(iterable, ast.Attribute) and iterable.attr in SNAPSHOT_ATTRIBUTES:
         return
-    root = attribute_root(loop.iter) if not isinstance(loop.iter, ast.Name) else loop.iter
     changed = {**info.receivers, **info.reductions}
-    if root is not None and root.id in changed:
-        message = errors.ITERABLE_CHANGED.format(
-            line=loop.lineno, name=root.id, write_line=changed[root.id]
-        )
-        raise LoopRefused(message, loop.lineno)
+    for name in _held_names(loop.iter):
+        if name in changed:
+            message = errors.ITERABLE_CHANGED.format(
+                line=loop.lineno, name=name, write_line=changed[name]
+            )
+            raise LoopRefused(message, loop.lineno)
+
+
+def _held_names(iterable: ast.expr) -> set[str]:
+    """The kernel names whose objects the loop iterates over as it goes (``queue`` in
+    ``iter(queue)``, ``enumerate(rows)``, ``d.keys()``), not those read once (``len(x)``)."""
+    root = attribute_root(iterable)
+    if root is not None:
+        return {root.id}
+    if not isinstance(iterable, ast.Call):
+        return set()
+    func = iterable.func
+    if isinstance(func, ast.Attribute) and func.attr in VIEWS:
+        return _held_names(func.value)
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if called in HOLDING_CALLS:
+        return set().union(*(_held_names(a) for a in iterable.args))
+    return set()
 
 
 def _refuse_late_binding(nodes, names: set[str]) -> None:
@@ -296,6 +334,128 @@ def _classify(node: ast.AST, bound: set[str], info: BodyInfo, receiver_ids: set[
     elif isinstance(node, ast.Global):
         for name in node.names:
             info.copy_warnings.append((node.lineno, f"`global {name}`", name))
+
+
+def _hidden_writes(stmts, bound: set[str], targets: set[str], info: BodyInfo) -> None:
+    """Changes the body makes to objects the kernel holds that are not the replayed kinds:
+    through a local alias (``bucket = groups[k]; bucket.append(x)``), through the objects
+    the loop hands its items (``row.append(0)``), through functions (``heapq.heappush(h, x)``,
+    ``out=arr[i]``, ``setattr``, ``globals()``) and through a method's result
+    (``d.setdefault(k, []).append(v)``); and takings whose value the item uses
+    (``x = stack.pop()``, ``next(it)``), which make each item depend on the ones before."""
+    rebound = bound - targets | (targets & _assigned_names(stmts))
+    aliases = _aliases(stmts, bound, targets)
+    dropped = {id(s.value) for stmt in stmts for s in walk_scope(stmt) if isinstance(s, ast.Expr)}
+
+    def kernel_root(expr: ast.expr) -> str | None:
+        root = attribute_root(expr)
+        return root.id if root is not None and root.id not in bound else None
+
+    def changed(expr: ast.expr, line: int, what: str) -> None:
+        root = attribute_root(expr)
+        if root is None:
+            return
+        if root.id in aliases:
+            source, through_item = aliases[root.id]
+            note = f"{what} (`{root.id}` is `{source}`)"
+            (info.item_changes if through_item else info.copy_warnings).append(
+                (line, note, source.split("[")[0].split(".")[0])
+            )
+        elif root.id in targets and root.id not in rebound:
+            info.item_changes.append((line, what, root.id))
+
+    for stmt in stmts:
+        for node in walk_scope(stmt):
+            if isinstance(node, ast.Call):
+                _hidden_call(node, id(node) in dropped, kernel_root, changed, info)
+            elif isinstance(node, ast.Subscript | ast.Attribute) and isinstance(
+                node.ctx, ast.Store | ast.Del
+            ):
+                verb = "deletes" if isinstance(node.ctx, ast.Del) else "sets"
+                changed(node.value, node.lineno, f"`{ast.unparse(node)}` {verb}")
+                globals_store = isinstance(node.value, ast.Call) and _called(node.value) in (
+                    "globals", "vars"
+                )  # fmt: skip
+                if globals_store:
+                    what = f"`{ast.unparse(node)} = ...`"
+                    info.copy_warnings.append((node.lineno, what, "globals()"))
+
+
+def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: BodyInfo) -> None:
+    func, line = node.func, node.lineno
+    called = _called(node)
+    text = f"`{ast.unparse(func)}(...)`"
+    if isinstance(func, ast.Attribute):
+        if func.attr in IN_PLACE:
+            changed(func.value, line, text)
+        inner = func.value
+        if isinstance(inner, ast.Call) and func.attr in IN_PLACE:
+            if _called(inner) in ("globals", "vars"):
+                info.copy_warnings.append((line, text, "globals()"))
+            elif _called(inner) in ("setdefault", "get") and isinstance(inner.func, ast.Attribute):
+                name = kernel_root(inner.func.value)
+                if name:
+                    info.copy_warnings.append((line, text, name))
+        name = kernel_root(func.value)
+        if name and discarded and func.attr not in MUTATORS:
+            info.object_calls.setdefault(name, line)  # a module's function, or a change
+        if name and not discarded and func.attr in MUTATORS - {"update", "sort", "reverse"}:
+            _refuse_taking(line, text, name)
+    if called == "next" and node.args and kernel_root(node.args[0]):
+        _refuse_taking(line, "`next(...)`", kernel_root(node.args[0]))
+    if called in CHANGING_FUNCTIONS and node.args:
+        name = kernel_root(node.args[0])
+        if name:
+            info.copy_warnings.append((line, f"{text} on `{ast.unparse(node.args[0])}`", name))
+        else:
+            changed(node.args[0], line, f"{text} on `{ast.unparse(node.args[0])}`")
+    for keyword in node.keywords:
+        if keyword.arg == "out":
+            name = kernel_root(keyword.value)
+            what = f"{text} writes into `{ast.unparse(keyword.value)}`"
+            if name:
+                info.copy_warnings.append((line, what, name))
+            else:
+                changed(keyword.value, line, what)
+
+
+def _refuse_taking(line: int, what: str, name: str) -> None:
+    message = errors.TAKES_CARRIED.format(line=line, what=what, name=name)
+    raise LoopRefused(message, line, carried=True)
+
+
+def _called(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _assigned_names(stmts) -> set[str]:
+    """Names the statements assign (a loop target the body rebinds is no longer the item's)."""
+    return {n.id for stmt in stmts for n in scope_names(stmt) if isinstance(n.ctx, ast.Store)}
+
+
+def _aliases(stmts, bound: set[str], targets: set[str]) -> dict[str, tuple[str, bool]]:
+    """Local names the body binds to an object the kernel or the item holds:
+    ``bucket = groups[x % 3]`` -> {"bucket": ("groups[x % 3]", False)}. The flag says the
+    object is reached through the item (the loop variable), not a kernel name."""
+    found: dict[str, tuple[str, bool]] = {}
+    for stmt in stmts:
+        for node in walk_scope(stmt):
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+                continue
+            target, value = node.targets[0], node.value
+            if not isinstance(target, ast.Name) or not isinstance(
+                value, ast.Name | ast.Subscript | ast.Attribute
+            ):
+                continue
+            root = attribute_root(value)
+            if root is None or root.id == target.id:
+                continue
+            if root.id in found:
+                found[target.id] = (ast.unparse(value), found[root.id][1])
+            elif root.id not in bound or root.id in targets:
+                found[target.id] = (ast.unparse(value), root.id in targets)
+    return found
 
 
 def _op_text(node: ast.AugAssign) -> str:

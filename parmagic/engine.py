@@ -14,6 +14,7 @@ import operator
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -176,12 +177,33 @@ def hidden_effects(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
 
 def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> list[tuple]:
     """Kernel objects the body changes in place that are not of a kind parmagic replays (a
-    custom class's ``append``): known only once the statements before the loop have run."""
+    custom class's ``append``, ``g.add_edge(...)``): known only once the statements before
+    the loop have run. Modules and loggers are not changed by calling them."""
+    calls = {**plan.body.object_calls, **plan.body.receivers}
     return sorted(
         (line, f"`{name}` (a {type(ns[name]).__name__}) is changed in place", name)
-        for name, line in plan.body.receivers.items()
-        if name not in recorded and name in ns
+        for name, line in calls.items()
+        if (name not in recorded or name in plan.body.object_calls)
+        and name in ns
+        and not _not_changed_by_calls(ns[name])
     )
+
+
+def _not_changed_by_calls(value: object) -> bool:
+    import logging
+
+    if isinstance(value, types.ModuleType | type | logging.Logger | logging.LoggerAdapter):
+        return True
+    return type(value).__module__.split(".")[0] == "tqdm"  # a progress bar's update()
+
+
+def item_object_refusal(plan: CellPlan, backend: str) -> str | None:
+    """Why items in worker processes cannot run this body: it changes the objects the loop
+    hands its items, and theirs would be copies."""
+    if not plan.body.item_changes or not load_backend(backend).copies_kernel_objects:
+        return None
+    line, what, name = plan.body.item_changes[0]
+    return errors.ITEM_OBJECT_CHANGED.format(line=line, what=what, name=name)
 
 
 def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> list[str]:
@@ -221,6 +243,7 @@ def loop_hook(
         itself defined or imported, and changes in place of kernel objects parmagic does not
         replay."""
         refused, reason = refusal(hidden_effects(plan, ns), name, options.unordered, options.seed)
+        refused = refused or (name != "auto" and item_object_refusal(plan, name))
         if refused:
             raise ParmagicUsageError(refused)
         if reason:
@@ -374,6 +397,9 @@ def loop_hook(
         def processes_refused() -> str | None:
             from .shipping import pack_task  # cloudpickle: only when processes are in view
 
+            refused = item_object_refusal(plan, "processes")
+            if refused:
+                return refused.split(" (nothing")[0].split("; items in")[0]
             try:
                 pack_task(task)
             except NotPicklable as refused:

@@ -66,6 +66,16 @@ CARRIED_NAME = (
     "line {line}: the body reads `{name}` before this item assigns it, so the value comes "
     "from the previous item. " + _ORDERED_TAIL_ADVICE
 )
+TAKES_CARRIED = (
+    "line {line}: {what} takes from the kernel's `{name}` and the item uses what it took, so "
+    "each item depends on the ones before it. " + _ORDERED_TAIL_ADVICE
+)
+ITEM_OBJECT_CHANGED = (
+    "line {line}: {what} changes an object the loop hands its items (`{name}`); items in "
+    "worker processes would change only a copy, so the kernel's would not change (nothing has "
+    "run). Run it with --backend threads or serial, or change the object by its place in the "
+    "kernel's container (`for i in range(len(rows)): rows[i].append(...)`)"
+)
 ITERABLE_CHANGED = (
     "line {line}: the loop iterates over `{name}` and also changes it (line {write_line}); a "
     "plain loop would see its own changes, parallel items cannot. Run it without %%parallel"

@@ -1,0 +1,143 @@
+"""Loops written to break serial equivalence, each a pattern found by trying (issue 17).
+
+Every case runs on every backend and must end as the plain loop (the cell without the magic
+line) ends, or be refused before any item runs, naming the line, with the kernel untouched.
+The plain loop's end state is the truth: each case runs it first, in the same shell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import BACKENDS
+
+from IPython.core.error import UsageError
+
+from parmagic.errors import ParmagicUsageError
+
+# one of each kind of run: in the kernel, threads, forked and executor processes, a loop, auto
+CONFORMANCE = {
+    "serial": BACKENDS["serial"],
+    "threads": BACKENDS["threads"],
+    "fork": BACKENDS["fork"],
+    "futures-fork": BACKENDS["futures-fork"],
+    "asyncio": BACKENDS["asyncio"],
+    "auto": "-b auto",
+}
+
+GRAPH = (
+    "class Graph:\n    def __init__(self):\n        self.edges = []\n"
+    "    def add_edge(self, a, b):\n        self.edges.append((a, b))\n"
+)
+FLAGS = "class Flags:\n    pass\n"
+
+# (id, setup, the loop, names the case compares). A loop's own names are compared too.
+CASES = [
+    # changes through the loop variable or a local alias of a kernel object
+    ("loop-variable-setitem", "recs = [{'x': i} for i in range(40)]\n",
+     "for rec in recs:\n    rec['score'] = rec['x'] * 2\n", ["recs"]),
+    ("loop-variable-append", "rows = [[i] for i in range(20)]\n",
+     "for row in rows:\n    row.append(0)\n", ["rows"]),
+    ("loop-variable-attribute", FLAGS + "bs = [Flags() for i in range(10)]\nfor b in bs:\n    b.v = 1\n",
+     "for b in bs:\n    b.v += 100\n", ["bs"]),
+    ("enumerate-target-append", "rows = [[i] for i in range(20)]\n",
+     "for i, row in enumerate(rows):\n    row.append(i)\n", ["rows"]),
+    ("alias-append", "groups = [[], [], []]\n",
+     "for x in range(30):\n    bucket = groups[x % 3]\n    bucket.append(x)\n", ["groups"]),
+    ("alias-setitem", "grid = [[0] * 5 for _ in range(5)]\n",
+     "for i in range(5):\n    row = grid[i]\n    row[i] = 1\n", ["grid"]),
+    ("alias-before-the-loop", "seen = set()\ns = seen\nout = []\n",
+     "for x in [1, 2, 1, 3, 2]:\n    if x not in s:\n        seen.add(x)\n        out.append(x)\n",
+     ["seen", "out"]),
+    # writes through methods and functions
+    ("numpy-fill", "import numpy as np\narr = np.zeros((8, 3))\n",
+     "for i in range(8):\n    arr[i].fill(i)\n", ["arr"]),
+    ("numpy-copyto", "import numpy as np\narr = np.zeros((8, 3))\n",
+     "for i in range(8):\n    np.copyto(arr[i], np.arange(3) * i)\n", ["arr"]),
+    ("numpy-out", "import numpy as np\nbase = np.ones((8, 3))\narr = np.zeros((8, 3))\n",
+     "for i in range(8):\n    np.add(base[i], i, out=arr[i])\n", ["arr"]),
+    ("heappush", "import heapq\nh = []\n",
+     "for x in [5, 3, 8, 1, 9, 2]:\n    heapq.heappush(h, x)\n", ["h"]),
+    ("insort", "import bisect\nkept = []\n",
+     "for x in [5, 3, 8, 1, 9, 2]:\n    bisect.insort(kept, x)\n", ["kept"]),
+    ("setattr", FLAGS + "flags = Flags()\n",
+     "for i in range(6):\n    setattr(flags, f'a{i}', i)\n", ["flags"]),
+    ("globals-setitem", "",
+     "for i in range(4):\n    globals()[f'made{i}'] = i\n", ["made0", "made3"]),
+    ("method-of-a-kernel-object", GRAPH + "g = Graph()\n",
+     "for i in range(6):\n    g.add_edge(i, i + 1)\n", ["g"]),
+    ("setdefault-append", "d = {}\n",
+     "for v in range(30):\n    d.setdefault(v % 3, []).append(v)\n", ["d"]),
+    ("notebook-function-appends", "res = []\ndef add(x):\n    res.append(x)\n",
+     "for x in range(30):\n    add(x)\n", ["res"]),
+    # state carried from item to item that the body's own names do not show
+    ("pop", "stack = list(range(10))\nout = []\n",
+     "for _ in range(10):\n    x = stack.pop()\n    out.append(x)\n", ["stack", "out"]),
+    ("next", "it = iter(range(10))\nout = []\n",
+     "for _ in range(10):\n    out.append(next(it))\n", ["out"]),
+    ("popleft", "from collections import deque\nq = deque(range(10))\nout = []\n",
+     "for _ in range(10):\n    out.append(q.popleft())\n", ["q", "out"]),
+    ("iter-of-a-growing-list", "queue = [1, 2, 3]\n",
+     "for x in iter(queue):\n    if x < 10:\n        queue.append(x + 10)\n", ["queue"]),
+    ("dict-grows-while-iterated", "d = {1: 1, 2: 2}\n",
+     "for k in d.keys():\n    d[k + 10] = k\n", ["d"]),
+    ("notebook-function-reads-a-reduction", "total = 0\nout = []\ndef show():\n    return total\n",
+     "for i in range(10):\n    total += i\n    out.append(show())\n", ["total", "out"]),
+    # the iterable and items ending early
+    ("iterable-raises-part-way",
+     "out = []\ndef gen():\n    for i in range(10):\n        if i == 4:\n"
+     "            raise ValueError(i)\n        yield i\n",
+     "for x in gen():\n    out.append(x)\n", ["out"]),
+    ("stopiteration-in-an-item", "out = []\n",
+     "for i in range(5):\n    out.append(i)\n    if i == 2:\n        raise StopIteration\n", ["out"]),
+    # smaller differences
+    ("same-nan-object", "nan = float('nan')\nbag = set()\n",
+     "for i in range(5):\n    bag.add(nan)\n", ["bag"]),
+    ("name-read-after-an-inner-loop", "out = []\n",
+     "for i in range(3):\n    for j in range(10):\n        pass\n    out.append(j)\n", ["out"]),
+]  # fmt: skip
+
+
+def canonical(value):
+    """A value's content for comparison: NumPy arrays by their elements, objects by their
+    attributes, sets with their size (NaN is unequal to itself)."""
+    if hasattr(value, "tolist"):
+        return ("array", value.tolist())
+    if isinstance(value, set):
+        return ("set", len(value), sorted(map(repr, value)))
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return [(repr(k), canonical(v)) for k, v in value.items()]
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if hasattr(value, "__dict__") and not callable(value):
+        return (type(value).__name__, canonical(vars(value)))
+    if hasattr(value, "__iter__") and type(value).__name__ == "deque":
+        return ("deque", list(value))
+    return repr(value)
+
+
+def state(ip, names: list[str]) -> dict:
+    return {n: canonical(ip.user_ns.get(n, "<unbound>")) for n in names}
+
+
+@pytest.mark.parametrize("name", list(CONFORMANCE))
+@pytest.mark.parametrize("setup, loop, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_loop_ends_as_the_plain_loop_or_is_refused(ip, run, name, setup, loop, names):
+    targets = [t.strip() for t in loop.split(" in ")[0].removeprefix("for ").split(",")]
+    names = [*names, *targets]
+    run(setup)
+    plain = run(loop)
+    truth, truth_error = state(ip, names), type(plain.error)
+    run("%reset -f")
+    run(setup)
+    before = state(ip, names)
+    outcome = run(f"%%parallel -q {CONFORMANCE[name]}\n{loop}")
+    if isinstance(outcome.error, ParmagicUsageError | UsageError):
+        assert state(ip, names) == before, "refused, but items ran"
+        assert "line " in str(outcome.error), outcome.error
+        return
+    assert type(outcome.error) is truth_error, outcome.out + outcome.err
+    assert state(ip, names) == truth
