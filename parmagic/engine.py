@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
 
-from . import errors
+from . import errors, imported_code
 from .auto import COLD_START, TRY_THREADS, WARM_START, Lead, Outlook
 from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
@@ -30,8 +30,8 @@ from .errors import NotPicklable, ParmagicUsageError
 from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
 from .itemcode import build_item_code
 from .report import RunReport
-from .runner import Applier, Recorder, execute, replay
-from .scopes import stored_names
+from .runner import Applier, Recorder, execute, replay, unwrap_stop_iteration
+from .scopes import scope_names, stored_names
 from .worker import Task
 
 
@@ -70,6 +70,7 @@ class Session:
         self.open_run = None  # weakref: a run a half-consumed generator expression holds
         self._event_loop = None
         self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
+        self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""
@@ -115,6 +116,12 @@ class Session:
         if current is not None and not current.fits(workers, wanted_method, scheduler):
             current.close()
             current = None
+        if current is not None and current.started_with is not None:
+            changed = imported_code.changes_since(current.started_with, imported_code.fingerprint())
+            if changed:
+                current.close()
+                current = None
+                self.restart_notes.append(errors.WORKERS_RESTARTED.format(changed=changed))
         if current is None:
             if cls.runs_coroutines:
                 current = cls(workers, self.event_loop())
@@ -157,22 +164,50 @@ class Session:
             self._event_loop = None
 
 
+def hidden_nodes(plan: CellPlan) -> list[ast.AST]:
+    """The parts of the loop that run where the items run."""
+    info = plan.body
+    if info.kind == "for":
+        return info.head
+    first, *inner = info.node.generators
+    parts = [info.node.key, info.node.value] if info.kind == "dict" else [info.node.elt]
+    return [*first.ifs, *inner, *parts]
+
+
 def hidden_effects(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
     """What the body does beyond what parmagic replays, found before anything runs: changes
     of its own it cannot replay (attributes, methods of other objects, ``global``), and what
     the notebook functions it calls do and global random state (hidden_effects.py)."""
     info = plan.body
+    nodes = hidden_nodes(plan)  # a loop's ordered tail runs in order, in the kernel
     if info.kind == "for":
-        nodes, names = info.head, set(info.bound)  # the ordered tail runs in order, here
+        names = set(info.bound)
     else:
-        first, *inner = info.node.generators
-        parts = [info.node.key, info.node.value] if info.kind == "dict" else [info.node.elt]
-        nodes = [*first.ifs, *inner, *parts]
         names = {n for g in info.node.generators for n in stored_names(g.target)}
     effects = [
         HiddenEffect(UNORDERED, line, "", what, name) for line, what, name in info.copy_warnings
     ]
-    return effects + find_hidden_effects(nodes, ns, names)
+    changed = set(info.reductions) | set(info.receivers)
+    return effects + find_hidden_effects(nodes, ns, names, changed)
+
+
+def alias_refusal(plan: CellPlan, ns: dict) -> str | None:
+    """A name the body reads that holds, in the kernel, an object the body changes
+    (``s = seen`` before the loop): a carried read the body's own names do not show."""
+    info = plan.body
+    changed = {id(ns[n]): n for n in info.receivers if n in ns}
+    nodes = info.head if info.kind == "for" else []
+    for stmt in nodes:
+        for node in scope_names(stmt):
+            name = node.id
+            if not isinstance(node.ctx, ast.Load) or name in info.bound or name in info.receivers:
+                continue
+            other = changed.get(id(ns.get(name, changed)))
+            if other is not None:
+                return errors.CARRIED_ALIAS.format(
+                    line=node.lineno, name=name, other=other, write_line=info.receivers[other]
+                )
+    return None
 
 
 def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> list[tuple]:
@@ -235,7 +270,10 @@ def loop_hook(
         code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
         stop_on_error = options.on_error == "raise"
-        return Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
+        task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
+        if backend.copies_kernel_objects:
+            task.module_values = imported_code.values_read(hidden_nodes(plan), ns)
+        return task
 
     def late_refusal(name: str, recorded) -> str | None:
         """What the statements before the loop made knowable, refused before any item runs
@@ -243,6 +281,7 @@ def loop_hook(
         itself defined or imported, and changes in place of kernel objects parmagic does not
         replay."""
         refused, reason = refusal(hidden_effects(plan, ns), name, options.unordered, options.seed)
+        refused = refused or alias_refusal(plan, ns)
         refused = refused or (name != "auto" and item_object_refusal(plan, name))
         if refused:
             raise ParmagicUsageError(refused)
@@ -270,6 +309,8 @@ def loop_hook(
         report.copies_objects = backend.copies_kernel_objects
         report.start_method = backend.start_method
         report.dashboard = backend.dashboard
+        report.warnings += session.restart_notes
+        session.restart_notes.clear()
         if options.unordered:
             for message in unordered_warnings(plan, ns, recorded, backend):
                 warn(message)
@@ -338,15 +379,21 @@ def loop_hook(
 
     def finish(records: Iterator[list]) -> Any:
         """What the loop's statement gives: nothing for a ``for``, else the comprehension."""
-        if plan.body.kind == "for":
-            for _ in records:
-                pass
-            return None
         # each item's values are a list: a comprehension's inner clauses may give 0 or more
         values = itertools.chain.from_iterable(records)
         if plan.body.kind == "generator":
             return values  # lazy, like the generator expression it replaces
-        return {"list": list, "set": set, "dict": dict}[plan.body.kind](values)
+        try:
+            if plan.body.kind == "for":
+                for _ in records:
+                    pass
+                return None
+            return {"list": list, "set": set, "dict": dict}[plan.body.kind](values)
+        except RuntimeError as error:
+            unwrapped = unwrap_stop_iteration(error)
+            if unwrapped is error:
+                raise
+            raise unwrapped from None
 
     def compare(items: list, recorded) -> Iterator[list]:
         """--compare: each backend's run recorded; the serial recording applied (compare.py)."""

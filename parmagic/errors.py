@@ -153,6 +153,25 @@ LOOP_NAME_AS_GLOBAL = (
     "{place}{what}: in a parallel item it would see the kernel's `{name}`, not the item's (the "
     "item's names are its own). Pass it as an argument instead: `{function}(..., {name})`"
 )
+CHANGED_READ_IN_FUNCTION = (
+    "{place}{what}: in a plain loop it sees every earlier item's change, but parmagic applies "
+    "an item's changes after the item, so it would see a stale `{name}` (nothing has run). "
+    "Pass the value in as an argument, after the change, or run the loop without %%parallel"
+)
+CARRIED_ALIAS = (
+    "line {line}: the body reads `{name}`, which is the kernel's `{other}` that the body also "
+    "changes (line {write_line}), so each item depends on the ones before it (nothing has run). "
+    "Run the loop without %%parallel"
+)
+WORKERS_RESTARTED = (
+    "the worker processes were restarted: {changed} changed in the kernel since they started, "
+    "and they would have run the old code"
+)
+TOO_MANY_WORKERS = (
+    "-w {workers} would start {workers} worker processes, more than this machine can hold "
+    "({limit}: four per usable core); each is a Python of its own. Use fewer, or raise the "
+    "limit with %config ParallelMagics.max_workers = N"
+)
 UNREPLAYABLE = (
     "{place}{what}, which parmagic cannot replay in item order, so the cell could end "
     "differently from the plain loop (nothing has run). Make the loop itself do the change "

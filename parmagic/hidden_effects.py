@@ -26,6 +26,7 @@ from .body import MUTATORS
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
+CHANGED_READ = "changed-read"  # a notebook function reads what the loop changes
 TASK, COROUTINE = "task", "coroutine"  # asyncio tasks made by items; coroutines left unawaited
 SHARED_GENERATOR = "shared-generator"  # --seed reseeds global state, not the user's generator
 _TASK_MAKERS = ("create_task", "ensure_future")
@@ -46,10 +47,11 @@ class HiddenEffect:
 
 
 def find_hidden_effects(
-    nodes: Iterable[ast.AST], ns: dict, loop_names: set[str]
+    nodes: Iterable[ast.AST], ns: dict, loop_names: set[str], changed: Iterable[str] = ()
 ) -> list[HiddenEffect]:
-    """Every hidden effect reachable from the body's calls, once each, in line order."""
-    finder = _Finder(ns, loop_names)
+    """Every hidden effect reachable from the body's calls, once each, in line order.
+    ``changed``: kernel names the body itself changes (reductions, containers)."""
+    finder = _Finder(ns, loop_names, set(changed) - loop_names)
     for top in nodes:
         consumed = _consumed_calls(top)
         for node in walk_scope(top):
@@ -76,8 +78,8 @@ def global_random_state(value: object) -> str | None:
 
 
 class _Finder:
-    def __init__(self, ns: dict, loop_names: set[str]) -> None:
-        self.ns, self.loop_names = ns, loop_names
+    def __init__(self, ns: dict, loop_names: set[str], changed: set[str]) -> None:
+        self.ns, self.loop_names, self.changed = ns, loop_names, changed
         self.found: list[HiddenEffect] = []
         self.seen: set[types.CodeType] = set()
 
@@ -133,6 +135,10 @@ class _Finder:
             if node.id in self.loop_names and node.id not in own:
                 what = f"reads `{node.id}`, which the loop sets, as a global"
                 effect = HiddenEffect(LOOP_NAME, line, where, what, node.id, function.__name__)
+                self.found.append(effect)
+            elif node.id in self.changed and node.id not in own:
+                what = f"reads `{node.id}`, which the loop changes"
+                effect = HiddenEffect(CHANGED_READ, line, where, what, node.id, function.__name__)
                 self.found.append(effect)
         elif isinstance(node, ast.Global):
             for name in node.names:
@@ -237,6 +243,11 @@ def refusal(
         if effect.kind == LOOP_NAME:
             message = errors.LOOP_NAME_AS_GLOBAL.format(
                 place=effect.place, what=effect.what, name=effect.name, function=effect.function
+            )
+            return message, None
+        if effect.kind == CHANGED_READ:
+            message = errors.CHANGED_READ_IN_FUNCTION.format(
+                place=effect.place, what=effect.what, name=effect.name
             )
             return message, None
     for effect in effects:

@@ -16,7 +16,7 @@ from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import engine, errors
-from .backends import CHOICES
+from .backends import CHOICES, usable_cores
 from .cell import HOOK_NAME, plan_cell
 from .effects import is_recordable
 from .errors import ParmagicUsageError
@@ -26,6 +26,7 @@ from .info import machine_info
 START_METHODS = ("fork", "spawn", "forkserver")
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
 PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
+NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
 
 @magics_class
@@ -39,6 +40,9 @@ class ParallelMagics(Magics):
         config=True
     )
     chunksize = Integer(0, help="Items per chunk; 0 means adaptive.").tag(config=True)
+    max_workers = Integer(
+        0, help="Most worker processes a run may start; 0 means 4 per usable core (at least 8)."
+    ).tag(config=True)
     start_method = CaselessStrEnum(
         ("", *START_METHODS), default_value="", help="Start method for processes; '' = Python's."
     ).tag(config=True)
@@ -172,6 +176,15 @@ class ParallelMagics(Magics):
             where = os.path.abspath(options.export)
             print(f"parmagic: wrote {where}; run it with: python {options.export}")
 
+    def _check_workers(self, workers: int, backend: str, compare: str | None) -> None:
+        """Refuse more worker processes than the machine can hold (each is a Python)."""
+        named = {backend, *(compare or "").split(",")}
+        if not workers or not named & {"processes", "futures:processes", "dask", "auto", "all"}:
+            return
+        limit = self.max_workers or max(8, 4 * usable_cores())
+        if workers > limit:
+            raise UsageError(errors.TOO_MANY_WORKERS.format(workers=workers, limit=limit))
+
     def _options(self, line: str) -> tuple[engine.Options, str]:
         try:
             args = parse_argstring(self.parallel, line)
@@ -184,7 +197,10 @@ class ParallelMagics(Magics):
                 raise UsageError(f"--{name} must be 1 or more, not {value}")
         if args.timeout is not None and not args.timeout > 0:
             raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
+        if args.timeout is not None and args.timeout >= NO_LIMIT:
+            args.timeout = None  # inf, or so long that it is no limit (and timers overflow)
         backend = args.backend or self.backend
+        self._check_workers(args.workers or self.workers, backend, args.compare)
         uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
         if args.scheduler and not uses_dask:
             raise UsageError(errors.SCHEDULER_ONLY_FOR_DASK.format(backend=backend))

@@ -82,7 +82,16 @@ def progress_bar(total: int):
 def _raise(error: ItemError, index: int) -> None:
     exc = error.exception
     exc.add_note(errors.ITEM_NOTE.format(index=index, item=error.item))
+    if isinstance(exc, StopIteration):
+        exc.raised_by_an_item = True  # type: ignore[attr-defined]  # see unwrap_stop_iteration
     raise errors.present(exc, error.frames)
+
+
+def unwrap_stop_iteration(error: RuntimeError) -> BaseException:
+    """An item's StopIteration, which the run's generators turned into a RuntimeError (PEP
+    479): the plain loop raises the StopIteration itself."""
+    cause = error.__cause__
+    return cause if getattr(cause, "raised_by_an_item", False) else error
 
 
 class Applier:
@@ -188,6 +197,7 @@ class _Run:
         self.pending: dict[int, ChunkResult] = {}
         self.submitted = self.applied = self.next_index = 0
         self.exhausted = False
+        self.iterable_error: Exception | None = None  # raised by the iterable, after its prefix
         self.progress = None
 
     @property
@@ -201,7 +211,7 @@ class _Run:
             and self.backend.has_capacity()
             and self.submitted - self.applied < self.window
         ):
-            items = list(itertools.islice(self.iterator, self.sizer.next_size()))
+            items = self._take(self.sizer.next_size())
             if not items:
                 self.exhausted = True
                 return
@@ -210,6 +220,16 @@ class _Run:
             self.starts[self.submitted] = self.next_index
             self.next_index += len(items)
             self.submitted += 1
+
+    def _take(self, count: int) -> list:
+        """The next items; an iterable that raises part-way ends the run there, and its
+        items before the failure still run, as a plain loop runs them."""
+        items: list = []
+        try:
+            items.extend(itertools.islice(self.iterator, count))
+        except Exception as error:
+            self.iterable_error, self.exhausted = error, True
+        return items
 
     def collect(self) -> None:
         for result in self.backend.wait(WAIT_SLICE):
@@ -306,6 +326,9 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt  # asked by the kernel thread (see Session)
         completed = True
+        if run.iterable_error is not None and not run.failed:
+            error = run.iterable_error
+            raise errors.present(error, errors.user_frames(error.__traceback__))
     except GeneratorExit:  # a consumer that stopped early (any, next): items ran ahead
         consumer_stopped = True
         raise

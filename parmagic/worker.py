@@ -42,6 +42,9 @@ class Task:
     origins: dict[tuple[str, int], str] = field(default_factory=dict)  # see user_frames
     cancelled: threading.Event = field(default_factory=threading.Event)  # for pool threads
     seed: int | None = None  # --seed: each item's random streams come from it and its index
+    # values the body reads from the user's own modules, as the kernel has them (a worker
+    # that imported the module from its file would not see ``mod.SETTING = ...``)
+    module_values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -51,6 +54,10 @@ class Task:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.cancelled = threading.Event()
+        for module_name, values in self.module_values.items():
+            module = sys.modules.get(module_name)
+            for name, value in values.items() if module is not None else ():
+                setattr(module, name, value)
 
 
 @dataclass
@@ -327,7 +334,9 @@ async def run_chunk_async(
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            error = exc
+            # PEP 479 turns an item's StopIteration into a RuntimeError in a coroutine
+            stopped = isinstance(exc, RuntimeError) and isinstance(exc.__cause__, StopIteration)
+            error = exc.__cause__ if stopped else exc
         finally:
             current_output.reset(token)
         _record(task, result, offset, item, began, log, output, value, error)

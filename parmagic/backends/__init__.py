@@ -62,6 +62,7 @@ class Backend(ABC):
     send_blocked = 0.0  # seconds sends waited for busy workers to take them (not sending)
     start_method: str | None = None
     dashboard: str | None = None  # a link to watch the run (dask's dashboard)
+    started_with: tuple | None = None  # the user's modules when workers started (if it matters)
 
     def __init__(self, workers: int) -> None:
         self.workers = workers

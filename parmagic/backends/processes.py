@@ -29,7 +29,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing import connection
 
-from .. import errors
+from .. import errors, imported_code
 from ..errors import WorkerDied
 from ..limits import threads_per_worker
 from ..process_worker import serve
@@ -149,6 +149,7 @@ class WorkerProcesses(PickledItems):
             self._context.set_forkserver_preload(["parmagic.process_worker"])
         self.native_threads = threads_per_worker(usable_cores(), workers)
         self._shared_files: list[str] = []
+        self.started_with = imported_code.fingerprint()
 
     def _pack(self, task: Task) -> bytes:
         """The task's bytes (raises NotPicklable before any item runs); large captured

@@ -1,0 +1,81 @@
+"""What workers started earlier would not see: the user's own modules as the kernel has them.
+
+A warm pool's workers imported (or, forked, copied) the kernel's modules when they started.
+After ``importlib.reload``, ``%autoreload``, an edited file, ``mod.SETTING = ...`` in the
+kernel, or a new ``sys.path`` entry, they would run stale code; the pool is restarted instead.
+Installed packages and the standard library are left out: they do not change under a session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import types
+
+_INSTALLED = tuple(
+    {
+        os.path.realpath(sysconfig.get_paths()[key])
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
+)
+_NOT_MODULES = ("__main__", "__mp_main__", "parmagic")
+
+
+def is_users(module: object) -> bool:
+    """A module of the user's own (not the standard library's, an installed package's, or
+    parmagic's), loaded from a file."""
+    file = getattr(module, "__file__", None)
+    name = getattr(module, "__name__", "") or ""
+    if not file or name.split(".")[0] in _NOT_MODULES:
+        return False
+    return not os.path.realpath(file).startswith(_INSTALLED)
+
+
+def values_read(nodes, ns: dict) -> dict[str, dict[str, object]]:
+    """``mod.NAME`` values the code reads from the user's modules (data, not functions,
+    classes or modules, which a worker imports as they are in the file)."""
+    import ast
+    import pickle
+
+    found: dict[str, dict[str, object]] = {}
+    for top in nodes:
+        for node in ast.walk(top):
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+                continue
+            module = ns.get(node.value.id)
+            if not isinstance(module, types.ModuleType) or not is_users(module):
+                continue
+            value = getattr(module, node.attr, None)
+            if callable(value) or isinstance(value, types.ModuleType):
+                continue
+            try:
+                pickle.dumps(value)
+            except Exception:
+                continue
+            found.setdefault(module.__name__, {})[node.attr] = value
+    return found
+
+
+def fingerprint() -> tuple[tuple[str, ...], dict[str, tuple]]:
+    """``sys.path``, and per user module: which module object, its file's modification time,
+    and which object each of its names holds."""
+    modules = {}
+    for name, module in list(sys.modules.items()):
+        if not is_users(module) or name in _NOT_MODULES:
+            continue
+        try:
+            modified = os.stat(module.__file__).st_mtime_ns
+        except OSError:
+            modified = None
+        names = tuple((key, id(value)) for key, value in list(vars(module).items()))
+        modules[name] = (id(module), modified, hash(names))
+    return tuple(sys.path), modules
+
+
+def changes_since(earlier: tuple, now: tuple) -> str | None:
+    """What changed, in words, or None."""
+    if earlier[0] != now[0]:
+        return "sys.path"
+    changed = [name for name, seen in earlier[1].items() if now[1].get(name, seen) != seen]
+    return ", ".join(f"`{name}`" for name in sorted(changed)[:3]) or None
