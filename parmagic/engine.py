@@ -103,7 +103,12 @@ class Session:
             raise stopped.interrupt from None
 
     def backend(
-        self, name: str, workers: int | None, start_method: str | None, scheduler: str | None = None
+        self,
+        name: str,
+        workers: int | None,
+        start_method: str | None,
+        scheduler: str | None = None,
+        modules_read: frozenset[str] = frozenset(),
     ) -> Backend:
         """A warm backend; a new one only when the worker count, start method or (dask)
         scheduler changes."""
@@ -117,7 +122,8 @@ class Session:
             current.close()
             current = None
         if current is not None and current.started_with is not None:
-            changed = imported_code.changes_since(current.started_with, imported_code.fingerprint())
+            now = imported_code.fingerprint()
+            changed = imported_code.changes_since(current.started_with, now, modules_read)
             if changed:
                 current.close()
                 current = None
@@ -300,7 +306,8 @@ def loop_hook(
         """The warm backend and the run's task; the report learns which backend runs. A pool
         or cluster started here counts in the run's start-up and wall time."""
         began = time.monotonic()
-        backend = session.backend(name, workers, options.start_method, options.scheduler)
+        read = imported_code.modules_read(hidden_nodes(plan), ns)
+        backend = session.backend(name, workers, options.start_method, options.scheduler, read)
         started = time.monotonic() - began
         report.startup += started
         report.pool_start += started

@@ -13,12 +13,9 @@ import sys
 import sysconfig
 import types
 
-_INSTALLED = tuple(
-    {
-        os.path.realpath(sysconfig.get_paths()[key])
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-    }
-)
+_PATHS = [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+_INSTALLED = tuple({*_PATHS, *map(os.path.realpath, _PATHS)})
+_verdicts: dict[str, bool] = {}  # a module file -> whether it is the user's (realpath is slow)
 _NOT_MODULES = ("__main__", "__mp_main__", "parmagic")
 
 
@@ -27,9 +24,13 @@ def is_users(module: object) -> bool:
     parmagic's), loaded from a file."""
     file = getattr(module, "__file__", None)
     name = getattr(module, "__name__", "") or ""
-    if not file or name.split(".")[0] in _NOT_MODULES:
+    if not isinstance(file, str) or name.split(".")[0] in _NOT_MODULES:
         return False
-    return not os.path.realpath(file).startswith(_INSTALLED)
+    verdict = _verdicts.get(file)
+    if verdict is None:
+        installed = file.startswith(_INSTALLED) or os.path.realpath(file).startswith(_INSTALLED)
+        verdict = _verdicts[file] = not installed
+    return verdict
 
 
 def values_read(nodes, ns: dict) -> dict[str, dict[str, object]]:
@@ -73,9 +74,26 @@ def fingerprint() -> tuple[tuple[str, ...], dict[str, tuple]]:
     return tuple(sys.path), modules
 
 
-def changes_since(earlier: tuple, now: tuple) -> str | None:
-    """What changed, in words, or None."""
+def changes_since(earlier: tuple, now: tuple, read: frozenset[str] = frozenset()) -> str | None:
+    """What changed, in words, or None: sys.path, a module reimported or its file edited,
+    or, for the modules the body reads (``read``), what their names hold."""
     if earlier[0] != now[0]:
         return "sys.path"
-    changed = [name for name, seen in earlier[1].items() if now[1].get(name, seen) != seen]
+    changed = []
+    for name, seen in earlier[1].items():
+        kept = 3 if name in read else 2  # (module object, file's time, what its names hold)
+        if now[1].get(name, seen)[:kept] != seen[:kept]:
+            changed.append(name)
     return ", ".join(f"`{name}`" for name in sorted(changed)[:3]) or None
+
+
+def modules_read(nodes, ns: dict) -> frozenset[str]:
+    """The user's modules the code names directly."""
+    import ast
+
+    names = {n.id for top in nodes for n in ast.walk(top) if isinstance(n, ast.Name)}
+    return frozenset(
+        ns[name].__name__
+        for name in names
+        if isinstance(ns.get(name), types.ModuleType) and is_users(ns[name])
+    )

@@ -178,7 +178,7 @@ class ParallelMagics(Magics):
 
     def _check_workers(self, workers: int, backend: str, compare: str | None) -> None:
         """Refuse more worker processes than the machine can hold (each is a Python)."""
-        named = {backend, *(compare or "").split(",")}
+        named = set(compare.split(",")) if compare else {backend}
         if not workers or not named & {"processes", "futures:processes", "dask", "auto", "all"}:
             return
         limit = self.max_workers or max(8, 4 * usable_cores())

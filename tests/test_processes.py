@@ -39,7 +39,7 @@ def test_captured_data_is_pickled_once_and_loaded_once_per_worker(ip, run, metho
     run("import probes\nbig = probes.CountedPickles(list(range(10_000)))\n")
     run_ok(
         run, BACKENDS[method] + " --chunksize 1",
-        "loads = []\nfor i in range(40):\n    loads.append((len(big.payload), probes.LOADED))\n",
+        "loads = []\nfor i in range(40):\n    loads.append((len(big.payload), probes.loads_here()))\n",
     )  # fmt: skip
     assert probes.PICKLED == 1  # once per run in the kernel, not once per item
     assert ip.user_ns["loads"] == [(10_000, 1)] * 40  # each worker unpickled it once
