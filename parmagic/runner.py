@@ -123,7 +123,8 @@ class Applier:
                     for stream, text in outputs[offset]:
                         (sys.stdout if stream == 1 else sys.stderr).write(text)
                 error = failures.get(offset) if failures else None
-                if error is None or stop_on_error:
+                interrupted = error is not None and isinstance(error.exception, KeyboardInterrupt)
+                if error is None or stop_on_error or interrupted:
                     # a failed item's changes up to its failure stay, as a serial loop leaves
                     # them; under --on-error continue a failed item leaves nothing
                     if ops:
@@ -141,6 +142,9 @@ class Applier:
                     yield result.values[offset]
                     continue
                 index = result.first + offset
+                if interrupted:  # whoever raised it: the run stops, the item half-applied
+                    self.failed, counted = True, offset
+                    raise error.exception
                 if stop_on_error:
                     self.failed = True
                     self.report.stopped_at = index

@@ -268,9 +268,7 @@ def run_chunk(
                 signal.setitimer(signal.ITIMER_REAL, alarm)
             try:
                 value = function(item, log)
-            except KeyboardInterrupt:
-                raise  # the kernel's own interrupt: the runner stops the whole run
-            except BaseException as exc:
+            except BaseException as exc:  # an interrupt too: the runner stops the run there
                 error = exc
             finally:
                 if alarm:
@@ -279,7 +277,7 @@ def run_chunk(
                 current_output.reset(token)
             began = _record(task, result, offset, item, began, log, output, value, error)
             cpu.after_item(began)
-            if error is not None and task.stop_on_error:
+            if error is not None and (task.stop_on_error or isinstance(error, KeyboardInterrupt)):
                 break
     cpu.close()
     result.queued = run_queue_wait() - queued
@@ -331,9 +329,7 @@ async def run_chunk_async(
         try:
             counted = CpuCounted(task.function(item, log))
             value = await (asyncio.wait_for(counted, task.timeout) if task.timeout else counted)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
+        except BaseException as exc:  # an item's KeyboardInterrupt stops the run, not the loop
             # PEP 479 turns an item's StopIteration into a RuntimeError in a coroutine
             stopped = isinstance(exc, RuntimeError) and isinstance(exc.__cause__, StopIteration)
             error = exc.__cause__ if stopped else exc
@@ -343,7 +339,7 @@ async def run_chunk_async(
         if counted is not None:
             result.cpus[-1] = counted.cpu
             result.queued += (counted.wakeups - 1) * lateness()
-        if error is not None and task.stop_on_error:
+        if error is not None and (task.stop_on_error or isinstance(error, KeyboardInterrupt)):
             break
     return result
 

@@ -195,3 +195,20 @@ def test_a_timeout_too_long_to_matter_is_no_limit(ip, run, name, timeout):
     )
     assert outcome.error is None, outcome.err
     assert ip.user_ns["out"] == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("name", [*CONFORMANCE, "spawn", "futures"])
+def test_an_item_raising_keyboardinterrupt_interrupts_and_keeps_the_pool(ip, run, name):
+    options = CONFORMANCE.get(name) or BACKENDS[name]
+    loop = (
+        "out = []\nfor i in range(20):\n    out.append(i)\n    if i == 5:\n"
+        "        raise KeyboardInterrupt\n    out.append(-i)\n"
+    )
+    assert isinstance(run(loop).error, KeyboardInterrupt)
+    truth = state(ip, ["out", "i"])
+    run("%reset -f")
+    outcome = run(f"%%parallel -q {options}\n{loop}")
+    assert isinstance(outcome.error, KeyboardInterrupt), outcome.err
+    assert state(ip, ["out", "i"]) == truth
+    after = run(f"%%parallel -q {options}\ndoubled = [k * 2 for k in range(30)]\n")
+    assert after.error is None and ip.user_ns["doubled"] == [k * 2 for k in range(30)]
