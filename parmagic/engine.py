@@ -273,7 +273,10 @@ def loop_hook(
     tail = ordered_tail_code(plan)
 
     def make_task(backend: Backend, recorded: frozenset[str]) -> Task:
-        code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
+        code = build_item_code(
+            plan.body, recorded, plan.filename, backend.runs_coroutines,
+            copies=backend.copies_kernel_objects,
+        )  # fmt: skip
         function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
         stop_on_error = options.on_error == "raise"
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)

@@ -28,9 +28,12 @@ _OPERATORS = {
 class _Recorder(ast.NodeTransformer):
     """Turns the body's write-backs into calls on ``__log__`` and ``continue`` into return."""
 
-    def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
+    def __init__(
+        self, recorded: frozenset[str], reductions: dict[str, int], item_writes: dict
+    ) -> None:
         self.recorded = recorded
         self.reductions = reductions
+        self.item_writes = item_writes  # loop variables whose changes are done and recorded
         self.depth = 0
 
     def _log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.Expr:
@@ -44,6 +47,19 @@ class _Recorder(ast.NodeTransformer):
             return None
         name, keys = root
         return ast.Constant(name.id), ast.Tuple([_as_value(k) for k in keys], ast.Load())
+
+    def _item_root(self, expr: ast.expr):
+        """(place in the item, the local object, keys) for a change to the item's object."""
+        root = receiver_root(expr)
+        if root is None or root[0].id not in self.item_writes:
+            return None
+        name, keys = root
+        place = ast.Tuple([ast.Constant(i) for i in self.item_writes[name.id]], ast.Load())
+        return (
+            place,
+            ast.Name(name.id, ast.Load()),
+            ast.Tuple([_as_value(k) for k in keys], ast.Load()),
+        )
 
     def visit_FunctionDef(self, node):
         return node
@@ -70,10 +86,28 @@ class _Recorder(ast.NodeTransformer):
         call = node.value
         if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
             root = self._root(call.func.value)
+            method = ast.Constant(call.func.attr)
             if root and call.func.attr in MUTATORS:
-                method = ast.Constant(call.func.attr)
                 return self._log(node, "call", *root, method, *call.args, keywords=call.keywords)
+            item = self._item_root(call.func.value) if call.func.attr in MUTATORS else None
+            if item:
+                return self._log(
+                    node, "item_call", *item, method, *call.args, keywords=call.keywords
+                )
         return node
+
+    def _item_store(self, node, target: ast.expr, kind: str, *rest: ast.expr):
+        """A store into the item's object (``rec["k"] = v``, ``b.v += 1``), or None."""
+        if isinstance(target, ast.Subscript):
+            item = self._item_root(target.value)
+            if item:
+                return self._log(node, f"item_{kind}item", *item, _as_value(target.slice), *rest)
+        elif isinstance(target, ast.Attribute):
+            item = self._item_root(target.value)
+            if item and kind != "del":
+                attr = ast.Constant(target.attr)
+                return self._log(node, f"item_{kind}attr", *item, attr, *rest)
+        return None
 
     def visit_Assign(self, node):
         target = node.targets[0]
@@ -81,6 +115,8 @@ class _Recorder(ast.NodeTransformer):
             root = self._root(target.value)
             if root:
                 return self._log(node, "setitem", *root, _as_value(target.slice), node.value)
+        if len(node.targets) == 1:
+            return self._item_store(node, target, "set", node.value) or node
         return node
 
     def visit_AnnAssign(self, node):
@@ -99,13 +135,16 @@ class _Recorder(ast.NodeTransformer):
             root = self._root(target.value)
             if root:
                 return self._log(node, "augitem", *root, _as_value(target.slice), op, node.value)
-        return node
+        return self._item_store(node, target, "aug", op, node.value) or node
 
     def visit_Delete(self, node):
         statements = []
         for target in node.targets:
             root = self._root(target.value) if isinstance(target, ast.Subscript) else None
-            if root is None:
+            item = self._item_store(node, target, "del") if root is None else None
+            if item is not None:
+                statements.append(item)
+            elif root is None:
                 statements.append(ast.copy_location(ast.Delete([target]), node))
             else:
                 statements.append(self._log(node, "delitem", *root, _as_value(target.slice)))
@@ -127,16 +166,22 @@ def _as_value(key: ast.expr) -> ast.expr:
 
 
 def build_item_code(
-    info: BodyInfo, recorded: frozenset[str], filename: str, coroutine: bool = False
+    info: BodyInfo,
+    recorded: frozenset[str],
+    filename: str,
+    coroutine: bool = False,
+    copies: bool = False,
 ) -> CodeType:
     """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers;
-    ``async def`` for the asyncio backend, so that the body may ``await``."""
+    ``async def`` for the asyncio backend, so that the body may ``await``. ``copies``: items
+    get copies of the kernel's objects, so changes to the item's own object are recorded."""
     node = copy.deepcopy(info.node)
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
         assign = ast.Assign([node.target], item)
         head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
-        body = _Recorder(recorded, info.reductions)._block(head)
+        item_writes = info.item_writes if copies else {}
+        body = _Recorder(recorded, info.reductions, item_writes)._block(head)
         bind = ast.Expr(
             ast.Call(
                 ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),

@@ -129,7 +129,7 @@ class Applier:
                     # them; under --on-error continue a failed item leaves nothing
                     if ops:
                         try:
-                            apply_ops(ns, ops)
+                            apply_ops(ns, ops, items[offset])
                         except ReplayError as failure:
                             frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
                             item = short_repr(items[offset])

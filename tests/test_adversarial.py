@@ -212,3 +212,26 @@ def test_an_item_raising_keyboardinterrupt_interrupts_and_keeps_the_pool(ip, run
     assert state(ip, ["out", "i"]) == truth
     after = run(f"%%parallel -q {options}\ndoubled = [k * 2 for k in range(30)]\n")
     assert after.error is None and ip.user_ns["doubled"] == [k * 2 for k in range(30)]
+
+
+@pytest.mark.parametrize("name", ["fork", "spawn", "futures-fork", "threads"])
+def test_changes_to_the_items_objects_run_and_land_on_the_kernels_objects(ip, run, name):
+    """Not refused: done on the worker's copy (the item reads its own change) and again, in
+    item order, on the kernel's object that the item came from."""
+    run(
+        "recs = [{'x': i} for i in range(30)]\nrows = [[i] for i in range(30)]\nids = list(map(id, recs))\n"
+        "class Box:\n    v = 1\nboxes = [Box() for _ in range(5)]\n"
+    )
+    cells = [
+        "for rec in recs:\n    rec['score'] = rec['x'] * 2\n    rec['next'] = rec['score'] + 1\n",
+        "for i, row in enumerate(rows):\n    row.append(i)\n    row[0] += 10\n    del row[-1]\n",
+        "for box in boxes:\n    box.v += 100\n",
+    ]
+    for cell in cells:
+        outcome = run(f"%%parallel -q {BACKENDS[name]}\n{cell}")
+        assert outcome.error is None, outcome.err
+    ns = ip.user_ns
+    assert ns["recs"] == [{"x": i, "score": 2 * i, "next": 2 * i + 1} for i in range(30)]
+    assert list(map(id, ns["recs"])) == ns["ids"]
+    assert ns["rows"] == [[i + 10] for i in range(30)]
+    assert [box.v for box in ns["boxes"]] == [101] * 5
