@@ -52,6 +52,11 @@ SETUP = {
     "random": "import random\nrandom.seed(3)",
     "show": "def show():\n    return i * 2",
     "frame": "import pandas as pd\nframe = pd.DataFrame({'v': [0.0] * 4})",
+    # objects the loop hands its items, changed in place (replayed on the kernel's objects)
+    "rows": "rows = [[k] for k in range(40)]",
+    # what an item takes from, or changes through another name or a function (issue 17)
+    "stack": "stack = list(range(40))",
+    "heap": "import heapq\nheap = []",
 }
 OPTIONAL_SETUP = ("results", "total", "base", "y", "i")  # sometimes present though unused
 
@@ -288,6 +293,16 @@ class _Writer:
         if choice == 3:
             self.use("d")
             return ["d[i] = len(d)"]
+        if choice == 1 and self.rare(50):  # changes made through another name or a function
+            self.refusals[-1] = "unreplayable"
+            if self.draw(st.booleans()):
+                self.use("groups")
+                return ["bucket = groups[i % 3]", "bucket.append(i)"]
+            self.use("heap")
+            return ["heapq.heappush(heap, i)"]
+        if choice == 2 and self.rare(50):  # an item that takes what the one before left
+            self.use("stack", "results")
+            return ["results.append(stack.pop())"]
         if choice == 4 and self.rare(60):  # what notebook functions and modules hide
             self.refusals.pop()  # not a carried read: one of these
             hidden = self.draw(st.integers(0, 2))
@@ -390,9 +405,15 @@ def cells(draw) -> Cell:
         loop = w.comprehension(n).split("\n")
     else:
         header, assigned = f"for i in {n}:", set()
-        if w.rare(10):
+        changes_items = w.rare(10)
+        if changes_items:  # each item changes its own object, a row of a kernel list
+            header = f"for i, row in zip({n}, rows):"
+            w.use("rows")
+        elif w.rare(10):
             header, assigned = f"for i, w in enumerate({n}):", {"w"}
         loop = [header, *w.block("    ", 0, assigned, 5)]
+        if changes_items:
+            loop.insert(1, f"    row.append({w.expr(frozenset())})")
         if w.rare(10):
             loop += ["else:", "    done = True"]
         if w.y_augmented_unbound and w.y_bound:
