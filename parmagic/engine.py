@@ -71,6 +71,7 @@ class Session:
         self._event_loop = None
         self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
         self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
+        self.pool_started = 0.0  # seconds the last backend() call took to start a pool
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""
@@ -122,13 +123,15 @@ class Session:
             current.close()
             current = None
         if current is not None and current.started_with is not None:
-            now = imported_code.fingerprint()
+            now = imported_code.fingerprint(modules_read)
             changed = imported_code.changes_since(current.started_with, now, modules_read)
             if changed:
                 current.close()
                 current = None
                 self.restart_notes.append(errors.WORKERS_RESTARTED.format(changed=changed))
+        self.pool_started = 0.0
         if current is None:
+            began = time.monotonic()
             if cls.runs_coroutines:
                 current = cls(workers, self.event_loop())
             elif scheduler:
@@ -136,6 +139,7 @@ class Session:
             else:
                 current = cls(workers, wanted_method) if wanted_method else cls(workers)
             self._backends[name] = current
+            self.pool_started = time.monotonic() - began
         return current
 
     def is_warm(self, name: str, workers: int | None, start_method: str | None) -> bool:
@@ -313,7 +317,7 @@ def loop_hook(
         backend = session.backend(name, workers, options.start_method, options.scheduler, read)
         started = time.monotonic() - began
         report.startup += started
-        report.pool_start += started
+        report.pool_start += session.pool_started
         report.wall += started
         report.backend, report.workers = backend.name, backend.workers
         report.copies_objects = backend.copies_kernel_objects

@@ -58,9 +58,9 @@ def values_read(nodes, ns: dict) -> dict[str, dict[str, object]]:
     return found
 
 
-def fingerprint() -> tuple[tuple[str, ...], dict[str, tuple]]:
+def fingerprint(hashed: frozenset[str] | None = None) -> tuple[tuple[str, ...], dict[str, tuple]]:
     """``sys.path``, and per user module: which module object, its file's modification time,
-    and which object each of its names holds."""
+    and (for the modules in ``hashed``, or all) which object each of its names holds."""
     modules = {}
     for name, module in list(sys.modules.items()):
         if not is_users(module) or name in _NOT_MODULES:
@@ -69,8 +69,10 @@ def fingerprint() -> tuple[tuple[str, ...], dict[str, tuple]]:
             modified = os.stat(module.__file__).st_mtime_ns
         except OSError:
             modified = None
-        names = tuple((key, id(value)) for key, value in list(vars(module).items()))
-        modules[name] = (id(module), modified, hash(names))
+        names = None
+        if hashed is None or name in hashed:
+            names = hash(tuple((key, id(value)) for key, value in list(vars(module).items())))
+        modules[name] = (id(module), modified, names)
     return tuple(sys.path), modules
 
 
