@@ -260,6 +260,16 @@ def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> 
     return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
 
+def item_globals(ns: dict, code: CodeType, backend: Backend) -> dict:
+    """The item function's globals: the kernel's namespace, except that items in worker
+    processes call a stand-in for the shell for ``!cmd`` (the shell cannot travel)."""
+    if not backend.copies_kernel_objects or "get_ipython" not in code.co_names:
+        return ns
+    from .worker_shell import get_ipython
+
+    return {**ns, "get_ipython": get_ipython}
+
+
 def ordered_tail_code(plan: CellPlan) -> CodeType | None:
     """The loop's ordered tail, compiled to run in the kernel's namespace with the cell's
     file name and line numbers (None: the whole body runs where the items run)."""
@@ -281,7 +291,7 @@ def loop_hook(
             plan.body, recorded, plan.filename, backend.runs_coroutines,
             copies=backend.copies_kernel_objects,
         )  # fmt: skip
-        function = FunctionType(code, ns, errors.ITEM_FUNCTION_NAME)
+        function = FunctionType(code, item_globals(ns, code, backend), errors.ITEM_FUNCTION_NAME)
         stop_on_error = options.on_error == "raise"
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
         if backend.copies_kernel_objects:

@@ -325,7 +325,16 @@ def render_traceback(exc: BaseException, frames: Iterable[tuple[str, int, str]])
     )
     lines = ["Traceback (most recent call last):\n", *summaries.format()]
     lines += traceback.format_exception_only(type(exc), exc)
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None and cause is not exc:  # as Python prints a chain: the cause first
+        link = _CAUSE_LINK if exc.__cause__ is not None else _CONTEXT_LINK
+        earlier = render_traceback(cause, getattr(cause, "parmagic_frames", []))
+        lines = ["\n".join(earlier) + "\n", link, *lines]
     return "".join(lines).rstrip("\n").split("\n")
+
+
+_CAUSE_LINK = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT_LINK = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 def present(exc: BaseException, frames: Iterable[tuple[str, int, str]]) -> BaseException:

@@ -80,7 +80,7 @@ def progress_bar(total: int):
 
 
 def _raise(error: ItemError, index: int) -> None:
-    exc = error.exception
+    exc = error.chained()
     exc.add_note(errors.ITEM_NOTE.format(index=index, item=error.item))
     if isinstance(exc, StopIteration):
         exc.raised_by_an_item = True  # type: ignore[attr-defined]  # see unwrap_stop_iteration

@@ -173,9 +173,10 @@ def dump_result(result) -> bytes:
             result.values[offset], result.ops[offset] = None, []
             message = errors.RESULT_NOT_PICKLABLE.format(index=result.first + offset, reason=reason)
             result.errors.setdefault(offset, _error(TypeError(message), result.first + offset))
-        if offset in result.errors:
-            error = result.errors[offset]
+        error = result.errors.get(offset)
+        while error is not None:  # the error, and the errors it was raised from
             error.exception = _travelling(error.exception)
+            error = error.cause
         names = result.names[offset] or {}
         for name, value in list(names.items()):
             try:
@@ -196,18 +197,32 @@ def _rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:
 class _ExceptionByParts:
     """Carries an exception whose class cannot be rebuilt by pickle (an ``__init__`` with other
     arguments than ``args``): rebuilt in the kernel from class, args and attributes, so the
-    user still gets their own exception type."""
+    user still gets their own exception type. ``readable``: arguments and attributes that
+    cannot travel (a lock, a socket) travel as their repr."""
 
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
+    def __init__(self, exception: BaseException, readable: bool = False) -> None:
+        self.exception, self.readable = exception, readable
 
     def __reduce__(self):
         exc = self.exception
-        return _rebuild_exception, (type(exc), exc.args, dict(vars(exc)))
+        args, state = exc.args, dict(vars(exc))
+        if self.readable:
+            args = tuple(_or_repr(a) for a in args)
+            state = {k: _or_repr(v) for k, v in state.items()}
+        return _rebuild_exception, (type(exc), args, state)
+
+
+def _or_repr(value: object) -> object:
+    try:
+        pickle.loads(dumps(value))
+        return value
+    except Exception:
+        return repr(value)
 
 
 def _travelling(exception: BaseException):
-    for candidate in (exception, _ExceptionByParts(exception)):
+    candidates = (exception, _ExceptionByParts(exception), _ExceptionByParts(exception, True))
+    for candidate in candidates:
         try:
             pickle.loads(dumps(candidate))
             return candidate

@@ -65,6 +65,34 @@ class ItemError:
     exception: BaseException
     frames: list[tuple[str, int, str]]
     item: str
+    cause: ItemError | None = None  # ``raise ... from e``, or an error while handling one
+    explicit: bool = True  # the cause came from ``from`` (else it is the context)
+
+    @classmethod
+    def of(
+        cls, error: BaseException, item: str, origins: dict | None = None, depth: int = 0
+    ) -> ItemError:
+        """The error with its frames, and the chain of errors it came from (pickling keeps
+        neither a traceback nor ``__cause__``)."""
+        made = cls(error, user_frames(error.__traceback__, origins), item)
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is not None and cause is not error and depth < 8:
+            made.cause = cls.of(cause, item, origins, depth + 1)
+            made.explicit = error.__cause__ is not None
+        return made
+
+    def chained(self) -> BaseException:
+        """The exception with its chain put back (it came from another process)."""
+        error, cause = self.exception, self.cause
+        if cause is not None:
+            cause.chained()
+        if cause is not None and error.__cause__ is None and error.__context__ is None:
+            if self.explicit:
+                error.__cause__ = cause.exception
+            else:
+                error.__context__ = cause.exception
+        error.parmagic_frames = self.frames  # type: ignore[attr-defined]  # see errors.py
+        return error
 
 
 @dataclass
@@ -229,8 +257,7 @@ def _record(
     if error is not None:
         if isinstance(error, ItemTimedOut | TimeoutError) and task.timeout:
             error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
-        frames = user_frames(error.__traceback__, task.origins)
-        result.errors[offset] = ItemError(error, frames, short_repr(item))
+        result.errors[offset] = ItemError.of(error, short_repr(item), task.origins)
     return ended
 
 

@@ -235,3 +235,40 @@ def test_changes_to_the_items_objects_run_and_land_on_the_kernels_objects(ip, ru
     assert list(map(id, ns["recs"])) == ns["ids"]
     assert ns["rows"] == [[i + 10] for i in range(30)]
     assert [box.v for box in ns["boxes"]] == [101] * 5
+
+
+@pytest.mark.parametrize("name", ["serial", "threads", "fork", "spawn", "futures-fork"])
+def test_shell_commands_in_the_body_run_where_the_items_run(ip, run, name):
+    cell = (
+        "names = []\nfor i in range(4):\n    !echo item {i} $i\n"
+        "    out = !echo got {i * 2}\n    names.append(list(out))\n"
+    )
+    outcome = run(f"%%parallel -q {BACKENDS[name]}\n{cell}")
+    assert outcome.error is None, outcome.err
+    assert ip.user_ns["names"] == [[f"got {2 * i}"] for i in range(4)]
+    if "fork" in name or "spawn" in name:  # output captured per item in worker processes
+        assert [ln for ln in outcome.out.splitlines() if ln.startswith("item")] == [
+            f"item {i} {i}" for i in range(4)
+        ]
+
+
+@pytest.mark.parametrize("name", ["serial", "threads", "fork", "spawn", "futures-fork", "asyncio"])
+def test_an_items_exception_keeps_its_cause_and_its_arguments(ip, run, name):
+    run(
+        "import threading\nclass Wrapped(Exception):\n    pass\n"
+        "def parse(text):\n    return int(text)\n"
+    )
+    outcome = run(
+        f"%%parallel -q {BACKENDS.get(name) or CONFORMANCE[name]}\nfor text in ['1', 'x']:\n"
+        "    try:\n        parse(text)\n    except ValueError as e:\n"
+        "        raise Wrapped(text) from e\n"
+    )
+    error = outcome.error
+    assert type(error).__name__ == "Wrapped" and isinstance(error.__cause__, ValueError)
+    shown = "\n".join(error._render_traceback_())
+    assert "direct cause" in shown and "int(text)" in shown and "ValueError" in shown
+    outcome = run(
+        f"%%parallel -q {BACKENDS.get(name) or CONFORMANCE[name]}\nfor k in range(2):\n"
+        "    if k:\n        raise Wrapped('held', threading.Lock())\n"
+    )
+    assert type(outcome.error).__name__ == "Wrapped" and outcome.error.args[0] == "held"
