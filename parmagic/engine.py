@@ -372,6 +372,7 @@ def loop_hook(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
             length=max(length - start, 0), tail=tail, recorder=recorder,
+            lazy=plan.body.kind == "generator",
             progress=options.progress and not options.quiet and recorder is None,
         )  # fmt: skip
 
@@ -444,7 +445,8 @@ def loop_hook(
 
         def apply_serial() -> Iterator[list]:
             serial = recorders[0]
-            applier = Applier(ns, serial.task, RunReport("serial", 1), plan.filename, tail)
+            lazy = plan.body.kind == "generator"
+            applier = Applier(ns, serial.task, RunReport("serial", 1), plan.filename, tail, lazy)
             return replay(serial.transcript, applier)
 
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import signal
 import sys
 import threading
 import time
@@ -99,10 +100,17 @@ class Applier:
     tail (``tail``, compiled) for each item once its results are applied."""
 
     def __init__(
-        self, ns: dict, task: Task, report: RunReport, filename: str, tail: CodeType | None = None
+        self,
+        ns: dict,
+        task: Task,
+        report: RunReport,
+        filename: str,
+        tail: CodeType | None = None,
+        lazy: bool = False,
     ) -> None:
         self.ns, self.task, self.report, self.filename = ns, task, report, filename
         self.tail = tail
+        self.lazy = lazy  # the values go to the user's code as they come (a generator)
         self.failed = False
 
     def _run_tail(self, item) -> ItemError | None:
@@ -116,8 +124,10 @@ class Applier:
         """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
         ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
         outputs, failures = result.outputs, result.errors
+        held = HeldInterrupt(not self.lazy)  # an item is applied whole: Ctrl-C waits
         try:
             for offset, (ops, names) in enumerate(zip(result.ops, result.names, strict=True)):
+                held.raise_if_pressed()
                 counted = offset + 1
                 if outputs and offset in outputs:
                     for stream, text in outputs[offset]:
@@ -136,6 +146,7 @@ class Applier:
                             error = error or ItemError(failure.error, frames, item)
                     if names:
                         ns.update(names)
+                    held.raise_if_pressed()
                     if error is None and self.tail is not None:
                         error = self._run_tail(items[offset])
                 if error is None:
@@ -150,8 +161,38 @@ class Applier:
                     self.report.stopped_at = index
                     _raise(error, index)
                 self.report.failures.append((index, error.item, repr(error.exception)))
+            if result.interrupted:
+                self.failed = True
+                raise KeyboardInterrupt
         finally:
+            held.release()
             self.report.add(result, counted)
+
+
+class HeldInterrupt:
+    """Holds a Ctrl-C (SIGINT on the kernel's main thread) until the item being applied is
+    whole: the run then stops between items, and its counts are exact. Not while values go
+    to the user's code between items (a lazy generator): Ctrl-C must reach that code."""
+
+    def __init__(self, hold: bool = True) -> None:
+        self.pressed = False
+        self.previous = None
+        if hold and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._press)
+
+    def _press(self, signum, frame) -> None:
+        self.pressed = True
+
+    def raise_if_pressed(self) -> None:
+        if self.pressed:
+            self.pressed = False
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+        self.raise_if_pressed()
 
 
 class Recorder:
@@ -288,13 +329,14 @@ def execute(
     progress: bool = False,
     recorder: Recorder | None = None,
     tail: CodeType | None = None,
+    lazy: bool = False,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
     is applied to ``ns``, in item order. With a ``recorder``, nothing is applied: the
     recorder keeps the results."""
     if length is None:
         length = operator.length_hint(iterable)
-    applier = recorder or Applier(ns, task, report, filename, tail)
+    applier = recorder or Applier(ns, task, report, filename, tail, lazy)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index = first_index
     with kept_as_it_was(random_state=task.seed is not None):

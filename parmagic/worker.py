@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import io
+import os
 import signal
 import sys
 import threading
@@ -119,9 +120,20 @@ class ChunkResult:
     dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
     native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
     queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
+    interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def trim(self) -> None:
+        """Drop a half-recorded last item (an interrupt while it was being recorded)."""
+        count = min(map(len, (self.starts, self.ends, self.cpus, self.ops, self.names)))
+        count = min(count, len(self.values))
+        for column in (self.starts, self.ends, self.cpus, self.ops, self.names, self.values):
+            del column[count:]
+        for offset in [o for o in (*self.outputs, *self.errors) if o >= count]:
+            self.outputs.pop(offset, None)
+            self.errors.pop(offset, None)
 
     def add(self, began: float, ended: float, cpu: float, ops, names, value) -> None:
         self.starts.append(began)
@@ -190,8 +202,11 @@ def run_queue_wait() -> float:
     accounting; 0 elsewhere): the time a busy machine adds to an item that only computes,
     which must not be mistaken for the item waiting on I/O."""
     try:
-        with open(SCHEDSTAT, "rb") as stat:
-            return int(stat.read().split()[1]) / 1e9
+        fd = os.open(SCHEDSTAT, os.O_RDONLY)  # a bare descriptor: no file object to leak
+        try:
+            return int(os.read(fd, 256).split()[1]) / 1e9
+        finally:
+            os.close(fd)
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -279,6 +294,15 @@ def run_chunk(
 ) -> ChunkResult:
     """Run consecutive items and record what each did (a tight loop: items may be cheap)."""
     result = ChunkResult(seq, start, worker or threading.current_thread().name)
+    try:
+        _run_items(task, result, start, items)
+    except KeyboardInterrupt:  # Ctrl-C on the kernel's thread between items
+        result.trim()
+        result.interrupted = True
+    return result
+
+
+def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None:
     queued = run_queue_wait()
     cpu = _CpuSpans(result)
     began, function, cancelled, seed = cpu.since, task.function, task.cancelled.is_set, task.seed
@@ -308,7 +332,6 @@ def run_chunk(
                 break
     cpu.close()
     result.queued = run_queue_wait() - queued
-    return result
 
 
 class CpuCounted:

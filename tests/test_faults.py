@@ -136,6 +136,33 @@ def test_an_item_that_blocks_its_alarm_gets_its_worker_killed(ip, run, name):
     assert_next_run_works(ip, run, BACKENDS[name])
 
 
+@pytest.mark.parametrize("name", ["serial", "threads", "fork", "futures-fork"])
+def test_an_interrupt_leaves_every_item_whole_and_counts_exactly(ip, run, name, tmp_path):
+    """Many cheap items with printed output and several changes each: wherever the interrupt
+    lands, every applied item is whole and the message counts them."""
+    marker = tmp_path / "ran"
+    run(f"import time\nout, total, marker = [], 0, r'{marker}'\n")
+    watcher = InterruptOnceItemsRan(marker, count=1)
+    outcome = run(
+        f"%%parallel {BACKENDS[name]}\nfor i in range(400_000):\n"
+        "    if i == 2000:\n        with open(marker, 'w') as f:\n            f.write('0')\n"
+        "    out.append(i)\n    total += 1\n    last = i\n    print(i)\n"
+    )
+    watcher.stop()
+    assert isinstance(outcome.error, KeyboardInterrupt)
+    ns = ip.user_ns
+    printed = [int(ln) for ln in outcome.out.splitlines() if ln.isdigit()]
+    whole = len(printed)
+    assert_prefix(printed, minimum=1)
+    shown = "\n".join(outcome.error._render_traceback_())
+    assert f"the first {whole} item(s) were applied" in shown
+    assert ns["out"][:whole] == printed
+    if name == "serial":  # the interrupt may land inside an item: it stops there, as plain
+        assert len(ns["out"]) - whole in (0, 1) and ns["total"] - whole in (0, 1)
+    else:  # items that ran elsewhere are applied whole or not at all
+        assert ns["total"] == len(ns["out"]) == whole and ns["last"] == whole - 1
+
+
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_an_endless_iterable_stops_at_the_failing_item(ip, run, name):
     run("import itertools\nclass Enough(Exception):\n    pass\npulled = []\n")

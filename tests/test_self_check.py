@@ -105,13 +105,13 @@ def test_the_summary_labels_and_advises_as_the_loop_calls_for(
     if label:
         assert f"of their own time: {label}" in outcome.out, outcome.out
     hint, shown = advice(r), _shown_advice(outcome.out)
-    assert shown == hint  # the advice printed is the one its figures give
+    assert shown == hint, outcome.out + outcome.err  # the advice printed is its figures'
     if hint is not None and hint.startswith("other programs"):
         assert r.usage.others_mean > 25  # a busy machine: its figures say little of the loop
     elif expected is None:
         assert hint is None, outcome.out
     else:
-        assert hint is not None and hint.startswith(expected), outcome.out
+        assert hint is not None and hint.startswith(expected), outcome.out + outcome.err
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ from .. import errors
 from ..worker import ChunkResult, OutputCapture, Task, run_chunk
 from . import Backend, drain, failed_chunk, usable_cores
 
+END_GRACE = 0.2  # seconds a stopped run waits for its threads' current items
+
 
 class _PooledThreads(Backend):
     """What both thread backends share: bookkeeping, timeouts, abandoning, output capture."""
@@ -106,6 +108,8 @@ class _PooledThreads(Backend):
         self._pool = self._new_pool()
 
     def end(self, completed: bool) -> list[str]:
+        if not completed:
+            self._let_cancelled_chunks_end()
         abandoned = not completed and bool(self._running)
         self._capture.release()
         if not abandoned:
@@ -115,6 +119,16 @@ class _PooledThreads(Backend):
         )
         self._replace_pool()
         return [errors.ITEMS_ABANDONED.format(items=_ranges(items))]
+
+    def _let_cancelled_chunks_end(self) -> None:
+        """Chunks of a stopped run end after their current item: wait briefly for them,
+        while their output is still captured (and dropped), so that an item the plain loop
+        never ran prints nothing in the cell."""
+        deadline = time.monotonic() + END_GRACE
+        while self._running and time.monotonic() < deadline:
+            for result in self._ready(0.01):
+                if not isinstance(result, BaseException):
+                    self._running.pop(result.seq, None)
 
     def close(self) -> None:
         self._close_pool(wait=True)
