@@ -22,8 +22,10 @@ _NOT_MODULES = ("__main__", "__mp_main__", "parmagic")
 def is_users(module: object) -> bool:
     """A module of the user's own (not the standard library's, an installed package's, or
     parmagic's), loaded from a file."""
-    file = getattr(module, "__file__", None)
-    name = getattr(module, "__name__", "") or ""
+    if not isinstance(module, types.ModuleType):
+        return False
+    own = module.__dict__  # not getattr: a lazy module's __getattr__ would import things
+    file, name = own.get("__file__"), own.get("__name__") or ""
     if not isinstance(file, str) or name.split(".")[0] in _NOT_MODULES:
         return False
     verdict = _verdicts.get(file)
@@ -58,12 +60,30 @@ def values_read(nodes, ns: dict) -> dict[str, dict[str, object]]:
     return found
 
 
+_user_names: tuple[int, list[str]] = (-1, [])  # (len(sys.modules), the user's module names)
+
+
+def _user_module_names() -> list[str]:
+    """The user's modules' names, found again only when the set of modules has grown or
+    shrunk (a thousand modules take a millisecond to walk; a run must not)."""
+    global _user_names
+    if _user_names[0] != len(sys.modules):
+        names = [
+            name
+            for name, module in list(sys.modules.items())
+            if name not in _NOT_MODULES and is_users(module)
+        ]
+        _user_names = (len(sys.modules), names)
+    return _user_names[1]
+
+
 def fingerprint(hashed: frozenset[str] | None = None) -> tuple[tuple[str, ...], dict[str, tuple]]:
     """``sys.path``, and per user module: which module object, its file's modification time,
     and (for the modules in ``hashed``, or all) which object each of its names holds."""
     modules = {}
-    for name, module in list(sys.modules.items()):
-        if not is_users(module) or name in _NOT_MODULES:
+    for name in _user_module_names():
+        module = sys.modules.get(name)
+        if module is None or not is_users(module):
             continue
         try:
             modified = os.stat(module.__file__).st_mtime_ns

@@ -13,6 +13,9 @@ ASCII = str.maketrans({"·": "|", "×": "x", "≈": "~"})  # for a stdout that e
 LOAD_SECONDS = 0.3  # the samples of a shorter run say too little of other programs
 
 
+HEAVY_DATA = 1 << 20  # bytes: less than this cannot be what took a run's time
+
+
 def advice(r: RunReport) -> str | None:
     """One sentence when the figures show a likely mistake, else None (nothing after a run
     that stopped early: its figures describe a part of the loop, not the loop)."""
@@ -34,7 +37,7 @@ def advice(r: RunReport) -> str | None:
     if r.copies_objects and r.speedup < 1:
         if r.pool_start > 0.5 * r.wall:
             return "starting the workers took most of this run: the next run finds them started"
-        if r.startup + r.sending > 0.5 * r.wall:
+        if r.startup + r.sending > 0.5 * r.wall and r.bytes_sent > HEAVY_DATA:
             return (
                 "sending the data to the workers took most of the run: capture less, or use threads"
             )

@@ -180,7 +180,14 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
         ),
         (
             _measured(
-                "processes", True, item_count=40, wall=0.2, busy=0.15, cpu=0.15, startup=0.15
+                "processes",
+                True,
+                item_count=40,
+                wall=0.2,
+                busy=0.15,
+                cpu=0.15,
+                startup=0.15,
+                bytes_sent=30_000_000,
             ),
             "sending the data to the workers took most of the run",
         ),
