@@ -148,6 +148,10 @@ def test_summary_on_a_stdout_that_only_encodes_ascii(ip, run, monkeypatch):
     assert text.startswith("parmagic: threads | 4 workers | 8 items")
 
 
+# 30 MB sent, and start-up (packing them) three quarters of the run
+SENDING_MOST = dict(item_count=40, wall=0.2, busy=0.15, cpu=0.15, startup=0.15, bytes_sent=3e7)
+
+
 def _measured(backend: str, copies: bool, **figures) -> RunReport:
     """A report with given figures: the advice rules tested apart from any machine's load.
     Items in other processes had their Python to themselves; threads shared the kernel's."""
@@ -179,16 +183,7 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
             "the loop is too small to pay for worker processes",
         ),
         (
-            _measured(
-                "processes",
-                True,
-                item_count=40,
-                wall=0.2,
-                busy=0.15,
-                cpu=0.15,
-                startup=0.15,
-                bytes_sent=30_000_000,
-            ),
+            _measured("processes", True, **SENDING_MOST),
             "sending the data to the workers took most of the run",
         ),
         (
