@@ -438,7 +438,9 @@ def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: Bo
         name = kernel_root(func.value)
         if name and discarded and func.attr not in MUTATORS:
             info.object_calls.setdefault(name, line)  # a module's function, or a change
-        if name and not discarded and func.attr in MUTATORS - {"update", "sort", "reverse"}:
+        if name and not discarded and func.attr == "setdefault":
+            info.copy_warnings.append((line, text, name))  # a change the kernel never sees
+        elif name and not discarded and func.attr in MUTATORS - {"update", "sort", "reverse"}:
             _refuse_taking(line, text, name)
     if called == "next" and node.args and kernel_root(node.args[0]):
         _refuse_taking(line, "`next(...)`", kernel_root(node.args[0]))
