@@ -222,6 +222,13 @@ class ParallelMagics(Magics):
             unordered=args.unordered,
             seed=args.seed,
         )
+        if options.scheduler:  # before the statements before the loop run
+            from .backends.dask_cluster import check_reachable
+
+            try:
+                check_reachable(options.scheduler)
+            except ParmagicUsageError as unreachable:
+                raise UsageError(str(unreachable)) from None
         if args.compare:
             from .compare import backend_list
 

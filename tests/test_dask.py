@@ -169,10 +169,13 @@ def test_semantics_and_loopback_only_on_the_local_cluster(ip, run):
 def test_an_unreachable_scheduler_is_a_clear_error_and_the_kernel_stays_usable(ip, run):
     address = f"tcp://127.0.0.1:{_free_port()}"
     began = time.monotonic()
-    outcome = run(f"%%parallel -b dask --scheduler {address}\nfor i in range(3):\n    pass\n")
+    outcome = run(
+        f"%%parallel -b dask --scheduler {address}\nbefore = 1\nfor i in range(3):\n    pass\n"
+    )
     assert time.monotonic() - began < HANG_GUARD
     assert isinstance(outcome.error, UsageError)
     assert f"could not reach a dask scheduler at {address}" in str(outcome.error)
+    assert "before" not in ip.user_ns  # refused before the statements before the loop ran
     parallel(run, "-b serial", "after = [k for k in range(3)]\n")
     assert ip.user_ns["after"] == [0, 1, 2]
 

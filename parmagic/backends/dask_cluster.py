@@ -70,6 +70,20 @@ def _distributed():
     return distributed
 
 
+def check_reachable(address: str) -> None:
+    """Refuse, before the cell runs anything, a TCP scheduler address nothing answers at."""
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address.removeprefix("tcp://").rstrip("/").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT).close()
+    except (OSError, ValueError) as reason:
+        message = errors.SCHEDULER_UNREACHABLE.format(
+            address=address, seconds=CONNECT_TIMEOUT, reason=str(reason).split("\n")[0]
+        )
+        raise ParmagicUsageError(message) from None
+
+
 def _connect(distributed, address: str):
     """A client of an existing scheduler, or a sentence saying why there is none.
 
