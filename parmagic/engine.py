@@ -262,12 +262,19 @@ def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> 
 
 def item_globals(ns: dict, code: CodeType, backend: Backend) -> dict:
     """The item function's globals: the kernel's namespace, except that items in worker
-    processes call a stand-in for the shell for ``!cmd`` (the shell cannot travel)."""
-    if not backend.copies_kernel_objects or "get_ipython" not in code.co_names:
-        return ns
-    from .worker_shell import get_ipython
+    processes call stand-ins for the shell (``!cmd``) and IPython's ``display``, which cannot
+    travel (worker_shell.py)."""
+    from . import worker_shell
 
-    return {**ns, "get_ipython": get_ipython}
+    if not backend.copies_kernel_objects:
+        return ns
+    stand_ins = {}
+    if "get_ipython" in code.co_names:
+        stand_ins["get_ipython"] = worker_shell.get_ipython
+    shown = ns.get("display")
+    if "display" in code.co_names and getattr(shown, "__module__", "").startswith("IPython"):
+        stand_ins["display"] = worker_shell.display
+    return {**ns, **stand_ins} if stand_ins else ns
 
 
 def ordered_tail_code(plan: CellPlan) -> CodeType | None:

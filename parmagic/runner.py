@@ -23,6 +23,7 @@ from .errors import short_repr
 from .kernel_state import kept_as_it_was
 from .report import RunReport
 from .worker import ChunkResult, ItemError, Task
+from .worker_shell import DISPLAYED
 
 TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
@@ -80,6 +81,13 @@ def progress_bar(total: int):
     return tqdm(total=total or None, delay=1.0, unit="item", leave=False, desc="parmagic")
 
 
+def _display(objects: tuple, options: dict) -> None:
+    """What an item in a worker process displayed, displayed here (the kernel has IPython)."""
+    from IPython.display import display
+
+    display(*objects, **options)
+
+
 def _raise(error: ItemError, index: int) -> None:
     exc = error.chained()
     exc.add_note(errors.ITEM_NOTE.format(index=index, item=error.item))
@@ -131,7 +139,10 @@ class Applier:
                 counted = offset + 1
                 if outputs and offset in outputs:
                     for stream, text in outputs[offset]:
-                        (sys.stdout if stream == 1 else sys.stderr).write(text)
+                        if stream == DISPLAYED:
+                            _display(*text)
+                        else:
+                            (sys.stdout if stream == 1 else sys.stderr).write(text)
                 error = failures.get(offset) if failures else None
                 interrupted = error is not None and isinstance(error.exception, KeyboardInterrupt)
                 if error is None or stop_on_error or interrupted:

@@ -1,9 +1,11 @@
-"""``!cmd`` and ``x = !cmd`` in items that run in worker processes, which have no IPython.
+"""``!cmd``, ``x = !cmd`` and ``display(...)`` in items that run in worker processes, which
+have no IPython.
 
 IPython turns ``!echo {i}`` into ``get_ipython().system("echo {i}")``; the kernel's shell
 cannot travel to a worker, so items there get this stand-in, which expands ``{expression}``
-and ``$name`` from the calling item's names, as IPython does, and runs the command.
-Imports nothing heavy: it runs on the worker side.
+and ``$name`` from the calling item's names, as IPython does, and runs the command. What an
+item displays travels back with its printed output and is displayed in the kernel, in item
+order. Imports nothing heavy: it runs on the worker side.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ class WorkerShell:
 
 
 _SHELL = WorkerShell()
+DISPLAYED = 3  # an item output's stream number for objects to display (1, 2: stdout, stderr)
+
+
+def display(*objects, **options) -> None:
+    """Keep the objects with the item's output; the kernel displays them in item order."""
+    from .worker import current_output
+
+    output = current_output.get()
+    if output is None:
+        print(*objects)
+    else:
+        output.append((DISPLAYED, (objects, options)))
 
 
 def get_ipython() -> WorkerShell:

@@ -272,3 +272,14 @@ def test_an_items_exception_keeps_its_cause_and_its_arguments(ip, run, name):
         "    if k:\n        raise Wrapped('held', threading.Lock())\n"
     )
     assert type(outcome.error).__name__ == "Wrapped" and outcome.error.args[0] == "held"
+
+
+@pytest.mark.parametrize("name", ["serial", "threads", "fork", "spawn", "futures-fork"])
+def test_what_items_display_is_displayed_in_item_order(ip, run, name):
+    run("from IPython.display import display\n")
+    outcome = run(
+        f"%%parallel -q {BACKENDS[name]}\nfor i in range(6):\n    display(f'shown {{i}}')\n"
+    )
+    assert outcome.error is None, outcome.err
+    shown = [ln.strip("'") for ln in outcome.out.splitlines() if "shown" in ln]
+    assert shown == [f"shown {i}" for i in range(6)]
