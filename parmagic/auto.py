@@ -188,11 +188,24 @@ class Lead:
             try:
                 item = next(iterator)
             except StopIteration:
+                if deciding:  # the loop ended inside the trial: threads ran all of it
+                    self.kept = True
+                    self.moved = self._finished_on_trial(time.monotonic() - began)
                 return
             yield item
 
+    def _computing_seen(self) -> str:
+        return f"items compute (CPU {self.report.cpu_share:.0%} of their time over {self._first()})"
+
+    def _finished_on_trial(self, elapsed: float) -> str:
+        seen = self._computing_seen()
+        return (
+            f"{seen}, and {self._why_not_processes()}: threads, tried for {elapsed:.2f} s, "
+            "finished the loop before the trial could judge them"
+        )
+
     def _tried(self, running: float, elapsed: float) -> str:
-        seen = f"items compute (CPU {self.report.cpu_share:.0%} of their time over {self._first()})"
+        seen = self._computing_seen()
         if self.kept:
             return (
                 f"{seen}, in code that releases the GIL: on threads, tried for {elapsed:.2f} s, "

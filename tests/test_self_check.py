@@ -177,6 +177,9 @@ def test_auto_tries_threads_when_processes_cannot_pay_and_keeps_them_for_numpy(i
     r = report()
     assert ip.user_ns["tops"] == [float(np.sin(1.0))] * 40
     assert "threads, tried for" in outcome.out
+    if "finished the loop" in outcome.out:  # a fast moment: the trial took the whole rest
+        assert r.backend == "threads", outcome.out
+        return
     if r.backend != "threads":  # a trial of 0.1 s on a machine others crowd can misjudge
         assert r.usage is not None and r.usage.others_mean > 25, outcome.out
         return
