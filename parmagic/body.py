@@ -263,8 +263,7 @@ def _held_names(iterable: ast.expr) -> set[str]:
     func = iterable.func
     if isinstance(func, ast.Attribute) and func.attr in VIEWS:
         return _held_names(func.value)
-    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    if called in HOLDING_CALLS:
+    if _called(iterable) in HOLDING_CALLS:
         return set().union(*(_held_names(a) for a in iterable.args))
     return set()
 
@@ -364,7 +363,7 @@ def _hidden_writes(stmts, bound: set[str], positions: dict, info: BodyInfo) -> N
     (``d.setdefault(k, []).append(v)``); and takings whose value the item uses
     (``x = stack.pop()``, ``next(it)``), which make each item depend on the ones before."""
     targets = set(positions)
-    rebound = bound - targets | (targets & _assigned_names(stmts))
+    rebound = (bound - targets) | (targets & _assigned_names(stmts))
     aliases = _aliases(stmts, bound, targets)
     dropped = {id(s.value) for stmt in stmts for s in walk_scope(stmt) if isinstance(s, ast.Expr)}
     simple_stores = {id(t) for stmt in stmts for t in _simple_store_targets(stmt)}
@@ -383,11 +382,9 @@ def _hidden_writes(stmts, bound: set[str], positions: dict, info: BodyInfo) -> N
             info.item_writes[root.id] = place  # replayed on the kernel's object (itemcode.py)
             return
         if root.id in aliases:
-            source, through_item = aliases[root.id]
+            source, origin, through_item = aliases[root.id]
             note = f"{what} (`{root.id}` is `{source}`)"
-            (info.item_changes if through_item else info.copy_warnings).append(
-                (line, note, source.split("[")[0].split(".")[0])
-            )
+            (info.item_changes if through_item else info.copy_warnings).append((line, note, origin))
         elif root.id in targets and root.id not in rebound:
             info.item_changes.append((line, what, root.id))
 
@@ -444,20 +441,20 @@ def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: Bo
             _refuse_taking(line, text, name)
     if called == "next" and node.args and kernel_root(node.args[0]):
         _refuse_taking(line, "`next(...)`", kernel_root(node.args[0]))
-    if called in CHANGING_FUNCTIONS and node.args:
-        name = kernel_root(node.args[0])
+
+    def written(expr: ast.expr, what: str) -> None:
+        """A function writes into ``expr``: a kernel object's, an alias's or the item's."""
+        name = kernel_root(expr)
         if name:
-            info.copy_warnings.append((line, f"{text} on `{ast.unparse(node.args[0])}`", name))
+            info.copy_warnings.append((line, what, name))
         else:
-            changed(node.args[0], line, f"{text} on `{ast.unparse(node.args[0])}`")
+            changed(expr, line, what)
+
+    if called in CHANGING_FUNCTIONS and node.args:
+        written(node.args[0], f"{text} on `{ast.unparse(node.args[0])}`")
     for keyword in node.keywords:
         if keyword.arg == "out":
-            name = kernel_root(keyword.value)
-            what = f"{text} writes into `{ast.unparse(keyword.value)}`"
-            if name:
-                info.copy_warnings.append((line, what, name))
-            else:
-                changed(keyword.value, line, what)
+            written(keyword.value, f"{text} writes into `{ast.unparse(keyword.value)}`")
 
 
 def _refuse_taking(line: int, what: str, name: str) -> None:
@@ -475,11 +472,11 @@ def _assigned_names(stmts) -> set[str]:
     return {n.id for stmt in stmts for n in scope_names(stmt) if isinstance(n.ctx, ast.Store)}
 
 
-def _aliases(stmts, bound: set[str], targets: set[str]) -> dict[str, tuple[str, bool]]:
+def _aliases(stmts, bound: set[str], targets: set[str]) -> dict[str, tuple[str, str, bool]]:
     """Local names the body binds to an object the kernel or the item holds:
-    ``bucket = groups[x % 3]`` -> {"bucket": ("groups[x % 3]", False)}. The flag says the
-    object is reached through the item (the loop variable), not a kernel name."""
-    found: dict[str, tuple[str, bool]] = {}
+    ``bucket = groups[x % 3]`` -> {"bucket": ("groups[x % 3]", "groups", False)}. The flag
+    says the object is reached through the item (the loop variable), not a kernel name."""
+    found: dict[str, tuple[str, str, bool]] = {}
     for stmt in stmts:
         for node in walk_scope(stmt):
             if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
@@ -493,9 +490,9 @@ def _aliases(stmts, bound: set[str], targets: set[str]) -> dict[str, tuple[str, 
             if root is None or root.id == target.id:
                 continue
             if root.id in found:
-                found[target.id] = (ast.unparse(value), found[root.id][1])
+                found[target.id] = (ast.unparse(value), *found[root.id][1:])
             elif root.id not in bound or root.id in targets:
-                found[target.id] = (ast.unparse(value), root.id in targets)
+                found[target.id] = (ast.unparse(value), root.id, root.id in targets)
     return found
 
 

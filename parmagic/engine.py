@@ -212,7 +212,7 @@ def alias_refusal(plan: CellPlan, ns: dict) -> str | None:
             name = node.id
             if not isinstance(node.ctx, ast.Load) or name in info.bound or name in info.receivers:
                 continue
-            other = changed.get(id(ns.get(name, changed)))
+            other = changed.get(id(ns[name])) if name in ns else None
             if other is not None:
                 return errors.CARRIED_ALIAS.format(
                     line=node.lineno, name=name, other=other, write_line=info.receivers[other]
@@ -242,13 +242,14 @@ def _not_changed_by_calls(value: object) -> bool:
     return type(value).__module__.split(".")[0] == "tqdm"  # a progress bar's update()
 
 
-def item_object_refusal(plan: CellPlan, backend: str) -> str | None:
+def item_object_refusal(plan: CellPlan, backend: str, short: bool = False) -> str | None:
     """Why items in worker processes cannot run this body: it changes the objects the loop
-    hands its items, and theirs would be copies."""
+    hands its items, and theirs would be copies. ``short``: the reason alone, for auto."""
     if not plan.body.item_changes or not load_backend(backend).copies_kernel_objects:
         return None
     line, what, name = plan.body.item_changes[0]
-    return errors.ITEM_OBJECT_CHANGED.format(line=line, what=what, name=name)
+    template = errors.ITEM_OBJECT_CHANGED_SHORT if short else errors.ITEM_OBJECT_CHANGED
+    return template.format(line=line, what=what, name=name)
 
 
 def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> list[str]:
@@ -292,6 +293,7 @@ def loop_hook(
     """The function the rewritten cell calls in place of its loop, with the loop's iterable."""
 
     tail = ordered_tail_code(plan)
+    lazy = plan.body.kind == "generator"  # values go to the user's code as they come
 
     def make_task(backend: Backend, recorded: frozenset[str]) -> Task:
         code = build_item_code(
@@ -379,7 +381,7 @@ def loop_hook(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
             length=max(length - start, 0), tail=tail, recorder=recorder,
-            lazy=plan.body.kind == "generator",
+            lazy=lazy,
             progress=options.progress and not options.quiet and recorder is None,
         )  # fmt: skip
 
@@ -452,7 +454,6 @@ def loop_hook(
 
         def apply_serial() -> Iterator[list]:
             serial = recorders[0]
-            lazy = plan.body.kind == "generator"
             applier = Applier(ns, serial.task, RunReport("serial", 1), plan.filename, tail, lazy)
             return replay(serial.transcript, applier)
 
@@ -477,9 +478,9 @@ def loop_hook(
         def processes_refused() -> str | None:
             from .shipping import pack_task  # cloudpickle: only when processes are in view
 
-            refused = item_object_refusal(plan, "processes")
+            refused = item_object_refusal(plan, "processes", short=True)
             if refused:
-                return refused.split(" (nothing")[0].split("; items in")[0]
+                return refused
             try:
                 pack_task(task)
             except NotPicklable as refused:

@@ -70,6 +70,7 @@ TAKES_CARRIED = (
     "line {line}: {what} takes from the kernel's `{name}` and the item uses what it took, so "
     "each item depends on the ones before it. " + _ORDERED_TAIL_ADVICE
 )
+ITEM_OBJECT_CHANGED_SHORT = "line {line}: {what} changes an object the loop hands its items"
 ITEM_OBJECT_CHANGED = (
     "line {line}: {what} changes an object the loop hands its items (`{name}`); items in "
     "worker processes would change only a copy, so the kernel's would not change (nothing has "

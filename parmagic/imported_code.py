@@ -8,7 +8,9 @@ Installed packages and the standard library are left out: they do not change und
 
 from __future__ import annotations
 
+import ast
 import os
+import pickle
 import sys
 import sysconfig
 import types
@@ -38,9 +40,6 @@ def is_users(module: object) -> bool:
 def values_read(nodes, ns: dict) -> dict[str, dict[str, object]]:
     """``mod.NAME`` values the code reads from the user's modules (data, not functions,
     classes or modules, which a worker imports as they are in the file)."""
-    import ast
-    import pickle
-
     found: dict[str, dict[str, object]] = {}
     for top in nodes:
         for node in ast.walk(top):
@@ -111,8 +110,6 @@ def changes_since(earlier: tuple, now: tuple, read: frozenset[str] = frozenset()
 
 def modules_read(nodes, ns: dict) -> frozenset[str]:
     """The user's modules the code names directly."""
-    import ast
-
     names = {n.id for top in nodes for n in ast.walk(top) if isinstance(n, ast.Name)}
     return frozenset(
         ns[name].__name__

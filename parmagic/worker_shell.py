@@ -30,18 +30,18 @@ def _expand(command: str, frame) -> str:
     return _FIELD.sub(value, command)
 
 
+def _run(command: str, frame) -> subprocess.CompletedProcess:
+    return subprocess.run(_expand(command, frame), shell=True, capture_output=True, text=True)
+
+
 class WorkerShell:
     def system(self, command: str) -> None:
-        done = subprocess.run(
-            _expand(command, sys._getframe(1)), shell=True, capture_output=True, text=True
-        )
+        done = _run(command, sys._getframe(1))
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
 
     def getoutput(self, command: str, split: bool = True, depth: int = 0) -> list[str] | str:
-        done = subprocess.run(
-            _expand(command, sys._getframe(1 + depth)), shell=True, capture_output=True, text=True
-        )
+        done = _run(command, sys._getframe(1 + depth))
         return done.stdout.splitlines() if split else done.stdout
 
     def __getattr__(self, name: str):
