@@ -154,6 +154,11 @@ LOOP_NAME_AS_GLOBAL = (
     "{place}{what}: in a parallel item it would see the kernel's `{name}`, not the item's (the "
     "item's names are its own). Pass it as an argument instead: `{function}(..., {name})`"
 )
+ARGUMENT_CHANGED_IN_WORKER = (
+    "{place}{what}: in a worker process it would change a copy, so the kernel's object would "
+    "not change (nothing has run). Run it with --backend threads or serial, or return the "
+    "new value and store it in the loop"
+)
 CHANGED_READ_IN_FUNCTION = (
     "{place}{what}: in a plain loop it sees every earlier item's change, but parmagic applies "
     "an item's changes after the item, so it would see a stale `{name}` (nothing has run). "

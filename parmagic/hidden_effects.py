@@ -27,6 +27,7 @@ from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
 CHANGED_READ = "changed-read"  # a notebook function reads what the loop changes
+ARGUMENT_CHANGED = "argument-changed"  # a notebook function changes an object it is handed
 TASK, COROUTINE = "task", "coroutine"  # asyncio tasks made by items; coroutines left unawaited
 SHARED_GENERATOR = "shared-generator"  # --seed reseeds global state, not the user's generator
 _TASK_MAKERS = ("create_task", "ensure_future")
@@ -119,15 +120,22 @@ class _Finder:
         own = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}
         own |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
         declared = {n for s in ast.walk(tree) if isinstance(s, ast.Global) for n in s.names}
-        own |= bound_names(tree.body) - declared
+        rebound = bound_names(tree.body) - declared
+        parameters = own - rebound  # still the objects the caller handed over
+        own |= rebound
         for statement in tree.body:
             for node in walk_scope(statement):
                 own_line = code.co_firstlineno + getattr(node, "lineno", 1) - 1
                 where = f"the notebook function `{function.__name__}` (line {own_line} of its cell)"
-                self._node(node, function, own, line, where)
+                self._node(node, function, own, line, where, parameters)
 
-    def _node(self, node, function, own: set[str], line: int, where: str) -> None:
+    def _node(self, node, function, own: set[str], line: int, where: str, parameters=()) -> None:
         def changes(name: str) -> None:
+            if name in parameters:  # the caller's object: in a worker process, a copy
+                what = f"changes its argument `{name}` in place"
+                effect = HiddenEffect(ARGUMENT_CHANGED, line, where, what, name, function.__name__)
+                self.found.append(effect)
+                return
             what = f"changes the kernel's `{name}`"
             self.found.append(HiddenEffect(UNORDERED, line, where, what, name))
 
@@ -149,7 +157,9 @@ class _Finder:
                 root = attribute_root(func.value)
                 scope = function.__globals__
                 library = isinstance(_resolve(func.value, scope, own), types.ModuleType)
-                if root is not None and root.id not in own and root.id in scope and not library:
+                if root is not None and root.id in parameters:
+                    changes(root.id)
+                elif root is not None and root.id not in own and root.id in scope and not library:
                     changes(root.id)  # np.sort(values) is a library's function, not a change
             self.call(node, line, function.__globals__, own, where)
         elif isinstance(node, ast.Subscript | ast.Attribute) and isinstance(
@@ -157,12 +167,8 @@ class _Finder:
         ):
             root = receiver_root(node.value) if isinstance(node, ast.Subscript) else None
             root_name = root[0] if root else attribute_root(node.value)
-            if root_name is not None and root_name.id not in own:
+            if root_name is not None and (root_name.id not in own or root_name.id in parameters):
                 changes(root_name.id)
-        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Subscript):
-            root = attribute_root(node.target.value)
-            if root is not None and root.id not in own:
-                changes(root.id)
 
 
 def _shared_generator(func: ast.expr, scope: dict, local: set[str]) -> str | None:
@@ -245,6 +251,9 @@ def refusal(
                 place=effect.place, what=effect.what, name=effect.name, function=effect.function
             )
             return message, None
+        if effect.kind == ARGUMENT_CHANGED and backend in PARALLEL_SEEDABLE:
+            message = errors.ARGUMENT_CHANGED_IN_WORKER.format(place=effect.place, what=effect.what)
+            return message, None
         if effect.kind == CHANGED_READ:
             message = errors.CHANGED_READ_IN_FUNCTION.format(
                 place=effect.place, what=effect.what, name=effect.name
@@ -258,7 +267,9 @@ def refusal(
     serial_reason = None
     for effect in effects:
         place = effect.place
-        if effect.kind == COROUTINE and backend == "auto":
+        if effect.kind == ARGUMENT_CHANGED and backend == "auto":
+            serial_reason = serial_reason or f"{place}{effect.what}: copies in workers would not"
+        elif effect.kind == COROUTINE and backend == "auto":
             serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
         elif effect.kind == SHARED_GENERATOR and backend != "serial":
             if backend != "auto":

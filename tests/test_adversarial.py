@@ -283,3 +283,23 @@ def test_what_items_display_is_displayed_in_item_order(ip, run, name):
     assert outcome.error is None, outcome.err
     shown = [ln.strip("'") for ln in outcome.out.splitlines() if "shown" in ln]
     assert shown == [f"shown {i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("name", list(CONFORMANCE))
+def test_a_notebook_function_changing_its_argument(ip, run, name):
+    """``add_score(rec)`` changing ``rec``: the plain loop's result, or a refusal where items
+    would change copies."""
+    setup = "recs = [{'x': i} for i in range(12)]\ndef add_score(rec):\n    rec['score'] = rec['x'] * 3\n"
+    loop = "for rec in recs:\n    add_score(rec)\n"
+    run(setup)
+    run(loop)
+    truth = state(ip, ["recs"])
+    run("%reset -f")
+    run(setup)
+    outcome = run(f"%%parallel -q {CONFORMANCE[name]}\n{loop}")
+    if isinstance(outcome.error, UsageError):
+        assert "changes its argument `rec`" in str(outcome.error)
+        assert name in ("fork", "futures-fork")
+        return
+    assert outcome.error is None, outcome.err
+    assert state(ip, ["recs"]) == truth
