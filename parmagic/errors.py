@@ -156,8 +156,8 @@ LOOP_NAME_AS_GLOBAL = (
 )
 ARGUMENT_CHANGED_IN_WORKER = (
     "{place}{what}: in a worker process it would change a copy, so the kernel's object would "
-    "not change (nothing has run). Run it with --backend threads or serial, or return the "
-    "new value and store it in the loop"
+    "not change (nothing has run). Run it with --backend threads or serial, return the new "
+    "value and store it in the loop, or accept changes to copies with --unordered"
 )
 CHANGED_READ_IN_FUNCTION = (
     "{place}{what}: in a plain loop it sees every earlier item's change, but parmagic applies "

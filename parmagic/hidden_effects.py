@@ -251,9 +251,6 @@ def refusal(
                 place=effect.place, what=effect.what, name=effect.name, function=effect.function
             )
             return message, None
-        if effect.kind == ARGUMENT_CHANGED and backend in PARALLEL_SEEDABLE:
-            message = errors.ARGUMENT_CHANGED_IN_WORKER.format(place=effect.place, what=effect.what)
-            return message, None
         if effect.kind == CHANGED_READ:
             message = errors.CHANGED_READ_IN_FUNCTION.format(
                 place=effect.place, what=effect.what, name=effect.name
@@ -267,7 +264,9 @@ def refusal(
     serial_reason = None
     for effect in effects:
         place = effect.place
-        if effect.kind == ARGUMENT_CHANGED and backend == "auto":
+        if effect.kind == ARGUMENT_CHANGED and not unordered and backend in PARALLEL_SEEDABLE:
+            return errors.ARGUMENT_CHANGED_IN_WORKER.format(place=place, what=effect.what), None
+        if effect.kind == ARGUMENT_CHANGED and not unordered and backend == "auto":
             serial_reason = serial_reason or f"{place}{effect.what}: copies in workers would not"
         elif effect.kind == COROUTINE and backend == "auto":
             serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
