@@ -29,11 +29,33 @@ QUICK = "--quick" in sys.argv
 
 
 @dataclass
+class Goal:
+    """What issue 18 asks of one of parmagic's variants: a ratio to another variant, or a
+    time in milliseconds (``anchor`` None)."""
+
+    ours: str
+    anchor: str | None
+    limit: float
+
+    def measured(self, times: dict) -> float:
+        ours = statistics.median(times[self.ours])
+        return ours * 1000 if self.anchor is None else ours / statistics.median(times[self.anchor])
+
+    def row(self, workload: str, times: dict) -> str:
+        value = self.measured(times)
+        against = f"{self.ours} / {self.anchor}" if self.anchor else f"{self.ours}, ms"
+        unit = "" if self.anchor else " ms"
+        met = "met" if value <= self.limit else "**not met**"
+        return f"| {workload} | {against} | {value:.2f}{unit} | ≤ {self.limit:g}{unit} | {met} |"
+
+
+@dataclass
 class Workload:
     name: str
     target: str
     variants: dict  # label -> callable; the first label is parmagic's
     repeats: int = 5
+    goals: list[Goal] = field(default_factory=list)
     times: dict = field(default_factory=dict)
 
     def run(self) -> None:
@@ -82,6 +104,27 @@ def nothing(n: int) -> None:
     return None
 
 
+def collatz(n: int) -> int:
+    steps = 0
+    while n != 1:
+        n = n // 2 if n % 2 == 0 else 3 * n + 1
+        steps += 1
+    return steps
+
+
+def counted_loop(n: int) -> None:
+    total, out = 0, []
+    for i in range(n):
+        total += i
+        out.append(i)
+
+
+def big_names_loop(n: int) -> None:
+    for i in range(n):
+        big = bytearray(30_000_000)
+        big[0] = i % 256
+
+
 def slice_sum(array, i: int) -> float:
     return float(array[i::1000].sum())
 
@@ -108,20 +151,23 @@ def workloads(ip) -> list[Workload]:
             "Pool.map": lambda n=n, c=chunk: pool.map(digits, range(n), c),
             "ProcessPoolExecutor.map": lambda n=n, c=chunk: list(executor.map(digits, range(n), chunksize=c)),
             "joblib Parallel(n_jobs=-1)": lambda n=n: Parallel(n_jobs=-1)(delayed(digits)(i) for i in range(n)),
-        }, repeats=3))  # fmt: skip
+        }, repeats=3, goals=[
+            Goal("parmagic processes", "joblib Parallel(n_jobs=-1)", 1.0),
+            Goal("parmagic processes", "Pool.map", 1.0),
+        ]))  # fmt: skip
     found.append(Workload("pure-Python function, 200 items", "as above", {
         "parmagic processes": parmagic_cell(ip, "-b processes", "out = [spin(i) for i in range(200)]"),
         "serial loop": lambda: [spin(i) for i in range(200)],
         "Pool.map": lambda: pool.map(spin, range(200), 4),
         "ProcessPoolExecutor.map": lambda: list(executor.map(spin, range(200), chunksize=4)),
         "joblib Parallel(n_jobs=-1)": lambda: Parallel(n_jobs=-1)(delayed(spin)(i) for i in range(200)),
-    }, repeats=3))  # fmt: skip
+    }, repeats=3, goals=[Goal("parmagic processes", "joblib Parallel(n_jobs=-1)", 1.0)]))  # fmt: skip
     # the same on fresh interpreters (as loky's workers are) instead of forks of this process
     found.append(Workload("pure-Python function, 200 items, forkserver", "as above", {
         "parmagic processes, forkserver": parmagic_cell(ip, "-b processes --start-method forkserver", "out = [spin(i) for i in range(200)]"),
         "Pool.map": lambda: pool.map(spin, range(200), 4),
         "joblib Parallel(n_jobs=-1)": lambda: Parallel(n_jobs=-1)(delayed(spin)(i) for i in range(200)),
-    }, repeats=4))  # fmt: skip
+    }, repeats=4, goals=[Goal("parmagic processes, forkserver", "joblib Parallel(n_jobs=-1)", 1.0)]))  # fmt: skip
     loky = get_reusable_executor(cores)
     found.append(Workload("10,000 no-op items, warm", "processes <= 50 ms, threads <= 20 ms", {
         "parmagic processes": parmagic_cell(ip, "-b processes", "for i in range(10_000):\n    pass"),
@@ -130,7 +176,32 @@ def workloads(ip) -> list[Workload]:
         "ThreadPool.map": lambda: threads.map(nothing, range(10_000)),
         "Pool.map (warm)": lambda: pool.map(nothing, range(10_000)),
         "loky reusable executor": lambda: list(loky.map(nothing, range(10_000), chunksize=500)),
-    }, repeats=7))  # fmt: skip
+    }, repeats=7, goals=[Goal("parmagic processes", None, 50), Goal("parmagic threads", None, 20)]))  # fmt: skip
+    ip.user_ns.update(collatz=collatz)
+    found.append(Workload("Collatz steps, 300k items of ~10 µs", "<= 1.05x Pool.map", {
+        "parmagic processes": parmagic_cell(ip, "-b processes", "steps = [collatz(n) for n in range(1, 300_001)]"),
+        "serial loop": lambda: [collatz(n) for n in range(1, 300_001)],
+        "Pool.map": lambda: pool.map(collatz, range(1, 300_001), 300_000 // (cores * 16)),
+        "ProcessPoolExecutor.map": lambda: list(executor.map(collatz, range(1, 300_001), chunksize=300_000 // (cores * 16))),
+    }, repeats=3, goals=[Goal("parmagic processes", "Pool.map", 1.05)]))  # fmt: skip
+    counted = "total = 0\nout = []\nfor i in range(1_000_000):\n    total += i\n    out.append(i)"
+    found.append(Workload("a million items of total += i; out.append(i)", "serial and auto <= 5x the plain loop", {
+        "parmagic serial": parmagic_cell(ip, "-b serial", counted),
+        "parmagic auto": parmagic_cell(ip, "-b auto", counted),
+        "plain loop": lambda: counted_loop(1_000_000),
+    }, repeats=3, goals=[Goal("parmagic serial", "plain loop", 5), Goal("parmagic auto", "plain loop", 5)]))  # fmt: skip
+    big_names = "for i in range(40):\n    big = bytearray(30_000_000)\n    big[0] = i % 256"
+    found.append(Workload("40 items binding a 30 MB bytearray", "only the last item's names travel", {
+        "parmagic processes": parmagic_cell(ip, "-b processes", big_names),
+        "parmagic futures:processes": parmagic_cell(ip, "-b futures:processes", big_names),
+        "plain loop": lambda: big_names_loop(40),
+    }, repeats=3, goals=[Goal("parmagic processes", "plain loop", 2), Goal("parmagic futures:processes", "plain loop", 2)]))  # fmt: skip
+    for count in (20, 80):
+        ideal = count / 4
+        found.append(Workload(f"{count} items of time.sleep(1.0), 4 threads", "wall <= 1.1x items / workers x 1 s", {
+            "parmagic threads -w 4": parmagic_cell(ip, "-b threads -w 4", f"for i in range({count}):\n    time.sleep(1.0)"),
+            "ideal (items / workers x 1 s)": lambda ideal=ideal: time.sleep(ideal),
+        }, repeats=1, goals=[Goal("parmagic threads -w 4", "ideal (items / workers x 1 s)", 1.1)]))  # fmt: skip
     import numpy as np
 
     big = np.ones(25_000_000)  # 200 MB
@@ -153,7 +224,7 @@ def workloads(ip) -> list[Workload]:
                 ip, f"-b processes --start-method {method}", "for i in range(10):\n    pass"
             ),
             "a fresh Pool per run": fresh_pool,
-        }, repeats=5))  # fmt: skip
+        }, repeats=5, goals=[Goal(f"parmagic processes ({method}, warm)", None, 5)]))  # fmt: skip
     return found
 
 
@@ -222,6 +293,7 @@ def chart(all_work: list[Workload]) -> None:
 def main() -> None:
     ip = start_ipython()
     ip.run_line_magic("load_ext", "parmagic")
+    ip.run_cell("import time")
     all_work = workloads(ip)
     for work in all_work:
         print(f"running: {work.name}", flush=True)
@@ -241,6 +313,9 @@ def main() -> None:
         f"Bytes sent by parmagic for the captured array: {report.bytes_sent / 1e6:.0f} MB "
         f"(array: {size:.0f} MB, {report.workers} workers, 100 items).",
     ]
+    lines += ["", "## Goals (issue 18), measured in this run", ""]
+    lines += ["| workload | measured | value | goal | |", "|---|---|---|---|---|"]
+    lines += [goal.row(w.name, w.times) for w in all_work for goal in w.goals]
     lines += ["", "Targets:", ""] + [f"- {w.name}: {w.target}" for w in all_work]
     lines += ["", "## I/O", "", *urls_table(200, 5), "", *urls_table(2000, 2)]
     lines += [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import inspect
 import itertools
 import multiprocessing
@@ -28,7 +29,7 @@ from .cell import CellPlan
 from .effects import is_recordable
 from .errors import NotPicklable, ParmagicUsageError
 from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
-from .itemcode import build_item_code
+from .itemcode import build_in_place_code, build_item_code
 from .report import RunReport
 from .runner import Applier, Recorder, execute, replay, unwrap_stop_iteration
 from .scopes import scope_names, stored_names
@@ -294,6 +295,12 @@ def loop_hook(
 
     tail = ordered_tail_code(plan)
     lazy = plan.body.kind == "generator"  # values go to the user's code as they come
+    # serial runs the loop itself (nothing recorded) unless a run needs what only recording
+    # gives: a failed item that leaves nothing, a deadline per item, values one at a time
+    runs_in_place = not (lazy or plan.body.awaits or options.timeout) and (
+        options.on_error == "raise"
+    )
+    in_place_code = functools.cache(lambda: build_in_place_code(plan.body, plan.filename))
 
     def make_task(backend: Backend, recorded: frozenset[str]) -> Task:
         code = build_item_code(
@@ -305,6 +312,9 @@ def loop_hook(
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), ns)
+            task.merge_names = tail is None  # names travel: only their last values
+        if backend.name == "serial" and runs_in_place:
+            task.in_place, task.namespace = in_place_code(), ns
         return task
 
     def late_refusal(name: str, recorded) -> str | None:

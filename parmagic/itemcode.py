@@ -16,6 +16,7 @@ from . import errors
 from .body import MUTATORS, BodyInfo
 from .effects import ITEM_ARG, LOG_ARG
 from .scopes import receiver_root
+from .worker import CHUNK_NAME, VALUES_NAME
 
 _OPERATORS = {
     ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.MatMult: "imatmul",
@@ -204,3 +205,23 @@ def build_item_code(
     module = ast.fix_missing_locations(ast.Module([function], []))
     code = compile(module, filename, "exec", dont_inherit=True)
     return next(c for c in code.co_consts if isinstance(c, CodeType))
+
+
+def build_in_place_code(info: BodyInfo, filename: str) -> CodeType:
+    """The loop itself over one chunk of items, to run in the kernel's namespace: what the
+    serial backend runs. Nothing is recorded or replayed, so the loop's own statements make
+    their changes, bind their names and print, exactly as the plain loop does, at its speed.
+    A comprehension's values go to ``__parmagic_values__``."""
+    node = copy.deepcopy(info.node)
+    chunk = ast.Name(CHUNK_NAME, ast.Load())
+    if info.kind == "for":
+        statement = ast.For(node.target, chunk, node.body, [])
+    else:
+        node.generators[0].iter = chunk
+        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
+        values = ast.ListComp(elt, node.generators)
+        statement = ast.Assign([ast.Name(VALUES_NAME, ast.Store())], values)
+    ast.copy_location(statement, info.node)
+    module = ast.fix_missing_locations(ast.Module([statement], []))
+    code = compile(module, filename, "exec", dont_inherit=True)
+    return code.replace(co_name=errors.ITEM_FUNCTION_NAME)  # shown as the loop body

@@ -43,3 +43,33 @@ def _random_states() -> list[tuple]:
     if numpy is not None:
         states.append((numpy.random.set_state, numpy.random.get_state()))
     return states
+
+
+class HeldInterrupt:
+    """Holds a Ctrl-C (SIGINT on the kernel's main thread) until the item being applied is
+    whole: the run then stops between items, and its counts are exact. Not while values go
+    to the user's code between items (a lazy generator): Ctrl-C must reach that code."""
+
+    def __init__(self, hold: bool = True) -> None:
+        self.pressed = False
+        self.passing = False  # Ctrl-C interrupts at once (the loop runs in place: see serial)
+        self.previous = None
+        if hold and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._press)
+
+    def _press(self, signum, frame) -> None:
+        if self.passing:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def raise_if_pressed(self) -> None:
+        if self.pressed:
+            self.pressed = False
+            raise KeyboardInterrupt
+
+    def release(self, raise_pressed: bool = True) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+        if raise_pressed:
+            self.raise_if_pressed()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import operator
-import signal
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ from . import errors
 from .backends import Backend
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
-from .kernel_state import kept_as_it_was
+from .kernel_state import HeldInterrupt, kept_as_it_was
 from .report import RunReport
 from .worker import ChunkResult, ItemError, Task
 from .worker_shell import DISPLAYED
@@ -32,33 +31,39 @@ WAIT_SLICE = 0.25  # seconds per wait, so the kernel thread stays responsive
 
 
 class ChunkSizer:
-    """Adaptive chunk sizes: start at one item, double while items are cheap.
+    """Chunk sizes from measured item time: each chunk about ``TARGET_CHUNK_SECONDS`` of work.
 
-    Cheap items end in large chunks (little messaging per item), slow items stay one per
-    chunk. With a known length, chunks shrink as the end nears (OpenMP's "guided" schedule),
-    so that no worker is left alone with a large last chunk.
+    Until an item has been timed every chunk holds one item, so that every worker starts at
+    once and a slow item never sits queued behind another; then sizes follow the latest
+    chunk's items, growing at most ``RAMP`` times past the largest chunk timed so far (a
+    loop's first items are often cheaper than the rest). With a known length, chunks shrink
+    as the end nears (OpenMP's "guided" schedule), so that no worker is left alone with a
+    large last chunk.
     """
+
+    RAMP = 8
 
     def __init__(self, fixed: int | None, workers: int, length: int) -> None:
         self.fixed = fixed
         self.workers = workers
         self.remaining = length or None
-        self.size = 1
+        self.largest = 0
         self.seconds_per_item: float | None = None
 
     def next_size(self) -> int:
         if self.fixed:
             return self.fixed
-        limit = float(min(self.size, MAX_CHUNK_ITEMS))
+        size = 1
         if self.seconds_per_item:
-            limit = min(limit, TARGET_CHUNK_SECONDS / self.seconds_per_item)
-        if self.remaining is not None:
-            share = self.remaining / (4 * self.workers)
-            if self.seconds_per_item:  # a chunk of under ~2 ms of work balances nothing
-                share = max(share, MIN_CHUNK_SECONDS / self.seconds_per_item)
-            limit = min(limit, share)
-        size = max(1, int(limit))
-        self.size = size * 2
+            limit = min(
+                TARGET_CHUNK_SECONDS / self.seconds_per_item,
+                self.largest * self.RAMP,
+                MAX_CHUNK_ITEMS,
+            )
+            if self.remaining is not None:  # a chunk of under ~2 ms of work balances nothing
+                share = self.remaining / (4 * self.workers)
+                limit = min(limit, max(share, MIN_CHUNK_SECONDS / self.seconds_per_item))
+            size = max(1, int(limit))
         if self.remaining is not None:
             self.remaining -= size
         return size
@@ -68,6 +73,7 @@ class ChunkSizer:
         if len(result):
             busy = sum(result.ends) - sum(result.starts)
             self.seconds_per_item = max(busy / len(result), 1e-7)
+            self.largest = max(self.largest, len(result))
 
 
 def progress_bar(total: int):
@@ -129,13 +135,44 @@ class Applier:
         return None
 
     def apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
-        """Show output, replay changes, bind names, item by item; stop at a failure (raise)."""
+        """Show output, replay changes, bind names, item by item; stop at a failure (raise).
+
+        Values go one item at a time to a lazy consumer, else one list per chunk."""
+        if self._nothing_per_item(result):
+            self.report.add(result, len(result))
+            yield [value for values in result.values if values for value in values]
+            return
+        batch: list = []
+        for values in self._apply_items(result, items):
+            if self.lazy:
+                yield values
+            elif values:
+                batch += values
+        if batch:
+            yield batch
+
+    def _nothing_per_item(self, result: ChunkResult) -> bool:
+        """Whether the chunk's items left nothing to apply one by one (the serial backend's
+        chunks, items that only computed a comprehension's values)."""
+        return not (
+            self.lazy
+            or self.tail is not None
+            or result.outputs
+            or result.errors
+            or result.interrupted
+            or any(result.ops)
+            or any(result.names)
+        )
+
+    def _apply_items(self, result: ChunkResult, items: list) -> Iterator:
         ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
         outputs, failures = result.outputs, result.errors
         held = HeldInterrupt(not self.lazy)  # an item is applied whole: Ctrl-C waits
+        # the chunk's names come on its last item: Ctrl-C waits for the whole chunk
+        between_items = _nothing if result.names_merged else held.raise_if_pressed
         try:
             for offset, (ops, names) in enumerate(zip(result.ops, result.names, strict=True)):
-                held.raise_if_pressed()
+                between_items()
                 counted = offset + 1
                 if outputs and offset in outputs:
                     for stream, text in outputs[offset]:
@@ -157,7 +194,7 @@ class Applier:
                             error = error or ItemError(failure.error, frames, item)
                     if names:
                         ns.update(names)
-                    held.raise_if_pressed()
+                    between_items()
                     if error is None and self.tail is not None:
                         error = self._run_tail(items[offset])
                 if error is None:
@@ -176,34 +213,12 @@ class Applier:
                 self.failed = True
                 raise KeyboardInterrupt
         finally:
-            held.release()
             self.report.add(result, counted)
+            held.release()  # a Ctrl-C held till now stops the run after this chunk
 
 
-class HeldInterrupt:
-    """Holds a Ctrl-C (SIGINT on the kernel's main thread) until the item being applied is
-    whole: the run then stops between items, and its counts are exact. Not while values go
-    to the user's code between items (a lazy generator): Ctrl-C must reach that code."""
-
-    def __init__(self, hold: bool = True) -> None:
-        self.pressed = False
-        self.previous = None
-        if hold and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._press)
-
-    def _press(self, signum, frame) -> None:
-        self.pressed = True
-
-    def raise_if_pressed(self) -> None:
-        if self.pressed:
-            self.pressed = False
-            raise KeyboardInterrupt
-
-    def release(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-        self.raise_if_pressed()
+def _nothing() -> None:
+    pass
 
 
 class Recorder:
@@ -347,6 +362,10 @@ def execute(
     recorder keeps the results."""
     if length is None:
         length = operator.length_hint(iterable)
+    if recorder is not None:  # a recording is replayed later, and compared item by item
+        task.in_place, task.merge_names = None, False
+    if task.in_place is not None:
+        tail = None  # the loop runs whole, its tail included
     applier = recorder or Applier(ns, task, report, filename, tail, lazy)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index = first_index

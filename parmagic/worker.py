@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 from .effects import ITEM_ARG, LOG_ARG, EffectLog
@@ -24,10 +25,26 @@ from .errors import ITEM_TIMEOUT, short_repr, user_frames
 
 CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see _CpuSpans)
 SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: this thread's time on a CPU, and queued
+# the serial backend's chunk, and a comprehension's values, in the kernel's namespace
+CHUNK_NAME, VALUES_NAME = "__parmagic_chunk__", "__parmagic_values__"
 
-# The output list of the item running in this thread (or asyncio task): each thread, and each
-# task, has its own context, so concurrent items never share a buffer.
-current_output: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+
+class ChunkOutput:
+    """Where the items of the chunk running in this thread (or asyncio task) write: under the
+    running item's offset. Set once per chunk, so an item that prints nothing costs nothing."""
+
+    __slots__ = ("outputs", "offset")
+
+    def __init__(self, outputs: dict[int, list]) -> None:
+        self.outputs, self.offset = outputs, 0
+
+    def add(self, entry: tuple) -> None:
+        self.outputs.setdefault(self.offset, []).append(entry)
+
+
+# The output of the chunk running in this thread (or asyncio task): each thread, and each
+# task, has its own context, so concurrent chunks never share a buffer.
+current_output: contextvars.ContextVar[ChunkOutput | None] = contextvars.ContextVar(
     "parmagic_item_output", default=None
 )
 
@@ -46,10 +63,20 @@ class Task:
     # values the body reads from the user's own modules, as the kernel has them (a worker
     # that imported the module from its file would not see ``mod.SETTING = ...``)
     module_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Items whose names travel back (from worker processes) send the names of their chunk in
+    # one dict, on its last item that left names, rather than every item's own: the kernel
+    # keeps only the last values of each name anyway (unless it needs every item's, to run an
+    # ordered tail between items or to compare runs).
+    merge_names: bool = False
+    # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
+    # (itemcode.build_in_place_code), instead of ``function`` with its recording
+    in_place: CodeType | None = None
+    namespace: dict | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["cancelled"]  # a process worker is stopped, not asked to stop
+        state["in_place"] = state["namespace"] = None  # the kernel's own
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -121,6 +148,7 @@ class ChunkResult:
     native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
     queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
     interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
+    names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -152,10 +180,10 @@ class ItemOutput(io.TextIOBase):
         self.stream = stream
 
     def write(self, text: str) -> int:
-        buffer = current_output.get()
-        if buffer is None:
+        sink = current_output.get()
+        if sink is None:
             return self.original.write(text)
-        buffer.append((self.stream, text))
+        sink.add((self.stream, text))
         return len(text)
 
     def flush(self) -> None:
@@ -245,6 +273,16 @@ class _CpuSpans:
         self.first, self.since, self.cpu = len(result), result.ends[-1], cpu
 
 
+class MergedNames:
+    """A chunk's names in one dict (Task.merge_names), and the last item that left some."""
+
+    __slots__ = ("names", "holder")
+
+    def __init__(self) -> None:
+        self.names: dict[str, Any] = {}
+        self.holder = -1
+
+
 def _record(
     task: Task,
     result: ChunkResult,
@@ -252,23 +290,24 @@ def _record(
     item,
     began: float,
     log: EffectLog,
-    output: list,
     value,
     error: BaseException | None,
+    merged: MergedNames | None = None,
 ) -> float:
     """Put what one item did into ``result``; returns when it ended (the next item's start).
 
     The plain and the asyncio chunk runners share it; they differ only in calling or
-    awaiting the item function.
+    awaiting the item function. ``merged``: the chunk's names so far (Task.merge_names).
     """
     names = log.names
     if names is not None:
         names.pop(ITEM_ARG, None)  # the item function's own parameters
         names.pop(LOG_ARG, None)
+        if merged is not None and (error is None or task.stop_on_error):
+            merged.names.update(names)  # a failed item that leaves nothing leaves no names
+            names, merged.holder = None, len(result)
     ended = time.monotonic()
     result.add(began, ended, 0.0, log.ops, names, value)
-    if output:
-        result.outputs[offset] = output
     if error is not None:
         if isinstance(error, ItemTimedOut | TimeoutError) and task.timeout:
             error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
@@ -306,32 +345,91 @@ def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None
     queued = run_queue_wait()
     cpu = _CpuSpans(result)
     began, function, cancelled, seed = cpu.since, task.function, task.cancelled.is_set, task.seed
-    with _alarms(task) as alarm:
-        for offset, item in enumerate(items):
-            if cancelled():
-                break
-            if seed is not None:
-                seed_item(seed, start + offset)
-            log, output, value, error = EffectLog(), [], None, None
-            token = current_output.set(output)
-            if alarm:
-                _armed.set()
-                signal.setitimer(signal.ITIMER_REAL, alarm)
-            try:
-                value = function(item, log)
-            except BaseException as exc:  # an interrupt too: the runner stops the run there
-                error = exc
-            finally:
+    sink, merged = ChunkOutput(result.outputs), MergedNames() if task.merge_names else None
+    token = current_output.set(sink)
+    try:
+        with _alarms(task) as alarm:
+            for offset, item in enumerate(items):
+                if cancelled():
+                    break
+                if seed is not None:
+                    seed_item(seed, start + offset)
+                log, value, error, sink.offset = EffectLog(), None, None, offset
                 if alarm:
-                    _armed.clear()  # an alarm that fires from here on finds no item to stop
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                current_output.reset(token)
-            began = _record(task, result, offset, item, began, log, output, value, error)
-            cpu.after_item(began)
-            if error is not None and (task.stop_on_error or isinstance(error, KeyboardInterrupt)):
-                break
+                    _armed.set()
+                    signal.setitimer(signal.ITIMER_REAL, alarm)
+                try:
+                    value = function(item, log)
+                except BaseException as exc:  # an interrupt too: the runner stops the run there
+                    error = exc
+                finally:
+                    if alarm:
+                        _armed.clear()  # an alarm that fires from here on finds no item to stop
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                began = _record(task, result, offset, item, began, log, value, error, merged)
+                cpu.after_item(began)
+                if error is not None and (
+                    task.stop_on_error or isinstance(error, KeyboardInterrupt)
+                ):
+                    break
+    finally:
+        current_output.reset(token)
+        if merged is not None and 0 <= merged.holder < len(result):
+            result.names[merged.holder] = merged.names  # the Applier binds them there
+            result.names_merged = True
     cpu.close()
     result.queued = run_queue_wait() - queued
+
+
+def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:
+    """Run a chunk as the plain loop runs it, in the kernel's namespace (the serial backend).
+
+    Nothing is recorded but each item's start, read as the loop takes the item: an item ends
+    where the next one starts, and the chunk's CPU time is shared by wall time, as
+    :class:`_CpuSpans` shares it.
+    """
+    result = ChunkResult(seq, start, "kernel")
+    starts, done, seed, clock = result.starts, [0], task.seed, time.monotonic
+
+    def timed():
+        for offset, item in enumerate(items):
+            if seed is not None:
+                seed_item(seed, start + offset)
+            starts.append(clock())
+            yield item
+            done[0] = offset + 1
+
+    ns, error = task.namespace, None
+    queued, cpu = run_queue_wait(), time.thread_time()
+    ns[CHUNK_NAME] = timed()
+    try:
+        held.passing = True  # ``held``: kernel_state.HeldInterrupt
+        held.raise_if_pressed()
+        exec(task.in_place, ns)
+    except BaseException as exc:  # Ctrl-C too: it stops the run at this item
+        error = exc
+    finally:
+        held.passing = False
+        ended, cpu = clock(), time.thread_time() - cpu
+        del ns[CHUNK_NAME]
+        values = ns.pop(VALUES_NAME, None)
+    count = len(starts)
+    if isinstance(error, KeyboardInterrupt) and done[0] == count:  # between two items
+        result.interrupted, error = True, None
+    result.ends = [*starts[1:], ended] if count else []
+    wall = ended - starts[0] if count else 0.0
+    result.cpus = [
+        cpu * (end - begin) / wall if wall else cpu / max(count, 1)
+        for begin, end in zip(starts, result.ends, strict=True)
+    ]
+    result.ops, result.names = [[]] * count, [None] * count
+    result.values = [None] * count
+    if count and values is not None:
+        result.values[0] = values  # the chunk's values in order, whichever items gave them
+    if error is not None and count:
+        result.errors[count - 1] = ItemError.of(error, short_repr(items[count - 1]))
+    result.queued = run_queue_wait() - queued
+    return result
 
 
 class CpuCounted:
@@ -372,25 +470,29 @@ async def run_chunk_async(
     import asyncio
 
     result = ChunkResult(seq, start, "event loop")
-    for offset, item in enumerate(items):
-        log, output, value, error = EffectLog(), [], None, None
-        token, began = current_output.set(output), time.monotonic()
-        counted = None
-        try:
-            counted = CpuCounted(task.function(item, log))
-            value = await (asyncio.wait_for(counted, task.timeout) if task.timeout else counted)
-        except BaseException as exc:  # an item's KeyboardInterrupt stops the run, not the loop
-            # PEP 479 turns an item's StopIteration into a RuntimeError in a coroutine
-            stopped = isinstance(exc, RuntimeError) and isinstance(exc.__cause__, StopIteration)
-            error = exc.__cause__ if stopped else exc
-        finally:
-            current_output.reset(token)
-        _record(task, result, offset, item, began, log, output, value, error)
-        if counted is not None:
-            result.cpus[-1] = counted.cpu
-            result.queued += (counted.wakeups - 1) * lateness()
-        if error is not None and (task.stop_on_error or isinstance(error, KeyboardInterrupt)):
-            break
+    sink = ChunkOutput(result.outputs)
+    token = current_output.set(sink)  # this task's own context: its chunk's alone
+    try:
+        for offset, item in enumerate(items):
+            log, value, error, sink.offset = EffectLog(), None, None, offset
+            began, counted = time.monotonic(), None
+            try:
+                counted = CpuCounted(task.function(item, log))
+                timeout = task.timeout
+                value = await (asyncio.wait_for(counted, timeout) if timeout else counted)
+            except BaseException as exc:  # an item's KeyboardInterrupt stops the run only
+                # PEP 479 turns an item's StopIteration into a RuntimeError in a coroutine
+                cause = exc.__cause__
+                stopped = isinstance(exc, RuntimeError) and isinstance(cause, StopIteration)
+                error = cause if stopped else exc
+            _record(task, result, offset, item, began, log, value, error)
+            if counted is not None:
+                result.cpus[-1] = counted.cpu
+                result.queued += (counted.wakeups - 1) * lateness()
+            if error is not None and (task.stop_on_error or isinstance(error, KeyboardInterrupt)):
+                break
+    finally:
+        current_output.reset(token)
     return result
 
 

@@ -59,11 +59,11 @@ def display(*objects, **options) -> None:
     """Keep the objects with the item's output; the kernel displays them in item order."""
     from .worker import current_output
 
-    output = current_output.get()
-    if output is None:
+    sink = current_output.get()
+    if sink is None:
         print(*objects)
     else:
-        output.append((DISPLAYED, (objects, options)))
+        sink.add((DISPLAYED, (objects, options)))
 
 
 def get_ipython() -> WorkerShell:

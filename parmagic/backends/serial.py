@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..worker import ChunkResult, OutputCapture, Task, run_chunk
+from ..kernel_state import HeldInterrupt
+from ..worker import ChunkResult, OutputCapture, Task, run_chunk, run_chunk_in_place
 from . import Backend
 
 
@@ -21,6 +22,9 @@ class SerialBackend(Backend):
         self._task = task
         self._chunk = None
         self._capture = OutputCapture()
+        # items that run in place are applied as they run: Ctrl-C between chunks waits for
+        # the next chunk, which then stops the run before its first item (exact counts)
+        self._held = HeldInterrupt(task.in_place is not None)
 
     def has_capacity(self) -> bool:
         return self._chunk is None
@@ -33,8 +37,11 @@ class SerialBackend(Backend):
         if self._chunk is None:
             return []
         (seq, start, items), self._chunk = self._chunk, None
+        if self._task.in_place is not None:
+            return [run_chunk_in_place(self._task, seq, start, items, self._held)]
         return [run_chunk(self._task, seq, start, items, "kernel")]
 
     def end(self, completed: bool) -> list[str]:
         self._capture.release()
+        self._held.release(raise_pressed=False)  # a run that ended has nothing to stop
         return []
