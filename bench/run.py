@@ -121,8 +121,8 @@ def counted_loop(n: int) -> None:
 
 def big_names_loop(n: int) -> None:
     for i in range(n):
-        big = bytearray(30_000_000)
-        big[0] = i % 256
+        blob = bytearray(30_000_000)
+        blob[0] = i % 256
 
 
 def slice_sum(array, i: int) -> float:
@@ -190,7 +190,7 @@ def workloads(ip) -> list[Workload]:
         "parmagic auto": parmagic_cell(ip, "-b auto", counted),
         "plain loop": lambda: counted_loop(1_000_000),
     }, repeats=3, goals=[Goal("parmagic serial", "plain loop", 5), Goal("parmagic auto", "plain loop", 5)]))  # fmt: skip
-    big_names = "for i in range(40):\n    big = bytearray(30_000_000)\n    big[0] = i % 256"
+    big_names = "for i in range(40):\n    blob = bytearray(30_000_000)\n    blob[0] = i % 256"
     found.append(Workload("40 items binding a 30 MB bytearray", "only the last item's names travel", {
         "parmagic processes": parmagic_cell(ip, "-b processes", big_names),
         "parmagic futures:processes": parmagic_cell(ip, "-b futures:processes", big_names),

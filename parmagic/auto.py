@@ -24,6 +24,9 @@ WARM_START = 0.005  # seconds to hand a run to a warm process pool
 COLD_START = {"fork": 0.05, "forkserver": 0.4, "spawn": 0.6}  # to start one (this machine)
 SHIPPING_RATE = 1e9  # bytes per second, pickled and sent to a worker
 KERNEL_PER_ITEM = 3e-6  # the kernel's own seconds per item on a parallel backend (applying)
+# what an item costs beyond its own work where it is recorded (every backend but the kernel's
+# serial, which runs the loop itself): bench/per_item.py measures about 1.6 µs
+RECORDED_PER_ITEM = 2e-6
 MIN_GAIN_SECONDS = 0.02  # move only when the backend saves at least this much...
 MIN_GAIN_SHARE = 0.2  # ...and this share of what the kernel would take
 TRY_THREADS = "threads, on trial"  # the lead-in's choice when only a trial can tell
@@ -74,7 +77,7 @@ def forecast(
     work = per_item * remaining
 
     def spread(workers: int, cpu_lanes: int) -> float:
-        rounds = math.ceil(remaining / workers) * per_item
+        rounds = math.ceil(remaining / workers) * (per_item + RECORDED_PER_ITEM)
         busy_lanes = share * min(workers, remaining) / cpu_lanes
         return rounds * max(1.0, busy_lanes)
 

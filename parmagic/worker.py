@@ -303,9 +303,11 @@ def _record(
     if names is not None:
         names.pop(ITEM_ARG, None)  # the item function's own parameters
         names.pop(LOG_ARG, None)
-        if merged is not None and (error is None or task.stop_on_error):
-            merged.names.update(names)  # a failed item that leaves nothing leaves no names
-            names, merged.holder = None, len(result)
+        if merged is not None:
+            if error is None or task.stop_on_error:  # a failed item that leaves nothing
+                merged.names.update(names)  # leaves no names either
+                merged.holder = len(result)
+            names = None
     ended = time.monotonic()
     result.add(began, ended, 0.0, log.ops, names, value)
     if error is not None:

@@ -1,0 +1,86 @@
+"""How items are handed out (chunk sizes) and what travels back per chunk (issue 18)."""
+
+from __future__ import annotations
+
+from types import FunctionType
+
+import pytest
+
+from parmagic.cell import plan_cell
+from parmagic.itemcode import build_item_code
+from parmagic.runner import ChunkSizer
+from parmagic.worker import ChunkResult, Task, run_chunk
+
+
+def test_every_thread_starts_on_the_first_items_at_once(ip, run):
+    """Slow items are handed out one per chunk until they are timed: with 4 threads, the
+    first 4 items all start before any of them ends (none sits queued in a bigger chunk)."""
+    outcome = run(
+        "%%parallel -b threads -w 4\nimport time\nspans = []\nfor i in range(8):\n"
+        "    began = time.monotonic()\n    time.sleep(0.4)\n"
+        "    spans.append((i, began, time.monotonic()))\n"
+    )
+    assert outcome.error is None, outcome.out + outcome.err
+    first = sorted(ip.user_ns["spans"])[:4]
+    assert max(began for _, began, _ in first) < min(ended for _, _, ended in first)
+
+
+def _timed(count: int, seconds: float) -> ChunkResult:
+    result = ChunkResult(0, 0, "test")
+    for k in range(count):
+        result.add(k * seconds, (k + 1) * seconds, 0.0, [], None, None)
+    return result
+
+
+def test_chunks_hold_one_item_until_items_are_timed_then_follow_their_time():
+    sizer = ChunkSizer(None, workers=2, length=100_000)
+    assert [sizer.next_size() for _ in range(6)] == [1] * 6
+    sizer.observe(_timed(1, 0.001))  # 1 ms items: 20 ms chunks, but at most 8x the largest
+    assert sizer.next_size() == ChunkSizer.RAMP
+    sizer.observe(_timed(8, 0.001))
+    assert sizer.next_size() == 20
+    sizer.observe(_timed(20, 2.0))  # items got slow: one per chunk again
+    assert sizer.next_size() == 1
+
+
+def test_a_fixed_chunksize_is_kept():
+    sizer = ChunkSizer(7, workers=2, length=100)
+    assert [sizer.next_size() for _ in range(3)] == [7, 7, 7]
+
+
+def _task(source: str, stop_on_error: bool = True) -> Task:
+    plan = plan_cell(source, "<cell>", "processes")
+    code = build_item_code(plan.body, frozenset(), "<cell>", copies=True)
+    return Task(FunctionType(code, {}), plan.body.bound, stop_on_error, merge_names=True)
+
+
+def test_a_chunk_from_a_worker_process_carries_its_names_once():
+    task = _task("for i in range(5):\n    square = i * i\n    label = str(i)\n")
+    result = run_chunk(task, 0, 0, [0, 1, 2, 3, 4])
+    assert result.names[:4] == [None] * 4
+    assert result.names[4] == {"i": 4, "square": 16, "label": "4"}
+    assert result.names_merged
+
+
+@pytest.mark.parametrize("stop_on_error", [True, False])
+def test_merged_names_are_those_the_plain_loop_leaves_after_a_failure(stop_on_error):
+    """Stopping at a failure, the failed item's names so far count (as in the plain loop);
+    under --on-error continue a failed item leaves nothing, its names included."""
+    task = _task(
+        "for i in range(4):\n    first = i\n    if i == 3:\n        1 / 0\n    second = i\n",
+        stop_on_error,
+    )
+    result = run_chunk(task, 0, 0, [0, 1, 2, 3])
+    assert set(result.errors) == {3}
+    holder = 3 if stop_on_error else 2
+    assert [k for k, names in enumerate(result.names) if names] == [holder]
+    assert result.names[holder] == {"i": holder, "first": holder, "second": 2}
+
+
+def test_serial_times_every_item_as_the_loop_takes_it(ip, run):
+    outcome = run("%%parallel -b serial\nimport time\nfor i in range(30):\n    time.sleep(0.002)\n")
+    assert outcome.error is None, outcome.out + outcome.err
+    timings = ip.run_line_magic("parallel_report", "").timings
+    assert [t[0] for t in timings] == list(range(30))
+    assert all(start < end for _, _, start, end, _ in timings)
+    assert all(a[3] <= b[2] for a, b in zip(timings, timings[1:], strict=False))
