@@ -217,7 +217,7 @@ def _flatten(transcript: list) -> Iterator[tuple]:
                 result.outputs.get(offset, []),
                 result.ops[offset],
                 result.names[offset] or {},
-                result.values[offset],
+                result.item_values(offset),
                 failure,
             )
 

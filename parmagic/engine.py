@@ -310,6 +310,7 @@ def loop_hook(
         function = FunctionType(code, item_globals(ns, code, backend), errors.ITEM_FUNCTION_NAME)
         stop_on_error = options.on_error == "raise"
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
+        task.comprehension = plan.body.kind != "for" and not backend.runs_coroutines
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), ns)
             task.merge_names = tail is None  # names travel: only their last values

@@ -175,7 +175,11 @@ def build_item_code(
 ) -> CodeType:
     """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers;
     ``async def`` for the asyncio backend, so that the body may ``await``. ``copies``: items
-    get copies of the kernel's objects, so changes to the item's own object are recorded."""
+    get copies of the kernel's objects, so changes to the item's own object are recorded.
+
+    A comprehension's function instead takes items and a list, and extends the list with the
+    values of all the items, one item after another: a chunk costs one call, not one per
+    item (worker.run_values times each item and finds which values are whose)."""
     node = copy.deepcopy(info.node)
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
@@ -191,11 +195,17 @@ def build_item_code(
             )
         )
         statements = [ast.Try([assign, *body], [], [], [bind])]
-    else:
+    elif coroutine:  # ``await`` in a comprehension: one coroutine per item
         first = node.generators[0]
         first.iter = ast.Tuple([item], ast.Load())
         elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
         statements = [ast.Return(ast.ListComp(elt, node.generators))]
+    else:  # a comprehension records nothing: one call runs a chunk (worker.run_values)
+        node.generators[0].iter = item  # the chunk's items
+        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
+        extend = ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "extend", ast.Load())
+        values = ast.GeneratorExp(elt, node.generators)
+        statements = [ast.Expr(ast.Call(extend, [values], []))]
     args = ast.arguments([], [ast.arg(ITEM_ARG), ast.arg(LOG_ARG)], None, [], [], None, [])
     kind = ast.AsyncFunctionDef if coroutine else ast.FunctionDef
     function = kind(errors.ITEM_FUNCTION_NAME, args, statements, [], None)

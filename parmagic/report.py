@@ -23,10 +23,6 @@ class ItemTiming:
     cpu: float
 
 
-# seconds that recording an item and replaying it cost at the least, which a serial run (the
-# loop itself, in the kernel) does not pay (bench/per_item.py: about 2.5 µs for an item that
-# adds and appends, on this project's machine; less is taken off, so as not to flatter)
-RECORDING_PER_ITEM = 1e-6
 MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
 
 
@@ -72,6 +68,8 @@ class RunReport:
     copies_objects: bool = False  # items ran in other processes, on copies of kernel objects
     usage: Usage | None = None  # per-core and machine samples (monitor.py)
     dashboard: str | None = None  # a link to the cluster's dashboard (dask)
+    recorded_items: int = 0  # items recorded and replayed rather than run in place (see recording)
+    changes: int = 0  # recorded changes replayed
 
     def add(self, result, count: int) -> None:
         """Count the first ``count`` items of a chunk result."""
@@ -79,6 +77,9 @@ class RunReport:
         busy, cpu = sum(ends) - sum(starts), sum(cpus)
         queued = result.queued * count / len(result) if len(result) else 0.0
         self.item_count += count
+        if not result.in_place:
+            self.recorded_items += count
+            self.changes += sum(map(len, result.ops[:count]))
         self.busy += busy
         self.cpu += cpu
         self.queued += queued
@@ -137,10 +138,16 @@ class RunReport:
         threads its wall time includes waiting for the GIL."""
         if self.backend == "serial":
             return self.wall
-        measured = self.own_time + self.kernel_cpu
-        # serial runs the loop itself: it pays none of the recording and replaying that every
-        # item paid here
-        return max(measured - self.item_count * RECORDING_PER_ITEM, 0.1 * measured)
+        return max(self.own_time + self.kernel_cpu - self.recording, 0.0)
+
+    @property
+    def recording(self) -> float:
+        """Seconds of this run's item and kernel time that went to recording and replaying
+        what items did, which serial, running the loop itself, never pays (calibration.py)."""
+        from .calibration import recording_costs
+
+        per_item, per_change = recording_costs()
+        return self.recorded_items * per_item + self.changes * per_change
 
     @property
     def cpu_share(self) -> float:

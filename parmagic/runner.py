@@ -140,7 +140,7 @@ class Applier:
         Values go one item at a time to a lazy consumer, else one list per chunk."""
         if self._nothing_per_item(result):
             self.report.add(result, len(result))
-            yield [value for values in result.values if values for value in values]
+            yield result.all_values()
             return
         batch: list = []
         for values in self._apply_items(result, items):
@@ -198,7 +198,7 @@ class Applier:
                     if error is None and self.tail is not None:
                         error = self._run_tail(items[offset])
                 if error is None:
-                    yield result.values[offset]
+                    yield result.item_values(offset)
                     continue
                 index = result.first + offset
                 if interrupted:  # whoever raised it: the run stops, the item half-applied

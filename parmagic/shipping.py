@@ -166,6 +166,7 @@ def dump_result(result) -> bytes:
         return data
     except Exception:
         pass
+    result.unflatten()
     for offset in range(len(result)):
         try:
             dumps((result.values[offset], result.ops[offset], result.outputs.get(offset)))

@@ -68,6 +68,7 @@ class Task:
     # keeps only the last values of each name anyway (unless it needs every item's, to run an
     # ordered tail between items or to compare runs).
     merge_names: bool = False
+    comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
     # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
     # (itemcode.build_in_place_code), instead of ``function`` with its recording
     in_place: CodeType | None = None
@@ -130,7 +131,9 @@ class ChunkResult:
     Per item (by offset from ``first``): start and end (``time.monotonic()``, one clock for
     every process on the machine), CPU time, the recorded changes (``ops``) and the names the
     item bound. Sparse, by offset: printed output, errors. ``values``: a comprehension's
-    values, per item.
+    values, per item; or, from a chunk that ran in one call, all its values in one list
+    (``flat_values``), item k's from ``value_bounds[k]`` to ``value_bounds[k + 1]``: one list
+    pickles and applies in a fraction of the time of one list per item.
     """
 
     seq: int
@@ -149,9 +152,29 @@ class ChunkResult:
     queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
     interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
     names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
+    in_place: bool = False  # the loop itself ran these items: nothing was recorded
+    flat_values: list | None = None
+    value_bounds: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def item_values(self, offset: int) -> Any:
+        if self.flat_values is None:
+            return self.values[offset]
+        bounds = self.value_bounds
+        return self.flat_values[bounds[offset] : bounds[offset + 1]]
+
+    def all_values(self) -> list:
+        if self.flat_values is not None:
+            return self.flat_values
+        return [value for values in self.values if values for value in values]
+
+    def unflatten(self) -> None:
+        """One list of values per item (to drop one item's values that cannot travel)."""
+        if self.flat_values is not None:
+            self.values = [self.item_values(offset) for offset in range(len(self))]
+            self.flat_values = self.value_bounds = None
 
     def trim(self) -> None:
         """Drop a half-recorded last item (an interrupt while it was being recorded)."""
@@ -334,7 +357,10 @@ def run_chunk(
     task: Task, seq: int, start: int, items: list, worker: str | None = None
 ) -> ChunkResult:
     """Run consecutive items and record what each did (a tight loop: items may be cheap)."""
-    result = ChunkResult(seq, start, worker or threading.current_thread().name)
+    worker = worker or threading.current_thread().name
+    if task.comprehension:
+        return run_values(task, seq, start, items, worker)
+    result = ChunkResult(seq, start, worker)
     try:
         _run_items(task, result, start, items)
     except KeyboardInterrupt:  # Ctrl-C on the kernel's thread between items
@@ -383,53 +409,133 @@ def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None
     result.queued = run_queue_wait() - queued
 
 
-def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:
-    """Run a chunk as the plain loop runs it, in the kernel's namespace (the serial backend).
+class TimedItems:
+    """A chunk's items for code that runs them all in one call (the loop itself, in place; a
+    comprehension's values), each item's start read as that code takes the item: an item
+    ends where the next one starts, and the chunk's CPU time is shared by wall time, as
+    :class:`_CpuSpans` shares it. ``done``: items taken and finished (the code asked for the
+    next one, or ended)."""
 
-    Nothing is recorded but each item's start, read as the loop takes the item: an item ends
-    where the next one starts, and the chunk's CPU time is shared by wall time, as
-    :class:`_CpuSpans` shares it.
-    """
-    result = ChunkResult(seq, start, "kernel")
-    starts, done, seed, clock = result.starts, [0], task.seed, time.monotonic
+    def __init__(self, task: Task, result: ChunkResult, items: list) -> None:
+        self.task, self.result, self.items = task, result, items
+        self.done = 0
+        self.sink: ChunkOutput | None = None  # output goes under the running item's offset
+        self.marks: list[int] | None = None  # with ``values``: its length as each item began
+        self.values: list = []
+        self.cpu = time.thread_time()
 
-    def timed():
-        for offset, item in enumerate(items):
+    def from_offset(self, first: int):
+        starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
+        seed, cancelled, start = self.task.seed, self.task.cancelled.is_set, self.result.first
+        alarm = self.task.timeout if threading.current_thread() is threading.main_thread() else 0
+        for offset in range(first, len(self.items)):
+            if cancelled():
+                return
             if seed is not None:
                 seed_item(seed, start + offset)
+            if sink is not None:
+                sink.offset = offset
+                marks.append(len(self.values))
             starts.append(clock())
-            yield item
-            done[0] = offset + 1
+            if alarm:
+                _armed.set()
+                signal.setitimer(signal.ITIMER_REAL, alarm)
+            yield self.items[offset]
+            if alarm:
+                _armed.clear()
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            self.done = offset + 1
 
-    ns, error = task.namespace, None
-    queued, cpu = run_queue_wait(), time.thread_time()
-    ns[CHUNK_NAME] = timed()
+    def failed(self, error: BaseException) -> bool:
+        """Record the error of the item that was running; False when it came between two
+        items (an interrupt on the kernel's thread): the chunk then stops after them."""
+        result, count = self.result, len(self.result.starts)
+        if isinstance(error, KeyboardInterrupt) and self.done == count:
+            result.interrupted = True
+            return False
+        if isinstance(error, ItemTimedOut) and self.task.timeout:
+            error = TimeoutError(ITEM_TIMEOUT.format(seconds=self.task.timeout, fate=""))
+        item = short_repr(self.items[count - 1])
+        result.errors[count - 1] = ItemError.of(error, item, self.task.origins)
+        if self.marks is not None:
+            del self.values[self.marks[-1] :]  # a failed item leaves no values
+        return True
+
+    def close(self, ended: float) -> None:
+        """Fill the result's columns for the items that ran."""
+        if self.task.timeout and _on_main():
+            _armed.clear()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        result, cpu = self.result, time.thread_time() - self.cpu
+        starts = result.starts
+        count = len(starts)
+        result.ends = [*starts[1:], ended] if count else []
+        wall = ended - starts[0] if count else 0.0
+        result.cpus = [
+            cpu * (end - begin) / wall if wall else cpu / max(count, 1)
+            for begin, end in zip(starts, result.ends, strict=True)
+        ]
+        result.ops, result.names = [[]] * count, [None] * count
+        if self.marks is None:
+            result.values = [None] * count
+        else:
+            result.flat_values, result.value_bounds = self.values, [*self.marks, len(self.values)]
+
+
+def _on_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_values(task: Task, seq: int, start: int, items: list, worker: str) -> ChunkResult:
+    """A comprehension's chunk: one call of its function gives every item's values (see
+    itemcode.build_item_code); a failed item's values are dropped, and under ``--on-error
+    continue`` the call resumes after it."""
+    result = ChunkResult(seq, start, worker)
+    timed = TimedItems(task, result, items)
+    timed.sink, timed.marks = ChunkOutput(result.outputs), []
+    queued, token = run_queue_wait(), current_output.set(timed.sink)
+    previous = signal.signal(signal.SIGALRM, _expire) if task.timeout and _on_main() else None
+    try:
+        first = 0
+        while first < len(items) and not task.cancelled.is_set():
+            try:
+                task.function(timed.from_offset(first), timed.values)
+                break
+            except BaseException as error:  # an interrupt too: the runner stops the run there
+                recorded = timed.failed(error)
+                if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+                    break
+                first = len(result.starts)
+    finally:
+        timed.close(time.monotonic())
+        current_output.reset(token)
+        if previous is not None:
+            signal.signal(signal.SIGALRM, previous)
+    result.queued = run_queue_wait() - queued
+    return result
+
+
+def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:
+    """Run a chunk as the plain loop runs it, in the kernel's namespace (the serial backend):
+    nothing is recorded but each item's start (:class:`TimedItems`)."""
+    result = ChunkResult(seq, start, "kernel", in_place=True)
+    timed = TimedItems(task, result, items)
+    ns, queued = task.namespace, run_queue_wait()
+    ns[CHUNK_NAME] = timed.from_offset(0)
     try:
         held.passing = True  # ``held``: kernel_state.HeldInterrupt
         held.raise_if_pressed()
         exec(task.in_place, ns)
-    except BaseException as exc:  # Ctrl-C too: it stops the run at this item
-        error = exc
+    except BaseException as error:  # Ctrl-C too: it stops the run at this item
+        timed.failed(error)
     finally:
         held.passing = False
-        ended, cpu = clock(), time.thread_time() - cpu
+        timed.close(time.monotonic())
         del ns[CHUNK_NAME]
         values = ns.pop(VALUES_NAME, None)
-    count = len(starts)
-    if isinstance(error, KeyboardInterrupt) and done[0] == count:  # between two items
-        result.interrupted, error = True, None
-    result.ends = [*starts[1:], ended] if count else []
-    wall = ended - starts[0] if count else 0.0
-    result.cpus = [
-        cpu * (end - begin) / wall if wall else cpu / max(count, 1)
-        for begin, end in zip(starts, result.ends, strict=True)
-    ]
-    result.ops, result.names = [[]] * count, [None] * count
-    result.values = [None] * count
-    if count and values is not None:
-        result.values[0] = values  # the chunk's values in order, whichever items gave them
-    if error is not None and count:
-        result.errors[count - 1] = ItemError.of(error, short_repr(items[count - 1]))
+    if values is not None:  # the chunk's values in order, whichever items gave them
+        result.flat_values = values
+        result.value_bounds = [0] + [len(values)] * len(result)
     result.queued = run_queue_wait() - queued
     return result
 
