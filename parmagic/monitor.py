@@ -59,11 +59,11 @@ class Usage:
 class Monitor:
     """Samples until stopped; the last partial interval is sampled on stop."""
 
-    def __init__(self, interval: float = INTERVAL, children: bool = True) -> None:
-        """``children``: whether items run in child processes, whose CPU time counts as
-        ours (walking /proc for them holds the GIL, which items in the kernel then wait
-        for: not worth it when there are none)."""
-        self.interval, self.children = interval, children
+    def __init__(self, interval: float = INTERVAL, pids: list[int] | None = None) -> None:
+        """``pids``: the processes items run in besides the kernel, whose CPU time counts as
+        ours; None: the kernel's child processes, found by walking /proc every tenth sample
+        (which holds the GIL, that items in the kernel then wait for)."""
+        self.interval, self.pids = interval, pids
         self.usage = Usage()
         self._stop = threading.Event()
         self._me = psutil.Process()
@@ -74,8 +74,11 @@ class Monitor:
 
     def _tree_cpu(self) -> float:
         self._samples += 1
-        if self._samples % 10 == 1:  # walking /proc for children costs more than reading them
-            self._family = [self._me, *self._children()] if self.children else [self._me]
+        if self.pids is not None:
+            if self._samples == 1:
+                self._family = [self._me, *self._processes(self.pids)]
+        elif self._samples % 10 == 1:  # walking /proc for children costs more than reading them
+            self._family = [self._me, *self._children()]
         total = 0.0
         for process in self._family:
             try:
@@ -93,6 +96,16 @@ class Monitor:
             total = sum(times)
             result.append((total - times.idle - getattr(times, "iowait", 0.0), total))
         return result
+
+    @staticmethod
+    def _processes(pids: list[int]) -> list[psutil.Process]:
+        found = []
+        for pid in pids:
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.Error:  # a worker that died: the run will say so
+                continue
+        return found
 
     def _children(self) -> list[psutil.Process]:
         try:

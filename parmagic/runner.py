@@ -383,7 +383,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
 
     completed, monitor, consumer_stopped = False, None, False
     try:
-        monitor = Monitor(children=backend.copies_kernel_objects).start()
+        monitor = Monitor(pids=backend.worker_pids()).start()
         run.progress = progress_bar(length) if progress else None
         while True:
             mark, blocked = time.monotonic(), backend.send_blocked

@@ -89,6 +89,11 @@ class Backend(ABC):
     def begin(self, task: Task) -> None:  # noqa: B027 - optional hook
         """A run starts: everything the items need is prepared (and checked) here."""
 
+    def worker_pids(self) -> list[int] | None:
+        """The processes the items run in, for the CPU figures (None: look for the kernel's
+        child processes, which costs a walk through every process on the machine)."""
+        return [] if not self.copies_kernel_objects else None
+
     @abstractmethod
     def has_capacity(self) -> bool: ...
 

@@ -82,6 +82,10 @@ class ProcessFuturesBackend(WorkerProcesses):
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
         self._task_size, self._submits = len(payload), 0
 
+    def worker_pids(self) -> list[int] | None:
+        processes = getattr(self._executor, "_processes", None)  # started on first submit
+        return list(processes) if processes else None
+
     def has_capacity(self) -> bool:
         return not self._refused and len(self._running) < 2 * self.workers
 

@@ -210,6 +210,9 @@ class ProcessBackend(WorkerProcesses):
         self._run += 1
         self._used: set[_Worker] = set()
 
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
     def has_capacity(self) -> bool:
         return not self._refused and any(len(w.chunks) < self._depth for w in self._workers)
 
