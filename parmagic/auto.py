@@ -114,18 +114,17 @@ class Lead:
         self._per_item = 0.0
         self.kept = False  # the trial on threads showed the items run side by side
         self.led = 0  # items the kernel ran before the rest moved
+        self._began: float | None = None
 
-    def items(self, iterator: Iterator) -> Iterator:
-        began = time.monotonic()
-        while True:
-            done = self.report.item_count
-            if done != self._seen[0] and self._decide(time.monotonic() - began):
-                return
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            yield item
+    def moves(self) -> bool:
+        """Asked before each chunk the kernel takes: True once the rest of the loop should go
+        to :attr:`choice` (the kernel's items then come straight from the iterable, at no
+        cost per item)."""
+        now = time.monotonic()
+        if self._began is None:
+            self._began = now
+        done = self.report.item_count
+        return done != self._seen[0] and self._decide(now - self._began)
 
     @property
     def reason(self) -> str:

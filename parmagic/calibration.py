@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 from types import FunctionType
 
 ITEMS = 1000
 REPEATS = 3
 
 
+@dataclass(frozen=True)
+class RecordingCosts:
+    per_item: float  # seconds recording and replaying add to an item
+    per_change: float  # ...and to each change it records
+    in_place: float  # seconds serial spends on an item that does nothing (a serial floor)
+
+
 @functools.cache
-def recording_costs() -> tuple[float, float]:
-    """Seconds that recording adds per item, and per recorded change (about 20 ms, once)."""
-    plain = _extra_per_item("for i in range(N):\n    x = i\n", {})
-    changing = _extra_per_item("for i in range(N):\n    x = i\n    out.append(i)\n", {"out"})
-    return plain, max(0.0, changing - plain)
+def recording_costs() -> RecordingCosts:
+    """What recording costs here (measured in about 20 ms, once per session)."""
+    plain, floor = _per_item("for i in range(N):\n    x = i\n", {})
+    changing, _ = _per_item("for i in range(N):\n    x = i\n    out.append(i)\n", {"out"})
+    return RecordingCosts(plain, max(0.0, changing - plain), floor)
 
 
-def _extra_per_item(source: str, receivers: set[str]) -> float:
+def _per_item(source: str, receivers: set[str]) -> tuple[float, float]:
+    """Seconds per item that recording and replaying add, and that running in place takes."""
     from .cell import plan_cell
     from .itemcode import build_in_place_code, build_item_code
     from .kernel_state import HeldInterrupt
@@ -55,8 +64,9 @@ def _extra_per_item(source: str, receivers: set[str]) -> float:
     def run_in_place() -> None:
         run_chunk_in_place(in_place, 0, 0, items, held)
 
-    extra = min(_seconds(record_and_replay) - _seconds(run_in_place) for _ in range(REPEATS))
-    return max(0.0, extra / ITEMS)
+    recorded = min(_seconds(record_and_replay) for _ in range(REPEATS))
+    in_place_time = min(_seconds(run_in_place) for _ in range(REPEATS))
+    return max(0.0, recorded - in_place_time) / ITEMS, in_place_time / ITEMS
 
 
 def _seconds(step) -> float:

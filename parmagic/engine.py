@@ -385,14 +385,17 @@ def loop_hook(
         session.open_run = weakref.ref(records)
         return finish(records)
 
-    def records_of(backend, task, iterator, length, report, recorder=None) -> Iterator[list]:
-        """The run of the loop's items from ``report.item_count`` on, on ``backend``."""
+    def records_of(
+        backend, task, iterator, length, report, recorder=None, until=None
+    ) -> Iterator[list]:
+        """The run of the loop's items from ``report.item_count`` on, on ``backend`` (until
+        ``until()`` says the rest goes elsewhere)."""
         start = report.item_count
         return execute(
             backend, task, iterator, ns, report, filename=plan.filename,
             chunksize=options.chunksize, stop=session.stop_requested, first_index=start,
             length=max(length - start, 0), tail=tail, recorder=recorder,
-            lazy=lazy,
+            lazy=lazy, until=until,
             progress=options.progress and not options.quiet and recorder is None,
         )  # fmt: skip
 
@@ -400,14 +403,14 @@ def loop_hook(
         """auto: the first items in the kernel until the rest should go elsewhere (auto.py),
         then the rest there; lazy throughout, like the loop it replaces."""
 
-        def phase(backend: Backend, task: Task, items) -> Iterator[list]:
+        def phase(backend: Backend, task: Task, items, until=None) -> Iterator[list]:
             if recorder is not None:
                 recorder.task = task
-            return records_of(backend, task, items, length, report, recorder)
+            return records_of(backend, task, items, length, report, recorder, until)
 
         serial, task = prepare("serial", 1, report, recorded)
         leader = Lead(report, length, outlook(task))
-        yield from phase(serial, task, leader.items(iterator))
+        yield from phase(serial, task, iterator, until=leader.moves)
         name, report.auto_reason = leader.choice, leader.reason
         if name is None:
             return

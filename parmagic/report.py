@@ -138,7 +138,10 @@ class RunReport:
         threads its wall time includes waiting for the GIL."""
         if self.backend == "serial":
             return self.wall
-        return max(self.own_time + self.kernel_cpu - self.recording, 0.0)
+        from .calibration import recording_costs
+
+        floor = self.item_count * recording_costs().in_place  # serial's items cost no less
+        return max(self.own_time + self.kernel_cpu - self.recording, floor)
 
     @property
     def recording(self) -> float:
@@ -146,8 +149,8 @@ class RunReport:
         what items did, which serial, running the loop itself, never pays (calibration.py)."""
         from .calibration import recording_costs
 
-        per_item, per_change = recording_costs()
-        return self.recorded_items * per_item + self.changes * per_change
+        costs = recording_costs()
+        return self.recorded_items * costs.per_item + self.changes * costs.per_change
 
     @property
     def cpu_share(self) -> float:

@@ -12,7 +12,7 @@ import operator
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import CodeType
 
 from . import errors
@@ -269,6 +269,7 @@ class _Run:
         self.submitted = self.applied = self.next_index = 0
         self.exhausted = False
         self.iterable_error: Exception | None = None  # raised by the iterable, after its prefix
+        self.until: Callable[[], bool] | None = None
         self.progress = None
 
     @property
@@ -282,6 +283,9 @@ class _Run:
             and self.backend.has_capacity()
             and self.submitted - self.applied < self.window
         ):
+            if self.until is not None and self.until():
+                self.exhausted = True  # for this backend: the rest goes elsewhere
+                return
             items = self._take(self.sizer.next_size())
             if not items:
                 self.exhausted = True
@@ -356,10 +360,12 @@ def execute(
     recorder: Recorder | None = None,
     tail: CodeType | None = None,
     lazy: bool = False,
+    until: Callable[[], bool] | None = None,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
     is applied to ``ns``, in item order. With a ``recorder``, nothing is applied: the
-    recorder keeps the results."""
+    recorder keeps the results. ``until``: asked before each chunk is taken; True ends the
+    run there, and the rest of the iterable stays unread (auto moves it elsewhere)."""
     if length is None:
         length = operator.length_hint(iterable)
     if recorder is not None:  # a recording is replayed later, and compared item by item
@@ -368,7 +374,7 @@ def execute(
         tail = None  # the loop runs whole, its tail included
     applier = recorder or Applier(ns, task, report, filename, tail, lazy)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
-    run.next_index = first_index
+    run.next_index, run.until = first_index, until
     with kept_as_it_was(random_state=task.seed is not None):
         yield from _drive(run, backend, task, report, stop, progress, length)
 
