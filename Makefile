@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/honesty.py
+	$(BIN)/python bench/per_item.py > bench/per_item.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

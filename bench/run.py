@@ -120,6 +120,17 @@ def parmagic_cell(ip, options: str, body: str):
     return cell(ip, f"%%parallel -q {options}\n{body}")
 
 
+PLAIN_CELL = "the cell without the magic"
+
+
+def against_the_plain_cell(ip, name: str, body: str, backends: tuple, limit: float) -> Workload:
+    """The cell on each backend, and as it is without the magic: at most ``limit`` times."""
+    variants = {f"parmagic {b}": parmagic_cell(ip, f"-b {b}", body) for b in backends}
+    goals = [Goal(label, PLAIN_CELL, limit) for label in variants]
+    return Workload(name, f"<= {limit}x {PLAIN_CELL}", {**variants, PLAIN_CELL: cell(ip, body)},
+                    repeats=3, goals=goals)  # fmt: skip
+
+
 def workloads(ip) -> list[Workload]:
     from joblib import Parallel, delayed
     from loky import get_reusable_executor  # loky itself: joblib keeps its own executor
@@ -172,17 +183,13 @@ def workloads(ip) -> list[Workload]:
         "ProcessPoolExecutor.map": lambda: list(executor.map(collatz, range(1, 300_001), chunksize=300_000 // (cores * 16))),
     }, repeats=3, goals=[Goal("parmagic processes", "Pool.map", 1.05)]))  # fmt: skip
     counted = "total = 0\nout = []\nfor i in range(1_000_000):\n    total += i\n    out.append(i)"
-    found.append(Workload("a million items of total += i; out.append(i)", "serial and auto <= 5x the plain loop", {
-        "parmagic serial": parmagic_cell(ip, "-b serial", counted),
-        "parmagic auto": parmagic_cell(ip, "-b auto", counted),
-        "the cell without the magic": cell(ip, counted),
-    }, repeats=3, goals=[Goal("parmagic serial", "the cell without the magic", 5), Goal("parmagic auto", "the cell without the magic", 5)]))  # fmt: skip
+    found.append(against_the_plain_cell(
+        ip, "a million items of total += i; out.append(i)", counted, ("serial", "auto"), 5
+    ))  # fmt: skip
     big_names = "for i in range(40):\n    blob = bytearray(30_000_000)\n    blob[0] = i % 256"
-    found.append(Workload("40 items binding a 30 MB bytearray", "only the last item's names travel", {
-        "parmagic processes": parmagic_cell(ip, "-b processes", big_names),
-        "parmagic futures:processes": parmagic_cell(ip, "-b futures:processes", big_names),
-        "the cell without the magic": cell(ip, big_names),
-    }, repeats=3, goals=[Goal("parmagic processes", "the cell without the magic", 2), Goal("parmagic futures:processes", "the cell without the magic", 2)]))  # fmt: skip
+    found.append(against_the_plain_cell(
+        ip, "40 items binding a 30 MB bytearray", big_names, ("processes", "futures:processes"), 2
+    ))  # fmt: skip
     for count in (20, 80):
         ideal = count / 4
         found.append(Workload(f"{count} items of time.sleep(1.0), 4 threads", "wall <= 1.1x items / workers x 1 s", {

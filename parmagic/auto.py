@@ -157,10 +157,14 @@ class Lead:
 
     def _worth_a_trial(self, outlook: Forecast) -> bool:
         """Only where processes cannot beat the kernel at all (while they merely do not win
-        by enough yet, more items in the kernel will tell)."""
+        by enough yet, more items in the kernel will tell), and where threads could: items
+        cheaper than what recording them costs never gain, even side by side."""
         processes_lose = outlook.processes is None or outlook.processes >= outlook.serial
+        lanes = min(self.outlook.cores, self.outlook.threads)
+        at_best = (self._per_item + RECORDED_PER_ITEM) / lanes  # every thread busy, no GIL
         return (
             processes_lose
+            and at_best < self._per_item * (1 - MIN_GAIN_SHARE)
             and self.report.computing
             and self.outlook.cores > 1
             and self.outlook.threads_allowed

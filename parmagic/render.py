@@ -9,7 +9,8 @@ import sys
 from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
-ASCII = str.maketrans({"·": "|", "×": "x", "≈": "~"})  # for a stdout that encodes no more
+# for a stdout that encodes no more
+ASCII = str.maketrans({"·": "|", "×": "x", "≈": "~", "≤": "<="})
 LOAD_SECONDS = 0.3  # the samples of a shorter run say too little of other programs
 
 
@@ -43,7 +44,7 @@ def advice(r: RunReport) -> str | None:
             )
         return (
             f"the loop is too small to pay for worker processes: serial is faster here "
-            f"(about {r.serial_estimate:.3f} s)"
+            f"({'at most' if r.serial_is_bound else 'about'} {r.serial_estimate:.3f} s)"
         )
     busy = [b for b in r.worker_busy.values() if b > 0]
     if len(busy) > 1 and r.wall > 0.2 and max(busy) > 2 * min(busy) and r.chunks < 4 * len(busy):
@@ -134,8 +135,11 @@ def _sections(r: RunReport, core_bar) -> list[tuple[str, str]]:
         )
         rows.append(("time", f"{split} · applying {r.applying:.3f} s"))
         rows.append(("CPU", cpu))
-        serial = f"serial ≈ {r.serial_estimate:.3f} s" if r.backend != "serial" else "serial"
-        ideal = f"{r.speedup:.2f}× ({serial}) of an ideal {r.ideal:.0f}× here"
+        bound = r.serial_is_bound
+        serial = f"serial {'≤' if bound else '≈'} {r.serial_estimate:.3f} s"
+        speedup = f"{'at most ' if bound else ''}{r.speedup:.2f}×"
+        serial = serial if r.backend != "serial" else "serial"
+        ideal = f"{speedup} ({serial}) of an ideal {r.ideal:.0f}× here"
         rows.append(("speedup", f"{ideal} · efficiency {r.efficiency:.0%}"))
         if r.usage is not None and r.usage.times:
             cores = "  ".join(core_bar(n, m) for n, m in enumerate(r.usage.core_means()))

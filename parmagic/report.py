@@ -23,6 +23,7 @@ class ItemTiming:
     cpu: float
 
 
+BOUND_SHARE = 0.1  # recording's share of the items' time above which serial is a bound
 MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
 
 
@@ -142,6 +143,14 @@ class RunReport:
 
         floor = self.item_count * recording_costs().in_place  # serial's items cost no less
         return max(self.own_time + self.kernel_cpu - self.recording, floor)
+
+    @property
+    def serial_is_bound(self) -> bool:
+        """Whether the items cost under ten times what recording them costs: what they cost
+        without it is then too uncertain to estimate (on threads, items that contend for the
+        GIL also take more CPU time), and the serial estimate is only an upper bound."""
+        measured = self.own_time + self.kernel_cpu
+        return self.backend != "serial" and self.recording > BOUND_SHARE * measured
 
     @property
     def recording(self) -> float:
