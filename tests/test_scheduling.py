@@ -35,9 +35,10 @@ def _timed(count: int, seconds: float) -> ChunkResult:
 def test_chunks_hold_one_item_until_items_are_timed_then_follow_their_time():
     sizer = ChunkSizer(None, workers=2, length=100_000)
     assert [sizer.next_size() for _ in range(6)] == [1] * 6
-    sizer.observe(_timed(1, 0.001))  # 1 ms items: 20 ms chunks, but at most 8x the largest
+    ms = 1 / 1024  # about a millisecond, exact in binary: 20 ms hold 20.48 such items
+    sizer.observe(_timed(1, ms))  # 20 ms chunks, but at most 8x the largest chunk timed
     assert sizer.next_size() == ChunkSizer.RAMP
-    sizer.observe(_timed(8, 0.001))
+    sizer.observe(_timed(8, ms))
     assert sizer.next_size() == 20
     sizer.observe(_timed(20, 2.0))  # items got slow: one per chunk again
     assert sizer.next_size() == 1
