@@ -78,7 +78,7 @@ class RunReport:
         busy, cpu = sum(ends) - sum(starts), sum(cpus)
         queued = result.queued * count / len(result) if len(result) else 0.0
         self.item_count += count
-        if not result.in_place:
+        if result.recorded:
             self.recorded_items += count
             self.changes += sum(map(len, result.ops[:count]))
         self.busy += busy

@@ -152,7 +152,8 @@ class ChunkResult:
     queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
     interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
     names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
-    in_place: bool = False  # the loop itself ran these items: nothing was recorded
+    # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
+    recorded: bool = True
     flat_values: list | None = None
     value_bounds: list[int] | None = None
 
@@ -490,7 +491,7 @@ def run_values(task: Task, seq: int, start: int, items: list, worker: str) -> Ch
     """A comprehension's chunk: one call of its function gives every item's values (see
     itemcode.build_item_code); a failed item's values are dropped, and under ``--on-error
     continue`` the call resumes after it."""
-    result = ChunkResult(seq, start, worker)
+    result = ChunkResult(seq, start, worker, recorded=False)
     timed = TimedItems(task, result, items)
     timed.sink, timed.marks = ChunkOutput(result.outputs), []
     queued, token = run_queue_wait(), current_output.set(timed.sink)
@@ -518,7 +519,7 @@ def run_values(task: Task, seq: int, start: int, items: list, worker: str) -> Ch
 def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:
     """Run a chunk as the plain loop runs it, in the kernel's namespace (the serial backend):
     nothing is recorded but each item's start (:class:`TimedItems`)."""
-    result = ChunkResult(seq, start, "kernel", in_place=True)
+    result = ChunkResult(seq, start, "kernel", recorded=False)
     timed = TimedItems(task, result, items)
     ns, queued = task.namespace, run_queue_wait()
     ns[CHUNK_NAME] = timed.from_offset(0)

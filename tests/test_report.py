@@ -62,6 +62,16 @@ def test_items_cheaper_than_their_recording_get_a_bound_not_an_estimate(ip, run,
     assert f"at most {r.speedup:.2f}" in outcome.out
 
 
+@pytest.mark.parametrize("name", ["serial", "fork"])
+def test_a_comprehension_records_nothing_so_nothing_is_taken_off_its_items_times(ip, run, name):
+    """A comprehension's chunk runs in one call of its own code, as serial runs the loop
+    itself: its items' times are what they cost, with no recording to leave out."""
+    outcome = run(f"%%parallel {BACKENDS[name]} -q\nys = [i * 2 for i in range(20_000)]\n")
+    r = report()
+    assert outcome.error is None and ip.user_ns["ys"] == [i * 2 for i in range(20_000)]
+    assert r.item_count == 20_000 and r.recorded_items == 0 and r.recording == 0
+
+
 @pytest.mark.parametrize("name", ["serial", "threads", "fork", "asyncio"])
 def test_figures_agree_with_each_other(ip, run, name):
     run("import time, asyncio\n")
