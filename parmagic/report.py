@@ -27,6 +27,12 @@ BOUND_SHARE = 0.1  # recording's share of the items' time above which serial is 
 MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
 
 
+def _recording_costs():
+    from .calibration import recording_costs  # it runs the runner, which imports this module
+
+    return recording_costs()
+
+
 @dataclass
 class RunReport:
     """What one run did. ``parmagic.last_report()`` returns the latest one."""
@@ -139,9 +145,7 @@ class RunReport:
         threads its wall time includes waiting for the GIL."""
         if self.backend == "serial":
             return self.wall
-        from .calibration import recording_costs
-
-        floor = self.item_count * recording_costs().in_place  # serial's items cost no less
+        floor = self.item_count * _recording_costs().in_place  # serial's items cost no less
         return max(self.own_time + self.kernel_cpu - self.recording, floor)
 
     @property
@@ -156,9 +160,7 @@ class RunReport:
     def recording(self) -> float:
         """Seconds of this run's item and kernel time that went to recording and replaying
         what items did, which serial, running the loop itself, never pays (calibration.py)."""
-        from .calibration import recording_costs
-
-        costs = recording_costs()
+        costs = _recording_costs()
         return self.recorded_items * costs.per_item + self.changes * costs.per_change
 
     @property

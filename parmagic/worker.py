@@ -335,16 +335,20 @@ def _record(
     ended = time.monotonic()
     result.add(began, ended, 0.0, log.ops, names, value)
     if error is not None:
-        if isinstance(error, ItemTimedOut | TimeoutError) and task.timeout:
-            error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
-        result.errors[offset] = ItemError.of(error, short_repr(item), task.origins)
+        result.errors[offset] = _item_error(task, error, item)
     return ended
+
+
+def _item_error(task: Task, error: BaseException, item) -> ItemError:
+    if isinstance(error, ItemTimedOut | TimeoutError) and task.timeout:
+        error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
+    return ItemError.of(error, short_repr(item), task.origins)
 
 
 @contextmanager
 def _alarms(task: Task):
     """--timeout on a main thread (the kernel's, or a worker process's): SIGALRM per item."""
-    if not task.timeout or threading.current_thread() is not threading.main_thread():
+    if not task.timeout or not _on_main():
         yield None
         return
     previous = signal.signal(signal.SIGALRM, _expire)
@@ -423,12 +427,13 @@ class TimedItems:
         self.sink: ChunkOutput | None = None  # output goes under the running item's offset
         self.marks: list[int] | None = None  # with ``values``: its length as each item began
         self.values: list = []
+        self.alarm: float | None = None  # --timeout, on a main thread (see _alarms)
         self.cpu = time.thread_time()
 
     def from_offset(self, first: int):
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
         seed, cancelled, start = self.task.seed, self.task.cancelled.is_set, self.result.first
-        alarm = self.task.timeout if threading.current_thread() is threading.main_thread() else 0
+        alarm = self.alarm
         for offset in range(first, len(self.items)):
             if cancelled():
                 return
@@ -454,17 +459,14 @@ class TimedItems:
         if isinstance(error, KeyboardInterrupt) and self.done == count:
             result.interrupted = True
             return False
-        if isinstance(error, ItemTimedOut) and self.task.timeout:
-            error = TimeoutError(ITEM_TIMEOUT.format(seconds=self.task.timeout, fate=""))
-        item = short_repr(self.items[count - 1])
-        result.errors[count - 1] = ItemError.of(error, item, self.task.origins)
+        result.errors[count - 1] = _item_error(self.task, error, self.items[count - 1])
         if self.marks is not None:
             del self.values[self.marks[-1] :]  # a failed item leaves no values
         return True
 
     def close(self, ended: float) -> None:
         """Fill the result's columns for the items that ran."""
-        if self.task.timeout and _on_main():
+        if self.alarm:
             _armed.clear()
             signal.setitimer(signal.ITIMER_REAL, 0)
         result, cpu = self.result, time.thread_time() - self.cpu
@@ -495,25 +497,27 @@ def run_values(task: Task, seq: int, start: int, items: list, worker: str) -> Ch
     timed = TimedItems(task, result, items)
     timed.sink, timed.marks = ChunkOutput(result.outputs), []
     queued, token = run_queue_wait(), current_output.set(timed.sink)
-    previous = signal.signal(signal.SIGALRM, _expire) if task.timeout and _on_main() else None
     try:
-        first = 0
-        while first < len(items) and not task.cancelled.is_set():
-            try:
-                task.function(timed.from_offset(first), timed.values)
-                break
-            except BaseException as error:  # an interrupt too: the runner stops the run there
-                recorded = timed.failed(error)
-                if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
-                    break
-                first = len(result.starts)
+        with _alarms(task) as timed.alarm:
+            _run_values(task, timed)
     finally:
         timed.close(time.monotonic())
         current_output.reset(token)
-        if previous is not None:
-            signal.signal(signal.SIGALRM, previous)
     result.queued = run_queue_wait() - queued
     return result
+
+
+def _run_values(task: Task, timed: TimedItems) -> None:
+    first, items = 0, timed.items
+    while first < len(items) and not task.cancelled.is_set():
+        try:
+            task.function(timed.from_offset(first), timed.values)
+            return
+        except BaseException as error:  # an interrupt too: the runner stops the run there
+            recorded = timed.failed(error)
+            if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+                return
+            first = len(timed.result.starts)
 
 
 def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:
