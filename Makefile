@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast test-pythons demo bench lint setup clean
+.PHONY: test test-fast test-pythons demo bench screenshots lint setup clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/honesty.py
 	$(BIN)/python bench/per_item.py > bench/per_item.md
+
+# The README's JupyterLab pictures, taken by the browser test (needs /usr/bin/chromium).
+screenshots: $(STAMP)
+	PARMAGIC_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -n 0 tests/test_jupyterlab.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,11 +7,14 @@ Run by ``make demo`` from the project root::
 Notebooks run in sorted order, each in a fresh ``python3`` kernel whose working directory
 is this folder. A cell may raise only if it is tagged ``raises-exception``. The executed
 copies go to ``build/demo/<name>.html``; the terminal shows each code cell's first line and
-its text output. The exit status is 1 if any notebook failed.
+its text output. The executed notebooks themselves go beside the HTML, as
+``build/demo/<name>.ipynb``, to open in JupyterLab. The exit status is 1 if any notebook
+failed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -26,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE.parent / "build" / "demo"
 CELL_TIMEOUT = 120  # seconds per cell
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
 
 
 def output_text(output) -> tuple[str, str]:
@@ -80,9 +84,18 @@ def run_notebook(path: Path) -> bool:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     target = OUT_DIR / f"{path.stem}.html"
     target.write_text(to_html(nb), encoding="utf-8")
+    nbformat.write(nb, OUT_DIR / path.name)
     status = "ok" if ok else "FAILED"
     print(f"=== {path.name}: {status} in {time.monotonic() - began:.1f} s -> {target}\n")
     return ok
+
+
+def print_how_to_open(built: str, demos: str) -> None:
+    lab = f"{os.path.relpath(sys.prefix)}/bin/jupyter lab"
+    print("\nTo open them in JupyterLab (make installed it with the test extra):")
+    print(f"  {lab + ' ' + built:<40}  the executed copies, with their outputs")
+    print(f"  {lab + ' ' + demos:<40}  the demos, to run cell by cell")
+    print(f"(as root, add --allow-root), or open {built}/*.html in a browser.")
 
 
 def main() -> int:
@@ -97,6 +110,7 @@ def main() -> int:
     print(f"{len(notebooks)} notebook(s), {len(failed)} failed, total {total:.1f} s")
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
+    print_how_to_open(os.path.relpath(OUT_DIR), os.path.relpath(HERE))
     return 1 if failed else 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .effects import CALL, REDUCE
 from .errors import ParmagicUsageError, short_repr
+from .render import BAR_FILL, BAR_FILL_DIFFERENT, html_bar
 from .report import RunReport
 from .runner import Recorder
 
@@ -133,13 +134,8 @@ class Comparison:
             cells = [html.escape(cell) for cell in self.cells(row)]
             drawn = ""
             if row.report:
-                width = self.speedup(row) / fastest * 100
-                colour = "#4c78a8" if row.difference is None else "#e45756"
-                drawn = (
-                    "<span style='display:inline-block;width:120px;height:0.8em;"
-                    f"background:#eee'><span style='display:block;height:100%;width:{width:.0f}%;"
-                    f"background:{colour}'></span></span>"
-                )
+                fill = BAR_FILL if row.difference is None else BAR_FILL_DIFFERENT
+                drawn = html_bar(self.speedup(row) / fastest * 100, 120, fill)
             tds = [*cells[:4], drawn, *cells[4:], html.escape(self.verdict(row))]
             body += "<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in tds) + "</tr>"
         conclusion = f"<p>{html.escape(self.conclusion())}</p>"

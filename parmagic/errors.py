@@ -249,9 +249,11 @@ COMPARE_INTERRUPTED = (
     "item(s) were applied, nothing of any other backend's run"
 )
 ITEMS_ABANDONED = (
-    "item(s) {items} were still running on threads when the run stopped; threads cannot be "
-    "stopped, so they were abandoned (their effects are not applied)"
+    "item(s) {items} were in progress on threads when the run stopped (each thread runs its "
+    "items one at a time, and starts no further one); threads cannot be stopped, so they were "
+    "abandoned (their effects are not applied)"
 )
+ITEMS_NEVER_STARTED = "item(s) {items} were queued and never started"
 GENERATOR_CLOSED = (
     "a generator expression from an earlier %%parallel run was still half-consumed; it is "
     "closed now (its workers are needed), so iterating it further yields nothing more"

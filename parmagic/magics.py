@@ -12,7 +12,7 @@ from collections import Counter
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Image, display
+from IPython.display import Code, Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import engine, errors
@@ -165,8 +165,8 @@ class ParallelMagics(Magics):
         method = report.start_method
         if options.show_code:
             text = program(*arguments, report.workers, method, export=False)
-            if self._in_notebook():  # highlighted as a fenced block; plain text for other views
-                display({"text/markdown": f"```python\n{text}```", "text/plain": text}, raw=True)
+            if self._in_notebook():  # highlighted, in a monospace block; plain text elsewhere
+                display(Code(text, language="python"))
             else:
                 print(text)
         if options.export:
@@ -212,7 +212,7 @@ class ParallelMagics(Magics):
             on_error=args.on_error or self.on_error,
             timeout=args.timeout or self.timeout or None,
             quiet=bool(args.quiet) or self.quiet,
-            progress=not args.no_progress,
+            progress=not args.no_progress and self._watched_live(),
             plot=args.plot,
             output=args.output,
             compare=args.compare,
@@ -302,6 +302,17 @@ class ParallelMagics(Magics):
             _check_plotting()
             self._show_figure(draw(report))
         return report
+
+    def _watched_live(self) -> bool:
+        """Whether someone watches the cell as it runs (JupyterLab, Notebook, VS Code, a
+        terminal), rather than a program that executes the notebook and saves its outputs
+        (nbclient, nbconvert, papermill), where a progress bar stays behind as frozen text.
+        Such programs say so: they do not let the kernel ask for input()."""
+        kernel = getattr(self.shell, "kernel", None)
+        if not hasattr(kernel, "get_parent"):
+            return True  # terminal IPython
+        request = kernel.get_parent("shell") or {}
+        return bool(request.get("content", {}).get("allow_stdin", True))
 
     def _in_notebook(self) -> bool:
         return type(self.shell).__name__ == "ZMQInteractiveShell"  # a Jupyter kernel

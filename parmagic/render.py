@@ -163,6 +163,24 @@ def text_summary(r: RunReport, unicode: bool | None = None) -> str:
     return text if unicode else text.translate(ASCII)
 
 
+# The notebook's own colours (JupyterLab's variables), so that the bars suit a dark theme as
+# well as a light one; the fallbacks (a grey that shows on either, the classic blue and red)
+# serve classic Notebook, VS Code and nbconvert's pages.
+BAR_TRACK = "var(--jp-layout-color2, rgba(128, 128, 128, 0.25))"
+BAR_FILL = "var(--jp-brand-color1, #4c78a8)"
+BAR_FILL_DIFFERENT = "var(--jp-error-color1, #e45756)"
+
+
+def html_bar(percent: float, width_px: int, fill: str = BAR_FILL) -> str:
+    """A small horizontal bar, ``percent`` full, as inline HTML."""
+    return (
+        f"<span style='display:inline-block;width:{width_px}px;height:0.8em;"
+        f"background:{BAR_TRACK};margin:0 4px;vertical-align:middle'>"
+        f"<span style='display:block;height:100%;width:{percent:.0f}%;background:{fill}'>"
+        "</span></span>"
+    )
+
+
 def html_summary(r: RunReport) -> str:
     """A compact table with small inline bars, for notebooks."""
     marker = "\0"  # the bars are HTML: kept out of the escaping
@@ -174,11 +192,7 @@ def html_summary(r: RunReport) -> str:
         parts = text.split(marker)
         out = html.escape(parts[0])
         for percent, rest in zip(parts[1::2], parts[2::2], strict=False):
-            out += (
-                "<span style='display:inline-block;width:60px;height:0.8em;background:#eee;"
-                "margin:0 4px;vertical-align:middle'><span style='display:block;height:100%;"
-                f"width:{percent}%;background:#4c78a8'></span></span>{percent}%" + html.escape(rest)
-            )
+            out += html_bar(float(percent), 60) + f"{percent}%" + html.escape(rest)
         return out
 
     def cell(label: str, text: str) -> str:
@@ -190,6 +204,8 @@ def html_summary(r: RunReport) -> str:
     cells = "".join(
         f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(label)}</th>"
         f"<td style='text-align:left'>{cell(label, text)}</td></tr>"
+        if label
+        else f"<tr><td colspan='2' style='text-align:left'>{cell(label, text)}</td></tr>"
         for label, text in _sections(r, core)
     )
     return f"<table class='parmagic-summary' style='font-size:90%'>{cells}</table>"

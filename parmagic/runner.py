@@ -87,6 +87,16 @@ def progress_bar(total: int):
     return tqdm(total=total or None, delay=1.0, unit="item", leave=False, desc="parmagic")
 
 
+def close_progress(bar) -> None:
+    """Gone on every way out of a run. tqdm keeps a notebook bar whose count fell short (an
+    error, Ctrl-C, a timeout), frozen in red with a time left; the summary or the error says
+    what happened, so the widget is closed too."""
+    bar.close()
+    widget = getattr(bar, "container", None)  # tqdm.notebook's
+    if widget is not None:
+        widget.close()
+
+
 def _display(objects: tuple, options: dict) -> None:
     """What an item in a worker process displayed, displayed here (the kernel has IPython)."""
     from IPython.display import display
@@ -421,7 +431,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
     finally:
         task.cancelled.set()  # pool threads start no further item of this run
         if run.progress is not None:
-            run.progress.close()
+            close_progress(run.progress)
         warnings = backend.end(completed)
         if not consumer_stopped:  # else items still running are read-ahead nobody asked for
             report.warnings += warnings

@@ -44,7 +44,7 @@ _INTERPRETER_LIFE_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 # the concurrent.futures variants (their pools' twins, threads and fork, stay in the fast set).
 SLOW_MODULES = {
     "test_kernel", "test_terminal", "test_dask", "test_fuzz_rewriter", "test_shutdown",
-    "test_stress", "test_kernel_death",
+    "test_stress", "test_kernel_death", "test_jupyterlab",
 }  # fmt: skip
 SLOW_VARIANTS = ("spawn", "forkserver", "futures")
 

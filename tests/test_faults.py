@@ -267,3 +267,19 @@ def test_a_consumer_that_stops_early_gets_no_warning_about_items_run_ahead(ip, r
     )
     assert outcome.error is None and ip.user_ns["found"] == [0, 1]
     assert outcome.err == ""  # items still running were read ahead, not abandoned work
+
+
+def test_an_interrupted_threads_run_tells_running_items_from_queued_ones(ip, run, tmp_path):
+    marker = tmp_path / "ran"
+    run(f"import time\nmarker = r'{marker}'\n")
+    watcher = InterruptOnceItemsRan(marker, count=2)
+    outcome = run(
+        "%%parallel -b threads -w 2 --chunksize 1\nfor i in range(20):\n"
+        "    with open(marker, 'a') as f:\n        print(i, file=f)\n    time.sleep(1.5)\n"
+    )
+    watcher.stop()
+    assert isinstance(outcome.error, KeyboardInterrupt)
+    said = outcome.out + outcome.err + "\n".join(outcome.error._render_traceback_())
+    assert "item(s) 0-1 were in progress on threads" in said  # each was sleeping
+    assert "item(s) 2-3 were queued and never started" in said  # two threads, four in hand
+    assert_next_run_works(ip, run, "-b threads")

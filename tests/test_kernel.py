@@ -266,17 +266,22 @@ def test_demo_notebook_runs_end_to_end(demo_kernel):
     assert re.search(r"^  item 3 \(3\): ZeroDivisionError", printed, re.M)
 
 
-def notebook_text(name: str) -> tuple[dict, str]:
-    """Execute a demo notebook in a fresh kernel; its cells' results by source, and all text."""
+def execute_notebook(nb, folder: Path = DEMO.parent) -> None:
+    """Execute a notebook as nbclient (nbconvert, papermill) does: no live frontend."""
     from nbclient import NotebookClient
 
-    nb = nbformat.read(DEMO.parent / name, as_version=4)
     handler = signal.getsignal(signal.SIGINT)  # nbclient's event loop may leave its own here
     try:
         NotebookClient(nb, kernel_name="python3", timeout=REPLY_TIMEOUT,
-                       resources={"metadata": {"path": str(DEMO.parent)}}).execute()  # fmt: skip
+                       resources={"metadata": {"path": str(folder)}}).execute()  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+def notebook_text(name: str) -> tuple[dict, str]:
+    """Execute a demo notebook in a fresh kernel; its cells' results by source, and all text."""
+    nb = nbformat.read(DEMO.parent / name, as_version=4)
+    execute_notebook(nb)
     results, printed = {}, []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
@@ -330,3 +335,28 @@ def test_compare_demo_notebook_compares_and_exports():
     total = re.search(r"^(\d+)\nparmagic: wrote", text, re.M).group(1)
     assert text.count(f"{total}\n") >= 2  # the exported script printed what the cell printed
     assert text.count("<IPython.core.display.Image object>") == 1
+
+
+@pytest.mark.timeout(120)
+def test_an_executed_notebook_keeps_no_progress_bar_and_shows_code_highlighted(tmp_path):
+    from nbconvert import HTMLExporter
+
+    cells = (
+        "%load_ext parmagic\nimport time",
+        # 1.5 s: long enough for a bar where someone watches
+        "%%parallel -b threads -w 2\nfor i in range(30):\n    time.sleep(0.1)\n",
+        "%%parallel -b serial -q --show-code\nsquares = [i * i for i in range(5)]",
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    execute_notebook(nb, tmp_path)
+    outputs = [output for cell in nb.cells for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert not [
+        o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert "parmagic-summary" in nb.cells[1].outputs[-1].data["text/html"]
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    code = re.search(
+        r'<div class="highlight[^"]*"><pre>(.*?)</pre>', page.split("--show-code")[-1], re.S
+    )
+    assert code and "squares" in code.group(1) and "<span" in code.group(1)  # highlighted

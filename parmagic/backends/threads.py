@@ -114,11 +114,12 @@ class _PooledThreads(Backend):
         self._capture.release()
         if not abandoned:
             return []
-        items = sorted(
-            i for start, chunk in self._running.values() for i in range(start, start + len(chunk))
-        )
+        running, queued = [], []
+        for seq, (start, chunk) in self._running.items():
+            (running if seq in self._started else queued).extend(range(start, start + len(chunk)))
         self._replace_pool()
-        return [errors.ITEMS_ABANDONED.format(items=_ranges(items))]
+        said = [(errors.ITEMS_ABANDONED, running), (errors.ITEMS_NEVER_STARTED, queued)]
+        return [message.format(items=_ranges(sorted(items))) for message, items in said if items]
 
     def _let_cancelled_chunks_end(self) -> None:
         """Chunks of a stopped run end after their current item: wait briefly for them,

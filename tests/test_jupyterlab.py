@@ -1,0 +1,310 @@
+"""parmagic in JupyterLab as its users see it: a real JupyterLab server on 127.0.0.1 with a
+token, a notebook opened in headless Chromium (Debian's, driven through Playwright), and what
+the page shows: the progress widget during a run and never after it, the summary and the
+comparison, the toolbar's interrupt, the dark theme.
+
+Skipped where /usr/bin/chromium is missing (``.ci/run`` installs Debian's ``chromium``). The
+screenshots go to ``$PARMAGIC_SCREENSHOTS`` (``make screenshots``: docs/screenshots, which the
+README shows), else to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As the machines' own Chromium checks run it: no sandbox (root), no GPU, and none of the
+# background connections that a closed network refuses.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START = 90.0  # seconds: JupyterLab's first start on a loaded machine
+CELL_DONE = 90_000  # milliseconds a cell may take, whatever else the machine is doing
+LIGHT, DARK = "JupyterLab Light", "JupyterLab Dark"
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (.ci/run installs it)"),
+    pytest.mark.timeout(300),
+]
+
+CELLS = {
+    "load": "%load_ext parmagic\nimport sys, time",
+    # runs of a few seconds: the bar shows after one
+    "threads": "%%parallel -b threads -w 4\nfor i in range(48):\n    time.sleep(0.25)\n    last = i",
+    "processes": (
+        "%%parallel -b processes -w 2\nfor i in range(24):\n    time.sleep(0.25)\n    last = i"
+    ),
+    "compare": (
+        "%%parallel --compare threads,processes -w 2\ncounts = []\nfor n in range(40):\n"
+        "    counts.append(sum(i % 7 for i in range(200_000)))"
+    ),
+    "plot": (
+        "%%parallel -b processes -w 2 --plot\ncounts = []\nfor n in range(40):\n"
+        "    counts.append(sum(i % 7 for i in range(200_000)))"
+    ),
+    "show-code": "%%parallel -b threads -q --show-code\nsquares = [i * i for i in range(10)]",
+    "long": "%%parallel -b threads -w 4\nfor i in range(80):\n    time.sleep(1)\n    last = i",
+    "stdout": "print(type(sys.stdout).__module__, type(sys.stdout).__name__)",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """parmagic runs in JupyterLab's kernel here, not in this process: what this process holds
+    is the browser's driver (Playwright's event loop and its executor thread), for the module."""
+    yield
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _settings(folder: Path) -> None:
+    """User settings that keep JupyterLab off the network: no news, no update checks."""
+    apputils = folder / "@jupyterlab" / "apputils-extension"
+    apputils.mkdir(parents=True)
+    (apputils / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server of this venv, on 127.0.0.1, with its own config, data and settings
+    folders (so that nothing of the machine's user dirs leaks in), serving one notebook."""
+    home = tmp_path_factory.mktemp("lab")
+    work = home / "work"
+    work.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS.values()])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, work / "parmagic.ipynb")
+    _settings(home / "settings")
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_DATA_DIR=str(home / "data"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+    )
+    port, token = _free_port(), secrets.token_hex(16)
+    log = home / "server.log"
+    with log.open("w") as written:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=written,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_server(url, token, server, log)
+        yield url, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_for_server(url: str, token: str, server: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"JupyterLab exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5):
+                return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"JupyterLab did not answer within {SERVER_START:.0f} s:\n{log.read_text()}")
+
+
+class Notebook:
+    """The notebook's page: cells run as a user runs them (select, then the toolbar's run)."""
+
+    def __init__(self, page, shots: Path) -> None:
+        self.page, self.shots = page, shots
+        self.cells = page.locator(".jp-Notebook .jp-Cell")
+        self.names = list(CELLS)
+        self.before: dict[str, str] = {}  # a cell's prompt when it was last started
+
+    def cell(self, name: str):
+        return self.cells.nth(self.names.index(name))
+
+    def start(self, name: str):
+        cell = self.cell(name)
+        prompt = cell.locator(".jp-InputPrompt")
+        self.before[name] = prompt.inner_text()
+        prompt.click()  # selects the cell
+        self.page.locator("[data-jp-item-name='run'] jp-button").click()
+        return cell
+
+    def wait(self, name: str):
+        """Until the cell's prompt shows an execution count it did not show before."""
+        cell = self.cell(name)
+        self.page.wait_for_function(
+            "([prompt, before]) => /\\[\\d+\\]/.test(prompt.textContent)"
+            " && prompt.textContent !== before",
+            arg=[cell.locator(".jp-InputPrompt").element_handle(), self.before[name]],
+        )
+        return cell
+
+    def run(self, name: str):
+        self.start(name)
+        return self.wait(name)
+
+    def progress_bars(self, name: str):
+        return self.cell(name).locator(".widget-hprogress")
+
+    def theme(self, theme: str) -> None:
+        self.page.evaluate(
+            "theme => window.jupyterapp.commands.execute('apputils:change-theme', {theme})", theme
+        )
+        light = "true" if theme == LIGHT else "false"
+        self.page.wait_for_selector(f"body[data-jp-theme-light='{light}']", state="attached")
+
+    def shoot(self, what, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        what.screenshot(path=str(path))
+        return path
+
+
+@pytest.fixture(scope="module")
+def notebook(lab, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    url, token = lab
+    shots = Path(os.environ.get("PARMAGIC_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.set_default_timeout(CELL_DONE)
+            page.goto(f"{url}/lab/tree/parmagic.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+            page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+            book = Notebook(page, shots)
+            book.theme(LIGHT)
+            book.run("load")
+            yield book
+        finally:
+            browser.close()
+
+
+# Every element of parmagic's tables whose background is light (relative luminance over 0.5,
+# not mostly transparent), and how many elements have a background at all (the bars).
+LIGHT_BACKGROUNDS = """
+tables => {
+  const light = [];
+  let painted = 0;
+  for (const table of tables) {
+    for (const element of [table, ...table.querySelectorAll('*')]) {
+      const colour = getComputedStyle(element).backgroundColor;
+      const [r, g, b, a = 1] = colour.match(/[\\d.]+/g).map(Number);
+      if (a < 0.1) continue;
+      painted += 1;
+      const linear = c => (c /= 255) <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+      const luminance = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+      if (luminance > 0.5) light.push(element.outerHTML.slice(0, 120) + ' ' + colour);
+    }
+  }
+  return {light, painted};
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_the_progress_widget_shows_during_a_run_and_is_gone_after_it(notebook, backend):
+    notebook.start(backend)
+    bars = notebook.progress_bars(backend)
+    bars.first.wait_for(state="visible")  # tqdm shows it once the run has lasted a second
+    notebook.shoot(notebook.cell(backend), f"progress-{backend}-light")
+    cell = notebook.wait(backend)
+    assert bars.count() == 0
+    summary = cell.locator("table.parmagic-summary")
+    assert summary.count() == 1
+    assert summary.inner_text().startswith(f"parmagic: {backend}")
+    assert "speedup" in summary.inner_text() and "cores" in summary.inner_text()
+    notebook.shoot(cell, f"summary-{backend}-light")
+
+
+def test_compare_plot_and_show_code_render(notebook):
+    table = notebook.run("compare").locator("table.parmagic-compare")
+    assert table.count() == 1
+    rows = table.locator("tr").all_inner_texts()
+    assert [row.split()[0] for row in rows] == ["backend", "serial", "threads", "processes"]
+    assert rows[1].endswith("(the reference)") and all(row.endswith("✓") for row in rows[2:])
+    notebook.shoot(notebook.cell("compare"), "compare-light")
+    plot = notebook.run("plot")
+    assert plot.locator("img").count() == 1  # the figure, after the summary
+    notebook.shoot(plot, "plot-light")
+    shown = notebook.run("show-code")
+    notebook.shoot(shown, "show-code-light")
+    code = shown.locator(".jp-OutputArea-output pre")
+    assert "squares" in code.inner_text() and "Pool" in code.inner_text()
+    font = code.evaluate("element => getComputedStyle(element).fontFamily")
+    assert "mono" in font.lower()  # a code block, not prose
+    assert code.locator("span").count() > 5  # highlighted
+
+
+def test_the_toolbar_interrupt_stops_the_run_and_leaves_no_bar(notebook):
+    notebook.start("long")
+    bars = notebook.progress_bars("long")
+    bars.first.wait_for(state="visible")
+    notebook.page.locator("[data-jp-item-name='interrupt'] jp-button").click()
+    cell = notebook.wait("long")
+    output = cell.locator(".jp-OutputArea").inner_text()
+    assert "KeyboardInterrupt" in output and "the parallel run was interrupted" in output
+    assert bars.count() == 0
+    printed = notebook.run("stdout").locator(".jp-OutputArea").inner_text()
+    assert printed.strip() == "ipykernel.iostream OutStream"
+
+
+def test_the_dark_theme_gives_the_summary_no_light_background(notebook):
+    notebook.theme(DARK)
+    try:
+        notebook.start("threads")
+        notebook.progress_bars("threads").first.wait_for(state="visible")
+        notebook.shoot(notebook.cell("threads"), "progress-threads-dark")
+        notebook.wait("threads")
+        notebook.run("compare")
+        notebook.run("plot")
+        tables = notebook.page.locator("table.parmagic-summary, table.parmagic-compare")
+        found = tables.evaluate_all(LIGHT_BACKGROUNDS)
+        assert found["painted"] >= 4  # the bars are there, with their dark-theme colours
+        assert found["light"] == []
+        for name in ("threads", "compare", "plot"):
+            notebook.shoot(
+                notebook.cell(name), f"{'summary-threads' if name == 'threads' else name}-dark"
+            )
+    finally:
+        notebook.theme(LIGHT)
