@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 
 CPU_BOUND_SHARE = 0.7  # the items' CPU share from which a loop counts as computing
+IN_TURNS_AT_MOST = 1.05  # cores' worth of CPU time threads that take turns at the GIL can use
 SIDE_BY_SIDE = 1.4  # cores' worth of time items sharing a process spent on a core (or queued
 # for one) per second of the run: more, and their code releases the GIL; taking turns, one
 
@@ -221,6 +222,8 @@ class RunReport:
 
 def side_by_side(cpu: float, queued: float, wall: float) -> bool:
     """Whether threads ran side by side rather than in turns, from their CPU and run-queue
-    times over ``wall`` seconds (a busy machine's queueing counts as running: it says nothing
-    of the GIL)."""
-    return wall > 0 and (cpu + queued) >= SIDE_BY_SIDE * wall
+    times over ``wall`` seconds. A busy machine's queueing counts as running (it says nothing
+    of the GIL), but only once the threads used more CPU between them than threads taking
+    turns can: on a busy machine a thread waiting for the GIL queues too, each time it wakes
+    to ask for it, and that alone once made a loop that holds a lock look side by side."""
+    return wall > 0 and (cpu + queued) >= SIDE_BY_SIDE * wall and cpu > IN_TURNS_AT_MOST * wall
