@@ -164,19 +164,25 @@ def text_summary(r: RunReport, unicode: bool | None = None) -> str:
 
 
 # The notebook's own colours (JupyterLab's variables), so that the bars suit a dark theme as
-# well as a light one; the fallbacks (a grey that shows on either, the classic blue and red)
-# serve classic Notebook, VS Code and nbconvert's pages.
-BAR_TRACK = "var(--jp-layout-color2, rgba(128, 128, 128, 0.25))"
-BAR_FILL = "var(--jp-brand-color1, #4c78a8)"
-BAR_FILL_DIFFERENT = "var(--jp-error-color1, #e45756)"
+# well as a light one, each after a plain colour: classic Notebook, VS Code and nbconvert's
+# pages lack the variables, and JupyterLab drops them from an untrusted notebook's HTML (one
+# opened, not run, here) but keeps the plain colour. The grey shows on light and dark alike.
+BAR_TRACK = "rgba(128, 128, 128, 0.25)", "var(--jp-layout-color2)"
+BAR_FILL = "#4c78a8", "var(--jp-brand-color1)"
+BAR_FILL_DIFFERENT = "#e45756", "var(--jp-error-color1)"
 
 
-def html_bar(percent: float, width_px: int, fill: str = BAR_FILL) -> str:
+def _background(colours: tuple[str, str]) -> str:
+    plain, themed = colours
+    return f"background:{plain};background:{themed}"
+
+
+def html_bar(percent: float, width_px: int, fill: tuple[str, str] = BAR_FILL) -> str:
     """A small horizontal bar, ``percent`` full, as inline HTML."""
     return (
         f"<span style='display:inline-block;width:{width_px}px;height:0.8em;"
-        f"background:{BAR_TRACK};margin:0 4px;vertical-align:middle'>"
-        f"<span style='display:block;height:100%;width:{percent:.0f}%;background:{fill}'>"
+        f"{_background(BAR_TRACK)};margin:0 4px;vertical-align:middle'>"
+        f"<span style='display:block;height:100%;width:{percent:.0f}%;{_background(fill)}'>"
         "</span></span>"
     )
 

@@ -11,7 +11,9 @@ README shows), else to the test's temporary folder.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from nbclient import NotebookClient
+from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As the machines' own Chromium checks run it: no sandbox (root), no GPU, and none of the
@@ -35,6 +39,7 @@ CHROMIUM_FLAGS = [
 ]
 SERVER_START = 90.0  # seconds: JupyterLab's first start on a loaded machine
 CELL_DONE = 90_000  # milliseconds a cell may take, whatever else the machine is doing
+GONE = 5_000  # milliseconds for the page to drop a closed widget (a frozen bar stays forever)
 LIGHT, DARK = "JupyterLab Light", "JupyterLab Dark"
 
 pytestmark = [
@@ -85,6 +90,19 @@ def _settings(folder: Path) -> None:
     )
 
 
+def _executed_elsewhere(path: Path) -> None:
+    """A notebook run by nbclient, as ``make demo`` runs the demos: opened in JupyterLab
+    afterwards, it is not trusted, and its HTML outputs are sanitised."""
+    cells = ["%load_ext parmagic\nimport time", CELLS["processes"]]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    handler = signal.getsignal(signal.SIGINT)  # nbclient's event loop may leave its own here
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=CELL_DONE // 1000).execute()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    nbformat.write(nb, path)
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server of this venv, on 127.0.0.1, with its own config, data and settings
@@ -99,6 +117,7 @@ def lab(tmp_path_factory):
         "language": "python",
     }
     nbformat.write(nb, work / "parmagic.ipynb")
+    _executed_elsewhere(work / "executed.ipynb")
     _settings(home / "settings")
     env = dict(os.environ)
     env.update(
@@ -196,48 +215,55 @@ class Notebook:
 
 
 @pytest.fixture(scope="module")
-def notebook(lab, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    url, token = lab
-    shots = Path(os.environ.get("PARMAGIC_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    shots.mkdir(parents=True, exist_ok=True)
+def browser():
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        chromium = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True
         )
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.set_default_timeout(CELL_DONE)
-            page.goto(f"{url}/lab/tree/parmagic.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-            page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
-            book = Notebook(page, shots)
-            book.theme(LIGHT)
-            book.run("load")
-            yield book
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+def open_in_lab(browser, lab, path: str, workspace: str):
+    url, token = lab
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.set_default_timeout(CELL_DONE)
+    page.goto(f"{url}/lab/workspaces/{workspace}/tree/{path}?token={token}")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+    return page
+
+
+@pytest.fixture(scope="module")
+def notebook(lab, browser, tmp_path_factory):
+    shots = Path(os.environ.get("PARMAGIC_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    book = Notebook(open_in_lab(browser, lab, "parmagic.ipynb", "run-here"), shots)
+    book.theme(LIGHT)
+    book.run("load")
+    return book
 
 
 # Every element of parmagic's tables whose background is light (relative luminance over 0.5,
-# not mostly transparent), and how many elements have a background at all (the bars).
-LIGHT_BACKGROUNDS = """
+# not mostly transparent), and how many of the bars (spans) have a background at all.
+BACKGROUNDS = """
 tables => {
   const light = [];
-  let painted = 0;
+  let bars = 0;
   for (const table of tables) {
     for (const element of [table, ...table.querySelectorAll('*')]) {
       const colour = getComputedStyle(element).backgroundColor;
       const [r, g, b, a = 1] = colour.match(/[\\d.]+/g).map(Number);
       if (a < 0.1) continue;
-      painted += 1;
+      if (element.tagName === 'SPAN') bars += 1;
       const linear = c => (c /= 255) <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
       const luminance = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
       if (luminance > 0.5) light.push(element.outerHTML.slice(0, 120) + ' ' + colour);
     }
   }
-  return {light, painted};
+  return {light, bars};
 }
 """
 
@@ -249,7 +275,7 @@ def test_the_progress_widget_shows_during_a_run_and_is_gone_after_it(notebook, b
     bars.first.wait_for(state="visible")  # tqdm shows it once the run has lasted a second
     notebook.shoot(notebook.cell(backend), f"progress-{backend}-light")
     cell = notebook.wait(backend)
-    assert bars.count() == 0
+    expect(bars).to_have_count(0, timeout=GONE)
     summary = cell.locator("table.parmagic-summary")
     assert summary.count() == 1
     assert summary.inner_text().startswith(f"parmagic: {backend}")
@@ -284,7 +310,9 @@ def test_the_toolbar_interrupt_stops_the_run_and_leaves_no_bar(notebook):
     cell = notebook.wait("long")
     output = cell.locator(".jp-OutputArea").inner_text()
     assert "KeyboardInterrupt" in output and "the parallel run was interrupted" in output
-    assert bars.count() == 0
+    applied = re.search(r"the first (\d+) item\(s\) were applied", output)
+    assert applied and int(applied.group(1)) < 80, output  # stopped, not run to its end
+    expect(bars).to_have_count(0, timeout=GONE)
     printed = notebook.run("stdout").locator(".jp-OutputArea").inner_text()
     assert printed.strip() == "ipykernel.iostream OutStream"
 
@@ -299,8 +327,8 @@ def test_the_dark_theme_gives_the_summary_no_light_background(notebook):
         notebook.run("compare")
         notebook.run("plot")
         tables = notebook.page.locator("table.parmagic-summary, table.parmagic-compare")
-        found = tables.evaluate_all(LIGHT_BACKGROUNDS)
-        assert found["painted"] >= 4  # the bars are there, with their dark-theme colours
+        found = tables.evaluate_all(BACKGROUNDS)
+        assert found["bars"] >= 10  # 2 cores' and 3 backends' bars: a track and a fill each
         assert found["light"] == []
         for name in ("threads", "compare", "plot"):
             notebook.shoot(
@@ -308,3 +336,20 @@ def test_the_dark_theme_gives_the_summary_no_light_background(notebook):
             )
     finally:
         notebook.theme(LIGHT)
+
+
+def test_a_notebook_run_elsewhere_keeps_its_bars_where_lab_does_not_trust_it(lab, browser):
+    page = open_in_lab(browser, lab, "executed.ipynb", "opened")
+    try:
+        summary = page.locator("table.parmagic-summary")
+        summary.wait_for()
+        assert summary.inner_text().startswith("parmagic: processes")
+        untrusted = page.locator(
+            ".jp-OutputArea-output:not(.jp-mod-trusted) table.parmagic-summary"
+        )
+        assert untrusted.count() == 1  # JupyterLab sanitised this HTML
+        assert summary.evaluate_all(BACKGROUNDS)["bars"] == 4  # 2 cores: their plain colours
+        assert page.locator(".widget-hprogress").count() == 0
+        assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    finally:
+        page.close()
