@@ -187,11 +187,19 @@ class Notebook:
     def wait(self, name: str):
         """Until the cell's prompt shows an execution count it did not show before."""
         cell = self.cell(name)
-        self.page.wait_for_function(
-            "([prompt, before]) => /\\[\\d+\\]/.test(prompt.textContent)"
-            " && prompt.textContent !== before",
-            arg=[cell.locator(".jp-InputPrompt").element_handle(), self.before[name]],
-        )
+        prompt = cell.locator(".jp-InputPrompt")
+        try:
+            self.page.wait_for_function(
+                "([prompt, before]) => /\\[\\d+\\]/.test(prompt.textContent)"
+                " && prompt.textContent !== before",
+                arg=[prompt.element_handle(), self.before[name]],
+            )
+        except Exception:
+            self.page.screenshot(path=str(self.shots / f"failed-{name}.png"))
+            raise AssertionError(
+                f"cell {name!r} did not end: its prompt shows {prompt.inner_text()!r}, was "
+                f"{self.before[name]!r} (page: {self.shots}/failed-{name}.png)"
+            ) from None
         return cell
 
     def run(self, name: str):
@@ -226,12 +234,20 @@ def browser():
             chromium.close()
 
 
+# The open notebook's kernel has started and is connected: a cell run before then may be lost.
+KERNEL_READY = """() => {
+  const session = window.jupyterapp.shell.currentWidget?.sessionContext?.session;
+  const kernel = session?.kernel;
+  return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
+}"""
+
+
 def open_in_lab(browser, lab, path: str, workspace: str):
     url, token = lab
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.set_default_timeout(CELL_DONE)
     page.goto(f"{url}/lab/workspaces/{workspace}/tree/{path}?token={token}")
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    page.wait_for_function(KERNEL_READY)
     page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
     return page
 

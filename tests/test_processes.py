@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import BACKENDS, PROCESS_BACKENDS, report
@@ -226,3 +229,26 @@ def test_forkserver_as_the_platforms_default_start_method(ip, run, monkeypatch, 
     assert outcome.error is None, outcome.err
     assert ip.user_ns["out"] == [i * 3 for i in range(10)]
     assert report().start_method == "forkserver" and "(forkserver)" in outcome.out
+
+
+def test_forked_workers_start_with_the_heap_frozen_and_the_kernels_collections_go_on():
+    code = (
+        "import gc\nfrom IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+        "ip.run_line_magic('load_ext', 'parmagic')\nip.run_cell('import gc')\n"
+        "ip.run_cell('%%parallel -b processes -w 2 --start-method fork -q\\n"
+        "seen = []\\nfor i in range(4):\\n    seen.append(gc.get_freeze_count())')\n"
+        "print(min(ip.user_ns['seen']) > 0, gc.get_freeze_count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "0"]  # frozen in the workers, not in the kernel
+
+
+def test_a_fork_run_leaves_a_heap_someone_froze_frozen(ip, run):
+    frozen = gc.get_freeze_count()
+    assert frozen > 0  # conftest freezes the session's start-up objects
+    outcome = run(
+        "%%parallel -b processes -w 2 --start-method fork -q\nsquares = [i * i for i in range(8)]\n"
+    )
+    assert outcome.error is None
+    assert gc.get_freeze_count() > 0  # some frozen objects may have been freed since; not all

@@ -62,8 +62,9 @@ def frozen_heap(start_method: str):
     """A forked worker shares the kernel's heap page by page until either writes to a page.
     The kernel's objects, moved out of the collector's reach while it forks (``gc.freeze``,
     CPython's own advice), stay out of the worker's collections: they are never walked there,
-    and never copied for it."""
-    if start_method != "fork":
+    and never copied for it. A heap someone froze already (a kernel that froze its start-up
+    objects) is left as it is: unfreezing after the fork would undo their freeze."""
+    if start_method != "fork" or gc.get_freeze_count():
         yield
         return
     gc.freeze()
