@@ -236,7 +236,7 @@ def browser():
 
 # The open notebook's kernel has started and is connected: a cell run before then may be lost.
 KERNEL_READY = """() => {
-  const session = window.jupyterapp.shell.currentWidget?.sessionContext?.session;
+  const session = window.jupyterapp?.shell.currentWidget?.sessionContext?.session;
   const kernel = session?.kernel;
   return kernel?.connectionStatus === 'connected' && kernel?.status === 'idle';
 }"""
