@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -167,6 +168,21 @@ def no_leaks():
             return
         time.sleep(0.05)
     pytest.fail(f"left behind: threads {threads}, child processes {sorted(children)}")
+
+
+def in_a_fresh_shell(code: str, before: str = "") -> str:
+    """What ``code`` prints in a new interpreter, run after ``before`` and a shell (``ip``)
+    with parmagic loaded: for what the suite's own shell cannot show (affinity, the heap)."""
+    shell = (
+        "from IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+        "ip.run_line_magic('load_ext', 'parmagic')\n"
+    )
+    program = before + shell + code
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def report():

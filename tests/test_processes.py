@@ -5,11 +5,9 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import BACKENDS, PROCESS_BACKENDS, report
+from conftest import BACKENDS, PROCESS_BACKENDS, in_a_fresh_shell, report
 from IPython.core.error import UsageError
 
 import parmagic
@@ -232,16 +230,16 @@ def test_forkserver_as_the_platforms_default_start_method(ip, run, monkeypatch, 
 
 
 def test_forked_workers_start_with_the_heap_frozen_and_the_kernels_collections_go_on():
-    code = (
-        "import gc\nfrom IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
-        "ip.run_line_magic('load_ext', 'parmagic')\nip.run_cell('import gc')\n"
+    printed = in_a_fresh_shell(
+        "import gc\nip.run_cell('import gc')\nbefore = gc.get_freeze_count()\n"
         "ip.run_cell('%%parallel -b processes -w 2 --start-method fork -q\\n"
         "seen = []\\nfor i in range(4):\\n    seen.append(gc.get_freeze_count())')\n"
-        "print(min(ip.user_ns['seen']) > 0, gc.get_freeze_count())\n"
+        "print(before, min(ip.user_ns['seen']), gc.get_freeze_count())\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "0"]  # frozen in the workers, not in the kernel
+    before, in_workers, after = map(int, printed.split())
+    assert after == before  # the kernel's collections go on as they did
+    if before == 0:  # (CPython 3.12.1 starts with 375 objects frozen: then nothing is touched)
+        assert in_workers > 0
 
 
 def test_a_fork_run_leaves_a_heap_someone_froze_frozen(ip, run):

@@ -10,7 +10,7 @@ import time
 from html.parser import HTMLParser
 
 import pytest
-from conftest import BACKENDS, report
+from conftest import BACKENDS, in_a_fresh_shell, report
 
 import parmagic
 from parmagic.render import advice, html_summary, text_summary
@@ -147,15 +147,12 @@ def test_progress_shows_on_long_runs_only(ip, run):
 
 
 def test_info_respects_cpu_affinity():
-    code = (
-        "import os\nos.sched_setaffinity(0, {0})\n"
-        "from IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
-        "ip.run_line_magic('load_ext', 'parmagic')\ninfo = ip.run_line_magic('parallel_info', '')\n"
-        "print(info.usable_cores, info.affinity)\nprint(info)\n"
+    printed = in_a_fresh_shell(
+        "info = ip.run_line_magic('parallel_info', '')\nprint(info.usable_cores, info.affinity)\n"
+        "print(info)\n",
+        before="import os\nos.sched_setaffinity(0, {0})\n",
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    first, *rest = done.stdout.splitlines()
+    first, *rest = printed.splitlines()
     assert first == "1 1"
     assert any(line.startswith("usable cores   1 (affinity 1") for line in rest)
     assert any(line.startswith("start methods") and "fork" in line for line in rest)
