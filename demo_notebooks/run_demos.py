@@ -31,7 +31,6 @@ CELL_TIMEOUT = 120  # seconds per cell
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-
 def output_text(output) -> tuple[str, str]:
     """An output's text and its CSS class: streams, plain-text results, and errors."""
     kind = output.get("output_type")
@@ -91,6 +90,7 @@ def run_notebook(path: Path) -> bool:
 
 
 def print_how_to_open(built: str, demos: str) -> None:
+    """The two commands a user types next, with this venv's JupyterLab."""
     lab = f"{os.path.relpath(sys.prefix)}/bin/jupyter lab"
     print("\nTo open them in JupyterLab (make installed it with the test extra):")
     print(f"  {lab + ' ' + built:<40}  the executed copies, with their outputs")

@@ -249,9 +249,9 @@ COMPARE_INTERRUPTED = (
     "item(s) were applied, nothing of any other backend's run"
 )
 ITEMS_ABANDONED = (
-    "item(s) {items} were in progress on threads when the run stopped (each thread runs its "
-    "items one at a time, and starts no further one); threads cannot be stopped, so they were "
-    "abandoned (their effects are not applied)"
+    "item(s) {items} were in threads' hands when the run stopped: the item each thread was "
+    "running is abandoned (a thread cannot be stopped), the rest of its share never starts, and "
+    "nothing of them is applied"
 )
 ITEMS_NEVER_STARTED = "item(s) {items} were queued and never started"
 GENERATOR_CLOSED = (

@@ -12,7 +12,7 @@ from collections import Counter
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import Code, Image, display
+from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import engine, errors
@@ -153,7 +153,7 @@ class ParallelMagics(Magics):
 
     def _show_program(self, source: str, plan, options) -> None:
         """--show-code and --export, for the backend that ran (auto's choice, if auto)."""
-        from .showcode import program
+        from .showcode import highlighted, program
 
         ns = self.shell.user_ns  # after the run: the receivers the loop changed exist now
         recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
@@ -165,8 +165,8 @@ class ParallelMagics(Magics):
         method = report.start_method
         if options.show_code:
             text = program(*arguments, report.workers, method, export=False)
-            if self._in_notebook():  # highlighted, in a monospace block; plain text elsewhere
-                display(Code(text, language="python"))
+            if self._in_notebook():
+                display({"text/html": highlighted(text), "text/plain": text}, raw=True)
             else:
                 print(text)
         if options.export:

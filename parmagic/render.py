@@ -164,17 +164,18 @@ def text_summary(r: RunReport, unicode: bool | None = None) -> str:
 
 
 # The notebook's own colours (JupyterLab's variables), so that the bars suit a dark theme as
-# well as a light one, each after a plain colour: classic Notebook, VS Code and nbconvert's
-# pages lack the variables, and JupyterLab drops them from an untrusted notebook's HTML (one
-# opened, not run, here) but keeps the plain colour. The grey shows on light and dark alike.
-BAR_TRACK = "rgba(128, 128, 128, 0.25)", "var(--jp-layout-color2)"
-BAR_FILL = "#4c78a8", "var(--jp-brand-color1)"
-BAR_FILL_DIFFERENT = "#e45756", "var(--jp-error-color1)"
+# well as a light one. The plain colour serves twice: as the variable's fallback where the
+# variables are not defined (classic Notebook, VS Code, nbconvert's pages), and on its own
+# where JupyterLab drops var() from an untrusted notebook's HTML (one opened, not run, here).
+# The grey shows on light and dark alike.
+BAR_TRACK = "rgba(128, 128, 128, 0.25)", "--jp-layout-color2"
+BAR_FILL = "#4c78a8", "--jp-brand-color1"
+BAR_FILL_DIFFERENT = "#e45756", "--jp-error-color1"
 
 
 def _background(colours: tuple[str, str]) -> str:
-    plain, themed = colours
-    return f"background:{plain};background:{themed}"
+    plain, variable = colours
+    return f"background:{plain};background:var({variable}, {plain})"
 
 
 def html_bar(percent: float, width_px: int, fill: tuple[str, str] = BAR_FILL) -> str:

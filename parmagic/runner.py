@@ -90,11 +90,12 @@ def progress_bar(total: int):
 def close_progress(bar) -> None:
     """Gone on every way out of a run. tqdm keeps a notebook bar whose count fell short (an
     error, Ctrl-C, a timeout), frozen in red with a time left; the summary or the error says
-    what happened, so the widget is closed too."""
+    what happened, so its widgets are closed too (tqdm leaves them open in any case)."""
     bar.close()
-    widget = getattr(bar, "container", None)  # tqdm.notebook's
-    if widget is not None:
-        widget.close()
+    box = getattr(bar, "container", None)  # tqdm.notebook's: a label, the bar, a label
+    if box is not None:
+        for widget in (*box.children, box):
+            widget.close()
 
 
 def _display(objects: tuple, options: dict) -> None:
@@ -430,16 +431,18 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         raise errors.present(interrupt, []) from None
     finally:
         task.cancelled.set()  # pool threads start no further item of this run
-        if run.progress is not None:
-            close_progress(run.progress)
-        warnings = backend.end(completed)
-        if not consumer_stopped:  # else items still running are read-ahead nobody asked for
-            report.warnings += warnings
-        report.bytes_sent += backend.bytes_sent
-        elapsed = time.monotonic() - began
-        report.wall += elapsed
-        if report.sharing:
-            report.shared_wall += elapsed
-            report.shared_process_cpu += time.process_time() - process_cpu
-        if monitor is not None:
-            report.usage = monitor.stop().joined(report.usage)
+        try:
+            if run.progress is not None:
+                close_progress(run.progress)
+        finally:  # a widget that fails to close still leaves the run ended
+            warnings = backend.end(completed)
+            if not consumer_stopped:  # else items still running are read-ahead nobody asked for
+                report.warnings += warnings
+            report.bytes_sent += backend.bytes_sent
+            elapsed = time.monotonic() - began
+            report.wall += elapsed
+            if report.sharing:
+                report.shared_wall += elapsed
+                report.shared_process_cpu += time.process_time() - process_cpu
+            if monitor is not None:
+                report.usage = monitor.stop().joined(report.usage)

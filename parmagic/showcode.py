@@ -390,3 +390,14 @@ def _replace(tree: ast.AST, old: ast.AST, new: ast.AST, before: ast.stmt | None 
                     _replace(child, old, new)
                     value.insert(index, before)
                     return
+
+
+def highlighted(code: str) -> str:
+    """Python as a pygments code block, ``<div class="highlight"><pre>``, which JupyterLab,
+    Notebook and nbconvert's pages colour with their own theme's styles. (IPython's ``Code``
+    adds a page-wide light style block that paints every output of a classic Notebook.)"""
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    return highlight(code, PythonLexer(), HtmlFormatter())

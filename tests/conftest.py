@@ -185,5 +185,17 @@ def in_a_fresh_shell(code: str, before: str = "") -> str:
     return done.stdout
 
 
+def execute_notebook(nb, folder) -> None:
+    """Execute a notebook as nbclient (nbconvert, papermill, make demo) does: no one watches."""
+    from nbclient import NotebookClient
+
+    handler = signal.getsignal(signal.SIGINT)  # nbclient's event loop may leave its own here
+    try:
+        NotebookClient(nb, kernel_name="python3", timeout=110,
+                       resources={"metadata": {"path": str(folder)}}).execute()  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def report():
     return parmagic.last_report()

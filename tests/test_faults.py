@@ -280,6 +280,6 @@ def test_an_interrupted_threads_run_tells_running_items_from_queued_ones(ip, run
     watcher.stop()
     assert isinstance(outcome.error, KeyboardInterrupt)
     said = outcome.out + outcome.err + "\n".join(outcome.error._render_traceback_())
-    assert "item(s) 0-1 were in progress on threads" in said  # each was sleeping
+    assert "item(s) 0-1 were in threads' hands" in said  # each was sleeping
     assert "item(s) 2-3 were queued and never started" in said  # two threads, four in hand
     assert_next_run_works(ip, run, "-b threads")

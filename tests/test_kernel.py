@@ -7,14 +7,13 @@ Every kernel is shut down by its fixture.
 from __future__ import annotations
 
 import re
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, execute_notebook
 from jupyter_client.manager import start_new_kernel
 
 DEMO = Path(__file__).resolve().parent.parent / "demo_notebooks" / "01_processes.ipynb"
@@ -266,22 +265,10 @@ def test_demo_notebook_runs_end_to_end(demo_kernel):
     assert re.search(r"^  item 3 \(3\): ZeroDivisionError", printed, re.M)
 
 
-def execute_notebook(nb, folder: Path = DEMO.parent) -> None:
-    """Execute a notebook as nbclient (nbconvert, papermill) does: no live frontend."""
-    from nbclient import NotebookClient
-
-    handler = signal.getsignal(signal.SIGINT)  # nbclient's event loop may leave its own here
-    try:
-        NotebookClient(nb, kernel_name="python3", timeout=REPLY_TIMEOUT,
-                       resources={"metadata": {"path": str(folder)}}).execute()  # fmt: skip
-    finally:
-        signal.signal(signal.SIGINT, handler)
-
-
 def notebook_text(name: str) -> tuple[dict, str]:
     """Execute a demo notebook in a fresh kernel; its cells' results by source, and all text."""
     nb = nbformat.read(DEMO.parent / name, as_version=4)
-    execute_notebook(nb)
+    execute_notebook(nb, DEMO.parent)
     results, printed = {}, []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
@@ -355,6 +342,7 @@ def test_an_executed_notebook_keeps_no_progress_bar_and_shows_code_highlighted(t
         o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
     ]
     assert "parmagic-summary" in nb.cells[1].outputs[-1].data["text/html"]
+    assert [set(o.data) for o in nb.cells[2].outputs] == [{"text/html", "text/plain"}]
     page, _ = HTMLExporter().from_notebook_node(nb)
     code = re.search(
         r'<div class="highlight[^"]*"><pre>(.*?)</pre>', page.split("--show-code")[-1], re.S

@@ -229,7 +229,7 @@ def test_forkserver_as_the_platforms_default_start_method(ip, run, monkeypatch, 
     assert report().start_method == "forkserver" and "(forkserver)" in outcome.out
 
 
-def test_forked_workers_start_with_the_heap_frozen_and_the_kernels_collections_go_on():
+def test_forked_workers_freeze_the_heap_they_start_with_and_the_kernel_does_not():
     printed = in_a_fresh_shell(
         "import gc\nip.run_cell('import gc')\nbefore = gc.get_freeze_count()\n"
         "ip.run_cell('%%parallel -b processes -w 2 --start-method fork -q\\n"
@@ -238,8 +238,7 @@ def test_forked_workers_start_with_the_heap_frozen_and_the_kernels_collections_g
     )
     before, in_workers, after = map(int, printed.split())
     assert after == before  # the kernel's collections go on as they did
-    if before == 0:  # (CPython 3.12.1 starts with 375 objects frozen: then nothing is touched)
-        assert in_workers > 0
+    assert in_workers > before  # the kernel's heap, frozen in each worker
 
 
 def test_a_fork_run_leaves_a_heap_someone_froze_frozen(ip, run):

@@ -4,6 +4,7 @@ measurement, their text and HTML forms, the plot, progress, and %parallel_info."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,6 +113,47 @@ def test_text_falls_back_to_ascii_and_html_parses(ip, run):
     Cells().feed(html_summary(report()))
     assert {"time", "speedup", "cores", "workers"} <= set(cells)
     assert report()._repr_html_() == html_summary(report())
+
+
+def test_html_bars_carry_a_plain_colour_for_pages_without_jupyterlab_variables(ip, run):
+    """Each bar's colour comes twice: plain, then JupyterLab's variable with the same plain
+    colour as its fallback (classic Notebook, VS Code and nbconvert lack the variables; an
+    untrusted notebook in JupyterLab loses var() altogether)."""
+    run(f"%%parallel {BACKENDS['threads']} -q\nfor i in range(8):\n    pass\n")
+    summary = html_summary(report())
+    run("%%parallel -q --compare threads -o cmp\nx = [i for i in range(8)]\n")
+    page = summary + ip.user_ns["cmp"]._repr_html_()
+    backgrounds = re.findall(r"background:([^;']+);background:([^;']+)", page)
+    assert len(backgrounds) >= 6  # the cores' tracks and fills, the backends' tracks and fills
+    for plain, themed in backgrounds:
+        assert re.fullmatch(rf"var\(--jp-[\w-]+, {re.escape(plain)}\)", themed)
+    assert "#eee" not in page
+
+
+def test_the_html_headline_spans_the_table(ip, run):
+    run(f"%%parallel {BACKENDS['threads']} -q\nfor i in range(8):\n    pass\n")
+    first_row = html_summary(report()).split("</tr>")[0]
+    assert (
+        "<th" not in first_row and "colspan='2'" in first_row and "parmagic: threads" in first_row
+    )
+
+
+@pytest.mark.parametrize("allow_stdin, shown", [(True, True), (False, False), (None, True)])
+def test_the_progress_bar_shows_only_where_someone_watches(
+    ip, run, monkeypatch, allow_stdin, shown
+):
+    """A kernel request that does not allow input() comes from a program that executes the
+    notebook and saves it (nbclient): a bar would stay in it as frozen text."""
+    content = {} if allow_stdin is None else {"allow_stdin": allow_stdin}
+
+    class Kernel:
+        def get_parent(self, channel):
+            return {"content": content}
+
+    monkeypatch.setattr(ip, "kernel", Kernel(), raising=False)
+    run("import time")
+    outcome = run("%%parallel -b serial\nfor i in range(30):\n    time.sleep(0.05)\n")
+    assert ("item/s" in outcome.err or "it/s" in outcome.err) is shown, outcome.err
 
 
 def test_output_option_and_report_magic_return_the_report(ip, run):
@@ -297,3 +339,19 @@ def test_a_computing_loop_is_labelled_computing_on_a_busy_machine(ip, run, busy_
     assert r.queued > 0  # the items did wait for a core
     assert r.cpu_share >= 0.7, (r.cpu, r.busy, r.queued)
     assert "of their own time: computing" in outcome.out
+
+
+@pytest.mark.parametrize(
+    "cpu, queued, expected",
+    [
+        (1.9, 0.02, True),  # NumPy threads on two idle cores
+        (1.3, 0.6, True),  # the same beside one other busy program
+        (1.0, 0.0, False),  # threads taking turns at the GIL on an idle machine
+        (0.94, 0.46, False),  # a loop that holds a lock, on a busy machine: GIL waiters queue
+        (1.0, 1.0, False),  # a crowded machine: no more CPU than turns give, so no claim
+    ],
+)
+def test_threads_count_as_side_by_side_only_past_what_taking_turns_can_use(cpu, queued, expected):
+    from parmagic.report import side_by_side
+
+    assert side_by_side(cpu, queued, 1.0) is expected

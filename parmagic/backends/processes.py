@@ -17,7 +17,6 @@ Data flow of one run::
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import pickle
@@ -57,23 +56,6 @@ def plain_main():
         sys.modules["__main__"] = main
 
 
-@contextmanager
-def frozen_heap(start_method: str):
-    """A forked worker shares the kernel's heap page by page until either writes to a page.
-    The kernel's objects, moved out of the collector's reach while it forks (``gc.freeze``,
-    CPython's own advice), stay out of the worker's collections: they are never walked there,
-    and never copied for it. A heap someone froze already (a kernel that froze its start-up
-    objects) is left as it is: unfreezing after the fork would undo their freeze."""
-    if start_method != "fork" or gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()  # the kernel's collections go on as before
-
-
 class _Worker:
     def __init__(self, context, number: int, native_threads: int) -> None:
         self.conn, child = context.Pipe(duplex=True)
@@ -83,7 +65,7 @@ class _Worker:
             name=f"parmagic-worker-{number}",
             daemon=True,
         )
-        with plain_main(), frozen_heap(context.get_start_method()):
+        with plain_main():
             self.process.start()
         child.close()
         self.run: int | None = None
