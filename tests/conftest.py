@@ -33,6 +33,7 @@ PROCESS_BACKENDS = ("fork", "spawn", "forkserver")
 # Seconds: a bound that tells a stop from a hang, whatever else the machine is doing. How fast
 # runs stop (the spec's two seconds) is measured in bench/faults.py, not asserted here.
 HANG_GUARD = 20.0
+REPLY_TIMEOUT = 110  # seconds for one cell of a real kernel; pytest-timeout stops a test at 120
 # Started once by multiprocessing and kept for the interpreter's life; not ours to close.
 _MULTIPROCESSING_HELPERS = ("forkserver", "resource_tracker")
 # Threads kept for the interpreter's life, not ours to close: tqdm's one monitor thread for
@@ -191,7 +192,7 @@ def execute_notebook(nb, folder) -> None:
 
     handler = signal.getsignal(signal.SIGINT)  # nbclient's event loop may leave its own here
     try:
-        NotebookClient(nb, kernel_name="python3", timeout=110,
+        NotebookClient(nb, kernel_name="python3", timeout=REPLY_TIMEOUT,
                        resources={"metadata": {"path": str(folder)}}).execute()  # fmt: skip
     finally:
         signal.signal(signal.SIGINT, handler)

@@ -1,7 +1,8 @@
 """parmagic in JupyterLab as its users see it: a real JupyterLab server on 127.0.0.1 with a
 token, a notebook opened in headless Chromium (Debian's, driven through Playwright), and what
 the page shows: the progress widget during a run and never after it, the summary and the
-comparison, the toolbar's interrupt, the dark theme.
+comparison, the toolbar's interrupt, the dark theme, and a notebook executed elsewhere then
+opened here.
 
 Skipped where /usr/bin/chromium is missing (``.ci/run`` installs Debian's ``chromium``). The
 screenshots go to ``$PARMAGIC_SCREENSHOTS`` (``make screenshots``: docs/screenshots, which the
@@ -26,6 +27,7 @@ from conftest import execute_notebook
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect, sync_playwright = playwright_api.expect, playwright_api.sync_playwright
+PageTimeout = playwright_api.TimeoutError
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As the machines' own Chromium checks run it: no sandbox (root), no GPU, and none of the
@@ -189,7 +191,7 @@ class Notebook:
                 " && prompt.textContent !== before",
                 arg=[prompt.element_handle(), self.before[name]],
             )
-        except Exception:
+        except PageTimeout:
             page = self.failures / f"{name}.png"
             self.page.screenshot(path=str(page))
             raise AssertionError(

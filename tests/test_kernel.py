@@ -13,12 +13,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import HANG_GUARD, execute_notebook
+from conftest import HANG_GUARD, REPLY_TIMEOUT, execute_notebook
 from jupyter_client.manager import start_new_kernel
 
 DEMO = Path(__file__).resolve().parent.parent / "demo_notebooks" / "01_processes.ipynb"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-REPLY_TIMEOUT = 110  # seconds for one cell; pytest-timeout stops the test at 120
 
 
 @dataclass
