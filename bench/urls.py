@@ -21,7 +21,7 @@ import requests
 from IPython.testing.globalipapp import start_ipython
 
 SERVER = (
-    "import sys\nfrom parmagic.slowserver import SlowServer\n"
+    "import sys\nfrom parmagic.demo import SlowServer\n"
     "site = SlowServer(latency=float(sys.argv[1])).start()\n"
     "print(site.url('/page/'), flush=True)\nsys.stdin.read()\n"
 )

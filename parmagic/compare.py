@@ -1,6 +1,6 @@
 """``--compare``: the loop once per backend, each run recorded, one recording applied.
 
-Every backend runs the same items with nothing applied to the kernel (runner.Recorder); each
+Every backend runs the same items with nothing applied to the kernel (dispatch.Recording); each
 recording is set beside the serial one, item by item: printed output, recorded changes, names
 bound, values, errors. Only the serial recording is applied, so the kernel ends as after one
 serial run, whatever the other backends did.
@@ -13,11 +13,11 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .dispatch import Recording
 from .effects import CALL, REDUCE
 from .errors import ParmagicUsageError, short_repr
 from .render import BAR_FILL, BAR_FILL_DIFFERENT, html_bar
 from .report import RunReport
-from .runner import Recorder
 
 REFERENCE = "serial"
 EVERY_BACKEND = ("serial", "threads", "futures", "processes", "futures:processes", "asyncio")
@@ -173,16 +173,16 @@ def refusal(name: str, awaits: bool) -> str | None:
 
 
 def run_comparison(
-    names: list[str], awaits: bool, run_one: Callable[[str], tuple[RunReport, Recorder]]
+    names: list[str], awaits: bool, run_one: Callable[[str], tuple[RunReport, Recording]]
 ) -> Comparison:
     """Run the loop on each backend, serial first; each other run is set beside serial's.
 
-    ``run_one(name)`` runs the loop on a backend with a Recorder and returns its report and
+    ``run_one(name)`` runs the loop on a backend with a Recording and returns its report and
     recorder; a ParmagicUsageError from it (e.g. data that cannot be pickled for processes)
     becomes that backend's row. A KeyboardInterrupt stops the whole comparison.
     """
     comparison = Comparison()
-    reference: Recorder | None = None
+    reference: Recording | None = None
     for name in names:
         row = Row(name)
         comparison.rows.append(row)

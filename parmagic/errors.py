@@ -345,7 +345,7 @@ _CAUSE_LINK = "\nThe above exception was the direct cause of the following excep
 _CONTEXT_LINK = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
-def present(exc: BaseException, frames: Iterable[tuple[str, int, str]]) -> BaseException:
+def shown_with_frames(exc: BaseException, frames: Iterable[tuple[str, int, str]]) -> BaseException:
     """Make IPython show ``exc`` with the user's frames only (IPython honours this hook)."""
     frames = list(frames)
     exc._render_traceback_ = lambda: render_traceback(exc, frames)  # type: ignore[attr-defined]

@@ -14,11 +14,11 @@ from types import CodeType
 
 from . import errors
 from .body import MUTATORS, BodyInfo
+from .chunk import CHUNK_NAME, VALUES_NAME
 from .effects import ITEM_ARG, LOG_ARG
 from .scopes import receiver_root
-from .worker import CHUNK_NAME, VALUES_NAME
 
-_OPERATORS = {
+AUGMENTED_OPERATORS = {
     ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.MatMult: "imatmul",
     ast.Div: "itruediv", ast.FloorDiv: "ifloordiv", ast.Mod: "imod", ast.Pow: "ipow",
     ast.LShift: "ilshift", ast.RShift: "irshift", ast.BitOr: "ior", ast.BitXor: "ixor",
@@ -26,7 +26,7 @@ _OPERATORS = {
 }  # fmt: skip
 
 
-class _Recorder(ast.NodeTransformer):
+class WriteBackRewriter(ast.NodeTransformer):
     """Turns the body's write-backs into calls on ``__log__`` and ``continue`` into return."""
 
     def __init__(
@@ -37,7 +37,9 @@ class _Recorder(ast.NodeTransformer):
         self.item_writes = item_writes  # loop variables whose changes are done and recorded
         self.depth = 0
 
-    def _log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.Expr:
+    def log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.Expr:
+        """The statement that records a change: a call on ``__log__`` here; --show-code
+        overrides it with the statement that applies the change."""
         func = ast.Attribute(ast.Name(LOG_ARG, ast.Load()), method, ast.Load())
         call = ast.Call(func, [ast.Constant(node.lineno), *args], list(keywords))
         return ast.copy_location(ast.Expr(call), node)
@@ -67,15 +69,15 @@ class _Recorder(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = visit_FunctionDef
 
-    def _block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+    def rewrite_block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         visited = [self.visit(s) for s in stmts]
         return [s for part in visited for s in (part if isinstance(part, list) else [part])]
 
     def visit_For(self, node):
         self.depth += 1
-        node.body = self._block(node.body)
+        node.body = self.rewrite_block(node.body)
         self.depth -= 1
-        node.orelse = self._block(node.orelse)
+        node.orelse = self.rewrite_block(node.orelse)
         return node
 
     visit_While = visit_For
@@ -89,10 +91,10 @@ class _Recorder(ast.NodeTransformer):
             root = self._root(call.func.value)
             method = ast.Constant(call.func.attr)
             if root and call.func.attr in MUTATORS:
-                return self._log(node, "call", *root, method, *call.args, keywords=call.keywords)
+                return self.log(node, "call", *root, method, *call.args, keywords=call.keywords)
             item = self._item_root(call.func.value) if call.func.attr in MUTATORS else None
             if item:
-                return self._log(
+                return self.log(
                     node, "item_call", *item, method, *call.args, keywords=call.keywords
                 )
         return node
@@ -102,12 +104,12 @@ class _Recorder(ast.NodeTransformer):
         if isinstance(target, ast.Subscript):
             item = self._item_root(target.value)
             if item:
-                return self._log(node, f"item_{kind}item", *item, _as_value(target.slice), *rest)
+                return self.log(node, f"item_{kind}item", *item, _as_value(target.slice), *rest)
         elif isinstance(target, ast.Attribute):
             item = self._item_root(target.value)
             if item and kind != "del":
                 attr = ast.Constant(target.attr)
-                return self._log(node, f"item_{kind}attr", *item, attr, *rest)
+                return self.log(node, f"item_{kind}attr", *item, attr, *rest)
         return None
 
     def visit_Assign(self, node):
@@ -115,7 +117,7 @@ class _Recorder(ast.NodeTransformer):
         if len(node.targets) == 1 and isinstance(target, ast.Subscript):
             root = self._root(target.value)
             if root:
-                return self._log(node, "setitem", *root, _as_value(target.slice), node.value)
+                return self.log(node, "setitem", *root, _as_value(target.slice), node.value)
         if len(node.targets) == 1:
             return self._item_store(node, target, "set", node.value) or node
         return node
@@ -124,18 +126,18 @@ class _Recorder(ast.NodeTransformer):
         if node.value is not None and isinstance(node.target, ast.Subscript):
             root = self._root(node.target.value)
             if root:
-                return self._log(node, "setitem", *root, _as_value(node.target.slice), node.value)
+                return self.log(node, "setitem", *root, _as_value(node.target.slice), node.value)
         return node
 
     def visit_AugAssign(self, node):
-        op = ast.Constant(_OPERATORS[type(node.op)])
+        op = ast.Constant(AUGMENTED_OPERATORS[type(node.op)])
         target = node.target
         if isinstance(target, ast.Name) and target.id in self.reductions:
-            return self._log(node, "reduce", ast.Constant(target.id), op, node.value)
+            return self.log(node, "reduce", ast.Constant(target.id), op, node.value)
         if isinstance(target, ast.Subscript):
             root = self._root(target.value)
             if root:
-                return self._log(node, "augitem", *root, _as_value(target.slice), op, node.value)
+                return self.log(node, "augitem", *root, _as_value(target.slice), op, node.value)
         return self._item_store(node, target, "aug", op, node.value) or node
 
     def visit_Delete(self, node):
@@ -148,9 +150,9 @@ class _Recorder(ast.NodeTransformer):
             elif root is None:
                 statements.append(ast.copy_location(ast.Delete([target]), node))
             else:
-                statements.append(self._log(node, "delitem", *root, _as_value(target.slice)))
+                statements.append(self.log(node, "delitem", *root, _as_value(target.slice)))
             if isinstance(target, ast.Name):  # serial leaves the name unbound in the kernel
-                statements.append(self._log(node, "forget", ast.Constant(target.id)))
+                statements.append(self.log(node, "forget", ast.Constant(target.id)))
         return statements
 
 
@@ -186,7 +188,7 @@ def build_item_code(
         assign = ast.Assign([node.target], item)
         head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
         item_writes = info.item_writes if copies else {}
-        body = _Recorder(recorded, info.reductions, item_writes)._block(head)
+        body = WriteBackRewriter(recorded, info.reductions, item_writes).rewrite_block(head)
         bind = ast.Expr(
             ast.Call(
                 ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),

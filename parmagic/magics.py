@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
-from . import engine, errors
+from . import errors, loop_run
 from .backends import CHOICES, usable_cores
 from .cell import HOOK_NAME, plan_cell
 from .effects import is_recordable
@@ -55,7 +55,7 @@ class ParallelMagics(Magics):
 
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.session = engine.Session()
+        self.session = loop_run.Session()
 
     @magic_arguments()
     @argument("-b", "--backend", choices=CHOICES, help="where the items run (default: auto)")
@@ -131,7 +131,7 @@ class ParallelMagics(Magics):
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
             plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
-            effects = engine.hidden_effects(plan, self.shell.user_ns)
+            effects = loop_run.hidden_effects(plan, self.shell.user_ns)
             backend = "serial" if options.compare else options.backend  # compare keeps serial's
             refused, options.serial_reason = refusal(
                 effects, backend, options.unordered, options.seed
@@ -185,7 +185,7 @@ class ParallelMagics(Magics):
         if workers > limit:
             raise UsageError(errors.TOO_MANY_WORKERS.format(workers=workers, limit=limit))
 
-    def _options(self, line: str) -> tuple[engine.Options, str]:
+    def _options(self, line: str) -> tuple[loop_run.Options, str]:
         try:
             args = parse_argstring(self.parallel, line)
         except UsageError as exc:
@@ -204,7 +204,7 @@ class ParallelMagics(Magics):
         uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
         if args.scheduler and not uses_dask:
             raise UsageError(errors.SCHEDULER_ONLY_FOR_DASK.format(backend=backend))
-        options = engine.Options(
+        options = loop_run.Options(
             backend=backend,
             workers=args.workers or self.workers or None,
             chunksize=args.chunksize or self.chunksize or None,
@@ -248,13 +248,13 @@ class ParallelMagics(Magics):
             _check_plotting()
         return options, " ".join(args.statement).strip()
 
-    def _run(self, plan, options: engine.Options):
+    def _run(self, plan, options: loop_run.Options):
         ns = self.shell.user_ns
         head, last = plan.split_for_display()
         flags = self.shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         before = self.session.last_report
-        hook = engine.loop_hook(plan, ns, options, self.session, engine.print_warning)
-        ns[HOOK_NAME] = engine.awaitable(hook) if plan.is_async else hook
+        hook = loop_run.loop_hook(plan, ns, options, self.session, loop_run.print_warning)
+        ns[HOOK_NAME] = loop_run.awaitable(hook) if plan.is_async else hook
         try:
             self._evaluate(compile(head, plan.filename, "exec", flags, True), ns)
             if last is not None:
@@ -263,7 +263,7 @@ class ParallelMagics(Magics):
             raise UsageError(str(exc)) from None
         except Exception as exc:
             if not hasattr(exc, "_render_traceback_"):
-                errors.present(exc, errors.user_frames(exc.__traceback__))
+                errors.shown_with_frames(exc, errors.user_frames(exc.__traceback__))
             raise
         finally:
             ns.pop(HOOK_NAME, None)
@@ -272,7 +272,7 @@ class ParallelMagics(Magics):
                 report = self.session.last_report = before  # refused: nothing ran to sum up
             if report is not None and report is not before:
                 for message in counted(report.warnings):
-                    engine.print_warning(message)
+                    loop_run.print_warning(message)
                 if options.output:
                     ns[options.output] = report
                 if not options.quiet:

@@ -29,7 +29,7 @@ MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
 
 
 def _recording_costs():
-    from .calibration import recording_costs  # it runs the runner, which imports this module
+    from .calibration import recording_costs  # it runs the dispatcher, which imports this module
 
     return recording_costs()
 
@@ -124,7 +124,7 @@ class RunReport:
         """What the items would take one after another in the kernel: their time on a CPU
         plus their waiting on the world (I/O, sleep), without the waiting a parallel run adds.
 
-        Time queued for a core is left out (Linux's scheduler accounting, worker.py). Items
+        Time queued for a core is left out (Linux's scheduler accounting, chunk.py). Items
         that shared one process (threads, coroutines) also waited for each other, for the
         GIL, which no clock tells apart from I/O: that part of their blocked time is taken
         in the proportion the process's Python was busy (on a core, or queued for one):

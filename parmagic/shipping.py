@@ -233,7 +233,7 @@ def _travelling(exception: BaseException):
 
 
 def _error(exception: BaseException, index: int):
-    from .worker import ItemError
+    from .chunk import ItemError
 
     return ItemError(exception, [], f"item {index}")
 

@@ -17,13 +17,13 @@ import textwrap
 import types
 
 from .body import BodyInfo
-from .itemcode import _OPERATORS, _Recorder
+from .itemcode import AUGMENTED_OPERATORS, WriteBackRewriter
 
-_OPERATOR_NODES = {name: node for node, name in _OPERATORS.items()}
+_OPERATOR_NODES = {name: node for node, name in AUGMENTED_OPERATORS.items()}
 INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
 
 
-class _Changes(_Recorder):
+class _Changes(WriteBackRewriter):
     """The body's recorded statements become ``changes.append((number, values))``; each
     number's statement, with those values, is what the main program runs."""
 
@@ -39,7 +39,7 @@ class _Changes(_Recorder):
             else node
         )
 
-    def _log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.stmt:
+    def log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.stmt:
         values: list[ast.expr] = []
 
         def value(expr: ast.expr) -> ast.expr:
@@ -92,7 +92,7 @@ def _body_function(info: BodyInfo, recorded: frozenset[str], coroutine: bool) ->
         target = node.target
         parameter = target.id if isinstance(target, ast.Name) else "item"
         rewriter = _Changes(recorded, info.reductions)
-        body = rewriter._block(node.body)
+        body = rewriter.rewrite_block(node.body)
         head = [] if isinstance(target, ast.Name) else [ast.Assign([target], ast.Name("item"))]
         statements = [
             ast.parse("changes = []").body[0],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import report
 
-from parmagic.slowserver import SlowServer
+from parmagic.demo import SlowServer
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from parmagic.compare import Comparison, first_difference, same
-from parmagic.slowserver import SlowServer
+from parmagic.demo import SlowServer
 
 THREE = "--compare serial,threads,processes -w 2"
 
@@ -159,7 +159,7 @@ def test_same_compares_arrays_by_content():
 
 
 def test_first_difference_names_the_item_and_what_differed(ip):
-    from parmagic.worker import ChunkResult
+    from parmagic.chunk import ChunkResult
 
     def transcript(printed: str) -> list:
         result = ChunkResult(0, 0, "w")

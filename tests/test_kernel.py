@@ -216,7 +216,7 @@ def test_killed_worker_fails_the_cell_and_the_next_run_works(kc):
 
 @pytest.mark.timeout(120)
 def test_asyncio_with_a_client_session_around_the_loop(kc):
-    run_ok(kc, "from parmagic.slowserver import SlowServer\nsite = SlowServer(latency=0.3).start()")
+    run_ok(kc, "from parmagic.demo import SlowServer\nsite = SlowServer(latency=0.3).start()")
     try:
         outcome = run_ok(
             kc,

@@ -7,9 +7,9 @@ from types import FunctionType
 import pytest
 
 from parmagic.cell import plan_cell
+from parmagic.chunk import ChunkResult, Task, run_chunk
+from parmagic.dispatch import ChunkSizer
 from parmagic.itemcode import build_item_code
-from parmagic.runner import ChunkSizer
-from parmagic.worker import ChunkResult, Task, run_chunk
 
 
 def test_every_thread_starts_on_the_first_items_at_once(ip, run):

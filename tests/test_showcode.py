@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import BACKENDS
 
-from parmagic.slowserver import SlowServer
+from parmagic.demo import SlowServer
 
 SETUP = "def digits(n):\n    return len(str(n ** n))\nlimit = 120\n"
 CELL = (

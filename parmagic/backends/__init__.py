@@ -1,7 +1,7 @@
 """One small module per backend behind one interface, and a registry that imports them lazily.
 
 A backend runs chunks of items (:func:`parmagic.worker.run_chunk`) somewhere and hands back
-their results in any order; the runner owns ordering, effects and errors. Adding a backend
+their results in any order; the dispatcher owns ordering, effects and errors. Adding a backend
 means one module with one :class:`Backend` subclass and one line in ``REGISTRY``.
 """
 
@@ -14,8 +14,8 @@ import queue
 import time
 from abc import ABC, abstractmethod
 
+from ..chunk import ChunkResult, ItemError, Task
 from ..errors import short_repr
-from ..worker import ChunkResult, ItemError, Task
 
 REGISTRY = {
     "serial": "serial:SerialBackend",
@@ -114,7 +114,7 @@ class Backend(ABC):
 
 def failed_chunk(seq: int, start: int, items: list, error: Exception, worker: str) -> ChunkResult:
     """A chunk that never reported back (a dead worker, an expired item) as failed items, so
-    that the runner still applies every earlier item, the serial prefix, before the error."""
+    that the dispatcher still applies every earlier item, the serial prefix, before the error."""
     result = ChunkResult(seq, start, worker)
     now = time.monotonic()
     for offset, item in enumerate(items):

@@ -11,7 +11,7 @@ import concurrent.futures
 import queue
 import threading
 
-from ..worker import ChunkResult, OutputCapture, Task, run_chunk_async
+from ..chunk import ChunkResult, OutputCapture, Task, run_chunk_async
 from . import Backend, drain
 
 DEFAULT_CONCURRENCY = 100

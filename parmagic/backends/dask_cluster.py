@@ -13,7 +13,7 @@ on another worker after its first worker died is still applied exactly once::
 
     kernel: begin ── client.submit(hold_task, task bytes) ──▶ cluster (once per run)
             submit ── client.submit(run_dask_chunk, run, task future, seq, start, items)
-    worker thread: run_chunk(...) ── dump_result bytes ──▶ wait ──▶ runner (item order)
+    worker thread: run_chunk(...) ── dump_result bytes ──▶ wait ──▶ dispatch (item order)
 
 The task bytes travel as the argument of one ``hold_task`` task rather than through
 ``Client.scatter``: scattered data cannot be recomputed, so an item that crashes its worker
@@ -37,10 +37,10 @@ import uuid
 from dataclasses import dataclass
 
 from .. import errors
+from ..chunk import ChunkResult, Task
 from ..errors import ParmagicUsageError, WorkerDied
-from ..process_worker import hold_task, run_dask_chunk
 from ..shipping import pack_task
-from ..worker import ChunkResult, Task
+from ..worker_process import hold_task, run_dask_chunk
 from . import drain, failed_chunk
 from .processes import PickledItems, SentChunk, plain_main
 

@@ -19,10 +19,10 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 
 from .. import errors
+from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
-from ..process_worker import prepare_pool_worker, run_shipped_chunk
 from ..shared_files import shared_file
-from ..worker import ChunkResult, Task
+from ..worker_process import prepare_pool_worker, run_shipped_chunk
 from . import failed_chunk
 from .processes import KILL_GRACE, WorkerProcesses, plain_main
 

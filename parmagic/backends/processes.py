@@ -7,11 +7,11 @@ worker is noticed at once and named with its items instead of hanging the kernel
 
 Data flow of one run::
 
-    kernel: runner ──(seq, start, items)──▶ ProcessBackend.submit ─┐
+    kernel: dispatch ──(seq, start, items)──▶ ProcessBackend.submit ─┐
                                                                    │ one duplex pipe per worker
         worker k ◀── ("task", run) + task bytes, once per run ◀────┤
         worker k ◀── ("chunk", seq, start) + items bytes ◀─────────┘
-        worker k ── run_chunk(...) ── ChunkResult bytes ──▶ ProcessBackend.wait ──▶ runner
+        worker k ── run_chunk(...) ── ChunkResult bytes ──▶ ProcessBackend.wait ──▶ dispatch
         (wait() also watches every busy worker's process sentinel: a death ends the run)
 """
 
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from multiprocessing import connection
 
 from .. import errors, imported_code
+from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
-from ..limits import threads_per_worker
-from ..process_worker import serve
+from ..native_threads import threads_per_worker
 from ..shipping import dumps, pack_task
-from ..worker import ChunkResult, Task
+from ..worker_process import serve
 from . import Backend, failed_chunk, usable_cores
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
@@ -146,7 +146,7 @@ class WorkerProcesses(PickledItems):
         self.start_method = start_method or multiprocessing.get_start_method()
         self._context = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
-            self._context.set_forkserver_preload(["parmagic.process_worker"])
+            self._context.set_forkserver_preload(["parmagic.worker_process"])
         self.native_threads = threads_per_worker(usable_cores(), workers)
         self._shared_files: list[str] = []
         self.started_with = imported_code.fingerprint()

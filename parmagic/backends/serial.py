@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..chunk import ChunkResult, OutputCapture, Task, run_chunk, run_chunk_in_place
 from ..kernel_state import HeldInterrupt
-from ..worker import ChunkResult, OutputCapture, Task, run_chunk, run_chunk_in_place
 from . import Backend
 
 

@@ -15,7 +15,7 @@ import time
 from multiprocessing.pool import ThreadPool
 
 from .. import errors
-from ..worker import ChunkResult, OutputCapture, Task, run_chunk
+from ..chunk import ChunkResult, OutputCapture, Task, run_chunk
 from . import Backend, drain, failed_chunk, usable_cores
 
 END_GRACE = 0.2  # seconds a stopped run waits for its threads' current items

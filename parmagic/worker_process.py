@@ -20,10 +20,10 @@ import sys
 import threading
 import time
 
-from .limits import cap_environment, cap_loaded_libraries
+from .chunk import ItemOutput, OutputCapture, Task, run_chunk
+from .native_threads import cap_environment, cap_loaded_libraries
 from .shared_files import process_alive
 from .shipping import captured_digests, dump_result, load_task
-from .worker import ItemOutput, OutputCapture, Task, run_chunk
 
 
 def _become_worker(native_threads: int) -> None:

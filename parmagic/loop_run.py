@@ -26,14 +26,14 @@ from . import errors, imported_code
 from .auto import COLD_START, TRY_THREADS, WARM_START, Lead, Outlook
 from .backends import Backend, load_backend, usable_cores
 from .cell import CellPlan
+from .chunk import Task
+from .dispatch import Applier, Recording, execute, replay, unwrap_stop_iteration
 from .effects import is_recordable
 from .errors import NotPicklable, ParmagicUsageError
 from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
 from .itemcode import build_in_place_code, build_item_code
 from .report import RunReport
-from .runner import Applier, Recorder, execute, replay, unwrap_stop_iteration
 from .scopes import scope_names, stored_names
-from .worker import Task
 
 
 @dataclass
@@ -449,11 +449,11 @@ def loop_hook(
 
         awaits, recorders = plan.body.awaits, []
 
-        def run_one(name: str) -> tuple[RunReport, Recorder]:
+        def run_one(name: str) -> tuple[RunReport, Recording]:
             report = RunReport(name, 1, cores=usable_cores())
             reference_coroutines = name == "serial" and awaits  # one coroutine at a time
             workers = 1 if reference_coroutines else options.workers
-            recorder = Recorder(None, report)
+            recorder = Recording(None, report)
             recorders.append(recorder)
             if name == "auto" and not awaits:
                 records = led_records(iter(items), len(items), recorded, report, recorder)
@@ -481,7 +481,7 @@ def loop_hook(
             interrupt.add_note(errors.COMPARE_INTERRUPTED.format(
                 backend=recorders[-1].report.backend, applied=recorders[0].report.item_count
             ))  # fmt: skip
-            raise errors.present(interrupt, []) from None
+            raise errors.shown_with_frames(interrupt, []) from None
         session.last_report = comparison
         yield from apply_serial()
 

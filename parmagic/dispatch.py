@@ -17,11 +17,11 @@ from types import CodeType
 
 from . import errors
 from .backends import Backend
+from .chunk import ChunkResult, ItemError, Task
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
 from .kernel_state import HeldInterrupt, kept_as_it_was
 from .report import RunReport
-from .worker import ChunkResult, ItemError, Task
 from .worker_shell import DISPLAYED
 
 TARGET_CHUNK_SECONDS = 0.02
@@ -110,7 +110,7 @@ def _raise(error: ItemError, index: int) -> None:
     exc.add_note(errors.ITEM_NOTE.format(index=index, item=error.item))
     if isinstance(exc, StopIteration):
         exc.raised_by_an_item = True  # type: ignore[attr-defined]  # see unwrap_stop_iteration
-    raise errors.present(exc, error.frames)
+    raise errors.shown_with_frames(exc, error.frames)
 
 
 def unwrap_stop_iteration(error: RuntimeError) -> BaseException:
@@ -232,7 +232,7 @@ def _nothing() -> None:
     pass
 
 
-class Recorder:
+class Recording:
     """Keeps chunk results, in item order, instead of applying them (``--compare``): each
     backend's run is recorded, and only one recording is applied (:func:`replay`)."""
 
@@ -368,7 +368,7 @@ def execute(
     first_index: int = 0,
     length: int | None = None,
     progress: bool = False,
-    recorder: Recorder | None = None,
+    recorder: Recording | None = None,
     tail: CodeType | None = None,
     lazy: bool = False,
     until: Callable[[], bool] | None = None,
@@ -421,14 +421,14 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         completed = True
         if run.iterable_error is not None and not run.failed:
             error = run.iterable_error
-            raise errors.present(error, errors.user_frames(error.__traceback__))
+            raise errors.shown_with_frames(error, errors.user_frames(error.__traceback__))
     except GeneratorExit:  # a consumer that stopped early (any, next): items ran ahead
         consumer_stopped = True
         raise
     except KeyboardInterrupt as interrupt:
         report.unfinished, report.interrupted = run.unfinished(), True
         interrupt.add_note(errors.INTERRUPTED.format(applied=report.item_count))
-        raise errors.present(interrupt, []) from None
+        raise errors.shown_with_frames(interrupt, []) from None
     finally:
         task.cancelled.set()  # pool threads start no further item of this run
         try:

@@ -393,7 +393,7 @@ def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None
                     signal.setitimer(signal.ITIMER_REAL, alarm)
                 try:
                     value = function(item, log)
-                except BaseException as exc:  # an interrupt too: the runner stops the run there
+                except BaseException as exc:  # an interrupt too: the dispatcher stops the run there
                     error = exc
                 finally:
                     if alarm:
@@ -513,7 +513,7 @@ def _run_values(task: Task, timed: TimedItems) -> None:
         try:
             task.function(timed.from_offset(first), timed.values)
             return
-        except BaseException as error:  # an interrupt too: the runner stops the run there
+        except BaseException as error:  # an interrupt too: the dispatcher stops the run there
             recorded = timed.failed(error)
             if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
                 return
