@@ -7,6 +7,7 @@ magics front turns :class:`ParmagicUsageError` into IPython's one-line ``UsageEr
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from collections.abc import Iterable
 
@@ -350,3 +351,7 @@ def shown_with_frames(exc: BaseException, frames: Iterable[tuple[str, int, str]]
     frames = list(frames)
     exc._render_traceback_ = lambda: render_traceback(exc, frames)  # type: ignore[attr-defined]
     return exc
+
+
+def print_warning(message: str) -> None:
+    print(f"parmagic warning: {message}", file=sys.stderr)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import html
 import multiprocessing
-import os
 import sys
 from dataclasses import dataclass, field
 
-from .backends import cgroup_cpu_limit, usable_cores
+from .machine import affinity_cores, cgroup_cpu_limit, usable_cores
 
 
 @dataclass
@@ -60,9 +59,7 @@ def machine_info(session, defaults: dict) -> MachineInfo:
     gil = "disabled (free-threaded build)" if gil_check and not gil_check() else "enabled"
     return MachineInfo(
         usable_cores=usable_cores(),
-        affinity=len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count() or 1,
+        affinity=affinity_cores(),
         cgroup_limit=cgroup_cpu_limit(),
         logical=psutil.cpu_count() or 1,
         physical=psutil.cpu_count(logical=False),

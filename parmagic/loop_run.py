@@ -8,12 +8,9 @@ from __future__ import annotations
 import ast
 import copy
 import functools
-import inspect
 import itertools
 import multiprocessing
 import operator
-import sys
-import threading
 import time
 import types
 import weakref
@@ -24,7 +21,7 @@ from typing import Any
 
 from . import errors, imported_code
 from .auto import COLD_START, TRY_THREADS, WARM_START, Lead, Outlook
-from .backends import Backend, load_backend, usable_cores
+from .backends import Backend, load_backend
 from .cell import CellPlan
 from .chunk import Task
 from .dispatch import Applier, Recording, execute, replay, unwrap_stop_iteration
@@ -32,8 +29,10 @@ from .effects import is_recordable
 from .errors import NotPicklable, ParmagicUsageError
 from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
 from .itemcode import build_in_place_code, build_item_code
+from .machine import usable_cores
 from .report import RunReport
 from .scopes import scope_names, stored_names
+from .session import RunInterrupted, Session
 
 
 @dataclass
@@ -60,119 +59,6 @@ class Options:
 def resolve_backend(name: str, awaits: bool = False) -> str:
     """``auto`` is asyncio for a body that awaits; otherwise the probe decides (auto.py)."""
     return "asyncio" if name == "auto" and awaits else name
-
-
-class Session:
-    """What outlives a cell: warm backends, and the last run's report."""
-
-    def __init__(self) -> None:
-        self._backends: dict[str, Backend] = {}
-        self.last_report: RunReport | None = None
-        self.open_run = None  # weakref: a run a half-consumed generator expression holds
-        self._event_loop = None
-        self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
-        self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
-        self.pool_started = 0.0  # seconds the last backend() call took to start a pool
-
-    def event_loop(self):
-        """parmagic's own event loop thread (started on first use)."""
-        if self._event_loop is None:
-            from .backends.coroutines import EventLoopThread
-
-            self._event_loop = EventLoopThread()
-        return self._event_loop
-
-    def run_coroutine(self, coroutine) -> Any:
-        """Run cell code that awaits on parmagic's loop, while the kernel thread waits.
-
-        An interrupt reaches the kernel thread only: it asks the run (on another thread) to
-        stop, waits for it to apply its completed prefix, then raises its KeyboardInterrupt.
-        """
-        future = self.event_loop().submit(coroutine)
-        self.stop_requested.clear()
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            self.stop_requested.set()
-            try:
-                future.result(timeout=5)
-            except RunInterrupted as stopped:
-                raise stopped.interrupt from None
-            except BaseException:  # the cell was awaiting something of its own: stop it
-                future.cancel()
-            raise
-        except RunInterrupted as stopped:
-            raise stopped.interrupt from None
-
-    def backend(
-        self,
-        name: str,
-        workers: int | None,
-        start_method: str | None,
-        scheduler: str | None = None,
-        modules_read: frozenset[str] = frozenset(),
-    ) -> Backend:
-        """A warm backend; a new one only when the worker count, start method or (dask)
-        scheduler changes."""
-        cls = load_backend(name)
-        workers = workers or cls.default_workers()
-        wanted_method = None
-        if cls.copies_kernel_objects:
-            wanted_method = start_method or multiprocessing.get_start_method()
-        current = self._backends.get(name)
-        if current is not None and not current.fits(workers, wanted_method, scheduler):
-            current.close()
-            current = None
-        if current is not None and current.started_with is not None:
-            now = imported_code.fingerprint(modules_read)
-            changed = imported_code.changes_since(current.started_with, now, modules_read)
-            if changed:
-                current.close()
-                current = None
-                self.restart_notes.append(errors.WORKERS_RESTARTED.format(changed=changed))
-        self.pool_started = 0.0
-        if current is None:
-            began = time.monotonic()
-            if cls.runs_coroutines:
-                current = cls(workers, self.event_loop())
-            elif scheduler:
-                current = cls(workers, wanted_method, scheduler)
-            else:
-                current = cls(workers, wanted_method) if wanted_method else cls(workers)
-            self._backends[name] = current
-            self.pool_started = time.monotonic() - began
-        return current
-
-    def is_warm(self, name: str, workers: int | None, start_method: str | None) -> bool:
-        """Whether a run on this backend would find its pool already started."""
-        current = self._backends.get(name)
-        if current is None:
-            return False
-        cls = type(current)
-        method = start_method or multiprocessing.get_start_method()
-        wanted = method if cls.copies_kernel_objects else None
-        return current.fits(workers or cls.default_workers(), wanted, None)
-
-    def warm_pools(self) -> list[str]:
-        return [b.description for b in self._backends.values()]
-
-    def close_open_run(self) -> None:
-        """Finish a run that a generator expression left half-consumed, so that its workers
-        are free (and its late results cannot be mistaken for the next run's); say so."""
-        run = self.open_run() if self.open_run is not None else None
-        self.open_run = None
-        if run is not None and inspect.getgeneratorstate(run) != inspect.GEN_CLOSED:
-            print_warning(errors.GENERATOR_CLOSED)
-            run.close()
-
-    def close(self) -> None:
-        self.close_open_run()
-        for backend in self._backends.values():
-            backend.close()
-        self._backends.clear()
-        if self._event_loop is not None:
-            self._event_loop.close()
-            self._event_loop = None
 
 
 def hidden_nodes(plan: CellPlan) -> list[ast.AST]:
@@ -521,14 +407,6 @@ def loop_hook(
     return run
 
 
-class RunInterrupted(Exception):
-    """Carries a run's KeyboardInterrupt out of an event loop (which must not see one)."""
-
-    def __init__(self, interrupt: KeyboardInterrupt) -> None:
-        super().__init__("interrupted")
-        self.interrupt = interrupt
-
-
 def awaitable(run: Callable[[Iterable], Any]) -> Callable[[Iterable], Any]:
     """The hook for a cell that awaits: the run goes to a thread, so that the event loop
     stays free for the cell's own awaits and for asyncio items."""
@@ -546,7 +424,3 @@ def awaitable(run: Callable[[Iterable], Any]) -> Callable[[Iterable], Any]:
             raise RunInterrupted(interrupt) from None
 
     return run_off_the_loop
-
-
-def print_warning(message: str) -> None:
-    print(f"parmagic warning: {message}", file=sys.stderr)

@@ -16,12 +16,14 @@ from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors, loop_run
-from .backends import CHOICES, usable_cores
+from .backends import CHOICES
 from .cell import HOOK_NAME, plan_cell
 from .effects import is_recordable
 from .errors import ParmagicUsageError
 from .hidden_effects import refusal
 from .info import machine_info
+from .machine import usable_cores
+from .session import Session
 
 START_METHODS = ("fork", "spawn", "forkserver")
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
@@ -55,7 +57,7 @@ class ParallelMagics(Magics):
 
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.session = loop_run.Session()
+        self.session = Session()
 
     @magic_arguments()
     @argument("-b", "--backend", choices=CHOICES, help="where the items run (default: auto)")
@@ -253,7 +255,7 @@ class ParallelMagics(Magics):
         head, last = plan.split_for_display()
         flags = self.shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         before = self.session.last_report
-        hook = loop_run.loop_hook(plan, ns, options, self.session, loop_run.print_warning)
+        hook = loop_run.loop_hook(plan, ns, options, self.session, errors.print_warning)
         ns[HOOK_NAME] = loop_run.awaitable(hook) if plan.is_async else hook
         try:
             self._evaluate(compile(head, plan.filename, "exec", flags, True), ns)
@@ -272,7 +274,7 @@ class ParallelMagics(Magics):
                 report = self.session.last_report = before  # refused: nothing ran to sum up
             if report is not None and report is not before:
                 for message in counted(report.warnings):
-                    loop_run.print_warning(message)
+                    errors.print_warning(message)
                 if options.output:
                     ns[options.output] = report
                 if not options.quiet:

@@ -21,6 +21,7 @@ import threading
 import time
 
 from .chunk import ItemOutput, OutputCapture, Task, run_chunk
+from .machine import affinity_cores
 from .native_threads import cap_environment, cap_loaded_libraries
 from .shared_files import process_alive
 from .shipping import captured_digests, dump_result, load_task
@@ -51,7 +52,7 @@ def _load_task(payload: bytes, native_threads: int | None) -> tuple[Task, bool]:
         task = _failing_task(exc)
     if native_threads is None:
         return task, False
-    capped = cap_loaded_libraries(native_threads, len(os.sched_getaffinity(0)))
+    capped = cap_loaded_libraries(native_threads, affinity_cores())
     return task, capped
 
 

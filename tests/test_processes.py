@@ -144,7 +144,7 @@ def test_native_thread_pools_are_capped_in_workers(ip, run, method):
     run("import numpy as np\nfrom threadpoolctl import threadpool_info\n")
     cell = "threads = []\nfor i in range(4):\n    np.dot(np.ones(3), np.ones(3))\n    threads.append(max(p['num_threads'] for p in threadpool_info()))\n"
     outcome = run_ok(run, BACKENDS[method], cell)  # two workers on this machine's cores
-    from parmagic.backends import usable_cores
+    from parmagic.machine import usable_cores
 
     limit = max(1, usable_cores() // 2)
     assert ip.user_ns["threads"] == [limit] * 4

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import report
 
-from parmagic.backends import usable_cores
+from parmagic.machine import usable_cores
 from parmagic.render import advice
 
 SETUP = """

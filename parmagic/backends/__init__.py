@@ -8,14 +8,13 @@ means one module with one :class:`Backend` subclass and one line in ``REGISTRY``
 from __future__ import annotations
 
 import importlib
-import math
-import os
 import queue
 import time
 from abc import ABC, abstractmethod
 
 from ..chunk import ChunkResult, ItemError, Task
 from ..errors import short_repr
+from ..machine import usable_cores
 
 REGISTRY = {
     "serial": "serial:SerialBackend",
@@ -27,27 +26,6 @@ REGISTRY = {
     "dask": "dask_cluster:DaskBackend",
 }
 CHOICES = (*REGISTRY, "auto")
-
-
-def cgroup_cpu_limit() -> float | None:
-    """The container's CPU quota in cores (cgroup v2 ``cpu.max``), or None when unlimited."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as limits:
-            quota, period = limits.read().split()[:2]
-    except (OSError, ValueError):
-        return None
-    return None if quota == "max" else int(quota) / int(period)
-
-
-def usable_cores() -> int:
-    """Cores this process may really use: its CPU affinity, and a container's CPU quota
-    (``os.cpu_count()`` counts the host's cores, which is wrong in a container)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    limit = cgroup_cpu_limit()
-    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 class Backend(ABC):

@@ -32,10 +32,11 @@ from multiprocessing import connection
 from .. import errors, imported_code
 from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
+from ..machine import usable_cores
 from ..native_threads import threads_per_worker
 from ..shipping import dumps, pack_task
 from ..worker_process import serve
-from . import Backend, failed_chunk, usable_cores
+from . import Backend, failed_chunk
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
 

@@ -16,7 +16,8 @@ from multiprocessing.pool import ThreadPool
 
 from .. import errors
 from ..chunk import ChunkResult, OutputCapture, Task, run_chunk
-from . import Backend, drain, failed_chunk, usable_cores
+from ..machine import usable_cores
+from . import Backend, drain, failed_chunk
 
 END_GRACE = 0.2  # seconds a stopped run waits for its threads' current items
 

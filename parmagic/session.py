@@ -1,0 +1,136 @@
+"""What outlives a cell: warm backends (started once, kept while their settings fit), the
+event loop for cells that await, and the last run's report."""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+from . import errors, imported_code
+from .backends import Backend, load_backend
+from .errors import print_warning
+from .report import RunReport
+
+
+class RunInterrupted(Exception):
+    """Carries a run's KeyboardInterrupt out of an event loop (which must not see one)."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__("interrupted")
+        self.interrupt = interrupt
+
+
+class Session:
+    """What outlives a cell: warm backends, and the last run's report."""
+
+    def __init__(self) -> None:
+        self._backends: dict[str, Backend] = {}
+        self.last_report: RunReport | None = None
+        self.open_run = None  # weakref: a run a half-consumed generator expression holds
+        self._event_loop = None
+        self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
+        self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
+        self.pool_started = 0.0  # seconds the last backend() call took to start a pool
+
+    def event_loop(self):
+        """parmagic's own event loop thread (started on first use)."""
+        if self._event_loop is None:
+            from .backends.coroutines import EventLoopThread
+
+            self._event_loop = EventLoopThread()
+        return self._event_loop
+
+    def run_coroutine(self, coroutine) -> Any:
+        """Run cell code that awaits on parmagic's loop, while the kernel thread waits.
+
+        An interrupt reaches the kernel thread only: it asks the run (on another thread) to
+        stop, waits for it to apply its completed prefix, then raises its KeyboardInterrupt.
+        """
+        future = self.event_loop().submit(coroutine)
+        self.stop_requested.clear()
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self.stop_requested.set()
+            try:
+                future.result(timeout=5)
+            except RunInterrupted as stopped:
+                raise stopped.interrupt from None
+            except BaseException:  # the cell was awaiting something of its own: stop it
+                future.cancel()
+            raise
+        except RunInterrupted as stopped:
+            raise stopped.interrupt from None
+
+    def backend(
+        self,
+        name: str,
+        workers: int | None,
+        start_method: str | None,
+        scheduler: str | None = None,
+        modules_read: frozenset[str] = frozenset(),
+    ) -> Backend:
+        """A warm backend; a new one only when the worker count, start method or (dask)
+        scheduler changes."""
+        cls = load_backend(name)
+        workers = workers or cls.default_workers()
+        wanted_method = None
+        if cls.copies_kernel_objects:
+            wanted_method = start_method or multiprocessing.get_start_method()
+        current = self._backends.get(name)
+        if current is not None and not current.fits(workers, wanted_method, scheduler):
+            current.close()
+            current = None
+        if current is not None and current.started_with is not None:
+            now = imported_code.fingerprint(modules_read)
+            changed = imported_code.changes_since(current.started_with, now, modules_read)
+            if changed:
+                current.close()
+                current = None
+                self.restart_notes.append(errors.WORKERS_RESTARTED.format(changed=changed))
+        self.pool_started = 0.0
+        if current is None:
+            began = time.monotonic()
+            if cls.runs_coroutines:
+                current = cls(workers, self.event_loop())
+            elif scheduler:
+                current = cls(workers, wanted_method, scheduler)
+            else:
+                current = cls(workers, wanted_method) if wanted_method else cls(workers)
+            self._backends[name] = current
+            self.pool_started = time.monotonic() - began
+        return current
+
+    def is_warm(self, name: str, workers: int | None, start_method: str | None) -> bool:
+        """Whether a run on this backend would find its pool already started."""
+        current = self._backends.get(name)
+        if current is None:
+            return False
+        cls = type(current)
+        method = start_method or multiprocessing.get_start_method()
+        wanted = method if cls.copies_kernel_objects else None
+        return current.fits(workers or cls.default_workers(), wanted, None)
+
+    def warm_pools(self) -> list[str]:
+        return [b.description for b in self._backends.values()]
+
+    def close_open_run(self) -> None:
+        """Finish a run that a generator expression left half-consumed, so that its workers
+        are free (and its late results cannot be mistaken for the next run's); say so."""
+        run = self.open_run() if self.open_run is not None else None
+        self.open_run = None
+        if run is not None and inspect.getgeneratorstate(run) != inspect.GEN_CLOSED:
+            print_warning(errors.GENERATOR_CLOSED)
+            run.close()
+
+    def close(self) -> None:
+        self.close_open_run()
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+        if self._event_loop is not None:
+            self._event_loop.close()
+            self._event_loop = None
