@@ -15,8 +15,17 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .errors import NotPicklable
+from .machine import usable_cores
 from .report import RunReport, side_by_side
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .chunk import Task
+    from .dispatch import Recording
+    from .loop_run import LoopRun
 
 LEAD_ITEMS = 2  # decide on no fewer items than this...
 LEAD_SECONDS = 0.01  # ...unless the items so far took this long
@@ -285,3 +294,74 @@ class Lead:
         elif r.computing and self.outlook.cores < 2:
             why = "the items compute and only one core is usable"
         return f"the whole loop ran in the kernel ({r.item_count} items in {r.wall:.3f} s): {why}"
+
+
+def auto_records(
+    run: LoopRun, iterator: Iterator, length: int, recorded, report: RunReport,
+    recording: Recording | None = None,
+) -> Iterator[list]:  # fmt: skip
+    """The loop under auto: its first items in the kernel until the rest should go
+    elsewhere (:class:`Lead`), then the rest there; lazy throughout, like the loop it
+    replaces. A trial on threads that shows items taking turns hands the rest back."""
+
+    def phase(backend: Backend, task: Task, items: Iterator, until=None) -> Iterator[list]:
+        if recording is not None:
+            recording.task = task
+        return run.records(backend, task, items, length, report, recording, until)
+
+    serial, task = run.start("serial", 1, report, recorded)
+    leader = Lead(report, length, outlook(run, task))
+    yield from phase(serial, task, iterator, until=leader.moves)
+    name, report.auto_reason = leader.choice, leader.reason
+    if name is None:
+        return
+    if name == "threads" and run.options.seed is not None:
+        name = "serial"  # threads share one global random state
+        report.auto_reason += "; serial, as --seed needs items in processes of their own"
+    workers, items = run.options.workers, iterator
+    if name == TRY_THREADS:  # as many threads as cores: the items compute
+        name, workers, items = "threads", workers or usable_cores(), leader.trial(iterator)
+    yield from phase(*run.start(name, workers, report, recorded), items)
+    report.auto_reason = leader.reason
+    if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
+        yield from phase(*run.start("serial", 1, report, recorded), iterator)
+
+
+def outlook(run: LoopRun, task: Task) -> Outlook:
+    """What the rest of an auto run could have: cores, pools, warm or not. Whether the task
+    can go to processes, and what it weighs, are asked only when processes are in view (both
+    pickle the task)."""
+    import multiprocessing
+
+    from .backends.threads import ThreadBackend
+    from .run_checks import item_object_refusal
+
+    def processes_refused() -> str | None:
+        from .shipping import pack_task
+
+        refused = item_object_refusal(run.plan, "processes", short=True)
+        if refused:
+            return refused
+        try:
+            pack_task(task)
+        except NotPicklable as refused:
+            return str(refused).split(" (")[0]
+        return None
+
+    def captured_bytes() -> int:
+        from .shipping import captured_bytes
+
+        return captured_bytes(task.function)
+
+    options = run.options
+    method = options.start_method or multiprocessing.get_start_method()
+    warm = run.session.is_warm("processes", options.workers, options.start_method)
+    return Outlook(
+        cores=usable_cores(),
+        threads=options.workers or ThreadBackend.default_workers(),
+        processes=options.workers or usable_cores(),
+        process_start=WARM_START if warm else COLD_START.get(method, 0.5),
+        captured_bytes=captured_bytes,
+        processes_refused=processes_refused,
+        threads_allowed=options.seed is None,
+    )

@@ -12,12 +12,19 @@ import html
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .dispatch import Recording
+from . import errors
+from .auto import auto_records
+from .dispatch import Applier, Recording, replay
 from .effects import CALL, REDUCE
 from .errors import ParmagicUsageError, short_repr
+from .machine import usable_cores
 from .render import BAR_FILL, BAR_FILL_DIFFERENT, html_bar
 from .report import RunReport
+
+if TYPE_CHECKING:
+    from .loop_run import LoopRun
 
 REFERENCE = "serial"
 EVERY_BACKEND = ("serial", "threads", "futures", "processes", "futures:processes", "asyncio")
@@ -272,3 +279,52 @@ def same(a: object, b: object) -> bool:
             return pickle.dumps(a) == pickle.dumps(b)
         except Exception:
             return repr(a) == repr(b)
+
+
+def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
+    """The loop on each backend of ``--compare``, each run recorded; then serial's recording
+    applied, so that the kernel ends as after one serial run whatever the others did. An
+    interrupt applies what serial recorded before it, and says where it stopped."""
+    awaits = run.plan.body.awaits
+    recordings: list[Recording] = []
+
+    def run_one(name: str) -> tuple[RunReport, Recording]:
+        recording = Recording(None, RunReport(name, 1, cores=usable_cores()))
+        recordings.append(recording)
+        for _ in _recorded(run, name, items, recorded, recording):
+            pass
+        return recording.report, recording
+
+    try:
+        comparison = run_comparison(backend_list(run.options.compare, awaits), awaits, run_one)
+    except KeyboardInterrupt:
+        if not recordings:
+            raise
+        yield from _applied(run, recordings[0])
+        interrupt = KeyboardInterrupt()
+        interrupt.add_note(errors.COMPARE_INTERRUPTED.format(
+            backend=recordings[-1].report.backend, applied=recordings[0].report.item_count
+        ))  # fmt: skip
+        raise errors.shown_with_frames(interrupt, []) from None
+    run.session.last_report = comparison
+    yield from _applied(run, recordings[0])
+
+
+def _recorded(run: LoopRun, name: str, items: list, recorded, recording: Recording):
+    """One backend's run of the items, kept in ``recording``. Serial's run of a body that
+    awaits is asyncio with one coroutine at a time."""
+    awaits, report = run.plan.body.awaits, recording.report
+    if name == AUTO and not awaits:
+        return auto_records(run, iter(items), len(items), recorded, report, recording)
+    one_at_a_time = name == REFERENCE and awaits
+    workers = 1 if one_at_a_time else run.options.workers
+    name = "asyncio" if one_at_a_time or name == AUTO else name
+    backend, recording.task = run.start(name, workers, report, recorded)
+    return run.records(backend, recording.task, iter(items), len(items), report, recording)
+
+
+def _applied(run: LoopRun, serial: Recording) -> Iterator[list]:
+    """Serial's recording, applied to the kernel as a serial run would have applied it."""
+    report = RunReport(REFERENCE, 1)
+    applier = Applier(run.ns, serial.task, report, run.plan.filename, run.tail, run.lazy)
+    return replay(serial.transcript, applier)

@@ -368,22 +368,22 @@ def execute(
     first_index: int = 0,
     length: int | None = None,
     progress: bool = False,
-    recorder: Recording | None = None,
+    recording: Recording | None = None,
     tail: CodeType | None = None,
     lazy: bool = False,
     until: Callable[[], bool] | None = None,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
-    is applied to ``ns``, in item order. With a ``recorder``, nothing is applied: the
-    recorder keeps the results. ``until``: asked before each chunk is taken; True ends the
+    is applied to ``ns``, in item order. With a ``recording``, nothing is applied: the
+    recording keeps the results. ``until``: asked before each chunk is taken; True ends the
     run there, and the rest of the iterable stays unread (auto moves it elsewhere)."""
     if length is None:
         length = operator.length_hint(iterable)
-    if recorder is not None:  # a recording is replayed later, and compared item by item
+    if recording is not None:  # a recording is replayed later, and compared item by item
         task.in_place, task.merge_names = None, False
     if task.in_place is not None:
         tail = None  # the loop runs whole, its tail included
-    applier = recorder or Applier(ns, task, report, filename, tail, lazy)
+    applier = recording or Applier(ns, task, report, filename, tail, lazy)
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index, run.until = first_index, until
     with kept_as_it_was(random_state=task.seed is not None):

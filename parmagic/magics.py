@@ -8,6 +8,7 @@ import inspect
 import io
 import os
 from collections import Counter
+from collections.abc import Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -15,102 +16,67 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
-from . import errors, loop_run
+from . import errors
 from .backends import CHOICES
 from .cell import HOOK_NAME, plan_cell
 from .effects import is_recordable
 from .errors import ParmagicUsageError
 from .hidden_effects import refusal
 from .info import machine_info
+from .loop_run import LoopRun, awaitable
 from .machine import usable_cores
+from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
+from .run_checks import hidden_effects
 from .session import Session
 
-START_METHODS = ("fork", "spawn", "forkserver")
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
 PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
+
+
+def _help(name: str) -> str:
+    return BY_NAME[name].config_help()
+
+
+def with_options(options) -> Callable:
+    """The magic's arguments, from the one list of options (options.py), as ``@argument``
+    lines would add them, in the list's order; then the statement of the line magic."""
+
+    def decorate(magic: Callable) -> Callable:
+        magic = argument(
+            "statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run"
+        )(magic)
+        for option in reversed(options):
+            if option.flags:
+                magic = argument(*option.flags, help=option.help, **option.argparse)(magic)
+        return magic_arguments()(magic)
+
+    return decorate
 
 
 @magics_class
 class ParallelMagics(Magics):
     """``%%parallel`` and ``%parallel``. Defaults are settable with ``%config ParallelMagics``."""
 
-    backend = CaselessStrEnum(CHOICES, default_value="auto", help="Default backend.").tag(
-        config=True
-    )
-    workers = Integer(0, help="Default worker count; 0 means the backend's own default.").tag(
-        config=True
-    )
-    chunksize = Integer(0, help="Items per chunk; 0 means adaptive.").tag(config=True)
-    max_workers = Integer(
-        0, help="Most worker processes a run may start; 0 means 4 per usable core (at least 8)."
-    ).tag(config=True)
+    backend = CaselessStrEnum(CHOICES, default_value="auto", help=_help("backend")).tag(config=True)
+    workers = Integer(0, help=_help("workers")).tag(config=True)
+    chunksize = Integer(0, help=_help("chunksize")).tag(config=True)
+    max_workers = Integer(0, help=_help("max_workers")).tag(config=True)
     start_method = CaselessStrEnum(
-        ("", *START_METHODS), default_value="", help="Start method for processes; '' = Python's."
+        ("", *START_METHODS), default_value="", help=_help("start_method")
     ).tag(config=True)
-    on_error = CaselessStrEnum(("raise", "continue"), default_value="raise").tag(config=True)
-    timeout = Float(0.0, help="Seconds allowed to one item; 0 means no limit.").tag(config=True)
-    quiet = Bool(False, help="Show no summary after a run.").tag(config=True)
-    scheduler = Unicode(
-        "", help="dask: the scheduler of an existing cluster; '' = a local cluster."
-    ).tag(config=True)
+    on_error = CaselessStrEnum(ON_ERROR, default_value="raise", help=_help("on_error")).tag(
+        config=True
+    )
+    timeout = Float(0.0, help=_help("timeout")).tag(config=True)
+    quiet = Bool(False, help=_help("quiet")).tag(config=True)
+    scheduler = Unicode("", help=_help("scheduler")).tag(config=True)
 
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
         self.session = Session()
 
-    @magic_arguments()
-    @argument("-b", "--backend", choices=CHOICES, help="where the items run (default: auto)")
-    @argument("-w", "--workers", type=int, help="how many threads or processes")
-    @argument("--chunksize", type=int, help="items per message to a worker (default: adaptive)")
-    @argument("--start-method", choices=START_METHODS, help="how worker processes start")
-    @argument(
-        "--on-error",
-        choices=("raise", "continue"),
-        help="stop at the first failing item "
-        "(raise, the default) or run every item and list failures (continue)",
-    )
-    @argument("--timeout", type=float, help="seconds allowed to one item (default: no limit)")
-    @argument(
-        "-q", "--quiet", action="store_true", default=None, help="no summary, no progress bar"
-    )
-    @argument(
-        "--no-progress", action="store_true", help="no progress bar (it shows on runs over ~1 s)"
-    )
-    @argument(
-        "--compare",
-        metavar="LIST",
-        help="run the loop on each backend in LIST (e.g. serial,threads,processes, or all), "
-        "compare their results with serial's, keep serial's",
-    )
-    @argument(
-        "--show-code",
-        action="store_true",
-        help="print the plain Python program (threading, multiprocessing, concurrent.futures, "
-        "asyncio) that this run is equivalent to",
-    )
-    @argument("--export", metavar="FILE", help="write that program to FILE, runnable with python")
-    @argument(
-        "--seed",
-        type=int,
-        metavar="N",
-        help="give every item its own random streams (random, numpy.random) made from N and the "
-        "item's index: the same numbers on serial, processes, futures:processes and dask",
-    )
-    @argument(
-        "--unordered",
-        action="store_true",
-        help="run a body whose changes parmagic cannot replay in item order (attributes, other "
-        "objects' methods, global), accepting them in any order (threads) or on copies (processes)",
-    )
-    @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
-    @argument("-o", "--output", metavar="NAME", help="store the run's report in NAME")
-    @argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="dask: use the cluster of this scheduler (tcp://HOST:PORT) instead of a local one",
-    )
-    @argument("statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run")
+    @with_options(OPTIONS)
     @line_cell_magic
     def parallel(self, line: str, cell: str | None = None):
         """Run the loop of a cell (or of one statement) in parallel, with serial results.
@@ -133,7 +99,7 @@ class ParallelMagics(Magics):
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
             plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
-            effects = loop_run.hidden_effects(plan, self.shell.user_ns)
+            effects = hidden_effects(plan, self.shell.user_ns)
             backend = "serial" if options.compare else options.backend  # compare keeps serial's
             refused, options.serial_reason = refusal(
                 effects, backend, options.unordered, options.seed
@@ -187,7 +153,7 @@ class ParallelMagics(Magics):
         if workers > limit:
             raise UsageError(errors.TOO_MANY_WORKERS.format(workers=workers, limit=limit))
 
-    def _options(self, line: str) -> tuple[loop_run.Options, str]:
+    def _options(self, line: str) -> tuple[Options, str]:
         try:
             args = parse_argstring(self.parallel, line)
         except UsageError as exc:
@@ -206,7 +172,7 @@ class ParallelMagics(Magics):
         uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
         if args.scheduler and not uses_dask:
             raise UsageError(errors.SCHEDULER_ONLY_FOR_DASK.format(backend=backend))
-        options = loop_run.Options(
+        options = Options(
             backend=backend,
             workers=args.workers or self.workers or None,
             chunksize=args.chunksize or self.chunksize or None,
@@ -250,13 +216,13 @@ class ParallelMagics(Magics):
             _check_plotting()
         return options, " ".join(args.statement).strip()
 
-    def _run(self, plan, options: loop_run.Options):
+    def _run(self, plan, options: Options):
         ns = self.shell.user_ns
         head, last = plan.split_for_display()
         flags = self.shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         before = self.session.last_report
-        hook = loop_run.loop_hook(plan, ns, options, self.session, errors.print_warning)
-        ns[HOOK_NAME] = loop_run.awaitable(hook) if plan.is_async else hook
+        hook = LoopRun(plan, ns, options, self.session, errors.print_warning)
+        ns[HOOK_NAME] = awaitable(hook) if plan.is_async else hook
         try:
             self._evaluate(compile(head, plan.filename, "exec", flags, True), ns)
             if last is not None:

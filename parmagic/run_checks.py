@@ -1,0 +1,124 @@
+"""Checks made when the loop is reached, once the statements before it have run: what the
+body's names hold in the kernel decides what can run where. Each finding is a refusal before
+any item runs, or (under auto) the reason to keep the loop in the kernel."""
+
+from __future__ import annotations
+
+import ast
+import types
+
+from . import errors
+from .backends import Backend, load_backend
+from .cell import CellPlan
+from .errors import ParmagicUsageError
+from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
+from .scopes import scope_names, stored_names
+
+
+def hidden_nodes(plan: CellPlan) -> list[ast.AST]:
+    """The parts of the loop that run where the items run."""
+    info = plan.body
+    if info.kind == "for":
+        return info.head
+    first, *inner = info.node.generators
+    parts = [info.node.key, info.node.value] if info.kind == "dict" else [info.node.elt]
+    return [*first.ifs, *inner, *parts]
+
+
+def hidden_effects(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
+    """What the body does beyond what parmagic replays, found before anything runs: changes
+    of its own it cannot replay (attributes, methods of other objects, ``global``), and what
+    the notebook functions it calls do and global random state (hidden_effects.py)."""
+    info = plan.body
+    nodes = hidden_nodes(plan)  # a loop's ordered tail runs in order, in the kernel
+    if info.kind == "for":
+        names = set(info.bound)
+    else:
+        names = {n for g in info.node.generators for n in stored_names(g.target)}
+    effects = [
+        HiddenEffect(UNORDERED, line, "", what, name) for line, what, name in info.copy_warnings
+    ]
+    changed = set(info.reductions) | set(info.receivers)
+    return effects + find_hidden_effects(nodes, ns, names, changed)
+
+
+def alias_refusal(plan: CellPlan, ns: dict) -> str | None:
+    """A name the body reads that holds, in the kernel, an object the body changes
+    (``s = seen`` before the loop): a carried read the body's own names do not show."""
+    info = plan.body
+    changed = {id(ns[n]): n for n in info.receivers if n in ns}
+    nodes = info.head if info.kind == "for" else []
+    for stmt in nodes:
+        for node in scope_names(stmt):
+            name = node.id
+            if not isinstance(node.ctx, ast.Load) or name in info.bound or name in info.receivers:
+                continue
+            other = changed.get(id(ns[name])) if name in ns else None
+            if other is not None:
+                return errors.CARRIED_ALIAS.format(
+                    line=node.lineno, name=name, other=other, write_line=info.receivers[other]
+                )
+    return None
+
+
+def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> list[tuple]:
+    """Kernel objects the body changes in place that are not of a kind parmagic replays (a
+    custom class's ``append``, ``g.add_edge(...)``): known only once the statements before
+    the loop have run. Modules and loggers are not changed by calling them."""
+    calls = {**plan.body.object_calls, **plan.body.receivers}
+    return sorted(
+        (line, f"`{name}` (a {type(ns[name]).__name__}) is changed in place", name)
+        for name, line in calls.items()
+        if (name not in recorded or name in plan.body.object_calls)
+        and name in ns
+        and not _not_changed_by_calls(ns[name])
+    )
+
+
+def _not_changed_by_calls(value: object) -> bool:
+    import logging
+
+    if isinstance(value, types.ModuleType | type | logging.Logger | logging.LoggerAdapter):
+        return True
+    return type(value).__module__.split(".")[0] == "tqdm"  # a progress bar's update()
+
+
+def item_object_refusal(plan: CellPlan, backend: str, short: bool = False) -> str | None:
+    """Why items in worker processes cannot run this body: it changes the objects the loop
+    hands its items, and theirs would be copies. ``short``: the reason alone, for auto."""
+    if not plan.body.item_changes or not load_backend(backend).copies_kernel_objects:
+        return None
+    line, what, name = plan.body.item_changes[0]
+    template = errors.ITEM_OBJECT_CHANGED_SHORT if short else errors.ITEM_OBJECT_CHANGED
+    return template.format(line=line, what=what, name=name)
+
+
+def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> list[str]:
+    """With --unordered: what the run does in any order (threads) or to copies (processes)."""
+    if backend.name == "serial":
+        return []
+    found = [*plan.body.copy_warnings, *unreplayed_receivers(plan, ns, recorded)]
+    template = errors.COPY_WARNING if backend.copies_kernel_objects else errors.UNORDERED_WARNING
+    return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
+
+
+def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str | None:
+    """Raises what the statements before the loop made knowable: notebook functions and
+    modules the cell itself defined or imported, an alias of an object the body changes, a
+    loop that changes its items' objects where items get copies, changes in place parmagic
+    cannot replay. Under auto, returns the reason to run serially instead of raising."""
+    refused, reason = refusal(hidden_effects(plan, ns), name, options.unordered, options.seed)
+    refused = refused or alias_refusal(plan, ns)
+    refused = refused or (name != "auto" and item_object_refusal(plan, name))
+    if refused:
+        raise ParmagicUsageError(refused)
+    if reason:
+        return reason
+    found = [] if options.unordered else unreplayed_receivers(plan, ns, recorded)
+    if not found or name == "serial":
+        return None
+    line, what, _ = found[0]
+    place = f"line {line}: "
+    if name != "auto":
+        raise ParmagicUsageError(errors.UNREPLAYABLE.format(place=place, what=what))
+    return f"{place}{what}, which only a serial run keeps in item order"
