@@ -1,6 +1,39 @@
 """parmagic: ``%%parallel`` runs a notebook loop on threads or processes, with serial results.
 
 Importing this package is cheap and imports no IPython: worker processes import it too.
+
+The path of a cell, and the module of each step::
+
+    %%parallel -b processes            magics.py     the options (options.py), then:
+    for x in data:  <cell>       ──▶   cell.py       find the one loop; body.py, dataflow.py,
+        ...                                          hidden_effects.py check its body (refuse
+                                                     before anything runs); the loop becomes
+                                                     a call __parmagic_hook__(data)
+          │ the rest of the cell runs in the kernel, as written, up to the loop
+          ▼
+    LoopRun(data)                      loop_run.py   late checks on the kernel's objects
+                                                     (run_checks.py); the backend: named,
+                                                     or auto.py's lead-in, or each one for
+                                                     compare.py; warm pools in session.py;
+                                                     the item function from itemcode.py
+          │ Task (chunk.py) + the items, lazily
+          ▼
+    dispatch.execute                   dispatch.py   chunks of items out, a bounded window
+          │ submit(seq, start, items)       ▲ wait() -> ChunkResult, in any order
+          ▼                                 │
+    Backend                            backends/     base.py's contract; one module each
+          │ the task shipped once (shipping.py) to threads, worker processes
+          ▼   (worker_process.py), dask workers, or the kernel's own thread
+    run_chunk                          chunk.py      each item: its output, its recorded
+                                                     changes (effects.py), names, errors
+          │ ChunkResult
+          ▼
+    Applier, in item order             dispatch.py   output shown, changes replayed, names
+                                                     bound, the first error raised with the
+                                                     user's frames (errors.py)
+          │ RunReport (report.py)
+          ▼
+    the summary                        render.py     text or HTML; plot.py for --plot
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A serial loop runs its body in the kernel's namespace; a parallel item cannot, because items
 run at the same time (threads) or in another process. So the body becomes a function of one
 item (see ``itemcode.py``) whose bound names are locals, and whose effects on kernel objects
-are recorded and replayed in the kernel in item order (spec §5). This module finds those
-effects and refuses what would make an item depend on an earlier one (spec §4).
+are recorded and replayed in the kernel in item order, so that the kernel ends as after a
+serial run. This module finds those effects, and refuses before anything runs what would make
+an item depend on an earlier one: no parallel order could give the serial result.
 
 The module is pure: syntax trees in, facts out.
 """

@@ -1,8 +1,8 @@
-"""Cell source -> plan: find the one parallel loop and put a call to the engine in its place.
+"""Cell source -> plan: find the one parallel loop and put a call to the loop run in its place.
 
 The rest of the cell stays ordinary Python that runs in the kernel, in its place: the
 statements before the loop, the loop (now one call that runs the items and applies their
-effects), its ``else:`` block, then the statements after it (spec §4).
+effects), its ``else:`` block, then the statements after it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def _outermost_comprehensions(stmt: ast.stmt) -> list[ast.expr]:
 
 
 def find_parallel_loop(tree: ast.Module) -> ast.AST:
-    """The ``for`` statement or comprehension that runs in parallel (spec §4, rules 1-3)."""
+    """The ``for`` statement or comprehension that runs in parallel: the one top-level ``for``
+    (not ``async for``), or else the one outermost comprehension of one statement; more than
+    one, or none, is refused, as parmagic would have to guess."""
     statements = list(_top_level(tree.body))
     loops = [s for s in statements if isinstance(s, ast.For | ast.AsyncFor)]
     if len(loops) > 1:

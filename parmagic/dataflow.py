@@ -1,7 +1,7 @@
 """Which names an item reads before it assigns them itself.
 
 In a serial loop such a read sees the value the previous item left; a parallel item cannot,
-so those reads are refused (spec §4, loop-carried dependencies).
+so those reads (loop-carried dependencies) are refused before anything runs.
 """
 
 from __future__ import annotations
@@ -62,7 +62,27 @@ class DefiniteAssignment:
             assigned = self.stmt(stmt, set(assigned))
         return assigned
 
+    def _try(self, s: ast.Try | ast.TryStar, a: set[str]) -> set[str]:
+        """Names surely assigned after a ``try``: the body's (or every handler's), then the
+        ``finally`` block's."""
+        after = self.block(s.orelse, self.block(s.body, set(a)))
+        for handler in s.handlers:
+            self.reads([handler.type], a)
+            caught = a | ({handler.name} if handler.name else set())
+            after &= self.block(handler.body, caught)
+        return after | self.block(s.finalbody, set(a))
+
+    def _match(self, s: ast.Match, a: set[str]) -> set[str]:
+        """Names every case assigns (and, when no case must match, those before it)."""
+        a = self.reads([s.subject], a)
+        outcomes = [self.block(case.body, a | bound_names([case.pattern])) for case in s.cases]
+        if not any(_irrefutable(case) for case in s.cases):
+            outcomes.append(a)  # no case may match
+        return set.intersection(*outcomes)
+
     def stmt(self, s: ast.stmt, a: set[str]) -> set[str]:  # noqa: C901 - one case per statement
+        """The names surely assigned after statement ``s``, given ``a`` before it; reads of
+        the body's own names that nothing assigned yet are refused (``reads``)."""
         if isinstance(s, ast.Assign):
             self._refuse_spelled_out_reduction(s, a)
             a = self.reads([s.value, *[_target_loads(t) for t in s.targets]], a)
@@ -95,12 +115,7 @@ class DefiniteAssignment:
             after = self.block(s.body, set(a))
             return a if any(_may_suppress(i.context_expr) for i in s.items) else after
         if isinstance(s, ast.Try | ast.TryStar):
-            after = self.block(s.orelse, self.block(s.body, set(a)))
-            for handler in s.handlers:
-                self.reads([handler.type], a)
-                caught = a | ({handler.name} if handler.name else set())
-                after &= self.block(handler.body, caught)
-            return after | self.block(s.finalbody, set(a))
+            return self._try(s, a)
         if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             self.reads([*s.decorator_list, *_defaults(s)], a)
             return a | {s.name}
@@ -108,23 +123,17 @@ class DefiniteAssignment:
             return a | bound_names([s])
         if isinstance(s, ast.Delete):
             self.reads([_target_loads(t) for t in s.targets], a)
-            deleted = {
-                n.id
-                for t in s.targets
-                for n in ast.walk(t)
-                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Del)
-            }
-            return a - deleted
+            return a - {n.id for t in s.targets for n in ast.walk(t) if _deleted_name(n)}
         if isinstance(s, ast.Match):
-            a = self.reads([s.subject], a)
-            outcomes = [self.block(case.body, a | bound_names([case.pattern])) for case in s.cases]
-            if not any(_irrefutable(case) for case in s.cases):
-                outcomes.append(a)  # no case may match
-            return set.intersection(*outcomes)
+            return self._match(s, a)
         if isinstance(s, ast.Continue | ast.Break | ast.Return | ast.Raise):
             self.reads([getattr(s, "value", None), getattr(s, "exc", None)], a)
             return set(self.bound)  # nothing after it runs: every name counts as assigned
         return self.reads([s], a)
+
+
+def _deleted_name(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del)
 
 
 def _target_loads(target: ast.expr) -> ast.AST | None:

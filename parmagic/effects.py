@@ -1,6 +1,6 @@
 """What an item may do to the kernel, recorded where the item runs and replayed in the kernel.
 
-The item function (see ``body.py``) calls an :class:`EffectLog` instead of touching kernel
+The item function (see ``itemcode.py``) calls an :class:`EffectLog` instead of touching kernel
 containers and reductions; the dispatcher replays each item's log on the real objects in item
 order, which is what makes ``results.append(x)`` end in serial order on every backend.
 

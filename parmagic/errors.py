@@ -14,7 +14,7 @@ from collections.abc import Iterable
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 ITEM_FUNCTION_NAME = "__parmagic_item__"
 
-# Refusals (spec §4): raised before anything in the cell runs.
+# Refusals: raised before anything in the cell runs, so a refused cell changes nothing.
 NO_LOOP = (
     "found no loop to run in parallel: put one top-level `for` loop (or one list, set or "
     "dict comprehension or generator expression) in the cell; loops inside `if`, `def` or "
@@ -97,7 +97,7 @@ CHAINED_STORE = (
     "kernel; write one `{name}[key] = value` statement per target"
 )
 
-# Processes (spec §6, §7).
+# Processes: what cannot travel to a worker process or back, and workers that die.
 NOT_PICKLABLE = (
     "the loop uses `{name}` (a {type}), which cannot be sent to a worker process ({reason}). "
     "Create it inside the loop body, or use --backend threads"
@@ -271,7 +271,7 @@ class ParmagicUsageError(ParmagicError, ValueError):
 
 
 class LoopRefused(ParmagicUsageError):
-    """The loop cannot run in parallel with serial results (spec §4). ``carried``: the reason
+    """The loop cannot run in parallel and end as the serial loop would. ``carried``: the reason
     is state carried from item to item, which an ordered tail may still serve (body.py)."""
 
     def __init__(self, message: str, line: int | None = None, carried: bool = False) -> None:

@@ -1,4 +1,7 @@
-"""The magics: the only module that talks to IPython (options, running the cell, display)."""
+"""The magics: the only module that talks to IPython (options, running the cell, display).
+
+A newcomer starts here, with the path of a cell drawn in the package's docstring (__init__.py).
+"""
 
 from __future__ import annotations
 
@@ -154,19 +157,9 @@ class ParallelMagics(Magics):
             raise UsageError(errors.TOO_MANY_WORKERS.format(workers=workers, limit=limit))
 
     def _options(self, line: str) -> tuple[Options, str]:
-        try:
-            args = parse_argstring(self.parallel, line)
-        except UsageError as exc:
-            usage = self.parallel.parser.format_usage().replace("::", "").strip()
-            raise UsageError(f"{exc}\n{usage}") from None
-        for name in ("workers", "chunksize"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                raise UsageError(f"--{name} must be 1 or more, not {value}")
-        if args.timeout is not None and not args.timeout > 0:
-            raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
-        if args.timeout is not None and args.timeout >= NO_LIMIT:
-            args.timeout = None  # inf, or so long that it is no limit (and timers overflow)
+        """The run's options: the line over the ``%config`` defaults, every one checked
+        before anything in the cell runs; and the line magic's statement."""
+        args = self._arguments(line)
         backend = args.backend or self.backend
         self._check_workers(args.workers or self.workers, backend, args.compare)
         uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
@@ -190,31 +183,25 @@ class ParallelMagics(Magics):
             unordered=args.unordered,
             seed=args.seed,
         )
-        if options.scheduler:  # before the statements before the loop run
-            from .backends.dask_cluster import check_reachable
-
-            try:
-                check_reachable(options.scheduler)
-            except ParmagicUsageError as unreachable:
-                raise UsageError(str(unreachable)) from None
-        if args.compare:
-            from .compare import backend_list
-
-            try:
-                backend_list(args.compare, awaits=False)
-            except ParmagicUsageError as exc:
-                raise UsageError(str(exc)) from None
-        if options.start_method and backend not in START_METHOD_BACKENDS and not args.compare:
-            raise UsageError(errors.START_METHOD_NOT_USED.format(backend=backend))
-        if args.seed is not None and backend in ("threads", "futures", "asyncio"):
-            raise UsageError(errors.SEED_NEEDS_PROCESSES.format(backend=backend))
-        if args.export:
-            _check_writable(args.export)
-        if args.output and not args.output.isidentifier():
-            raise UsageError(f"-o needs a variable name, not {args.output!r}")
-        if args.plot:
-            _check_plotting()
+        _check_together(options, args)
         return options, " ".join(args.statement).strip()
+
+    def _arguments(self, line: str) -> argparse.Namespace:
+        """The line parsed, with the numbers in range."""
+        try:
+            args = parse_argstring(self.parallel, line)
+        except UsageError as exc:
+            usage = self.parallel.parser.format_usage().replace("::", "").strip()
+            raise UsageError(f"{exc}\n{usage}") from None
+        for name in ("workers", "chunksize"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be 1 or more, not {value}")
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout}")
+        if args.timeout is not None and args.timeout >= NO_LIMIT:
+            args.timeout = None  # inf, or so long that it is no limit (and timers overflow)
+        return args
 
     def _run(self, plan, options: Options):
         ns = self.shell.user_ns
@@ -311,6 +298,36 @@ def counted(messages: list[str]) -> list[str]:
     """Each distinct message once, in first-seen order, with a count where it repeated."""
     counts = Counter(messages)
     return [m if counts[m] == 1 else f"{m} ({counts[m]} times)" for m in counts]
+
+
+def _check_together(options: Options, args: argparse.Namespace) -> None:
+    """Options that must hold together, or cannot be used as given: refused before the
+    cell's statements run (a scheduler that cannot be reached, a file that cannot be
+    written)."""
+    if options.scheduler:  # before the statements before the loop run
+        from .backends.dask_cluster import check_reachable
+
+        try:
+            check_reachable(options.scheduler)
+        except ParmagicUsageError as unreachable:
+            raise UsageError(str(unreachable)) from None
+    if args.compare:
+        from .compare import backend_list
+
+        try:
+            backend_list(args.compare, awaits=False)
+        except ParmagicUsageError as exc:
+            raise UsageError(str(exc)) from None
+    if options.start_method and options.backend not in START_METHOD_BACKENDS and not args.compare:
+        raise UsageError(errors.START_METHOD_NOT_USED.format(backend=options.backend))
+    if args.seed is not None and options.backend in ("threads", "futures", "asyncio"):
+        raise UsageError(errors.SEED_NEEDS_PROCESSES.format(backend=options.backend))
+    if args.export:
+        _check_writable(args.export)
+    if args.output and not args.output.isidentifier():
+        raise UsageError(f"-o needs a variable name, not {args.output!r}")
+    if args.plot:
+        _check_plotting()
 
 
 def _check_writable(path: str) -> None:

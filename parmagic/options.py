@@ -23,7 +23,8 @@ class Option:
     flags: tuple[str, ...]  # empty: a %config setting only
     help: str
     argparse: dict = field(default_factory=dict)
-    config: str | None = None  # what a %config default of 0 or '' means, if it has one
+    # None: no %config setting; else what a default of 0 or '' means ("" if nothing special)
+    config: str | None = None
 
     def config_help(self) -> str:
         """The help of its ``%config ParallelMagics`` setting."""
@@ -34,7 +35,7 @@ class Option:
 
 OPTIONS = (
     Option("backend", ("-b", "--backend"), "where the items run (default: auto)",
-           {"choices": CHOICES}),
+           {"choices": CHOICES}, config=""),
     Option("workers", ("-w", "--workers"), "how many threads or processes",
            {"type": int}, config="0 means the backend's own default"),
     Option("chunksize", ("--chunksize",), "items per message to a worker (default: adaptive)",
@@ -43,11 +44,11 @@ OPTIONS = (
            {"choices": START_METHODS}, config="'' means Python's default"),
     Option("on_error", ("--on-error",),
            "stop at the first failing item (raise, the default) or run every item and list "
-           "failures (continue)", {"choices": ON_ERROR}),
+           "failures (continue)", {"choices": ON_ERROR}, config=""),
     Option("timeout", ("--timeout",), "seconds allowed to one item (default: no limit)",
            {"type": float}, config="0 means no limit"),
     Option("quiet", ("-q", "--quiet"), "no summary, no progress bar",
-           {"action": "store_true", "default": None}),
+           {"action": "store_true", "default": None}, config=""),
     Option("no_progress", ("--no-progress",),
            "no progress bar (it shows on runs over ~1 s)", {"action": "store_true"}),
     Option("compare", ("--compare",),
@@ -99,3 +100,22 @@ class Options:
     unordered: bool = False  # accept changes parmagic cannot replay in item order
     seed: int | None = None  # every item its own random streams, from this and its index
     serial_reason: str | None = None  # why auto must run serially (found before the run)
+
+
+def options_table() -> str:
+    """The README's table of options (``tools/options_table.py`` writes it there)."""
+    rows = ["| Option | What it does | `%config ParallelMagics.` default |", "|---|---|---|"]
+    for option in OPTIONS:
+        choices = option.argparse.get("choices")
+        value = option.argparse.get("metavar") or ("{" + ",".join(choices) + "}" if choices else "")
+        if not value and option.argparse.get("type"):
+            value = "SECONDS" if option.argparse["type"] is float else "N"
+        *short, last = option.flags or ("",)
+        with_value = f"{last} {value}" if value else last
+        shown = ", ".join([*(f"`{flag}`" for flag in short), f"`{with_value}`"])
+        shown = shown if option.flags else "(`%config` only)"
+        setting = "" if option.config is None else f"`{option.name}`"
+        if option.config:
+            setting += f": {option.config}"
+        rows.append(f"| {shown} | {option.help} | {setting} |")
+    return "\n".join(rows) + "\n"

@@ -149,25 +149,16 @@ def _runner(
             f"with {pool} as pool:",
             f"    in_order = pool.map(loop_body, {iterable}, chunksize=4)",
         ]
-    if backend in ("futures", "futures:processes"):
-        if backend == "futures":
-            imports = ["from concurrent.futures import ThreadPoolExecutor, as_completed"]
-            executor = f"ThreadPoolExecutor(max_workers={workers})"
-        else:
-            imports = [
-                "import multiprocessing",
-                "from concurrent.futures import ProcessPoolExecutor, as_completed",
-            ]
-            executor = f"ProcessPoolExecutor({workers}, mp_context={context}{sharing})"
-        return imports, [
-            f"with {executor} as executor:",
-            f"    futures = {{executor.submit(loop_body, item): n "
-            f"for n, item in enumerate({iterable})}}",
-            "    finished = {}",
-            "    for future in as_completed(futures):  # in the order they finish",
-            "        finished[futures[future]] = future.result()",
-            "in_order = [finished[n] for n in range(len(finished))]",
+    if backend == "futures":
+        imports = ["from concurrent.futures import ThreadPoolExecutor, as_completed"]
+        return imports, _executor_lines(f"ThreadPoolExecutor(max_workers={workers})", iterable)
+    if backend == "futures:processes":
+        imports = [
+            "import multiprocessing",
+            "from concurrent.futures import ProcessPoolExecutor, as_completed",
         ]
+        executor = f"ProcessPoolExecutor({workers}, mp_context={context}{sharing})"
+        return imports, _executor_lines(executor, iterable)
     if backend == "asyncio":
         return ["import asyncio"], [
             f"semaphore = asyncio.Semaphore({workers})  # at most {workers} items at once",
@@ -186,6 +177,19 @@ def _runner(
             f"    in_order = client.gather(client.map(loop_body, list({iterable}), pure=False))",
         ]
     raise ValueError(f"no equivalent program for backend {backend!r}")
+
+
+def _executor_lines(executor: str, iterable: str) -> list[str]:
+    """concurrent.futures as its documentation shows it: submit, then as_completed."""
+    return [
+        f"with {executor} as executor:",
+        f"    futures = {{executor.submit(loop_body, item): n "
+        f"for n, item in enumerate({iterable})}}",
+        "    finished = {}",
+        "    for future in as_completed(futures):  # in the order they finish",
+        "        finished[futures[future]] = future.result()",
+        "in_order = [finished[n] for n in range(len(finished))]",
+    ]
 
 
 def _loads(tree: ast.AST) -> set[str]:
