@@ -4,9 +4,9 @@ event loop for cells that await, and the last run's report."""
 from __future__ import annotations
 
 import inspect
-import multiprocessing
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from . import errors, imported_code
@@ -76,12 +76,9 @@ class Session:
         """A warm backend; a new one only when the worker count, start method or (dask)
         scheduler changes."""
         cls = load_backend(name)
-        workers = workers or cls.default_workers()
-        wanted_method = None
-        if cls.copies_kernel_objects:
-            wanted_method = start_method or multiprocessing.get_start_method()
+        settings = cls.settings_for(workers, start_method, scheduler)
         current = self._backends.get(name)
-        if current is not None and not current.fits(workers, wanted_method, scheduler):
+        if current is not None and not current.fits(settings):
             current.close()
             current = None
         if current is not None and current.started_with is not None:
@@ -94,12 +91,9 @@ class Session:
         self.pool_started = 0.0
         if current is None:
             began = time.monotonic()
-            if cls.runs_coroutines:
-                current = cls(workers, self.event_loop())
-            elif scheduler:
-                current = cls(workers, wanted_method, scheduler)
-            else:
-                current = cls(workers, wanted_method) if wanted_method else cls(workers)
+            if cls.runs_coroutines:  # started here, if first: it counts as the pool's start
+                settings = replace(settings, event_loop=self.event_loop())
+            current = cls(settings)
             self._backends[name] = current
             self.pool_started = time.monotonic() - began
         return current
@@ -109,10 +103,7 @@ class Session:
         current = self._backends.get(name)
         if current is None:
             return False
-        cls = type(current)
-        method = start_method or multiprocessing.get_start_method()
-        wanted = method if cls.copies_kernel_objects else None
-        return current.fits(workers or cls.default_workers(), wanted, None)
+        return current.fits(type(current).settings_for(workers, start_method))
 
     def warm_pools(self) -> list[str]:
         return [b.description for b in self._backends.values()]

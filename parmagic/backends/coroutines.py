@@ -12,7 +12,7 @@ import queue
 import threading
 
 from ..chunk import ChunkResult, OutputCapture, Task, run_chunk_async
-from . import Backend, drain
+from .base import Backend, BackendSettings, drain
 
 DEFAULT_CONCURRENCY = 100
 LATENESS_PERIOD = 0.002  # seconds between the lateness probe's timers
@@ -82,9 +82,10 @@ class AsyncioBackend(Backend):
     one_item_per_chunk = True
     runs_coroutines = True
 
-    def __init__(self, workers: int, loop_thread: EventLoopThread) -> None:
-        super().__init__(workers)
-        self.loop_thread = loop_thread  # the session's: cells that await share it
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
+        # the session's loop, not one of its own: cells that await share it
+        self.loop_thread: EventLoopThread = settings.event_loop
 
     @classmethod
     def default_workers(cls) -> int:

@@ -13,7 +13,8 @@ on another worker after its first worker died is still applied exactly once::
 
     kernel: begin ── client.submit(hold_task, task bytes) ──▶ cluster (once per run)
             submit ── client.submit(run_dask_chunk, run, task future, seq, start, items)
-    worker thread: run_chunk(...) ── dump_result bytes ──▶ wait ──▶ dispatch (item order)
+    worker thread: run_chunk(...) ── dump_result bytes ──▶ _fetch (on dask's client thread)
+    kernel: wait ── _collect ── load_result ──▶ ChunkResult ──▶ dispatch (item order)
 
 The task bytes travel as the argument of one ``hold_task`` task rather than through
 ``Client.scatter``: scattered data cannot be recomputed, so an item that crashes its worker
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import queue
 import signal
 import socket
@@ -41,8 +41,8 @@ from ..chunk import ChunkResult, Task
 from ..errors import ParmagicUsageError, WorkerDied
 from ..shipping import pack_task
 from ..worker_process import hold_task, run_dask_chunk
-from . import drain, failed_chunk
-from .processes import PickledItems, SentChunk, plain_main
+from .base import BackendSettings, Deadline, drain, failed_chunk
+from .worker_processes import PickledItems, SentChunk, load_result, plain_main
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
@@ -78,10 +78,15 @@ def check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT).close()
     except (OSError, ValueError) as reason:
-        message = errors.SCHEDULER_UNREACHABLE.format(
-            address=address, seconds=CONNECT_TIMEOUT, reason=str(reason).split("\n")[0]
-        )
-        raise ParmagicUsageError(message) from None
+        raise _unreachable(address, reason) from None
+
+
+def _unreachable(address: str, reason: Exception) -> ParmagicUsageError:
+    """The one sentence for a scheduler nothing answers at, whichever check found it."""
+    message = errors.SCHEDULER_UNREACHABLE.format(
+        address=address, seconds=CONNECT_TIMEOUT, reason=str(reason).split("\n")[0]
+    )
+    return ParmagicUsageError(message)
 
 
 def _connect(distributed, address: str):
@@ -96,10 +101,7 @@ def _connect(distributed, address: str):
             socket.create_connection(host_port, CONNECT_TIMEOUT).close()
         return distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as reason:
-        message = errors.SCHEDULER_UNREACHABLE.format(
-            address=address, seconds=CONNECT_TIMEOUT, reason=str(reason).split("\n")[0]
-        )
-        raise ParmagicUsageError(message) from None
+        raise _unreachable(address, reason) from None
 
 
 def _local_cluster(distributed, workers: int):
@@ -126,11 +128,10 @@ def _local_cluster(distributed, workers: int):
 class DaskBackend(PickledItems):
     name = "dask"
 
-    def __init__(
-        self, workers: int, start_method: str | None = None, scheduler: str | None = None
-    ) -> None:
-        super().__init__(workers)
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
         distributed = _distributed()
+        workers, scheduler = settings.workers, settings.scheduler
         self.requested, self.scheduler = workers, scheduler
         self._killed_worker = distributed.KilledWorker
         self.cluster = None if scheduler else _local_cluster(distributed, workers)
@@ -146,8 +147,11 @@ class DaskBackend(PickledItems):
         self._done: queue.SimpleQueue = queue.SimpleQueue()  # futures, from dask's callbacks
         self._task_future = None
 
-    def fits(self, workers: int, start_method: str | None, scheduler: str | None) -> bool:
-        return self.requested == workers and self.scheduler == scheduler
+    def fits(self, settings: BackendSettings) -> bool:
+        """The cluster serves any start method (its nannies spawn); an existing cluster is
+        told apart by its address, a local one by the workers it was asked for (not the
+        worker threads it reports)."""
+        return self.requested == settings.workers and self.scheduler == settings.scheduler
 
     @property
     def description(self) -> str:
@@ -160,7 +164,7 @@ class DaskBackend(PickledItems):
         self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
         self._payload = payload
         self._send_task()
-        self._timeout = task.timeout
+        self._deadline = Deadline(task.timeout, KILL_GRACE) if task.timeout else None
         self._running.clear()
         self.bytes_sent = len(payload) * len(self.client.nthreads())
 
@@ -176,7 +180,7 @@ class DaskBackend(PickledItems):
     def has_capacity(self) -> bool:
         # one chunk queued behind each running one hides the scheduler's round trip; with
         # --timeout none waits, since an item's time counts from its submission
-        limit = self.workers if self._timeout else 2 * self.workers
+        limit = self.workers if self._deadline else 2 * self.workers
         return not self._refused and len(self._running) < limit
 
     def submit(self, seq: int, start: int, items: list) -> None:
@@ -197,19 +201,16 @@ class DaskBackend(PickledItems):
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
             return self._take_refused()
-        if self._timeout and self._running:
-            oldest = min(chunk.since for chunk in self._running.values())
-            timeout = min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic())
+        if self._deadline:
+            started = (chunk.since for chunk in self._running.values())
+            timeout = self._deadline.wait_at_most(timeout, started)
         finished = drain(self._done, max(timeout, 0.0))  # not those cancelled by _stop:
         collected = [self._collect(*entry) for entry in finished if entry[0] in self._running]
         results = [result for result in collected if result is not None]
-        if self._timeout:
-            now = time.monotonic()
-            allowed = self._timeout + KILL_GRACE
-            late = [f for f, chunk in self._running.items() if now - chunk.since > allowed]
+        if self._deadline:
+            late = self._deadline.overdue((f, chunk.since) for f, chunk in self._running.items())
             if late:
-                fate = self._stop(late)
-                error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
+                error = self._deadline.error(self._stop(late))
                 for future in late:
                     chunk = self._running.pop(future)
                     results.append(failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask"))
@@ -240,11 +241,7 @@ class DaskBackend(PickledItems):
             error = WorkerDied(errors.DASK_LOST.format(items=chunk.numbers, reason=error))
         if error is not None:
             return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
-        try:
-            return pickle.loads(data)
-        except Exception as reason:  # e.g. a class the kernel no longer has
-            error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
-            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
+        return load_result(data, chunk.seq, chunk.start, chunk.items, "dask")
 
     def _stop(self, futures: list) -> str:
         """Cancel tasks nobody will use. A running dask task cannot be stopped, so on the

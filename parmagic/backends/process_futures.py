@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import pickle
 import select
 import threading
 import time
@@ -23,8 +22,14 @@ from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
 from ..shared_files import shared_file
 from ..worker_process import prepare_pool_worker, run_shipped_chunk
-from . import failed_chunk
-from .processes import KILL_GRACE, WorkerProcesses, plain_main
+from .base import BackendSettings, Deadline, failed_chunk
+from .worker_processes import (
+    KILL_GRACE,
+    WorkerProcesses,
+    load_result,
+    plain_main,
+    result_not_loadable,
+)
 
 MANAGER_GRACE = 5.0  # seconds for the executor's manager thread to end once unblocked
 
@@ -55,8 +60,8 @@ def _unblock_manager(manager: threading.Thread, calls, results) -> None:
 class ProcessFuturesBackend(WorkerProcesses):
     name = "futures:processes"
 
-    def __init__(self, workers: int, start_method: str | None = None) -> None:
-        super().__init__(workers, start_method)
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
         self._executor = self._new_executor()
         self._run = 0
         self._path: str | None = None
@@ -77,7 +82,7 @@ class ProcessFuturesBackend(WorkerProcesses):
             f.write(payload)
         self._path = f.name
         self._shared_files.append(f.name)  # removed with the buffers when the run ends
-        self._timeout = task.timeout
+        self._deadline = Deadline(task.timeout, KILL_GRACE) if task.timeout else None
         self._run += 1
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
         self._task_size, self._submits = len(payload), 0
@@ -104,9 +109,8 @@ class ProcessFuturesBackend(WorkerProcesses):
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
             return self._take_refused()
-        if self._timeout:
-            oldest = min(since for *_, since in self._running.values())
-            timeout = max(0.0, min(timeout, oldest + self._timeout + KILL_GRACE - time.monotonic()))
+        if self._deadline:
+            timeout = self._deadline.wait_at_most(timeout, (c[3] for c in self._running.values()))
         done, _ = concurrent.futures.wait(
             list(self._running), timeout, concurrent.futures.FIRST_COMPLETED
         )
@@ -114,21 +118,19 @@ class ProcessFuturesBackend(WorkerProcesses):
         for future in done:
             seq, start, items, _ = self._running.pop(future)
             try:
-                results.append(pickle.loads(future.result()))
+                data = future.result()
             except BrokenProcessPool:
                 return results + self._restart(
                     WorkerDied(errors.POOL_BROKEN), [(seq, start, items)]
                 )
-            except Exception as reason:
-                error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
-                results.append(failed_chunk(seq, start, items, error, "pool"))
-        if self._timeout:
-            now = time.monotonic()
-            late = [c for c in self._running.values() if now - c[3] > self._timeout + KILL_GRACE]
+            except Exception as reason:  # e.g. items the worker could not unpickle
+                results.append(result_not_loadable(reason, seq, start, items, "pool"))
+            else:
+                results.append(load_result(data, seq, start, items, "pool"))
+        if self._deadline:
+            late = self._deadline.overdue((c[:3], c[3]) for c in self._running.values())
             if late:
-                fate = errors.TIMEOUT_KILLED
-                error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
-                return results + self._restart(error, [c[:3] for c in late])
+                return results + self._restart(self._deadline.error(errors.TIMEOUT_KILLED), late)
         return results
 
     def _restart(self, error: Exception, culprits: list) -> list[ChunkResult]:

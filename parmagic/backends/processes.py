@@ -5,56 +5,32 @@ Built on ``multiprocessing`` (context, Process, Pipe, ``connection.wait``) rathe
 worker is noticed at once and named with its items instead of hanging the kernel
 (cpython#96062), and so that the task goes to each worker once per run.
 
-Data flow of one run::
+Data flow of one run (what the three out-of-process backends share is in worker_processes.py)::
 
-    kernel: dispatch ──(seq, start, items)──▶ ProcessBackend.submit ─┐
+    kernel: dispatch ──(seq, start, items)──▶ ProcessBackend.submit ─┐ a SentChunk per chunk
                                                                    │ one duplex pipe per worker
         worker k ◀── ("task", run) + task bytes, once per run ◀────┤
         worker k ◀── ("chunk", seq, start) + items bytes ◀─────────┘
-        worker k ── run_chunk(...) ── ChunkResult bytes ──▶ ProcessBackend.wait ──▶ dispatch
+        worker k: serve ── run_chunk(...) ── ChunkResult bytes ──▶ ProcessBackend.wait
+        kernel: wait ── load_result ──▶ ChunkResult ──▶ dispatch
         (wait() also watches every busy worker's process sentinel: a death ends the run)
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import pickle
 import signal
-import sys
 import time
-import types
 from collections import deque
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from multiprocessing import connection
 
-from .. import errors, imported_code
+from .. import errors
 from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
-from ..machine import usable_cores
-from ..native_threads import threads_per_worker
-from ..shipping import dumps, pack_task
 from ..worker_process import serve
-from . import Backend, failed_chunk
-
-KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
-
-
-@contextmanager
-def plain_main():
-    """Start workers without the kernel's ``__main__``.
-
-    ``spawn`` and ``forkserver`` re-run the parent's main script in each child, which is why
-    scripts need the ``if __name__ == "__main__":`` guard. A notebook's main is the kernel
-    itself (or a test runner, or the ``ipython`` script): its children must not import it.
-    """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
+from .base import BackendSettings, Deadline, failed_chunk
+from .worker_processes import KILL_GRACE, SentChunk, WorkerProcesses, load_result, plain_main
 
 
 class _Worker:
@@ -92,78 +68,10 @@ class _Worker:
         self.conn.close()
 
 
-@dataclass
-class SentChunk:
-    """A chunk handed to a worker, kept until its result is back."""
-
-    seq: int
-    start: int
-    items: list
-    payload: bytes  # the pickled items: sent again if a worker dies with this chunk queued
-
-    @property
-    def numbers(self) -> str:
-        return ", ".join(str(self.start + offset) for offset in range(len(self.items)))
-
-
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         return f"killed by {signal.Signals(-exitcode).name}"
     return f"exit code {exitcode}"
-
-
-class PickledItems(Backend):
-    """What every backend whose items run in other processes shares (both process backends
-    and dask): items travel pickled, and items that cannot be pickled are refused as failed
-    items (the serial prefix still applies)."""
-
-    copies_kernel_objects = True
-
-    def __init__(self, workers: int) -> None:
-        super().__init__(workers)
-        self._refused: list[ChunkResult] = []
-
-    def _items_bytes(self, seq: int, start: int, items: list) -> bytes | None:
-        """The items pickled, or None once they are queued as failed items (never half a
-        message to a worker)."""
-        try:
-            return dumps(items)
-        except Exception as reason:
-            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
-            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
-            return None
-
-    def _take_refused(self) -> list[ChunkResult]:
-        refused, self._refused = self._refused, []
-        return refused
-
-
-class WorkerProcesses(PickledItems):
-    """What both process backends share: the start method, native thread caps, and large
-    captured buffers in shared memory (workers on this machine can map them)."""
-
-    def __init__(self, workers: int, start_method: str | None = None) -> None:
-        super().__init__(workers)
-        self.start_method = start_method or multiprocessing.get_start_method()
-        self._context = multiprocessing.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            self._context.set_forkserver_preload(["parmagic.worker_process"])
-        self.native_threads = threads_per_worker(usable_cores(), workers)
-        self._shared_files: list[str] = []
-        self.started_with = imported_code.fingerprint()
-
-    def _pack(self, task: Task) -> bytes:
-        """The task's bytes (raises NotPicklable before any item runs); large captured
-        buffers go once to shared memory, counted once in ``bytes_sent``."""
-        payload = pack_task(task, self._shared_files)
-        self.bytes_sent = sum(os.path.getsize(path) for path in self._shared_files)
-        return payload
-
-    def _remove_shared_files(self) -> None:
-        for path in self._shared_files:
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-        self._shared_files.clear()
 
 
 class ProcessBackend(WorkerProcesses):
@@ -174,9 +82,9 @@ class ProcessBackend(WorkerProcesses):
     name = "processes"
     PREFETCH = 2
 
-    def __init__(self, workers: int, start_method: str | None = None) -> None:
-        super().__init__(workers, start_method)
-        self._workers = [self._new_worker(n) for n in range(workers)]
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
+        self._workers = [self._new_worker(n) for n in range(self.workers)]
         self._run = 0
 
     def _new_worker(self, number: int) -> _Worker:
@@ -189,7 +97,7 @@ class ProcessBackend(WorkerProcesses):
     def begin(self, task: Task) -> None:
         self._payload = self._pack(task)
         self.send_blocked = 0.0
-        self._timeout = task.timeout
+        self._deadline = Deadline(task.timeout, KILL_GRACE) if task.timeout else None
         self._depth = 1 if task.timeout else self.PREFETCH
         self._run += 1
         self._used: set[_Worker] = set()
@@ -233,9 +141,8 @@ class ProcessBackend(WorkerProcesses):
         if self._refused:
             return self._take_refused()
         busy = [w for w in self._workers if w.chunks]
-        if self._timeout:
-            deadline = min(w.since for w in busy) + self._timeout + KILL_GRACE
-            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        if self._deadline:
+            timeout = self._deadline.wait_at_most(timeout, (w.since for w in busy))
         watched = [w.conn for w in busy] + [w.process.sentinel for w in busy]
         ready = set(connection.wait(watched, timeout))
         results = []
@@ -254,22 +161,17 @@ class ProcessBackend(WorkerProcesses):
                 lost = self._replace(worker)
                 error = WorkerDied(errors.WORKER_DIED.format(how=how, items=lost.numbers))
                 results.append(failed_chunk(lost.seq, lost.start, lost.items, error, worker.name))
-            elif self._timeout and time.monotonic() - worker.since > self._timeout + KILL_GRACE:
+            elif self._deadline and self._deadline.passed(worker.since):
                 worker.kill()  # the item ignored its alarm (C code holding on): stop it
                 lost = self._replace(worker)
-                fate = errors.TIMEOUT_KILLED
-                error = TimeoutError(errors.ITEM_TIMEOUT.format(seconds=self._timeout, fate=fate))
+                error = self._deadline.error(errors.TIMEOUT_KILLED)
                 results.append(failed_chunk(lost.seq, lost.start, lost.items, error, worker.name))
         return results
 
     def _load(self, worker: _Worker, data: bytes) -> ChunkResult:
         chunk = worker.chunks.popleft()
         worker.since = time.monotonic()  # the next chunk, if any, starts now
-        try:
-            return pickle.loads(data)
-        except Exception as reason:  # e.g. a class the kernel no longer has
-            error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
-            return failed_chunk(chunk.seq, chunk.start, chunk.items, error, worker.name)
+        return load_result(data, chunk.seq, chunk.start, chunk.items, worker.name)
 
     def _replace(self, worker: _Worker) -> SentChunk:
         """Put a new worker in the place of one that will not report back. Its running chunk

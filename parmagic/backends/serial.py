@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..chunk import ChunkResult, OutputCapture, Task, run_chunk, run_chunk_in_place
 from ..kernel_state import HeldInterrupt
-from . import Backend
+from .base import Backend, BackendSettings
 
 
 class SerialBackend(Backend):
     name = "serial"
 
-    def __init__(self, workers: int = 1) -> None:
-        super().__init__(1)
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(replace(settings, workers=1))  # the kernel's one thread, whatever asked
         self._chunk: tuple | None = None
 
     @classmethod

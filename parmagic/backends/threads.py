@@ -12,12 +12,13 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import time
+from abc import abstractmethod
 from multiprocessing.pool import ThreadPool
 
 from .. import errors
 from ..chunk import ChunkResult, OutputCapture, Task, run_chunk
 from ..machine import usable_cores
-from . import Backend, drain, failed_chunk
+from .base import Backend, BackendSettings, Deadline, drain, failed_chunk
 
 END_GRACE = 0.2  # seconds a stopped run waits for its threads' current items
 
@@ -27,8 +28,8 @@ class _PooledThreads(Backend):
 
     items_share_a_process = True
 
-    def __init__(self, workers: int) -> None:
-        super().__init__(workers)
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
         self._pool = self._new_pool()
 
     @classmethod
@@ -39,22 +40,24 @@ class _PooledThreads(Backend):
     def capacity(self) -> int:
         return 2 * self.workers  # one queued chunk per thread keeps every thread busy
 
-    def _new_pool(self):
-        raise NotImplementedError
+    @abstractmethod
+    def _new_pool(self): ...
 
+    @abstractmethod
     def _start(self, function, task: Task) -> None:
         """Have the pool call ``function(task)``; its result must reach :meth:`_ready`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _ready(self, timeout: float) -> list:
         """Chunk results (or exceptions) that finished within ``timeout`` seconds."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _close_pool(self, wait: bool) -> None:
-        raise NotImplementedError
+        """Stop taking chunks; ``wait``: until the running ones end (False: abandon them)."""
 
     def begin(self, task: Task) -> None:
         self._task = task
+        self._deadline = Deadline(task.timeout) if task.timeout else None
         self._running: dict[int, list] = {}  # seq -> [first index, items]
         self._started: dict[int, float] = {}
         self._capture = OutputCapture()
@@ -73,34 +76,29 @@ class _PooledThreads(Backend):
         self._start(run, self._task)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
-        ready = self._ready(min(timeout, self._next_deadline()))
+        if self._deadline:
+            timeout = self._deadline.wait_at_most(timeout, self._running_since().values())
+        ready = self._ready(timeout)
         for result in ready:
             if isinstance(result, BaseException):
                 raise result
         ready = [r for r in ready if self._running.pop(r.seq, None) is not None]
         return ready + self._expired()
 
-    def _next_deadline(self) -> float:
-        if not self._task.timeout or not self._started:
-            return float("inf")
-        live = [self._started[seq] for seq in self._running if seq in self._started]
-        return max(0.0, min(live, default=float("inf")) + self._task.timeout - time.monotonic())
+    def _running_since(self) -> dict[int, float]:
+        """When each chunk a thread has started began: a queued chunk's time is not running."""
+        return {seq: self._started[seq] for seq in self._running if seq in self._started}
 
     def _expired(self) -> list[ChunkResult]:
         """Items past their timeout fail now; their thread goes on, and is abandoned."""
-        if not self._task.timeout:
+        if not self._deadline:
             return []
-        now, expired = time.monotonic(), []
-        for seq, (start, items) in list(self._running.items()):
-            began = self._started.get(seq)
-            if began is not None and now - began > self._task.timeout:
-                del self._running[seq]
-                fate = errors.TIMEOUT_ABANDONED
-                error = TimeoutError(
-                    errors.ITEM_TIMEOUT.format(seconds=self._task.timeout, fate=fate)
-                )
-                expired.append(failed_chunk(seq, start, items, error, "thread"))
-                self._replace_pool()
+        expired = []
+        for seq in self._deadline.overdue(self._running_since().items()):
+            start, items = self._running.pop(seq)
+            error = self._deadline.error(errors.TIMEOUT_ABANDONED)
+            expired.append(failed_chunk(seq, start, items, error, "thread"))
+            self._replace_pool()
         return expired
 
     def _replace_pool(self) -> None:

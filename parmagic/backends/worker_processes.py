@@ -1,0 +1,123 @@
+"""What every backend whose items run in other processes shares (``processes``,
+``futures:processes``, ``dask``), kept apart so that those backends import it, not each other."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import sys
+import types
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from .. import errors, imported_code
+from ..chunk import ChunkResult, Task
+from ..machine import usable_cores
+from ..native_threads import threads_per_worker
+from ..shipping import dumps, pack_task
+from .base import Backend, BackendSettings, failed_chunk
+
+KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
+
+
+@contextmanager
+def plain_main():
+    """Start workers without the kernel's ``__main__``.
+
+    ``spawn`` and ``forkserver`` re-run the parent's main script in each child, which is why
+    scripts need the ``if __name__ == "__main__":`` guard. A notebook's main is the kernel
+    itself (or a test runner, or the ``ipython`` script): its children must not import it.
+    """
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+@dataclass
+class SentChunk:
+    """A chunk handed to a worker, kept until its result is back."""
+
+    seq: int
+    start: int
+    items: list
+    payload: bytes  # the pickled items: sent again if a worker dies with this chunk queued
+
+    @property
+    def numbers(self) -> str:
+        return ", ".join(str(self.start + offset) for offset in range(len(self.items)))
+
+
+def result_not_loadable(
+    reason: Exception, seq: int, start: int, items: list, worker: str
+) -> ChunkResult:
+    """The chunk's items fail: its result never became a ChunkResult in the kernel, so which
+    of its items ran, and what they did, is unknown."""
+    error = TypeError(errors.RESULT_NOT_LOADABLE.format(reason=reason))
+    return failed_chunk(seq, start, items, error, worker)
+
+
+def load_result(data: bytes, seq: int, start: int, items: list, worker: str) -> ChunkResult:
+    """A worker's result bytes, unpickled in the kernel; a result the kernel cannot read (e.g.
+    an object of a class the kernel no longer has) fails the chunk rather than the run."""
+    try:
+        return pickle.loads(data)
+    except Exception as reason:
+        return result_not_loadable(reason, seq, start, items, worker)
+
+
+class PickledItems(Backend):
+    """What every backend whose items run in other processes shares (both process backends
+    and dask): items travel pickled, and items that cannot be pickled are refused as failed
+    items (the serial prefix still applies)."""
+
+    copies_kernel_objects = True
+
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
+        self._refused: list[ChunkResult] = []
+
+    def _items_bytes(self, seq: int, start: int, items: list) -> bytes | None:
+        """The items pickled, or None once they are queued as failed items (never half a
+        message to a worker)."""
+        try:
+            return dumps(items)
+        except Exception as reason:
+            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
+            self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
+            return None
+
+    def _take_refused(self) -> list[ChunkResult]:
+        refused, self._refused = self._refused, []
+        return refused
+
+
+class WorkerProcesses(PickledItems):
+    """What both process backends share: the start method, native thread caps, and large
+    captured buffers in shared memory (workers on this machine can map them)."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        super().__init__(settings)
+        self.start_method = settings.start_method or multiprocessing.get_start_method()
+        self._context = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            self._context.set_forkserver_preload(["parmagic.worker_process"])
+        self.native_threads = threads_per_worker(usable_cores(), self.workers)
+        self._shared_files: list[str] = []
+        self.started_with = imported_code.fingerprint()
+
+    def _pack(self, task: Task) -> bytes:
+        """The task's bytes (raises NotPicklable before any item runs); large captured
+        buffers go once to shared memory, counted once in ``bytes_sent``."""
+        payload = pack_task(task, self._shared_files)
+        self.bytes_sent = sum(os.path.getsize(path) for path in self._shared_files)
+        return payload
+
+    def _remove_shared_files(self) -> None:
+        for path in self._shared_files:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        self._shared_files.clear()
