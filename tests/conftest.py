@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -30,6 +32,10 @@ BACKENDS = {
     "asyncio": "-b asyncio",
 }
 PROCESS_BACKENDS = ("fork", "spawn", "forkserver")
+# The `backend` fixture's one parameter outside BACKENDS: its options name the scheduler of the
+# test process's shared cluster (`dask_cluster`), whose port is known only once it has started.
+# Tests that name backends (BACKENDS[name], list(BACKENDS)) leave dask out.
+DASK = "dask"
 # Seconds: a bound that tells a stop from a hang, whatever else the machine is doing. How fast
 # runs stop (the spec's two seconds) is measured in bench/faults.py, not asserted here.
 HANG_GUARD = 20.0
@@ -45,6 +51,7 @@ _INTERPRETER_LIFE_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 # `make test-fast` leaves these out (`-m "not slow"`); `make test` runs everything. Slow: a real
 # kernel, a terminal, a cluster, fuzzing, the stress matrix, fresh interpreters per worker, and
 # the concurrent.futures variants (their pools' twins, threads and fork, stay in the fast set).
+# The `backend` fixture's dask parameter is marked `dask` and `slow` where it is declared.
 SLOW_MODULES = {
     "test_kernel", "test_terminal", "test_dask", "test_fuzz_rewriter", "test_shutdown",
     "test_stress", "test_kernel_death", "test_jupyterlab",
@@ -109,10 +116,96 @@ def run(ip, capsys):
     return run_cell
 
 
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=[*BACKENDS, pytest.param(DASK, marks=(pytest.mark.dask, pytest.mark.slow))])
 def backend(request) -> str:
-    """The magic's options for each backend (and each process start method)."""
+    """The magic's options for each backend (and each process start method); for dask, the
+    shared cluster's scheduler, which starts when the first test of this process needs it."""
+    if request.param == DASK:
+        return f"-b dask --scheduler {request.getfixturevalue('dask_cluster')} -w 2"
     return BACKENDS[request.param]
+
+
+# The processes started by `dask_cluster` (scheduler, worker nannies): they and their children
+# (the workers) outlive tests on purpose, so the leak check leaves them out.
+_DASK_CLUSTER: list[subprocess.Popen] = []
+# Runs its arguments (execv) with SIGTERM asked for should this test process die first: the
+# cluster then ends with it even if the session's teardown never runs (a crashed xdist worker).
+_ENDS_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() == int(sys.argv[1]):\n    os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory) -> str:
+    """A dask scheduler and two workers of one thread each, started from the command line on
+    127.0.0.1 only, once per test process and only if a test asks for it; the scheduler's
+    address. Each test's own client (parmagic's) connects and closes; the cluster stays."""
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    folder = tmp_path_factory.mktemp("dask-cluster")
+    file, log = folder / "scheduler.json", folder / "cluster.log"
+    # --dashboard-address too: a worker started with --no-dashboard still serves its HTTP
+    # routes, on every interface by default
+    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    commands = [
+        [dask, "scheduler", *loopback, "--port", "0"],
+        [dask, "worker", "--nworkers", "2", "--nthreads", "1", *loopback, "--no-dashboard"],
+    ]
+    try:
+        with open(log, "wb") as output:
+            for command in commands:
+                _DASK_CLUSTER.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", _ENDS_WITH_PARENT, str(psutil.Process().pid),
+                         *command, "--scheduler-file", str(file)],
+                        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                    )
+                )  # fmt: skip
+                deadline = time.monotonic() + 60  # the scheduler's file, before any worker
+                while not file.exists() and time.monotonic() < deadline:
+                    assert _DASK_CLUSTER[0].poll() is None, log.read_text()[-2000:]
+                    time.sleep(0.05)
+        with Client(scheduler_file=str(file), timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield json.loads(file.read_text())["address"]
+    finally:
+        _stop_dask_cluster()
+
+
+def _stop_dask_cluster() -> None:
+    workers = []  # the nannies' children, which outlive a nanny killed before them
+    for process in _DASK_CLUSTER:
+        try:
+            workers += psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+    for process in reversed(_DASK_CLUSTER):  # the workers first, then the scheduler
+        process.terminate()
+    for process in _DASK_CLUSTER:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for worker in alive:
+        worker.kill()
+    _DASK_CLUSTER.clear()
+
+
+def _dask_cluster_pids() -> set[int]:
+    pids = set()
+    for process in _DASK_CLUSTER:
+        pids.add(process.pid)
+        try:
+            pids |= {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            continue
+    return pids
 
 
 def _is_helper(process: psutil.Process) -> bool:
@@ -120,10 +213,14 @@ def _is_helper(process: psutil.Process) -> bool:
 
 
 def _our_children() -> set[int]:
-    """Every descendant but multiprocessing's own helpers. A forkserver's children (workers)
-    carry its command line: they count, being a helper's children."""
+    """Every descendant but multiprocessing's own helpers and the shared dask cluster. A
+    forkserver's children (workers) carry its command line: they count, being a helper's
+    children."""
     children = set()
+    cluster = _dask_cluster_pids()
     for child in psutil.Process().children(recursive=True):
+        if child.pid in cluster:
+            continue
         try:
             parent = child.parent()
             if not (_is_helper(child) and not (parent and _is_helper(parent))):

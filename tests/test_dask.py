@@ -1,17 +1,15 @@
-"""The dask backend (spec §11) on real clusters: one started here from the command line
-(`dask scheduler` and two `dask worker` processes on 127.0.0.1), and the backend's own local
+"""The dask backend on real clusters: one started from the command line (conftest's shared
+`dask_cluster`: `dask scheduler` and `dask worker` on 127.0.0.1), and the backend's own local
 cluster. The semantic cases are the conformance suite's, in small; then faults and safety.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -94,44 +92,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cli_cluster(tmp_path_factory):
-    """A scheduler and two workers started from the command line, as a user would."""
-    dask = str(Path(sys.executable).with_name("dask"))
-    file = tmp_path_factory.mktemp("dask") / "scheduler.json"
-    loopback = ["--host", "127.0.0.1"]
-    commands = [
-        [dask, "scheduler", *loopback, "--port", "0", "--dashboard-address", "127.0.0.1:0"],
-        *[[dask, "worker", "--nthreads", "1", *loopback, "--no-dashboard"]] * 2,
-    ]
-    processes = []
-    try:
-        for command in commands:
-            processes.append(
-                subprocess.Popen(
-                    [*command, "--scheduler-file", str(file)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            deadline = time.monotonic() + 20
-            while not file.exists() and time.monotonic() < deadline:  # the scheduler's file
-                time.sleep(0.05)
-        from distributed import Client
-
-        with Client(scheduler_file=str(file), timeout=20, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=30)
-        yield json.loads(file.read_text())["address"]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
-def test_semantics_on_a_cluster_started_from_the_command_line(ip, run, cli_cluster, case):
-    case(ip, run, f"-b dask --scheduler {cli_cluster}")
+def test_semantics_on_a_cluster_started_from_the_command_line(ip, run, dask_cluster, case):
+    case(ip, run, f"-b dask --scheduler {dask_cluster}")
     assert report().backend == "dask" and report().workers == 2
     assert all(name.startswith("tcp://127.0.0.1:") for name in report().per_worker)
 
@@ -289,3 +252,15 @@ def test_exported_dask_script_runs_and_prints_what_the_cell_printed(ip, run, tmp
 
 def test_seed_gives_the_same_numbers_on_the_local_cluster(ip, run):
     seeded_numbers(ip, run, LOCAL)
+
+
+def test_compare_with_dask_on_a_given_scheduler_runs_every_backend_named(ip, run, dask_cluster):
+    outcome = run(
+        f"%%parallel -q --compare serial,threads,dask --scheduler {dask_cluster} -o cmp\n"
+        "squares = []\nfor i in range(20):\n    squares.append(i * i)\n"
+    )
+    assert outcome.error is None, outcome.err
+    rows = {row.backend: row for row in ip.user_ns["cmp"].rows}
+    assert list(rows) == ["serial", "threads", "dask"]
+    assert all(row.same for row in rows.values()), [(r.refused, r.difference) for r in rows.values()]
+    assert ip.user_ns["squares"] == [i * i for i in range(20)]
