@@ -262,5 +262,7 @@ def test_compare_with_dask_on_a_given_scheduler_runs_every_backend_named(ip, run
     assert outcome.error is None, outcome.err
     rows = {row.backend: row for row in ip.user_ns["cmp"].rows}
     assert list(rows) == ["serial", "threads", "dask"]
-    assert all(row.same for row in rows.values()), [(r.refused, r.difference) for r in rows.values()]
+    assert all(row.same for row in rows.values()), [
+        (r.refused, r.difference) for r in rows.values()
+    ]
     assert ip.user_ns["squares"] == [i * i for i in range(20)]
