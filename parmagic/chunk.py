@@ -1,8 +1,9 @@
-"""Where items run: one chunk of items through the item function, and the worker process loop.
+"""Where items run: one chunk of items through the item function, on any backend.
 
 Every backend calls :func:`run_chunk` (the kernel's own thread, pool threads, worker processes),
-so every backend records output, effects, names, timings and errors the same way. This module
-is the whole worker-process side and imports nothing heavy: never IPython.
+so every backend records output, effects, names, timings and errors the same way. Worker
+processes import it (worker_process.py is their main loop), so it imports nothing heavy:
+never IPython.
 """
 
 from __future__ import annotations
