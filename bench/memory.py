@@ -2,7 +2,7 @@
 
 Usage: python bench/memory.py [N] [backend options]   (defaults: 10_000_000, -b processes)
 Prints the kernel's resident memory before the run and its peak during it (sampled by a
-thread every 50 ms), and the wall time. The promise (spec §4, issue 3): growth < 100 MB.
+thread every 50 ms), and the wall time. The promise (issue 3): growth < 100 MB.
 """
 
 from __future__ import annotations

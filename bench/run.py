@@ -30,6 +30,9 @@ QUICK = "--quick" in sys.argv
 # Written into results.md as it is, after the targets: what the tables cannot say. The figures
 # in it were measured when it was written (see the tables for this run's).
 NOTES = """\
+The notes below were written in November 2026, with the figures measured then; the tables
+above are this run's.
+
 More targets, which this script does not check:
 
 - 200 URLs × 50 ms on `-b threads`: within 20% of the ideal 0.35 s (32 threads).

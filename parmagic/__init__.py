@@ -8,7 +8,7 @@ The path of a cell, and the module of each step::
     for x in data:  <cell>       ──▶   cell.py       find the one loop; body.py, dataflow.py,
         ...                                          hidden_effects.py check its body (refuse
                                                      before anything runs); the loop becomes
-                                                     a call __parmagic_hook__(data)
+                                                     a call __parmagic_loop__(data)
           │ the rest of the cell runs in the kernel, as written, up to the loop
           ▼
     LoopRun(data)                      loop_run.py   late checks on the kernel's objects
@@ -22,8 +22,8 @@ The path of a cell, and the module of each step::
           │ submit(seq, start, items)       ▲ wait() -> ChunkResult, in any order
           ▼                                 │
     Backend                            backends/     base.py's contract; one module each
-          │ the task shipped once (shipping.py) to threads, worker processes
-          ▼   (worker_process.py), dask workers, or the kernel's own thread
+          │ the kernel's thread, pool threads, or worker processes
+          ▼   (worker_process.py) and dask, the task pickled once (shipping.py)
     run_chunk                          chunk.py      each item: its output, its recorded
                                                      changes (effects.py), names, errors
           │ ChunkResult

@@ -185,7 +185,7 @@ def run_comparison(
     """Run the loop on each backend, serial first; each other run is set beside serial's.
 
     ``run_one(name)`` runs the loop on a backend with a Recording and returns its report and
-    recorder; a ParmagicUsageError from it (e.g. data that cannot be pickled for processes)
+    recording; a ParmagicUsageError from it (e.g. data that cannot be pickled for processes)
     becomes that backend's row. A KeyboardInterrupt stops the whole comparison.
     """
     comparison = Comparison()
@@ -197,16 +197,16 @@ def run_comparison(
         if row.refused:
             continue
         try:
-            row.report, recorder = run_one(name)
+            row.report, recording = run_one(name)
         except ParmagicUsageError as reason:
             row.refused = str(reason).split("\n")[0]
             if reference is None:
                 raise  # the serial run itself cannot run: nothing to compare with
             continue
         if reference is None:
-            reference = recorder
+            reference = recording
         else:
-            row.difference = first_difference(reference.transcript, recorder.transcript)
+            row.difference = first_difference(reference.transcript, recording.transcript)
     return comparison
 
 

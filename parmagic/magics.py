@@ -29,7 +29,7 @@ from .info import machine_info
 from .loop_run import LoopRun, awaitable
 from .machine import usable_cores
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
-from .run_checks import hidden_effects
+from .run_checks import hidden_effects_of
 from .session import Session
 
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
@@ -41,17 +41,20 @@ def _help(name: str) -> str:
     return BY_NAME[name].config_help()
 
 
-def with_options(options) -> Callable:
-    """The magic's arguments, from the one list of options (options.py), as ``@argument``
+def with_options(options, statement: bool = True) -> Callable:
+    """A magic's arguments, from the one list of options (options.py), as ``@argument``
     lines would add them, in the list's order; then the statement of the line magic."""
 
     def decorate(magic: Callable) -> Callable:
-        magic = argument(
-            "statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run"
-        )(magic)
+        if statement:
+            magic = argument(
+                "statement", nargs=argparse.REMAINDER, help="line magic only: the statement to run"
+            )(magic)
         for option in reversed(options):
             if option.flags:
-                magic = argument(*option.flags, help=option.help, **option.argparse)(magic)
+                magic = argument(
+                    *option.flags, dest=option.name, help=option.help, **option.argparse
+                )(magic)
         return magic_arguments()(magic)
 
     return decorate
@@ -102,7 +105,7 @@ class ParallelMagics(Magics):
         filename = self.shell.compile.cache(source, self.shell.execution_count)
         try:
             plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
-            effects = hidden_effects(plan, self.shell.user_ns)
+            effects = hidden_effects_of(plan, self.shell.user_ns)
             backend = "serial" if options.compare else options.backend  # compare keeps serial's
             refused, options.serial_reason = refusal(
                 effects, backend, options.unordered, options.seed
@@ -241,9 +244,7 @@ class ParallelMagics(Magics):
             return eval(code, ns)
         return self.session.run_coroutine(eval(code, ns))
 
-    @magic_arguments()
-    @argument("--plot", action="store_true", help="draw per-core use and a timeline (matplotlib)")
-    @argument("-o", "--output", metavar="NAME", help="store the report in NAME as well")
+    @with_options([BY_NAME["plot"], BY_NAME["output"]], statement=False)
     @line_magic
     def parallel_report(self, line: str):
         """Show the last run's summary again; the report object is the cell's value."""

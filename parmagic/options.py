@@ -1,12 +1,13 @@
 """Every option of ``%%parallel``, written once.
 
-The magic's arguments (``%%parallel?``), the ``%config ParallelMagics`` defaults and the
-README's options table (``tools/options_table.py``) are all made from :data:`OPTIONS`, so
-their words cannot drift apart. :class:`Options` is what one run was asked for.
+The magic's arguments (``%%parallel?``), the help of the ``%config ParallelMagics`` settings
+and the README's options table (``tools/options_table.py``) are all made from
+:data:`OPTIONS`, so their words cannot drift apart. :class:`Options` is what one run was asked for.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .backends import CHOICES
@@ -27,9 +28,10 @@ class Option:
     config: str | None = None
 
     def config_help(self) -> str:
-        """The help of its ``%config ParallelMagics`` setting."""
-        text = f"The default of {self.flags[-1]}: {self.help}" if self.flags else self.help
-        text = text[0].upper() + text[1:]
+        """The help of its ``%config ParallelMagics`` setting, which is the default of the
+        option: "(default: ...)" would be wrong there."""
+        text = re.sub(r" \(default: [^)]*\)", "", self.help)
+        text = text[0].upper() + text[1:] + (f" ({self.flags[-1]})" if self.flags else "")
         return f"{text}; {self.config}." if self.config else f"{text}."
 
 

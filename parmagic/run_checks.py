@@ -1,6 +1,7 @@
-"""Checks made when the loop is reached, once the statements before it have run: what the
-body's names hold in the kernel decides what can run where. Each finding is a refusal before
-any item runs, or (under auto) the reason to keep the loop in the kernel."""
+"""Checks on what the body's names hold in the kernel: what can run where. The magic asks
+before the cell runs (what the notebook already holds); the loop run asks again when the loop
+is reached (what the statements before it defined or imported). Each finding is a refusal
+before any item runs, or (under auto) the reason to keep the loop in the kernel."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def hidden_nodes(plan: CellPlan) -> list[ast.AST]:
     return [*first.ifs, *inner, *parts]
 
 
-def hidden_effects(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
+def hidden_effects_of(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
     """What the body does beyond what parmagic replays, found before anything runs: changes
     of its own it cannot replay (attributes, methods of other objects, ``global``), and what
     the notebook functions it calls do and global random state (hidden_effects.py)."""
@@ -107,7 +108,7 @@ def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str 
     modules the cell itself defined or imported, an alias of an object the body changes, a
     loop that changes its items' objects where items get copies, changes in place parmagic
     cannot replay. Under auto, returns the reason to run serially instead of raising."""
-    refused, reason = refusal(hidden_effects(plan, ns), name, options.unordered, options.seed)
+    refused, reason = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
     refused = refused or alias_refusal(plan, ns)
     refused = refused or (name != "auto" and item_object_refusal(plan, name))
     if refused:

@@ -1,4 +1,4 @@
-"""What is particular to some backends (spec §3, §7): asyncio's event loop, auto's choice."""
+"""What is particular to some backends: asyncio's event loop, auto's choice."""
 
 from __future__ import annotations
 

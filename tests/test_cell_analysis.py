@@ -1,4 +1,4 @@
-"""Cell -> plan: which loop runs in parallel, what is refused, and the per-item code (spec §4, §5).
+"""Cell -> plan: which loop runs in parallel, what is refused, and the per-item code.
 
 Pure tests: no IPython, no processes. Cells are source strings; line 1 is their first line.
 """
@@ -57,7 +57,7 @@ def run_item(source: str, item, namespace: dict | None = None):
     return info, values, log
 
 
-# §4: which loop is chosen --------------------------------------------------------------------
+# which loop is chosen --------------------------------------------------------------------
 
 LOOP = "\n    for x in xs:\n        pass"
 
@@ -104,7 +104,7 @@ def test_loop_replaced_in_place(source, rewritten):
     assert ast.unparse(plan(source).module) == rewritten
 
 
-# §4: refusals --------------------------------------------------------------------------------
+# refusals --------------------------------------------------------------------------------
 
 BREAK = errors.BREAK_REFUSED.format
 READ = errors.CARRIED_READ.format
@@ -307,7 +307,7 @@ def test_carried_reads_that_the_parallel_part_needs_stay_refused(source):
     assert "in item order, when they come last in the body" in str(refused.value)
 
 
-# §5: what the analysis learns ----------------------------------------------------------------
+# what the analysis learns ----------------------------------------------------------------
 
 WRITE_BACKS = (
     "for k, v in items:\n    results.append(v)\n    d[k] = v\n    groups[k].append(v)\n"
@@ -355,7 +355,7 @@ def test_body_facts(source, bound, reductions, receivers, warnings):
     assert body.copy_warnings == warnings
 
 
-# §5: the per-item code -----------------------------------------------------------------------
+# the per-item code -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

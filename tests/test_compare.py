@@ -1,4 +1,4 @@
-"""--compare (spec §9): every backend runs the loop, the kernel ends as after one serial run."""
+"""--compare: every backend runs the loop, the kernel ends as after one serial run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Errors and refusals (spec §4, §6): the user's own exception, the serial prefix, clear words."""
+"""Errors and refusals: the user's own exception, the serial prefix, clear words."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The fault matrix (spec §6): every backend against what users and machines do to a run.
+"""The fault matrix: every backend against what users and machines do to a run.
 
 Each case ends in the promised error within its time bound, leaves the kernel holding what a
 serial run would have left (a prefix of the items), and lets the next run work at once. The

@@ -1,4 +1,4 @@
-"""What the body's own lines do not show (spec §5.6, §5.7, §5.10): notebook functions it calls,
+"""What the body's own lines do not show: notebook functions it calls,
 global random state, and changes parmagic cannot replay. On every backend the cell either ends
 as the plain loop ends or is refused before any item runs, naming the line."""
 

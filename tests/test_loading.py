@@ -1,4 +1,4 @@
-"""Loading, configuration and help (spec §2)."""
+"""Loading, configuration and help."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ordered tail (spec §5.9): statements at the end of the body that read state carried from
+"""The ordered tail: statements at the end of the body that read state carried from
 item to item run in the kernel, in item order, as each item's results are applied; the rest
 of the body runs in parallel. The kernel ends as after the plain loop, on every backend."""
 

@@ -1,4 +1,4 @@
-"""pandas writes (spec §5.8): `df[c] = v`, `.loc`, `.iloc`, `.at`, `.iat` and `series[k] = v` on
+"""pandas writes: `df[c] = v`, `.loc`, `.iloc`, `.at`, `.iat` and `series[k] = v` on
 a kernel DataFrame or Series are recorded where the item runs and replayed in item order on the
 kernel's own object, on every backend, as list and dict writes are."""
 

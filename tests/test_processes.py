@@ -1,4 +1,4 @@
-"""The process backend's promises (spec §5.6, §7): shipping, warm pools, copies, dead workers."""
+"""The process backend's promises: shipping, warm pools, copies, dead workers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The summary and the report object (spec §8): figures that agree by construction and by
+"""The summary and the report object: figures that agree by construction and by
 measurement, their text and HTML forms, the plot, progress, and %parallel_info."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The summary checks itself (spec §8): for each kind of loop users bring, on each backend, the
+"""The summary checks itself: for each kind of loop users bring, on each backend, the
 label the CPU line gives and the advice it prints, and what ``auto`` picks. On a busy machine
 the advice may say so instead ("other programs used…"), and nothing else may change.
 

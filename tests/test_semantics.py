@@ -1,4 +1,4 @@
-"""Serial equivalence (spec §5), one suite stamped out over every backend and start method.
+"""Serial equivalence, one suite stamped out over every backend and start method.
 
 Each test runs a cell with ``%%parallel`` on the backend under test and compares the kernel's
 state with what the same loop leaves when run as plain Python.

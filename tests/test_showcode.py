@@ -1,4 +1,4 @@
-"""--show-code and --export (spec §10): the run as a plain program that runs under python."""
+"""--show-code and --export: the run as a plain program that runs under python."""
 
 from __future__ import annotations
 

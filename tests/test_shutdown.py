@@ -1,4 +1,4 @@
-"""Clean shutdown (spec §2): leaving the interpreter leaves no worker process behind."""
+"""Clean shutdown: leaving the interpreter leaves no worker process behind."""
 
 from __future__ import annotations
 

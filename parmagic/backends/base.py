@@ -129,13 +129,18 @@ class Deadline:
     on in a worker process). Chunks then hold one item each, so a chunk's deadline is its
     item's.
 
-    ``grace``: seconds past ``seconds`` before the kernel acts, where the item's own alarm
-    should end it first and say so itself; the messages still name ``seconds``, the limit
-    the user set.
+    ``grace``: seconds past ``seconds`` before the kernel acts: in a worker process, the
+    item's own alarm should end it first and say so itself; on dask, the result may still be
+    on its way. The messages still name ``seconds``, the limit the user set.
     """
 
     seconds: float
     grace: float = 0.0
+
+    @classmethod
+    def of(cls, seconds: float | None, grace: float = 0.0) -> Deadline | None:
+        """The deadline of a run's ``--timeout`` (None: no limit, nothing to watch)."""
+        return cls(seconds, grace) if seconds else None
 
     def wait_at_most(self, timeout: float, started: Iterable[float]) -> float:
         """``timeout``, cut short to when the oldest of these chunks runs out of time: a chunk

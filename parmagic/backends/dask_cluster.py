@@ -164,7 +164,7 @@ class DaskBackend(PickledItems):
         self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
         self._payload = payload
         self._send_task()
-        self._deadline = Deadline(task.timeout, KILL_GRACE) if task.timeout else None
+        self._deadline = Deadline.of(task.timeout, KILL_GRACE)
         self._running.clear()
         self.bytes_sent = len(payload) * len(self.client.nthreads())
 

@@ -82,7 +82,7 @@ class ProcessFuturesBackend(WorkerProcesses):
             f.write(payload)
         self._path = f.name
         self._shared_files.append(f.name)  # removed with the buffers when the run ends
-        self._deadline = Deadline(task.timeout, KILL_GRACE) if task.timeout else None
+        self._deadline = Deadline.of(task.timeout, KILL_GRACE)
         self._run += 1
         self._running: dict[concurrent.futures.Future, tuple[int, int, list, float]] = {}
         self._task_size, self._submits = len(payload), 0

@@ -97,7 +97,7 @@ class ProcessBackend(WorkerProcesses):
     def begin(self, task: Task) -> None:
         self._payload = self._pack(task)
         self.send_blocked = 0.0
-        self._deadline = Deadline(task.timeout, KILL_GRACE) if task.timeout else None
+        self._deadline = Deadline.of(task.timeout, KILL_GRACE)
         self._depth = 1 if task.timeout else self.PREFETCH
         self._run += 1
         self._used: set[_Worker] = set()

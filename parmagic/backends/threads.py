@@ -57,7 +57,7 @@ class _PooledThreads(Backend):
 
     def begin(self, task: Task) -> None:
         self._task = task
-        self._deadline = Deadline(task.timeout) if task.timeout else None
+        self._deadline = Deadline.of(task.timeout)
         self._running: dict[int, list] = {}  # seq -> [first index, items]
         self._started: dict[int, float] = {}
         self._capture = OutputCapture()
