@@ -52,9 +52,11 @@ class LoopRun:
         self, plan: CellPlan, ns: dict, options: Options, session: Session,
         warn: Callable[[str], None],
     ) -> None:  # fmt: skip
-        self.plan, self.ns, self.options, self.session, self.warn = (
-            plan, ns, options, session, warn
-        )  # fmt: skip
+        self.plan = plan
+        self.ns = ns
+        self.options = options
+        self.session = session
+        self.warn = warn
         self.tail = ordered_tail_code(plan)
         self.lazy = plan.body.kind == "generator"
         self.runs_in_place = not (self.lazy or plan.body.awaits or options.timeout) and (
@@ -70,7 +72,8 @@ class LoopRun:
         if self.options.compare:
             from .compare import compared_records
 
-            self.late_refusal("serial", recorded)  # the loop's names read as globals, say
+            # compare keeps serial's result: refused only for what serial cannot run either
+            late_refusal(self.plan, self.ns, self.options, "serial", recorded)
             return self.loop_value(compared_records(self, list(iterable), recorded))
         records = self._records_on_chosen_backend(iterable, recorded)
         self.session.open_run = weakref.ref(records)
@@ -81,7 +84,9 @@ class LoopRun:
         report = RunReport("auto", 1, cores=usable_cores())
         self.session.last_report = report
         name = resolve_backend(self.options.backend, self.plan.body.awaits)
-        serial_reason = self.options.serial_reason or self.late_refusal(name, recorded)
+        serial_reason = self.options.serial_reason or late_refusal(
+            self.plan, self.ns, self.options, name, recorded
+        )
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
         if name == "auto":
@@ -90,11 +95,6 @@ class LoopRun:
         if backend.runs_coroutines and not self.plan.body.awaits:
             self.warn(errors.NO_AWAIT)
         return self.records(backend, task, iterator, length, report)
-
-    def late_refusal(self, name: str, recorded) -> str | None:
-        """What the statements before the loop made knowable, refused before any item runs;
-        under auto, the reason to run serially (run_checks.py)."""
-        return late_refusal(self.plan, self.ns, self.options, name, recorded)
 
     def task_for(self, backend: Backend, recorded: frozenset[str]) -> Task:
         """The item function, built for where it runs, and what travels with it."""
