@@ -60,13 +60,11 @@ class BodyInfo:
     reductions: dict[str, int] = field(default_factory=dict)
     receivers: dict[str, int] = field(default_factory=dict)  # kernel names mutated in place
     copy_warnings: list[tuple[int, str, str]] = field(default_factory=list)  # line, what, name
-    # changes to the objects the loop hands its items (line, what, name): items in worker
-    # processes would change copies, so only backends that share the kernel's objects run them
-    item_changes: list[tuple[int, str, str]] = field(default_factory=list)
-    # loop variables whose objects the body changes in ways that can be replayed on the
-    # kernel's objects (``row.append(0)``, ``rec["score"] = s``, ``b.v += 1``): the name and
-    # where it sits in the item (``for i, row in enumerate(rows)``: row is at (1,))
-    item_writes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # iterators the loop hands its items that the body advances (``next(g)``), as (line,
+    # what, name): a copy's position cannot be carried back, so only backends that share the
+    # kernel's objects run them. (Other changes to the items' objects come back from copies by
+    # comparison: kernel_objects.py.)
+    item_advances: list[tuple[int, str, str]] = field(default_factory=list)
     # kernel objects whose methods the body calls dropping the result (``g.add_edge(...)``,
     # ``arr[i].fill(0)``): a change parmagic cannot replay, unless a module's or a logger's
     object_calls: dict[str, int] = field(default_factory=dict)
@@ -164,7 +162,7 @@ def _analyse_part(loop: ast.For, stmts: list[ast.stmt], backend: str) -> BodyInf
             _classify(node, bound, info, receiver_ids)
     info.reductions = {n: line for n, line in info.reductions.items() if n not in bound}
     info.bound = frozenset(bound)
-    _hidden_writes(stmts, bound, _target_positions(loop.target), info)
+    _hidden_writes(stmts, bound, set(stored_names(loop.target)), info)
     _refuse_changing_the_iterable(loop, info)
     _refuse_late_binding(stmts, set(bound) | set(info.reductions) | set(info.receivers))
     _refuse_carried_reads(stmts, info, receiver_ids)
@@ -340,54 +338,37 @@ def _classify(node: ast.AST, bound: set[str], info: BodyInfo, receiver_ids: set[
             info.copy_warnings.append((node.lineno, f"`global {name}`", name))
 
 
-def _target_positions(target: ast.expr, at: tuple[int, ...] = ()) -> dict[str, tuple | None]:
-    """Where each loop variable sits in the item; None past a starred target."""
-    if isinstance(target, ast.Name):
-        return {target.id: at}
-    found: dict[str, tuple | None] = {}
-    if isinstance(target, ast.Tuple | ast.List):
-        starred = False
-        for index, element in enumerate(target.elts):
-            starred = starred or isinstance(element, ast.Starred)
-            for name, place in _target_positions(element, (*at, index)).items():
-                found[name] = None if starred else place
-    elif isinstance(target, ast.Starred):
-        found = dict.fromkeys(stored_names(target))
-    return found
-
-
-def _hidden_writes(stmts, bound: set[str], positions: dict, info: BodyInfo) -> None:
+def _hidden_writes(stmts, bound: set[str], targets: set[str], info: BodyInfo) -> None:
     """Changes the body makes to objects the kernel holds that are not the replayed kinds:
-    through a local alias (``bucket = groups[k]; bucket.append(x)``), through the objects
-    the loop hands its items (``row.append(0)``), through functions (``heapq.heappush(h, x)``,
-    ``out=arr[i]``, ``setattr``, ``globals()``) and through a method's result
-    (``d.setdefault(k, []).append(v)``); and takings whose value the item uses
-    (``x = stack.pop()``, ``next(it)``), which make each item depend on the ones before."""
-    targets = set(positions)
+    through a local alias (``bucket = groups[k]; bucket.append(x)``), through functions
+    (``heapq.heappush(h, x)``, ``out=arr[i]``, ``setattr``, ``globals()``) and through a
+    method's result (``d.setdefault(k, []).append(v)``); takings whose value the item uses
+    (``x = stack.pop()``, ``next(it)``), which make each item depend on the ones before; and
+    iterators the loop hands its items, advanced (``next(g)``). Other changes to the items'
+    own objects need nothing here: they come back from copies by comparison."""
     rebound = (bound - targets) | (targets & _assigned_names(stmts))
     aliases = _aliases(stmts, bound, targets)
     dropped = {id(s.value) for stmt in stmts for s in walk_scope(stmt) if isinstance(s, ast.Expr)}
-    simple_stores = {id(t) for stmt in stmts for t in _simple_store_targets(stmt)}
 
     def kernel_root(expr: ast.expr) -> str | None:
         root = attribute_root(expr)
         return root.id if root is not None and root.id not in bound else None
 
-    def changed(expr: ast.expr, line: int, what: str, replayable: bool = False) -> None:
+    def changed(expr: ast.expr, line: int, what: str, advances: bool = False) -> None:
+        """A change through a local alias of a kernel object's (not replayed), or an
+        iterator of the item's advanced (``advances``)."""
         root = attribute_root(expr)
         if root is None:
-            return
-        chain = receiver_root(expr)
-        place = positions.get(root.id)
-        if replayable and chain is not None and place is not None and root.id not in rebound:
-            info.item_writes[root.id] = place  # replayed on the kernel's object (itemcode.py)
             return
         if root.id in aliases:
             source, origin, through_item = aliases[root.id]
             note = f"{what} (`{root.id}` is `{source}`)"
-            (info.item_changes if through_item else info.copy_warnings).append((line, note, origin))
-        elif root.id in targets and root.id not in rebound:
-            info.item_changes.append((line, what, root.id))
+            if not through_item:
+                info.copy_warnings.append((line, note, origin))
+            elif advances:
+                info.item_advances.append((line, note, origin))
+        elif advances and root.id in targets and root.id not in rebound:
+            info.item_advances.append((line, what, root.id))
 
     for stmt in stmts:
         for node in walk_scope(stmt):
@@ -397,8 +378,7 @@ def _hidden_writes(stmts, bound: set[str], positions: dict, info: BodyInfo) -> N
                 node.ctx, ast.Store | ast.Del
             ):
                 verb = "deletes" if isinstance(node.ctx, ast.Del) else "sets"
-                simple = id(node) in simple_stores
-                changed(node.value, node.lineno, f"`{ast.unparse(node)}` {verb}", simple)
+                changed(node.value, node.lineno, f"`{ast.unparse(node)}` {verb}")
                 globals_store = isinstance(node.value, ast.Call) and _called(node.value) in (
                     "globals", "vars"
                 )  # fmt: skip
@@ -407,24 +387,13 @@ def _hidden_writes(stmts, bound: set[str], positions: dict, info: BodyInfo) -> N
                     info.copy_warnings.append((node.lineno, what, "globals()"))
 
 
-def _simple_store_targets(stmt: ast.AST):
-    """Store and delete targets the rewriter can replay: one target per statement."""
-    for node in walk_scope(stmt):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            yield node.targets[0]
-        elif isinstance(node, ast.AugAssign | ast.AnnAssign) and getattr(node, "value", None):
-            yield node.target
-        elif isinstance(node, ast.Delete):
-            yield from node.targets
-
-
 def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: BodyInfo) -> None:
     func, line = node.func, node.lineno
     called = _called(node)
     text = f"`{ast.unparse(func)}(...)`"
     if isinstance(func, ast.Attribute):
         if func.attr in IN_PLACE:
-            changed(func.value, line, text, discarded and func.attr in MUTATORS)
+            changed(func.value, line, text)
         inner = func.value
         if isinstance(inner, ast.Call) and func.attr in IN_PLACE:
             if _called(inner) in ("globals", "vars"):
@@ -442,6 +411,8 @@ def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: Bo
             _refuse_taking(line, text, name)
     if called == "next" and node.args and kernel_root(node.args[0]):
         _refuse_taking(line, "`next(...)`", kernel_root(node.args[0]))
+    elif called == "next" and node.args:
+        changed(node.args[0], line, f"`next({ast.unparse(node.args[0])})`", advances=True)
 
     def written(expr: ast.expr, what: str) -> None:
         """A function writes into ``expr``: a kernel object's, an alias's or the item's."""

@@ -19,10 +19,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .effects import ITEM_ARG, LOG_ARG, EffectLog
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
+
+if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
+    from .kernel_objects import ChunkObjects, HeldObjects
 
 CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see _CpuSpans)
 SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: this thread's time on a CPU, and queued
@@ -74,11 +77,12 @@ class Task:
     # (itemcode.build_in_place_code), instead of ``function`` with its recording
     in_place: CodeType | None = None
     namespace: dict | None = None
+    held: HeldObjects | None = None  # in a worker: its copies of the kernel's objects
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["cancelled"]  # a process worker is stopped, not asked to stop
-        state["in_place"] = state["namespace"] = None  # the kernel's own
+        state["in_place"] = state["namespace"] = state["held"] = None  # the kernel's own
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -360,23 +364,34 @@ def _alarms(task: Task):
 
 
 def run_chunk(
-    task: Task, seq: int, start: int, items: list, worker: str | None = None
+    task: Task,
+    seq: int,
+    start: int,
+    items: list,
+    worker: str | None = None,
+    objects: ChunkObjects | None = None,
 ) -> ChunkResult:
-    """Run consecutive items and record what each did (a tight loop: items may be cheap)."""
+    """Run consecutive items and record what each did (a tight loop: items may be cheap).
+    ``objects``: the items are copies of the kernel's (in a worker process), so what each
+    item changes in them is found by comparison and recorded as its STATE ops."""
     worker = worker or threading.current_thread().name
+    watched = objects if objects is not None and objects.watched else None
     if task.comprehension:
-        return run_values(task, seq, start, items, worker)
+        return run_values(task, seq, start, items, worker, watched)
     result = ChunkResult(seq, start, worker)
     try:
-        _run_items(task, result, start, items)
+        _run_items(task, result, start, items, watched)
     except KeyboardInterrupt:  # Ctrl-C on the kernel's thread between items
         result.trim()
         result.interrupted = True
     return result
 
 
-def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None:
+def _run_items(
+    task: Task, result: ChunkResult, start: int, items: list, objects: ChunkObjects | None
+) -> None:
     queued = run_queue_wait()
+    line = task.function.__code__.co_firstlineno
     cpu = _CpuSpans(result)
     began, function, cancelled, seed = cpu.since, task.function, task.cancelled.is_set, task.seed
     sink, merged = ChunkOutput(result.outputs), MergedNames() if task.merge_names else None
@@ -389,6 +404,7 @@ def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None
                 if seed is not None:
                     seed_item(seed, start + offset)
                 log, value, error, sink.offset = EffectLog(), None, None, offset
+                before = objects.before(item) if objects is not None else None
                 if alarm:
                     _armed.set()
                     signal.setitimer(signal.ITIMER_REAL, alarm)
@@ -400,6 +416,8 @@ def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None
                     if alarm:
                         _armed.clear()  # an alarm that fires from here on finds no item to stop
                         signal.setitimer(signal.ITIMER_REAL, 0)
+                if before is not None:
+                    error = _add_changes(log.ops, objects, item, before, line, error)
                 began = _record(task, result, offset, item, began, log, value, error, merged)
                 cpu.after_item(began)
                 if error is not None and (
@@ -413,6 +431,18 @@ def _run_items(task: Task, result: ChunkResult, start: int, items: list) -> None
             result.names_merged = True
     cpu.close()
     result.queued = run_queue_wait() - queued
+
+
+def _add_changes(
+    ops: list, objects: ChunkObjects, item, before: bytes, line: int, error: BaseException | None
+) -> BaseException | None:
+    """The item's changes to the kernel's objects, as STATE ops; the item's error, or the
+    error of an item that made its objects unpicklable."""
+    try:
+        ops += objects.changes(item, before, line)
+    except Exception as unpicklable:
+        return error or unpicklable
+    return error
 
 
 class TimedItems:
@@ -429,13 +459,14 @@ class TimedItems:
         self.marks: list[int] | None = None  # with ``values``: its length as each item began
         self.values: list = []
         self.alarm: float | None = None  # --timeout, on a main thread (see _alarms)
+        self.ops: dict[int, list] = {}  # by offset: STATE ops, where items were compared
         self.cpu = time.thread_time()
 
-    def from_offset(self, first: int):
+    def from_offset(self, first: int, stop: int | None = None):
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
         seed, cancelled, start = self.task.seed, self.task.cancelled.is_set, self.result.first
         alarm = self.alarm
-        for offset in range(first, len(self.items)):
+        for offset in range(first, len(self.items) if stop is None else stop):
             if cancelled():
                 return
             if seed is not None:
@@ -479,7 +510,8 @@ class TimedItems:
             cpu * (end - begin) / wall if wall else cpu / max(count, 1)
             for begin, end in zip(starts, result.ends, strict=True)
         ]
-        result.ops, result.names = [[]] * count, [None] * count
+        result.ops = [self.ops.get(offset, []) for offset in range(count)]
+        result.names = [None] * count
         if self.marks is None:
             result.values = [None] * count
         else:
@@ -490,17 +522,23 @@ def _on_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def run_values(task: Task, seq: int, start: int, items: list, worker: str) -> ChunkResult:
+def run_values(
+    task: Task, seq: int, start: int, items: list, worker: str, objects: ChunkObjects | None = None
+) -> ChunkResult:
     """A comprehension's chunk: one call of its function gives every item's values (see
     itemcode.build_item_code); a failed item's values are dropped, and under ``--on-error
-    continue`` the call resumes after it."""
+    continue`` the call resumes after it. With ``objects``, one call per item instead, each
+    compared before and after (see run_chunk)."""
     result = ChunkResult(seq, start, worker, recorded=False)
     timed = TimedItems(task, result, items)
     timed.sink, timed.marks = ChunkOutput(result.outputs), []
     queued, token = run_queue_wait(), current_output.set(timed.sink)
     try:
         with _alarms(task) as timed.alarm:
-            _run_values(task, timed)
+            if objects is None:
+                _run_values(task, timed)
+            else:
+                _run_values_compared(task, timed, objects)
     finally:
         timed.close(time.monotonic())
         current_output.reset(token)
@@ -519,6 +557,25 @@ def _run_values(task: Task, timed: TimedItems) -> None:
             if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
                 return
             first = len(timed.result.starts)
+
+
+def _run_values_compared(task: Task, timed: TimedItems, objects: ChunkObjects) -> None:
+    line = task.function.__code__.co_firstlineno
+    for offset, item in enumerate(timed.items):
+        if task.cancelled.is_set():
+            return
+        before, error = objects.before(item), None
+        try:
+            task.function(timed.from_offset(offset, offset + 1), timed.values)
+        except BaseException as raised:  # an interrupt too: the dispatcher stops the run there
+            error = raised
+        if before is not None:
+            ops = timed.ops.setdefault(offset, [])
+            error = _add_changes(ops, objects, item, before, line, error)
+        if error is not None:
+            recorded = timed.failed(error)
+            if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+                return
 
 
 def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:

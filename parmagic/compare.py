@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import errors
 from .auto import auto_records
 from .dispatch import Applier, Recording, replay
-from .effects import CALL, REDUCE
+from .effects import CALL, REDUCE, STATE
 from .errors import ParmagicUsageError, short_repr
 from .machine import usable_cores
 from .render import BAR_FILL, BAR_FILL_DIFFERENT, html_bar
@@ -218,7 +218,7 @@ def _flatten(transcript: list) -> Iterator[tuple]:
             yield (
                 result.first + offset,
                 result.outputs.get(offset, []),
-                result.ops[offset],
+                [op for op in result.ops[offset] if op[0] != STATE],  # see below
                 result.names[offset] or {},
                 result.item_values(offset),
                 failure,
@@ -226,7 +226,9 @@ def _flatten(transcript: list) -> Iterator[tuple]:
 
 
 def first_difference(reference: list, other: list) -> str | None:
-    """What the first item that differs did differently, in a few words; None if none."""
+    """What the first item that differs did differently, in a few words; None if none. The
+    kernel objects a run's items changed (STATE ops, from copies) are not compared: serial,
+    which runs first, changed the kernel's objects themselves, and later runs start from them."""
     theirs = list(_flatten(other))
     ours = list(_flatten(reference))
     for mine, yours in zip(ours, theirs, strict=False):

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import CodeType
+from typing import TYPE_CHECKING
 
 from . import errors
 from .backends import Backend
@@ -23,6 +24,9 @@ from .errors import short_repr
 from .kernel_state import HeldInterrupt, kept_as_it_was
 from .report import RunReport
 from .worker_shell import DISPLAYED
+
+if TYPE_CHECKING:
+    from .kernel_objects import SentObjects
 
 TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
@@ -132,10 +136,12 @@ class Applier:
         filename: str,
         tail: CodeType | None = None,
         lazy: bool = False,
+        kernel_objects: SentObjects | None = None,
     ) -> None:
         self.ns, self.task, self.report, self.filename = ns, task, report, filename
         self.tail = tail
         self.lazy = lazy  # the values go to the user's code as they come (a generator)
+        self.kernel_objects = kernel_objects  # what items in worker processes got copies of
         self.failed = False
 
     def _run_tail(self, item) -> ItemError | None:
@@ -151,6 +157,7 @@ class Applier:
         Values go one item at a time to a lazy consumer, else one list per chunk."""
         if self._nothing_per_item(result):
             self.report.add(result, len(result))
+            self._applied(result)
             yield result.all_values()
             return
         batch: list = []
@@ -159,8 +166,14 @@ class Applier:
                 yield values
             elif values:
                 batch += values
+        self._applied(result)
         if batch:
             yield batch
+
+    def _applied(self, result: ChunkResult) -> None:
+        """The chunk's copies of kernel objects are spent: later items see the kernel's."""
+        if self.kernel_objects is not None:
+            self.kernel_objects.applied(result.seq)
 
     def _nothing_per_item(self, result: ChunkResult) -> bool:
         """Whether the chunk's items left nothing to apply one by one (the serial backend's
@@ -178,6 +191,8 @@ class Applier:
     def _apply_items(self, result: ChunkResult, items: list) -> Iterator:
         ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
         outputs, failures = result.outputs, result.errors
+        objects = self.kernel_objects
+        check_holder = objects.holder_check(result.seq) if objects is not None else None
         held = HeldInterrupt(not self.lazy)  # an item is applied whole: Ctrl-C waits
         # the chunk's names come on its last item: Ctrl-C waits for the whole chunk
         between_items = _nothing if result.names_merged else held.raise_if_pressed
@@ -198,7 +213,7 @@ class Applier:
                     # them; under --on-error continue a failed item leaves nothing
                     if ops:
                         try:
-                            apply_ops(ns, ops, items[offset])
+                            apply_ops(ns, ops, check_holder)
                         except ReplayError as failure:
                             frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
                             item = short_repr(items[offset])
@@ -215,7 +230,7 @@ class Applier:
                 if interrupted:  # whoever raised it: the run stops, the item half-applied
                     self.failed, counted = True, offset
                     raise error.exception
-                if stop_on_error:
+                if stop_on_error or isinstance(error.exception, errors.SharedObjectChanged):
                     self.failed = True
                     self.report.stopped_at = index
                     _raise(error, index)
@@ -383,7 +398,9 @@ def execute(
         task.in_place, task.merge_names = None, False
     if task.in_place is not None:
         tail = None  # the loop runs whole, its tail included
-    applier = recording or Applier(ns, task, report, filename, tail, lazy)
+    applier = recording or Applier(
+        ns, task, report, filename, tail, lazy, kernel_objects=backend.kernel_objects
+    )
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index, run.until = first_index, until
     with kept_as_it_was(random_state=task.seed is not None):
@@ -436,6 +453,8 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
                 close_progress(run.progress)
         finally:  # a widget that fails to close still leaves the run ended
             warnings = backend.end(completed)
+            if backend.kernel_objects is not None:
+                backend.kernel_objects.clear()
             if not consumer_stopped:  # else items still running are read-ahead nobody asked for
                 report.warnings += warnings
             report.bytes_sent += backend.bytes_sent

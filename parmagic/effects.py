@@ -2,7 +2,9 @@
 
 The item function (see ``itemcode.py``) calls an :class:`EffectLog` instead of touching kernel
 containers and reductions; the dispatcher replays each item's log on the real objects in item
-order, which is what makes ``results.append(x)`` end in serial order on every backend.
+order, which is what makes ``results.append(x)`` end in serial order on every backend. Where
+items run on copies (worker processes), the log also carries the new state of the kernel's
+objects an item changed (STATE, found by kernel_objects.py), made here in place.
 
 Worker side and kernel side both import this module, so it imports nothing heavy.
 """
@@ -10,13 +12,18 @@ Worker side and kernel side both import this module, so it imports nothing heavy
 from __future__ import annotations
 
 import collections
+import copyreg
 import operator
+import pickle
 import sys
+from collections.abc import Callable
 from typing import Any
 
-CALL, SETITEM, DELITEM, AUGITEM, REDUCE, FORGET, SETATTR, AUGATTR = range(8)
-# An op's target that is the item's own object, not a kernel name: (ITEM, place in the item)
-ITEM = "parmagic:item"
+from . import errors
+
+CALL, SETITEM, DELITEM, AUGITEM, REDUCE, FORGET, STATE = range(7)
+# How ordinary class instances are rebuilt: their state can be set on the kernel's object.
+_ORDINARY = (copyreg.__newobj__, copyreg.__newobj_ex__, copyreg._reconstructor)
 # A path step that is an attribute rather than a key: pandas' indexers (``df.loc[i, "x"] = v``)
 INDEXER, INDEXERS = "parmagic:indexer", frozenset({"loc", "iloc", "at", "iat"})
 ITEM_ARG, LOG_ARG = "__item__", "__log__"  # the item function's parameters
@@ -52,35 +59,6 @@ class EffectLog:
     def bind(self, local_names: dict[str, Any]) -> None:
         self.names = local_names
 
-    # Changes to the item's own object where items get copies: done here, on the copy, so the
-    # item sees them, and recorded, to be done again on the kernel's object (``place``).
-
-    def item_call(self, line, place, obj, path, method, /, *args, **kwargs) -> None:
-        getattr(_walk(obj, path), method)(*args, **kwargs)
-        self.ops.append((CALL, line, (ITEM, place), path, method, args, kwargs))
-
-    def item_setitem(self, line, place, obj, path, key, value) -> None:
-        _walk(obj, path)[key] = value
-        self.ops.append((SETITEM, line, (ITEM, place), path, key, value))
-
-    def item_delitem(self, line, place, obj, path, key) -> None:
-        del _walk(obj, path)[key]
-        self.ops.append((DELITEM, line, (ITEM, place), path, key))
-
-    def item_augitem(self, line, place, obj, path, key, op, value) -> None:
-        target = _walk(obj, path)
-        target[key] = getattr(operator, op)(target[key], value)
-        self.ops.append((AUGITEM, line, (ITEM, place), path, key, op, value))
-
-    def item_setattr(self, line, place, obj, path, attr, value) -> None:
-        setattr(_walk(obj, path), attr, value)
-        self.ops.append((SETATTR, line, (ITEM, place), path, attr, value))
-
-    def item_augattr(self, line, place, obj, path, attr, op, value) -> None:
-        target = _walk(obj, path)
-        setattr(target, attr, getattr(operator, op)(getattr(target, attr), value))
-        self.ops.append((AUGATTR, line, (ITEM, place), path, attr, op, value))
-
 
 def is_recordable(value: object) -> bool:
     """Kernel objects whose in-place changes are replayed rather than done where items run."""
@@ -111,12 +89,7 @@ def _walk(target: Any, path: tuple) -> Any:
     return target
 
 
-def _resolve(ns: dict, name: str | tuple, path: tuple, item: Any = None) -> Any:
-    if type(name) is tuple:  # (ITEM, place): the kernel's object of the item
-        target = item
-        for index in name[1]:
-            target = (target if isinstance(target, tuple | list) else tuple(target))[index]
-        return _walk(target, path)
+def _resolve(ns: dict, name: str, path: tuple) -> Any:
     try:
         target = ns[name]
     except KeyError:
@@ -124,32 +97,32 @@ def _resolve(ns: dict, name: str | tuple, path: tuple, item: Any = None) -> Any:
     return _walk(target, path)
 
 
-def apply_ops(ns: dict, ops: list[tuple], item: Any = None) -> None:
-    """Replay one item's log on the kernel's objects (``item``: the item's own, as the kernel
-    has it); the first failure stops the rest."""
+def apply_ops(
+    ns: dict, ops: list[tuple], check_holder: Callable[[Any], None] | None = None
+) -> None:
+    """Replay one item's log on the kernel's objects; the first failure stops the rest.
+    ``check_holder``: raises where another item still holds a copy of a STATE op's object."""
     for op in ops:
         kind, line = op[0], op[1]
         try:
             if kind == CALL:
                 _, _, name, path, method, args, kwargs = op
-                getattr(_resolve(ns, name, path, item), method)(*args, **kwargs)
+                getattr(_resolve(ns, name, path), method)(*args, **kwargs)
             elif kind == SETITEM:
                 _, _, name, path, key, value = op
-                _resolve(ns, name, path, item)[key] = value
+                _resolve(ns, name, path)[key] = value
             elif kind == DELITEM:
                 _, _, name, path, key = op
-                del _resolve(ns, name, path, item)[key]
+                del _resolve(ns, name, path)[key]
             elif kind == AUGITEM:
                 _, _, name, path, key, opname, value = op
-                target = _resolve(ns, name, path, item)
+                target = _resolve(ns, name, path)
                 target[key] = getattr(operator, opname)(target[key], value)
-            elif kind == SETATTR:
-                _, _, name, path, attr, value = op
-                setattr(_resolve(ns, name, path, item), attr, value)
-            elif kind == AUGATTR:
-                _, _, name, path, attr, opname, value = op
-                target = _resolve(ns, name, path, item)
-                setattr(target, attr, getattr(operator, opname)(getattr(target, attr), value))
+            elif kind == STATE:
+                _, _, target, fresh = op
+                if check_holder is not None:
+                    check_holder(target)
+                set_in_place(target, fresh)
             elif kind == REDUCE:
                 _, _, name, opname, value = op
                 ns[name] = getattr(operator, opname)(_resolve(ns, name, ()), value)
@@ -157,3 +130,57 @@ def apply_ops(ns: dict, ops: list[tuple], item: Any = None) -> None:
                 ns.pop(op[2], None)  # `del name` in the body
         except Exception as error:
             raise ReplayError(error, line) from error
+
+
+def set_in_place(target: object, fresh: object) -> None:
+    """Make ``fresh``'s state ``target``'s, keeping ``target`` itself (a NumPy view writes
+    through to its base). TypeError for what cannot take a state in place."""
+    if type(target) is not type(fresh):
+        why = "its type changed"
+        raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(target, numpy.ndarray):
+        if target.shape != fresh.shape:
+            why = f"its shape changed from {target.shape} to {fresh.shape}"
+            raise TypeError(errors.NOT_CARRIED_BACK.format(type="NumPy array", why=why))
+        target[...] = fresh
+        return
+    if isinstance(target, list | bytearray):
+        target[:] = fresh
+    elif isinstance(target, dict | set):
+        target.clear()
+        target.update(fresh)
+    elif isinstance(target, collections.deque):
+        target.clear()
+        target.extend(fresh)
+    elif not _ordinary(target):
+        why = "it has no state that parmagic can set on the kernel's object"
+        raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
+    _set_attributes(target, fresh)
+
+
+def _ordinary(obj: object) -> bool:
+    try:
+        rebuild = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return isinstance(rebuild, tuple) and rebuild[0] in _ORDINARY
+
+
+def _set_attributes(target: object, fresh: object) -> None:
+    """Attributes, the way the class takes them from pickle (``__setstate__``, as pandas and
+    scikit-learn objects define it), or its ``__dict__`` and slots."""
+    if getattr(type(target), "__setstate__", None) is not None:
+        target.__setstate__(fresh.__getstate__())
+        return
+    if hasattr(fresh, "__dict__"):
+        vars(target).clear()
+        vars(target).update(vars(fresh))
+    for cls in type(target).__mro__:
+        for slot in getattr(cls, "__slots__", ()) if cls is not object else ():
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            if hasattr(fresh, slot):
+                setattr(target, slot, getattr(fresh, slot))
+            elif hasattr(target, slot):
+                delattr(target, slot)

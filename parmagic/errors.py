@@ -71,12 +71,12 @@ TAKES_CARRIED = (
     "line {line}: {what} takes from the kernel's `{name}` and the item uses what it took, so "
     "each item depends on the ones before it. " + _ORDERED_TAIL_ADVICE
 )
-ITEM_OBJECT_CHANGED_SHORT = "line {line}: {what} changes an object the loop hands its items"
+ITEM_OBJECT_CHANGED_SHORT = "line {line}: {what} advances an iterator the loop hands its items"
 ITEM_OBJECT_CHANGED = (
-    "line {line}: {what} changes an object the loop hands its items (`{name}`); items in "
-    "worker processes would change only a copy, so the kernel's would not change (nothing has "
-    "run). Run it with --backend threads or serial, or change the object by its place in the "
-    "kernel's container (`for i in range(len(rows)): rows[i].append(...)`)"
+    "line {line}: {what} advances an iterator the loop hands its items (`{name}`); items in "
+    "worker processes would advance a copy, and where a copy stopped cannot be carried back "
+    "to the kernel's iterator (nothing has run). Run it with --backend threads or serial, or "
+    "hand the items what they take (`for values in map(list, iterators)`)"
 )
 ITERABLE_CHANGED = (
     "line {line}: the loop iterates over `{name}` and also changes it (line {write_line}); a "
@@ -123,6 +123,17 @@ CHANGED_IN_WORKER = (
     "the loop changed `{name}` inside the worker processes; those changes stayed there and "
     "the kernel's `{name}` is as before the loop. Use --backend threads, or collect the "
     "changes in a list the loop appends to"
+)
+NOT_CARRIED_BACK = (
+    "the item changed the kernel's {type} in a worker process, and the change cannot be "
+    "carried back to the kernel's object ({why}). Create the object inside the loop, or run "
+    "it with --backend threads or serial"
+)
+SHARED_OBJECT_CHANGED = (
+    "the item changed a {type} (`{object}`) that {holder} also holds: a plain loop shows "
+    "later items the change, but in worker processes {holder} holds a copy made before it, so "
+    "the run stopped here (the items before it, and this item's changes, are kept). Give each "
+    "item objects of its own, or run it with --backend threads or serial"
 )
 NAME_NOT_RETURNED = (
     "`{name}` (a {type}) could not be sent back from the worker process, so the kernel keeps "
@@ -286,6 +297,11 @@ class NotPicklable(ParmagicUsageError, TypeError):
     def __init__(self, message: str, name: str | None = None) -> None:
         super().__init__(message)
         self.name = name
+
+
+class SharedObjectChanged(ParmagicError, RuntimeError):
+    """An item changed a kernel object that other items hold copies of: the run stops there,
+    under --on-error continue too (those items would end with the old state)."""
 
 
 class WorkerDied(ParmagicError, RuntimeError):

@@ -29,12 +29,9 @@ AUGMENTED_OPERATORS = {
 class WriteBackRewriter(ast.NodeTransformer):
     """Turns the body's write-backs into calls on ``__log__`` and ``continue`` into return."""
 
-    def __init__(
-        self, recorded: frozenset[str], reductions: dict[str, int], item_writes: dict
-    ) -> None:
+    def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
         self.recorded = recorded
         self.reductions = reductions
-        self.item_writes = item_writes  # loop variables whose changes are done and recorded
         self.depth = 0
 
     def log(self, node: ast.stmt, method: str, *args: ast.expr, keywords=()) -> ast.Expr:
@@ -50,19 +47,6 @@ class WriteBackRewriter(ast.NodeTransformer):
             return None
         name, keys = root
         return ast.Constant(name.id), ast.Tuple([_as_value(k) for k in keys], ast.Load())
-
-    def _item_root(self, expr: ast.expr):
-        """(place in the item, the local object, keys) for a change to the item's object."""
-        root = receiver_root(expr)
-        if root is None or root[0].id not in self.item_writes:
-            return None
-        name, keys = root
-        place = ast.Tuple([ast.Constant(i) for i in self.item_writes[name.id]], ast.Load())
-        return (
-            place,
-            ast.Name(name.id, ast.Load()),
-            ast.Tuple([_as_value(k) for k in keys], ast.Load()),
-        )
 
     def visit_FunctionDef(self, node):
         return node
@@ -92,25 +76,7 @@ class WriteBackRewriter(ast.NodeTransformer):
             method = ast.Constant(call.func.attr)
             if root and call.func.attr in MUTATORS:
                 return self.log(node, "call", *root, method, *call.args, keywords=call.keywords)
-            item = self._item_root(call.func.value) if call.func.attr in MUTATORS else None
-            if item:
-                return self.log(
-                    node, "item_call", *item, method, *call.args, keywords=call.keywords
-                )
         return node
-
-    def _item_store(self, node, target: ast.expr, kind: str, *rest: ast.expr):
-        """A store into the item's object (``rec["k"] = v``, ``b.v += 1``), or None."""
-        if isinstance(target, ast.Subscript):
-            item = self._item_root(target.value)
-            if item:
-                return self.log(node, f"item_{kind}item", *item, _as_value(target.slice), *rest)
-        elif isinstance(target, ast.Attribute):
-            item = self._item_root(target.value)
-            if item and kind != "del":
-                attr = ast.Constant(target.attr)
-                return self.log(node, f"item_{kind}attr", *item, attr, *rest)
-        return None
 
     def visit_Assign(self, node):
         target = node.targets[0]
@@ -118,8 +84,6 @@ class WriteBackRewriter(ast.NodeTransformer):
             root = self._root(target.value)
             if root:
                 return self.log(node, "setitem", *root, _as_value(target.slice), node.value)
-        if len(node.targets) == 1:
-            return self._item_store(node, target, "set", node.value) or node
         return node
 
     def visit_AnnAssign(self, node):
@@ -138,16 +102,13 @@ class WriteBackRewriter(ast.NodeTransformer):
             root = self._root(target.value)
             if root:
                 return self.log(node, "augitem", *root, _as_value(target.slice), op, node.value)
-        return self._item_store(node, target, "aug", op, node.value) or node
+        return node
 
     def visit_Delete(self, node):
         statements = []
         for target in node.targets:
             root = self._root(target.value) if isinstance(target, ast.Subscript) else None
-            item = self._item_store(node, target, "del") if root is None else None
-            if item is not None:
-                statements.append(item)
-            elif root is None:
+            if root is None:
                 statements.append(ast.copy_location(ast.Delete([target]), node))
             else:
                 statements.append(self.log(node, "delitem", *root, _as_value(target.slice)))
@@ -173,11 +134,11 @@ def build_item_code(
     recorded: frozenset[str],
     filename: str,
     coroutine: bool = False,
-    copies: bool = False,
 ) -> CodeType:
     """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers;
-    ``async def`` for the asyncio backend, so that the body may ``await``. ``copies``: items
-    get copies of the kernel's objects, so changes to the item's own object are recorded.
+    ``async def`` for the asyncio backend, so that the body may ``await``. (Where items get
+    copies of the kernel's objects, what they change in them is found by comparing, not here:
+    kernel_objects.py.)
 
     A comprehension's function instead takes items and a list, and extends the list with the
     values of all the items, one item after another: a chunk costs one call, not one per
@@ -187,8 +148,7 @@ def build_item_code(
     if info.kind == "for":
         assign = ast.Assign([node.target], item)
         head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
-        item_writes = info.item_writes if copies else {}
-        body = WriteBackRewriter(recorded, info.reductions, item_writes).rewrite_block(head)
+        body = WriteBackRewriter(recorded, info.reductions).rewrite_block(head)
         bind = ast.Expr(
             ast.Call(
                 ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),

@@ -99,10 +99,7 @@ class LoopRun:
     def task_for(self, backend: Backend, recorded: frozenset[str]) -> Task:
         """The item function, built for where it runs, and what travels with it."""
         plan, options = self.plan, self.options
-        code = build_item_code(
-            plan.body, recorded, plan.filename, backend.runs_coroutines,
-            copies=backend.copies_kernel_objects,
-        )  # fmt: skip
+        code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
         globals_ = item_globals(self.ns, code, backend)
         function = FunctionType(code, globals_, errors.ITEM_FUNCTION_NAME)
         stop_on_error = options.on_error == "raise"

@@ -85,11 +85,11 @@ def _not_changed_by_calls(value: object) -> bool:
 
 
 def item_object_refusal(plan: CellPlan, backend: str, short: bool = False) -> str | None:
-    """Why items in worker processes cannot run this body: it changes the objects the loop
+    """Why items in worker processes cannot run this body: it advances iterators the loop
     hands its items, and theirs would be copies. ``short``: the reason alone, for auto."""
-    if not plan.body.item_changes or not load_backend(backend).copies_kernel_objects:
+    if not plan.body.item_advances or not load_backend(backend).copies_kernel_objects:
         return None
-    line, what, name = plan.body.item_changes[0]
+    line, what, name = plan.body.item_advances[0]
     template = errors.ITEM_OBJECT_CHANGED_SHORT if short else errors.ITEM_OBJECT_CHANGED
     return template.format(line=line, what=what, name=name)
 
@@ -106,7 +106,7 @@ def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> 
 def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str | None:
     """Raises what the statements before the loop made knowable: notebook functions and
     modules the cell itself defined or imported, an alias of an object the body changes, a
-    loop that changes its items' objects where items get copies, changes in place parmagic
+    loop that advances its items' iterators where items get copies, changes in place parmagic
     cannot replay. Under auto, returns the reason to run serially instead of raising."""
     refused, reason = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
     refused = refused or alias_refusal(plan, ns)

@@ -20,6 +20,7 @@ import cloudpickle
 
 from . import errors
 from .errors import NotPicklable
+from .kernel_objects import ChunkObjects, HeldObjects, captured_names, dumped, loaded
 from .shared_files import shared_file
 
 DIGEST_LIMIT = 1 << 20  # captured values larger than this are not watched for changes
@@ -30,6 +31,7 @@ _NOT_DATA = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, ty
 
 def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
 
 
 def referenced_globals(function: types.FunctionType) -> list[str]:
@@ -92,13 +94,13 @@ def _refusal(name: str, value: object, reason: object) -> NotPicklable:
     return NotPicklable(errors.NOT_PICKLABLE.format(name=name, type=kind, reason=reason), name)
 
 
-def pack_task(task, shared_files: list[str] | None = None) -> bytes:
+def pack_task(task, shared_files: list[str] | None = None, sent=None) -> bytes:
     """Pickle a task, or say which kernel name cannot travel and what to do instead.
 
     With ``shared_files``, large buffers (NumPy arrays and the like, pickle protocol 5) are
     written once to a file in shared memory that every worker maps copy-on-write, instead of
     travelling down each worker's pipe; its path is added to the list, for the caller to
-    remove when the run ends.
+    remove when the run ends. ``sent`` (kernel_objects.SentObjects) learns which objects went.
     """
     task.origins = code_origins(task.function)
     captured = {n: task.function.__globals__[n] for n in referenced_globals(task.function)}
@@ -106,7 +108,10 @@ def pack_task(task, shared_files: list[str] | None = None) -> bytes:
         if isinstance(value, io.IOBase):  # cloudpickle would copy a readable file's content
             raise _refusal(name, value, "an open file belongs to the process that opened it")
     try:
-        return dumps(task) if shared_files is None else _dumps_sharing(task, shared_files)
+        if shared_files is None:
+            data, memo = dumped(task)
+        else:
+            data, memo = _dumps_sharing(task, shared_files)
     except Exception as exc:
         for name, value in captured.items():
             try:
@@ -114,9 +119,12 @@ def pack_task(task, shared_files: list[str] | None = None) -> bytes:
             except Exception as reason:
                 raise _refusal(name, value, reason) from None
         raise _refusal("the loop body", task.function, exc) from None
+    if sent is not None:
+        sent.task_sent(memo, captured_names(task.function))
+    return data
 
 
-def _dumps_sharing(task, shared_files: list[str]) -> bytes:
+def _dumps_sharing(task, shared_files: list[str]) -> tuple[bytes, dict]:
     large: list[memoryview] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -129,9 +137,9 @@ def _dumps_sharing(task, shared_files: list[str]) -> bytes:
         large.append(raw)
         return False
 
-    inner = cloudpickle.dumps(task, protocol=5, buffer_callback=out_of_band)
+    inner, memo = dumped(task, buffer_callback=out_of_band)
     if not large:
-        return inner
+        return inner, memo
     spans, offset = [], 0
     with shared_file() as f:
         shared_files.append(f.name)
@@ -142,25 +150,29 @@ def _dumps_sharing(task, shared_files: list[str]) -> bytes:
             f.write(raw)
             spans.append((offset, raw.nbytes))
             offset += raw.nbytes
-    return pickle.dumps((_SHARED_MARK, f.name, spans, inner), protocol=5)
+    return pickle.dumps((_SHARED_MARK, f.name, spans, inner), protocol=5), memo
 
 
 def load_task(payload: bytes):
-    """The task from :func:`pack_task`'s bytes, its large buffers mapped from shared memory."""
-    loaded = pickle.loads(payload)
-    if not (isinstance(loaded, tuple) and loaded[0] == _SHARED_MARK):
-        return loaded
-    _, path, spans, inner = loaded
-    with open(path, "rb") as shared:
-        mapped = mmap.mmap(shared.fileno(), 0, access=mmap.ACCESS_COPY)  # writes stay private
-    view = memoryview(mapped)
-    return pickle.loads(inner, buffers=[view[start : start + size] for start, size in spans])
+    """The task from :func:`pack_task`'s bytes, its large buffers mapped from shared memory,
+    holding the worker's copies of the kernel's objects (``task.held``)."""
+    task, memo = loaded(payload)
+    if isinstance(task, tuple) and task[0] == _SHARED_MARK:
+        _, path, spans, inner = task
+        with open(path, "rb") as shared:
+            mapped = mmap.mmap(shared.fileno(), 0, access=mmap.ACCESS_COPY)  # writes stay private
+        view = memoryview(mapped)
+        task, memo = loaded(inner, buffers=[view[start : start + size] for start, size in spans])
+    task.held = HeldObjects(memo, captured_names(task.function))
+    return task
 
 
-def dump_result(result) -> bytes:
-    """Pickle a chunk result; what cannot travel fails its own item, or stays behind."""
+def dump_result(result, objects: ChunkObjects | None = None) -> bytes:
+    """Pickle a chunk result, the kernel's objects in it as references (``objects``); what
+    cannot travel fails its own item, or stays behind."""
+    pickled = dumps if objects is None else objects.dumps
     try:
-        data = dumps(result)
+        data = pickled(result)
         if result.errors:  # an exception may pickle yet fail to rebuild (a custom __init__)
             pickle.loads(dumps(result.errors))
         return data
@@ -169,7 +181,7 @@ def dump_result(result) -> bytes:
     result.unflatten()
     for offset in range(len(result)):
         try:
-            dumps((result.values[offset], result.ops[offset], result.outputs.get(offset)))
+            pickled((result.values[offset], result.ops[offset], result.outputs.get(offset)))
         except Exception as reason:
             result.values[offset], result.ops[offset] = None, []
             message = errors.RESULT_NOT_PICKLABLE.format(index=result.first + offset, reason=reason)
@@ -181,11 +193,11 @@ def dump_result(result) -> bytes:
         names = result.names[offset] or {}
         for name, value in list(names.items()):
             try:
-                dumps(value)
+                pickled(value)
             except Exception:
                 result.dropped_names[name] = type(value).__name__
                 del names[name]
-    return dumps(result)
+    return pickled(result)
 
 
 def _rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:

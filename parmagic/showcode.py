@@ -28,7 +28,7 @@ class _Changes(WriteBackRewriter):
     number's statement, with those values, is what the main program runs."""
 
     def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
-        super().__init__(recorded, reductions, item_writes={})
+        super().__init__(recorded, reductions)
         self.applied: list[tuple[str, str]] = []  # (statement to run, the original)
         self.returns = _parse_expr("changes, {k: v for k, v in locals().items() if k != 'changes'}")
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import gc
 import io
 import os
-import pickle
 import queue
 import signal
 import sys
 import threading
 import time
 
-from .chunk import ItemOutput, OutputCapture, Task, run_chunk
+from .chunk import ChunkResult, ItemOutput, OutputCapture, Task, run_chunk
+from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
 from .native_threads import cap_environment, cap_loaded_libraries
 from .shared_files import process_alive
@@ -63,7 +63,16 @@ def _failing_task(error: Exception) -> Task:
     def fail(item, log):
         raise error
 
-    return Task(fail, frozenset(), stop_on_error=True)
+    return Task(fail, frozenset(), stop_on_error=True, held=HeldObjects.none())
+
+
+def _run(
+    task: Task, seq: int, start: int, items: bytes, worker: str
+) -> tuple[ChunkResult, ChunkObjects]:
+    """One chunk from its bytes: the items are the worker's copies of the kernel's objects,
+    and what comes back refers to those objects (kernel_objects.py)."""
+    loaded, objects = task.held.load_chunk(items)
+    return run_chunk(task, seq, start, loaded, worker, objects), objects
 
 
 KERNEL_CHECK = 0.5  # seconds between a worker's checks that the kernel still lives
@@ -133,10 +142,9 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int) -> None:
             digests = captured_digests(task.function.__globals__)
         elif header[0] == "chunk":
             _, seq, start = header
-            items = pickle.loads(body)
-            result = run_chunk(task, seq, start, items, name)
+            result, objects = _run(task, seq, start, body, name)
             result.native_limit = native_threads if capped else None
-            conn.send_bytes(dump_result(result))
+            conn.send_bytes(dump_result(result, objects))
         elif header[0] == "changes":
             now = captured_digests(task.function.__globals__, only=digests)
             conn.send(sorted(n for n, d in now.items() if d != digests[n]))
@@ -160,9 +168,9 @@ def run_shipped_chunk(run: int, path: str, seq: int, start: int, items: bytes) -
         with open(path, "rb") as payload:
             task, capped = _load_task(payload.read(), _pool_state["threads"])
         _pool_state.update(run=run, task=task, capped=capped)
-    result = run_chunk(_pool_state["task"], seq, start, pickle.loads(items), f"pid {os.getpid()}")
+    result, objects = _run(_pool_state["task"], seq, start, items, f"pid {os.getpid()}")
     result.native_limit = _pool_state["threads"] if _pool_state["capped"] else None
-    return dump_result(result)
+    return dump_result(result, objects)
 
 
 _dask_state: dict = {"loaded": (None, None), "capture": None}
@@ -190,5 +198,5 @@ def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes)
         _dask_state["loaded"] = (run, task)  # one assignment: threads see a whole pair
     from distributed import get_worker  # already imported in any dask worker: costs nothing
 
-    result = run_chunk(task, seq, start, pickle.loads(items), get_worker().address)
-    return dump_result(result)
+    result, objects = _run(task, seq, start, items, get_worker().address)
+    return dump_result(result, objects)

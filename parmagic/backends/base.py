@@ -49,6 +49,7 @@ class Backend(ABC):
     start_method: str | None = None
     dashboard: str | None = None  # a link to watch the run (dask's dashboard)
     started_with: tuple | None = None  # the user's modules when workers started (if it matters)
+    kernel_objects = None  # where items get copies: what the kernel sent (SentObjects)
 
     def __init__(self, settings: BackendSettings) -> None:
         self.workers = settings.workers

@@ -42,7 +42,7 @@ from ..errors import ParmagicUsageError, WorkerDied
 from ..shipping import pack_task
 from ..worker_process import hold_task, run_dask_chunk
 from .base import BackendSettings, Deadline, drain, failed_chunk
-from .worker_processes import PickledItems, SentChunk, load_result, plain_main
+from .worker_processes import PickledItems, SentChunk, plain_main
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
@@ -160,7 +160,7 @@ class DaskBackend(PickledItems):
         return f"dask ({kind}, {self.workers} worker threads, scheduler {self.address}{dashboard})"
 
     def begin(self, task: Task) -> None:
-        payload = pack_task(task)  # raises NotPicklable before any item runs
+        payload = pack_task(task, sent=self.kernel_objects)  # NotPicklable before any item runs
         self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
         self._payload = payload
         self._send_task()
@@ -241,7 +241,7 @@ class DaskBackend(PickledItems):
             error = WorkerDied(errors.DASK_LOST.format(items=chunk.numbers, reason=error))
         if error is not None:
             return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
-        return load_result(data, chunk.seq, chunk.start, chunk.items, "dask")
+        return self.load_result(data, chunk.seq, chunk.start, chunk.items, "dask")
 
     def _stop(self, futures: list) -> str:
         """Cancel tasks nobody will use. A running dask task cannot be stopped, so on the

@@ -26,7 +26,6 @@ from .base import BackendSettings, Deadline, failed_chunk
 from .worker_processes import (
     KILL_GRACE,
     WorkerProcesses,
-    load_result,
     plain_main,
     result_not_loadable,
 )
@@ -126,7 +125,7 @@ class ProcessFuturesBackend(WorkerProcesses):
             except Exception as reason:  # e.g. items the worker could not unpickle
                 results.append(result_not_loadable(reason, seq, start, items, "pool"))
             else:
-                results.append(load_result(data, seq, start, items, "pool"))
+                results.append(self.load_result(data, seq, start, items, "pool"))
         if self._deadline:
             late = self._deadline.overdue((c[:3], c[3]) for c in self._running.values())
             if late:

@@ -30,7 +30,7 @@ from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
 from ..worker_process import serve
 from .base import BackendSettings, Deadline, failed_chunk
-from .worker_processes import KILL_GRACE, SentChunk, WorkerProcesses, load_result, plain_main
+from .worker_processes import KILL_GRACE, SentChunk, WorkerProcesses, plain_main
 
 
 class _Worker:
@@ -171,7 +171,7 @@ class ProcessBackend(WorkerProcesses):
     def _load(self, worker: _Worker, data: bytes) -> ChunkResult:
         chunk = worker.chunks.popleft()
         worker.since = time.monotonic()  # the next chunk, if any, starts now
-        return load_result(data, chunk.seq, chunk.start, chunk.items, worker.name)
+        return self.load_result(data, chunk.seq, chunk.start, chunk.items, worker.name)
 
     def _replace(self, worker: _Worker) -> SentChunk:
         """Put a new worker in the place of one that will not report back. Its running chunk

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import sys
 import types
 from contextlib import contextmanager, suppress
@@ -13,9 +12,10 @@ from dataclasses import dataclass
 
 from .. import errors, imported_code
 from ..chunk import ChunkResult, Task
+from ..kernel_objects import SentObjects
 from ..machine import usable_cores
 from ..native_threads import threads_per_worker
-from ..shipping import dumps, pack_task
+from ..shipping import pack_task
 from .base import Backend, BackendSettings, failed_chunk
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
@@ -60,31 +60,37 @@ def result_not_loadable(
     return failed_chunk(seq, start, items, error, worker)
 
 
-def load_result(data: bytes, seq: int, start: int, items: list, worker: str) -> ChunkResult:
-    """A worker's result bytes, unpickled in the kernel; a result the kernel cannot read (e.g.
-    an object of a class the kernel no longer has) fails the chunk rather than the run."""
-    try:
-        return pickle.loads(data)
-    except Exception as reason:
-        return result_not_loadable(reason, seq, start, items, worker)
-
-
 class PickledItems(Backend):
     """What every backend whose items run in other processes shares (both process backends
     and dask): items travel pickled, and items that cannot be pickled are refused as failed
-    items (the serial prefix still applies)."""
+    items (the serial prefix still applies); what the kernel sent is remembered, so that its
+    objects come back as themselves (``kernel_objects``)."""
 
     copies_kernel_objects = True
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
         self._refused: list[ChunkResult] = []
+        self.kernel_objects = SentObjects()
+
+    def load_result(
+        self, data: bytes, seq: int, start: int, items: list, worker: str
+    ) -> ChunkResult:
+        """A worker's result bytes, loaded in the kernel with its own objects in it; a result
+        the kernel cannot read (e.g. an object of a class the kernel no longer has) fails the
+        chunk rather than the run."""
+        try:
+            result = self.kernel_objects.load(data, seq)
+            self.kernel_objects.thaw(result)
+            return result
+        except Exception as reason:
+            return result_not_loadable(reason, seq, start, items, worker)
 
     def _items_bytes(self, seq: int, start: int, items: list) -> bytes | None:
         """The items pickled, or None once they are queued as failed items (never half a
         message to a worker)."""
         try:
-            return dumps(items)
+            return self.kernel_objects.chunk_bytes(seq, start, items)
         except Exception as reason:
             error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
             self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
@@ -112,7 +118,7 @@ class WorkerProcesses(PickledItems):
     def _pack(self, task: Task) -> bytes:
         """The task's bytes (raises NotPicklable before any item runs); large captured
         buffers go once to shared memory, counted once in ``bytes_sent``."""
-        payload = pack_task(task, self._shared_files)
+        payload = pack_task(task, self._shared_files, self.kernel_objects)
         self.bytes_sent = sum(os.path.getsize(path) for path in self._shared_files)
         return payload
 

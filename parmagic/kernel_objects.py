@@ -1,0 +1,292 @@
+"""Objects from the kernel in worker processes: they come back as the kernel's own objects,
+with every change an item made to them.
+
+Pickle numbers each object it writes, in the order it writes them, and the unpickler numbers
+what it rebuilds in the same order (the memo). The kernel keeps its pickler's memo for the
+run's task and for each chunk of items until the chunk is applied (:class:`SentObjects`); a
+worker keeps its unpickler's (:class:`HeldObjects`, :class:`ChunkObjects`). So both sides
+agree on which copy stands for which kernel object, and on that rest three rules:
+
+- **references**: whatever a worker sends back (values, recorded changes, names) that is one
+  of its copies travels as a key, ``("i", n)`` the chunk's object n, ``("g", name)`` a name the
+  body captured, ``("t", n)`` the task's object n, and the kernel loads the object it sent:
+  ``by_id[k] = rec`` holds the kernel's ``rec``, as a plain loop's does;
+- **changes**: a worker pickles each item before and after it runs; where the two differ,
+  every object of the chunk that the item reaches travels back, pickled shallowly (what it
+  holds of the kernel's, as keys), and the kernel makes that state on its own object, in
+  place (``effects.set_in_place``), in item order, wherever it differs from the kernel's;
+- **one holder**: an object an item changed must not be in another chunk still out (its
+  items saw the old state, where a plain loop shows them the new one) nor captured by the
+  body; the run stops there (``errors.SharedObjectChanged``), its earlier items applied.
+
+Worker side and kernel side both import this module; it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import cloudpickle
+
+from . import errors
+from .effects import STATE
+from .errors import short_repr
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+CHUNK, CAPTURED, TASK = "i", "g", "t"
+# Values nobody can change and whose identity a loop never relies on: always sent by value
+# (but NaN, which sets and dicts find by identity alone: by reference where it was captured).
+SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
+ATOMS = SCALARS | {tuple}
+# Kept as references (a class is the kernel's own), but no item changes them.
+CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
+
+Key = tuple[str, Any]
+
+
+def dumped(value: Any, buffer_callback=None) -> tuple[bytes, dict]:
+    """``value`` pickled (cloudpickle), and the memo: id -> (number, object)."""
+    file = io.BytesIO()
+    pickler = cloudpickle.Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
+    pickler.dump(value)
+    return file.getvalue(), pickler.memo.copy()
+
+
+def loaded(data, buffers: Iterable | None = None) -> tuple[Any, dict]:
+    """``data`` unpickled, and the memo: number -> object."""
+    unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
+    value = unpickler.load()
+    return value, unpickler.memo.copy()
+
+
+def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) -> dict:
+    """id -> key for the objects whose identity counts (not atoms, not the chunk's list)."""
+    return {
+        id(obj): (where, number)
+        for number, obj in numbered
+        if type(obj) not in ATOMS and not (skip_first and number == 0)
+    }
+
+
+def _named(names: dict[str, Any]) -> dict[int, Key]:
+    return {id(v): (CAPTURED, name) for name, v in names.items() if type(v) is not tuple}
+
+
+def captured_names(function: types.FunctionType) -> dict[str, Any]:
+    """The data the item function reads from its globals by name, on either side."""
+    from .shipping import referenced_globals
+
+    found = {n: function.__globals__[n] for n in referenced_globals(function)}
+    return {n: v for n, v in found.items() if not isinstance(v, CODE)}
+
+
+class _Writer(cloudpickle.Pickler):
+    """Pickles with keys in place of the objects ``key`` knows, except ``root`` (and its own
+    ``__dict__``): the root's state by value, what it holds of the kernel's as references."""
+
+    def __init__(self, file, key: Callable[[int], Key | None], root: object = None) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._key, self._root = key, root
+        self._own = getattr(root, "__dict__", None) if root is not None else None
+
+    def persistent_id(self, obj):
+        kind = type(obj)
+        if kind in ATOMS and not (kind is float and obj != obj) or obj is self._root:
+            return None
+        return None if obj is self._own else self._key(id(obj))
+
+
+def _written(value: object, key: Callable[[int], Key | None], root: object = None) -> bytes:
+    file = io.BytesIO()
+    _Writer(file, key, root).dump(value)
+    return file.getvalue()
+
+
+def _same_code(identity: int) -> None:
+    """Stands for a class, function or module in a fingerprint (never called)."""
+
+
+class _Fingerprint(cloudpickle.Pickler):
+    """An item's content as bytes, to tell whether running it changed anything in it. Code by
+    identity: it does not change, and pickling a notebook class by value costs."""
+
+    def __init__(self, file, watched: dict[int, object] | None = None) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._watched, self.reached = watched, {}
+
+    def reducer_override(self, obj):
+        if isinstance(obj, CODE):
+            return _same_code, (id(obj),)
+        return NotImplemented
+
+    def persistent_id(self, obj):
+        if self._watched is not None and id(obj) in self._watched and not isinstance(obj, CODE):
+            self.reached[id(obj)] = obj
+        return None
+
+
+def fingerprint(item: object, watched: dict[int, object] | None = None) -> tuple[bytes, dict]:
+    """The item's bytes, and (given ``watched``, id -> object) which of those it reaches.
+    Something that cannot be pickled any more counts as a change."""
+    file = io.BytesIO()
+    pickler = _Fingerprint(file, watched)
+    try:
+        pickler.dump(item)
+    except Exception:
+        return b"", pickler.reached
+    return file.getvalue(), pickler.reached
+
+
+class HeldObjects:
+    """A worker's copies of the kernel objects in the run's task, by key."""
+
+    def __init__(self, memo: dict, names: dict[str, Any]) -> None:
+        self.keys = _keys(memo.items(), TASK)
+        self.keys.update(_named(names))
+        self._alive = (memo, names)  # ids stay theirs while this lives
+
+    @classmethod
+    def none(cls) -> HeldObjects:
+        return cls({}, {})
+
+    def load_chunk(self, data: bytes) -> tuple[list, ChunkObjects]:
+        items, memo = loaded(data)
+        return items, ChunkObjects(self, memo)
+
+
+class ChunkObjects:
+    """A worker's copies of one chunk's kernel objects: references back, and each item's
+    changes to them found by comparing the item before and after it runs."""
+
+    def __init__(self, held: HeldObjects, memo: dict) -> None:
+        self.task_keys = held.keys
+        self.keys = _keys(memo.items(), CHUNK, skip_first=True)
+        self.watched = {i: obj for obj in memo.values() if (i := id(obj)) in self.keys}
+        self._alive = memo
+
+    def key(self, identity: int) -> Key | None:
+        return self.keys.get(identity) or self.task_keys.get(identity)
+
+    def dumps(self, value: object) -> bytes:
+        """``value`` pickled with references for the kernel's objects."""
+        if not (self.keys or self.task_keys):
+            return cloudpickle.dumps(value, protocol=PROTOCOL)
+        return _written(value, self.key)
+
+    def before(self, item: object) -> bytes | None:
+        """The item's fingerprint (None: nothing in it can change)."""
+        if not self.watched or type(item) in SCALARS:
+            return None
+        if type(item) is tuple and all(type(part) in SCALARS for part in item):
+            return None
+        return fingerprint(item)[0]
+
+    def changes(self, item: object, before: bytes | None, line: int) -> list[tuple]:
+        """STATE ops for what the item reaches of the kernel's, if it changed anything."""
+        if before is None:
+            return []
+        after, reached = fingerprint(item, self.watched)
+        if after == before and after:
+            return []
+        return [(STATE, line, obj, _written(obj, self.key, root=obj)) for obj in reached.values()]
+
+
+class SentObjects:
+    """The kernel's side: the objects it sent in this run's task and in each chunk still out,
+    so that references load as those objects and changes are checked and made on them."""
+
+    def __init__(self) -> None:
+        self.task: dict[int, object] = {}
+        self.names: dict[str, Any] = {}
+        self.task_keys: dict[int, Key] = {}
+        self.chunks: dict[int, tuple[int, dict, dict]] = {}  # seq -> (start, objects, keys)
+
+    def task_sent(self, memo: dict, names: dict[str, Any]) -> None:
+        numbered = [(number, obj) for number, obj in memo.values()]
+        self.task = dict(numbered)
+        self.names = names
+        self.task_keys = _keys(numbered, TASK)
+        self.task_keys.update(_named(names))
+        self.chunks.clear()
+
+    def chunk_bytes(self, seq: int, start: int, items: list) -> bytes:
+        data, memo = dumped(items)
+        numbered = list(memo.values())
+        self.chunks[seq] = (start, dict(numbered), _keys(numbered, CHUNK, skip_first=True))
+        return data
+
+    def applied(self, seq: int) -> None:
+        self.chunks.pop(seq, None)
+
+    def clear(self) -> None:
+        self.task, self.names, self.task_keys = {}, {}, {}
+        self.chunks.clear()
+
+    def _object(self, seq: int, key: Key) -> object:
+        where, which = key
+        if where == CHUNK:
+            return self.chunks[seq][1][which]
+        return self.names[which] if where == CAPTURED else self.task[which]
+
+    def load(self, data: bytes, seq: int) -> Any:
+        """A worker's bytes, its references loaded as the kernel's own objects."""
+        return _Reader(io.BytesIO(data), lambda key: self._object(seq, key)).load()
+
+    def thaw(self, result) -> None:
+        """Each STATE op of a chunk result: the new state loaded, and dropped where the
+        kernel's object already has it (the item reached it but did not change it)."""
+        chunk = self.chunks.get(result.seq)
+        if chunk is None:
+            return
+        keys = chunk[2]
+
+        def key(identity: int) -> Key | None:
+            return keys.get(identity) or self.task_keys.get(identity)
+
+        for offset, ops in enumerate(result.ops):
+            if any(op[0] == STATE for op in ops):
+                thawed = [self._thawed(op, key, result.seq) for op in ops]
+                result.ops[offset] = [op for op in thawed if op is not None]
+
+    def _thawed(self, op: tuple, key, seq: int) -> tuple | None:
+        if op[0] != STATE:
+            return op
+        _, line, target, state = op
+        if _written(target, key, root=target) == state:
+            return None
+        return (STATE, line, target, self.load(state, seq))
+
+    def holder(self, target: object, seq: int) -> str | None:
+        """Who else holds ``target`` with its old state: a later chunk already sent, or the
+        body, which captured it."""
+        identity = id(target)
+        for other, (start, _, keys) in self.chunks.items():
+            if other > seq and identity in keys:
+                return f"item {start}"
+        if identity in self.task_keys:
+            return "the loop body, which captured it"
+        return None
+
+    def holder_check(self, seq: int) -> Callable[[object], None]:
+        """For effects.apply_ops: raises SharedObjectChanged where another holds ``target``."""
+
+        def check(target: object) -> None:
+            holder = self.holder(target, seq)
+            if holder is not None:
+                shown = short_repr(target, 40)
+                message = errors.SHARED_OBJECT_CHANGED.format(
+                    type=type(target).__name__, object=shown, holder=holder
+                )
+                raise errors.SharedObjectChanged(message)
+
+        return check
+
+
+class _Reader(pickle.Unpickler):
+    def __init__(self, file, resolve: Callable[[Key], object]) -> None:
+        super().__init__(file)
+        self.persistent_load = resolve
