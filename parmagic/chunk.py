@@ -438,8 +438,8 @@ def _add_changes(
 ) -> BaseException | None:
     """The item's changes to the kernel's objects, as STATE ops; the item's error, or the
     error of an item that made its objects unpicklable."""
-    try:
-        ops += objects.changes(item, before, line)
+    try:  # first: a change that cannot be made stops the item before its other changes
+        ops[:0] = objects.changes(item, before, line)
     except Exception as unpicklable:
         return error or unpicklable
     return error

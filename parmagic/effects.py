@@ -98,10 +98,12 @@ def _resolve(ns: dict, name: str, path: tuple) -> Any:
 
 
 def apply_ops(
-    ns: dict, ops: list[tuple], check_holder: Callable[[Any], None] | None = None
+    ns: dict, ops: list[tuple], conflict: Callable[[Any], Exception | None] | None = None
 ) -> None:
     """Replay one item's log on the kernel's objects; the first failure stops the rest.
-    ``check_holder``: raises where another item still holds a copy of a STATE op's object."""
+    ``conflict``: the error for a STATE op's object that another item still holds a copy of,
+    raised once the item is applied whole (the run stops after it)."""
+    shared: tuple[Exception, int] | None = None
     for op in ops:
         kind, line = op[0], op[1]
         try:
@@ -120,9 +122,9 @@ def apply_ops(
                 target[key] = getattr(operator, opname)(target[key], value)
             elif kind == STATE:
                 _, _, target, fresh = op
-                if check_holder is not None:
-                    check_holder(target)
                 set_in_place(target, fresh)
+                found = conflict(target) if conflict is not None and shared is None else None
+                shared = (found, line) if found is not None else shared
             elif kind == REDUCE:
                 _, _, name, opname, value = op
                 ns[name] = getattr(operator, opname)(_resolve(ns, name, ()), value)
@@ -130,6 +132,8 @@ def apply_ops(
                 ns.pop(op[2], None)  # `del name` in the body
         except Exception as error:
             raise ReplayError(error, line) from error
+    if shared is not None:
+        raise ReplayError(*shared)
 
 
 def set_in_place(target: object, fresh: object) -> None:

@@ -132,8 +132,8 @@ NOT_CARRIED_BACK = (
 SHARED_OBJECT_CHANGED = (
     "the item changed a {type} (`{object}`) that {holder} also holds: a plain loop shows "
     "later items the change, but in worker processes {holder} holds a copy made before it, so "
-    "the run stopped here (the items before it, and this item's changes, are kept). Give each "
-    "item objects of its own, or run it with --backend threads or serial"
+    "the run stopped after this item (it and the items before it are applied). Give each item "
+    "objects of its own, or run it with --backend threads or serial"
 )
 NAME_NOT_RETURNED = (
     "`{name}` (a {type}) could not be sent back from the worker process, so the kernel keeps "

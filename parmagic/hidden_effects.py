@@ -48,11 +48,18 @@ class HiddenEffect:
 
 
 def find_hidden_effects(
-    nodes: Iterable[ast.AST], ns: dict, loop_names: set[str], changed: Iterable[str] = ()
+    nodes: Iterable[ast.AST],
+    ns: dict,
+    loop_names: set[str],
+    changed: Iterable[str] = (),
+    items: Iterable[str] = (),
 ) -> list[HiddenEffect]:
     """Every hidden effect reachable from the body's calls, once each, in line order.
-    ``changed``: kernel names the body itself changes (reductions, containers)."""
+    ``changed``: kernel names the body itself changes (reductions, containers). ``items``:
+    the loop's variables; a notebook function the body hands them to may change them, since
+    what an item changes in its own objects comes back from copies too (kernel_objects.py)."""
     finder = _Finder(ns, loop_names, set(changed) - loop_names)
+    finder.items = set(items)
     for top in nodes:
         consumed = _consumed_calls(top)
         for node in walk_scope(top):
@@ -82,7 +89,8 @@ class _Finder:
     def __init__(self, ns: dict, loop_names: set[str], changed: set[str]) -> None:
         self.ns, self.loop_names, self.changed = ns, loop_names, changed
         self.found: list[HiddenEffect] = []
-        self.seen: set[types.CodeType] = set()
+        self.seen: set[tuple[types.CodeType, frozenset[str]]] = set()
+        self.items: set[str] = set()
 
     def call(self, node: ast.Call, line: int, scope: dict, local: set[str], where: str) -> None:
         callee = _resolve(node.func, scope, local)
@@ -93,7 +101,8 @@ class _Finder:
             kind = RANDOM if source else SHARED_GENERATOR
             self.found.append(HiddenEffect(kind, line, where, what))
         elif isinstance(callee, types.FunctionType) and callee.__globals__ is self.ns:
-            self.function(callee, line)
+            handed = _parameters_given(node, callee, self.items) if where == "" else frozenset()
+            self.function(callee, line, handed)
 
     def coroutine(self, node: ast.Call, scope: dict, local: set[str], consumed: bool) -> None:
         """Tasks an item makes outlive it, on a loop it does not own; a coroutine object an
@@ -107,12 +116,15 @@ class _Finder:
             what = f"`{ast.unparse(node)}` makes a coroutine that is never awaited"
             self.found.append(HiddenEffect(COROUTINE, node.lineno, "", what))
 
-    def function(self, function: types.FunctionType, line: int) -> None:
-        """Analyse a notebook function once; ``line`` is the cell's line that reached it."""
+    def function(
+        self, function: types.FunctionType, line: int, handed: frozenset[str] = frozenset()
+    ) -> None:
+        """Analyse a notebook function once; ``line`` is the cell's line that reached it;
+        ``handed``: its parameters that the body gives the item's objects."""
         code = function.__code__
-        if code in self.seen:
+        if (code, handed) in self.seen:
             return
-        self.seen.add(code)
+        self.seen.add((code, handed))
         tree = _parsed(function)
         if tree is None:
             return  # no source (defined through exec, say): trusted, like a library's
@@ -121,7 +133,7 @@ class _Finder:
         own |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
         declared = {n for s in ast.walk(tree) if isinstance(s, ast.Global) for n in s.names}
         rebound = bound_names(tree.body) - declared
-        parameters = own - rebound  # still the objects the caller handed over
+        parameters = own - rebound - handed  # still the kernel objects the caller handed over
         own |= rebound
         for statement in tree.body:
             for node in walk_scope(statement):
@@ -169,6 +181,21 @@ class _Finder:
             root_name = root[0] if root else attribute_root(node.value)
             if root_name is not None and (root_name.id not in own or root_name.id in parameters):
                 changes(root_name.id)
+
+
+def _parameters_given(node: ast.Call, callee: types.FunctionType, items: set[str]) -> frozenset:
+    """The callee's parameters that this call gives objects reached from the loop's items."""
+    code = callee.__code__
+    positional = code.co_varnames[: code.co_argcount]
+    given = [(positional[i], arg) for i, arg in enumerate(node.args[: len(positional)])]
+    given += [(k.arg, k.value) for k in node.keywords if k.arg is not None]
+    if any(isinstance(arg, ast.Starred) for arg in node.args):
+        return frozenset()
+    return frozenset(
+        name
+        for name, arg in given
+        if (root := attribute_root(arg)) is not None and root.id in items
+    )
 
 
 def _shared_generator(func: ast.expr, scope: dict, local: set[str]) -> str | None:

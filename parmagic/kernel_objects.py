@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -119,18 +120,34 @@ class _Fingerprint(cloudpickle.Pickler):
         self._watched, self.reached = watched, {}
 
     def reducer_override(self, obj):
-        if isinstance(obj, CODE):
+        if isinstance(obj, CODE) and obj is not _same_code:
             return _same_code, (id(obj),)
         return NotImplemented
 
     def persistent_id(self, obj):
         if self._watched is not None and id(obj) in self._watched and not isinstance(obj, CODE):
             self.reached[id(obj)] = obj
+            if _whole(obj):
+                return id(obj)  # its insides travel with it
         return None
 
 
+def _whole(obj: object) -> bool:
+    """Objects whose insides only they know how to set (pandas' frames and series, whose
+    block managers take no state in place): their whole state travels, insides by value."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(obj, pandas.DataFrame | pandas.Series)
+
+
+def _state(obj: object, key: Callable[[int], Key | None]) -> bytes:
+    """An object's own state, as both sides pickle it to compare and carry it."""
+    if _whole(obj):
+        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return _written(obj, key, root=obj)
+
+
 def fingerprint(item: object, watched: dict[int, object] | None = None) -> tuple[bytes, dict]:
-    """The item's bytes, and (given ``watched``, id -> object) which of those it reaches.
+    """The item's bytes, or (given ``watched``, id -> object) which of those it reaches.
     Something that cannot be pickled any more counts as a change."""
     file = io.BytesIO()
     pickler = _Fingerprint(file, watched)
@@ -189,10 +206,11 @@ class ChunkObjects:
         """STATE ops for what the item reaches of the kernel's, if it changed anything."""
         if before is None:
             return []
-        after, reached = fingerprint(item, self.watched)
+        after = fingerprint(item)[0]
         if after == before and after:
             return []
-        return [(STATE, line, obj, _written(obj, self.key, root=obj)) for obj in reached.values()]
+        reached = fingerprint(item, self.watched)[1]
+        return [(STATE, line, obj, _state(obj, self.key)) for obj in reached.values()]
 
 
 class SentObjects:
@@ -256,7 +274,7 @@ class SentObjects:
         if op[0] != STATE:
             return op
         _, line, target, state = op
-        if _written(target, key, root=target) == state:
+        if _state(target, key) == state:
             return None
         return (STATE, line, target, self.load(state, seq))
 
@@ -271,19 +289,20 @@ class SentObjects:
             return "the loop body, which captured it"
         return None
 
-    def holder_check(self, seq: int) -> Callable[[object], None]:
-        """For effects.apply_ops: raises SharedObjectChanged where another holds ``target``."""
+    def conflicts(self, seq: int) -> Callable[[object], Exception | None]:
+        """For effects.apply_ops: SharedObjectChanged where another holds ``target``."""
 
-        def check(target: object) -> None:
+        def conflict(target: object) -> Exception | None:
             holder = self.holder(target, seq)
-            if holder is not None:
-                shown = short_repr(target, 40)
-                message = errors.SHARED_OBJECT_CHANGED.format(
-                    type=type(target).__name__, object=shown, holder=holder
-                )
-                raise errors.SharedObjectChanged(message)
+            if holder is None:
+                return None
+            shown = short_repr(target, 40)
+            message = errors.SHARED_OBJECT_CHANGED.format(
+                type=type(target).__name__, object=shown, holder=holder
+            )
+            return errors.SharedObjectChanged(message)
 
-        return check
+        return conflict
 
 
 class _Reader(pickle.Unpickler):

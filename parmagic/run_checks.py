@@ -33,14 +33,14 @@ def hidden_effects_of(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
     info = plan.body
     nodes = hidden_nodes(plan)  # a loop's ordered tail runs in order, in the kernel
     if info.kind == "for":
-        names = set(info.bound)
+        names, items = set(info.bound), set(stored_names(info.node.target))
     else:
-        names = {n for g in info.node.generators for n in stored_names(g.target)}
+        names = items = {n for g in info.node.generators for n in stored_names(g.target)}
     effects = [
         HiddenEffect(UNORDERED, line, "", what, name) for line, what, name in info.copy_warnings
     ]
     changed = set(info.reductions) | set(info.receivers)
-    return effects + find_hidden_effects(nodes, ns, names, changed)
+    return effects + find_hidden_effects(nodes, ns, names, changed, items)
 
 
 def alias_refusal(plan: CellPlan, ns: dict) -> str | None:

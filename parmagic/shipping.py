@@ -33,7 +33,6 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-
 def referenced_globals(function: types.FunctionType) -> list[str]:
     """Kernel names the function's code (nested code included) may read."""
     names: list[str] = []

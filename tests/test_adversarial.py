@@ -124,11 +124,7 @@ def state(ip, names: list[str]) -> dict:
 
 @pytest.mark.parametrize("name", list(CONFORMANCE))
 @pytest.mark.parametrize("setup, loop, names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_the_loop_ends_as_the_plain_loop_or_is_refused(ip, run, name, setup, loop, names, request):
-    if "nan" in request.node.callspec.id and "fork" in name:
-        # known: one kernel object handed to several items' recorded changes arrives as one
-        # copy per chunk in worker processes (five NaNs, not one); left for a later issue
-        request.applymarker(pytest.mark.xfail(strict=True, reason="object identity in copies"))
+def test_the_loop_ends_as_the_plain_loop_or_is_refused(ip, run, name, setup, loop, names):
     targets = [t.strip() for t in loop.split(" in ")[0].removeprefix("for ").split(",")]
     names = [*names, *targets]
     run(setup)

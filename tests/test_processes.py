@@ -155,7 +155,7 @@ def test_native_thread_pools_are_capped_in_workers(ip, run, method):
 
 @pytest.mark.parametrize("name", ["fork", "futures-fork"])
 def test_items_that_cannot_travel_fail_and_leave_the_pool_healthy(ip, run, name):
-    run("gens = [iter([1]), (j for j in range(3)), iter([2])]\n")
+    run("gens = [[1], (j for j in range(3)), [2]]\n")
     outcome = run(
         f"%%parallel {BACKENDS[name]} --chunksize 1\nsums = []\nfor g in gens:\n    sums.append(sum(g))\n"
     )

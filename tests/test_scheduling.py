@@ -51,7 +51,7 @@ def test_a_fixed_chunksize_is_kept():
 
 def _task(source: str, stop_on_error: bool = True) -> Task:
     plan = plan_cell(source, "<cell>", "processes")
-    code = build_item_code(plan.body, frozenset(), "<cell>", copies=True)
+    code = build_item_code(plan.body, frozenset(), "<cell>")
     return Task(FunctionType(code, {}), plan.body.bound, stop_on_error, merge_names=True)
 
 
