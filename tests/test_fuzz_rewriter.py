@@ -54,6 +54,12 @@ SETUP = {
     "frame": "import pandas as pd\nframe = pd.DataFrame({'v': [0.0] * 4})",
     # objects the loop hands its items, changed in place (replayed on the kernel's objects)
     "rows": "rows = [[k] for k in range(40)]",
+    # ... through their methods, and kept by the loop: the kernel's own objects afterwards
+    "recs": "class Rec:\n    def __init__(self, k):\n        self.k, self.hits, self.tags = k, [], {}\n"
+    "    def bump(self, v):\n        self.hits.append(v)\n        self.k += v\n"
+    "recs = [Rec(k) for k in range(40)]",
+    "kept": "kept = []",
+    "by_k": "by_k = {}",
     # what an item takes from, or changes through another name or a function (issue 17)
     "stack": "stack = list(range(40))",
     "heap": "import heapq\nheap = []",
@@ -252,6 +258,27 @@ class _Writer:
         self.use("d")
         return f"d.update({{{self.key(a)}: {self.expr(a)}}})"
 
+    def item_object(self) -> list[str]:
+        """What a loop over kernel objects does with its item ``rec``: calls its methods,
+        changes what it holds, keeps it (identity counts: see same_value's anchors)."""
+        lines = []
+        for _ in range(self.draw(st.integers(1, 3))):
+            choice = self.draw(st.integers(0, 4))
+            if choice == 0:
+                lines.append(f"rec.bump({self.expr(frozenset())})")
+            elif choice == 1:
+                self.use("kept")
+                lines.append("kept.append(rec)")
+            elif choice == 2:
+                self.use("by_k")
+                lines.append(f"by_k[{self.key(frozenset())}] = rec")
+            elif choice == 3:
+                self.use("kept")
+                lines.append(f"kept.append((rec, {self.expr(frozenset())}))")
+            else:
+                lines.append(f"rec.tags[i % 3] = {self.expr(frozenset())}")
+        return lines
+
     def inner_comprehension(self, a: frozenset[str]) -> str:
         """A comprehension inside the body: its variables are its own (not the item's)."""
         self.use("results")
@@ -405,15 +432,20 @@ def cells(draw) -> Cell:
         loop = w.comprehension(n).split("\n")
     else:
         header, assigned = f"for i in {n}:", set()
-        changes_items = w.rare(10)
+        changes_items, object_items = w.rare(10), False
         if changes_items:  # each item changes its own object, a row of a kernel list
             header = f"for i, row in zip({n}, rows):"
             w.use("rows")
+        elif w.rare(15):  # each item is a kernel object: its methods, kept references
+            header, object_items = f"for i, rec in zip({n}, recs):", True
+            w.use("recs")
         elif w.rare(10):
             header, assigned = f"for i, w in enumerate({n}):", {"w"}
         loop = [header, *w.block("    ", 0, assigned, 5)]
         if changes_items:
             loop.insert(1, f"    row.append({w.expr(frozenset())})")
+        if object_items:
+            loop[1:1] = ["    " + line for line in w.item_object()]
         if w.rare(10):
             loop += ["else:", "    done = True"]
         if w.y_augmented_unbound and w.y_bound:
@@ -443,9 +475,17 @@ def serial_run(source: str) -> tuple[dict, str] | None:
     return {k: v for k, v in namespace.items() if _is_state(k, v)}, printed.getvalue()
 
 
-def same_value(a: object, b: object) -> bool:
+def same_value(a: object, b: object, anchors: tuple[dict, dict] = ({}, {})) -> bool:
+    """Equal values; ``anchors`` (id -> place, in the serial run's objects and in the
+    kernel's): objects that must be the very object at that place, not an equal one."""
+    mine, theirs = anchors
+    if id(a) in mine or id(b) in theirs:
+        return mine.get(id(a), "a") == theirs.get(id(b), "b")
+    if isinstance(a, type) and isinstance(b, type):
+        return a.__qualname__ == b.__qualname__  # a notebook class: one in each namespace
     if type(a) is not type(b):
-        return False
+        same_class = type(a).__qualname__ == type(b).__qualname__ and hasattr(a, "__dict__")
+        return same_class and same_value(vars(a), vars(b), anchors)
     if isinstance(a, types.FunctionType):
         return a.__name__ == b.__name__  # a notebook function: a new object in each namespace
     if isinstance(a, float):
@@ -455,10 +495,20 @@ def same_value(a: object, b: object) -> bool:
     if isinstance(a, dict):
         if getattr(a, "default_factory", None) is not getattr(b, "default_factory", None):
             return False
-        return list(a) == list(b) and all(same_value(a[k], b[k]) for k in a)
+        return list(a) == list(b) and all(same_value(a[k], b[k], anchors) for k in a)
     if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(map(same_value, a, b))
+        return len(a) == len(b) and all(same_value(x, y, anchors) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "__dict__") and type(a).__eq__ is object.__eq__:
+        return same_value(vars(a), vars(b), anchors)
     return a == b
+
+
+def anchors_of(expected: dict, ns: dict) -> tuple[dict, dict]:
+    """The kernel objects a loop over ``recs`` may keep: each must be the kernel's own."""
+    if "recs" not in expected:
+        return {}, {}
+    places = [{id(r): k for k, r in enumerate(names["recs"])} for names in (expected, ns)]
+    return places[0], places[1]
 
 
 REFUSAL_SENTENCES = tuple(
@@ -496,10 +546,12 @@ def check_cell(ip, run, options: str, cell: Cell) -> None:
     assert not set(cell.refusals) - may_run, (
         f"ran a cell holding what the README refuses: {cell.refusals}\n{where}"
     )
+    anchors = anchors_of(expected, ns)
     wrong = {
         name: (value, ns.get(name, "<unset>"))
         for name, value in expected.items()
-        if name not in ns or not same_value(value, ns[name])
+        if name not in ns
+        or not same_value(value, ns[name], ({}, {}) if name == "recs" else anchors)
     }
     assert not wrong, f"name: (serial, parallel) {wrong}\n{where}"
     extra = {k for k in ns if not k.startswith("_") and _is_state(k, ns[k])}
@@ -561,6 +613,12 @@ EDGE_CASES = [
     ),
     # a generator expression taken from twice, then dropped
     Cell("gen = (i * i for i in range(30))\nfound = [next(gen), next(gen)]\ndel gen\n"),
+    # kernel objects: a method, a nested write, kept references (identity checked)
+    Cell(
+        "\n".join([SETUP["recs"], SETUP["kept"], SETUP["by_k"]])
+        + "\nfor i, rec in zip(range(12), recs):\n    rec.bump(i)\n    rec.tags[i % 3] = i\n"
+        "    kept.append((rec, i))\n    by_k[i % 4] = rec\n"
+    ),
 ]
 
 
