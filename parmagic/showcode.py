@@ -21,16 +21,53 @@ from .itemcode import AUGMENTED_OPERATORS, WriteBackRewriter
 
 _OPERATOR_NODES = {name: node for node, name in AUGMENTED_OPERATORS.items()}
 INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
+COPYING_BACKENDS = (*INITIALIZER_BACKENDS, "dask")  # items get copies of the program's objects
+HANDED = "handed"  # loop_body's parameter where the item comes back with its changes
+TAKE_BACK = '''def take_back(mine, theirs):
+    """What an item changed in its copy of one of the program's objects, made on the
+    program's own object. (parmagic does this for every object the item reaches, found by
+    comparing each before and after the item; and objects of the program's that come back
+    in values or changes are the program's own, not copies: pickle's persistent ids.)"""
+    if isinstance(mine, list):
+        mine[:] = theirs
+    elif isinstance(mine, dict | set):
+        mine.clear()
+        mine.update(theirs)
+    elif hasattr(mine, "shape") and hasattr(mine, "__setitem__"):  # a NumPy array
+        mine[...] = theirs
+    elif hasattr(mine, "__dict__"):
+        vars(mine).clear()
+        vars(mine).update(vars(theirs))
+
+
+def own(value, returned, item):
+    """The program's own item where a value is the item's copy (one level of tuples deep,
+    where parmagic follows every object)."""
+    if value is returned:
+        return item
+    if type(value) is tuple:
+        return tuple(own(part, returned, item) for part in value)
+    return value'''
 
 
 class _Changes(WriteBackRewriter):
     """The body's recorded statements become ``changes.append((number, values))``; each
     number's statement, with those values, is what the main program runs."""
 
-    def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
+    def __init__(
+        self, recorded: frozenset[str], reductions: dict[str, int], handed: bool = False
+    ) -> None:
         super().__init__(recorded, reductions)
         self.applied: list[tuple[str, str]] = []  # (statement to run, the original)
-        self.returns = _parse_expr("changes, {k: v for k, v in locals().items() if k != 'changes'}")
+        if handed:  # the item goes back too, as the item left it
+            kept = f"k not in ('changes', {HANDED!r})"
+            self.returns = _parse_expr(
+                f"changes, {{k: v for k, v in locals().items() if {kept}}}, {HANDED}"
+            )
+        else:
+            self.returns = _parse_expr(
+                "changes, {k: v for k, v in locals().items() if k != 'changes'}"
+            )
 
     def visit_Continue(self, node):
         return (
@@ -85,15 +122,23 @@ def _parse_expr(source: str) -> ast.expr:
     return ast.parse(source, mode="eval").body
 
 
-def _body_function(info: BodyInfo, recorded: frozenset[str], coroutine: bool) -> tuple[str, list]:
-    """``loop_body``'s source, and the numbered statements that apply its changes."""
+def _body_function(
+    info: BodyInfo, recorded: frozenset[str], coroutine: bool, handed: bool = False
+) -> tuple[str, list]:
+    """``loop_body``'s source, and the numbered statements that apply its changes. ``handed``:
+    items are copies (worker processes), so the item goes back as the item left it."""
     node = copy.deepcopy(info.node)
     if info.kind == "for":
         target = node.target
-        parameter = target.id if isinstance(target, ast.Name) else "item"
-        rewriter = _Changes(recorded, info.reductions)
+        parameter = target.id if isinstance(target, ast.Name) and not handed else "item"
+        parameter = HANDED if handed else parameter
+        rewriter = _Changes(recorded, info.reductions, handed)
         body = rewriter.rewrite_block(node.body)
-        head = [] if isinstance(target, ast.Name) else [ast.Assign([target], ast.Name("item"))]
+        head = (
+            []
+            if parameter == getattr(target, "id", None)
+            else [ast.Assign([target], ast.Name(parameter))]
+        )
         statements = [
             ast.parse("changes = []").body[0],
             *head,
@@ -102,6 +147,8 @@ def _body_function(info: BodyInfo, recorded: frozenset[str], coroutine: bool) ->
         ]
         applied = rewriter.applied
         doc = "One item of the loop: the changes it asks for, and the names it bound."
+        if handed:
+            doc = doc.replace(", and the names it bound", ", the names it bound, and the item")
     else:
         first = node.generators[0]
         target = first.target
@@ -289,7 +336,9 @@ def _main_lines(cell: ast.Module, loop: ast.AST, info: BodyInfo, run: list[str])
     return lines
 
 
-def _results_lines(info: BodyInfo, applied: list[tuple[str, str]]) -> list[str]:
+def _results_lines(
+    info: BodyInfo, applied: list[tuple[str, str]], handed: bool = False
+) -> list[str]:
     """The main program's side: the items' results, applied in item order."""
     if info.kind != "for":
         gather = {"set": "set", "dict": "dict"}.get(info.kind, "list")
@@ -297,6 +346,14 @@ def _results_lines(info: BodyInfo, applied: list[tuple[str, str]]) -> list[str]:
             return [f"loop_values = {gather}(in_order)"]
         return [f"loop_values = {gather}(v for values in in_order for v in values)"]
     lines = ["names = {}", "for changes, names in in_order:", "    for number, value in changes:"]
+    if handed:
+        lines[1:] = [
+            "for item, (changes, names, returned) in zip(items, in_order):",
+            "    take_back(item, returned)  # what the item changed in its copy",
+            "    names = {k: own(v, returned, item) for k, v in names.items()}",
+            "    for number, value in changes:",
+            "        value = own(value, returned, item)",
+        ]
     for position, (statement, original) in enumerate(applied, 1):
         keyword = "if" if position == 1 else "elif"
         lines += [
@@ -324,15 +381,24 @@ def program(
     cell = compile(source, "<cell>", "exec", flags)
     loop = _find(cell, info.node)
     coroutine = backend == "asyncio"
-    function, applied = _body_function(info, recorded, coroutine)
+    handed = backend in COPYING_BACKENDS and info.kind == "for"
+    function, applied = _body_function(info, recorded, coroutine, handed)
     iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
+    listed = [f"items = list({iterable})"] if handed else []
+    iterable = "items" if handed else iterable
     inside = {id(n) for n in ast.walk(loop)}
+    inside |= {  # a comprehension's variables are its own, not the program's names
+        id(n)
+        for c in ast.walk(cell)
+        if isinstance(c, ast.comprehension)
+        for n in ast.walk(c.target)
+    }
     shared = sorted(_stores(cell, inside) & _loads(ast.parse(function)))
     if backend not in INITIALIZER_BACKENDS:
         shared = []  # threads and coroutines see the main program's names themselves
     notebook = [n for n in _free_names(cell) if n in ns]
     imports, run = _runner(backend, workers, start_method, iterable, shared)
-    main = _main_lines(cell, loop, info, run + _results_lines(info, applied))
+    main = _main_lines(cell, loop, info, listed + run + _results_lines(info, applied, handed))
     out = [f"# What `%%parallel -b {backend}` ran, as a plain Python program (by parmagic).", ""]
     out += imports
     if export and notebook:
@@ -357,7 +423,8 @@ def program(
         out += ["", "", "async def main():", *_indented(inner), "", "", guard]
         out += ["    asyncio.run(main())"]
     else:
-        out += ["", "", function, "", "", guard, *_indented(main)]
+        out += ["", "", function, "", "", *([TAKE_BACK, "", ""] if handed else []), guard]
+        out += _indented(main)
     return "\n".join(out) + "\n"
 
 

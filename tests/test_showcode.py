@@ -110,3 +110,29 @@ def test_asyncio_export_uses_a_semaphore_and_runs(ip, run, tmp_path):
         and "asyncio.gather(" in text
         and "asyncio.run(main())" in text
     )
+
+
+MODELS = (
+    "class Model:\n    def __init__(self, k):\n        self.k, self.w = k, None\n"
+    "    def fit(self, xs):\n        self.w = sum(xs) * self.k\n        return self\n"
+)
+
+
+@pytest.mark.parametrize("name", ["fork", "spawn", "futures-spawn"])
+def test_exported_script_carries_back_what_items_change_in_their_objects(ip, run, tmp_path, name):
+    """Items in worker processes change copies: the program takes the changes back onto its
+    own objects, and keeps its own objects where the loop keeps the item."""
+    run(MODELS)
+    script = tmp_path / "fit.py"
+    cell = (
+        "models = [Model(k) for k in range(6)]\nkept = []\nfor m in models:\n"
+        "    m.fit([1, 2, 3])\n    kept.append(m)\n"
+        "print([x.w for x in models], all(a is b for a, b in zip(kept, models)), m is models[-1])\n"
+    )
+    outcome = run(f"%%parallel -q {EXPORTED[name]} --export {script}\n{cell}")
+    assert outcome.error is None, outcome.err
+    assert outcome.out.splitlines()[0] == "[0, 6, 12, 18, 24, 30] True True"
+    done = python(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 6, 12, 18, 24, 30] True True"
+    assert "def take_back(mine, theirs):" in script.read_text()
