@@ -157,6 +157,7 @@ class ChunkResult:
     queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
     interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
     names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
+    changed: list[int] = field(default_factory=list)  # offsets whose ops hold STATE ops
     # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
     recorded: bool = True
     flat_values: list | None = None
@@ -417,7 +418,9 @@ def _run_items(
                         _armed.clear()  # an alarm that fires from here on finds no item to stop
                         signal.setitimer(signal.ITIMER_REAL, 0)
                 if before is not None:
-                    error = _add_changes(log.ops, objects, item, before, line, error)
+                    error = _add_changes(
+                        result, offset, log.ops, objects, item, before, line, error
+                    )
                 began = _record(task, result, offset, item, began, log, value, error, merged)
                 cpu.after_item(began)
                 if error is not None and (
@@ -434,14 +437,24 @@ def _run_items(
 
 
 def _add_changes(
-    ops: list, objects: ChunkObjects, item, before: bytes, line: int, error: BaseException | None
+    result: ChunkResult,
+    offset: int,
+    ops: list,
+    objects: ChunkObjects,
+    item,
+    before: bytes,
+    line: int,
+    error: BaseException | None,
 ) -> BaseException | None:
     """The item's changes to the kernel's objects, as STATE ops; the item's error, or the
     error of an item that made its objects unpicklable."""
-    try:  # first: a change that cannot be made stops the item before its other changes
-        ops[:0] = objects.changes(item, before, line)
+    try:
+        changes = objects.changes(item, before, line)
     except Exception as unpicklable:
         return error or unpicklable
+    if changes:  # first: a change that cannot be made stops the item before its other changes
+        ops[:0] = changes
+        result.changed.append(offset)
     return error
 
 
@@ -510,7 +523,9 @@ class TimedItems:
             cpu * (end - begin) / wall if wall else cpu / max(count, 1)
             for begin, end in zip(starts, result.ends, strict=True)
         ]
-        result.ops = [self.ops.get(offset, []) for offset in range(count)]
+        result.ops = [[]] * count  # one list, shared: it pickles once
+        for offset, ops in self.ops.items():
+            result.ops[offset] = ops
         result.names = [None] * count
         if self.marks is None:
             result.values = [None] * count
@@ -571,7 +586,7 @@ def _run_values_compared(task: Task, timed: TimedItems, objects: ChunkObjects) -
             error = raised
         if before is not None:
             ops = timed.ops.setdefault(offset, [])
-            error = _add_changes(ops, objects, item, before, line, error)
+            error = _add_changes(timed.result, offset, ops, objects, item, before, line, error)
         if error is not None:
             recorded = timed.failed(error)
             if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):

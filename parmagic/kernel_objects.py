@@ -25,6 +25,7 @@ Worker side and kernel side both import this module; it imports nothing heavy.
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
 import sys
 import types
@@ -47,6 +48,7 @@ ATOMS = SCALARS | {tuple}
 CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
 
 Key = tuple[str, Any]
+PLAIN, HELD = 0, 1  # a chunk's first byte: its items are plain data, or hold objects
 
 
 def dumped(value: Any, buffer_callback=None) -> tuple[bytes, dict]:
@@ -71,6 +73,18 @@ def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) 
         for number, obj in numbered
         if type(obj) not in ATOMS and not (skip_first and number == 0)
     }
+
+
+def _plain(items: list) -> bool:
+    """Numbers and strings, alone or in tuples (``enumerate``'s, ``zip``'s): nothing in them
+    is an object of the kernel's that an item could change or keep."""
+    kinds = set(map(type, items))
+    if kinds <= SCALARS:
+        return True
+    if not kinds <= ATOMS:
+        return False
+    tuples = (item for item in items if type(item) is tuple)
+    return set(map(type, itertools.chain.from_iterable(tuples))) <= SCALARS
 
 
 def _named(names: dict[str, Any]) -> dict[int, Key]:
@@ -111,12 +125,17 @@ def _same_code(identity: int) -> None:
     """Stands for a class, function or module in a fingerprint (never called)."""
 
 
-class _Fingerprint(cloudpickle.Pickler):
+class _Fingerprint(pickle.Pickler):
     """An item's content as bytes, to tell whether running it changed anything in it. Code by
-    identity: it does not change, and pickling a notebook class by value costs."""
+    identity: it does not change, and pickling a notebook class by value costs. The C
+    pickler with cloudpickle's reductions for the rest: a third of cloudpickle's time."""
+
+    dispatch_table = cloudpickle.Pickler.dispatch_table
 
     def __init__(self, file, watched: dict[int, object] | None = None) -> None:
-        super().__init__(file, protocol=PROTOCOL)
+        # finding what an item reaches copies no buffer (a large array's bytes stay put)
+        skip = None if watched is None else _out_of_band
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=skip)
         self._watched, self.reached = watched, {}
 
     def reducer_override(self, obj):
@@ -130,6 +149,10 @@ class _Fingerprint(cloudpickle.Pickler):
             if _whole(obj):
                 return id(obj)  # its insides travel with it
         return None
+
+
+def _out_of_band(buffer: pickle.PickleBuffer) -> bool:
+    return False
 
 
 def _whole(obj: object) -> bool:
@@ -159,19 +182,32 @@ def fingerprint(item: object, watched: dict[int, object] | None = None) -> tuple
 
 
 class HeldObjects:
-    """A worker's copies of the kernel objects in the run's task, by key."""
+    """A worker's copies of the kernel objects in the run's task, by key: all of them
+    (``keys``: what a changed object's state refers to), and the data the body captured by
+    name and what that reaches (``data_keys``: what values and changes may refer to; none
+    for most loops, whose results then pickle at full speed)."""
 
     def __init__(self, memo: dict, names: dict[str, Any]) -> None:
         self.keys = _keys(memo.items(), TASK)
         self.keys.update(_named(names))
+        data = [v for v in names.values() if type(v) not in SCALARS]
+        reached = fingerprint(data, {i: o for i, o in self._by_id(memo)})[1] if data else {}
+        self.data_keys = {i: self.keys[i] for i in reached}
+        self.data_keys.update(_named(names))
         self._alive = (memo, names)  # ids stay theirs while this lives
+
+    def _by_id(self, memo: dict):
+        return ((i, obj) for obj in memo.values() if (i := id(obj)) in self.keys)
 
     @classmethod
     def none(cls) -> HeldObjects:
         return cls({}, {})
 
     def load_chunk(self, data: bytes) -> tuple[list, ChunkObjects]:
-        items, memo = loaded(data)
+        view = memoryview(data)
+        if view[0] == PLAIN:  # numbers and strings: no object to keep
+            return pickle.loads(view[1:]), ChunkObjects(self, {})
+        items, memo = loaded(view[1:])
         return items, ChunkObjects(self, memo)
 
 
@@ -180,7 +216,7 @@ class ChunkObjects:
     changes to them found by comparing the item before and after it runs."""
 
     def __init__(self, held: HeldObjects, memo: dict) -> None:
-        self.task_keys = held.keys
+        self.task_keys, self.task_data = held.keys, held.data_keys
         self.keys = _keys(memo.items(), CHUNK, skip_first=True)
         self.watched = {i: obj for obj in memo.values() if (i := id(obj)) in self.keys}
         self._alive = memo
@@ -188,11 +224,14 @@ class ChunkObjects:
     def key(self, identity: int) -> Key | None:
         return self.keys.get(identity) or self.task_keys.get(identity)
 
+    def _data_key(self, identity: int) -> Key | None:
+        return self.keys.get(identity) or self.task_data.get(identity)
+
     def dumps(self, value: object) -> bytes:
-        """``value`` pickled with references for the kernel's objects."""
-        if not (self.keys or self.task_keys):
+        """``value`` pickled with references for the kernel's objects it holds."""
+        if not (self.keys or self.task_data):
             return cloudpickle.dumps(value, protocol=PROTOCOL)
-        return _written(value, self.key)
+        return _written(value, self._data_key)
 
     def before(self, item: object) -> bytes | None:
         """The item's fingerprint (None: nothing in it can change)."""
@@ -232,10 +271,13 @@ class SentObjects:
         self.chunks.clear()
 
     def chunk_bytes(self, seq: int, start: int, items: list) -> bytes:
+        """The chunk's items pickled, after a byte that says whether they hold objects."""
+        if _plain(items):
+            return bytes([PLAIN]) + cloudpickle.dumps(items, protocol=PROTOCOL)
         data, memo = dumped(items)
         numbered = list(memo.values())
         self.chunks[seq] = (start, dict(numbered), _keys(numbered, CHUNK, skip_first=True))
-        return data
+        return bytes([HELD]) + data
 
     def applied(self, seq: int) -> None:
         self.chunks.pop(seq, None)
@@ -265,10 +307,9 @@ class SentObjects:
         def key(identity: int) -> Key | None:
             return keys.get(identity) or self.task_keys.get(identity)
 
-        for offset, ops in enumerate(result.ops):
-            if any(op[0] == STATE for op in ops):
-                thawed = [self._thawed(op, key, result.seq) for op in ops]
-                result.ops[offset] = [op for op in thawed if op is not None]
+        for offset in result.changed:
+            thawed = [self._thawed(op, key, result.seq) for op in result.ops[offset]]
+            result.ops[offset] = [op for op in thawed if op is not None]
 
     def _thawed(self, op: tuple, key, seq: int) -> tuple | None:
         if op[0] != STATE:
