@@ -109,7 +109,13 @@ def before_and_after(revision: str, rounds: int, repeats: int) -> list[str]:
         old_ms = statistics.median(samples["before"][name])
         new_ms = statistics.median(samples["after"][name])
         lines.append(f"| {name} | {old_ms:.1f} | {new_ms:.1f} | {new_ms / old_ms:.2f} |")
-    return lines
+    return lines + [
+        "",
+        "Before, the last cell left the kernel's arrays as they were (the copies changed), and "
+        "`r['y'] = ...` was replayed from the statement; now every item holding objects is "
+        "compared before and after it runs (about 3 µs for a small dict), and what it changed "
+        "travels back.",
+    ]
 
 
 class _Result:

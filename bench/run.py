@@ -362,6 +362,9 @@ def main() -> None:
         "",
         f"`%load_ext parmagic`: {load_ext_time() * 1000:.0f} ms (median of 3 fresh interpreters).",
     ]
+    objects = HERE / "kernel_objects.md"  # bench/kernel_objects.py's, run before this script
+    if objects.exists():
+        lines += ["", *objects.read_text().splitlines()]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     chart(all_work)
     print("\n".join(lines))

@@ -25,7 +25,10 @@ The path of a cell, and the module of each step::
           │ the kernel's thread, pool threads, or worker processes
           ▼   (worker_process.py) and dask, the task pickled once (shipping.py)
     run_chunk                          chunk.py      each item: its output, its recorded
-                                                     changes (effects.py), names, errors
+                                                     changes (effects.py), names, errors;
+                                                     in worker processes, what it changed
+                                                     in the kernel's objects, and references
+                                                     to them (kernel_objects.py)
           │ ChunkResult
           ▼
     Applier, in item order             dispatch.py   output shown, changes replayed, names

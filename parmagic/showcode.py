@@ -365,6 +365,19 @@ def _results_lines(
     return lines + ["globals().update(names)  # the loop's names, as its last item left them"]
 
 
+def _shared_names(cell: ast.Module, loop: ast.AST, function: str) -> list[str]:
+    """Names the cell makes before the loop that ``loop_body`` reads: handed to each worker
+    process (threads and coroutines see the main program's names themselves)."""
+    inside = {id(n) for n in ast.walk(loop)}
+    inside |= {  # a comprehension's variables are its own, not the program's names
+        id(n)
+        for c in ast.walk(cell)
+        if isinstance(c, ast.comprehension)
+        for n in ast.walk(c.target)
+    }
+    return sorted(_stores(cell, inside) & _loads(ast.parse(function)))
+
+
 def program(
     source: str,
     info: BodyInfo,
@@ -386,16 +399,7 @@ def program(
     iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
     listed = [f"items = list({iterable})"] if handed else []
     iterable = "items" if handed else iterable
-    inside = {id(n) for n in ast.walk(loop)}
-    inside |= {  # a comprehension's variables are its own, not the program's names
-        id(n)
-        for c in ast.walk(cell)
-        if isinstance(c, ast.comprehension)
-        for n in ast.walk(c.target)
-    }
-    shared = sorted(_stores(cell, inside) & _loads(ast.parse(function)))
-    if backend not in INITIALIZER_BACKENDS:
-        shared = []  # threads and coroutines see the main program's names themselves
+    shared = _shared_names(cell, loop, function) if backend in INITIALIZER_BACKENDS else []
     notebook = [n for n in _free_names(cell) if n in ns]
     imports, run = _runner(backend, workers, start_method, iterable, shared)
     main = _main_lines(cell, loop, info, listed + run + _results_lines(info, applied, handed))
