@@ -144,7 +144,7 @@ def one_item() -> list[str]:
         ("NumPy array, 1 MB", lambda: np.zeros(131_072), lambda a: a.__iadd__(1)),
         ("dict of 10,000 keys", lambda: {f"k{i}": i for i in range(10_000)}, None),
     ):
-        sent, held = SentObjects(), HeldObjects({}, {})
+        sent, held = SentObjects(), HeldObjects.none()
         data = sent.chunk_bytes(0, 0, [make()])
         items, objects = held.load_chunk(data)
         item = items[0]

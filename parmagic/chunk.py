@@ -166,6 +166,18 @@ class ChunkResult:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def own(self) -> set[int]:
+        """The ids of the containers this result is made of (not the values in them): never
+        objects of the kernel's, so a worker need not look them up (kernel_objects.py)."""
+        parts: list = [self, vars(self), *vars(self).values(), *self.ops, *self.names, *self.values]
+        parts += [op[6] for ops in self.ops for op in ops if len(op) == 7]  # calls' kwargs
+        parts += [entry for entries in self.outputs.values() for entry in entries]
+        for error in self.errors.values():
+            while error is not None:
+                parts += [error, vars(error), error.frames]
+                error = error.cause
+        return {id(part) for part in parts}
+
     def item_values(self, offset: int) -> Any:
         if self.flat_values is None:
             return self.values[offset]

@@ -24,6 +24,7 @@ Worker side and kernel side both import this module; it imports nothing heavy.
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import pickle
@@ -51,19 +52,32 @@ Key = tuple[str, Any]
 PLAIN, HELD = 0, 1  # a chunk's first byte: its items are plain data, or hold objects
 
 
-def dumped(value: Any, buffer_callback=None) -> tuple[bytes, dict]:
-    """``value`` pickled (cloudpickle), and the memo: id -> (number, object)."""
+def dumped(value: Any, buffer_callback=None) -> tuple[bytes, Callable[[], dict]]:
+    """``value`` pickled (cloudpickle), and how to get the memo, id -> (number, object),
+    when it is needed (copying a large task's memo costs more than pickling it)."""
     file = io.BytesIO()
     pickler = cloudpickle.Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
     pickler.dump(value)
-    return file.getvalue(), pickler.memo.copy()
+    data = file.getvalue()
+    file.close()  # the pickler, kept for its memo, keeps no second copy of the bytes
+    return data, pickler.memo.copy
 
 
-def loaded(data, buffers: Iterable | None = None) -> tuple[Any, dict]:
-    """``data`` unpickled, and the memo: number -> object."""
-    unpickler = pickle.Unpickler(io.BytesIO(data), buffers=buffers)
-    value = unpickler.load()
-    return value, unpickler.memo.copy()
+def loaded(data, buffers: Iterable | None = None) -> tuple[Any, Callable[[], dict]]:
+    """``data`` unpickled, and how to get the memo, number -> object, when it is needed.
+    The collector waits meanwhile: unpickling makes no garbage, and each of its passes over
+    a large task would walk the memo too."""
+    file = io.BytesIO(data)
+    unpickler = pickle.Unpickler(file, buffers=buffers)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        value = unpickler.load()
+    finally:
+        if collecting:
+            gc.enable()
+    file.close()
+    return value, unpickler.memo.copy
 
 
 def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) -> dict:
@@ -103,7 +117,7 @@ class _Writer(cloudpickle.Pickler):
     """Pickles with keys in place of the objects ``key`` knows, except ``root`` (and its own
     ``__dict__``): the root's state by value, what it holds of the kernel's as references."""
 
-    def __init__(self, file, key: Callable[[int], Key | None], root: object = None) -> None:
+    def __init__(self, file, key: Callable[[object], Key | None], root: object = None) -> None:
         super().__init__(file, protocol=PROTOCOL)
         self._key, self._root = key, root
         self._own = getattr(root, "__dict__", None) if root is not None else None
@@ -112,10 +126,10 @@ class _Writer(cloudpickle.Pickler):
         kind = type(obj)
         if kind in ATOMS and not (kind is float and obj != obj) or obj is self._root:
             return None
-        return None if obj is self._own else self._key(id(obj))
+        return None if obj is self._own else self._key(obj)
 
 
-def _written(value: object, key: Callable[[int], Key | None], root: object = None) -> bytes:
+def _written(value: object, key: Callable[[object], Key | None], root: object = None) -> bytes:
     file = io.BytesIO()
     _Writer(file, key, root).dump(value)
     return file.getvalue()
@@ -162,7 +176,7 @@ def _whole(obj: object) -> bool:
     return pandas is not None and isinstance(obj, pandas.DataFrame | pandas.Series)
 
 
-def _state(obj: object, key: Callable[[int], Key | None]) -> bytes:
+def _state(obj: object, key: Callable[[object], Key | None]) -> bytes:
     """An object's own state, as both sides pickle it to compare and carry it."""
     if _whole(obj):
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
@@ -182,33 +196,41 @@ def fingerprint(item: object, watched: dict[int, object] | None = None) -> tuple
 
 
 class HeldObjects:
-    """A worker's copies of the kernel objects in the run's task, by key: all of them
-    (``keys``: what a changed object's state refers to), and the data the body captured by
-    name and what that reaches (``data_keys``: what values and changes may refer to; none
-    for most loops, whose results then pickle at full speed)."""
+    """A worker's copies of the kernel objects in the run's task: the data the body captured
+    by name (``named``), and every object of the task (``keys``, made when first needed).
+    ``has_data``: whether the body or the notebook functions it calls captured any data at
+    all (their globals, one dict in a worker); loops that captured none send their results
+    at full speed."""
 
-    def __init__(self, memo: dict, names: dict[str, Any]) -> None:
-        self.keys = _keys(memo.items(), TASK)
-        self.keys.update(_named(names))
-        data = [v for v in names.values() if type(v) not in SCALARS]
-        reached = fingerprint(data, {i: o for i, o in self._by_id(memo)})[1] if data else {}
-        self.data_keys = {i: self.keys[i] for i in reached}
-        self.data_keys.update(_named(names))
-        self._alive = (memo, names)  # ids stay theirs while this lives
-
-    def _by_id(self, memo: dict):
-        return ((i, obj) for obj in memo.values() if (i := id(obj)) in self.keys)
+    def __init__(self, memo: Callable[[], dict], function: types.FunctionType) -> None:
+        names = captured_names(function)
+        self.named = _named(names)
+        self.has_data = any(
+            type(value) not in SCALARS and not isinstance(value, CODE)
+            for name, value in function.__globals__.items()
+            if not name.startswith("__")
+        )
+        self._memo, self._keys, self._alive = memo, None, [names]  # ids stay theirs
 
     @classmethod
     def none(cls) -> HeldObjects:
-        return cls({}, {})
+        return cls(dict, lambda item, log: None)
+
+    @property
+    def keys(self) -> dict[int, Key]:
+        if self._keys is None:
+            memo = self._memo()
+            self._alive.append(memo)
+            self._keys = _keys(memo.items(), TASK)
+            self._keys.update(self.named)
+        return self._keys
 
     def load_chunk(self, data: bytes) -> tuple[list, ChunkObjects]:
         view = memoryview(data)
         if view[0] == PLAIN:  # numbers and strings: no object to keep
             return pickle.loads(view[1:]), ChunkObjects(self, {})
         items, memo = loaded(view[1:])
-        return items, ChunkObjects(self, memo)
+        return items, ChunkObjects(self, memo())
 
 
 class ChunkObjects:
@@ -216,22 +238,34 @@ class ChunkObjects:
     changes to them found by comparing the item before and after it runs."""
 
     def __init__(self, held: HeldObjects, memo: dict) -> None:
-        self.task_keys, self.task_data = held.keys, held.data_keys
+        self.held = held
         self.keys = _keys(memo.items(), CHUNK, skip_first=True)
         self.watched = {i: obj for obj in memo.values() if (i := id(obj)) in self.keys}
         self._alive = memo
 
-    def key(self, identity: int) -> Key | None:
-        return self.keys.get(identity) or self.task_keys.get(identity)
+    def key(self, obj: object) -> Key | None:
+        held, identity = self.held, id(obj)
+        return self.keys.get(identity) or held.named.get(identity) or held.keys.get(identity)
 
-    def _data_key(self, identity: int) -> Key | None:
-        return self.keys.get(identity) or self.task_data.get(identity)
-
-    def dumps(self, value: object) -> bytes:
-        """``value`` pickled with references for the kernel's objects it holds."""
-        if not (self.keys or self.task_data):
+    def dumps(self, value: object, own: Callable[[], set[int]] = set) -> bytes:
+        """``value`` pickled with references for the kernel's objects it holds. ``own()``:
+        ids of the objects ``value`` is made of (a chunk result's lists), never the kernel's:
+        the task's objects are looked up only for others, and only where the body captured
+        data (a result of numbers costs nothing)."""
+        held, keys = self.held, self.keys
+        if not (keys or held.named or held.has_data):
             return cloudpickle.dumps(value, protocol=PROTOCOL)
-        return _written(value, self._data_key)
+        named, deep = held.named, held.has_data
+        own = own() if deep else set()
+
+        def key(obj: object) -> Key | None:  # classes and functions: by value, as ever
+            identity = id(obj)
+            found = keys.get(identity) or named.get(identity)
+            if found is None and deep and identity not in own and not isinstance(obj, CODE):
+                found = held.keys.get(identity)
+            return found
+
+        return _written(value, key)
 
     def before(self, item: object) -> bytes | None:
         """The item's fingerprint (None: nothing in it can change)."""
@@ -257,25 +291,38 @@ class SentObjects:
     so that references load as those objects and changes are checked and made on them."""
 
     def __init__(self) -> None:
-        self.task: dict[int, object] = {}
         self.names: dict[str, Any] = {}
-        self.task_keys: dict[int, Key] = {}
         self.chunks: dict[int, tuple[int, dict, dict]] = {}  # seq -> (start, objects, keys)
+        self._memo: Callable[[], dict] = dict
+        self._task: tuple[dict, dict] | None = None
 
-    def task_sent(self, memo: dict, names: dict[str, Any]) -> None:
-        numbered = [(number, obj) for number, obj in memo.values()]
-        self.task = dict(numbered)
-        self.names = names
-        self.task_keys = _keys(numbered, TASK)
-        self.task_keys.update(_named(names))
+    def task_sent(self, memo: Callable[[], dict], names: dict[str, Any]) -> None:
+        self._memo, self.names, self._task = memo, names, None
         self.chunks.clear()
+
+    @property
+    def task(self) -> dict[int, object]:
+        """The task's objects by number (made when first needed: copying a memo costs)."""
+        return self._task_objects()[0]
+
+    @property
+    def task_keys(self) -> dict[int, Key]:
+        return self._task_objects()[1]
+
+    def _task_objects(self) -> tuple[dict, dict]:
+        if self._task is None:
+            numbered = list(self._memo().values())
+            keys = _keys(numbered, TASK)
+            keys.update(_named(self.names))
+            self._task = dict(numbered), keys
+        return self._task
 
     def chunk_bytes(self, seq: int, start: int, items: list) -> bytes:
         """The chunk's items pickled, after a byte that says whether they hold objects."""
         if _plain(items):
             return bytes([PLAIN]) + cloudpickle.dumps(items, protocol=PROTOCOL)
         data, memo = dumped(items)
-        numbered = list(memo.values())
+        numbered = list(memo().values())
         self.chunks[seq] = (start, dict(numbered), _keys(numbered, CHUNK, skip_first=True))
         return bytes([HELD]) + data
 
@@ -283,7 +330,7 @@ class SentObjects:
         self.chunks.pop(seq, None)
 
     def clear(self) -> None:
-        self.task, self.names, self.task_keys = {}, {}, {}
+        self._memo, self.names, self._task = dict, {}, None
         self.chunks.clear()
 
     def _object(self, seq: int, key: Key) -> object:
@@ -304,8 +351,8 @@ class SentObjects:
             return
         keys = chunk[2]
 
-        def key(identity: int) -> Key | None:
-            return keys.get(identity) or self.task_keys.get(identity)
+        def key(obj: object) -> Key | None:
+            return keys.get(id(obj)) or self.task_keys.get(id(obj))
 
         for offset in result.changed:
             thawed = [self._thawed(op, key, result.seq) for op in result.ops[offset]]
@@ -326,7 +373,7 @@ class SentObjects:
         for other, (start, _, keys) in self.chunks.items():
             if other > seq and identity in keys:
                 return f"item {start}"
-        if identity in self.task_keys:
+        if self.names and identity in self.task_keys:
             return "the loop body, which captured it"
         return None
 

@@ -8,6 +8,7 @@ The task is pickled once per run and sent once to each worker, whatever the item
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import mmap
@@ -162,14 +163,14 @@ def load_task(payload: bytes):
             mapped = mmap.mmap(shared.fileno(), 0, access=mmap.ACCESS_COPY)  # writes stay private
         view = memoryview(mapped)
         task, memo = loaded(inner, buffers=[view[start : start + size] for start, size in spans])
-    task.held = HeldObjects(memo, captured_names(task.function))
+    task.held = HeldObjects(memo, task.function)
     return task
 
 
 def dump_result(result, objects: ChunkObjects | None = None) -> bytes:
     """Pickle a chunk result, the kernel's objects in it as references (``objects``); what
     cannot travel fails its own item, or stays behind."""
-    pickled = dumps if objects is None else objects.dumps
+    pickled = dumps if objects is None else functools.partial(objects.dumps, own=result.own)
     try:
         data = pickled(result)
         if result.errors:  # an exception may pickle yet fail to rebuild (a custom __init__)

@@ -198,7 +198,7 @@ def test_one_object_changed_by_two_items_stops_the_run(ip, run, name):
 
 def test_items_of_numbers_and_strings_are_never_compared():
     """What keeps loops over plain data at their speed: nothing in them is watched."""
-    sent, held = SentObjects(), HeldObjects({}, {})
+    sent, held = SentObjects(), HeldObjects.none()
     items, objects = held.load_chunk(sent.chunk_bytes(0, 0, [1, "a", 2.5, (1, "b"), None]))
     assert objects.watched == {} and [objects.before(item) for item in items] == [None] * 5
     items, objects = held.load_chunk(sent.chunk_bytes(1, 5, [[1], {"a": [2]}, (3, [4])]))
