@@ -108,8 +108,8 @@ def test_the_summary_labels_and_advises_as_the_loop_calls_for(
     assert shown == hint, outcome.out + outcome.err  # the advice printed is its figures'
     if hint is not None and hint.startswith("other programs"):
         assert r.usage.others_mean > 25  # a busy machine: its figures say little of the loop
-    elif expected is None:
-        assert hint is None, outcome.out
+    elif expected is None:  # unless other programs slowed the items (load is not the loop's)
+        assert hint is None or r.usage.others_mean > 25, outcome.out
     else:
         assert hint is not None and hint.startswith(expected), outcome.out + outcome.err
 
