@@ -12,6 +12,7 @@ Worker side and kernel side both import this module, so it imports nothing heavy
 from __future__ import annotations
 
 import collections
+import collections.abc
 import copyreg
 import operator
 import pickle
@@ -157,6 +158,9 @@ def set_in_place(target: object, fresh: object) -> None:
     elif isinstance(target, collections.deque):
         target.clear()
         target.extend(fresh)
+    elif isinstance(target, collections.abc.Iterator):
+        why = "where an iterator stopped cannot be set on another"
+        raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
     elif not _ordinary(target):
         why = "it has no state that parmagic can set on the kernel's object"
         raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
