@@ -214,7 +214,10 @@ class HeldObjects:
 
     @classmethod
     def none(cls) -> HeldObjects:
-        return cls(dict, lambda item, log: None)
+        """For a task that holds nothing of the kernel's (one that failed to load)."""
+        held = cls(dict, lambda item, log: None)
+        held.has_data = False
+        return held
 
     @property
     def keys(self) -> dict[int, Key]:
@@ -373,7 +376,7 @@ class SentObjects:
         for other, (start, _, keys) in self.chunks.items():
             if other > seq and identity in keys:
                 return f"item {start}"
-        if self.names and identity in self.task_keys:
+        if identity in self.task_keys:
             return "the loop body, which captured it"
         return None
 

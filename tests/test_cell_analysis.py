@@ -449,3 +449,18 @@ def test_a_spelled_out_reduction_is_told_to_use_augmented_assignment():
     assert str(refused.value) == errors.SPELLED_OUT_REDUCTION.format(
         line=3, name="x", op="+", right="i * 2"
     )
+
+
+@pytest.mark.parametrize(
+    "body, advanced",
+    [
+        ("out.append(next(g))", ["g"]),
+        ("it = g\n    out.append(next(it))", ["g"]),  # through an alias of the item
+        ("g.append(1)", []),  # a change to the item's object: it comes back from copies
+        ("t = g['tags']\n    t.append(1)", []),
+        ("out.append(next(iter(g)))", []),  # a new iterator of the item's own
+    ],
+)
+def test_only_advancing_a_handed_out_iterator_is_what_copies_cannot_carry_back(body, advanced):
+    plan = plan_cell(f"out = []\nfor g in gens:\n    {body}\n", "<cell>", "processes")
+    assert [name for _, _, name in plan.body.item_advances] == advanced
