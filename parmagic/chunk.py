@@ -8,6 +8,7 @@ never IPython.
 
 from __future__ import annotations
 
+import array
 import contextvars
 import io
 import os
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from .effects import ITEM_ARG, LOG_ARG, EffectLog
+from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
 
 if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
@@ -166,11 +167,27 @@ class ChunkResult:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def __getstate__(self) -> dict:
+        """The timing columns as bytes of doubles: one object each to pickle, not one float
+        per item (a worker's pickler looks at every object it writes)."""
+        state = self.__dict__.copy()
+        for name in _TIMES:
+            state[name] = array.array("d", state[name]).tobytes()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in _TIMES:
+            column = array.array("d")
+            column.frombytes(state[name])
+            state[name] = column.tolist()
+        self.__dict__.update(state)
+
     def own(self) -> set[int]:
         """The ids of the containers this result is made of (not the values in them): never
         objects of the kernel's, so a worker need not look them up (kernel_objects.py)."""
         parts: list = [self, vars(self), *vars(self).values(), *self.ops, *self.names, *self.values]
-        parts += [op[6] for ops in self.ops for op in ops if len(op) == 7]  # calls' kwargs
+        parts += [op[6] for ops in self.ops for op in ops if op[0] == CALL]  # calls' kwargs
+        parts += [op[3] for ops in self.ops for op in ops if op[0] == STATE]  # items' copies
         parts += [entry for entries in self.outputs.values() for entry in entries]
         for error in self.errors.values():
             while error is not None:
@@ -212,6 +229,9 @@ class ChunkResult:
         self.ops.append(ops)
         self.names.append(names)
         self.values.append(value)
+
+
+_TIMES = ("starts", "ends", "cpus")
 
 
 class ItemOutput(io.TextIOBase):

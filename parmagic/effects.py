@@ -179,8 +179,12 @@ def _set_attributes(target: object, fresh: object) -> None:
     """Attributes, the way the class takes them from pickle (``__setstate__``, as pandas and
     scikit-learn objects define it), or its ``__dict__`` and slots."""
     if getattr(type(target), "__setstate__", None) is not None:
-        target.__setstate__(fresh.__getstate__())
-        return
+        state, old = fresh.__getstate__(), target.__getstate__()
+        target.__setstate__(state)
+        if isinstance(state, dict) and isinstance(old, dict) and hasattr(target, "__dict__"):
+            for gone in old.keys() - state.keys():  # a merging __setstate__ (scikit-learn's)
+                vars(target).pop(gone, None)  # keeps what the item deleted; what the class
+        return  # leaves out of its state (a lock) stays
     if hasattr(fresh, "__dict__"):
         vars(target).clear()
         vars(target).update(vars(fresh))

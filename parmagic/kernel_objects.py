@@ -8,23 +8,26 @@ worker keeps its unpickler's (:class:`HeldObjects`, :class:`ChunkObjects`). So b
 agree on which copy stands for which kernel object, and on that rest three rules:
 
 - **references**: whatever a worker sends back (values, recorded changes, names) that is one
-  of its copies travels as a key, ``("i", n)`` the chunk's object n, ``("g", name)`` a name the
-  body captured, ``("t", n)`` the task's object n, and the kernel loads the object it sent:
+  of its copies travels as a key, ``(0, n)`` the chunk's object n, ``(1, name)`` a name the body
+  captured, ``(2, n)`` the task's object n, and the kernel loads the object it sent:
   ``by_id[k] = rec`` holds the kernel's ``rec``, as a plain loop's does;
-- **changes**: a worker pickles each item before and after it runs; where the two differ,
-  every object of the chunk that the item reaches travels back, pickled shallowly (what it
-  holds of the kernel's, as keys), and the kernel makes that state on its own object, in
-  place (``effects.set_in_place``), in item order, wherever it differs from the kernel's;
+- **changes**: a worker pickles each item before and after it runs, noting which of the
+  chunk's objects it reaches, in which order; where anything differs, a shallow copy of every
+  object it reached before or after travels back with the result (what the copy holds of the
+  kernel's, as keys), and the kernel sets it on its own object, in place
+  (``effects.set_in_place``), in item order, where it differs from the object as it was sent
+  (the chunk's bytes, loaded again: the kernel's object may have changed since, by earlier
+  items' recorded changes, which must stay);
 - **one holder**: an object an item changed must not be in another chunk still out (its
-  items saw the old state, where a plain loop shows them the new one) nor captured by the
-  body; the run stops there (``errors.SharedObjectChanged``), its earlier items applied.
+  items saw the old state, where a plain loop shows them the new one): the run stops after
+  the item (``errors.SharedObjectChanged``).
 
 Worker side and kernel side both import this module; it imports nothing heavy.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import gc
 import io
 import itertools
@@ -41,11 +44,11 @@ from .effects import STATE
 from .errors import short_repr
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-CHUNK, CAPTURED, TASK = "i", "g", "t"
+CHUNK, CAPTURED, TASK = 0, 1, 2  # numbers: a string tag could meet the user's own in a memo
 # Values nobody can change and whose identity a loop never relies on: always sent by value
 # (but NaN, which sets and dicts find by identity alone: by reference where it was captured).
 SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
-ATOMS = SCALARS | {tuple}
+ATOMS = SCALARS | {tuple, frozenset}
 # Kept as references (a class is the kernel's own), but no item changes them.
 CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
 
@@ -153,19 +156,21 @@ class _Fingerprint(pickle.Pickler):
         return NotImplemented
 
 
-class _Reach(_Fingerprint):
-    """Which of ``watched`` (id -> object) an item reaches now. No buffer is copied (a large
-    array's bytes stay put); a pandas object's insides travel with it, so they are not
-    looked into."""
+class _Look(_Fingerprint):
+    """An item's bytes, and which of ``watched`` (id -> object) it reaches, in which order: an
+    object swapped for an equal one leaves the bytes alike but not the order. A pandas
+    object's insides travel with it: its own fingerprint stands in for them. (Its fields are
+    set after the C constructor: a Python ``__init__`` would cost as much as a small item.)"""
 
-    def __init__(self, file, watched: dict[int, object]) -> None:
-        super().__init__(file, protocol=PROTOCOL, buffer_callback=_out_of_band)
-        self._watched, self.reached = watched, {}
+    watched: dict[int, object]
+    reached: dict[int, object]
+    wholes: list[bytes]
 
     def persistent_id(self, obj):
-        if id(obj) in self._watched and not isinstance(obj, CODE):
+        if id(obj) in self.watched and not isinstance(obj, CODE):
             self.reached[id(obj)] = obj
             if _whole(obj):
+                self.wholes.append(fingerprint(obj))
                 return id(obj)
         return None
 
@@ -182,34 +187,56 @@ def _whole(obj: object) -> bool:
 
 
 def _state(obj: object, key: Callable[[object], Key | None]) -> bytes:
-    """An object's own state, as both sides pickle it to compare and carry it."""
+    """An object's own state, pickled shallowly: what it holds of the kernel's as keys."""
     if _whole(obj):
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
     return _written(obj, key, root=obj)
 
 
-def fingerprint(item: object, plain: bool = False) -> bytes:
-    """The item's bytes (``plain``: by the C pickler alone, four times as fast, for items of
-    plain data); something that cannot be pickled any more counts as a change."""
-    if plain:
-        try:
-            return b"p" + pickle.dumps(item, PROTOCOL)
-        except Exception:
-            return b""
+def fingerprint(item: object) -> bytes:
+    """The item's bytes; something that cannot be pickled any more counts as a change."""
     file = io.BytesIO()
     try:
         _Fingerprint(file, PROTOCOL).dump(item)
     except Exception:
         return b""
-    return b"f" + file.getvalue()
+    return file.getvalue()
 
 
-def reached(item: object, watched: dict[int, object]) -> list[object]:
-    """The objects of ``watched`` that the item reaches."""
-    pickler = _Reach(io.BytesIO(), watched)
-    with contextlib.suppress(Exception):  # the item then fails as its changes are pickled
-        pickler.dump(item)
-    return list(pickler.reached.values())
+class Look:
+    """What an item is and reaches at one moment (see _Look)."""
+
+    __slots__ = ("key", "reached")
+
+    def __init__(self, item: object, watched: dict[int, object]) -> None:
+        file = io.BytesIO()
+        pickler = _Look(file, PROTOCOL)
+        pickler.watched, pickler.reached, pickler.wholes = watched, {}, []
+        try:
+            pickler.dump(item)
+            data = file.getvalue()
+        except Exception:
+            data = b""  # cannot be pickled (any more): a change, which its pickling explains
+        self.key = (data, tuple(pickler.reached), tuple(pickler.wholes))
+        self.reached = pickler.reached
+
+    def same(self, other: Look) -> bool:
+        return self.key == other.key and bool(self.key[0])
+
+
+def _captures_data(function: types.FunctionType) -> bool:
+    """Whether the function, or a function its globals hold (its own globals may be another
+    dict: the shell's stand-ins), reads data from its globals."""
+    spaces = {id(function.__globals__): function.__globals__}
+    for value in function.__globals__.values():
+        if isinstance(value, types.FunctionType):
+            spaces.setdefault(id(value.__globals__), value.__globals__)
+    return any(
+        type(value) not in SCALARS and not isinstance(value, CODE)
+        for space in spaces.values()
+        for name, value in space.items()
+        if not name.startswith("__")
+    )
 
 
 class HeldObjects:
@@ -222,11 +249,7 @@ class HeldObjects:
     def __init__(self, memo: Callable[[], dict], function: types.FunctionType) -> None:
         names = captured_names(function)
         self.named = _named(names)
-        self.has_data = any(
-            type(value) not in SCALARS and not isinstance(value, CODE)
-            for name, value in function.__globals__.items()
-            if not name.startswith("__")
-        )
+        self.has_data = _captures_data(function)
         self._memo, self._keys, self._alive = memo, None, [names]  # ids stay theirs
 
     @classmethod
@@ -262,11 +285,6 @@ class ChunkObjects:
         self.keys = _keys(memo.items(), CHUNK, skip_first=True)
         self.watched = {i: obj for obj in memo.values() if (i := id(obj)) in self.keys}
         self._alive = memo
-        self._plain = True  # until an item needs cloudpickle's reductions (a notebook class)
-
-    def key(self, obj: object) -> Key | None:
-        held, identity = self.held, id(obj)
-        return self.keys.get(identity) or held.named.get(identity) or held.keys.get(identity)
 
     def dumps(self, value: object, own: Callable[[], set[int]] = set) -> bytes:
         """``value`` pickled with references for the kernel's objects it holds. ``own()``:
@@ -288,27 +306,24 @@ class ChunkObjects:
 
         return _written(value, key)
 
-    def before(self, item: object) -> bytes | None:
-        """The item's fingerprint (None: nothing in it can change)."""
+    def before(self, item: object) -> Look | None:
+        """What the item is and reaches before it runs (None: nothing in it can change)."""
         if not self.watched or type(item) in SCALARS:
             return None
         if type(item) is tuple and all(type(part) in SCALARS for part in item):
             return None
-        if self._plain:
-            found = fingerprint(item, plain=True)
-            if found:
-                return found
-            self._plain = False
-        return fingerprint(item)
+        return Look(item, self.watched)
 
-    def changes(self, item: object, before: bytes | None, line: int) -> list[tuple]:
-        """STATE ops for what the item reaches of the kernel's, if it changed anything."""
+    def changes(self, item: object, before: Look | None, line: int) -> list[tuple]:
+        """STATE ops, a shallow copy of each object the item reached before or after it ran,
+        if it changed anything (the kernel keeps the copies that differ from what it sent)."""
         if before is None:
             return []
-        after = fingerprint(item, plain=before[:1] == b"p")
-        if after == before and after:
+        after = Look(item, self.watched)
+        if after.same(before):
             return []
-        return [(STATE, line, obj, _state(obj, self.key)) for obj in reached(item, self.watched)]
+        reached = {**before.reached, **after.reached}
+        return [(STATE, line, obj, copy.copy(obj)) for obj in reached.values()]
 
 
 class SentObjects:
@@ -317,9 +332,10 @@ class SentObjects:
 
     def __init__(self) -> None:
         self.names: dict[str, Any] = {}
-        self.chunks: dict[int, tuple[int, dict, dict]] = {}  # seq -> (start, objects, keys)
+        # seq -> (start, objects, keys, bytes): each chunk still out, as it was sent
+        self.chunks: dict[int, tuple[int, dict, dict, bytes]] = {}
         self._memo: Callable[[], dict] = dict
-        self._task: tuple[dict, dict] | None = None
+        self._task: dict[int, object] | None = None
 
     def task_sent(self, memo: Callable[[], dict], names: dict[str, Any]) -> None:
         self._memo, self.names, self._task = memo, names, None
@@ -328,18 +344,8 @@ class SentObjects:
     @property
     def task(self) -> dict[int, object]:
         """The task's objects by number (made when first needed: copying a memo costs)."""
-        return self._task_objects()[0]
-
-    @property
-    def task_keys(self) -> dict[int, Key]:
-        return self._task_objects()[1]
-
-    def _task_objects(self) -> tuple[dict, dict]:
         if self._task is None:
-            numbered = list(self._memo().values())
-            keys = _keys(numbered, TASK)
-            keys.update(_named(self.names))
-            self._task = dict(numbered), keys
+            self._task = {number: obj for number, obj in self._memo().values()}
         return self._task
 
     def chunk_bytes(self, seq: int, start: int, items: list) -> bytes:
@@ -348,7 +354,8 @@ class SentObjects:
             return bytes([PLAIN]) + cloudpickle.dumps(items, protocol=PROTOCOL)
         data, memo = dumped(items)
         numbered = list(memo().values())
-        self.chunks[seq] = (start, dict(numbered), _keys(numbered, CHUNK, skip_first=True))
+        keys = _keys(numbered, CHUNK, skip_first=True)
+        self.chunks[seq] = (start, dict(numbered), keys, data)
         return bytes([HELD]) + data
 
     def applied(self, seq: int) -> None:
@@ -369,37 +376,42 @@ class SentObjects:
         return _Reader(io.BytesIO(data), lambda key: self._object(seq, key)).load()
 
     def thaw(self, result) -> None:
-        """Each STATE op of a chunk result: the new state loaded, and dropped where the
-        kernel's object already has it (the item reached it but did not change it)."""
+        """Drop each STATE op whose copy equals its object as it was sent: the item reached
+        the object but did not change it (and the kernel's object keeps whatever earlier
+        items did to it since)."""
         chunk = self.chunks.get(result.seq)
-        if chunk is None:
+        if chunk is None or not result.changed:
             return
         keys = chunk[2]
+        sent, sent_memo = loaded(chunk[3])
+        copies = sent_memo()
+        copy_keys = _keys(copies.items(), CHUNK, skip_first=True)
 
-        def key(obj: object) -> Key | None:
-            return keys.get(id(obj)) or self.task_keys.get(id(obj))
+        def kernel_key(obj: object) -> Key | None:
+            return keys.get(id(obj))
+
+        def sent_key(obj: object) -> Key | None:
+            return copy_keys.get(id(obj))
 
         for offset in result.changed:
-            thawed = [self._thawed(op, key, result.seq) for op in result.ops[offset]]
-            result.ops[offset] = [op for op in thawed if op is not None]
-
-    def _thawed(self, op: tuple, key, seq: int) -> tuple | None:
-        if op[0] != STATE:
-            return op
-        _, line, target, state = op
-        if _state(target, key) == state:
-            return None
-        return (STATE, line, target, self.load(state, seq))
+            kept = []
+            for op in result.ops[offset]:
+                if op[0] == STATE:
+                    as_sent = copies.get(keys.get(id(op[2]), (None, None))[1])
+                    if _unchanged(op[3], as_sent, kernel_key, sent_key):
+                        continue
+                kept.append(op)
+            result.ops[offset] = kept
+        del sent
 
     def holder(self, target: object, seq: int) -> str | None:
-        """Who else holds ``target`` with its old state: a later chunk already sent, or the
-        body, which captured it."""
+        """Who else holds ``target`` with its old state: a later chunk already sent. (The
+        body's own captured copy is not looked at: items that read another item's changes
+        through a captured container are not found here.)"""
         identity = id(target)
-        for other, (start, _, keys) in self.chunks.items():
+        for other, (start, _, keys, _) in self.chunks.items():
             if other > seq and identity in keys:
                 return f"item {start}"
-        if identity in self.task_keys:
-            return "the loop body, which captured it"
         return None
 
     def conflicts(self, seq: int) -> Callable[[object], Exception | None]:
@@ -416,6 +428,15 @@ class SentObjects:
             return errors.SharedObjectChanged(message)
 
         return conflict
+
+
+def _unchanged(fresh: object, as_sent: object, kernel_key, sent_key) -> bool:
+    """Whether an item's copy of an object equals the object as the kernel sent it."""
+    if as_sent is None or type(fresh) is not type(as_sent):
+        return False
+    if isinstance(fresh, set):  # its order may differ where string hashing does
+        return fresh == as_sent
+    return _state(fresh, kernel_key) == _state(as_sent, sent_key)
 
 
 class _Reader(pickle.Unpickler):

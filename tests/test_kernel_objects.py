@@ -207,3 +207,76 @@ def test_items_of_numbers_and_strings_are_never_compared():
     items[1]["a"].append(5)
     changed = [objects.changes(item, b, 1) for item, b in zip(items, before, strict=True)]
     assert [len(ops) for ops in changed] == [0, 2, 0]  # the dict and its list, reached
+
+
+# (setup, loop, check, what the plain loop leaves): what an item makes, keeps, detaches,
+# swaps or deletes in the objects it is handed, as the plain loop leaves it
+PATTERNS = {
+    "a kernel list the items reach, changed by other items' appends": (
+        "out = []\nrecs = [{'k': j} for j in range(24)]\nrecs[-1]['sink'] = out\n",
+        "for r in recs:\n    r['v'] = r['k']\n    out.append(r['k'])\n",
+        "out == list(range(24)) and all(r['v'] == r['k'] for r in recs)",
+    ),
+    "a new object, kept twice": (
+        "class M:\n    pass\nms = [M() for _ in range(6)]\nout = []\n",
+        "for m in ms:\n    m.w = [1]\n    out.append(m.w)\n    last = m.w\n",
+        "all(o is m.w for o, m in zip(out, ms)) and last is ms[-1].w",
+    ),
+    "a new object in two places of the item": (
+        "recs = [{'inner': {}} for _ in range(5)]\n",
+        "for r in recs:\n    r['inner']['l'] = r['l'] = []\n",
+        "all(r['inner']['l'] is r['l'] for r in recs)",
+    ),
+    "the item holding itself": (
+        "recs = [{} for _ in range(5)]\n",
+        "for r in recs:\n    r['me'] = r\n    r['child'] = {'parent': r}\n",
+        "all(r['me'] is r and r['child']['parent'] is r for r in recs)",
+    ),
+    "a part taken out of the item, then changed": (
+        "recs = [{'meta': {'n': 0}} for _ in range(5)]\nmetas = [r['meta'] for r in recs]\n",
+        "for r in recs:\n    r.pop('meta')['n'] = 5\n",
+        "[m['n'] for m in metas] == [5] * 5 and all('meta' not in r for r in recs)",
+    ),
+    "a part replaced by an equal copy, and two parts swapped": (
+        "recs = [{'meta': {'n': 0}, 'a': [], 'b': []} for _ in range(5)]\n"
+        "metas = [r['meta'] for r in recs]\nbs = [r['b'] for r in recs]\n",
+        "for r in recs:\n    r['meta'] = dict(r['meta'])\n    r['a'], r['b'] = r['b'], r['a']\n",
+        "not any(r['meta'] is m for r, m in zip(recs, metas))"
+        " and all(r['a'] is b for r, b in zip(recs, bs))",
+    ),
+    "an attribute deleted from an object whose __setstate__ merges": (
+        "class E:\n    def __init__(self):\n        self.a, self.b = 1, 2\n"
+        "    def __setstate__(self, state):\n        self.__dict__.update(state)\n"
+        "es = [E() for _ in range(4)]\n",
+        "for e in es:\n    del e.b\n",
+        "not any(hasattr(e, 'b') for e in es)",
+    ),
+    "the iterable read by the body": (
+        "recs = [{'k': j} for j in range(10)]\n",
+        "for r in recs:\n    r['frac'] = r['k'] / len(recs)\n",
+        "[r['frac'] for r in recs] == [j / 10 for j in range(10)]",
+    ),
+    "shared parts only read: a dict with a key 'i', a set of strings, a frozenset": (
+        "meta = {'i': 1, 'tags': {'alpha', 'beta', 'gamma'}}\n"
+        "recs = [{'k': j, 'meta': meta, 'f': frozenset('abc')} for j in range(30)]\n",
+        "for r in recs:\n    r['v'] = r['k'] + len(r['meta']['tags']) + len(r['f'])\n",
+        "[r['v'] for r in recs] == [j + 6 for j in range(30)]",
+    ),
+    "captured data a notebook function returns, beside the shell's stand-ins": (
+        "lookup = {'a': 1}\ndef f(i):\n    return lookup\nout = []\n",
+        "for i in range(4):\n    if i < 0:\n        get_ipython()\n    out.append(f(i))\n",
+        "all(o is lookup for o in out)",
+    ),
+}
+
+
+@pytest.mark.parametrize("setup, loop, check", list(PATTERNS.values()), ids=list(PATTERNS))
+def test_what_items_make_keep_detach_and_swap_ends_as_the_plain_loop(
+    ip, run, backend, setup, loop, check
+):
+    namespace: dict = {"get_ipython": lambda: None}
+    exec(setup + loop, namespace)
+    assert eval(check, namespace), "the check does not hold for the plain loop"
+    run(setup)
+    parallel(run, f"{backend} --chunksize 2", loop)  # items' objects split between chunks
+    assert ip.ev(check)
