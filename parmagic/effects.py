@@ -161,18 +161,24 @@ def set_in_place(target: object, fresh: object) -> None:
     elif isinstance(target, collections.abc.Iterator):
         why = "where an iterator stopped cannot be set on another"
         raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
-    elif not _ordinary(target):
+    elif not _ordinary(target, fresh):
         why = "it has no state that parmagic can set on the kernel's object"
         raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
     _set_attributes(target, fresh)
 
 
-def _ordinary(obj: object) -> bool:
+def _ordinary(obj: object, fresh: object) -> bool:
+    """Whether ``obj`` takes ``fresh``'s attributes in place: an ordinary instance, or one
+    whose own ``__reduce__`` rebuilds it from its class with arguments the item left alone
+    (then the attributes are all that changed)."""
     try:
         rebuild = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        if rebuild[0] in _ORDINARY:
+            return True
+        other = fresh.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return isinstance(rebuild[0], type) and bool(rebuild[:2] == other[:2])
     except Exception:
         return False
-    return isinstance(rebuild, tuple) and rebuild[0] in _ORDINARY
 
 
 def _set_attributes(target: object, fresh: object) -> None:

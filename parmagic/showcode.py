@@ -23,21 +23,44 @@ _OPERATOR_NODES = {name: node for node, name in AUGMENTED_OPERATORS.items()}
 INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
 COPYING_BACKENDS = (*INITIALIZER_BACKENDS, "dask")  # items get copies of the program's objects
 HANDED = "handed"  # loop_body's parameter where the item comes back with its changes
-TAKE_BACK = '''def take_back(mine, theirs):
+TAKE_BACK = '''def take_back(mine, theirs, seen=None):
     """What an item changed in its copy of one of the program's objects, made on the
-    program's own object. (parmagic does this for every object the item reaches, found by
-    comparing each before and after the item; and objects of the program's that come back
-    in values or changes are the program's own, not copies: pickle's persistent ids.)"""
+    program's own object, part by part where the two have the same shape, so that the
+    program's sub-objects stay its own. (parmagic does this for every object the item
+    reaches, found by comparing each before and after the item; and objects of the
+    program's that come back in values or changes are the program's own, not copies:
+    pickle's persistent ids.)"""
+    seen = {} if seen is None else seen
+    if type(mine) is not type(theirs):
+        return theirs
+    if id(theirs) in seen:  # an object that holds itself
+        return seen[id(theirs)]
+    seen[id(theirs)] = mine
+    if isinstance(mine, tuple):
+        return tuple(take_back(a, b, seen) for a, b in zip(mine, theirs))
     if isinstance(mine, list):
-        mine[:] = theirs
-    elif isinstance(mine, dict | set):
+        old = list(mine)
+        mine[:] = [
+            take_back(old[i], t, seen) if i < len(old) else seen.get(id(t), t)
+            for i, t in enumerate(theirs)
+        ]
+    elif isinstance(mine, dict):
+        merged = {
+            k: take_back(mine[k], v, seen) if k in mine else seen.get(id(v), v)
+            for k, v in theirs.items()
+        }
+        mine.clear()
+        mine.update(merged)
+    elif isinstance(mine, set):
         mine.clear()
         mine.update(theirs)
     elif hasattr(mine, "shape") and hasattr(mine, "__setitem__"):  # a NumPy array
         mine[...] = theirs
     elif hasattr(mine, "__dict__"):
-        vars(mine).clear()
-        vars(mine).update(vars(theirs))
+        take_back(vars(mine), vars(theirs), seen)
+    else:
+        return theirs
+    return mine
 
 
 def own(value, returned, item):

@@ -135,4 +135,19 @@ def test_exported_script_carries_back_what_items_change_in_their_objects(ip, run
     done = python(script)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 6, 12, 18, 24, 30] True True"
-    assert "def take_back(mine, theirs):" in script.read_text()
+    assert "def take_back(mine, theirs" in script.read_text()
+
+
+def test_exported_script_keeps_the_programs_sub_objects_and_tuple_items(ip, run, tmp_path):
+    script = tmp_path / "nested.py"
+    cell = (
+        "recs = [{'meta': {'n': 0}, 'k': k} for k in range(6)]\nmetas = [r['meta'] for r in recs]\n"
+        "for i, r in enumerate(recs):\n    r['meta']['n'] = i\n    r['me'] = r\n"
+        "print([m['n'] for m in metas], all(r['meta'] is m and r['me'] is r for r, m in zip(recs, metas)))\n"
+    )
+    outcome = run(f"%%parallel -q {BACKENDS['fork']} --export {script}\n{cell}")
+    assert outcome.error is None, outcome.err
+    assert outcome.out.splitlines()[0] == "[0, 1, 2, 3, 4, 5] True"
+    done = python(script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 2, 3, 4, 5] True"
