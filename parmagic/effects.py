@@ -11,6 +11,7 @@ Worker side and kernel side both import this module, so it imports nothing heavy
 
 from __future__ import annotations
 
+import array
 import collections
 import collections.abc
 import copyreg
@@ -99,11 +100,12 @@ def _resolve(ns: dict, name: str, path: tuple) -> Any:
 
 
 def apply_ops(
-    ns: dict, ops: list[tuple], conflict: Callable[[Any], Exception | None] | None = None
+    ns: dict, ops: list[tuple], conflict: Callable[..., Exception | None] | None = None
 ) -> None:
     """Replay one item's log on the kernel's objects; the first failure stops the rest.
-    ``conflict``: the error for a STATE op's object that another item still holds a copy of,
-    raised once the item is applied whole (the run stops after it)."""
+    ``conflict(target, base)``: the error for a STATE op's object that is no longer as the
+    item found it (raised at once); ``conflict(target)``: the error for one that another item
+    still holds a copy of (raised once the item is applied whole: the run stops after it)."""
     shared: tuple[Exception, int] | None = None
     for op in ops:
         kind, line = op[0], op[1]
@@ -122,9 +124,12 @@ def apply_ops(
                 target = _resolve(ns, name, path)
                 target[key] = getattr(operator, opname)(target[key], value)
             elif kind == STATE:
-                _, _, target, fresh = op
+                target, fresh, base = op[2], op[3], op[4] if len(op) > 4 else None
+                moved = conflict(target, base) if conflict and base is not None else None
+                if moved is not None:  # not as the item found it: nothing of the item is made
+                    raise moved
                 set_in_place(target, fresh)
-                found = conflict(target) if conflict is not None and shared is None else None
+                found = conflict(target) if conflict and shared is None else None
                 shared = (found, line) if found is not None else shared
             elif kind == REDUCE:
                 _, _, name, opname, value = op
@@ -150,11 +155,13 @@ def set_in_place(target: object, fresh: object) -> None:
             raise TypeError(errors.NOT_CARRIED_BACK.format(type="NumPy array", why=why))
         target[...] = fresh
         return
-    if isinstance(target, list | bytearray):
+    if isinstance(target, list | bytearray | array.array):
         target[:] = fresh
     elif isinstance(target, dict | set):
         target.clear()
         target.update(fresh)
+        if isinstance(target, collections.defaultdict):
+            target.default_factory = fresh.default_factory
     elif isinstance(target, collections.deque):
         target.clear()
         target.extend(fresh)

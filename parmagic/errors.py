@@ -135,6 +135,13 @@ SHARED_OBJECT_CHANGED = (
     "the run stopped after this item (it and the items before it are applied). Give each item "
     "objects of its own, or run it with --backend threads or serial"
 )
+CHANGED_MEANWHILE = (
+    "the item changed a {type} (`{object}`) that the loop also changed another way meanwhile "
+    "(by name, or through memory it shares with another object): a plain loop makes both "
+    "changes in item order, but copies in worker processes cannot be merged, so the run "
+    "stopped before this item's changes (the items before it are applied). Change the object "
+    "one way only, or run it with --backend threads or serial"
+)
 NAME_NOT_RETURNED = (
     "`{name}` (a {type}) could not be sent back from the worker process, so the kernel keeps "
     "its value from before the loop"

@@ -28,9 +28,12 @@ Worker side and kernel side both import this module; it imports nothing heavy.
 from __future__ import annotations
 
 import copy
+import datetime
+import enum
 import gc
 import io
 import itertools
+import numbers
 import pickle
 import sys
 import types
@@ -52,7 +55,16 @@ ATOMS = SCALARS | {tuple, frozenset}
 # Kept as references (a class is the kernel's own), but no item changes them.
 CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
 
-Key = tuple[str, Any]
+Key = tuple[int, Any]
+# Values that cannot change, though not atoms (numpy's scalars count as numbers)
+_FIXED = (
+    numbers.Number,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    datetime.tzinfo,
+    enum.Enum,
+)
 PLAIN, HELD = 0, 1  # a chunk's first byte: its items are plain data, or hold objects
 
 
@@ -85,12 +97,25 @@ def loaded(data, buffers: Iterable | None = None) -> tuple[Any, Callable[[], dic
 
 
 def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) -> dict:
-    """id -> key for the objects whose identity counts (not atoms, not the chunk's list)."""
+    """id -> key for the objects whose identity counts: what can change, and code (not
+    atoms, numbers, dates, a dtype, nor the chunk's own list). Values that cannot change
+    travel by value: both sides then pickle them alike, whatever unpickling made canonical."""
     return {
         id(obj): (where, number)
         for number, obj in numbered
-        if type(obj) not in ATOMS and not (skip_first and number == 0)
+        if type(obj) not in ATOMS
+        and not (skip_first and number == 0)
+        and (isinstance(obj, CODE) or _changeable(obj))
     }
+
+
+def _changeable(obj: object) -> bool:
+    """Whether an object may have state an item could change in place: anything but the
+    values known to be fixed (numbers, numpy's scalars and dtypes, dates, enum members)."""
+    if isinstance(obj, _FIXED):
+        return False
+    numpy = sys.modules.get("numpy")
+    return numpy is None or not isinstance(obj, numpy.generic | numpy.dtype)
 
 
 def _plain(items: list) -> bool:
@@ -119,23 +144,40 @@ def captured_names(function: types.FunctionType) -> dict[str, Any]:
 
 class _Writer(cloudpickle.Pickler):
     """Pickles with keys in place of the objects ``key`` knows, except ``root`` (and its own
-    ``__dict__``): the root's state by value, what it holds of the kernel's as references."""
+    ``__dict__``): the root's state by value, what it holds of the kernel's as references.
+    ``compare``: for comparing two states only, a set's elements in a fixed order (a set
+    rebuilt by unpickling may iterate in another order than the one pickled)."""
 
-    def __init__(self, file, key: Callable[[object], Key | None], root: object = None) -> None:
+    def __init__(
+        self, file, key: Callable[[object], Key | None], root: object = None, compare=False
+    ) -> None:
         super().__init__(file, protocol=PROTOCOL)
-        self._key, self._root = key, root
+        self._key, self._root, self._compare = key, root, compare
         self._own = getattr(root, "__dict__", None) if root is not None else None
 
     def persistent_id(self, obj):
         kind = type(obj)
         if kind in ATOMS and not (kind is float and obj != obj) or obj is self._root:
+            if self._compare and kind is frozenset and obj is not self._root:
+                return _in_order(obj, self._key)
             return None
-        return None if obj is self._own else self._key(obj)
+        if obj is self._own:
+            return None
+        found = self._key(obj)
+        if found is None and self._compare and isinstance(obj, set):
+            return _in_order(obj, self._key)
+        return found
 
 
-def _written(value: object, key: Callable[[object], Key | None], root: object = None) -> bytes:
+def _in_order(elements: set | frozenset, key) -> tuple:
+    return ("set", tuple(sorted(_written(e, key, compare=True) for e in elements)))
+
+
+def _written(
+    value: object, key: Callable[[object], Key | None], root: object = None, compare=False
+) -> bytes:
     file = io.BytesIO()
-    _Writer(file, key, root).dump(value)
+    _Writer(file, key, root, compare).dump(value)
     return file.getvalue()
 
 
@@ -190,7 +232,7 @@ def _state(obj: object, key: Callable[[object], Key | None]) -> bytes:
     """An object's own state, pickled shallowly: what it holds of the kernel's as keys."""
     if _whole(obj):
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
-    return _written(obj, key, root=obj)
+    return _written(obj, key, root=obj, compare=True)
 
 
 def fingerprint(item: object) -> bytes:
@@ -222,6 +264,17 @@ class Look:
 
     def same(self, other: Look) -> bool:
         return self.key == other.key and bool(self.key[0])
+
+
+def _snapshot(obj: object) -> object:
+    """A shallow copy of ``obj`` as it is now, made the way pickle sees it (its
+    ``__reduce_ex__``), never by a ``__copy__`` of the class's, which may return the object
+    itself or copy deep; a pandas object copies its data."""
+    if type(obj) in (list, dict, set, bytearray):
+        return type(obj)(obj)
+    if _whole(obj):
+        return obj.copy(deep=True)
+    return copy._reconstruct(obj, None, *obj.__reduce_ex__(PROTOCOL))
 
 
 def _captures_data(function: types.FunctionType) -> bool:
@@ -323,7 +376,7 @@ class ChunkObjects:
         if after.same(before):
             return []
         reached = {**before.reached, **after.reached}
-        return [(STATE, line, obj, copy.copy(obj)) for obj in reached.values()]
+        return [(STATE, line, obj, _snapshot(obj)) for obj in reached.values()]
 
 
 class SentObjects:
@@ -336,6 +389,7 @@ class SentObjects:
         self.chunks: dict[int, tuple[int, dict, dict, bytes]] = {}
         self._memo: Callable[[], dict] = dict
         self._task: dict[int, object] | None = None
+        self._bases: dict[int, tuple] = {}  # seq -> (key, the chunk as sent), once thawed
 
     def task_sent(self, memo: Callable[[], dict], names: dict[str, Any]) -> None:
         self._memo, self.names, self._task = memo, names, None
@@ -360,10 +414,12 @@ class SentObjects:
 
     def applied(self, seq: int) -> None:
         self.chunks.pop(seq, None)
+        self._bases.pop(seq, None)
 
     def clear(self) -> None:
         self._memo, self.names, self._task = dict, {}, None
         self.chunks.clear()
+        self._bases.clear()
 
     def _object(self, seq: int, key: Key) -> object:
         where, which = key
@@ -376,33 +432,39 @@ class SentObjects:
         return _Reader(io.BytesIO(data), lambda key: self._object(seq, key)).load()
 
     def thaw(self, result) -> None:
-        """Drop each STATE op whose copy equals its object as it was sent: the item reached
-        the object but did not change it (and the kernel's object keeps whatever earlier
-        items did to it since)."""
+        """Drop each STATE op whose copy equals its object as the item found it: as sent, or
+        as an earlier item of the chunk left it (the item reached the object but did not
+        change it). The others carry that state too, which the kernel's object must still
+        have when the op is applied: else something else changed it meanwhile (a change
+        recorded by name, a view of the same memory), which copies cannot merge."""
         chunk = self.chunks.get(result.seq)
         if chunk is None or not result.changed:
             return
-        keys = chunk[2]
-        sent, sent_memo = loaded(chunk[3])
+        keys, (sent, sent_memo) = chunk[2], loaded(chunk[3])
         copies = sent_memo()
         copy_keys = _keys(copies.items(), CHUNK, skip_first=True)
 
-        def kernel_key(obj: object) -> Key | None:
-            return keys.get(id(obj))
+        def key(obj: object) -> Key | None:
+            return keys.get(id(obj)) or copy_keys.get(id(obj))
 
-        def sent_key(obj: object) -> Key | None:
-            return copy_keys.get(id(obj))
-
-        for offset in result.changed:
+        found: dict[int, object] = {}  # id(kernel object) -> its state for the next item
+        for offset in sorted(result.changed):
             kept = []
             for op in result.ops[offset]:
                 if op[0] == STATE:
-                    as_sent = copies.get(keys.get(id(op[2]), (None, None))[1])
-                    if _unchanged(op[3], as_sent, kernel_key, sent_key):
+                    _, line, target, fresh = op
+                    base = found.get(id(target))
+                    if base is None:
+                        base = copies.get(keys.get(id(target), (None, None))[1])
+                    if _unchanged(fresh, base, key):
                         continue
+                    found[id(target)] = fresh
+                    op = (STATE, line, target, fresh, base)
                 kept.append(op)
             result.ops[offset] = kept
-        del sent
+        # kept until applied: the copies (the memo's temporaries too) keep their ids, which
+        # ``key`` knows them by, from being reused by other objects meanwhile
+        self._bases[result.seq] = (key, copies, sent)
 
     def holder(self, target: object, seq: int) -> str | None:
         """Who else holds ``target`` with its old state: a later chunk already sent. (The
@@ -414,10 +476,19 @@ class SentObjects:
                 return f"item {start}"
         return None
 
-    def conflicts(self, seq: int) -> Callable[[object], Exception | None]:
-        """For effects.apply_ops: SharedObjectChanged where another holds ``target``."""
+    def conflicts(self, seq: int) -> Callable[[object, object], Exception | None]:
+        """For effects.apply_ops: SharedObjectChanged where ``target`` is no longer as the
+        item found it (``base``), or where another chunk holds it."""
+        key = self._bases.get(seq, (None,))[0]
 
-        def conflict(target: object) -> Exception | None:
+        def conflict(target: object, base: object = None) -> Exception | None:
+            if base is not None:
+                if key is None or _unchanged(target, base, key):
+                    return None
+                message = errors.CHANGED_MEANWHILE.format(
+                    type=type(target).__name__, object=short_repr(target, 40)
+                )
+                return errors.SharedObjectChanged(message)
             holder = self.holder(target, seq)
             if holder is None:
                 return None
@@ -430,13 +501,14 @@ class SentObjects:
         return conflict
 
 
-def _unchanged(fresh: object, as_sent: object, kernel_key, sent_key) -> bool:
-    """Whether an item's copy of an object equals the object as the kernel sent it."""
-    if as_sent is None or type(fresh) is not type(as_sent):
+def _unchanged(now: object, base: object, key) -> bool:
+    """Whether two states of one object are the same (the kernel's objects and the copies
+    sent are told apart by ``key``, which knows both)."""
+    if base is None or type(now) is not type(base):
         return False
-    if isinstance(fresh, set):  # its order may differ where string hashing does
-        return fresh == as_sent
-    return _state(fresh, kernel_key) == _state(as_sent, sent_key)
+    if isinstance(now, set):  # its order may differ where string hashing does
+        return now == base
+    return _state(now, key) == _state(base, key)
 
 
 class _Reader(pickle.Unpickler):

@@ -262,6 +262,33 @@ PATTERNS = {
         "for r in recs:\n    r['v'] = r['k'] + len(r['meta']['tags']) + len(r['f'])\n",
         "[r['v'] for r in recs] == [j + 6 for j in range(30)]",
     ),
+    "a shared object changed by one item and changed back by the next": (
+        "W = {'a': 0}\nrecs = [{'w': W, 'i': i % 2} for i in range(2)]\n",
+        "for r in recs:\n    r['w']['a'] = 1 - r['i']\n",
+        "W == {'a': 0}",
+    ),
+    "numpy scalars, dates with a time zone and a factory beside the change": (
+        "import datetime\nimport numpy as np\nfrom collections import defaultdict\n"
+        "utc = datetime.timezone.utc\nrecs = [{'a': np.float64(k), 'n': np.int64(k), "
+        "'t': datetime.datetime(2020, 1, 1, tzinfo=utc), 'd': defaultdict(int)} "
+        "for k in range(6)]\n",
+        "for r in recs:\n    r['b'] = r['a'] * 2\n    r['d'].default_factory = list\n",
+        "[r['b'] for r in recs] == [2.0 * k for k in range(6)]"
+        " and all(r['d'].default_factory is list and r['t'].tzinfo is utc for r in recs)",
+    ),
+    "objects whose __copy__ returns themselves, a new object, or a deep copy": (
+        "import copy\nclass Same:\n    def __init__(self):\n        self.x = 0\n"
+        "    def __copy__(self):\n        return self\n"
+        "class Fresh:\n    def __init__(self, p=1):\n        self.p, self.fitted = p, None\n"
+        "    def __copy__(self):\n        return Fresh(self.p)\n"
+        "class Deep:\n    def __init__(self):\n        self.sub = []\n"
+        "    def __copy__(self):\n        return copy.deepcopy(self)\n"
+        "recs = [{'s': Same(), 'f': Fresh(), 'd': Deep()} for _ in range(4)]\n"
+        "for r in recs:\n    r['f'].fitted = 'yes'\nsubs = [r['d'].sub for r in recs]\n",
+        "for r in recs:\n    r['s'].x += 1\n    r['d'].sub.append(1)\n",
+        "all(r['s'].x == 1 and r['f'].fitted == 'yes' for r in recs)"
+        " and all(r['d'].sub is s and s == [1] for r, s in zip(recs, subs))",
+    ),
     "captured data a notebook function returns, beside the shell's stand-ins": (
         "lookup = {'a': 1}\ndef f(i):\n    return lookup\nout = []\n",
         "for i in range(4):\n    if i < 0:\n        get_ipython()\n    out.append(f(i))\n",
@@ -280,3 +307,23 @@ def test_what_items_make_keep_detach_and_swap_ends_as_the_plain_loop(
     run(setup)
     parallel(run, f"{backend} --chunksize 2", loop)  # items' objects split between chunks
     assert ip.ev(check)
+
+
+@pytest.mark.parametrize("name", [*PROCESS_BACKENDS, "futures-fork"])
+def test_one_object_changed_by_name_and_through_items_is_never_silently_merged(ip, run, name):
+    """Copies in worker processes cannot merge a change recorded by name with an item's own:
+    the run ends as the plain loop, or stops with the conflict named."""
+    setup = "groups = {'a': []}\nrecs = [{'g': groups['a'], 'i': i} for i in range(4)]\n"
+    loop = (
+        "for r in recs:\n    if r['i'] % 2:\n        r['g'].append(('item', r['i']))\n"
+        "    else:\n        groups['a'].append(('cap', r['i']))\n"
+    )
+    plain: dict = {}
+    exec(setup + loop, plain)
+    run(setup)
+    outcome = run(f"%%parallel -q {BACKENDS[name]} --chunksize 4\n{loop}")
+    if outcome.error is None:
+        assert ip.user_ns["groups"] == plain["groups"]
+    else:
+        assert type(outcome.error).__name__ == "SharedObjectChanged", outcome.err
+        assert ip.user_ns["groups"]["a"] == plain["groups"]["a"][: len(ip.user_ns["groups"]["a"])]
