@@ -38,12 +38,8 @@ TAKE_BACK = '''def take_back(mine, theirs, seen=None):
     seen[id(theirs)] = mine
     if isinstance(mine, tuple):
         return tuple(take_back(a, b, seen) for a, b in zip(mine, theirs))
-    if isinstance(mine, list):
-        old = list(mine)
-        mine[:] = [
-            take_back(old[i], t, seen) if i < len(old) else seen.get(id(t), t)
-            for i, t in enumerate(theirs)
-        ]
+    if isinstance(mine, list):  # its elements may have moved: the copy's, as they are
+        mine[:] = [seen.get(id(t), t) for t in theirs]
     elif isinstance(mine, dict):
         merged = {
             k: take_back(mine[k], v, seen) if k in mine else seen.get(id(v), v)
