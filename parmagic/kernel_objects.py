@@ -56,6 +56,7 @@ ATOMS = SCALARS | {tuple, frozenset}
 CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
 
 Key = tuple[int, Any]
+_CONTAINERS = frozenset({list, dict, set})  # the usual case, told apart at once
 # Values that cannot change, though not atoms (numpy's scalars count as numbers)
 _FIXED = (
     numbers.Number,
@@ -105,7 +106,7 @@ def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) 
         for number, obj in numbered
         if type(obj) not in ATOMS
         and not (skip_first and number == 0)
-        and (isinstance(obj, CODE) or _changeable(obj))
+        and (type(obj) in _CONTAINERS or isinstance(obj, CODE) or _changeable(obj))
     }
 
 
