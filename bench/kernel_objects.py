@@ -113,7 +113,7 @@ def before_and_after(revision: str, rounds: int, repeats: int) -> list[str]:
         "",
         "Before, the last cell left the kernel's arrays as they were (the copies changed), and "
         "`r['y'] = ...` was replayed from the statement; now every item holding objects is "
-        "compared before and after it runs (about 4 µs for a small dict), and what it changed "
+        "compared before and after it runs (about 5 µs for a small dict), and what it changed "
         "travels back.",
     ]
 
