@@ -118,36 +118,38 @@ MODELS = (
 )
 
 
-@pytest.mark.parametrize("name", ["fork", "spawn", "futures-spawn"])
-def test_exported_script_carries_back_what_items_change_in_their_objects(ip, run, tmp_path, name):
+FIT = (
+    "models = [Model(k) for k in range(6)]\nkept = []\nfor m in models:\n"
+    "    m.fit([1, 2, 3])\n    kept.append(m)\n"
+    "print([x.w for x in models], all(a is b for a, b in zip(kept, models)), m is models[-1])\n"
+)
+NESTED = (
+    "recs = [{'meta': {'n': 0}, 'k': k} for k in range(6)]\nmetas = [r['meta'] for r in recs]\n"
+    "for i, r in enumerate(recs):\n    r['meta']['n'] = i\n    r['me'] = r\n"
+    "print([m['n'] for m in metas], all(r['meta'] is m and r['me'] is r for r, m in zip(recs, metas)))\n"
+)
+
+
+@pytest.mark.parametrize(
+    "name, cell, printed",
+    [
+        ("fork", FIT, "[0, 6, 12, 18, 24, 30] True True"),
+        ("spawn", FIT, "[0, 6, 12, 18, 24, 30] True True"),
+        ("futures-spawn", FIT, "[0, 6, 12, 18, 24, 30] True True"),
+        ("fork", NESTED, "[0, 1, 2, 3, 4, 5] True"),  # tuple items, parts, self-references
+    ],
+)
+def test_exported_script_carries_back_what_items_change_in_their_objects(
+    ip, run, tmp_path, name, cell, printed
+):
     """Items in worker processes change copies: the program takes the changes back onto its
     own objects, and keeps its own objects where the loop keeps the item."""
     run(MODELS)
-    script = tmp_path / "fit.py"
-    cell = (
-        "models = [Model(k) for k in range(6)]\nkept = []\nfor m in models:\n"
-        "    m.fit([1, 2, 3])\n    kept.append(m)\n"
-        "print([x.w for x in models], all(a is b for a, b in zip(kept, models)), m is models[-1])\n"
-    )
+    script = tmp_path / "changed.py"
     outcome = run(f"%%parallel -q {EXPORTED[name]} --export {script}\n{cell}")
     assert outcome.error is None, outcome.err
-    assert outcome.out.splitlines()[0] == "[0, 6, 12, 18, 24, 30] True True"
+    assert outcome.out.splitlines()[0] == printed
     done = python(script)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0, 6, 12, 18, 24, 30] True True"
+    assert done.stdout.strip() == printed
     assert "def take_back(mine, theirs" in script.read_text()
-
-
-def test_exported_script_keeps_the_programs_sub_objects_and_tuple_items(ip, run, tmp_path):
-    script = tmp_path / "nested.py"
-    cell = (
-        "recs = [{'meta': {'n': 0}, 'k': k} for k in range(6)]\nmetas = [r['meta'] for r in recs]\n"
-        "for i, r in enumerate(recs):\n    r['meta']['n'] = i\n    r['me'] = r\n"
-        "print([m['n'] for m in metas], all(r['meta'] is m and r['me'] is r for r, m in zip(recs, metas)))\n"
-    )
-    outcome = run(f"%%parallel -q {BACKENDS['fork']} --export {script}\n{cell}")
-    assert outcome.error is None, outcome.err
-    assert outcome.out.splitlines()[0] == "[0, 1, 2, 3, 4, 5] True"
-    done = python(script)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0, 1, 2, 3, 4, 5] True"
