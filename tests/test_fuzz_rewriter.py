@@ -497,7 +497,9 @@ def same_value(a: object, b: object, anchors: tuple[dict, dict] = ({}, {})) -> b
             return False
         return list(a) == list(b) and all(same_value(a[k], b[k], anchors) for k in a)
     if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same_value(x, y, anchors) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(
+            same_value(x, y, anchors) for x, y in zip(a, b, strict=True)
+        )
     if hasattr(a, "__dict__") and type(a).__eq__ is object.__eq__:
         return same_value(vars(a), vars(b), anchors)
     return a == b
