@@ -192,7 +192,7 @@ class Applier:
         ns, stop_on_error, counted = self.ns, self.task.stop_on_error, 0
         outputs, failures = result.outputs, result.errors
         objects = self.kernel_objects
-        conflict = objects.conflicts(result.seq) if objects is not None else None
+        checks = objects.checks(result.seq) if objects is not None else None
         held = HeldInterrupt(not self.lazy)  # an item is applied whole: Ctrl-C waits
         # the chunk's names come on its last item: Ctrl-C waits for the whole chunk
         between_items = _nothing if result.names_merged else held.raise_if_pressed
@@ -213,7 +213,7 @@ class Applier:
                     # them; under --on-error continue a failed item leaves nothing
                     if ops:
                         try:
-                            apply_ops(ns, ops, conflict)
+                            apply_ops(ns, ops, checks)
                         except ReplayError as failure:
                             frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
                             item = short_repr(items[offset])

@@ -18,7 +18,6 @@ import copyreg
 import operator
 import pickle
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from . import errors
@@ -99,13 +98,12 @@ def _resolve(ns: dict, name: str, path: tuple) -> Any:
     return _walk(target, path)
 
 
-def apply_ops(
-    ns: dict, ops: list[tuple], conflict: Callable[..., Exception | None] | None = None
-) -> None:
+def apply_ops(ns: dict, ops: list[tuple], checks: Any = None) -> None:
     """Replay one item's log on the kernel's objects; the first failure stops the rest.
-    ``conflict(target, base)``: the error for a STATE op's object that is no longer as the
-    item found it (raised at once); ``conflict(target)``: the error for one that another item
-    still holds a copy of (raised once the item is applied whole: the run stops after it)."""
+    ``checks`` (kernel_objects.ChunkChecks) for STATE ops: ``moved(target, base)``, the
+    error for an object no longer as the item found it (raised at once); ``shared(target)``,
+    for one that another item still holds a copy of (raised once the item is applied whole:
+    the run stops after it)."""
     shared: tuple[Exception, int] | None = None
     for op in ops:
         kind, line = op[0], op[1]
@@ -125,11 +123,11 @@ def apply_ops(
                 target[key] = getattr(operator, opname)(target[key], value)
             elif kind == STATE:
                 target, fresh, base = op[2], op[3], op[4] if len(op) > 4 else None
-                moved = conflict(target, base) if conflict and base is not None else None
+                moved = checks.moved(target, base) if checks and base is not None else None
                 if moved is not None:  # not as the item found it: nothing of the item is made
                     raise moved
                 set_in_place(target, fresh)
-                found = conflict(target) if conflict and shared is None else None
+                found = checks.shared(target) if checks and shared is None else None
                 shared = (found, line) if found is not None else shared
             elif kind == REDUCE:
                 _, _, name, opname, value = op
@@ -146,13 +144,11 @@ def set_in_place(target: object, fresh: object) -> None:
     """Make ``fresh``'s state ``target``'s, keeping ``target`` itself (a NumPy view writes
     through to its base). TypeError for what cannot take a state in place."""
     if type(target) is not type(fresh):
-        why = "its type changed"
-        raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
+        raise _not_carried(target, "its type changed")
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(target, numpy.ndarray):
         if target.shape != fresh.shape:
-            why = f"its shape changed from {target.shape} to {fresh.shape}"
-            raise TypeError(errors.NOT_CARRIED_BACK.format(type="NumPy array", why=why))
+            raise _not_carried(target, f"its shape changed from {target.shape} to {fresh.shape}")
         target[...] = fresh
         return
     if isinstance(target, list | bytearray | array.array):
@@ -166,12 +162,14 @@ def set_in_place(target: object, fresh: object) -> None:
         target.clear()
         target.extend(fresh)
     elif isinstance(target, collections.abc.Iterator):
-        why = "where an iterator stopped cannot be set on another"
-        raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
+        raise _not_carried(target, "where an iterator stopped cannot be set on another")
     elif not _ordinary(target, fresh):
-        why = "it has no state that parmagic can set on the kernel's object"
-        raise TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
+        raise _not_carried(target, "it has no state that parmagic can set on the kernel's object")
     _set_attributes(target, fresh)
+
+
+def _not_carried(target: object, why: str) -> TypeError:
+    return TypeError(errors.NOT_CARRIED_BACK.format(type=type(target).__name__, why=why))
 
 
 def _ordinary(obj: object, fresh: object) -> bool:
@@ -194,10 +192,12 @@ def _set_attributes(target: object, fresh: object) -> None:
     if getattr(type(target), "__setstate__", None) is not None:
         state, old = fresh.__getstate__(), target.__getstate__()
         target.__setstate__(state)
+        # a merging __setstate__ (scikit-learn's) would keep what the item deleted; what the
+        # class leaves out of its state (a lock) stays
         if isinstance(state, dict) and isinstance(old, dict) and hasattr(target, "__dict__"):
-            for gone in old.keys() - state.keys():  # a merging __setstate__ (scikit-learn's)
-                vars(target).pop(gone, None)  # keeps what the item deleted; what the class
-        return  # leaves out of its state (a lock) stays
+            for gone in old.keys() - state.keys():
+                vars(target).pop(gone, None)
+        return
     if hasattr(fresh, "__dict__"):
         vars(target).clear()
         vars(target).update(vars(fresh))

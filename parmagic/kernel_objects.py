@@ -56,7 +56,7 @@ ATOMS = SCALARS | {tuple, frozenset}
 CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
 
 Key = tuple[int, Any]
-_CONTAINERS = frozenset({list, dict, set})  # the usual case, told apart at once
+_CONTAINERS = frozenset({list, dict, set})
 # Values that cannot change, though not atoms (numpy's scalars count as numbers)
 _FIXED = (
     numbers.Number,
@@ -97,7 +97,7 @@ def loaded(data, buffers: Iterable | None = None) -> tuple[Any, Callable[[], dic
     return value, unpickler.memo.copy
 
 
-def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) -> dict:
+def _keys(numbered: Iterable[tuple[int, object]], where: int, skip_first=False) -> dict:
     """id -> key for the objects whose identity counts: what can change, and code (not
     atoms, numbers, dates, a dtype, nor the chunk's own list). Values that cannot change
     travel by value: both sides then pickle them alike, whatever unpickling made canonical."""
@@ -106,13 +106,15 @@ def _keys(numbered: Iterable[tuple[int, object]], where: str, skip_first=False) 
         for number, obj in numbered
         if type(obj) not in ATOMS
         and not (skip_first and number == 0)
-        and (type(obj) in _CONTAINERS or isinstance(obj, CODE) or _changeable(obj))
+        and (isinstance(obj, CODE) or _changeable(obj))
     }
 
 
 def _changeable(obj: object) -> bool:
     """Whether an object may have state an item could change in place: anything but the
     values known to be fixed (numbers, numpy's scalars and dtypes, dates, enum members)."""
+    if type(obj) in _CONTAINERS:  # the usual case, told at once
+        return True
     if isinstance(obj, _FIXED):
         return False
     numpy = sys.modules.get("numpy")
@@ -216,10 +218,6 @@ class _Look(_Fingerprint):
                 self.wholes.append(fingerprint(obj))
                 return id(obj)
         return None
-
-
-def _out_of_band(buffer: pickle.PickleBuffer) -> bool:
-    return False
 
 
 def _whole(obj: object) -> bool:
@@ -477,29 +475,36 @@ class SentObjects:
                 return f"item {start}"
         return None
 
-    def conflicts(self, seq: int) -> Callable[[object, object], Exception | None]:
-        """For effects.apply_ops: SharedObjectChanged where ``target`` is no longer as the
-        item found it (``base``), or where another chunk holds it."""
-        key = self._bases.get(seq, (None,))[0]
+    def checks(self, seq: int) -> ChunkChecks:
+        """What effects.apply_ops asks of this chunk's STATE ops."""
+        return ChunkChecks(self, seq)
 
-        def conflict(target: object, base: object = None) -> Exception | None:
-            if base is not None:
-                if key is None or _unchanged(target, base, key):
-                    return None
-                message = errors.CHANGED_MEANWHILE.format(
-                    type=type(target).__name__, object=short_repr(target, 40)
-                )
-                return errors.SharedObjectChanged(message)
-            holder = self.holder(target, seq)
-            if holder is None:
-                return None
-            shown = short_repr(target, 40)
-            message = errors.SHARED_OBJECT_CHANGED.format(
-                type=type(target).__name__, object=shown, holder=holder
-            )
-            return errors.SharedObjectChanged(message)
 
-        return conflict
+class ChunkChecks:
+    """Whether a chunk's copy may be set on the kernel's object (see effects.apply_ops)."""
+
+    def __init__(self, sent: SentObjects, seq: int) -> None:
+        self.sent, self.seq = sent, seq
+        self.key = sent._bases.get(seq, (None,))[0]
+
+    def moved(self, target: object, base: object) -> Exception | None:
+        """SharedObjectChanged where ``target`` is no longer as the item found it."""
+        if self.key is None or _unchanged(target, base, self.key):
+            return None
+        message = errors.CHANGED_MEANWHILE.format(
+            type=type(target).__name__, object=short_repr(target, 40)
+        )
+        return errors.SharedObjectChanged(message)
+
+    def shared(self, target: object) -> Exception | None:
+        """SharedObjectChanged where a later chunk already sent holds ``target``."""
+        holder = self.sent.holder(target, self.seq)
+        if holder is None:
+            return None
+        message = errors.SHARED_OBJECT_CHANGED.format(
+            type=type(target).__name__, object=short_repr(target, 40), holder=holder
+        )
+        return errors.SharedObjectChanged(message)
 
 
 def _unchanged(now: object, base: object, key) -> bool:
