@@ -184,7 +184,8 @@ def test_auto_tries_threads_when_processes_cannot_pay_and_keeps_them_for_numpy(i
         assert r.usage is not None and r.usage.others_mean > 25, outcome.out
         return
     assert "in code that releases the GIL" in outcome.out
-    assert r.releases_the_gil and r.ideal > 1
+    # the whole run's figures agree, unless other programs crowded the cores meanwhile
+    assert (r.releases_the_gil and r.ideal > 1) or r.usage.others_mean > 25, outcome.out
 
 
 def test_auto_takes_a_computing_loop_back_to_the_kernel_when_threads_run_one_at_a_time(ip, run):
