@@ -41,10 +41,15 @@ def _unblock_manager(manager: threading.Thread, calls, results) -> None:
     the result pipe, and the manager waits for the rest: zeros written into the pipe complete
     the message, which the manager reads as a broken result and ends, as after a dead worker.
     And the queue feeding calls to workers blocks on a full pipe nobody reads: closing the
-    reader here, as CPython does for a broken pool, makes that write fail instead. Both must
+    reader's pipe here, as CPython does for a broken pool, makes that write fail instead. Both must
     happen before the next pool forks, or its workers inherit the old pipes' ends.
     """
-    calls._reader.close()
+    with contextlib.suppress(OSError):  # the manager closed it already
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:  # the pipe's read end closed in one step, its number left to the manager to
+            os.dup2(null, calls._reader.fileno())  # close: both closing it raced (EBADF)
+        finally:
+            os.close(null)
     writer = results._writer.fileno()
     os.set_blocking(writer, False)  # the killed workers were the only other writers
     zeros = bytes(1 << 16)
