@@ -11,13 +11,14 @@ so the choice rests on what the loop costs where it has got to, not on its first
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import NotPicklable
+from .errors import AUTO_HIDDEN, AUTO_HIDDEN_LATER, HiddenChange, NotPicklable
 from .machine import usable_cores
 from .report import RunReport, side_by_side
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .chunk import Task
     from .dispatch import Recording
+    from .hidden_state import Guard
     from .loop_run import LoopRun
 
 LEAD_ITEMS = 2  # decide on no fewer items than this...
@@ -124,21 +126,33 @@ class Lead:
         self.kept = False  # the trial on threads showed the items run side by side
         self.led = 0  # items the kernel ran before the rest moved
         self._began: float | None = None
+        self.guard: Guard | None = None  # the state items may change unnamed, as before them
+        self._held = ""  # why the loop stays in the kernel whatever the forecast says
+
+    def _hold(self) -> bool:
+        """Whether the first items changed state the loop's lines do not name: a parallel
+        run could not keep it as the kernel does, so the loop stays here."""
+        what = self.guard.changed() if self.guard is not None else None
+        if what is not None:
+            self._held, self.choice, self.moved = AUTO_HIDDEN.format(what=what), None, ""
+        return bool(self._held)
 
     def moves(self) -> bool:
         """Asked before each chunk the kernel takes: True once the rest of the loop should go
         to :attr:`choice` (the kernel's items then come straight from the iterable, at no
         cost per item)."""
+        if self._held:
+            return False
         now = time.monotonic()
         if self._began is None:
             self._began = now
         done = self.report.item_count
-        return done != self._seen[0] and self._decide(now - self._began)
+        return done != self._seen[0] and self._decide(now - self._began) and not self._hold()
 
     @property
     def reason(self) -> str:
         """Why the rest of the loop went where it went (ask once the lead-in has ended)."""
-        return self.moved if self.choice else self._stayed()
+        return self.moved if self.choice else self._held or self._stayed()
 
     def _decide(self, elapsed: float) -> bool:
         """Weigh the rest of the loop after a chunk; True when it moves elsewhere."""
@@ -311,6 +325,8 @@ def auto_records(
 
     serial, task = run.start("serial", 1, report, recorded)
     leader = Lead(report, length, outlook(run, task))
+    if not run.options.unordered:
+        leader.guard = run.guard(task.function)
     yield from phase(serial, task, iterator, until=leader.moves)
     name, report.auto_reason = leader.choice, leader.reason
     if name is None:
@@ -321,7 +337,18 @@ def auto_records(
     workers, items = run.options.workers, iterator
     if name == TRY_THREADS:  # as many threads as cores: the items compute
         name, workers, items = "threads", workers or usable_cores(), leader.trial(iterator)
-    yield from phase(*run.start(name, workers, report, recorded), items)
+    try:
+        yield from phase(*run.start(name, workers, report, recorded), items)
+    except HiddenChange as stop:  # what the first items did not show: the rest in the kernel
+        if recording is not None:
+            raise
+        report.stopped_at = None
+        report.auto_reason = f"{leader.reason}; " + AUTO_HIDDEN_LATER.format(
+            what=stop.what, first=stop.first
+        )
+        rest = itertools.chain(stop.unapplied, iterator)
+        yield from phase(*run.start("serial", 1, report, recorded), rest)
+        return
     report.auto_reason = leader.reason
     if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
         yield from phase(*run.start("serial", 1, report, recorded), iterator)

@@ -26,6 +26,7 @@ from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
 
 if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
+    from .hidden_state import Guard
     from .kernel_objects import ChunkObjects, HeldObjects
 
 CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see _CpuSpans)
@@ -79,11 +80,13 @@ class Task:
     in_place: CodeType | None = None
     namespace: dict | None = None
     held: HeldObjects | None = None  # in a worker: its copies of the kernel's objects
+    guarded: bool = False  # a worker watches the state items can change unnamed (hidden_state)
+    guard: Guard | None = None  # that watch, where the items run (never travels)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         del state["cancelled"]  # a process worker is stopped, not asked to stop
-        state["in_place"] = state["namespace"] = state["held"] = None  # the kernel's own
+        state["in_place"] = state["namespace"] = state["held"] = state["guard"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -159,6 +162,7 @@ class ChunkResult:
     interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
     names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
     changed: list[int] = field(default_factory=list)  # offsets whose ops hold STATE ops
+    hidden: str | None = None  # state the items changed without naming it (hidden_state.py)
     # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
     recorded: bool = True
     flat_values: list | None = None
@@ -410,13 +414,25 @@ def run_chunk(
     worker = worker or threading.current_thread().name
     watched = objects if objects is not None and objects.watched else None
     if task.comprehension:
-        return run_values(task, seq, start, items, worker, watched)
+        return look_for_hidden_changes(task, run_values(task, seq, start, items, worker, watched))
     result = ChunkResult(seq, start, worker)
     try:
         _run_items(task, result, start, items, watched)
     except KeyboardInterrupt:  # Ctrl-C on the kernel's thread between items
         result.trim()
         result.interrupted = True
+    return look_for_hidden_changes(task, result)
+
+
+def look_for_hidden_changes(task: Task, result: ChunkResult) -> ChunkResult:
+    """Marks a chunk after which the guarded state differs (the dispatcher stops the run
+    there). A worker puts its own state back at once, for its next chunk and run; the kernel
+    waits until the run has stopped (other items may still be running in its threads)."""
+    guard = task.guard
+    if guard is not None and (hidden := guard.changed()) is not None:
+        result.hidden = hidden
+        if task.held is not None:
+            guard.restore()
     return result
 
 
@@ -711,7 +727,7 @@ async def run_chunk_async(
                 break
     finally:
         current_output.reset(token)
-    return result
+    return look_for_hidden_changes(task, result)
 
 
 _armed = threading.Event()

@@ -344,6 +344,8 @@ class _Run:
         item; yield each successful item's values (a comprehension's) once it is applied, so
         that a consumer that stops early (``any``, ``next``) sees nothing of later items."""
         while self.applied in self.pending:
+            if self.pending[self.applied].hidden and not isinstance(self.applier, Recording):
+                raise self._hidden_change(self.pending[self.applied])
             result = self.pending.pop(self.applied)
             items = self.chunks.pop(self.applied)
             del self.starts[self.applied]
@@ -356,6 +358,21 @@ class _Run:
                 warning = errors.NAME_NOT_RETURNED.format(name=name, type=kind)
                 if warning not in self.report.warnings:
                     self.report.warnings.append(warning)
+
+    def _hidden_change(self, result: ChunkResult) -> errors.HiddenChange:
+        """The stop before a chunk that changed state the loop's lines do not name: its items
+        and every later one are not applied (auto runs them in the kernel instead)."""
+        self.applier.failed = True
+        first, last = result.first, result.first + len(self.chunks[result.seq]) - 1
+        if not self.backend.copies_kernel_objects:
+            who = errors.HIDDEN_IN_KERNEL.format(first=first)
+        elif first == last:
+            item = short_repr(self.chunks[result.seq][0])
+            who = errors.HIDDEN_IN_WORKER.format(first=first, item=item)
+        else:
+            who = errors.HIDDEN_IN_WORKER_CHUNK.format(first=first, last=last)
+        unapplied = [item for seq in sorted(self.chunks) for item in self.chunks[seq]]
+        return errors.HiddenChange(result.hidden, first, unapplied, who, self.backend.name)
 
     @property
     def done(self) -> bool:
@@ -404,7 +421,15 @@ def execute(
     run = _Run(backend, task, iterable, applier, report, chunksize, length)
     run.next_index, run.until = first_index, until
     with kept_as_it_was(random_state=task.seed is not None):
-        yield from _drive(run, backend, task, report, stop, progress, length)
+        try:
+            yield from _drive(run, backend, task, report, stop, progress, length)
+        except errors.HiddenChange as stop_there:
+            report.stopped_at = stop_there.first
+            if task.guard is not None:  # the kernel's own state, now that no item runs
+                lost = task.guard.restore()
+                kept = errors.HIDDEN_NOT_PUT_BACK.format(lost=", ".join(lost))
+                stop_there.args = (stop_there.explained(kept if lost else errors.HIDDEN_PUT_BACK),)
+            raise errors.shown_with_frames(stop_there, []) from None
 
 
 def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, progress, length):

@@ -209,6 +209,28 @@ GLOBAL_RANDOM = (
     "its own reproducible stream with --seed N (on serial, processes, futures:processes or "
     "dask), or run it with --backend serial"
 )
+THREAD_BOUND = (
+    "the loop uses `{name}` (a sqlite3 {type}), which sqlite lets only the thread that made it "
+    "use, and items on {backend} run in other threads, so nothing has run. Open the "
+    "connection inside the loop body, make it with `check_same_thread=False` if your code "
+    "shares it safely, or run the loop with --backend serial"
+)
+THREAD_BOUND_SHORT = "`{name}` is a sqlite3 {type} that only the kernel's thread may use"
+HIDDEN_CHANGE = (
+    "{who} changed {what} while the loop ran on {backend}: state the loop's lines do not "
+    "name, which a parallel run cannot keep as the plain loop keeps it. The run stopped before "
+    "item {first}: the items before it were applied, nothing after, and {kept}. Run the loop "
+    "with --backend serial, or with auto, which keeps such a loop in the kernel{seed}"
+)
+HIDDEN_IN_WORKER = "Item {first} ({item})"
+HIDDEN_IN_WORKER_CHUNK = "One of items {first}-{last}, which ran together in one worker,"
+HIDDEN_IN_KERNEL = "An item running side by side with others from item {first} on"
+HIDDEN_KEPT_IN_WORKER = "the kernel's own state was not touched"
+HIDDEN_PUT_BACK = "the kernel's state was put back as it was before the run"
+HIDDEN_NOT_PUT_BACK = "what it changed in {lost} could not be put back"
+HIDDEN_SEED = ", or give each item its own random stream with --seed N (processes, dask)"
+AUTO_HIDDEN = "the first items changed {what}, which only a run in the kernel keeps as it is"
+AUTO_HIDDEN_LATER = "{what} changed from item {first} on, so the rest of the loop ran in the kernel"
 NO_PROGRAM_FOR_TAIL = (
     "--show-code and --export cannot yet write a loop with an ordered tail (lines "
     "{first}-{last}, which run in the kernel in item order); run it without them"
@@ -311,6 +333,22 @@ class SharedObjectChanged(ParmagicError, RuntimeError):
     under --on-error continue too (those items would end with the old state)."""
 
 
+class HiddenChange(ParmagicError, RuntimeError):
+    """An item changed state the loop's lines do not name (a closure's cell, a class's or a
+    module's attribute, a global random state, the environment): the run stopped before it.
+    ``unapplied``: the items from there on, for auto to run in the kernel instead."""
+
+    def __init__(self, what: str, first: int, unapplied: list, who: str, backend: str) -> None:
+        self.what, self.first, self.unapplied = what, first, unapplied
+        self.who, self.backend = who, backend
+        super().__init__(self.explained(HIDDEN_KEPT_IN_WORKER))
+
+    def explained(self, kept: str) -> str:
+        seed = HIDDEN_SEED if "random state" in self.what else ""
+        words = {"who": self.who, "what": self.what, "backend": self.backend, "seed": seed}
+        return HIDDEN_CHANGE.format(first=self.first, kept=kept, **words)
+
+
 class WorkerDied(ParmagicError, RuntimeError):
     """A worker process ended while it held items."""
 
@@ -355,7 +393,7 @@ def render_traceback(exc: BaseException, frames: Iterable[tuple[str, int, str]])
             for filename, lineno, name in frames
         ]
     )
-    lines = ["Traceback (most recent call last):\n", *summaries.format()]
+    lines = ["Traceback (most recent call last):\n", *summaries.format()] if summaries else []
     lines += traceback.format_exception_only(type(exc), exc)
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     if cause is not None and cause is not exc:  # as Python prints a chain: the cause first

@@ -14,6 +14,7 @@ Pure analysis: the kernel's namespace and syntax trees in, facts out; nothing is
 from __future__ import annotations
 
 import ast
+import collections
 import inspect
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .body import MUTATORS
+from .imported_code import is_users
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
@@ -66,6 +68,8 @@ def find_hidden_effects(
             if isinstance(node, ast.Call):
                 finder.call(node, node.lineno, ns, local=loop_names, where="")
                 finder.coroutine(node, ns, loop_names, id(node) in consumed)
+            elif isinstance(node, ast.Lambda):  # runs where the item runs, whoever calls it
+                finder.body_lambda(node, loop_names)
     return sorted(set(finder.found), key=lambda e: (e.line, e.kind, e.what))
 
 
@@ -91,6 +95,33 @@ class _Finder:
         self.found: list[HiddenEffect] = []
         self.seen: set[tuple[types.CodeType, frozenset[str]]] = set()
         self.items: set[str] = set()
+        self._methods: dict[str, list[tuple[type, types.FunctionType]]] | None = None
+
+    def is_users(self, value: object) -> bool:
+        """Code the analysis reads: the notebook's, or from the user's own modules."""
+        if isinstance(value, types.FunctionType):
+            return value.__globals__ is self.ns or is_users(sys.modules.get(value.__module__))
+        module = getattr(value, "__module__", None)
+        return module == self.ns.get("__name__") or is_users(sys.modules.get(str(module)))
+
+    def methods_named(self, name: str) -> list[tuple[type, types.FunctionType]]:
+        """The methods called ``name`` of the notebook's classes (a receiver the analysis
+        cannot name, such as an item, may be an instance of any of them)."""
+        if self._methods is None:
+            self._methods = {}
+            for value in list(self.ns.values()):
+                if isinstance(value, type) and self.is_users(value):
+                    for attr, member in vars(value).items():
+                        function = _function_of(member)
+                        if function is not None and self.is_users(function):
+                            self._methods.setdefault(attr, []).append((value, function))
+        return self._methods.get(name, [])
+
+    def body_lambda(self, node: ast.Lambda, loop_names: set[str]) -> None:
+        """A lambda in the body: read like the body, its parameters its own."""
+        own = loop_names | {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        for inner in walk_scope(node.body):
+            self._node(inner, None, own, getattr(inner, "lineno", node.lineno), "in a lambda,")
 
     def call(self, node: ast.Call, line: int, scope: dict, local: set[str], where: str) -> None:
         callee = _resolve(node.func, scope, local)
@@ -100,9 +131,15 @@ class _Finder:
             what = f"`{ast.unparse(node.func)}(...)` draws from {source or shared}"
             kind = RANDOM if source else SHARED_GENERATOR
             self.found.append(HiddenEffect(kind, line, where, what))
-        elif isinstance(callee, types.FunctionType) and callee.__globals__ is self.ns:
+        elif isinstance(callee, types.FunctionType) and self.is_users(callee):
             handed = _parameters_given(node, callee, self.items) if where == "" else frozenset()
             self.function(callee, line, handed)
+        elif isinstance(callee, type) and self.is_users(callee):
+            for method in _constructors(callee):
+                self.function(method, line, _instance(method, callee), owner=callee)
+        elif callee is None and isinstance(node.func, ast.Attribute):
+            for owner, method in self.methods_named(node.func.attr):  # ``obj.m()``, obj unknown
+                self.function(method, line, _instance(method, owner), owner=owner)
 
     def coroutine(self, node: ast.Call, scope: dict, local: set[str], consumed: bool) -> None:
         """Tasks an item makes outlive it, on a loop it does not own; a coroutine object an
@@ -117,10 +154,15 @@ class _Finder:
             self.found.append(HiddenEffect(COROUTINE, node.lineno, "", what))
 
     def function(
-        self, function: types.FunctionType, line: int, handed: frozenset[str] = frozenset()
+        self,
+        function: types.FunctionType,
+        line: int,
+        handed: frozenset[str] = frozenset(),
+        owner: type | None = None,
     ) -> None:
-        """Analyse a notebook function once; ``line`` is the cell's line that reached it;
-        ``handed``: its parameters that the body gives the item's objects."""
+        """Analyse a user's function once; ``line`` is the cell's line that reached it;
+        ``handed``: its parameters that the body gives the item's objects; ``owner``: the
+        class whose method it is."""
         code = function.__code__
         if (code, handed) in self.seen:
             return
@@ -134,53 +176,138 @@ class _Finder:
         declared = {n for s in ast.walk(tree) if isinstance(s, ast.Global) for n in s.names}
         rebound = bound_names(tree.body) - declared
         parameters = own - rebound - handed  # still the kernel objects the caller handed over
+        kept = _kept_parameters(function, owner)  # defaults made once; a classmethod's class
         own |= rebound
         for statement in tree.body:
             for node in walk_scope(statement):
                 own_line = code.co_firstlineno + getattr(node, "lineno", 1) - 1
-                where = f"the notebook function `{function.__name__}` (line {own_line} of its cell)"
-                self._node(node, function, own, line, where, parameters)
+                where = _place(function, self.ns, own_line)
+                self._node(node, function, own - kept.keys(), line, where, parameters, kept)
 
-    def _node(self, node, function, own: set[str], line: int, where: str, parameters=()) -> None:
+    def _node(
+        self, node, function, own: set[str], line: int, where: str, parameters=(), kept=None
+    ) -> None:
+        scope = function.__globals__ if function is not None else self.ns
+        name_of = function.__name__ if function is not None else ""
+        closure = set(function.__code__.co_freevars) if function is not None else set()
+        kept = kept or {}
+
         def changes(name: str) -> None:
-            if name in parameters:  # the caller's object: in a worker process, a copy
+            if name in kept:
+                what = f"changes {kept[name]}"
+            elif name in parameters:  # the caller's object: in a worker process, a copy
                 what = f"changes its argument `{name}` in place"
-                effect = HiddenEffect(ARGUMENT_CHANGED, line, where, what, name, function.__name__)
+                effect = HiddenEffect(ARGUMENT_CHANGED, line, where, what, name, name_of)
                 self.found.append(effect)
                 return
-            what = f"changes the kernel's `{name}`"
+            elif name in closure:
+                what = f"changes `{name}`, which it keeps in its closure"
+            elif scope is not self.ns:
+                what = f"changes `{name}` of the module `{scope.get('__name__')}`"
+            else:
+                what = f"changes the kernel's `{name}`"
             self.found.append(HiddenEffect(UNORDERED, line, where, what, name))
 
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id in self.loop_names and node.id not in own:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and scope is self.ns:
+            if node.id in self.loop_names and node.id not in own and function is not None:
                 what = f"reads `{node.id}`, which the loop sets, as a global"
-                effect = HiddenEffect(LOOP_NAME, line, where, what, node.id, function.__name__)
+                effect = HiddenEffect(LOOP_NAME, line, where, what, node.id, name_of)
                 self.found.append(effect)
-            elif node.id in self.changed and node.id not in own:
+            elif node.id in self.changed and node.id not in own and function is not None:
                 what = f"reads `{node.id}`, which the loop changes"
-                effect = HiddenEffect(CHANGED_READ, line, where, what, node.id, function.__name__)
+                effect = HiddenEffect(CHANGED_READ, line, where, what, node.id, name_of)
                 self.found.append(effect)
-        elif isinstance(node, ast.Global):
+        elif isinstance(node, ast.Global | ast.Nonlocal):
             for name in node.names:
                 changes(name)
         elif isinstance(node, ast.Call):
             func = node.func
             if isinstance(func, ast.Attribute) and func.attr in MUTATORS:
-                root = attribute_root(func.value)
-                scope = function.__globals__
+                root = _changed_root(func.value)
                 library = isinstance(_resolve(func.value, scope, own), types.ModuleType)
-                if root is not None and root.id in parameters:
-                    changes(root.id)
-                elif root is not None and root.id not in own and root.id in scope and not library:
-                    changes(root.id)  # np.sort(values) is a library's function, not a change
-            self.call(node, line, function.__globals__, own, where)
+                if root is not None and (root in parameters or root in kept):
+                    changes(root)
+                elif (
+                    root is not None
+                    and root not in own
+                    and not library
+                    and (root in scope or root in closure)
+                ):
+                    changes(root)  # np.sort(values) is a library's function, not a change
+            self.call(node, line, scope, own, where)
         elif isinstance(node, ast.Subscript | ast.Attribute) and isinstance(
             node.ctx, ast.Store | ast.Del
         ):
-            root = receiver_root(node.value) if isinstance(node, ast.Subscript) else None
-            root_name = root[0] if root else attribute_root(node.value)
-            if root_name is not None and (root_name.id not in own or root_name.id in parameters):
-                changes(root_name.id)
+            root = _changed_root(node.value, isinstance(node, ast.Subscript))
+            if root is not None and (root not in own or root in parameters or root in kept):
+                changes(root)
+
+
+def _changed_root(expr: ast.expr, subscript: bool = False) -> str | None:
+    """The name whose object a change through ``expr`` reaches: ``seen`` in ``seen[k].x``;
+    ``K`` in ``type(self)`` and ``self.__class__`` (a class's attribute, not the instance's)."""
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "type":
+        return "type(...)"
+    if isinstance(expr, ast.Attribute) and expr.attr == "__class__":
+        return "type(...)"
+    root = receiver_root(expr) if subscript else None
+    name = root[0] if root else attribute_root(expr)
+    return name.id if name is not None else None
+
+
+def _kept_parameters(function: types.FunctionType, owner: type | None) -> dict[str, str]:
+    """Parameters whose objects outlive a call, with what they are: a mutable default (made
+    once, when the function was defined) and a classmethod's class."""
+    code, defaults = function.__code__, function.__defaults__ or ()
+    names = code.co_varnames[code.co_argcount - len(defaults) : code.co_argcount]
+    pairs = [*zip(names, defaults, strict=True), *(function.__kwdefaults__ or {}).items()]
+    kept = {
+        name: f"its default `{name}`, made once and kept between calls"
+        for name, value in pairs
+        if isinstance(value, list | dict | set | bytearray | collections.deque)
+    }
+    if owner is not None and isinstance(vars(owner).get(function.__name__), classmethod):
+        first = code.co_varnames[:1]
+        kept.update({name: f"the class `{owner.__name__}`" for name in first})
+    through_type = "a class's attribute, through `type(...)`"
+    kept["type(...)"] = through_type if owner is None else f"the class `{owner.__name__}`"
+    return kept
+
+
+def _instance(method: types.FunctionType, owner: type) -> frozenset[str]:
+    """A method's ``self``: a new instance, or one an item holds, whose changes come back by
+    comparison (kernel_objects.py); not a class's or a static method's first parameter."""
+    if not isinstance(vars(owner).get(method.__name__), staticmethod | classmethod):
+        return frozenset(method.__code__.co_varnames[:1])
+    return frozenset()
+
+
+def _constructors(kind: type) -> list[types.FunctionType]:
+    """What making an instance of ``kind`` runs, of its own code."""
+    found = []
+    for name in ("__new__", "__init__", "__post_init__"):
+        for klass in kind.__mro__:
+            function = _function_of(vars(klass).get(name))
+            if function is not None:
+                found.append(function)
+                break
+    return found
+
+
+def _function_of(member: object) -> types.FunctionType | None:
+    if isinstance(member, staticmethod | classmethod):
+        member = member.__func__
+    return member if isinstance(member, types.FunctionType) else None
+
+
+def _place(function: types.FunctionType, ns: dict, line: int) -> str:
+    """How messages name a line of a function: in its cell, or in its module's file."""
+    if function.__globals__ is ns and function.__name__ == "<lambda>":
+        return f"the notebook lambda on line {line} of its cell"
+    if function.__globals__ is ns:
+        return f"the notebook function `{function.__qualname__}` (line {line} of its cell)"
+    module = function.__globals__.get("__name__")
+    return f"the function `{function.__qualname__}` of your module `{module}` (line {line})"
 
 
 def _parameters_given(node: ast.Call, callee: types.FunctionType, items: set[str]) -> frozenset:
@@ -252,11 +379,47 @@ def _resolve(func: ast.expr, scope: dict, local: set[str]) -> object:
 def _parsed(function: types.FunctionType) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
     try:
         source = textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError):
+        return None
+    if function.__name__ == "<lambda>":
+        return _lambda_parsed(function, source)
+    try:
         tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError, IndentationError):
+    except (SyntaxError, IndentationError):
         return None
     first = tree.body[0] if tree.body else None
     return first if isinstance(first, ast.FunctionDef | ast.AsyncFunctionDef) else None
+
+
+def _parameter_names(arguments: ast.arguments) -> list[str]:
+    named = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+    return [a.arg for a in named]
+
+
+def _lambda_parsed(function: types.FunctionType, source: str) -> ast.FunctionDef | None:
+    """A lambda as a function whose body returns its expression. Its source is the lines it
+    is on, which may be part of a call (``key=lambda r: r[1],``): parsed as an argument then.
+    Of the lambdas on those lines, the one with the same parameters (all of them, if several)."""
+    for text in (source, f"_(\n{source}\n)"):
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, IndentationError):
+            continue
+        shift = 0 if text is source else 1
+        code = function.__code__
+        wanted = list(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+        found = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+        same = [n for n in found if _parameter_names(n.args) == wanted]
+        chosen = same if len(same) == 1 else found
+        if not chosen:
+            return None
+        body = [ast.Return(ast.Tuple([n.body for n in chosen], ast.Load()))]
+        made = ast.FunctionDef("<lambda>", chosen[0].args, body, [], None)
+        for node in ast.walk(made):
+            if hasattr(node, "lineno"):
+                node.lineno -= shift
+        return ast.fix_missing_locations(made)
+    return None
 
 
 PARALLEL_SEEDABLE = ("processes", "futures:processes", "dask")  # one process per running item

@@ -26,6 +26,7 @@ from .cell import CellPlan
 from .chunk import Task
 from .dispatch import Recording, execute, unwrap_stop_iteration
 from .effects import is_recordable
+from .hidden_state import Guard
 from .itemcode import build_in_place_code, build_item_code
 from .machine import usable_cores
 from .options import Options
@@ -84,7 +85,10 @@ class LoopRun:
         report = RunReport("auto", 1, cores=usable_cores())
         self.session.last_report = report
         name = resolve_backend(self.options.backend, self.plan.body.awaits)
-        serial_reason = self.options.serial_reason or late_refusal(
+        # auto's reason to stay in the kernel, found before the cell ran (not for a body that
+        # awaits: only asyncio runs it, which refuses what it cannot run as the plain loop)
+        early = self.options.serial_reason if name == "auto" else None
+        serial_reason = early or late_refusal(
             self.plan, self.ns, self.options, name, recorded
         )
         if name == "auto" and serial_reason:
@@ -110,7 +114,14 @@ class LoopRun:
             task.merge_names = self.tail is None  # names travel: only their last values
         if backend.name == "serial" and self.runs_in_place:
             task.in_place, task.namespace = self._in_place_code(), self.ns
+        if backend.name != "serial" and not options.unordered:
+            task.guarded = backend.copies_kernel_objects  # the worker watches its own state
+            task.guard = None if task.guarded else self.guard(function)
         return task
+
+    def guard(self, function: FunctionType) -> Guard:
+        """The watch on the kernel's state that items could change without naming it."""
+        return Guard.around(function, random=self.options.seed is None)
 
     def start(
         self, name: str, workers: int | None, report: RunReport, recorded

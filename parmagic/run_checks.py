@@ -6,6 +6,8 @@ before any item runs, or (under auto) the reason to keep the loop in the kernel.
 from __future__ import annotations
 
 import ast
+import sys
+import threading
 import types
 
 from . import errors
@@ -103,6 +105,41 @@ def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> 
     return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
 
+def thread_bound(plan: CellPlan, ns: dict) -> tuple[str, str] | None:
+    """(name, type) of an object the body or the notebook functions it calls use that only
+    the kernel's thread may use: a sqlite3 connection or cursor made with the default
+    ``check_same_thread``, tried from another thread."""
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is None:
+        return None
+    names = {n.id for top in hidden_nodes(plan) for n in ast.walk(top) if isinstance(n, ast.Name)}
+    for function in [ns.get(name) for name in sorted(names)]:
+        if isinstance(function, types.FunctionType) and function.__globals__ is ns:
+            names |= set(function.__code__.co_names)
+    for name in sorted(names):
+        value = ns.get(name)
+        if isinstance(value, sqlite3.Cursor):
+            value = value.connection
+        if isinstance(value, sqlite3.Connection) and not _usable_elsewhere(value, sqlite3):
+            return name, type(ns[name]).__name__
+    return None
+
+
+def _usable_elsewhere(connection, sqlite3) -> bool:
+    refused: list[bool] = []
+
+    def touch() -> None:
+        try:
+            connection.cursor().close()  # touches no table; refused in another thread
+        except sqlite3.ProgrammingError:
+            refused.append(True)
+
+    other = threading.Thread(target=touch, name="parmagic-thread-check")
+    other.start()
+    other.join()
+    return not refused
+
+
 def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str | None:
     """Raises what the statements before the loop made knowable: notebook functions and
     modules the cell itself defined or imported, an alias of an object the body changes, a
@@ -111,6 +148,11 @@ def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str 
     refused, reason = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
     refused = refused or alias_refusal(plan, ns)
     refused = refused or (name != "auto" and item_object_refusal(plan, name))
+    bound = None if name == "serial" or refused or reason else thread_bound(plan, ns)
+    if bound and name == "auto":
+        return errors.THREAD_BOUND_SHORT.format(name=bound[0], type=bound[1])
+    if bound and not load_backend(name).copies_kernel_objects:
+        refused = errors.THREAD_BOUND.format(name=bound[0], type=bound[1], backend=name)
     if refused:
         raise ParmagicUsageError(refused)
     if reason:

@@ -20,6 +20,7 @@ import threading
 import time
 
 from .chunk import ChunkResult, ItemOutput, OutputCapture, Task, run_chunk
+from .hidden_state import Guard
 from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
 from .native_threads import cap_environment, cap_loaded_libraries
@@ -50,9 +51,9 @@ def _load_task(payload: bytes, native_threads: int | None) -> tuple[Task, bool]:
         task = load_task(payload)
     except Exception as exc:  # e.g. a module the kernel has and this process cannot import
         task = _failing_task(exc)
-    if native_threads is None:
-        return task, False
-    capped = cap_loaded_libraries(native_threads, affinity_cores())
+    capped = native_threads is not None and cap_loaded_libraries(native_threads, affinity_cores())
+    if task.guarded:  # after the capping, which sets variables of the environment
+        task.guard = Guard.around(task.function, random=task.seed is None)
     return task, capped
 
 
@@ -72,6 +73,8 @@ def _run(
     """One chunk from its bytes: the items are the worker's copies of the kernel's objects,
     and what comes back refers to those objects (kernel_objects.py)."""
     loaded, objects = task.held.load_chunk(items)
+    if task.guard is not None:
+        task.guard.settle()
     return run_chunk(task, seq, start, loaded, worker, objects), objects
 
 

@@ -1,0 +1,432 @@
+"""The guard: state an item can change without naming it, watched while the loop runs.
+
+Reading the code (hidden_effects.py) sees what the body and the code it follows name; Python
+reaches state in more ways than any reading follows (``type(self).made += 1``, a library that
+draws from ``numpy.random``, ``os.chdir``). So before a parallel run the guard fingerprints
+that state where the items run: the global random states, ``os.environ``, ``sys.path``, the
+working directory, the closure cells, defaults and attributes of the notebook's functions the
+body reaches, the dictionaries of the notebook's classes, and the globals of the user's own
+modules. After each chunk it looks again (chunk.py); a chunk that changed any of it is not
+applied, and the run stops there (dispatch.py), with the state put back where it can be.
+
+A fingerprint is identity plus a cheap digest: a container's length and the identity of a
+bounded sample of what it holds, an array's buffer and a sample of its bytes. A change in the
+middle of a very large container can go unseen; nothing large is copied or pickled per chunk.
+Worker processes import this module: it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import functools
+import itertools
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator
+
+from .imported_code import is_users, user_modules
+
+SAMPLE = 32  # members compared by identity at each end of a long container
+COPIED = 10_000  # containers up to this length are copied before the run, to be put back
+REACHED = 2_000  # objects looked at when finding what the body reaches
+_SEQUENCES = (list, tuple, collections.deque)
+_MAPPINGS = (dict, collections.OrderedDict, collections.defaultdict, collections.Counter)
+_SETS = (set, frozenset)
+_MISSING = object()  # an empty closure cell, a name not bound yet
+_OWN_MODULES = ("__main__", "__mp_main__")
+
+
+def digest(value: object, depth: int = 1) -> object:
+    """What an in-place change to ``value`` alters, cheaply (its identity is compared apart)."""
+    kind = type(value)
+    if kind in _SEQUENCES:
+        length = len(value)
+        members = value if length <= 2 * SAMPLE else _ends(value, length)
+        return length, tuple(_member(m, depth) for m in members)
+    if kind in _MAPPINGS:
+        length = len(value)
+        pairs = value.items() if length <= 2 * SAMPLE else _ends(value.items(), length)
+        return length, tuple((id(k), _member(v, depth)) for k, v in pairs)
+    if kind in _SETS:
+        return len(value), frozenset(map(id, itertools.islice(value, 4 * SAMPLE)))
+    if kind is bytearray:
+        return len(value), bytes(value[:SAMPLE]), bytes(value[-SAMPLE:])
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and kind is numpy.ndarray:
+        return _array_digest(value, numpy)
+    return None
+
+
+def _member(value: object, depth: int) -> object:
+    return id(value) if depth <= 0 else (id(value), digest(value, depth - 1))
+
+
+def _ends(members: Iterable, length: int) -> list:
+    """The first and last SAMPLE members (a deque, a dict's items: no slicing)."""
+    head = list(itertools.islice(members, SAMPLE))
+    tail = list(itertools.islice(reversed(members), SAMPLE))  # type: ignore[call-overload]
+    return head + tail
+
+
+def _array_digest(array, numpy) -> object:
+    """An array's buffer and up to 4 KB of its values: spread over the array, not all of it."""
+    base = (array.shape, array.dtype.str, array.__array_interface__["data"][0])
+    if array.nbytes <= 4096:
+        return (*base, array.tobytes())
+    picks = numpy.linspace(0, array.size - 1, num=max(4096 // array.itemsize, 1), dtype=numpy.intp)
+    return (*base, array.flat[picks].tobytes())
+
+
+def _kept_copy(value: object) -> object:
+    """A copy to put ``value``'s contents back from, for what is small enough to copy."""
+    numpy = sys.modules.get("numpy")
+    if type(value) in (*_SEQUENCES, *_MAPPINGS, set, bytearray) and len(value) <= COPIED:
+        return copy.copy(value)
+    if numpy is not None and type(value) is numpy.ndarray and value.nbytes <= 8 * COPIED:
+        return value.copy()
+    return _MISSING
+
+
+class Space:
+    """Names bound to values (a module's globals, a class's dictionary, a closure's cells,
+    ``os.environ``): which object each name holds, and that object's digest."""
+
+    def __init__(
+        self,
+        label: str,
+        read: Callable[[], Iterable[tuple[str, object]]],
+        bind: Callable[[str, object], None],
+        unbind: Callable[[str], None] | None = None,
+        by_value: bool = False,
+    ) -> None:
+        self.label, self.read, self.bind, self.unbind = label, read, bind, unbind
+        self.by_value = by_value  # strings made anew at each read (os.environ's)
+        self.take()
+
+    def take(self) -> None:
+        self.values = dict(self.read())
+        self.prints = {name: self._print(value) for name, value in self.values.items()}
+        self.copies = {name: _kept_copy(value) for name, value in self.values.items()}
+
+    def _print(self, value: object) -> object:
+        return value if self.by_value else (id(value), digest(value))
+
+    def changed(self) -> str | None:
+        """The first name whose value changed, added or removed, in words; None if none."""
+        now = dict(self.read())
+        for name in self.prints.keys() | now.keys():
+            value = now.get(name, _MISSING)
+            if value is _MISSING or name not in self.prints:
+                return self.label.format(name=name)
+            if self._print(value) != self.prints[name]:
+                return self.label.format(name=name)
+        return None
+
+    def restore(self) -> list[str]:
+        """Puts back what changed; returns what could not be."""
+        lost, now = [], dict(self.read())
+        for name in now.keys() - self.values.keys():
+            if self.unbind is not None:
+                self.unbind(name)
+        for name, value in self.values.items():
+            current = now.get(name, _MISSING)
+            if current is not value and not (self.by_value and current == value):
+                self.bind(name, value)
+            elif self._print(value) != self.prints[name]:
+                kept = self.copies[name]
+                if kept is _MISSING or not _put_back(value, kept):
+                    lost.append(self.label.format(name=name))
+        return lost
+
+
+def _put_back(target: object, kept: object) -> bool:
+    try:
+        from .effects import set_in_place
+
+        set_in_place(target, copy.copy(kept))
+    except Exception:
+        return False
+    return True
+
+
+class Value:
+    """One piece of state read whole (a random state, ``sys.path``, the working directory)."""
+
+    def __init__(
+        self, label: str, read: Callable[[], object], put: Callable[[object], None]
+    ) -> None:
+        self.label, self.read, self.put = label, read, put
+        self.take()
+
+    def take(self) -> None:
+        self.seen = self.read()
+
+    def changed(self) -> str | None:
+        return None if _same(self.read(), self.seen) else self.label
+
+    def restore(self) -> list[str]:
+        if not _same(self.read(), self.seen):
+            self.put(self.seen)
+        return []
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except ValueError:  # numpy's state: a dict holding arrays
+        return repr(a) == repr(b)
+
+
+class Guard:
+    """The fingerprints taken before a run; ``changed()`` after each chunk (cheap: identities
+    and digests), ``restore()`` once, when a change stopped the run."""
+
+    def __init__(self, parts: list[Space | Value]) -> None:
+        self.parts = parts
+
+    @classmethod
+    def around(cls, function: types.FunctionType, random: bool = True) -> Guard:
+        """The state the item function can reach without naming it (``random``: the global
+        random states too; not under ``--seed``, which reseeds them per item)."""
+        parts: list[Space | Value] = [*_process_state(random)]
+        found = Reached(function)
+        for reached_function in found.functions:
+            parts += _function_state(reached_function)
+        parts += [_class_state(kind) for kind in found.classes]
+        parts += [_module_state(module) for module in user_modules()]
+        if random:
+            parts += [_generator_state(via, generator) for via, generator in found.generators]
+        return cls(parts)
+
+    def changed(self) -> str | None:
+        for part in self.parts:
+            what = part.changed()
+            if what is not None:
+                return what
+        return None
+
+    def restore(self) -> list[str]:
+        return [lost for part in self.parts for lost in part.restore()]
+
+    def settle(self) -> None:
+        """Takes again what changed before the items ran: in a worker, loading a chunk's
+        objects may run their classes' code, which is not the items' doing."""
+        for part in self.parts:
+            if part.changed() is not None:
+                part.take()
+
+
+def _process_state(random: bool) -> Iterator[Space | Value]:
+    yield Value("the working directory", _working_directory, os.chdir)
+    yield Value("`sys.path`", lambda: list(sys.path), _set_path)
+    environ = os.environ
+    yield Space(
+        "`os.environ['{name}']`", environ.items, environ.__setitem__, environ.__delitem__, True
+    )
+    if not random:
+        return
+    import random as module
+
+    yield Value("the `random` module's global random state", module.getstate, module.setstate)
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        state = numpy_random.mtrand._rand
+        label = "numpy's global random state"
+        yield Value(label, lambda: state.get_state(legacy=False), state.set_state)
+
+
+def _working_directory() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # removed under the process
+        return ""
+
+
+def _set_path(saved: object) -> None:
+    sys.path[:] = saved  # type: ignore[index]
+
+
+class Reached:
+    """The user's functions and classes the item function reaches, and random generators:
+    through the names its code reads, closure cells, defaults, methods, and small containers
+    (a dict of lambdas). A generator reached in a worker is a copy of the kernel's, which
+    draws the same numbers in every worker."""
+
+    def __init__(self, function: types.FunctionType) -> None:
+        self.functions: list[types.FunctionType] = []
+        self.classes: list[type] = []
+        self.generators: list[tuple[str, object]] = []  # (the global name it was reached by, it)
+        self._walk(function)
+
+    def _walk(self, function: types.FunctionType) -> None:
+        todo: list[tuple[object, str]] = [(function, "")]
+        seen: set[int] = set()
+        kinds = _generator_types()
+        while todo and len(seen) < REACHED:
+            value, via = todo.pop()
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, kinds) and not _global_generator(value):
+                self.generators.append((via, value))
+            found = self._inside(value, function)
+            todo += [(found_value, via or name) for name, found_value in found]
+
+    def _inside(self, value: object, function: types.FunctionType) -> list[tuple[str, object]]:
+        """What the walk goes on to from ``value``, with the global names it is reached by."""
+        if isinstance(value, types.FunctionType):
+            if value is function or _users(value):
+                self.functions += [value] if value is not function else []
+                return _function_reaches(value)
+            return []
+        if isinstance(value, type):
+            if not _users(value):
+                return []
+            self.classes.append(value)
+            return [("", v) for v in (*value.__bases__, *map(_unwrapped, vars(value).values()))]
+        return [("", inner) for inner in _held_by(value)]
+
+
+def _held_by(value: object) -> list[object]:
+    if isinstance(value, types.MethodType):
+        return [value.__func__, value.__self__]
+    if isinstance(value, types.BuiltinMethodType):  # ``random.random``: its generator
+        owner = value.__self__
+        return [] if isinstance(owner, types.ModuleType) else [owner]
+    if isinstance(value, functools.partial):
+        return [value.func, *value.args, *value.keywords.values()]
+    if type(value) in (list, tuple, set, frozenset) and len(value) <= SAMPLE:  # type: ignore[arg-type]
+        return list(value)  # type: ignore[call-overload]
+    if type(value) is dict and len(value) <= SAMPLE:
+        return list(value.values())
+    if _users(type(value)):
+        return [type(value)]
+    return []
+
+
+def _generator_types() -> tuple[type, ...]:
+    kinds: list[type] = []
+    for module, names in (("random", ("Random",)), ("numpy.random", _NUMPY_GENERATORS)):
+        loaded = sys.modules.get(module)
+        kinds += [getattr(loaded, name) for name in names if loaded is not None]
+    return tuple(kinds)
+
+
+_NUMPY_GENERATORS = ("Generator", "RandomState")
+
+
+def _global_generator(value: object) -> bool:
+    """The module-level generators of ``random`` and ``numpy.random``: watched on their own."""
+    random, numpy_random = sys.modules.get("random"), sys.modules.get("numpy.random")
+    return value is getattr(random, "_inst", None) or value is getattr(
+        getattr(numpy_random, "mtrand", None), "_rand", None
+    )
+
+
+def _generator_state(via: str, generator: object) -> Value:
+    label = f"the random generator reached through `{via}`" if via else "a random generator"
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None and isinstance(generator, numpy_random.Generator):
+        bits = generator.bit_generator
+        return Value(label, lambda: bits.state, lambda state: setattr(bits, "state", state))
+    if numpy_random is not None and isinstance(generator, numpy_random.RandomState):
+        return Value(label, lambda: generator.get_state(legacy=False), generator.set_state)
+    return Value(label, generator.getstate, generator.setstate)  # type: ignore[attr-defined]
+
+
+def _users(value: object) -> bool:
+    """Defined in the notebook or in one of the user's own modules."""
+    module = getattr(value, "__module__", None)
+    return isinstance(module, str) and (module in _OWN_MODULES or is_users(sys.modules.get(module)))
+
+
+def _unwrapped(member: object) -> object:
+    if isinstance(member, staticmethod | classmethod):
+        return member.__func__
+    if isinstance(member, property):
+        return member.fget
+    return member
+
+
+def _function_reaches(function: types.FunctionType) -> list[tuple[str, object]]:
+    found = [("", cell.cell_contents) for cell in function.__closure__ or () if _filled(cell)]
+    defaults = [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
+    found += [("", value) for value in defaults]
+    scope = function.__globals__
+    codes = [function.__code__]
+    while codes:
+        code = codes.pop()
+        found += [(name, scope[name]) for name in code.co_names if name in scope]
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return found
+
+
+def _filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
+def _own(names: Iterable[tuple[str, object]]) -> list[tuple[str, object]]:
+    """Leaves out dunder names (``__slotnames__``, ``__warningregistry__``: Python's own
+    caches) and modules (``import pkg.sub`` binds ``sub`` on ``pkg``)."""
+    return [
+        (name, value)
+        for name, value in names
+        if not (name.startswith("__") and name.endswith("__"))
+        and not isinstance(value, types.ModuleType)
+    ]
+
+
+def _function_state(function: types.FunctionType) -> list[Space]:
+    name = f"`{function.__qualname__}`"
+    cells = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
+    parts = [
+        Space(
+            f"`{{name}}` in the closure of {name}",
+            lambda: [(n, c.cell_contents) for n, c in cells.items() if _filled(c)],
+            lambda n, value: setattr(cells[n], "cell_contents", value),
+            lambda n: delattr(cells[n], "cell_contents"),
+        ),
+        Space(
+            f"{name[:-1]}.{{name}}`",
+            lambda: _own(vars(function).items()),
+            vars(function).__setitem__,
+            vars(function).__delitem__,
+        ),
+    ]
+    if function.__defaults__ or function.__kwdefaults__:
+        parts.append(Space(f"the default `{{name}}` of {name}", lambda: _defaults(function), _no))
+    return parts
+
+
+def _defaults(function: types.FunctionType) -> list[tuple[str, object]]:
+    code, positional = function.__code__, function.__defaults__ or ()
+    names = code.co_varnames[code.co_argcount - len(positional) : code.co_argcount]
+    return [*zip(names, positional, strict=True), *(function.__kwdefaults__ or {}).items()]
+
+
+def _no(name: str, value: object) -> None:
+    """Defaults are changed in place (a mutable default), which copies put back."""
+
+
+def _class_state(kind: type) -> Space:
+    return Space(
+        f"`{kind.__qualname__}.{{name}}`",
+        lambda: _own(vars(kind).items()),
+        lambda name, value: setattr(kind, name, value),
+        lambda name: delattr(kind, name),
+    )
+
+
+def _module_state(module: types.ModuleType) -> Space:
+    return Space(
+        f"`{module.__name__}.{{name}}`",
+        lambda: _own(list(vars(module).items())),
+        lambda name, value: setattr(module, name, value),
+        lambda name: delattr(module, name),
+    )
