@@ -28,12 +28,14 @@ The path of a cell, and the module of each step::
                                                      changes (effects.py), names, errors;
                                                      in worker processes, what it changed
                                                      in the kernel's objects, and references
-                                                     to them (kernel_objects.py)
+                                                     to them (kernel_objects.py); after the
+                                                     chunk, the guard (hidden_state.py)
           │ ChunkResult
           ▼
     Applier, in item order             dispatch.py   output shown, changes replayed, names
                                                      bound, the first error raised with the
-                                                     user's frames (errors.py)
+                                                     user's frames (errors.py); a chunk that
+                                                     changed hidden state stops the run
           │ RunReport (report.py)
           ▼
     the summary                        render.py     text or HTML; plot.py for --plot

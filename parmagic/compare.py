@@ -205,6 +205,8 @@ def run_comparison(
             continue
         if reference is None:
             reference = recording
+        elif recording.hidden:
+            row.difference = errors.COMPARE_HIDDEN.format(what=recording.hidden)
         else:
             row.difference = first_difference(reference.transcript, recording.transcript)
     return comparison
@@ -295,6 +297,8 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
         recordings.append(recording)
         for _ in _recorded(run, name, items, recorded, recording):
             pass
+        if recording.hidden and recording.task.guard is not None:
+            recording.task.guard.restore()  # the kernel's state, as serial's run left it
         return recording.report, recording
 
     try:

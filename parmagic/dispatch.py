@@ -255,10 +255,15 @@ class Recording:
         self.task, self.report = task, report
         self.transcript: list[tuple[ChunkResult, list]] = []
         self.failed = False
+        self.hidden: str | None = None  # state an item changed unnamed (the guard saw it)
 
     def apply_chunk(self, result: ChunkResult, items: list) -> Iterator:
         if self.failed:
             return  # past the item that stopped the run, as a serial run never gets there
+        if result.hidden:  # the run as a real one would have stopped it: here, no further
+            self.failed, self.hidden = True, result.hidden
+            self.report.stopped_at = result.first
+            return
         self.transcript.append((result, items))
         count = len(result)
         if result.errors and self.task.stop_on_error:

@@ -216,6 +216,7 @@ THREAD_BOUND = (
     "shares it safely, or run the loop with --backend serial"
 )
 THREAD_BOUND_SHORT = "`{name}` is a sqlite3 {type} that only the kernel's thread may use"
+COMPARE_HIDDEN = "an item changed {what}, which the loop's lines do not name"
 HIDDEN_CHANGE = (
     "{who} changed {what} while the loop ran on {backend}: state the loop's lines do not "
     "name, which a parallel run cannot keep as the plain loop keeps it. The run stopped before "

@@ -79,14 +79,20 @@ def _array_digest(array, numpy) -> object:
     return (*base, array.flat[picks].tobytes())
 
 
-def _kept_copy(value: object) -> object:
-    """A copy to put ``value``'s contents back from, for what is small enough to copy."""
+def _kept_copies(value: object) -> list[tuple[object, object]] | None:
+    """(object, copy) pairs to put ``value``'s contents back from, the containers it holds
+    too (as deep as the digest looks); None for what is too big to copy."""
     numpy = sys.modules.get("numpy")
-    if type(value) in (*_SEQUENCES, *_MAPPINGS, set, bytearray) and len(value) <= COPIED:
-        return copy.copy(value)
     if numpy is not None and type(value) is numpy.ndarray and value.nbytes <= 8 * COPIED:
-        return value.copy()
-    return _MISSING
+        return [(value, value.copy())]
+    if type(value) not in _COPIED or len(value) > COPIED:  # type: ignore[arg-type]
+        return None
+    members = value.values() if isinstance(value, dict) else value  # type: ignore[attr-defined]
+    inner = [m for m in members if type(m) in _COPIED and len(m) <= SAMPLE]
+    return [(value, copy.copy(value)), *((m, copy.copy(m)) for m in inner)]
+
+
+_COPIED = (list, collections.deque, *_MAPPINGS, set, bytearray)
 
 
 class Space:
@@ -108,7 +114,7 @@ class Space:
     def take(self) -> None:
         self.values = dict(self.read())
         self.prints = {name: self._print(value) for name, value in self.values.items()}
-        self.copies = {name: _kept_copy(value) for name, value in self.values.items()}
+        self.copies = {name: _kept_copies(value) for name, value in self.values.items()}
 
     def _print(self, value: object) -> object:
         return value if self.by_value else (id(value), digest(value))
@@ -136,16 +142,17 @@ class Space:
                 self.bind(name, value)
             elif self._print(value) != self.prints[name]:
                 kept = self.copies[name]
-                if kept is _MISSING or not _put_back(value, kept):
+                if kept is None or not _put_back(kept):
                     lost.append(self.label.format(name=name))
         return lost
 
 
-def _put_back(target: object, kept: object) -> bool:
-    try:
-        from .effects import set_in_place
+def _put_back(kept: list[tuple[object, object]]) -> bool:
+    from .effects import set_in_place
 
-        set_in_place(target, copy.copy(kept))
+    try:
+        for target, saved in kept:  # the container first, then the containers it holds
+            set_in_place(target, copy.copy(saved))
     except Exception:
         return False
     return True
@@ -187,10 +194,13 @@ class Guard:
         self.parts = parts
 
     @classmethod
-    def around(cls, function: types.FunctionType, random: bool = True) -> Guard:
+    def around(
+        cls, function: types.FunctionType, random: bool = True, random_module: bool = True
+    ) -> Guard:
         """The state the item function can reach without naming it (``random``: the global
-        random states too; not under ``--seed``, which reseeds them per item)."""
-        parts: list[Space | Value] = [*_process_state(random)]
+        random states too; not under ``--seed``, which reseeds them per item; not the
+        ``random`` module's where the process's own threads draw from it, as dask's do)."""
+        parts: list[Space | Value] = [*_process_state(random, random_module)]
         found = Reached(function)
         for reached_function in found.functions:
             parts += _function_state(reached_function)
@@ -218,7 +228,7 @@ class Guard:
                 part.take()
 
 
-def _process_state(random: bool) -> Iterator[Space | Value]:
+def _process_state(random: bool, random_module: bool) -> Iterator[Space | Value]:
     yield Value("the working directory", _working_directory, os.chdir)
     yield Value("`sys.path`", lambda: list(sys.path), _set_path)
     environ = os.environ
@@ -229,7 +239,9 @@ def _process_state(random: bool) -> Iterator[Space | Value]:
         return
     import random as module
 
-    yield Value("the `random` module's global random state", module.getstate, module.setstate)
+    if random_module:
+        label = "the `random` module's global random state"
+        yield Value(label, module.getstate, module.setstate)
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         state = numpy_random.mtrand._rand

@@ -46,14 +46,16 @@ def _become_worker(native_threads: int) -> None:
 
 def _load_task(payload: bytes, native_threads: int | None) -> tuple[Task, bool]:
     """The task of a run, and whether native thread pools were capped for it (None: leave
-    them as the process has them, as in a dask worker, whose nanny caps them itself)."""
+    them as the process has them, as in a dask worker, whose nanny caps them itself; its own
+    threads draw from the ``random`` module, which the guard then leaves out)."""
     try:
         task = load_task(payload)
     except Exception as exc:  # e.g. a module the kernel has and this process cannot import
         task = _failing_task(exc)
     capped = native_threads is not None and cap_loaded_libraries(native_threads, affinity_cores())
     if task.guarded:  # after the capping, which sets variables of the environment
-        task.guard = Guard.around(task.function, random=task.seed is None)
+        shared = native_threads is None  # a dask worker's
+        task.guard = Guard.around(task.function, task.seed is None, random_module=not shared)
     return task, capped
 
 
