@@ -246,9 +246,12 @@ class _Finder:
 def _changed_root(expr: ast.expr, subscript: bool = False) -> str | None:
     """The name whose object a change through ``expr`` reaches: ``seen`` in ``seen[k].x``;
     ``K`` in ``type(self)`` and ``self.__class__`` (a class's attribute, not the instance's)."""
-    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "type":
-        return "type(...)"
-    if isinstance(expr, ast.Attribute) and expr.attr == "__class__":
+    part = expr
+    while isinstance(part, ast.Attribute | ast.Subscript):
+        if isinstance(part, ast.Attribute) and part.attr == "__class__":
+            return "type(...)"
+        part = part.value
+    if isinstance(part, ast.Call) and isinstance(part.func, ast.Name) and part.func.id == "type":
         return "type(...)"
     root = receiver_root(expr) if subscript else None
     name = root[0] if root else attribute_root(expr)

@@ -180,10 +180,15 @@ class Value:
 
 
 def _same(a: object, b: object) -> bool:
-    try:
-        return bool(a == b)
-    except ValueError:  # numpy's state: a dict holding arrays
-        return repr(a) == repr(b)
+    return _comparable(a) == _comparable(b)
+
+
+def _comparable(state: object) -> object:
+    """NumPy's random states are dicts holding arrays, which ``==`` cannot tell apart."""
+    if isinstance(state, dict):
+        return tuple((key, _comparable(value)) for key, value in state.items())
+    to_bytes = getattr(state, "tobytes", None)
+    return to_bytes() if to_bytes is not None else state
 
 
 class Guard:
@@ -206,8 +211,7 @@ class Guard:
             parts += _function_state(reached_function)
         parts += [_class_state(kind) for kind in found.classes]
         parts += [_module_state(module) for module in user_modules()]
-        if random:
-            parts += [_generator_state(via, generator) for via, generator in found.generators]
+        parts += [_generator_state(via, generator) for via, generator in found.generators]
         return cls(parts)
 
     def changed(self) -> str | None:
@@ -329,12 +333,20 @@ def _generator_types() -> tuple[type, ...]:
 _NUMPY_GENERATORS = ("Generator", "RandomState")
 
 
+def global_generators() -> dict[int, tuple[object, types.ModuleType, str]]:
+    """The module-level generators of ``random`` and ``numpy.random`` (id -> the generator,
+    its module, its name there): watched on their own, and sent to workers by name."""
+    found = {}
+    for module_name, name in (("random", "_inst"), ("numpy.random.mtrand", "_rand")):
+        module = sys.modules.get(module_name)
+        generator = getattr(module, name, None)
+        if generator is not None:
+            found[id(generator)] = (generator, module, name)
+    return found
+
+
 def _global_generator(value: object) -> bool:
-    """The module-level generators of ``random`` and ``numpy.random``: watched on their own."""
-    random, numpy_random = sys.modules.get("random"), sys.modules.get("numpy.random")
-    return value is getattr(random, "_inst", None) or value is getattr(
-        getattr(numpy_random, "mtrand", None), "_rand", None
-    )
+    return id(value) in global_generators()
 
 
 def _generator_state(via: str, generator: object) -> Value:

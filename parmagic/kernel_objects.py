@@ -45,6 +45,7 @@ import cloudpickle
 from . import errors
 from .effects import STATE
 from .errors import short_repr
+from .hidden_state import global_generators
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 CHUNK, CAPTURED, TASK = 0, 1, 2  # numbers: a string tag could meet the user's own in a memo
@@ -69,11 +70,35 @@ _FIXED = (
 PLAIN, HELD = 0, 1  # a chunk's first byte: its items are plain data, or hold objects
 
 
-def dumped(value: Any, buffer_callback=None) -> tuple[bytes, Callable[[], dict]]:
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that the global generators of ``random`` and ``numpy.random``
+    (reached through ``fns = {"r": random.random}``) travel by name: a worker draws from its
+    own, which ``--seed`` reseeds and the guard watches, not from a copy of the kernel's that
+    every worker would repeat. Not to dask, whose workers draw from ``random`` themselves
+    (``dask.sizeof``): there a copy is a generator of the body's own, which the guard
+    watches."""
+
+    def __init__(self, *args, generators_by_name: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._by_name = global_generators() if generators_by_name else {}
+
+    def reducer_override(self, obj):
+        named = self._by_name.get(id(obj))
+        if named is not None and named[0] is obj:
+            return getattr, named[1:]
+        return super().reducer_override(obj)
+
+
+def dumped(
+    value: Any, buffer_callback=None, generators_by_name: bool = True
+) -> tuple[bytes, Callable[[], dict]]:
     """``value`` pickled (cloudpickle), and how to get the memo, id -> (number, object),
     when it is needed (copying a large task's memo costs more than pickling it)."""
     file = io.BytesIO()
-    pickler = cloudpickle.Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
+    pickler = Pickler(
+        file, protocol=PROTOCOL, buffer_callback=buffer_callback,
+        generators_by_name=generators_by_name,
+    )  # fmt: skip
     pickler.dump(value)
     data = file.getvalue()
     file.close()  # the pickler, kept for its memo, keeps no second copy of the bytes

@@ -88,9 +88,7 @@ class LoopRun:
         # auto's reason to stay in the kernel, found before the cell ran (not for a body that
         # awaits: only asyncio runs it, which refuses what it cannot run as the plain loop)
         early = self.options.serial_reason if name == "auto" else None
-        serial_reason = early or late_refusal(
-            self.plan, self.ns, self.options, name, recorded
-        )
+        serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
         if name == "auto":

@@ -17,11 +17,9 @@ import sys
 import types
 from typing import Any
 
-import cloudpickle
-
 from . import errors
 from .errors import NotPicklable
-from .kernel_objects import ChunkObjects, HeldObjects, captured_names, dumped, loaded
+from .kernel_objects import ChunkObjects, HeldObjects, Pickler, captured_names, dumped, loaded
 from .shared_files import shared_file
 
 DIGEST_LIMIT = 1 << 20  # captured values larger than this are not watched for changes
@@ -31,7 +29,9 @@ _NOT_DATA = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, ty
 
 
 def dumps(value: Any) -> bytes:
-    return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    file = io.BytesIO()
+    Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return file.getvalue()
 
 
 def referenced_globals(function: types.FunctionType) -> list[str]:
@@ -94,7 +94,9 @@ def _refusal(name: str, value: object, reason: object) -> NotPicklable:
     return NotPicklable(errors.NOT_PICKLABLE.format(name=name, type=kind, reason=reason), name)
 
 
-def pack_task(task, shared_files: list[str] | None = None, sent=None) -> bytes:
+def pack_task(
+    task, shared_files: list[str] | None = None, sent=None, generators_by_name: bool = True
+) -> bytes:
     """Pickle a task, or say which kernel name cannot travel and what to do instead.
 
     With ``shared_files``, large buffers (NumPy arrays and the like, pickle protocol 5) are
@@ -109,7 +111,7 @@ def pack_task(task, shared_files: list[str] | None = None, sent=None) -> bytes:
             raise _refusal(name, value, "an open file belongs to the process that opened it")
     try:
         if shared_files is None:
-            data, memo = dumped(task)
+            data, memo = dumped(task, generators_by_name=generators_by_name)
         else:
             data, memo = _dumps_sharing(task, shared_files)
     except Exception as exc:

@@ -63,8 +63,24 @@ SETUP = {
     # what an item takes from, or changes through another name or a function (issue 17)
     "stack": "stack = list(range(40))",
     "heap": "import heapq\nheap = []",
+    # hidden state (issue 28): a closure's cell, a class's attribute; read, or only guarded
+    "inc": "def make():\n    n = 0\n    def inc(x):\n        nonlocal n\n        n += x\n"
+    "        return n\n    return inc\ninc = make()",
+    "K": "class K:\n    made, tally = 0, []\n    def __init__(self):\n        type(self).made += 1",
 }
 OPTIONAL_SETUP = ("results", "total", "base", "y", "i")  # sometimes present though unused
+
+
+# (kernel name, what the README says of it, the body's line)
+HIDDEN = [
+    ("record", "unreplayable", "record(i)"),
+    ("random", "random", "results.append(random.random())"),
+    ("show", "loop name as global", "results.append(show())"),
+    ("random", "random", "results.append(sorted([1, 2, 3], key=lambda _: random.random()))"),
+    ("inc", "unreplayable", "results.append(inc(i))"),
+    ("K", "unreplayable", "K()"),
+    ("K", "guarded", "getattr(K, 'tally').append(i)"),  # only the guard sees it
+]
 
 
 @dataclass(frozen=True)
@@ -332,12 +348,11 @@ class _Writer:
             return ["results.append(stack.pop())"]
         if choice == 4 and self.rare(60):  # what notebook functions and modules hide
             self.refusals.pop()  # not a carried read: one of these
-            hidden = self.draw(st.integers(0, 2))
-            self.use(["record", "random", "show"][hidden], "results")
-            self.refusals.append(["unreplayable", "random", "loop name as global"][hidden])
-            return [
-                ["record(i)", "results.append(random.random())", "results.append(show())"][hidden]
-            ]
+            hidden = self.draw(st.integers(0, len(HIDDEN) - 1))
+            name, refusal, line = HIDDEN[hidden]
+            self.use(name, "results")
+            self.refusals.append(refusal)
+            return [line]
         if choice == 7:  # the read is in a comprehension's first iterable
             self.use("total", "results")
             return ["total += i", "results.append([j for j in range(total % 3)])"]
@@ -541,6 +556,12 @@ def check_cell(ip, run, options: str, cell: Cell) -> None:
         assert cell.refusals, f"refused a loop the README does not refuse: {message}\n{where}"
         return
 
+    if isinstance(outcome.error, errors.HiddenChange):  # stopped before the chunk that did it
+        assert "guarded" in cell.refusals, f"the guard stopped {outcome.error}\n{where}"
+        assert ns["K"].tally == [], f"the class's state is not as before the run\n{where}"
+        done = ns.get("results", [])
+        assert done == expected.get("results", [])[: len(done)], f"not a prefix\n{where}"
+        return
     assert outcome.error is None, f"{outcome.error!r} where plain Python ran\n{where}"
     # state carried from item to item may run as an ordered tail: then it must end as plain
     # Python, which the checks below hold it to
@@ -564,7 +585,7 @@ def check_cell(ip, run, options: str, cell: Cell) -> None:
 
 
 ORDERED_TAIL_MAY_RUN = {"read before assignment", "carried read"}
-SERIAL_MAY_RUN = {"unreplayable", "random"}  # the plain loop's order: serial keeps it
+SERIAL_MAY_RUN = {"unreplayable", "random", "guarded"}  # the plain loop's order: serial keeps it
 # functions and modules the cell itself defines are known once the statements before the
 # loop have run: refused then, before any item runs
 REFUSED_AT_THE_LOOP = {"unreplayable", "random", "loop name as global"}
@@ -608,6 +629,13 @@ EDGE_CASES = [
         ("loop name as global",),
     ),
     Cell(SETUP["frame"] + "\nfor i in range(9):\n    frame.loc[i % 4, 'v'] = i * 1.5\n"),
+    # hidden state: read in a closure and a constructor; seen only by the guard
+    Cell(
+        SETUP["inc"] + "\nresults = []\nfor i in range(5):\n    results.append(inc(i))\n",
+        ("unreplayable",),
+    ),
+    Cell(SETUP["K"] + "\nfor i in range(6):\n    K()\n", ("unreplayable",)),
+    Cell(SETUP["K"] + "\nfor i in range(6):\n    getattr(K, 'tally').append(i)\n", ("guarded",)),
     # a running maximum: an ordered tail
     Cell(
         "best = -1\nfor i in range(9):\n    y = (i * 7) % 5\n    if y > best:\n        best = y\n",

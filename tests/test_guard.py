@@ -59,7 +59,9 @@ def test_a_change_is_seen_and_put_back(module, change):
     after = vars(module)
     assert after.keys() == before.keys()
     for name, value in before.items():
-        assert np.array_equal(after[name], value) if name in ("arr", "big") else after[name] == value
+        assert (
+            np.array_equal(after[name], value) if name in ("arr", "big") else after[name] == value
+        )
 
 
 def test_the_change_is_named(module):

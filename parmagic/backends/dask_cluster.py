@@ -160,7 +160,8 @@ class DaskBackend(PickledItems):
         return f"dask ({kind}, {self.workers} worker threads, scheduler {self.address}{dashboard})"
 
     def begin(self, task: Task) -> None:
-        payload = pack_task(task, sent=self.kernel_objects)  # NotPicklable before any item runs
+        # NotPicklable before any item runs; see kernel_objects.Pickler for the generators
+        payload = pack_task(task, sent=self.kernel_objects, generators_by_name=False)
         self._run = uuid.uuid4().hex  # unique across kernels that share a cluster
         self._payload = payload
         self._send_task()
