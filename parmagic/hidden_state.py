@@ -24,16 +24,19 @@ import itertools
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from .imported_code import is_users, user_modules
+from .imported_code import is_users
 
 SAMPLE = 32  # members compared by identity at each end of a long container
-COPIED = 10_000  # containers up to this length are copied before the run, to be put back
+COPIED = 10_000  # containers up to this length are copied before the run, to be put back...
+COPY_BUDGET = 200_000  # ... until the run's copies hold this many members in all
+DIGESTED = 256  # containers of one namespace whose contents are digested (the rest: identity)
 REACHED = 2_000  # objects looked at when finding what the body reaches
 _SEQUENCES = (list, tuple, collections.deque)
 _MAPPINGS = (dict, collections.OrderedDict, collections.defaultdict, collections.Counter)
 _SETS = (set, frozenset)
+_SCALARS = (int, float, str, bytes, bool, type(None), complex)
 _MISSING = object()  # an empty closure cell, a name not bound yet
 _OWN_MODULES = ("__main__", "__mp_main__")
 
@@ -41,6 +44,8 @@ _OWN_MODULES = ("__main__", "__mp_main__")
 def digest(value: object, depth: int = 1) -> object:
     """What an in-place change to ``value`` alters, cheaply (its identity is compared apart)."""
     kind = type(value)
+    if kind in _SCALARS:
+        return None
     if kind in _SEQUENCES:
         length = len(value)
         members = value if length <= 2 * SAMPLE else _ends(value, length)
@@ -79,20 +84,32 @@ def _array_digest(array, numpy) -> object:
     return (*base, array.flat[picks].tobytes())
 
 
-def _kept_copies(value: object) -> list[tuple[object, object]] | None:
+def _kept_copies(value: object, budget: list[int]) -> list[tuple[object, object]] | None:
     """(object, copy) pairs to put ``value``'s contents back from, the containers it holds
-    too (as deep as the digest looks); None for what is too big to copy."""
+    too (as deep as the digest looks); None for what is too big to copy, or once the run's
+    copies have used up ``budget`` (members left, shared by the guard's namespaces)."""
     numpy = sys.modules.get("numpy")
-    if numpy is not None and type(value) is numpy.ndarray and value.nbytes <= 8 * COPIED:
-        return [(value, value.copy())]
-    if type(value) not in _COPIED or len(value) > COPIED:  # type: ignore[arg-type]
+    if _is_array(value, numpy) and value.nbytes <= 8 * COPIED <= 8 * budget[0]:  # type: ignore[attr-defined]
+        budget[0] -= value.nbytes // 8  # type: ignore[attr-defined]
+        return [(value, value.copy())]  # type: ignore[attr-defined]
+    if type(value) not in _COPIED or not len(value) <= min(COPIED, budget[0]):  # type: ignore[arg-type]
         return None
     members = value.values() if isinstance(value, dict) else value  # type: ignore[attr-defined]
     inner = [m for m in members if type(m) in _COPIED and len(m) <= SAMPLE]
+    budget[0] -= len(value) + SAMPLE * len(inner)  # type: ignore[arg-type]
     return [(value, copy.copy(value)), *((m, copy.copy(m)) for m in inner)]
 
 
+def _is_array(value: object, numpy) -> bool:
+    return numpy is not None and type(value) is numpy.ndarray
+
+
+def _has_contents(value: object) -> bool:
+    return type(value) in _CONTAINERS or _is_array(value, sys.modules.get("numpy"))
+
+
 _COPIED = (list, collections.deque, *_MAPPINGS, set, bytearray)
+_CONTAINERS = (*_SEQUENCES, *_MAPPINGS, *_SETS, bytearray)
 
 
 class Space:
@@ -106,28 +123,49 @@ class Space:
         bind: Callable[[str, object], None],
         unbind: Callable[[str], None] | None = None,
         by_value: bool = False,
+        budget: list[int] | None = None,
+        whole: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.label, self.read, self.bind, self.unbind = label, read, bind, unbind
         self.by_value = by_value  # strings made anew at each read (os.environ's)
+        self.budget = budget if budget is not None else [COPY_BUDGET]
+        self.whole = whole  # the namespace ``read`` filters, unfiltered: compared first, fast
         self.take()
 
-    def take(self) -> None:
-        self.values = dict(self.read())
-        self.prints = {name: self._print(value) for name, value in self.values.items()}
-        self.copies = {name: _kept_copies(value) for name, value in self.values.items()}
+    def _identities(self) -> tuple[int, ...] | None:
+        return None if self.whole is None else tuple(map(id, self.whole().values()))
 
-    def _print(self, value: object) -> object:
-        return value if self.by_value else (id(value), digest(value))
+    def take(self) -> None:
+        self.quick = self._identities()
+        self.values = dict(self.read())
+        held = (name for name, value in self.values.items() if _has_contents(value))
+        self.deep = set(itertools.islice(held, DIGESTED))  # the rest: by identity
+        self.prints = {name: self._print(name, value) for name, value in self.values.items()}
+        self.copies = {
+            name: _kept_copies(value, self.budget) if name in self.deep else None
+            for name, value in self.values.items()
+        }
+
+    def _print(self, name: str, value: object) -> object:
+        if self.by_value:
+            return value
+        return id(value), digest(value) if name in self.deep else None
 
     def changed(self) -> str | None:
         """The first name whose value changed, added or removed, in words; None if none."""
+        if self.quick is not None and self._identities() == self.quick:
+            whole = self.whole()  # type: ignore[misc]
+            deep = ((name, whole.get(name, _MISSING)) for name in self.deep)
+            if all(self._print(name, value) == self.prints[name] for name, value in deep):
+                return None
         now = dict(self.read())
         for name in self.prints.keys() | now.keys():
             value = now.get(name, _MISSING)
             if value is _MISSING or name not in self.prints:
                 return self.label.format(name=name)
-            if self._print(value) != self.prints[name]:
+            if self._print(name, value) != self.prints[name]:
                 return self.label.format(name=name)
+        self.quick = self._identities()  # a change ``read`` leaves out (``__slotnames__``)
         return None
 
     def restore(self) -> list[str]:
@@ -140,7 +178,7 @@ class Space:
             current = now.get(name, _MISSING)
             if current is not value and not (self.by_value and current == value):
                 self.bind(name, value)
-            elif self._print(value) != self.prints[name]:
+            elif self._print(name, value) != self.prints[name]:
                 kept = self.copies[name]
                 if kept is None or not _put_back(kept):
                     lost.append(self.label.format(name=name))
@@ -206,11 +244,11 @@ class Guard:
         random states too; not under ``--seed``, which reseeds them per item; not the
         ``random`` module's where the process's own threads draw from it, as dask's do)."""
         parts: list[Space | Value] = [*_process_state(random, random_module)]
-        found = Reached(function)
+        found, budget = Reached(function), [COPY_BUDGET]
         for reached_function in found.functions:
-            parts += _function_state(reached_function)
-        parts += [_class_state(kind) for kind in found.classes]
-        parts += [_module_state(module) for module in user_modules()]
+            parts += _function_state(reached_function, budget)
+        parts += [_class_state(kind, budget) for kind in found.classes]
+        parts += [_module_state(module, budget) for module in found.modules]
         parts += [_generator_state(via, generator) for via, generator in found.generators]
         return cls(parts)
 
@@ -274,6 +312,7 @@ class Reached:
         self.functions: list[types.FunctionType] = []
         self.classes: list[type] = []
         self.generators: list[tuple[str, object]] = []  # (the global name it was reached by, it)
+        self.modules: list[types.ModuleType] = []  # the user's own, named or whose code runs
         self._walk(function)
 
     def _walk(self, function: types.FunctionType) -> None:
@@ -295,14 +334,24 @@ class Reached:
         if isinstance(value, types.FunctionType):
             if value is function or _users(value):
                 self.functions += [value] if value is not function else []
-                return _function_reaches(value)
+                return [*self._module_of(value), *_function_reaches(value)]
             return []
         if isinstance(value, type):
             if not _users(value):
                 return []
             self.classes.append(value)
-            return [("", v) for v in (*value.__bases__, *map(_unwrapped, vars(value).values()))]
+            members = (*value.__bases__, *map(_unwrapped, vars(value).values()))
+            return [*self._module_of(value), *(("", member) for member in members)]
+        if isinstance(value, types.ModuleType):
+            self.modules += [value] if is_users(value) else []
+            return []
         return [("", inner) for inner in _held_by(value)]
+
+    @staticmethod
+    def _module_of(value: object) -> list[tuple[str, object]]:
+        """The module code of the user's own was defined in, for the walk to reach."""
+        module = sys.modules.get(getattr(value, "__module__", None) or "")
+        return [("", module)] if module is not None else []
 
 
 def _held_by(value: object) -> list[object]:
@@ -406,7 +455,7 @@ def _own(names: Iterable[tuple[str, object]]) -> list[tuple[str, object]]:
     ]
 
 
-def _function_state(function: types.FunctionType) -> list[Space]:
+def _function_state(function: types.FunctionType, budget: list[int]) -> list[Space]:
     name = f"`{function.__qualname__}`"
     cells = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
     parts = [
@@ -415,16 +464,20 @@ def _function_state(function: types.FunctionType) -> list[Space]:
             lambda: [(n, c.cell_contents) for n, c in cells.items() if _filled(c)],
             lambda n, value: setattr(cells[n], "cell_contents", value),
             lambda n: delattr(cells[n], "cell_contents"),
+            budget=budget,
         ),
         Space(
             f"{name[:-1]}.{{name}}`",
             lambda: _own(vars(function).items()),
             vars(function).__setitem__,
             vars(function).__delitem__,
+            budget=budget,
+            whole=lambda: vars(function),
         ),
     ]
     if function.__defaults__ or function.__kwdefaults__:
-        parts.append(Space(f"the default `{{name}}` of {name}", lambda: _defaults(function), _no))
+        label = f"the default `{{name}}` of {name}"
+        parts.append(Space(label, lambda: _defaults(function), _no, budget=budget))
     return parts
 
 
@@ -438,19 +491,23 @@ def _no(name: str, value: object) -> None:
     """Defaults are changed in place (a mutable default), which copies put back."""
 
 
-def _class_state(kind: type) -> Space:
+def _class_state(kind: type, budget: list[int]) -> Space:
     return Space(
         f"`{kind.__qualname__}.{{name}}`",
         lambda: _own(vars(kind).items()),
         lambda name, value: setattr(kind, name, value),
         lambda name: delattr(kind, name),
+        budget=budget,
+        whole=lambda: vars(kind),
     )
 
 
-def _module_state(module: types.ModuleType) -> Space:
+def _module_state(module: types.ModuleType, budget: list[int]) -> Space:
     return Space(
         f"`{module.__name__}.{{name}}`",
         lambda: _own(list(vars(module).items())),
         lambda name, value: setattr(module, name, value),
         lambda name: delattr(module, name),
+        budget=budget,
+        whole=lambda: vars(module),
     )
