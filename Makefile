@@ -34,6 +34,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/kernel_objects.py
+	$(BIN)/python bench/hidden_state.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/honesty.py
 	$(BIN)/python bench/per_item.py > bench/per_item.md

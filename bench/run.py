@@ -362,9 +362,11 @@ def main() -> None:
         "",
         f"`%load_ext parmagic`: {load_ext_time() * 1000:.0f} ms (median of 3 fresh interpreters).",
     ]
-    objects = HERE / "kernel_objects.md"  # bench/kernel_objects.py's, run before this script
-    if objects.exists():
-        lines += ["", *objects.read_text().splitlines()]
+    # the sections bench/kernel_objects.py and bench/hidden_state.py wrote before this script
+    for written in ("kernel_objects.md", "hidden_state.md"):
+        section = HERE / written
+        if section.exists():
+            lines += ["", *section.read_text().splitlines()]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     chart(all_work)
     print("\n".join(lines))

@@ -31,7 +31,7 @@ from .imported_code import is_users
 SAMPLE = 32  # members compared by identity at each end of a long container
 COPIED = 10_000  # containers up to this length are copied before the run, to be put back...
 COPY_BUDGET = 200_000  # ... until the run's copies hold this many members in all
-DIGESTED = 256  # containers of one namespace whose contents are digested (the rest: identity)
+DIGESTED = 64  # containers of one namespace whose contents are digested (the rest: identity)
 REACHED = 2_000  # objects looked at when finding what the body reaches
 _SEQUENCES = (list, tuple, collections.deque)
 _MAPPINGS = (dict, collections.OrderedDict, collections.defaultdict, collections.Counter)
@@ -42,18 +42,21 @@ _OWN_MODULES = ("__main__", "__mp_main__")
 
 
 def digest(value: object, depth: int = 1) -> object:
-    """What an in-place change to ``value`` alters, cheaply (its identity is compared apart)."""
+    """What an in-place change to ``value`` alters, cheaply (its identity is compared apart):
+    the identities of (a sample of) its members, and ``depth`` levels of the containers among
+    them."""
     kind = type(value)
     if kind in _SCALARS:
         return None
     if kind in _SEQUENCES:
         length = len(value)
         members = value if length <= 2 * SAMPLE else _ends(value, length)
-        return length, tuple(_member(m, depth) for m in members)
+        return length, tuple(map(id, members)), _inner(members, depth)
     if kind in _MAPPINGS:
         length = len(value)
-        pairs = value.items() if length <= 2 * SAMPLE else _ends(value.items(), length)
-        return length, tuple((id(k), _member(v, depth)) for k, v in pairs)
+        keys = list(value) if length <= 2 * SAMPLE else _ends(value, length)
+        members = [value[key] for key in keys]
+        return length, tuple(map(id, keys)), tuple(map(id, members)), _inner(members, depth)
     if kind in _SETS:
         return len(value), frozenset(map(id, itertools.islice(value, 4 * SAMPLE)))
     if kind is bytearray:
@@ -64,8 +67,10 @@ def digest(value: object, depth: int = 1) -> object:
     return None
 
 
-def _member(value: object, depth: int) -> object:
-    return id(value) if depth <= 0 else (id(value), digest(value, depth - 1))
+def _inner(members: Iterable, depth: int) -> tuple:
+    if depth <= 0:
+        return ()
+    return tuple(digest(m, depth - 1) for m in [m for m in members if type(m) in _CONTAINERS])
 
 
 def _ends(members: Iterable, length: int) -> list:
@@ -130,12 +135,15 @@ class Space:
         self.by_value = by_value  # strings made anew at each read (os.environ's)
         self.budget = budget if budget is not None else [COPY_BUDGET]
         self.whole = whole  # the namespace ``read`` filters, unfiltered: compared first, fast
+        self.spent = 0  # of the budget, by this namespace's copies
         self.take()
 
     def _identities(self) -> tuple[int, ...] | None:
         return None if self.whole is None else tuple(map(id, self.whole().values()))
 
     def take(self) -> None:
+        self.budget[0] += self.spent  # taken again: the old copies are dropped
+        left = self.budget[0]
         self.quick = self._identities()
         self.values = dict(self.read())
         held = (name for name, value in self.values.items() if _has_contents(value))
@@ -145,6 +153,7 @@ class Space:
             name: _kept_copies(value, self.budget) if name in self.deep else None
             for name, value in self.values.items()
         }
+        self.spent = left - self.budget[0]
 
     def _print(self, name: str, value: object) -> object:
         if self.by_value:
@@ -254,7 +263,10 @@ class Guard:
 
     def changed(self) -> str | None:
         for part in self.parts:
-            what = part.changed()
+            try:
+                what = part.changed()
+            except RuntimeError:  # "changed size during iteration": an item changing it now
+                what = part.label.format(name="…")
             if what is not None:
                 return what
         return None
@@ -313,6 +325,7 @@ class Reached:
         self.classes: list[type] = []
         self.generators: list[tuple[str, object]] = []  # (the global name it was reached by, it)
         self.modules: list[types.ModuleType] = []  # the user's own, named or whose code runs
+        self._names: set[str] = set()  # every name the code reached reads (``pkg.sub.f``)
         self._walk(function)
 
     def _walk(self, function: types.FunctionType) -> None:
@@ -334,7 +347,7 @@ class Reached:
         if isinstance(value, types.FunctionType):
             if value is function or _users(value):
                 self.functions += [value] if value is not function else []
-                return [*self._module_of(value), *_function_reaches(value)]
+                return [*self._module_of(value), *self._function_reaches(value)]
             return []
         if isinstance(value, type):
             if not _users(value):
@@ -343,9 +356,28 @@ class Reached:
             members = (*value.__bases__, *map(_unwrapped, vars(value).values()))
             return [*self._module_of(value), *(("", member) for member in members)]
         if isinstance(value, types.ModuleType):
-            self.modules += [value] if is_users(value) else []
-            return []
+            if not is_users(value):
+                return []
+            self.modules.append(value)  # and what the code reads of it (``mod.f``, ``pkg.sub``)
+            inside = vars(value)
+            return [(name, inside[name]) for name in self._names if name in inside]
         return [("", inner) for inner in _held_by(value)]
+
+    def _function_reaches(self, function: types.FunctionType) -> list[tuple[str, object]]:
+        """Its cells, defaults and the globals its code names; modules it imports inside."""
+        found = [("", cell.cell_contents) for cell in function.__closure__ or () if _filled(cell)]
+        defaults = [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
+        found += [("", value) for value in defaults]
+        scope = function.__globals__
+        codes = [function.__code__]
+        while codes:
+            code = codes.pop()
+            self._names.update(code.co_names)
+            for name in code.co_names:
+                value = scope[name] if name in scope else sys.modules.get(name)
+                found += [(name, value)] if value is not None else []
+            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        return found
 
     @staticmethod
     def _module_of(value: object) -> list[tuple[str, object]]:
@@ -423,19 +455,6 @@ def _unwrapped(member: object) -> object:
     return member
 
 
-def _function_reaches(function: types.FunctionType) -> list[tuple[str, object]]:
-    found = [("", cell.cell_contents) for cell in function.__closure__ or () if _filled(cell)]
-    defaults = [*(function.__defaults__ or ()), *(function.__kwdefaults__ or {}).values()]
-    found += [("", value) for value in defaults]
-    scope = function.__globals__
-    codes = [function.__code__]
-    while codes:
-        code = codes.pop()
-        found += [(name, scope[name]) for name in code.co_names if name in scope]
-        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    return found
-
-
 def _filled(cell: types.CellType) -> bool:
     try:
         cell.cell_contents  # noqa: B018
@@ -477,7 +496,8 @@ def _function_state(function: types.FunctionType, budget: list[int]) -> list[Spa
     ]
     if function.__defaults__ or function.__kwdefaults__:
         label = f"the default `{{name}}` of {name}"
-        parts.append(Space(label, lambda: _defaults(function), _no, budget=budget))
+        bind = functools.partial(_set_default, function)
+        parts.append(Space(label, lambda: _defaults(function), bind, budget=budget))
     return parts
 
 
@@ -487,8 +507,14 @@ def _defaults(function: types.FunctionType) -> list[tuple[str, object]]:
     return [*zip(names, positional, strict=True), *(function.__kwdefaults__ or {}).items()]
 
 
-def _no(name: str, value: object) -> None:
-    """Defaults are changed in place (a mutable default), which copies put back."""
+def _set_default(function: types.FunctionType, name: str, value: object) -> None:
+    if name in (function.__kwdefaults__ or {}):
+        function.__kwdefaults__[name] = value  # type: ignore[index]
+        return
+    code, positional = function.__code__, list(function.__defaults__ or ())
+    names = code.co_varnames[code.co_argcount - len(positional) : code.co_argcount]
+    positional[names.index(name)] = value
+    function.__defaults__ = tuple(positional)
 
 
 def _class_state(kind: type, budget: list[int]) -> Space:

@@ -76,12 +76,6 @@ def _user_module_names() -> list[str]:
     return _user_names[1]
 
 
-def user_modules() -> list[types.ModuleType]:
-    """The user's own modules, loaded now."""
-    found = (sys.modules.get(name) for name in _user_module_names())
-    return [module for module in found if module is not None and is_users(module)]
-
-
 def fingerprint(hashed: frozenset[str] | None = None) -> tuple[tuple[str, ...], dict[str, tuple]]:
     """``sys.path``, and per user module: which module object, its file's modification time,
     and (for the modules in ``hashed``, or all) which object each of its names holds."""

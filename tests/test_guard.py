@@ -149,3 +149,66 @@ def test_settle_takes_again_what_changed_before_the_items(module):
     assert guard.changed() is None
     module.counts.append(5)
     assert guard.changed() == "`guarded.counts`"
+
+
+def test_modules_reached_through_packages_imports_and_other_modules(tmp_path, monkeypatch):
+    """``pkg.sub.counter`` in a notebook function, a module imported inside a function, and a
+    module another module's function changes: each is watched, and put back."""
+    (tmp_path / "guardpkg").mkdir()
+    (tmp_path / "guardpkg" / "__init__.py").write_text("from . import sub\n")
+    (tmp_path / "guardpkg" / "sub.py").write_text("counter = 0\n")
+    (tmp_path / "guard_helper.py").write_text("counter = 0\n")
+    (tmp_path / "guard_caller.py").write_text(
+        "import guard_helper\ndef f(i):\n    guard_helper.counter += i\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import guard_caller
+    import guard_helper
+    import guardpkg
+
+    namespace = {"__name__": "__main__", "guardpkg": guardpkg, "guard_caller": guard_caller}
+    exec(
+        "def g():\n    guardpkg.sub.counter += 1\n"
+        "def h():\n    import guard_helper\n    guard_helper.counter += 1\n"
+        "def body(i):\n    g()\n    h()\n    guard_caller.f(i)\n",
+        namespace,
+    )
+    for module, name in ((guardpkg.sub, "`guardpkg.sub.counter`"), (guard_helper, None)):
+        guard = Guard.around(namespace["body"])
+        module.counter += 1
+        assert guard.changed() == (name or "`guard_helper.counter`")
+        assert guard.restore() == [] and module.counter == 0
+
+
+def test_a_replaced_default_is_put_back():
+    namespace = {"__name__": "__main__"}
+    exec("def keep(x, acc=[1]):\n    acc.append(x)\ndef body(i):\n    keep(i)\n", namespace)
+    guard = Guard.around(namespace["body"])
+    namespace["keep"].__defaults__ = ([2],)
+    assert guard.changed() == "the default `acc` of `keep`"
+    assert guard.restore() == [] and namespace["keep"].__defaults__ == ([1],)
+
+
+def test_taking_again_gives_back_what_the_old_copies_used(module):
+    """A worker takes its fingerprints again before each chunk where loading changed them:
+    the copies to put state back must not run out after many chunks."""
+    guard = Guard([_module_space(module)])
+    for value in range(50):
+        module.counts.append(value)
+        guard.settle()
+    module.counts.append(-1)
+    assert guard.changed() is not None
+    assert guard.restore() == [] and module.counts[-1] == 49
+
+
+def test_a_container_changing_during_the_check_is_a_change(module):
+    """On threads an item may change a small dict while the guard reads it: that is a hidden
+    change, reported, never a RuntimeError from the guard."""
+    space = _module_space(module)
+
+    def racing_read():
+        raise RuntimeError("dictionary changed size during iteration")
+
+    space.read = racing_read
+    space.quick = None
+    assert Guard([space]).changed() == "`guarded.…`"
