@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .body import MUTATORS
+from .hidden_state import defaults
 from .imported_code import is_users
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
@@ -135,7 +136,7 @@ class _Finder:
             handed = _parameters_given(node, callee, self.items) if where == "" else frozenset()
             self.function(callee, line, handed)
         elif isinstance(callee, type) and self.is_users(callee):
-            for method in _constructors(callee):
+            for method in filter(self.is_users, _constructors(callee)):  # a library's: trusted
                 self.function(method, line, _instance(method, callee), owner=callee)
         elif callee is None and isinstance(node.func, ast.Attribute):
             for owner, method in self.methods_named(node.func.attr):  # ``obj.m()``, obj unknown
@@ -261,12 +262,10 @@ def _changed_root(expr: ast.expr, subscript: bool = False) -> str | None:
 def _kept_parameters(function: types.FunctionType, owner: type | None) -> dict[str, str]:
     """Parameters whose objects outlive a call, with what they are: a mutable default (made
     once, when the function was defined) and a classmethod's class."""
-    code, defaults = function.__code__, function.__defaults__ or ()
-    names = code.co_varnames[code.co_argcount - len(defaults) : code.co_argcount]
-    pairs = [*zip(names, defaults, strict=True), *(function.__kwdefaults__ or {}).items()]
+    code = function.__code__
     kept = {
         name: f"its default `{name}`, made once and kept between calls"
-        for name, value in pairs
+        for name, value in defaults(function)
         if isinstance(value, list | dict | set | bytearray | collections.deque)
     }
     if owner is not None and isinstance(vars(owner).get(function.__name__), classmethod):

@@ -497,11 +497,12 @@ def _function_state(function: types.FunctionType, budget: list[int]) -> list[Spa
     if function.__defaults__ or function.__kwdefaults__:
         label = f"the default `{{name}}` of {name}"
         bind = functools.partial(_set_default, function)
-        parts.append(Space(label, lambda: _defaults(function), bind, budget=budget))
+        parts.append(Space(label, lambda: defaults(function), bind, budget=budget))
     return parts
 
 
-def _defaults(function: types.FunctionType) -> list[tuple[str, object]]:
+def defaults(function: types.FunctionType) -> list[tuple[str, object]]:
+    """A function's parameters that have defaults, with them."""
     code, positional = function.__code__, function.__defaults__ or ()
     names = code.co_varnames[code.co_argcount - len(positional) : code.co_argcount]
     return [*zip(names, positional, strict=True), *(function.__kwdefaults__ or {}).items()]
