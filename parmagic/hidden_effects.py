@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .body import MUTATORS
-from .hidden_state import defaults
+from .hidden_state import defaults, unwrapped
 from .imported_code import is_users
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
@@ -297,9 +297,8 @@ def _constructors(kind: type) -> list[types.FunctionType]:
 
 
 def _function_of(member: object) -> types.FunctionType | None:
-    if isinstance(member, staticmethod | classmethod):
-        member = member.__func__
-    return member if isinstance(member, types.FunctionType) else None
+    function = unwrapped(member)
+    return function if isinstance(function, types.FunctionType) else None
 
 
 def _place(function: types.FunctionType, ns: dict, line: int) -> str:

@@ -353,7 +353,7 @@ class Reached:
             if not _users(value):
                 return []
             self.classes.append(value)
-            members = (*value.__bases__, *map(_unwrapped, vars(value).values()))
+            members = (*value.__bases__, *map(unwrapped, vars(value).values()))
             return [*self._module_of(value), *(("", member) for member in members)]
         if isinstance(value, types.ModuleType):
             if not is_users(value):
@@ -447,7 +447,8 @@ def _users(value: object) -> bool:
     return isinstance(module, str) and (module in _OWN_MODULES or is_users(sys.modules.get(module)))
 
 
-def _unwrapped(member: object) -> object:
+def unwrapped(member: object) -> object:
+    """The function behind a class's member: a static or class method's, a property's getter."""
     if isinstance(member, staticmethod | classmethod):
         return member.__func__
     if isinstance(member, property):
