@@ -28,6 +28,7 @@ Usage: python bench/hidden_state.py [--before REV] [--rounds N] [--repeats N] [-
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -39,31 +40,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import run  # bench/run.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BEFORE = "36d8c83"  # main just before the guard (issue 28)
 
 THREADS = "-b threads"
 PROCESSES = "-b processes --start-method fork"
-SETUP = """
-import time
-import numpy as np
-import requests
-def digits(n):
-    return (n**n).bit_length()
-def spin(n):
-    total = 0
-    for k in range(200_000):
-        total += k % (n + 1)
-    return total
-def collatz(n):
-    steps = 0
-    while n != 1:
-        n = n // 2 if n % 2 == 0 else 3 * n + 1
-        steps += 1
-    return steps
-session = requests.Session()
-"""
+# bench/run.py's workloads, as cells define them
+SETUP = (
+    "import time\nimport numpy as np\nimport requests\n"
+    + "".join(inspect.getsource(function) for function in (run.digits, run.spin, run.collatz))
+    + "session = requests.Session()\n"
+)
 NUMPY_RANDOM = "import numpy.random  # as pandas, scipy and scikit-learn do on import\n"
 URLS = "sizes = []\nfor url in urls:\n    sizes.append(len(session.get(url, timeout=10).content))"
 TINY = "out = []\nfor i in range(20_000):\n    out.append(i * i)"
