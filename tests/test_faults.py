@@ -57,6 +57,14 @@ class InterruptOnceItemsRan(threading.Thread):
         self.join()
 
 
+# Ctrl-C may land while multiprocessing pickles a call into a BytesIO whose buffer is still
+# exported; CPython then reports a BufferError as unraisable when it frees it (3.13), in
+# whichever test collects it. That is the interrupted pickling's own garbage, not something
+# the run left changed.
+INTERRUPTED_PICKLING = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@INTERRUPTED_PICKLING
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_interrupt_stops_the_run_within_two_seconds(ip, run, name, tmp_path):
     options = BACKENDS[name] + (" -w 2" if name == "asyncio" else "")  # still running then
@@ -137,10 +145,7 @@ def test_an_item_that_blocks_its_alarm_gets_its_worker_killed(ip, run, name):
     assert_next_run_works(ip, run, BACKENDS[name])
 
 
-# Ctrl-C may land while multiprocessing pickles a call into a BytesIO whose buffer is still
-# exported; CPython then reports a BufferError as unraisable when it frees it (3.13). That is
-# the interrupted pickling's own garbage, not something the run left changed.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@INTERRUPTED_PICKLING
 @pytest.mark.parametrize("name", ["serial", "threads", "fork", "futures-fork"])
 def test_an_interrupt_leaves_every_item_whole_and_counts_exactly(ip, run, name, tmp_path):
     """Many cheap items with printed output and several changes each: wherever the interrupt
