@@ -24,8 +24,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .body import MUTATORS
-from .hidden_state import defaults, unwrapped
-from .imported_code import is_users
+from .hidden_state import defaults, global_generators, is_user_code, unwrapped
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
@@ -78,16 +77,8 @@ def global_random_state(value: object) -> str | None:
     """The global state ``value`` draws from (or seeds), if any: the module functions of
     ``random`` and ``numpy.random`` are bound methods of one hidden generator each."""
     owner = getattr(value, "__self__", None)
-    if owner is None:
-        return None
-    random = sys.modules.get("random")
-    if random is not None and owner is getattr(random, "_inst", None):
-        return "the `random` module's global random state"
-    numpy_random = sys.modules.get("numpy.random")
-    mtrand = getattr(numpy_random, "mtrand", None)
-    if mtrand is not None and owner is getattr(mtrand, "_rand", None):
-        return "numpy's global random state"
-    return None
+    named = global_generators().get(id(owner)) if owner is not None else None
+    return named[3] if named is not None and named[0] is owner else None
 
 
 class _Finder:
@@ -100,10 +91,9 @@ class _Finder:
 
     def is_users(self, value: object) -> bool:
         """Code the analysis reads: the notebook's, or from the user's own modules."""
-        if isinstance(value, types.FunctionType):
-            return value.__globals__ is self.ns or is_users(sys.modules.get(value.__module__))
-        module = getattr(value, "__module__", None)
-        return module == self.ns.get("__name__") or is_users(sys.modules.get(str(module)))
+        if isinstance(value, types.FunctionType) and value.__globals__ is self.ns:
+            return True
+        return is_user_code(value)
 
     def methods_named(self, name: str) -> list[tuple[type, types.FunctionType]]:
         """The methods called ``name`` of the notebook's classes (a receiver the analysis

@@ -22,6 +22,7 @@ import copy
 import functools
 import itertools
 import os
+import random as _random
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,11 +51,11 @@ def digest(value: object, depth: int = 1) -> object:
         return None
     if kind in _SEQUENCES:
         length = len(value)
-        members = value if length <= 2 * SAMPLE else _ends(value, length)
+        members = value if length <= 2 * SAMPLE else _ends(value)
         return length, tuple(map(id, members)), _inner(members, depth)
     if kind in _MAPPINGS:
         length = len(value)
-        keys = list(value) if length <= 2 * SAMPLE else _ends(value, length)
+        keys = list(value) if length <= 2 * SAMPLE else _ends(value)
         members = [value[key] for key in keys]
         return length, tuple(map(id, keys)), tuple(map(id, members)), _inner(members, depth)
     if kind in _SETS:
@@ -73,7 +74,7 @@ def _inner(members: Iterable, depth: int) -> tuple:
     return tuple(digest(m, depth - 1) for m in [m for m in members if type(m) in _CONTAINERS])
 
 
-def _ends(members: Iterable, length: int) -> list:
+def _ends(members: Iterable) -> list:
     """The first and last SAMPLE members (a deque, a dict's items: no slicing)."""
     head = list(itertools.islice(members, SAMPLE))
     tail = list(itertools.islice(reversed(members), SAMPLE))  # type: ignore[call-overload]
@@ -258,7 +259,9 @@ class Guard:
             parts += _function_state(reached_function, budget)
         parts += [_class_state(kind, budget) for kind in found.classes]
         parts += [_module_state(module, budget) for module in found.modules]
-        parts += [_generator_state(via, generator) for via, generator in found.generators]
+        for via, generator in found.generators:
+            reached = f"the random generator reached through `{via}`"
+            parts.append(_generator_state(reached if via else "a random generator", generator))
         return cls(parts)
 
     def changed(self) -> str | None:
@@ -291,16 +294,9 @@ def _process_state(random: bool, random_module: bool) -> Iterator[Space | Value]
     )
     if not random:
         return
-    import random as module
-
-    if random_module:
-        label = "the `random` module's global random state"
-        yield Value(label, module.getstate, module.setstate)
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        state = numpy_random.mtrand._rand
-        label = "numpy's global random state"
-        yield Value(label, lambda: state.get_state(legacy=False), state.set_state)
+    for generator, module, _, label in global_generators().values():
+        if random_module or module is not _random:
+            yield _generator_state(label, generator)
 
 
 def _working_directory() -> str:
@@ -331,13 +327,13 @@ class Reached:
     def _walk(self, function: types.FunctionType) -> None:
         todo: list[tuple[object, str]] = [(function, "")]
         seen: set[int] = set()
-        kinds = _generator_types()
+        kinds, watched_apart = _generator_types(), global_generators()
         while todo and len(seen) < REACHED:
             value, via = todo.pop()
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            if isinstance(value, kinds) and not _global_generator(value):
+            if isinstance(value, kinds) and id(value) not in watched_apart:
                 self.generators.append((via, value))
             found = self._inside(value, function)
             todo += [(found_value, via or name) for name, found_value in found]
@@ -345,12 +341,12 @@ class Reached:
     def _inside(self, value: object, function: types.FunctionType) -> list[tuple[str, object]]:
         """What the walk goes on to from ``value``, with the global names it is reached by."""
         if isinstance(value, types.FunctionType):
-            if value is function or _users(value):
+            if value is function or is_user_code(value):
                 self.functions += [value] if value is not function else []
                 return [*self._module_of(value), *self._function_reaches(value)]
             return []
         if isinstance(value, type):
-            if not _users(value):
+            if not is_user_code(value):
                 return []
             self.classes.append(value)
             members = (*value.__bases__, *map(unwrapped, vars(value).values()))
@@ -398,7 +394,7 @@ def _held_by(value: object) -> list[object]:
         return list(value)  # type: ignore[call-overload]
     if type(value) is dict and len(value) <= SAMPLE:
         return list(value.values())
-    if _users(type(value)):
+    if is_user_code(type(value)):
         return [type(value)]
     return []
 
@@ -414,24 +410,22 @@ def _generator_types() -> tuple[type, ...]:
 _NUMPY_GENERATORS = ("Generator", "RandomState")
 
 
-def global_generators() -> dict[int, tuple[object, types.ModuleType, str]]:
+def global_generators() -> dict[int, tuple[object, types.ModuleType, str, str]]:
     """The module-level generators of ``random`` and ``numpy.random`` (id -> the generator,
-    its module, its name there): watched on their own, and sent to workers by name."""
+    its module, its name there, what messages call it): the global random states, watched on
+    their own, found behind the modules' functions, and sent to workers by name."""
     found = {}
-    for module_name, name in (("random", "_inst"), ("numpy.random.mtrand", "_rand")):
-        module = sys.modules.get(module_name)
+    for module, name, label in (
+        (_random, "_inst", "the `random` module's global random state"),
+        (sys.modules.get("numpy.random.mtrand"), "_rand", "numpy's global random state"),
+    ):
         generator = getattr(module, name, None)
         if generator is not None:
-            found[id(generator)] = (generator, module, name)
+            found[id(generator)] = (generator, module, name, label)
     return found
 
 
-def _global_generator(value: object) -> bool:
-    return id(value) in global_generators()
-
-
-def _generator_state(via: str, generator: object) -> Value:
-    label = f"the random generator reached through `{via}`" if via else "a random generator"
+def _generator_state(label: str, generator: object) -> Value:
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None and isinstance(generator, numpy_random.Generator):
         bits = generator.bit_generator
@@ -441,7 +435,7 @@ def _generator_state(via: str, generator: object) -> Value:
     return Value(label, generator.getstate, generator.setstate)  # type: ignore[attr-defined]
 
 
-def _users(value: object) -> bool:
+def is_user_code(value: object) -> bool:
     """Defined in the notebook or in one of the user's own modules."""
     module = getattr(value, "__module__", None)
     return isinstance(module, str) and (module in _OWN_MODULES or is_users(sys.modules.get(module)))

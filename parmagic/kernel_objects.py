@@ -85,7 +85,7 @@ class Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj):
         named = self._by_name.get(id(obj))
         if named is not None and named[0] is obj:
-            return getattr, named[1:]
+            return getattr, named[1:3]
         return super().reducer_override(obj)
 
 
