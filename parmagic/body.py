@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import errors
 from .dataflow import DefiniteAssignment
 from .errors import LoopRefused
+from .file_uses import shared_paths, sinks
 from .scopes import (
     SCOPES,
     attribute_root,
@@ -68,6 +69,8 @@ class BodyInfo:
     # kernel objects whose methods the body calls dropping the result (``g.add_edge(...)``,
     # ``arr[i].fill(0)``): a change parmagic cannot replay, unless a module's or a logger's
     object_calls: dict[str, int] = field(default_factory=dict)
+    sinks: dict[str, int] = field(default_factory=dict)  # kernel files it only writes to
+    shared_files: list[tuple[int, str]] = field(default_factory=list)  # one path, every item
     awaits: bool = False  # the body uses await / async for / async with: it needs asyncio
     tail: list[ast.stmt] = field(default_factory=list)  # the ordered tail: runs in the kernel
 
@@ -163,6 +166,7 @@ def _analyse_part(loop: ast.For, stmts: list[ast.stmt], backend: str) -> BodyInf
     info.reductions = {n: line for n, line in info.reductions.items() if n not in bound}
     info.bound = frozenset(bound)
     _hidden_writes(stmts, bound, set(stored_names(loop.target)), info)
+    info.sinks, info.shared_files = sinks(stmts, bound), shared_paths(stmts, bound)
     _refuse_changing_the_iterable(loop, info)
     _refuse_late_binding(stmts, set(bound) | set(info.reductions) | set(info.receivers))
     _refuse_carried_reads(stmts, info, receiver_ids)

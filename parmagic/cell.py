@@ -29,11 +29,33 @@ class CellPlan:
     is_async: bool = False  # top-level await / async with around the loop: runs as a coroutine
 
     def split_for_display(self) -> tuple[ast.Module, ast.Expression | None]:
-        """The cell without its final expression, and that expression (its value is Out[])."""
-        if not self.ends_with_expression:
-            return self.module, None
-        *head, last = self.module.body
-        return ast.Module(head, []), ast.Expression(last.value)
+        return split_for_display(self.module) if self.ends_with_expression else (self.module, None)
+
+
+def split_for_display(module: ast.Module) -> tuple[ast.Module, ast.Expression | None]:
+    """The cell without its final expression, and that expression (its value is Out[])."""
+    if not module.body or not isinstance(module.body[-1], ast.Expr):
+        return module, None
+    *head, last = module.body
+    return ast.Module(head, []), ast.Expression(last.value)
+
+
+def statements_before(plan: CellPlan) -> list[tuple[int, str]]:
+    """The cell's statements that run before its loop (with the headers of the blocks around
+    it): their lines and first lines of source."""
+    import linecache
+
+    line, found = plan.body.node.lineno, []
+    statements = list(plan.module.body)
+    while statements:
+        stmt = statements.pop(0)
+        if stmt.lineno >= line:
+            break
+        text = linecache.getline(plan.filename, stmt.lineno).strip()
+        found.append((stmt.lineno, text if len(text) <= 60 else text[:57] + "..."))
+        if stmt.end_lineno is not None and stmt.end_lineno >= line:  # the block around the loop
+            statements = [s for s in ast.iter_child_nodes(stmt) if isinstance(s, ast.stmt)]
+    return found
 
 
 def _is_main_guard(stmt: ast.stmt) -> bool:

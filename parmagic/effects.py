@@ -57,6 +57,12 @@ class EffectLog:
     def forget(self, line, name) -> None:
         self.ops.append((FORGET, line, name))
 
+    def sink(self, line, name):
+        """What the item writes to in place of the kernel's file ``name`` (files.py)."""
+        from .files import Sink
+
+        return Sink(self.ops, name, line)
+
     def bind(self, local_names: dict[str, Any]) -> None:
         self.names = local_names
 

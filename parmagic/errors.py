@@ -119,6 +119,10 @@ UNORDERED_WARNING = (
     "line {line}: {what} changes the real `{name}` as items finish, which is not item order; "
     "to keep serial order, append results to a list or dict in the loop instead"
 )
+SHARED_FILE_UNORDERED = (
+    "line {line}: every item writes to the file that {what} opens, so its lines land in the "
+    "order the items finish (--unordered)"
+)
 CHANGED_IN_WORKER = (
     "the loop changed `{name}` inside the worker processes; those changes stayed there and "
     "the kernel's `{name}` is as before the loop. Use --backend threads, or collect the "
@@ -202,6 +206,13 @@ UNREPLAYABLE = (
     "differently from the plain loop (nothing has run). Make the loop itself do the change "
     "(return the value from the function and append it to a list, or set `d[k] = value`, in "
     "the loop), run it with --backend serial, or accept the change in any order with --unordered"
+)
+SHARED_FILE = (
+    "{place}every item writes to the one file that {what} opens, so its lines would land in "
+    "the order the items finish, not in item order (nothing has run). Open the file once, "
+    'around the loop (`with open(path, "a") as f:`), and write to `f` in the body: '
+    "parmagic makes those writes in item order. Or give each item its own file, or accept "
+    "any order with --unordered"
 )
 GLOBAL_RANDOM = (
     "{place}{what}: parallel items would draw in another order than the plain loop (and "
@@ -300,6 +311,10 @@ GENERATOR_CLOSED = (
     "a generator expression from an earlier %%parallel run was still half-consumed; it is "
     "closed now (its workers are needed), so iterating it further yields nothing more"
 )
+STATEMENTS_RAN = (
+    " Only the objects that the cell's statements before the loop made could show this, so "
+    "they ran: {statements}; no item of the loop and nothing after it has run."
+)
 ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); the items before it were applied"
 
 
@@ -352,6 +367,16 @@ class HiddenChange(ParmagicError, RuntimeError):
 
 class WorkerDied(ParmagicError, RuntimeError):
     """A worker process ended while it held items."""
+
+
+def ran_before(refused: ParmagicUsageError, ran: list[tuple[int, str]]) -> ParmagicUsageError:
+    """A refusal found at the loop, saying which of the cell's statements had run (``ran``:
+    their lines and first lines of source)."""
+    if not ran:
+        return refused
+    statements = ", ".join(f"line {line} `{text}`" for line, text in ran)
+    message = str(refused).replace("nothing has run", "no item has run").rstrip(".") + "."
+    return type(refused)(message + STATEMENTS_RAN.format(statements=statements))
 
 
 def short_repr(value: object, limit: int = 60) -> str:

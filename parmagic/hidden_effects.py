@@ -31,6 +31,7 @@ LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
 CHANGED_READ = "changed-read"  # a notebook function reads what the loop changes
 ARGUMENT_CHANGED = "argument-changed"  # a notebook function changes an object it is handed
 TASK, COROUTINE = "task", "coroutine"  # asyncio tasks made by items; coroutines left unawaited
+SHARED_FILE = "shared-file"  # every item writes to one path: lines in completion order
 SHARED_GENERATOR = "shared-generator"  # --seed reseeds global state, not the user's generator
 _TASK_MAKERS = ("create_task", "ensure_future")
 
@@ -455,6 +456,9 @@ def refusal(
             if backend != "auto":
                 return errors.SHARED_GENERATOR.format(place=place, what=effect.what), None
             serial_reason = serial_reason or f"{place}{effect.what}: serial keeps its stream"
+        elif effect.kind == SHARED_FILE and not unordered:
+            message = errors.SHARED_FILE.format(place=place, what=effect.what)
+            reason = f"{place}every item writes to the file {effect.what} opens: in item order"
         elif effect.kind == UNORDERED and not unordered:
             message = errors.UNREPLAYABLE.format(place=place, what=effect.what)
             reason = f"{place}{effect.what}, which only a serial run keeps in item order"

@@ -117,6 +117,21 @@ class WriteBackRewriter(ast.NodeTransformer):
         return statements
 
 
+class ToSinks(ast.NodeTransformer):
+    """The kernel's files that the body writes to (file_uses.sinks) become, in the item, the
+    item's :class:`files.Sink` for each: ``__log__.sink(line, "f")``."""
+
+    def __init__(self, sinks: frozenset[str]) -> None:
+        self.sinks = sinks
+
+    def visit_Name(self, node):
+        if node.id not in self.sinks or not isinstance(node.ctx, ast.Load):
+            return node
+        sink = ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "sink", ast.Load())
+        call = ast.Call(sink, [ast.Constant(node.lineno), ast.Constant(node.id)], [])
+        return ast.copy_location(call, node)
+
+
 def _as_value(key: ast.expr) -> ast.expr:
     """A subscript key as an ordinary expression (``a[1:2]`` -> ``slice(1, 2, None)``)."""
     if isinstance(key, ast.Slice):
@@ -149,6 +164,8 @@ def build_item_code(
         assign = ast.Assign([node.target], item)
         head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
         body = WriteBackRewriter(recorded, info.reductions).rewrite_block(head)
+        sinks = recorded & set(info.sinks)
+        body = [ToSinks(sinks).visit(stmt) for stmt in body] if sinks else body
         bind = ast.Expr(
             ast.Call(
                 ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),

@@ -45,6 +45,7 @@ import cloudpickle
 from . import errors
 from .effects import STATE
 from .errors import short_repr
+from .files import closed_file_reducer
 from .hidden_state import global_generators
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -70,7 +71,19 @@ _FIXED = (
 PLAIN, HELD = 0, 1  # a chunk's first byte: its items are plain data, or hold objects
 
 
-class Pickler(cloudpickle.Pickler):
+class _ClosedFiles(cloudpickle.Pickler):
+    """cloudpickle, except that a closed file travels as its like (files.py), as a name an
+    item bound with ``with open(p) as f`` must."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, io.IOBase):
+            like = closed_file_reducer(obj)
+            if like is not None:
+                return like
+        return super().reducer_override(obj)
+
+
+class Pickler(_ClosedFiles):
     """cloudpickle, except that the global generators of ``random`` and ``numpy.random``
     (reached through ``fns = {"r": random.random}``) travel by name: a worker draws from its
     own, which ``--seed`` reseeds and the guard watches, not from a copy of the kernel's that
@@ -170,7 +183,7 @@ def captured_names(function: types.FunctionType) -> dict[str, Any]:
     return {n: v for n, v in found.items() if not isinstance(v, CODE)}
 
 
-class _Writer(cloudpickle.Pickler):
+class _Writer(_ClosedFiles):
     """Pickles with keys in place of the objects ``key`` knows, except ``root`` (and its own
     ``__dict__``): the root's state by value, what it holds of the kernel's as references.
     ``compare``: for comparing two states only, a set's elements in a fixed order (a set
@@ -370,7 +383,9 @@ class ChunkObjects:
         data (a result of numbers costs nothing)."""
         held, keys = self.held, self.keys
         if not (keys or held.named or held.has_data):
-            return cloudpickle.dumps(value, protocol=PROTOCOL)
+            file = io.BytesIO()
+            _ClosedFiles(file, protocol=PROTOCOL).dump(value)
+            return file.getvalue()
         named, deep = held.named, held.has_data
         own = own() if deep else set()
 

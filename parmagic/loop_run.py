@@ -22,16 +22,16 @@ from typing import Any
 from . import errors, imported_code
 from .auto import auto_records
 from .backends import Backend
-from .cell import CellPlan
-from .chunk import Task
+from .cell import CellPlan, statements_before
+from .chunk import CHUNK_NAME, VALUES_NAME, Task
 from .dispatch import Recording, execute, unwrap_stop_iteration
-from .effects import is_recordable
+from .errors import ParmagicUsageError
 from .hidden_state import Guard
 from .itemcode import build_in_place_code, build_item_code
 from .machine import usable_cores
 from .options import Options
 from .report import RunReport
-from .run_checks import hidden_nodes, late_refusal, unordered_warnings
+from .run_checks import hidden_nodes, late_refusal, recorded_names, unordered_warnings
 from .session import RunInterrupted, Session
 
 
@@ -69,7 +69,7 @@ class LoopRun:
         self.session.close_open_run()
         if not self.plan.is_async:
             self.session.stop_requested.clear()
-        recorded = frozenset(n for n in self.plan.body.receivers if is_recordable(self.ns.get(n)))
+        recorded = recorded_names(self.plan, self.ns)
         if self.options.compare:
             from .compare import compared_records
 
@@ -88,7 +88,12 @@ class LoopRun:
         # auto's reason to stay in the kernel, found before the cell ran (not for a body that
         # awaits: only asyncio runs it, which refuses what it cannot run as the plain loop)
         early = self.options.serial_reason if name == "auto" else None
-        serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
+        try:
+            serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
+        except ParmagicUsageError as refused:
+            if self.options.backend not in ("serial", "auto") or self.plan.body.awaits:
+                raise errors.ran_before(refused, statements_before(self.plan)) from None
+            return self.as_written(iterator, report, str(refused))
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
         if name == "auto":
@@ -97,6 +102,23 @@ class LoopRun:
         if backend.runs_coroutines and not self.plan.body.awaits:
             self.warn(errors.NO_AWAIT)
         return self.records(backend, task, iterator, length, report)
+
+    def as_written(self, iterator: Iterator, report: RunReport, reason: str) -> Iterator[list]:
+        """The loop as the plain kernel runs it, in the kernel's namespace: what serial and
+        auto do once the statements before the loop show why no backend can run it item by
+        item. A comprehension's values come as one list."""
+        from .as_written import ItemClock, Timed, note
+
+        clock = ItemClock()
+        note(report, self.options.backend, reason)
+        self.ns[CHUNK_NAME] = clock(iterator)
+        try:
+            with Timed(report, clock):
+                exec(self._in_place_code(), self.ns)
+        finally:
+            del self.ns[CHUNK_NAME]
+            values = self.ns.pop(VALUES_NAME, None)
+        yield values or []
 
     def task_for(self, backend: Backend, recorded: frozenset[str]) -> Task:
         """The item function, built for where it runs, and what travels with it."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import inspect
 import io
 import os
@@ -21,19 +22,20 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors
 from .backends import CHOICES
-from .cell import HOOK_NAME, plan_cell
-from .effects import is_recordable
+from .cell import HOOK_NAME, plan_cell, split_for_display
 from .errors import ParmagicUsageError
 from .hidden_effects import refusal
 from .info import machine_info
 from .loop_run import LoopRun, awaitable
 from .machine import usable_cores
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
-from .run_checks import hidden_effects_of
+from .report import RunReport
+from .run_checks import hidden_effects_of, recorded_names
 from .session import Session
 
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
 PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
+RUN_AS_WRITTEN = ("serial", "auto")  # what the plain kernel runs, they run: they never refuse
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
 
@@ -103,50 +105,67 @@ class ParallelMagics(Magics):
                 raise UsageError(f"unexpected text after the options: {statement!r}")
             source = "\n" + self.shell.transform_cell(cell)  # line numbers as the cell shows them
         filename = self.shell.compile.cache(source, self.shell.execution_count)
+        plan, as_written = None, None
         try:
-            plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
-            effects = hidden_effects_of(plan, self.shell.user_ns)
-            backend = "serial" if options.compare else options.backend  # compare keeps serial's
-            refused, options.serial_reason = refusal(
-                effects, backend, options.unordered, options.seed
-            )
-            if refused:
-                raise ParmagicUsageError(refused)
-            if plan.body.tail and (options.show_code or options.export):
-                first, last = plan.body.tail[0].lineno, plan.body.tail[-1].end_lineno
-                raise ParmagicUsageError(errors.NO_PROGRAM_FOR_TAIL.format(first=first, last=last))
+            plan, options.serial_reason = self._plan(source, filename, options)
         except ParmagicUsageError as exc:
-            raise UsageError(str(exc)) from None
+            if options.backend not in RUN_AS_WRITTEN or options.compare:
+                raise UsageError(str(exc)) from None
+            as_written = str(exc)  # the plain kernel runs it: so do serial and auto
         except SyntaxError as exc:
             raise exc.with_traceback(None) from None  # the cell's line, not parmagic's frames
         try:
+            if plan is None:
+                return self._run_as_written(source, filename, options, as_written)
             return self._run(plan, options)
         finally:
             if options.show_code or options.export:
                 self._show_program(source, plan, options)
 
+    def _plan(self, source: str, filename: str, options: Options):
+        """The checked cell, and auto's reason to stay in the kernel; refused with
+        ParmagicUsageError."""
+        plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
+        effects = hidden_effects_of(plan, self.shell.user_ns)
+        backend = "serial" if options.compare else options.backend  # compare keeps serial's
+        refused, serial_reason = refusal(effects, backend, options.unordered, options.seed)
+        if refused:
+            raise ParmagicUsageError(refused)
+        if plan.body.tail and (options.show_code or options.export):
+            first, last = plan.body.tail[0].lineno, plan.body.tail[-1].end_lineno
+            message = errors.NO_PROGRAM_FOR_TAIL.format(first=first, last=last)
+            raise UsageError(message)
+        return plan, serial_reason
+
     def _show_program(self, source: str, plan, options) -> None:
         """--show-code and --export, for the backend that ran (auto's choice, if auto)."""
-        from .showcode import highlighted, program
+        from .showcode import program
 
+        if plan is None:  # ran as written: the cell is its own program
+            text = f"# ran as written in the kernel\n{source.lstrip()}"
+            return self._show_text(text, text, options)
         ns = self.shell.user_ns  # after the run: the receivers the loop changed exist now
-        recorded = frozenset(n for n in plan.body.receivers if is_recordable(ns.get(n)))
+        recorded = recorded_names(plan, ns)
         report = self.session.last_report
         if report is None:
             return
         report = one_run(report)
-        arguments = (source, plan.body, recorded, ns, report.backend)
-        method = report.start_method
+        arguments = (source, plan.body, recorded, ns, report.backend, report.workers)
+        shown = program(*arguments, report.start_method, export=False)
+        exported = program(*arguments, report.start_method, export=True)
+        self._show_text(shown, exported, options)
+
+    def _show_text(self, shown: str, exported: str, options: Options) -> None:
+        from .showcode import highlighted
+
         if options.show_code:
-            text = program(*arguments, report.workers, method, export=False)
             if self._in_notebook():
-                display({"text/html": highlighted(text), "text/plain": text}, raw=True)
+                display({"text/html": highlighted(shown), "text/plain": shown}, raw=True)
             else:
-                print(text)
+                print(shown)
         if options.export:
-            text = program(*arguments, report.workers, method, export=True)
             with open(options.export, "w") as script:
-                script.write(text)
+                script.write(exported)
             where = os.path.abspath(options.export)
             print(f"parmagic: wrote {where}; run it with: python {options.export}")
 
@@ -207,16 +226,34 @@ class ParallelMagics(Magics):
         return args
 
     def _run(self, plan, options: Options):
-        ns = self.shell.user_ns
-        head, last = plan.split_for_display()
+        hook = LoopRun(plan, self.shell.user_ns, options, self.session, errors.print_warning)
+        hooks = {HOOK_NAME: awaitable(hook) if plan.is_async else hook}
+        return self._execute(plan.split_for_display(), plan.filename, hooks, options)
+
+    def _run_as_written(self, source: str, filename: str, options: Options, reason: str):
+        """The cell as the plain kernel runs it, its loop's items timed for the summary."""
+        from .as_written import CLOCK_NAME, ItemClock, Timed, note, with_clock
+
+        module = with_clock(self.shell.transform_ast(ast.parse(source, filename)))
+        report, clock = RunReport("serial", 1, cores=usable_cores()), ItemClock()
+        note(report, options.backend, reason)
+        parts = split_for_display(module)
+        return self._execute(parts, filename, {CLOCK_NAME: clock}, options, Timed(report, clock))
+
+    def _execute(self, parts, filename: str, hooks: dict, options: Options, around=None):
+        """Run the cell's code (its statements, then its final expression, whose value is the
+        cell's) with parmagic's names in the namespace; then the run's summary."""
+        ns, (head, last) = self.shell.user_ns, parts
         flags = self.shell.compile.flags | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
         before = self.session.last_report
-        hook = LoopRun(plan, ns, options, self.session, errors.print_warning)
-        ns[HOOK_NAME] = awaitable(hook) if plan.is_async else hook
+        ns.update(hooks)
         try:
-            self._evaluate(compile(head, plan.filename, "exec", flags, True), ns)
-            if last is not None:
-                return self._evaluate(compile(last, plan.filename, "eval", flags, True), ns)
+            with around or contextlib.nullcontext():
+                if around is not None:
+                    self.session.last_report = around.report
+                self._evaluate(compile(head, filename, "exec", flags, True), ns)
+                if last is not None:
+                    return self._evaluate(compile(last, filename, "eval", flags, True), ns)
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
         except Exception as exc:
@@ -224,7 +261,8 @@ class ParallelMagics(Magics):
                 errors.shown_with_frames(exc, errors.user_frames(exc.__traceback__))
             raise
         finally:
-            ns.pop(HOOK_NAME, None)
+            for name in hooks:
+                ns.pop(name, None)
             report = self.session.last_report
             if report is not None and not getattr(report, "started", True):
                 report = self.session.last_report = before  # refused: nothing ran to sum up

@@ -111,6 +111,8 @@ def _notes(r: RunReport) -> list[str]:
         if r.auto_saw_computing is not None and r.auto_saw_computing != r.computing:
             line += f"; over the whole loop they {'compute' if r.computing else 'mostly wait'}"
         lines.append(line)
+    if r.as_written:
+        lines.append(f"the loop ran as written in the kernel: {r.as_written}")
     if r.native_limit:
         lines.append(
             f"native thread pools (BLAS, OpenMP) limited to {r.native_limit} per worker "

@@ -65,6 +65,7 @@ class RunReport:
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
     auto_reason: str | None = None  # why --backend auto chose this backend
+    as_written: str | None = None  # why serial ran the cell as written, not item by item
     auto_saw_computing: bool | None = None  # what auto's lead-in items did, when it moved
     native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)

@@ -13,8 +13,9 @@ import types
 from . import errors
 from .backends import Backend, load_backend
 from .cell import CellPlan
+from .effects import is_recordable
 from .errors import ParmagicUsageError
-from .hidden_effects import UNORDERED, HiddenEffect, find_hidden_effects, refusal
+from .hidden_effects import SHARED_FILE, UNORDERED, HiddenEffect, find_hidden_effects, refusal
 from .scopes import scope_names, stored_names
 
 
@@ -40,7 +41,7 @@ def hidden_effects_of(plan: CellPlan, ns: dict) -> list[HiddenEffect]:
         names = items = {n for g in info.node.generators for n in stored_names(g.target)}
     effects = [
         HiddenEffect(UNORDERED, line, "", what, name) for line, what, name in info.copy_warnings
-    ]
+    ] + [HiddenEffect(SHARED_FILE, line, "", what) for line, what in info.shared_files]
     changed = set(info.reductions) | set(info.receivers)
     return effects + find_hidden_effects(nodes, ns, names, changed, items)
 
@@ -73,8 +74,21 @@ def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> 
         (line, f"`{name}` (a {type(ns[name]).__name__}) is changed in place", name)
         for name, line in calls.items()
         if (name not in recorded or name in plan.body.object_calls)
+        and not (name in recorded and name in plan.body.sinks)
         and name in ns
         and not _not_changed_by_calls(ns[name])
+    )
+
+
+def recorded_names(plan: CellPlan, ns: dict) -> frozenset[str]:
+    """The kernel names whose changes items record for the kernel to make in item order:
+    containers the body changes, files it writes to."""
+    from .files import is_sink
+
+    info = plan.body
+    return frozenset(
+        [n for n in info.receivers if is_recordable(ns.get(n))]
+        + [n for n in info.sinks if is_sink(ns.get(n))]
     )
 
 
@@ -100,9 +114,11 @@ def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> 
     """With --unordered: what the run does in any order (threads) or to copies (processes)."""
     if backend.name == "serial":
         return []
+    files = plan.body.shared_files
+    shared = [errors.SHARED_FILE_UNORDERED.format(line=ln, what=w) for ln, w in files]
     found = [*plan.body.copy_warnings, *unreplayed_receivers(plan, ns, recorded)]
     template = errors.COPY_WARNING if backend.copies_kernel_objects else errors.UNORDERED_WARNING
-    return [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
+    return shared + [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
 
 def thread_bound(plan: CellPlan, ns: dict) -> tuple[str, str] | None:
