@@ -185,8 +185,8 @@ def _with_ordered_tail(loop: ast.For, backend: str, refusal: LoopRefused) -> Bod
         split = next(
             i for i, s in enumerate(body[:split]) if s.lineno <= reason.line <= s.end_lineno
         )
-        if split == 0:
-            raise refusal  # the carried reads come first: nothing left to run in parallel
+        if split == 0:  # the carried reads come first: nothing left to run in parallel
+            raise _nothing_parallel(refusal, loop.body)
         try:
             info = _analyse_part(loop, body[:split], backend)
             break
@@ -474,6 +474,44 @@ def _aliases(stmts, bound: set[str], targets: set[str]) -> dict[str, tuple[str, 
 
 def _op_text(node: ast.AugAssign) -> str:
     return ast.unparse(ast.BinOp(ast.Name("a"), node.op, ast.Name("b")))[2:-2]
+
+
+def _nothing_parallel(refusal: LoopRefused, body: list[ast.stmt]) -> LoopRefused:
+    """The refusal of a body whose first statement already needs the previous items: no
+    advice to move reads after work that does not exist; the rewrite that helps, if known."""
+    if errors.MOVE_THE_READS not in str(refusal):
+        return refusal  # its own advice fits (`x = x + v`: write `x += v`)
+    why = str(refusal).split(". ", 1)[0]
+    rewrite = next(filter(None, (_counting_rewrite(s) for s in body)), "")
+    message = errors.NOTHING_PARALLEL.format(why=why, rewrite=rewrite)
+    return LoopRefused(message, refusal.line, carried=True)
+
+
+def _counting_rewrite(stmt: ast.stmt) -> str | None:
+    """``d[k] = d.get(k, 0) + v``: the same count as ``d[k] += v`` on a Counter, which is a
+    reduction parmagic applies in item order."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+        return None
+    target, value = stmt.targets[0], stmt.value
+    if not (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)):
+        return None
+    if not (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add)):
+        return None
+    get = value.left
+    name = target.value.id
+    if not (
+        isinstance(get, ast.Call)
+        and isinstance(get.func, ast.Attribute)
+        and get.func.attr == "get"
+        and isinstance(get.func.value, ast.Name)
+        and get.func.value.id == name
+        and len(get.args) == 2
+        and isinstance(get.args[1], ast.Constant)
+        and get.args[1].value == 0
+    ):
+        return None
+    key, amount = ast.unparse(target.slice), ast.unparse(value.right)
+    return errors.COUNTING_REWRITE.format(name=name, key=key, amount=amount)
 
 
 def _refuse_carried_reads(stmts, info: BodyInfo, receiver_ids: set[int]) -> None:

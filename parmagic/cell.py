@@ -40,19 +40,16 @@ def split_for_display(module: ast.Module) -> tuple[ast.Module, ast.Expression | 
     return ast.Module(head, []), ast.Expression(last.value)
 
 
-def statements_before(plan: CellPlan) -> list[tuple[int, str]]:
-    """The cell's statements that run before its loop (with the headers of the blocks around
-    it): their lines and first lines of source."""
-    import linecache
-
+def statements_before(plan: CellPlan) -> list[ast.stmt]:
+    """The cell's statements that run before its loop, in order; a block around the loop
+    (``with open(...) as f:``) is among them, its statements before the loop after it."""
     line, found = plan.body.node.lineno, []
     statements = list(plan.module.body)
     while statements:
         stmt = statements.pop(0)
         if stmt.lineno >= line:
             break
-        text = linecache.getline(plan.filename, stmt.lineno).strip()
-        found.append((stmt.lineno, text if len(text) <= 60 else text[:57] + "..."))
+        found.append(stmt)
         if stmt.end_lineno is not None and stmt.end_lineno >= line:  # the block around the loop
             statements = [s for s in ast.iter_child_nodes(stmt) if isinstance(s, ast.stmt)]
     return found

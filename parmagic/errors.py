@@ -49,11 +49,22 @@ NO_AWAIT = (
     "until it ends and the items run one after another; use --backend threads for blocking "
     "calls, or an async library (aiohttp, asyncio.sleep) with `await`"
 )
+MOVE_THE_READS = "Move the reads of"  # advice that needs work before the reads
 _ORDERED_TAIL_ADVICE = (
     "parmagic runs statements that read state carried from item to item in the kernel, in "
     "item order, when they come last in the body, after the work that does not need that "
-    "state; here that work needs it. Move the reads of `{name}` after it, or run the loop "
+    f"state; here that work needs it. {MOVE_THE_READS} `{{name}}` after it, or run the loop "
     "without %%parallel"
+)
+NOTHING_PARALLEL = (
+    "{why}; and the body's first statement already needs that state, so no part of any item "
+    "can run before the items ahead of it are done: nothing could run in parallel (nothing "
+    "has run). {rewrite}Or run the loop with --backend serial or auto, which run it as written "
+    "in the kernel"
+)
+COUNTING_REWRITE = (
+    "Count with a reduction instead: make `{name}` a `collections.Counter()` before the loop "
+    "and write `{name}[{key}] += {amount}`, which parmagic applies in item order. "
 )
 SPELLED_OUT_REDUCTION = (
     "line {line}: `{name} = {name} {op} ...` reads the previous item's `{name}`; write "
@@ -369,12 +380,16 @@ class WorkerDied(ParmagicError, RuntimeError):
     """A worker process ended while it held items."""
 
 
-def ran_before(refused: ParmagicUsageError, ran: list[tuple[int, str]]) -> ParmagicUsageError:
-    """A refusal found at the loop, saying which of the cell's statements had run (``ran``:
-    their lines and first lines of source)."""
+def ran_before(refused: ParmagicUsageError, filename: str, ran: list) -> ParmagicUsageError:
+    """A refusal found at the loop, saying which of the cell's statements (``ran``) had run."""
+    import linecache
+
     if not ran:
         return refused
-    statements = ", ".join(f"line {line} `{text}`" for line, text in ran)
+    texts = [(s.lineno, linecache.getline(filename, s.lineno).strip()) for s in ran]
+    statements = ", ".join(
+        f"line {line} `{text if len(text) <= 60 else text[:57] + '...'}`" for line, text in texts
+    )
     message = str(refused).replace("nothing has run", "no item has run").rstrip(".") + "."
     return type(refused)(message + STATEMENTS_RAN.format(statements=statements))
 

@@ -92,7 +92,7 @@ class _Finder:
 
     def is_users(self, value: object) -> bool:
         """Code the analysis reads: the notebook's, or from the user's own modules."""
-        if isinstance(value, types.FunctionType) and value.__globals__ is self.ns:
+        if isinstance(value, types.FunctionType) and in_notebook(value, self.ns):
             return True
         return is_user_code(value)
 
@@ -180,6 +180,8 @@ class _Finder:
         self, node, function, own: set[str], line: int, where: str, parameters=(), kept=None
     ) -> None:
         scope = function.__globals__ if function is not None else self.ns
+        if function is not None and in_notebook(function, self.ns):
+            scope = self.ns  # the kernel's namespace, or its preview (preview.py)
         name_of = function.__name__ if function is not None else ""
         closure = set(function.__code__.co_freevars) if function is not None else set()
         kept = kept or {}
@@ -287,6 +289,13 @@ def _constructors(kind: type) -> list[types.FunctionType]:
     return found
 
 
+def in_notebook(function: types.FunctionType, ns: dict) -> bool:
+    """Whether ``function`` was defined in the notebook: its globals are the kernel's
+    namespace, or the preview of it that holds the cell's own definitions (preview.py)."""
+    found = function.__globals__
+    return found is ns or found is getattr(ns, "kernel", None)
+
+
 def _function_of(member: object) -> types.FunctionType | None:
     function = unwrapped(member)
     return function if isinstance(function, types.FunctionType) else None
@@ -294,9 +303,9 @@ def _function_of(member: object) -> types.FunctionType | None:
 
 def _place(function: types.FunctionType, ns: dict, line: int) -> str:
     """How messages name a line of a function: in its cell, or in its module's file."""
-    if function.__globals__ is ns and function.__name__ == "<lambda>":
+    if in_notebook(function, ns) and function.__name__ == "<lambda>":
         return f"the notebook lambda on line {line} of its cell"
-    if function.__globals__ is ns:
+    if in_notebook(function, ns):
         return f"the notebook function `{function.__qualname__}` (line {line} of its cell)"
     module = function.__globals__.get("__name__")
     return f"the function `{function.__qualname__}` of your module `{module}` (line {line})"

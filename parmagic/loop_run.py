@@ -92,7 +92,8 @@ class LoopRun:
             serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
         except ParmagicUsageError as refused:
             if self.options.backend not in ("serial", "auto") or self.plan.body.awaits:
-                raise errors.ran_before(refused, statements_before(self.plan)) from None
+                ran = statements_before(self.plan)
+                raise errors.ran_before(refused, self.plan.filename, ran) from None
             return self.as_written(iterator, report, str(refused))
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason

@@ -22,15 +22,16 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors
 from .backends import CHOICES
-from .cell import HOOK_NAME, plan_cell, split_for_display
+from .cell import HOOK_NAME, plan_cell, split_for_display, statements_before
 from .errors import ParmagicUsageError
 from .hidden_effects import refusal
 from .info import machine_info
-from .loop_run import LoopRun, awaitable
+from .loop_run import LoopRun, awaitable, resolve_backend
 from .machine import usable_cores
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
+from .preview import Preview
 from .report import RunReport
-from .run_checks import hidden_effects_of, recorded_names
+from .run_checks import hidden_effects_of, late_refusal, recorded_names
 from .session import Session
 
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
@@ -124,18 +125,30 @@ class ParallelMagics(Magics):
 
     def _plan(self, source: str, filename: str, options: Options):
         """The checked cell, and auto's reason to stay in the kernel; refused with
-        ParmagicUsageError."""
+        ParmagicUsageError, before the cell's first statement runs: what the statements before
+        the loop define is judged from their source (preview.py)."""
         plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
-        effects = hidden_effects_of(plan, self.shell.user_ns)
-        backend = "serial" if options.compare else options.backend  # compare keeps serial's
-        refused, serial_reason = refusal(effects, backend, options.unordered, options.seed)
-        if refused:
-            raise ParmagicUsageError(refused)
         if plan.body.tail and (options.show_code or options.export):
             first, last = plan.body.tail[0].lineno, plan.body.tail[-1].end_lineno
-            message = errors.NO_PROGRAM_FOR_TAIL.format(first=first, last=last)
-            raise UsageError(message)
-        return plan, serial_reason
+            raise UsageError(errors.NO_PROGRAM_FOR_TAIL.format(first=first, last=last))
+        before = statements_before(plan)
+        preview = Preview(self.shell.user_ns, before, plan.body.node.lineno, filename)
+        try:
+            known = preview.ns
+            backend = "serial" if options.compare else options.backend  # compare keeps serial's
+            effects = hidden_effects_of(plan, known)
+            refused, reason = refusal(effects, backend, options.unordered, options.seed)
+            if refused:
+                raise ParmagicUsageError(refused)
+            if not options.compare:
+                name = resolve_backend(backend, plan.body.awaits)
+                recorded = recorded_names(plan, known)
+                reason = reason or late_refusal(plan, known, options, name, recorded)
+        finally:
+            preview.close()
+        if reason and plan.body.awaits and options.backend == "auto":
+            raise ParmagicUsageError(reason)  # asyncio, the one backend for it, cannot run it
+        return plan, reason
 
     def _show_program(self, source: str, plan, options) -> None:
         """--show-code and --export, for the backend that ran (auto's choice, if auto)."""

@@ -15,7 +15,14 @@ from .backends import Backend, load_backend
 from .cell import CellPlan
 from .effects import is_recordable
 from .errors import ParmagicUsageError
-from .hidden_effects import SHARED_FILE, UNORDERED, HiddenEffect, find_hidden_effects, refusal
+from .hidden_effects import (
+    SHARED_FILE,
+    UNORDERED,
+    HiddenEffect,
+    find_hidden_effects,
+    in_notebook,
+    refusal,
+)
 from .scopes import scope_names, stored_names
 
 
@@ -130,7 +137,7 @@ def thread_bound(plan: CellPlan, ns: dict) -> tuple[str, str] | None:
         return None
     names = {n.id for top in hidden_nodes(plan) for n in ast.walk(top) if isinstance(n, ast.Name)}
     for function in [ns.get(name) for name in sorted(names)]:
-        if isinstance(function, types.FunctionType) and function.__globals__ is ns:
+        if isinstance(function, types.FunctionType) and in_notebook(function, ns):
             names |= set(function.__code__.co_names)
     for name in sorted(names):
         value = ns.get(name)

@@ -109,6 +109,13 @@ def test_loop_replaced_in_place(source, rewritten):
 BREAK = errors.BREAK_REFUSED.format
 READ = errors.CARRIED_READ.format
 NAME = errors.CARRIED_NAME.format
+
+
+def first_needs(refusal: str, rewrite: str = "") -> str:
+    """The refusal of a body whose first statement reads the carried state: nothing else."""
+    return errors.NOTHING_PARALLEL.format(why=refusal.split(". ", 1)[0], rewrite=rewrite)
+
+
 ASYNC_FOR = errors.ASYNC_FOR_REFUSED.format(line=1)
 AWAIT = errors.AWAIT_REFUSED.format(line=2, what="await", backend="threads")
 NO_LOOP = errors.NO_LOOP
@@ -161,15 +168,17 @@ CHANGED = errors.ITERABLE_CHANGED.format
         case(
             "reads-reduction",
             "for x in xs:\n    if total > 10:\n        pass\n    total += x",
-            *(READ(line=2, name="total", write_line=4), 2),
+            *(first_needs(READ(line=2, name="total", write_line=4)), 2),
         ),
         case(
             "reads-mutated-container",
             "for x in xs:\n    if x not in seen:\n        seen.add(x)",
-            *(READ(line=2, name="seen", write_line=3), 2),
+            *(first_needs(READ(line=2, name="seen", write_line=3)), 2),
         ),
         case(
-            "read-before-assign", "for x in xs:\n    print(s)\n    s = x", NAME(line=2, name="s"), 2
+            "read-before-assign",
+            "for x in xs:\n    print(s)\n    s = x",
+            *(first_needs(NAME(line=2, name="s")), 2),
         ),
         case("subscript-target", 'for d["k"] in xs:\n    pass', BAD(line=1, target="d['k']"), 1),
         case("walrus-in-comp", "ys = [y for x in xs if (y := x * 2)]", WALRUS, 1),
@@ -286,12 +295,16 @@ def test_carried_reads_at_the_end_become_an_ordered_tail(source, first_tail_line
 
 
 @pytest.mark.parametrize(
-    "source",
+    ("source", "first_reads"),
     [
-        "for x in xs:\n    y = state * 2\n    state = cost(y)",  # the parallel work needs it
-        "for x in xs:\n    if x > best:\n        continue\n    best = x",  # nothing before it
-        "for x in xs:\n    y = cost(x)\n    if y < 0:\n        continue\n    if y > best:\n        best = y",
-        "for x in xs:\n    y = cost(x, seen)\n    if y not in seen:\n        seen.add(y)",
+        ("for x in xs:\n    y = state * 2\n    state = cost(y)", True),  # the work needs it
+        ("for x in xs:\n    if x > best:\n        continue\n    best = x", True),
+        (
+            "for x in xs:\n    y = cost(x)\n    if y < 0:\n        continue\n    if y > best:\n"
+            "        best = y",
+            False,  # cost(x) could run in parallel, but the `continue` would skip the tail
+        ),
+        ("for x in xs:\n    y = cost(x, seen)\n    if y not in seen:\n        seen.add(y)", True),
     ],
     ids=[
         "work-needs-it",
@@ -300,11 +313,24 @@ def test_carried_reads_at_the_end_become_an_ordered_tail(source, first_tail_line
         "head-reads-what-the-tail-changes",
     ],
 )
-def test_carried_reads_that_the_parallel_part_needs_stay_refused(source):
+def test_carried_reads_that_the_parallel_part_needs_stay_refused(source, first_reads):
+    """Where the body's first statement reads the carried state, nothing can run in
+    parallel, and the message says so, with no advice to move reads after other work."""
     with pytest.raises(LoopRefused) as refused:
         plan(source)
     assert refused.value.carried
-    assert "in item order, when they come last in the body" in str(refused.value)
+    message = str(refused.value)
+    assert ("nothing could run in parallel" in message) == first_reads
+    assert ("in item order, when they come last in the body" in message) != first_reads
+
+
+def test_a_word_count_is_told_the_reduction_that_runs_it():
+    with pytest.raises(LoopRefused) as refused:
+        plan("counts = {}\nfor w in words:\n    counts[w] = counts.get(w, 0) + 1")
+    message = str(refused.value)
+    assert "nothing could run in parallel" in message and errors.MOVE_THE_READS not in message
+    assert "make `counts` a `collections.Counter()` before the loop" in message
+    assert "write `counts[w] += 1`" in message
 
 
 # what the analysis learns ----------------------------------------------------------------

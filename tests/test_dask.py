@@ -153,8 +153,8 @@ def test_scheduler_belongs_to_dask(ip, run):
 def test_a_killed_worker_is_retried_by_the_cluster_and_the_run_completes(ip, run, tmp_path):
     """dask's scheduler reschedules the tasks of a worker that died (its nanny starts a new
     one); effects are applied in the kernel only, so the run ends as the serial loop would."""
-    marker = tmp_path / "pid"
-    run(f"import os, time\nMARKER = {str(marker)!r}\n")
+    marker = tmp_path / "pid-3"  # item 3's file (one file written by every item is refused)
+    run(f"import os, time\nMARKER = {str(tmp_path / 'pid-')!r}\n")
 
     def kill_once() -> None:
         deadline = time.monotonic() + 20
@@ -167,8 +167,9 @@ def test_a_killed_worker_is_retried_by_the_cluster_and_the_run_completes(ip, run
     killer = threading.Thread(target=kill_once)
     killer.start()
     outcome = run(
-        f"%%parallel {LOCAL}\ndone = []\nfor i in range(8):\n    if i == 3 and not os.path.exists(MARKER):\n"
-        "        with open(MARKER, 'w') as f:\n            f.write(str(os.getpid()))\n"
+        f"%%parallel {LOCAL}\ndone = []\nfor i in range(8):\n"
+        "    if i == 3 and not os.path.exists(f'{MARKER}{i}'):\n"
+        "        with open(f'{MARKER}{i}', 'w') as f:\n            f.write(str(os.getpid()))\n"
         "        time.sleep(2)\n    done.append(i)\n"
     )
     killer.join()

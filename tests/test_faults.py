@@ -37,9 +37,10 @@ def assert_next_run_works(ip, run, options: str) -> None:
 
 
 class InterruptOnceItemsRan(threading.Thread):
-    """SIGINT to this process once ``count`` items wrote their line to ``marker``: items are
-    surely running, however slowly a loaded machine starts the workers. Never sends one after
-    :meth:`stop` (a late interrupt would land in another test)."""
+    """SIGINT to this process once ``count`` items wrote their file ``marker``-i (a file each:
+    one file written by every item is refused): items are surely running, however slowly a
+    loaded machine starts the workers. Never sends one after :meth:`stop` (a late interrupt
+    would land in another test)."""
 
     def __init__(self, marker, count: int = 3) -> None:
         super().__init__()
@@ -48,7 +49,7 @@ class InterruptOnceItemsRan(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(0.02):
-            if self.marker.exists() and len(self.marker.read_text().splitlines()) >= self.count:
+            if len(list(self.marker.parent.glob(self.marker.name + "-*"))) >= self.count:
                 os.kill(os.getpid(), signal.SIGINT)
                 return
 
@@ -73,7 +74,7 @@ def test_interrupt_stops_the_run_within_two_seconds(ip, run, name, tmp_path):
     watcher = InterruptOnceItemsRan(marker)
     outcome = run(
         f"%%parallel {options}\nfor i in range(200):\n    {sleep(name)}(0.05)\n"
-        "    with open(marker, 'a') as f:\n        print(i, file=f)\n    done.append(i)\n"
+        "    with open(f'{marker}-{i}', 'w') as f:\n        print(i, file=f)\n    done.append(i)\n"
     )
     watcher.stop()
     assert isinstance(outcome.error, KeyboardInterrupt)  # the 2 s promise: bench/faults.py
@@ -155,7 +156,7 @@ def test_an_interrupt_leaves_every_item_whole_and_counts_exactly(ip, run, name, 
     watcher = InterruptOnceItemsRan(marker, count=1)
     outcome = run(
         f"%%parallel {BACKENDS[name]}\nfor i in range(400_000):\n"
-        "    if i == 2000:\n        with open(marker, 'w') as f:\n            f.write('0')\n"
+        "    if i == 2000:\n        with open(f'{marker}-{i}', 'w') as f:\n            f.write('0')\n"
         "    out.append(i)\n    total += 1\n    last = i\n    print(i)\n"
     )
     watcher.stop()
@@ -256,11 +257,12 @@ def test_a_warning_repeated_by_every_chunk_is_shown_once(ip, run, tmp_path):
         f"paths = []\nfor i in range(40):\n    p = r'{tmp_path}/f%d' % i\n    with open(p, 'w') as f:\n        f.write('x')\n    paths.append(p)\n"
     )
     outcome = run(
-        "%%parallel -b processes -w 2 --chunksize 2 -q\nsizes = []\nfor p in paths:\n"
-        "    with open(p) as f:\n        sizes.append(len(f.read()))\n"
+        "%%parallel -b processes -w 2 --chunksize 2 -q\nimport threading\nsizes = []\n"
+        "for p in paths:\n    lk = threading.Lock()\n    with open(p) as f:\n"
+        "        sizes.append(len(f.read()))\n"
     )
     assert outcome.error is None and ip.user_ns["sizes"] == [1] * 40
-    assert outcome.err.count("`f` (a TextIOWrapper) could not be sent back") == 1
+    assert outcome.err.count("`lk` (a lock) could not be sent back") == 1
 
 
 @pytest.mark.parametrize("name", ["threads", "futures", "fork"])
@@ -280,7 +282,7 @@ def test_an_interrupted_threads_run_tells_running_items_from_queued_ones(ip, run
     watcher = InterruptOnceItemsRan(marker, count=2)
     outcome = run(
         "%%parallel -b threads -w 2 --chunksize 1\nfor i in range(20):\n"
-        "    with open(marker, 'a') as f:\n        print(i, file=f)\n    time.sleep(1.5)\n"
+        "    with open(f'{marker}-{i}', 'w') as f:\n        print(i, file=f)\n    time.sleep(1.5)\n"
     )
     watcher.stop()
     assert isinstance(outcome.error, KeyboardInterrupt)

@@ -4,6 +4,8 @@ as the plain loop ends or is refused before any item runs, naming the line."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from conftest import BACKENDS, report
@@ -130,10 +132,15 @@ def test_auto_runs_a_loop_with_unreplayable_changes_serially(ip, run):
 
 
 def test_a_loop_name_read_as_a_global_is_refused_on_every_backend(ip, run, backend):
+    """... but serial, which runs the loop as written, as the plain kernel would."""
     run("def show():\n    return repo * 2\nrepo = 0\nran = []\n")
     outcome = run(
         f"%%parallel {backend}\nout = []\nfor repo in range(3):\n    ran.append(repo)\n    out.append(show())\n"
     )
+    if backend == BACKENDS["serial"]:
+        assert outcome.error is None and ip.user_ns["out"] == [0, 2, 4]
+        assert "ran as written in the kernel: line 5: the notebook function `show`" in outcome.out
+        return
     refused_before_any_item(
         ip,
         outcome,
@@ -193,11 +200,21 @@ def test_refusal_rules(effects, backend, unordered, seed, refused, serial):
     assert (message is not None) == refused and (reason is not None) == serial
 
 
+@pytest.mark.filterwarnings("ignore:coroutine 'fetch' was never awaited")
 def test_tasks_made_by_items_are_refused_on_every_backend(ip, run, backend):
+    """... but serial, which runs the loop as written: in a terminal, where no event loop
+    runs, the first item fails as it does in the plain loop."""
     run("import asyncio\nran = []\nasync def fetch(u):\n    return u\n")
     outcome = run(
         f"%%parallel {backend}\nfor u in range(3):\n    ran.append(u)\n    t = asyncio.create_task(fetch(u))\n"
     )
+    if backend == BACKENDS["serial"]:
+        assert isinstance(outcome.error, RuntimeError) and "no running event loop" in str(
+            outcome.error
+        )
+        assert ip.user_ns["ran"] == [0]
+        gc.collect()  # the coroutine create_task refused, unawaited: its warning here
+        return
     refused_before_any_item(
         ip, outcome, "line 4: `asyncio.create_task(...)` makes a task", "--backend asyncio"
     )

@@ -300,15 +300,6 @@ def outcome_of(ip, run, name: str, tmp_path, options: str) -> tuple[str, str]:
     return "stopped", str(error)
 
 
-SERIAL_AWAITS = (
-    "serial refuses a body that awaits (AWAIT_REFUSED), though the plain kernel runs the loop "
-    "and §5.14 says serial never refuses such a cell"
-)
-AUTO_AWAITS = (
-    "auto hands a body that awaits to asyncio (loop_run.resolve_backend), which refuses the "
-    "closure's `nonlocal n`; §5.14 says auto runs in the kernel what cannot run elsewhere"
-)
-
 # The one pattern with the user's module that is not refused before the run, so its items do
 # run in dask's workers (the shared cluster was started elsewhere, without tmp_path).
 REACHES_DASK_WORKERS_WITH_THE_MODULE = ("own-module-list-through-globals",)
@@ -325,8 +316,6 @@ def test_ends_as_the_plain_loop_or_refused_or_stopped(ip, run, backend, name, tm
     the kernel as written, so it always ends as the plain loop."""
     awaits = "await " in PATTERNS[name].loop
     serial = backend == BACKENDS["serial"]
-    if serial and awaits:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SERIAL_AWAITS))
     if backend.startswith("-b dask") and name in REACHES_DASK_WORKERS_WITH_THE_MODULE:
         request.applymarker(pytest.mark.xfail(strict=True, reason=DASK_MODULE))
     outcome, message = outcome_of(ip, run, name, tmp_path, backend)
@@ -336,15 +325,7 @@ def test_ends_as_the_plain_loop_or_refused_or_stopped(ip, run, backend, name, tm
         assert outcome == "refused" and "`await`" in message
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=AUTO_AWAITS))
-        if "await " in pattern.loop
-        else name
-        for name, pattern in PATTERNS.items()
-    ],
-)
+@pytest.mark.parametrize("name", list(PATTERNS))
 def test_auto_ends_as_the_plain_loop(ip, run, name, tmp_path):
     """auto keeps in the kernel what the analysis refuses and what the guard sees the first
     items change: the plain loop's end, every time."""
@@ -524,14 +505,6 @@ def test_a_sqlite_connection_of_the_kernel_is_refused_in_its_threads(ip, run, na
     run("con.close()\n")
 
 
-MAY_ADD = (
-    "a method or module function named `add` is read as `set.add` on a kernel container whose "
-    "result the item uses (TAKES_CARRIED): serial and auto refuse a cell the plain kernel runs "
-    "(§5.14); before issue 28 too"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=MAY_ADD)
 @pytest.mark.parametrize("options", ["-b serial", "-b auto"])
 def test_a_method_named_add_is_not_a_sets_add(ip, run, options):
     prepare(

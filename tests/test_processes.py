@@ -101,15 +101,29 @@ def test_changes_made_through_notebook_functions_are_refused_unless_accepted(ip,
     assert ip.user_ns["cache"] == {}
 
 
-def test_names_that_cannot_come_back_keep_their_old_value(ip, run, tmp_path):
-    (tmp_path / "a.txt").write_text("hello")
-    run(f"path = {str(tmp_path / 'a.txt')!r}\nfh = 'old'\n")
+def test_names_that_cannot_come_back_keep_their_old_value(ip, run):
+    run("import threading\nlk = 'old'\n")
     outcome = run_ok(
         run, BACKENDS["fork"],
-        "sizes = []\nfor i in range(3):\n    with open(path) as fh:\n        sizes.append(len(fh.read()))\n",
+        "sizes = []\nfor i in range(3):\n    lk = threading.Lock()\n    sizes.append(i)\n",
     )  # fmt: skip
-    assert ip.user_ns["sizes"] == [5, 5, 5] and ip.user_ns["fh"] == "old"
-    assert "`fh` (a TextIOWrapper) could not be sent back" in outcome.err
+    assert ip.user_ns["sizes"] == [0, 1, 2] and ip.user_ns["lk"] == "old"
+    assert "`lk` (a lock) could not be sent back" in outcome.err
+
+
+@pytest.mark.parametrize("name", ["fork", "spawn", "futures-fork"])
+def test_a_file_the_last_item_closed_is_a_closed_file_in_the_kernel(ip, run, name, tmp_path):
+    """``with open(p) as f`` in the body: the plain loop leaves ``f`` bound to the last item's
+    closed file; so does a run on worker processes, where no open file could travel."""
+    run(f"folder = {str(tmp_path)!r}\n")
+    outcome = run_ok(
+        run, BACKENDS[name],
+        "for i in range(3):\n    with open(f'{folder}/f{i}.txt', 'w') as f:\n        f.write(str(i))\n",
+    )  # fmt: skip
+    f = ip.user_ns["f"]
+    assert type(f).__name__ == "TextIOWrapper" and f.closed and f.mode == "w"
+    assert f.name == f"{tmp_path}/f2.txt" and "could not be sent back" not in outcome.err
+    assert (tmp_path / "f2.txt").read_text() == "2"
 
 
 @process_backend
