@@ -382,7 +382,8 @@ def outlook(run: LoopRun, task: Task) -> Outlook:
 
     options = run.options
     method = options.start_method or multiprocessing.get_start_method()
-    warm = run.session.is_warm("processes", options.workers, options.start_method)
+    native = options.native_threads
+    warm = run.session.is_warm("processes", options.workers, options.start_method, native)
     return Outlook(
         cores=usable_cores(),
         threads=options.workers or ThreadBackend.default_workers(),

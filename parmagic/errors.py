@@ -203,6 +203,12 @@ CARRIED_ALIAS = (
     "changes (line {write_line}), so each item depends on the ones before it (nothing has run). "
     "Run the loop without %%parallel"
 )
+NATIVE_LIMIT = (
+    "native thread pools (BLAS, OpenMP) were limited to {limit} per worker process, so that "
+    "workers x threads fit the cores: threaded native reductions (np.dot, BLAS sums) add in "
+    "another order than in the kernel, and results can differ in the last bits; "
+    "--keep-native-threads keeps the kernel's settings"
+)
 WORKERS_RESTARTED = (
     "the worker processes were restarted: {changed} changed in the kernel since they started, "
     "and they would have run the old code"

@@ -152,7 +152,9 @@ class LoopRun:
         session, options = self.session, self.options
         began = time.monotonic()
         read = imported_code.modules_read(hidden_nodes(self.plan), self.ns)
-        backend = session.backend(name, workers, options.start_method, options.scheduler, read)
+        backend = session.backend(
+            name, workers, options.start_method, options.scheduler, read, options.native_threads
+        )
         started = time.monotonic() - began
         report.startup += started
         report.pool_start += session.pool_started

@@ -28,6 +28,7 @@ from .hidden_effects import refusal
 from .info import machine_info
 from .loop_run import LoopRun, awaitable, resolve_backend
 from .machine import usable_cores
+from .native_threads import kernel_native_threads
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
 from .preview import Preview
 from .report import RunReport
@@ -217,6 +218,7 @@ class ParallelMagics(Magics):
             scheduler=(args.scheduler or self.scheduler or None) if uses_dask else None,
             unordered=args.unordered,
             seed=args.seed,
+            native_threads=kernel_native_threads() if args.keep_native_threads else None,
         )
         _check_together(options, args)
         return options, " ".join(args.statement).strip()
@@ -286,6 +288,9 @@ class ParallelMagics(Magics):
                     ns[options.output] = report
                 if not options.quiet:
                     display(report)  # HTML in a notebook, text in a terminal
+                elif report.native_limit and not self.session.told_native_limit:
+                    errors.print_warning(errors.NATIVE_LIMIT.format(limit=report.native_limit))
+                    self.session.told_native_limit = True  # once a session, where -q is asked
                 if options.plot:
                     self._show_figure(draw(report))
 

@@ -36,3 +36,18 @@ def cap_loaded_libraries(limit: int, cores: int) -> bool:
     if any(pool.get("num_threads", 0) > limit for pool in pools):
         threadpool_limits(limits=limit)
     return bool(pools) and limit < cores
+
+
+def kernel_native_threads() -> int:
+    """The native threads the kernel's code runs with: the most of its loaded pools (BLAS,
+    OpenMP), else what a library loaded later would take (the environment's, or a core each)."""
+    from threadpoolctl import threadpool_info
+
+    counts = [pool.get("num_threads", 0) for pool in threadpool_info()]
+    if any(counts):
+        return max(counts)
+    for name in VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1

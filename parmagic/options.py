@@ -69,6 +69,11 @@ OPTIONS = (
            "run a body whose changes parmagic cannot replay in item order (attributes, other "
            "objects' methods, global), accepting them in any order (threads) or on copies "
            "(processes)", {"action": "store_true"}),
+    Option("keep_native_threads", ("--keep-native-threads",),
+           "let worker processes use as many BLAS/OpenMP threads as the kernel does, so that "
+           "threaded native reductions add in the kernel's order and give its last bits "
+           "(default: capped, so that workers x threads fit the cores)",
+           {"action": "store_true"}),
     Option("plot", ("--plot",), "draw per-core use and a timeline (matplotlib)",
            {"action": "store_true"}),
     Option("output", ("-o", "--output"), "store the run's report in NAME", {"metavar": "NAME"}),
@@ -102,6 +107,7 @@ class Options:
     unordered: bool = False  # accept changes parmagic cannot replay in item order
     seed: int | None = None  # every item its own random streams, from this and its index
     serial_reason: str | None = None  # why auto must run serially (found before the run)
+    native_threads: int | None = None  # --keep-native-threads: the kernel's native threads
 
 
 def options_table() -> str:

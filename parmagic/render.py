@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import sys
 
+from .errors import NATIVE_LIMIT
 from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -114,10 +115,7 @@ def _notes(r: RunReport) -> list[str]:
     if r.as_written:
         lines.append(f"the loop ran as written in the kernel: {r.as_written}")
     if r.native_limit:
-        lines.append(
-            f"native thread pools (BLAS, OpenMP) limited to {r.native_limit} per worker "
-            "process, so that workers × threads fit the cores"
-        )
+        lines.append(NATIVE_LIMIT.format(limit=r.native_limit))
     if r.failures:
         lines.append(f"{len(r.failures)} item(s) failed:")
         lines += [f"  item {i} ({item}): {error}" for i, item, error in r.failures[:10]]

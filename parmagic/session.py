@@ -34,6 +34,7 @@ class Session:
         self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
         self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
         self.pool_started = 0.0  # seconds the last backend() call took to start a pool
+        self.told_native_limit = False  # a quiet run said that native threads were capped
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""
@@ -72,11 +73,12 @@ class Session:
         start_method: str | None,
         scheduler: str | None = None,
         modules_read: frozenset[str] = frozenset(),
+        native_threads: int | None = None,
     ) -> Backend:
-        """A warm backend; a new one only when the worker count, start method or (dask)
-        scheduler changes."""
+        """A warm backend; a new one only when the worker count, start method, native
+        threads or (dask) scheduler changes."""
         cls = load_backend(name)
-        settings = cls.settings_for(workers, start_method, scheduler)
+        settings = cls.settings_for(workers, start_method, scheduler, native_threads)
         current = self._backends.get(name)
         if current is not None and not current.fits(settings):
             current.close()
@@ -98,12 +100,16 @@ class Session:
             self.pool_started = time.monotonic() - began
         return current
 
-    def is_warm(self, name: str, workers: int | None, start_method: str | None) -> bool:
+    def is_warm(
+        self, name: str, workers: int | None, start_method: str | None,
+        native_threads: int | None = None,
+    ) -> bool:  # fmt: skip
         """Whether a run on this backend would find its pool already started."""
         current = self._backends.get(name)
         if current is None:
             return False
-        return current.fits(type(current).settings_for(workers, start_method))
+        settings = type(current).settings_for(workers, start_method, None, native_threads)
+        return current.fits(settings)
 
     def warm_pools(self) -> list[str]:
         return [b.description for b in self._backends.values()]

@@ -34,6 +34,9 @@ class BackendSettings:
     start_method: str | None = None  # set only where items run in processes that copy objects
     scheduler: str | None = None  # dask's --scheduler: an existing cluster instead of a local one
     event_loop: object | None = None  # the session's event-loop thread, for coroutine backends
+    # worker processes' native (BLAS, OpenMP) threads: None caps them to share the cores,
+    # a number keeps the kernel's (--keep-native-threads)
+    native_threads: int | None = None
 
 
 class Backend(ABC):
@@ -53,11 +56,13 @@ class Backend(ABC):
 
     def __init__(self, settings: BackendSettings) -> None:
         self.workers = settings.workers
+        self.kept_native_threads = settings.native_threads
 
     @classmethod
     def settings_for(
-        cls, workers: int | None, start_method: str | None, scheduler: str | None = None
-    ) -> BackendSettings:
+        cls, workers: int | None, start_method: str | None, scheduler: str | None = None,
+        native_threads: int | None = None,
+    ) -> BackendSettings:  # fmt: skip
         """A run's options as this backend sees them. Without ``--workers``, the backend's own
         default; a start method only matters where items run in processes that copy kernel
         objects (there, none asked for means the platform's default, so that a warm pool
@@ -65,11 +70,16 @@ class Backend(ABC):
         method = None
         if cls.copies_kernel_objects:
             method = start_method or multiprocessing.get_start_method()
-        return BackendSettings(workers or cls.default_workers(), method, scheduler)
+        native = native_threads if cls.copies_kernel_objects else None
+        return BackendSettings(workers or cls.default_workers(), method, scheduler, None, native)
 
     def fits(self, settings: BackendSettings) -> bool:
         """Whether this warm backend can serve a run asking for these settings."""
-        return self.workers == settings.workers and self.start_method == settings.start_method
+        return (
+            self.workers == settings.workers
+            and self.start_method == settings.start_method
+            and self.kept_native_threads == settings.native_threads
+        )
 
     @property
     def description(self) -> str:

@@ -111,7 +111,8 @@ class WorkerProcesses(PickledItems):
         self._context = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
             self._context.set_forkserver_preload(["parmagic.worker_process"])
-        self.native_threads = threads_per_worker(usable_cores(), self.workers)
+        cap = threads_per_worker(usable_cores(), self.workers)
+        self.native_threads = settings.native_threads or cap
         self._shared_files: list[str] = []
         self.started_with = imported_code.fingerprint()
 
