@@ -548,6 +548,7 @@ def analyse_comprehension(node: ast.expr, backend: str = "threads") -> BodyInfo:
     info = BodyInfo(kind=kind, node=node)
     _check_async(parts, backend, info)
     local = set().union(*(stored_names(g.target) for g in node.generators))
+    info.sinks = sinks([ast.Expr(part) for part in parts], local)  # not recorded: refused
     _refuse_late_binding(parts, local)
     for part in parts:
         for sub in walk_scope(part):

@@ -203,6 +203,10 @@ CARRIED_ALIAS = (
     "changes (line {write_line}), so each item depends on the ones before it (nothing has run). "
     "Run the loop without %%parallel"
 )
+WRITTEN_BY_COMPREHENSION = (
+    "the comprehension writes to the kernel's file `{name}`, and its items record nothing "
+    "(a `for` loop whose body writes to `{name}` has its writes made in item order)"
+)
 NATIVE_LIMIT = (
     "native thread pools (BLAS, OpenMP) were limited to {limit} per worker process, so that "
     "workers x threads fit the cores: threaded native reductions (np.dot, BLAS sums) add in "

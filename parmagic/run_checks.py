@@ -76,15 +76,24 @@ def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> 
     """Kernel objects the body changes in place that are not of a kind parmagic replays (a
     custom class's ``append``, ``g.add_edge(...)``): known only once the statements before
     the loop have run. Modules and loggers are not changed by calling them."""
+    from .files import is_sink
+
     calls = {**plan.body.object_calls, **plan.body.receivers}
-    return sorted(
+    changed = [
         (line, f"`{name}` (a {type(ns[name]).__name__}) is changed in place", name)
         for name, line in calls.items()
         if (name not in recorded or name in plan.body.object_calls)
         and not (name in recorded and name in plan.body.sinks)
         and name in ns
         and not _not_changed_by_calls(ns[name])
-    )
+    ]
+    if plan.body.kind != "for":  # a comprehension's items record nothing: a `for` loop's do
+        changed += [
+            (line, errors.WRITTEN_BY_COMPREHENSION.format(name=name), name)
+            for name, line in plan.body.sinks.items()
+            if is_sink(ns.get(name)) and (line, name) not in {(c[0], c[2]) for c in changed}
+        ]
+    return sorted(changed)
 
 
 def recorded_names(plan: CellPlan, ns: dict) -> frozenset[str]:
@@ -93,10 +102,8 @@ def recorded_names(plan: CellPlan, ns: dict) -> frozenset[str]:
     from .files import is_sink
 
     info = plan.body
-    return frozenset(
-        [n for n in info.receivers if is_recordable(ns.get(n))]
-        + [n for n in info.sinks if is_sink(ns.get(n))]
-    )
+    files = [n for n in info.sinks if is_sink(ns.get(n))] if info.kind == "for" else []
+    return frozenset([n for n in info.receivers if is_recordable(ns.get(n))] + files)
 
 
 def _not_changed_by_calls(value: object) -> bool:
