@@ -22,6 +22,7 @@ from .chunk import ChunkResult, ItemError, Task
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
 from .kernel_state import HeldInterrupt, kept_as_it_was
+from .native_threads import of_native_library
 from .report import RunReport
 from .worker_shell import DISPLAYED
 
@@ -341,8 +342,11 @@ class _Run:
         for result in self.backend.wait(WAIT_SLICE):
             self.pending[result.seq] = result
             self.sizer.observe(result)
-            if result.native_limit:
+            if result.native_limit:  # capped: does the loop use native code? (its items)
                 self.report.native_limit = result.native_limit
+                items = self.chunks.get(result.seq)
+                if items and not self.report.native_code:
+                    self.report.native_code = of_native_library(items[0])
 
     def apply_ready(self) -> Iterator:
         """Apply every result whose earlier items are all applied, in item order, item by

@@ -22,13 +22,14 @@ from typing import Any
 from . import errors, imported_code
 from .auto import auto_records
 from .backends import Backend
-from .cell import CellPlan, statements_before
+from .cell import CellPlan
 from .chunk import CHUNK_NAME, VALUES_NAME, Task
 from .dispatch import Recording, execute, unwrap_stop_iteration
 from .errors import ParmagicUsageError
 from .hidden_state import Guard
 from .itemcode import build_in_place_code, build_item_code
 from .machine import usable_cores
+from .native_threads import reaches_native_code
 from .options import Options
 from .report import RunReport
 from .run_checks import hidden_nodes, late_refusal, recorded_names, unordered_warnings
@@ -92,8 +93,7 @@ class LoopRun:
             serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
         except ParmagicUsageError as refused:
             if self.options.backend not in ("serial", "auto") or self.plan.body.awaits:
-                ran = statements_before(self.plan)
-                raise errors.ran_before(refused, self.plan.filename, ran) from None
+                raise
             return self.as_written(iterator, report, str(refused))
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
@@ -168,7 +168,11 @@ class LoopRun:
         if options.unordered:
             for message in unordered_warnings(self.plan, self.ns, recorded, backend):
                 self.warn(message)
-        return backend, self.task_for(backend, recorded)
+        task = self.task_for(backend, recorded)
+        report.native_code = report.native_code or (
+            backend.copies_kernel_objects and reaches_native_code(task.function)
+        )
+        return backend, task
 
     def records(
         self, backend: Backend, task: Task, iterator: Iterator, length: int, report: RunReport,

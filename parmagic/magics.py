@@ -243,7 +243,8 @@ class ParallelMagics(Magics):
     def _run(self, plan, options: Options):
         hook = LoopRun(plan, self.shell.user_ns, options, self.session, errors.print_warning)
         hooks = {HOOK_NAME: awaitable(hook) if plan.is_async else hook}
-        return self._execute(plan.split_for_display(), plan.filename, hooks, options)
+        ran = statements_before(plan)  # what a refusal at the loop comes after
+        return self._execute(plan.split_for_display(), plan.filename, hooks, options, ran=ran)
 
     def _run_as_written(self, source: str, filename: str, options: Options, reason: str):
         """The cell as the plain kernel runs it, its loop's items timed for the summary."""
@@ -255,7 +256,9 @@ class ParallelMagics(Magics):
         parts = split_for_display(module)
         return self._execute(parts, filename, {CLOCK_NAME: clock}, options, Timed(report, clock))
 
-    def _execute(self, parts, filename: str, hooks: dict, options: Options, around=None):
+    def _execute(
+        self, parts, filename: str, hooks: dict, options: Options, around=None, ran=()
+    ):  # fmt: skip
         """Run the cell's code (its statements, then its final expression, whose value is the
         cell's) with parmagic's names in the namespace; then the run's summary."""
         ns, (head, last) = self.shell.user_ns, parts
@@ -269,7 +272,9 @@ class ParallelMagics(Magics):
                 self._evaluate(compile(head, filename, "exec", flags, True), ns)
                 if last is not None:
                     return self._evaluate(compile(last, filename, "eval", flags, True), ns)
-        except ParmagicUsageError as exc:
+        except ParmagicUsageError as exc:  # refused at the loop, once statements before it ran
+            if getattr(self.session.last_report, "item_count", 0) == 0:
+                exc = errors.ran_before(exc, filename, list(ran))
             raise UsageError(str(exc)) from None
         except Exception as exc:
             if not hasattr(exc, "_render_traceback_"):
@@ -288,7 +293,7 @@ class ParallelMagics(Magics):
                     ns[options.output] = report
                 if not options.quiet:
                     display(report)  # HTML in a notebook, text in a terminal
-                elif report.native_limit and not self.session.told_native_limit:
+                elif native_note(report) and not self.session.told_native_limit:
                     errors.print_warning(errors.NATIVE_LIMIT.format(limit=report.native_limit))
                     self.session.told_native_limit = True  # once a session, where -q is asked
                 if options.plot:
@@ -401,6 +406,11 @@ def _check_plotting() -> None:
         from .plot import PLOT_MISSING
 
         raise UsageError(PLOT_MISSING) from None
+
+
+def native_note(report) -> bool:
+    """Whether the run's items used native thread pools that the workers capped."""
+    return bool(getattr(report, "native_limit", None) and getattr(report, "native_code", False))
 
 
 def one_run(report):

@@ -8,6 +8,13 @@ variables for libraries loaded later, threadpoolctl for those already loaded (fo
 from __future__ import annotations
 
 import os
+import types
+
+# Libraries whose native code runs thread pools (BLAS, OpenMP) that the cap limits
+NATIVE_LIBRARIES = frozenset({
+    "numpy", "scipy", "sklearn", "torch", "tensorflow", "jax", "numexpr", "cupy", "xgboost",
+    "lightgbm", "statsmodels",
+})  # fmt: skip
 
 VARIABLES = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -51,3 +58,49 @@ def kernel_native_threads() -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return os.cpu_count() or 1
+
+
+def reaches_native_code(function: types.FunctionType) -> bool:
+    """Whether the item function, or a notebook function it calls, uses a library of
+    NATIVE_LIBRARIES: where the cap on their threads can change the last bits of results."""
+    seen: set[int] = set()
+    todo = [function]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        codes, names = [current.__code__], set()
+        while codes:
+            code = codes.pop()
+            names.update(code.co_names)
+            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        for name in names:
+            value = current.__globals__.get(name)
+            if of_native_library(value):
+                return True
+            if isinstance(value, types.FunctionType):
+                todo.append(value)
+    return False
+
+
+def of_native_library(value: object) -> bool:
+    """Whether ``value``, or one of the first members of a list, tuple or dict it is, comes
+    from a library of NATIVE_LIBRARIES (``vs = [array, ...]``, an item ``(name, array)``)."""
+    if isinstance(value, list | tuple):
+        members = [value, *value[:3]]
+    elif isinstance(value, dict):
+        members = [value, *list(value.values())[:3]]
+    else:
+        members = [value]
+    return any(_native(member) for member in members)
+
+
+def _native(value: object) -> bool:
+    if isinstance(value, types.ModuleType):
+        home = value.__name__
+    elif isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):
+        home = value.__module__
+    else:
+        home = type(value).__module__
+    return str(home).split(".")[0] in NATIVE_LIBRARIES

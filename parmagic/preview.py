@@ -56,6 +56,7 @@ class Preview:
 
     def __init__(self, ns: dict, statements: list[ast.stmt], loop_line: int, filename: str):
         self.ns, self.files, self.filename = Previewed(ns), [], filename
+        self.factories: set[int] = set()  # the cell's functions that only define and return
         for stmt in statements:
             if stmt.lineno < loop_line <= (stmt.end_lineno or 0):  # a block around the loop
                 self._header(stmt)
@@ -75,6 +76,19 @@ class Preview:
             exec(code, self.ns)
         except Exception:
             return False
+        if isinstance(stmt, ast.FunctionDef) and self._only_makes(stmt.body):
+            self.factories.add(id(self.ns.get(stmt.name)))
+        return True
+
+    def _only_makes(self, body: list[ast.stmt]) -> bool:
+        """A function body that only binds names to what it makes and returns one: calling
+        it (``inc = make()``, a closure's factory) does nothing else."""
+        for stmt in body:
+            if isinstance(stmt, ast.Return):
+                if stmt.value is not None and not self._pure(stmt.value):
+                    return False
+            elif isinstance(stmt, ast.Global | ast.Nonlocal) or not self._knowable(stmt):
+                return False
         return True
 
     def _forget(self, stmt: ast.stmt) -> None:
@@ -191,7 +205,7 @@ class Preview:
 
     def _maker(self, func: ast.expr) -> bool:
         found = self._value(func)
-        return found is not None and id(found) in _SAFE_MAKERS
+        return found is not None and (id(found) in _SAFE_MAKERS or id(found) in self.factories)
 
 
 def _names_only(target: ast.expr) -> bool:

@@ -68,6 +68,7 @@ class RunReport:
     as_written: str | None = None  # why serial ran the cell as written, not item by item
     auto_saw_computing: bool | None = None  # what auto's lead-in items did, when it moved
     native_limit: int | None = None  # BLAS/OpenMP threads per worker, when a cap applied
+    native_code: bool = False  # the items use a library with native thread pools
     stopped_at: int | None = None  # the failing item that stopped the run (--on-error raise)
     interrupted: bool = False
     started: bool = False  # False: refused before any item ran (no summary to show)
