@@ -45,6 +45,27 @@ def cap_loaded_libraries(limit: int, cores: int) -> bool:
     return bool(pools) and limit < cores
 
 
+class CapWatch:
+    """Whether a worker's cap holds back native pools: known only once they are loaded, which
+    in a fresh interpreter (spawn, forkserver) is when the first item imports NumPy; so it is
+    asked again after every chunk, and looks again whenever another native library loaded."""
+
+    def __init__(self, limit: int | None = None, cores: int = 1) -> None:
+        self.limit, self.cores, self.capped = limit, cores, False
+        self._loaded: frozenset[str] | None = None
+
+    def check(self) -> bool:
+        if self.capped or self.limit is None:
+            return self.capped
+        import sys
+
+        loaded = frozenset(name for name in NATIVE_LIBRARIES if name in sys.modules)
+        if loaded != self._loaded:
+            self._loaded = loaded
+            self.capped = bool(loaded) and cap_loaded_libraries(self.limit, self.cores)
+        return self.capped
+
+
 def kernel_native_threads() -> int:
     """The native threads the kernel's code runs with: the most of its loaded pools (BLAS,
     OpenMP), else what a library loaded later would take (the environment's, or a core each)."""

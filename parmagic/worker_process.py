@@ -23,7 +23,7 @@ from .chunk import ChunkResult, ItemOutput, OutputCapture, Task, run_chunk
 from .hidden_state import Guard
 from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
-from .native_threads import cap_environment, cap_loaded_libraries
+from .native_threads import CapWatch, cap_environment
 from .shared_files import process_alive
 from .shipping import captured_digests, dump_result, load_task
 
@@ -39,24 +39,27 @@ def _become_worker(native_threads: int) -> None:
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cap_environment(native_threads)
+    _cap.limit, _cap.cores = native_threads, affinity_cores()
     for number, attr in ((1, "stdout"), (2, "stderr")):
         stream = io.TextIOWrapper(open(number, "wb", closefd=False), write_through=True)  # noqa: SIM115
         setattr(sys, attr, ItemOutput(stream, number))
 
 
-def _load_task(payload: bytes, native_threads: int | None) -> tuple[Task, bool]:
-    """The task of a run, and whether native thread pools were capped for it (None: leave
-    them as the process has them, as in a dask worker, whose nanny caps them itself; its own
-    threads draw from the ``random`` module, which the guard then leaves out)."""
+def _load_task(payload: bytes, shared: bool = False) -> Task:
+    """The task of a run, its loaded native pools capped. ``shared``: a dask worker's, whose
+    nanny caps them itself, and whose own threads draw from the ``random`` module, which the
+    guard then leaves out."""
     try:
         task = load_task(payload)
     except Exception as exc:  # e.g. a module the kernel has and this process cannot import
         task = _failing_task(exc)
-    capped = native_threads is not None and cap_loaded_libraries(native_threads, affinity_cores())
+    _cap.check()
     if task.guarded:  # after the capping, which sets variables of the environment
-        shared = native_threads is None  # a dask worker's
         task.guard = Guard.around(task.function, task.seed is None, random_module=not shared)
-    return task, capped
+    return task
+
+
+_cap = CapWatch()  # this worker's cap on native threads (set up by _become_worker)
 
 
 def _failing_task(error: Exception) -> Task:
@@ -138,17 +141,16 @@ def serve(conn, native_threads: int, kernel: int) -> None:
 def _serve(conn, inbox: queue.SimpleQueue, native_threads: int) -> None:
     task: Task | None = None
     digests: dict[str, bytes] = {}
-    capped = False
     name = f"pid {os.getpid()}"
     while True:
         header, body = inbox.get()
         if header[0] == "task":
-            task, capped = _load_task(body, native_threads)
+            task = _load_task(body)
             digests = captured_digests(task.function.__globals__)
         elif header[0] == "chunk":
             _, seq, start = header
             result, objects = _run(task, seq, start, body, name)
-            result.native_limit = native_threads if capped else None
+            result.native_limit = native_threads if _cap.check() else None
             conn.send_bytes(dump_result(result, objects))
         elif header[0] == "changes":
             now = captured_digests(task.function.__globals__, only=digests)
@@ -157,7 +159,7 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int) -> None:
             return
 
 
-_pool_state: dict = {"run": None, "task": None, "capped": False, "threads": 1}
+_pool_state: dict = {"run": None, "task": None, "threads": 1}
 
 
 def prepare_pool_worker(native_threads: int, kernel: int) -> None:
@@ -171,10 +173,10 @@ def run_shipped_chunk(run: int, path: str, seq: int, start: int, items: bytes) -
     """One chunk in a ``futures:processes`` worker; the run's task is read from ``path`` once."""
     if _pool_state["run"] != run:
         with open(path, "rb") as payload:
-            task, capped = _load_task(payload.read(), _pool_state["threads"])
-        _pool_state.update(run=run, task=task, capped=capped)
+            task = _load_task(payload.read())
+        _pool_state.update(run=run, task=task)
     result, objects = _run(_pool_state["task"], seq, start, items, f"pid {os.getpid()}")
-    result.native_limit = _pool_state["threads"] if _pool_state["capped"] else None
+    result.native_limit = _pool_state["threads"] if _cap.check() else None
     return dump_result(result, objects)
 
 
@@ -199,7 +201,7 @@ def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes)
         _dask_state["capture"] = OutputCapture()
     loaded_run, task = _dask_state["loaded"]
     if loaded_run != run:
-        task, _ = _load_task(payload, None)
+        task = _load_task(payload, shared=True)
         _dask_state["loaded"] = (run, task)  # one assignment: threads see a whole pair
     from distributed import get_worker  # already imported in any dask worker: costs nothing
 

@@ -145,6 +145,7 @@ def idle_event_loop():
 
 
 def kernel_backend(name: str) -> str:
+    """The options of the two backends that run in the kernel."""
     return "-b auto" if name == "auto" else BACKENDS[name]
 
 
@@ -254,7 +255,10 @@ def test_a_verdict_that_needs_objects_made_before_the_loop_names_the_statements_
     """Only the object `same(seen)` returns shows that the body reads the set it changes:
     those two statements run, and the message says so; no item ran."""
     run("def same(x):\n    return x\n")
-    cell = "seen = set()\ns = same(seen)\nfor i in range(5):\n    if i in s:\n        continue\n    seen.add(i)\n"
+    cell = (
+        "seen = set()\ns = same(seen)\n"
+        "for i in range(5):\n    if i in s:\n        continue\n    seen.add(i)\n"
+    )
     refused(
         run(f"%%parallel {BACKENDS[name]}\n{cell}"),
         "line 2 `seen = set()`",
@@ -268,12 +272,13 @@ def test_a_verdict_that_needs_objects_made_before_the_loop_names_the_statements_
 # §5.13: files keep item order
 
 # Items that finish in reverse order: the first sleeps longest
-SLOW_FIRST = "    time.sleep(0.002 * (12 - i))\n"
+SLOW_FIRST = "    time.sleep(0.0015 * (12 - i))\n"
 # (an earlier cell, the loop's cell): PATH is the file's path; `fh` is closed in a later cell
 FILE_CASES = {
     "with-open-around-the-loop": (
         "",
-        f"with open(PATH, 'w') as f:\n    for i in range(12):\n    {SLOW_FIRST}        f.write(f'{{i}}\\n')\n",
+        "with open(PATH, 'w') as f:\n    for i in range(12):\n"
+        "        time.sleep(0.0015 * (12 - i))\n        f.write(f'{i}\\n')\n",
     ),
     "print-to-a-file-of-an-earlier-cell": (
         "fh = open(PATH, 'w')",
@@ -319,6 +324,8 @@ def plain_file(tmp_path, before: str, cell: str) -> str:
 
 @pytest.mark.parametrize(("before", "cell"), list(FILE_CASES.values()), ids=list(FILE_CASES))
 def test_writes_to_a_kernel_file_are_made_in_item_order(ip, run, backend, tmp_path, before, cell):
+    """The file holds what the plain loop writes, though the items finish in reverse order,
+    and nothing is warned about: the writes are the plain loop's, made in item order."""
     expected = plain_file(tmp_path, before, cell)
     assert expected.startswith("0")  # the plain loop wrote, from its first item
     path = tmp_path / "parallel.txt"
@@ -330,7 +337,11 @@ def test_writes_to_a_kernel_file_are_made_in_item_order(ip, run, backend, tmp_pa
     assert WARNING not in outcome.err, outcome.err
 
 
-APPEND = "for i in range(8):\n    time.sleep(0.002 * (8 - i))\n    with open(PATH, 'a') as g:\n        g.write(f'{i}\\n')\n"
+# Every item appends to one path that does not depend on the item
+APPEND = (
+    "for i in range(8):\n    time.sleep(0.002 * (8 - i))\n"
+    "    with open(PATH, 'a') as g:\n        g.write(f'{i}\\n')\n"
+)
 IN_ORDER = "".join(f"{i}\n" for i in range(8))
 
 
@@ -352,6 +363,7 @@ def test_appends_to_one_shared_path_are_refused_where_items_run_side_by_side(
 
 
 def test_auto_runs_appends_to_one_shared_path_in_the_kernel(run, tmp_path):
+    """auto never refuses: it runs the items in the kernel, in order, and says why."""
     path = tmp_path / "shared.txt"
     run("import time\n")
     outcome = run_ok(run, "-b auto", with_path(APPEND, path))
@@ -361,6 +373,8 @@ def test_auto_runs_appends_to_one_shared_path_in_the_kernel(run, tmp_path):
 
 
 def test_unordered_accepts_appends_to_one_shared_path_and_says_so(run, tmp_path):
+    """Asked for knowingly, the appends run side by side: every line is there, in whatever
+    order the items finished, and a warning names the option that allowed it."""
     path = tmp_path / "shared.txt"
     run("import time\n")
     outcome = run_ok(run, f"{BACKENDS['threads']} --unordered -q", with_path(APPEND, path))
@@ -370,10 +384,14 @@ def test_unordered_accepts_appends_to_one_shared_path_and_says_so(run, tmp_path)
 
 
 def test_pandas_appends_to_one_shared_path_are_refused(ip, run, tmp_path):
+    """`to_csv(path, mode="a")` appends as `open(path, "a")` does."""
     pytest.importorskip("pandas")
     path = tmp_path / "table.csv"
     run("import pandas as pd\n")
-    cell = f"for i in range(6):\n    pd.DataFrame({{'i': [i]}}).to_csv({str(path)!r}, mode='a', header=False)\n"
+    cell = (
+        "for i in range(6):\n"
+        f"    pd.DataFrame({{'i': [i]}}).to_csv({str(path)!r}, mode='a', header=False)\n"
+    )
     refused(
         run(f"%%parallel {BACKENDS['threads']}\n{cell}"),
         "every item writes to the one file",
