@@ -181,9 +181,16 @@ class Preview:
             elif isinstance(node, _OPERATIONS):
                 if not all(isinstance(n, _ARITHMETIC) for n in ast.walk(node)):
                     return False  # on constants only: an operator of an object may do anything
+            elif isinstance(node, ast.Subscript):
+                if not self._a_type(node.value):
+                    return False  # `df[mask]` may copy a large frame: only `list[int]` here
             elif not isinstance(node, _HARMLESS):
                 return False
         return True
+
+    def _a_type(self, expr: ast.expr) -> bool:
+        found = self._value(expr)
+        return isinstance(found, type) or getattr(found, "__module__", None) == "typing"
 
     def _plain_base(self, base: ast.expr) -> bool:
         """A base class that a subclass cannot notice (no metaclass, no __init_subclass__):
