@@ -9,8 +9,10 @@ times each item for the summary. Only a parallel backend the user names refuses 
 from __future__ import annotations
 
 import ast
+import copy
 import time
 from collections.abc import Iterable, Iterator
+from types import CodeType
 
 from .cell import find_parallel_loop
 from .chunk import ChunkResult
@@ -19,6 +21,8 @@ from .report import RunReport
 from .scopes import COMPREHENSIONS
 
 CLOCK_NAME = "__parmagic_items__"
+LOOP_FUNCTION = "__parmagic_loop_as_written__"  # a loop that awaits, as a coroutine function
+VALUES_NAME = "__parmagic_values__"  # where a comprehension's values are left
 KERNEL = "kernel"  # the one worker of a run in the kernel's thread, as serial names it
 
 
@@ -58,6 +62,35 @@ def with_clock(tree: ast.Module) -> ast.Module:
         first = loop.generators[0]
         first.iter = _clocked(first.iter)
     return ast.fix_missing_locations(tree)
+
+
+def loop_code(info, filename: str) -> CodeType:
+    """The loop alone, as written, over the clock's items, to run in the kernel's namespace
+    once the statements before it have run (``info``: body.BodyInfo). A ``for`` loop binds
+    its names there; a comprehension leaves its values in VALUES_NAME, or, for a generator
+    expression, is one (lazy, as written). A body that awaits is the coroutine function
+    LOOP_FUNCTION, its names declared global."""
+    node = copy.deepcopy(info.node)
+    items = ast.Name(CLOCK_NAME, ast.Load())
+    if info.kind == "for":
+        statements: list[ast.stmt] = [ast.For(node.target, items, node.body, [])]
+    else:
+        node.generators[0].iter = items
+        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
+        if info.kind == "generator" and not info.awaits:
+            expression = ast.Expression(ast.GeneratorExp(elt, node.generators))
+            return compile(ast.fix_missing_locations(expression), filename, "eval")
+        values = ast.ListComp(elt, node.generators)
+        statements = [ast.Assign([ast.Name(VALUES_NAME, ast.Store())], values)]
+    if info.awaits:
+        names = sorted(info.bound | {VALUES_NAME})
+        body = [ast.Global(names), *statements]
+        arguments = ast.arguments([], [], None, [], [], None, [])
+        statements = [ast.AsyncFunctionDef(LOOP_FUNCTION, arguments, body, [], None)]
+    for statement in statements:
+        ast.copy_location(statement, info.node)
+    module = ast.fix_missing_locations(ast.Module(statements, []))
+    return compile(module, filename, "exec", dont_inherit=True)
 
 
 def _clocked(iterable: ast.expr) -> ast.expr:

@@ -166,7 +166,8 @@ def _analyse_part(loop: ast.For, stmts: list[ast.stmt], backend: str) -> BodyInf
     info.reductions = {n: line for n, line in info.reductions.items() if n not in bound}
     info.bound = frozenset(bound)
     _hidden_writes(stmts, bound, set(stored_names(loop.target)), info)
-    info.sinks, info.shared_files = sinks(stmts, bound), shared_paths(stmts, bound)
+    targets = set(stored_names(loop.target))
+    info.sinks, info.shared_files = sinks(stmts, bound), shared_paths(stmts, targets)
     _refuse_changing_the_iterable(loop, info)
     _refuse_late_binding(stmts, set(bound) | set(info.reductions) | set(info.receivers))
     _refuse_carried_reads(stmts, info, receiver_ids)

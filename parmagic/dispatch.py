@@ -342,7 +342,7 @@ class _Run:
         for result in self.backend.wait(WAIT_SLICE):
             self.pending[result.seq] = result
             self.sizer.observe(result)
-            if result.native_limit:  # capped: does the loop use native code? (its items)
+            if result.native_limit and not self.backend.kept_native_threads:  # capped
                 self.report.native_limit = result.native_limit
                 items = self.chunks.get(result.seq)
                 if items and not self.report.native_code:

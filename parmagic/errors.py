@@ -333,8 +333,8 @@ GENERATOR_CLOSED = (
     "closed now (its workers are needed), so iterating it further yields nothing more"
 )
 STATEMENTS_RAN = (
-    " Only the objects that the cell's statements before the loop made could show this, so "
-    "they ran: {statements}; no item of the loop and nothing after it has run."
+    " This was found when the loop was reached, so the cell's statements before it had run: "
+    "{statements}; no item of the loop and nothing after it has run."
 )
 ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); the items before it were applied"
 

@@ -45,7 +45,13 @@ def _writes_to(name: ast.Name, parents: dict[int, ast.AST]) -> bool:
         call = parents.get(id(parent))
         return isinstance(call, ast.Call) and _called(call) == "print"
     if isinstance(parent, ast.Call) and parent.args and parent.args[0] is name:
-        return _called(parent) in CSV_WRITERS
+        func = parent.func  # csv.writer(f): csv's own, not any function named `writer`
+        return (
+            isinstance(func, ast.Attribute)
+            and func.attr in CSV_WRITERS
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "csv"
+        )
     return False
 
 
@@ -54,27 +60,62 @@ def _called(call: ast.Call) -> str | None:
     return func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
 
 
-def shared_paths(stmts: list[ast.stmt], bound: set[str]) -> list[tuple[int, str]]:
+def shared_paths(stmts: list[ast.stmt], targets: set[str]) -> list[tuple[int, str]]:
     """(line, call) of each file the body opens for writing at a path that does not depend on
-    the item: ``open(path, "a")``, ``df.to_csv(path, mode="a")``. Every item writes to the
-    same file, so its lines land in the order the items finish."""
+    the item (``targets``: the loop's names): ``open(path, "a")``, ``df.to_csv(path,
+    mode="a")``. Every item writes to the same file, so its lines land in the order the items
+    finish."""
     found = []
+    dependent = item_dependent(stmts, targets)
     for stmt in stmts:
         for node in walk_scope(stmt):
             if not isinstance(node, ast.Call):
                 continue
             target = _written_path(node)
-            if target is None:
+            if target is None or _discarded(target):
                 continue
             names = {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
-            if not names & bound:
+            if not names & dependent:
                 found.append((node.lineno, f"`{ast.unparse(node)}`"))
     return found
 
 
+def item_dependent(stmts: list[ast.stmt], targets: set[str]) -> set[str]:
+    """The names the body binds from the item (its loop names), directly or through other
+    such names: ``path = f"out/{i}.csv"`` depends on ``i``; ``path = "log.txt"`` does not."""
+    dependent = set(targets)
+    bindings = []
+    for stmt in stmts:
+        for node in walk_scope(stmt):
+            if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.NamedExpr):
+                sources = [node.value] if node.value is not None else []
+                bound = node.targets if isinstance(node, ast.Assign) else [node.target]
+            elif isinstance(node, ast.For | ast.AsyncFor):
+                sources, bound = [node.iter], [node.target]
+            elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+                sources, bound = [node.context_expr], [node.optional_vars]
+            else:
+                continue
+            read = {n.id for part in sources for n in ast.walk(part) if isinstance(n, ast.Name)}
+            stored = {n.id for part in bound for n in ast.walk(part) if isinstance(n, ast.Name)}
+            bindings.append((read, stored))
+    while True:
+        grown = {name for read, stored in bindings if read & dependent for name in stored}
+        if grown <= dependent:
+            return dependent
+        dependent |= grown
+
+
+def _discarded(path: ast.expr) -> bool:
+    """A path that writes nowhere: ``os.devnull``, "/dev/null"."""
+    if isinstance(path, ast.Constant):
+        return path.value in ("/dev/null", "nul", "NUL")
+    return isinstance(path, ast.Attribute) and path.attr == "devnull"
+
+
 def _written_path(call: ast.Call) -> ast.expr | None:
-    """The path a call opens for writing, if it does: ``open``, ``Path(...).open`` with a
-    writing mode, or a table writer appending."""
+    """The path a call opens for writing, if it does: ``open``, a module's ``open``
+    (``gzip.open``), ``Path(...).open`` with a writing mode, or a table writer appending."""
     called = _called(call)
     mode = next((k.value for k in call.keywords if k.arg == "mode"), None)
     if called == "open":
@@ -102,5 +143,12 @@ def _written_path(call: ast.Call) -> ast.expr | None:
     return path
 
 
+# Modules whose ``open(path, mode)`` takes the path first, as the built-in does
+OPENING_MODULES = frozenset({
+    "io", "codecs", "gzip", "bz2", "lzma", "tarfile", "zipfile", "fsspec", "smart_open",
+    "h5py", "shelve", "dbm", "aiofiles",
+})  # fmt: skip
+
+
 def _is_io_module(expr: ast.expr) -> bool:
-    return isinstance(expr, ast.Name) and expr.id in ("io", "os", "codecs", "gzip", "bz2")
+    return isinstance(expr, ast.Name) and expr.id in OPENING_MODULES

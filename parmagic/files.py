@@ -79,7 +79,7 @@ def closed_file_reducer(obj: object):
     rebuilds it from, an equally closed file of the same type, name and mode, where pickle
     would refuse (``with open(p) as f`` in the body leaves the plain loop's ``f`` closed)."""
     if type(obj) in (io.StringIO, io.BytesIO):
-        return _closed, (type(obj), None, None, None)
+        return (_closed, (type(obj), None, None, None)) if obj.closed else None
     if not isinstance(obj, io.TextIOWrapper | io.BufferedIOBase | io.FileIO) or not obj.closed:
         return None
     mode = getattr(obj, "mode", None)

@@ -20,10 +20,11 @@ from types import CodeType, FunctionType
 from typing import Any
 
 from . import errors, imported_code
+from .as_written import loop_code
 from .auto import auto_records
 from .backends import Backend
 from .cell import CellPlan
-from .chunk import CHUNK_NAME, VALUES_NAME, Task
+from .chunk import Task
 from .dispatch import Recording, execute, unwrap_stop_iteration
 from .errors import ParmagicUsageError
 from .hidden_state import Guard
@@ -60,11 +61,13 @@ class LoopRun:
         self.session = session
         self.warn = warn
         self.tail = ordered_tail_code(plan)
+        self.written = False  # the last call ran the loop as written (as_written)
         self.lazy = plan.body.kind == "generator"
         self.runs_in_place = not (self.lazy or plan.body.awaits or options.timeout) and (
             options.on_error == "raise"
         )
         self._in_place_code = functools.cache(lambda: build_in_place_code(plan.body, plan.filename))
+        self._as_written_code = functools.cache(lambda: loop_code(plan.body, plan.filename))
 
     def __call__(self, iterable: Iterable) -> Any:
         self.session.close_open_run()
@@ -77,8 +80,10 @@ class LoopRun:
             # compare keeps serial's result: refused only for what serial cannot run either
             late_refusal(self.plan, self.ns, self.options, "serial", recorded)
             return self.loop_value(compared_records(self, list(iterable), recorded))
+        self.written = False
         records = self._records_on_chosen_backend(iterable, recorded)
-        self.session.open_run = weakref.ref(records)
+        if not self.written:  # a loop run as written holds no workers: nothing to close
+            self.session.open_run = weakref.ref(records)
         return self.loop_value(records)
 
     def _records_on_chosen_backend(self, iterable: Iterable, recorded) -> Iterator[list]:
@@ -92,8 +97,9 @@ class LoopRun:
         try:
             serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
         except ParmagicUsageError as refused:
-            if self.options.backend not in ("serial", "auto") or self.plan.body.awaits:
+            if self.options.backend not in ("serial", "auto"):
                 raise
+            self.written = True
             return self.as_written(iterator, report, str(refused))
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
@@ -107,19 +113,27 @@ class LoopRun:
     def as_written(self, iterator: Iterator, report: RunReport, reason: str) -> Iterator[list]:
         """The loop as the plain kernel runs it, in the kernel's namespace: what serial and
         auto do once the statements before the loop show why no backend can run it item by
-        item. A comprehension's values come as one list."""
-        from .as_written import ItemClock, Timed, note
+        item. A comprehension's values come as one list; a generator expression's, one by
+        one, as it is consumed."""
+        from .as_written import CLOCK_NAME, LOOP_FUNCTION, VALUES_NAME, ItemClock, Timed, note
 
-        clock = ItemClock()
+        clock, ns = ItemClock(), self.ns
         note(report, self.options.backend, reason)
-        self.ns[CHUNK_NAME] = clock(iterator)
+        code = self._as_written_code()
+        ns[CLOCK_NAME] = clock(iterator)
         try:
             with Timed(report, clock):
-                exec(self._in_place_code(), self.ns)
+                if self.lazy and not self.plan.body.awaits:  # loop_code's generator expression
+                    generator = eval(code, ns)
+                    del ns[CLOCK_NAME]
+                    yield from ([value] for value in generator)
+                    return
+                exec(code, ns)
+                if self.plan.body.awaits:
+                    self.session.run_coroutine(ns.pop(LOOP_FUNCTION)())
         finally:
-            del self.ns[CHUNK_NAME]
-            values = self.ns.pop(VALUES_NAME, None)
-        yield values or []
+            ns.pop(CLOCK_NAME, None)
+        yield ns.pop(VALUES_NAME, None) or []
 
     def task_for(self, backend: Backend, recorded: frozenset[str]) -> Task:
         """The item function, built for where it runs, and what travels with it."""

@@ -141,7 +141,7 @@ class ParallelMagics(Magics):
             refused, reason = refusal(effects, backend, options.unordered, options.seed)
             if refused:
                 raise ParmagicUsageError(refused)
-            if not options.compare:
+            if not options.compare and preview.complete:  # else names may have been rebound
                 name = resolve_backend(backend, plan.body.awaits)
                 recorded = recorded_names(plan, known)
                 reason = reason or late_refusal(plan, known, options, name, recorded)
@@ -273,7 +273,8 @@ class ParallelMagics(Magics):
                 if last is not None:
                     return self._evaluate(compile(last, filename, "eval", flags, True), ns)
         except ParmagicUsageError as exc:  # refused at the loop, once statements before it ran
-            if getattr(self.session.last_report, "item_count", 0) == 0:
+            report = self.session.last_report
+            if report is before or getattr(report, "item_count", 0) == 0:
                 exc = errors.ran_before(exc, filename, list(ran))
             raise UsageError(str(exc)) from None
         except Exception as exc:

@@ -7,6 +7,7 @@ variables for libraries loaded later, threadpoolctl for those already loaded (fo
 
 from __future__ import annotations
 
+import itertools
 import os
 import types
 
@@ -111,7 +112,7 @@ def of_native_library(value: object) -> bool:
     if isinstance(value, list | tuple):
         members = [value, *value[:3]]
     elif isinstance(value, dict):
-        members = [value, *list(value.values())[:3]]
+        members = [value, *itertools.islice(value.values(), 3)]
     else:
         members = [value]
     return any(_native(member) for member in members)

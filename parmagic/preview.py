@@ -21,8 +21,7 @@ import functools
 import io
 import os
 import sys
-
-from .scopes import COMPREHENSIONS
+import types
 
 # Callables that make an object and do nothing else, for names, defaults and decorators
 _MAKERS = (
@@ -33,12 +32,9 @@ _MAKERS = (
     functools.partial, dataclasses.dataclass, dataclasses.field,
 )  # fmt: skip
 _SAFE_MAKERS = {id(maker) for maker in _MAKERS}
-_LEAVES = (ast.Constant, ast.Name, ast.Attribute, ast.Subscript, ast.Slice, ast.Load)
-_CONTAINERS = (ast.Tuple, ast.List, ast.Set, ast.Dict, ast.JoinedStr, ast.FormattedValue)
+_UNKNOWN = object()  # what a name or attribute holds, where the preview cannot tell
 _OPERATIONS = (ast.UnaryOp, ast.BinOp, ast.BoolOp, ast.Compare)
 _ARITHMETIC = (ast.Constant, ast.operator, ast.cmpop, ast.boolop, ast.unaryop, *_OPERATIONS)
-_HARMLESS = (*_LEAVES, *_CONTAINERS, ast.keyword, ast.Starred, ast.expr_context, ast.arguments,
-             ast.arg, ast.operator)  # fmt: skip
 
 
 class Previewed(dict):
@@ -56,12 +52,15 @@ class Preview:
 
     def __init__(self, ns: dict, statements: list[ast.stmt], loop_line: int, filename: str):
         self.ns, self.files, self.filename = Previewed(ns), [], filename
-        self.factories: set[int] = set()  # the cell's functions that only define and return
+        # the cell's functions that only define and return, with their bodies
+        self.factories: dict[int, tuple[types.FunctionType, list[ast.stmt]]] = {}
+        self.complete = True  # every statement before the loop was made here
         for stmt in statements:
             if stmt.lineno < loop_line <= (stmt.end_lineno or 0):  # a block around the loop
                 self._header(stmt)
             elif not self._made(stmt):
                 self._forget(stmt)  # unknown until the loop is reached
+                self.complete = False
 
     def close(self) -> None:
         for file in self.files:
@@ -76,8 +75,10 @@ class Preview:
             exec(code, self.ns)
         except Exception:
             return False
-        if isinstance(stmt, ast.FunctionDef) and self._only_makes(stmt.body):
-            self.factories.add(id(self.ns.get(stmt.name)))
+        made = self.ns.get(getattr(stmt, "name", ""))
+        definition = isinstance(stmt, ast.FunctionDef) and isinstance(made, types.FunctionType)
+        if definition and self._only_makes(stmt.body):
+            self.factories[id(made)] = (made, stmt.body)
         return True
 
     def _only_makes(self, body: list[ast.stmt]) -> bool:
@@ -102,17 +103,18 @@ class Preview:
 
     def _header(self, block: ast.stmt) -> None:
         """``with open(path, mode) as f:`` around the loop: ``f`` is a file of that kind."""
-        if not isinstance(block, ast.With):
+        if not isinstance(block, ast.With | ast.AsyncWith):
             return
         for item in block.items:
             target, made = item.optional_vars, None
-            if isinstance(target, ast.Name):
+            if isinstance(target, ast.Name) and isinstance(block, ast.With):
                 made = self._stand_in_file(item.context_expr)
                 self.ns.pop(target.id, None)
             if made is not None:
                 self.ns[target.id] = made
             elif target is not None:
                 self._forget(ast.Assign([target], ast.Constant(None)))
+                self.complete = False
 
     def _stand_in_file(self, call: ast.expr):
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
@@ -132,34 +134,35 @@ class Preview:
         return file
 
     def _knowable(self, stmt: ast.stmt) -> bool:
-        """Whether making ``stmt`` does nothing but bind names: no call but to _MAKERS, no
-        import of a module not yet imported, no block."""
+        """Whether making ``stmt`` does nothing but bind names: it evaluates nothing that
+        touches an object (:meth:`_pure`), imports no module not yet imported, is no block."""
         if isinstance(stmt, ast.Import):
             return all(alias.name in sys.modules for alias in stmt.names)
         if isinstance(stmt, ast.ImportFrom):
             module = sys.modules.get(stmt.module or "") if not stmt.level else None
             return module is not None and all(
                 alias.name == "*"
-                or hasattr(module, alias.name)
+                or alias.name in vars(module)  # not hasattr: a lazy submodule would import
                 or f"{stmt.module}.{alias.name}" in sys.modules
                 for alias in stmt.names
             )
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
             arguments = stmt.args
             evaluated = [*arguments.defaults, *(d for d in arguments.kw_defaults if d)]
-            annotations = [a.annotation for a in _arguments(stmt) if a.annotation]
-            evaluated += [*annotations, *([stmt.returns] if stmt.returns else [])]
-            return all(self._pure(e) for e in [*evaluated, *stmt.decorator_list])
+            evaluated += [a.annotation for a in _arguments(stmt) if a.annotation]
+            evaluated += [stmt.returns] if stmt.returns else []
+            return all(self._pure(e) for e in evaluated) and self._decorators(stmt)
         if isinstance(stmt, ast.ClassDef):
-            heads = [*stmt.bases, *stmt.decorator_list]
             return (
                 not stmt.keywords
-                and all(self._pure(e) for e in heads)
                 and all(self._plain_base(b) for b in stmt.bases)
+                and self._decorators(stmt)
                 and all(isinstance(s, ast.Pass) or self._knowable(s) for s in stmt.body)
             )
         if isinstance(stmt, ast.Assign):
-            return all(_names_only(t) for t in stmt.targets) and self._pure(stmt.value)
+            return all(_unpacks_nothing(t, stmt.value) for t in stmt.targets) and self._pure(
+                stmt.value
+            )
         if isinstance(stmt, ast.AnnAssign):
             return isinstance(stmt.target, ast.Name) and (
                 stmt.value is None or self._pure(stmt.value)
@@ -168,57 +171,95 @@ class Preview:
             return isinstance(stmt.value, ast.Constant)  # a docstring
         return isinstance(stmt, ast.Pass)
 
-    def _pure(self, expr: ast.expr) -> bool:
-        """Whether evaluating ``expr`` only reads names and makes objects."""
-        for node in ast.walk(expr):
-            if isinstance(node, ast.Call):
-                if not self._maker(node.func):
-                    return False
-            elif isinstance(node, ast.Lambda):
-                continue
-            elif isinstance(node, (*COMPREHENSIONS, ast.NamedExpr, ast.Await, ast.Yield)):
-                return False
-            elif isinstance(node, _OPERATIONS):
-                if not all(isinstance(n, _ARITHMETIC) for n in ast.walk(node)):
-                    return False  # on constants only: an operator of an object may do anything
-            elif isinstance(node, ast.Subscript):
-                if not self._a_type(node.value):
-                    return False  # `df[mask]` may copy a large frame: only `list[int]` here
-            elif not isinstance(node, _HARMLESS):
-                return False
-        return True
+    def _pure(self, expr: ast.expr, argument: bool = False) -> bool:  # noqa: C901
+        """Whether evaluating ``expr`` touches no object: constants; names and module
+        attributes (a reference is bound, nothing is called); containers of those; calls of
+        _MAKERS whose ``argument``s are constants, makers or types (``list(it)`` would run
+        an iterator of the kernel's); arithmetic on constants; ``list[int]``."""
+        if isinstance(expr, ast.Constant):
+            return True
+        if isinstance(expr, ast.Name | ast.Attribute):
+            found = self._static(expr)
+            if found is _UNKNOWN:
+                return isinstance(expr, ast.Name) and not argument
+            return not argument or id(found) in _SAFE_MAKERS or isinstance(found, type)
+        if isinstance(expr, ast.Tuple | ast.List | ast.Set):
+            return all(self._pure(e, argument) for e in expr.elts)
+        if isinstance(expr, ast.Dict):
+            parts = [*expr.keys, *expr.values]
+            return None not in expr.keys and all(self._pure(p, argument) for p in parts)
+        if isinstance(expr, ast.Call):
+            values = [*expr.args, *(k.value for k in expr.keywords)]
+            return (
+                self._maker(expr.func)
+                and all(k.arg is not None for k in expr.keywords)
+                and all(self._pure(v, argument=True) for v in values)
+            )
+        if isinstance(expr, _OPERATIONS):  # on constants only: an object's operator may do anything
+            return all(isinstance(n, _ARITHMETIC) for n in ast.walk(expr))
+        if isinstance(expr, ast.Subscript):  # only `list[int]`: `df[mask]` may copy a frame
+            return self._a_type(expr.value) and self._pure(expr.slice, argument=True)
+        if isinstance(expr, ast.JoinedStr):
+            return all(isinstance(v, ast.Constant) for v in expr.values)
+        if isinstance(expr, ast.Lambda):  # its body runs when called, not now
+            arguments = expr.args
+            return all(self._pure(d) for d in [*arguments.defaults, *arguments.kw_defaults] if d)
+        return False
+
+    def _decorators(self, definition: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        """Decorators are called with what they decorate: makers only (or what one makes)."""
+        return all(
+            self._pure(d) if isinstance(d, ast.Call) else self._maker(d)
+            for d in definition.decorator_list
+        )
+
+    def _static(self, expr: ast.expr):
+        """What a name or a module's attribute holds, read without running anything (no
+        property, no module ``__getattr__``); _UNKNOWN otherwise."""
+        if isinstance(expr, ast.Name):
+            if expr.id in self.ns:
+                return self.ns[expr.id]
+            return builtins.__dict__.get(expr.id, _UNKNOWN)
+        if isinstance(expr, ast.Attribute):
+            owner = self._static(expr.value)
+            if isinstance(owner, types.ModuleType):
+                return vars(owner).get(expr.attr, _UNKNOWN)
+        return _UNKNOWN
 
     def _a_type(self, expr: ast.expr) -> bool:
-        found = self._value(expr)
+        found = self._static(expr)
         return isinstance(found, type) or getattr(found, "__module__", None) == "typing"
 
     def _plain_base(self, base: ast.expr) -> bool:
         """A base class that a subclass cannot notice (no metaclass, no __init_subclass__):
         making a class with it registers nothing anywhere."""
-        found = self._value(base)
+        found = self._static(base)
         return (
             isinstance(found, type)
             and type(found) is type
             and not any("__init_subclass__" in vars(c) for c in found.__mro__[:-1])
         )
 
-    def _value(self, expr: ast.expr):
-        if not all(isinstance(n, ast.Name | ast.Attribute | ast.Load) for n in ast.walk(expr)):
-            return None
-        try:
-            return eval(compile(ast.Expression(expr), "<preview>", "eval"), self.ns)
-        except Exception:
-            return None
-
     def _maker(self, func: ast.expr) -> bool:
-        found = self._value(func)
-        return found is not None and (id(found) in _SAFE_MAKERS or id(found) in self.factories)
+        found = self._static(func)
+        if found is _UNKNOWN:
+            return False
+        factory = self.factories.get(id(found))
+        if factory is not None and factory[0] is found:  # its body checked again: now
+            return self._only_makes(factory[1])
+        return id(found) in _SAFE_MAKERS
 
 
-def _names_only(target: ast.expr) -> bool:
+def _unpacks_nothing(target: ast.expr, value: ast.expr) -> bool:
+    """A name, or names taking a literal tuple's parts one for one (unpacking anything
+    else would iterate it)."""
     if isinstance(target, ast.Name):
         return True
-    return isinstance(target, ast.Tuple | ast.List) and all(_names_only(e) for e in target.elts)
+    if not isinstance(target, ast.Tuple | ast.List) or not isinstance(value, ast.Tuple | ast.List):
+        return False
+    return len(target.elts) == len(value.elts) and all(
+        _unpacks_nothing(t, v) for t, v in zip(target.elts, value.elts, strict=True)
+    )
 
 
 def _arguments(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.arg]:

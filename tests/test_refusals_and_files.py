@@ -447,6 +447,7 @@ def test_keep_native_threads_gives_the_kernels_sums_in_worker_processes(ip, run,
     pytest.importorskip("threadpoolctl")
     run(NUMPY_SETUP)
     run_ok(run, f"{BACKENDS[method]} --keep-native-threads -q", DOTS)
+    assert report().native_limit is None  # nothing capped, nothing to tell
     assert ip.user_ns["threads"] == [ip.user_ns["kernel_threads"]] * 4
     assert ip.user_ns["sums"] == ip.user_ns["plain"]
 
@@ -480,3 +481,117 @@ def test_capped_native_threads_are_told_once_a_session_when_quiet(ip, run, metho
     assert all(line.startswith(WARNING) for line in told)
     assert "--keep-native-threads" not in second.err, second.err
     assert first.out == second.out == ""
+
+
+# What a review found: the preview evaluates nothing of the kernel's, and is never stale
+
+
+@pytest.mark.parametrize("name", ["serial", "threads"])
+def test_the_preview_leaves_a_kernel_iterator_alone(ip, run, name):
+    """`data = list(it)` before the loop is not made in the preview: that would run the
+    kernel's iterator out before the cell does."""
+    run("it = iter([1, 2, 3])\n")
+    run_ok(
+        run,
+        f"{BACKENDS[name]} -q",
+        "data = list(it)\nout = []\nfor x in data:\n    out.append(x * 2)\n",
+    )
+    assert ip.user_ns["out"] == [2, 4, 6]
+
+
+def test_the_preview_calls_a_factory_only_while_it_still_only_makes(ip, run):
+    """A factory whose callee was rebound, in the same cell, to one that does something is
+    not called by the preview: the refused cell leaves `log` empty."""
+    cell = (
+        "def load():\n    return []\ndef make():\n    return load()\n"
+        "def load():\n    log.append('load ran')\n    return []\n"
+        "out = make()\nfor i in range(3):\n    out.append(random.random())\n"
+    )
+    run("import random\nlog = []\n")
+    refused(run(f"%%parallel {BACKENDS['threads']}\n{cell}"), "random")
+    assert ip.user_ns["log"] == []
+
+
+def test_a_name_a_call_rebinds_before_the_loop_is_judged_at_the_loop(ip, run):
+    """`reset()` rebinds `results` through `global`, which the source does not show: the
+    checks on objects wait for the loop, which then finds a list, and runs."""
+    run(
+        "class Bag:\n    def append(self, x):\n        pass\nresults = Bag()\n"
+        "def reset():\n    global results\n    results = []\n"
+    )
+    run_ok(run, BACKENDS["threads"], "reset()\nfor i in range(4):\n    results.append(i * i)\n")
+    assert ip.user_ns["results"] == [0, 1, 4, 9]
+
+
+def test_open_in_memory_files_come_back_open_from_workers(ip, run):
+    """Only a closed file travels as its closed like: an open BytesIO is a value like any."""
+    run("import io\n")
+    run_ok(
+        run, BACKENDS["fork"],
+        "bufs = []\nfor i in range(3):\n    b = io.BytesIO()\n    b.write(b'x' * i)\n    bufs.append(b)\n",
+    )  # fmt: skip
+    assert [b.getvalue() for b in ip.user_ns["bufs"]] == [b"", b"x", b"xx"]
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [
+        "lzma.open(f'{folder}/o{i}.xz', mode='wt')",
+        "tarfile.open(f'{folder}/o{i}.tar', mode='w')",
+        "open(os.devnull, 'w')",
+    ],
+)
+def test_a_module_open_of_a_path_per_item_or_devnull_is_not_a_shared_file(run, tmp_path, opening):
+    run(f"import lzma, os, tarfile\nfolder = {str(tmp_path)!r}\n")
+    run_ok(
+        run,
+        f"{BACKENDS['threads']} -q",
+        f"for i in range(3):\n    with {opening} as g:\n        pass\n",
+    )
+
+
+def test_a_path_the_body_binds_from_a_constant_is_one_shared_file(ip, run, tmp_path):
+    """`path = "..."` in the body does not make the path the item's own."""
+    path = tmp_path / "shared.txt"
+    cell = (
+        f"for i in range(4):\n    path = {str(path)!r}\n"
+        "    with open(path, 'a') as fh:\n        fh.write(f'{i} ')\n"
+    )
+    refused(run(f"%%parallel {BACKENDS['threads']}\n{cell}"), "every item writes to the one file")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("name", ["serial", "auto"])
+def test_a_generator_expression_run_as_written_at_the_loop_stays_lazy(ip, run, name):
+    """Found only at the loop (a function reached through a dict reads the loop name), the
+    generator expression runs as written: taking its first value calls the function once."""
+    run("x = 'global'\ncalls = []\ndef reader():\n    calls.append(1)\n    return x\n")
+    cell = "f = {'a': reader}['a']\ng = (f() for x in range(3))\nfirst = next(g)\n"
+    run_ok(run, f"{kernel_backend(name)} -q", cell)
+    assert ip.user_ns["calls"] == [1] and ip.user_ns["first"] == "global"
+    assert next(ip.user_ns["g"]) == "global"  # the plain generator, not closed by parmagic
+    assert ip.user_ns["calls"] == [1, 1]
+
+
+def test_auto_runs_an_awaiting_loop_as_written_when_the_loop_shows_why(ip, run):
+    """asyncio cannot run it (a function reached through a dict reads the loop name, found
+    at the loop): auto runs the loop, awaits and all, in the kernel, as written."""
+    run("import asyncio\ndef reader():\n    return x\n")
+    cell = (
+        "f = {'a': reader}['a']\nout = []\nfor x in range(3):\n"
+        "    await asyncio.sleep(0)\n    out.append(f())\n"
+    )
+    run_ok(run, "-b auto -q", cell)
+    assert ip.user_ns["out"] == [0, 1, 2]
+
+
+def test_a_refusal_under_compare_after_statements_ran_names_them(ip, run):
+    """However an earlier run ended, a refusal at the loop says which statements ran."""
+    run_ok(run, "-b serial -q", "for i in range(2):\n    pass\n")
+    run("log = []\n")
+    cell = (
+        "log.append('ran')\nseen = []\ns = (lambda v: v)(seen)\n"
+        "for i in range(3):\n    seen.append(len(s))\n"
+    )
+    refused(run(f"%%parallel --compare serial,threads\n{cell}"), "line 2 `log.append('ran')`")
+    assert ip.user_ns["log"] == ["ran"]
