@@ -9,20 +9,19 @@ times each item for the summary. Only a parallel backend the user names refuses 
 from __future__ import annotations
 
 import ast
-import copy
 import time
 from collections.abc import Iterable, Iterator
 from types import CodeType
 
 from .cell import find_parallel_loop
-from .chunk import ChunkResult
+from .chunk import VALUES_NAME, ChunkResult
 from .errors import ParmagicUsageError
+from .itemcode import loop_over
 from .report import RunReport
 from .scopes import COMPREHENSIONS
 
 CLOCK_NAME = "__parmagic_items__"
 LOOP_FUNCTION = "__parmagic_loop_as_written__"  # a loop that awaits, as a coroutine function
-VALUES_NAME = "__parmagic_values__"  # where a comprehension's values are left
 KERNEL = "kernel"  # the one worker of a run in the kernel's thread, as serial names it
 
 
@@ -70,26 +69,16 @@ def loop_code(info, filename: str) -> CodeType:
     its names there; a comprehension leaves its values in VALUES_NAME, or, for a generator
     expression, is one (lazy, as written). A body that awaits is the coroutine function
     LOOP_FUNCTION, its names declared global."""
-    node = copy.deepcopy(info.node)
-    items = ast.Name(CLOCK_NAME, ast.Load())
-    if info.kind == "for":
-        statements: list[ast.stmt] = [ast.For(node.target, items, node.body, [])]
-    else:
-        node.generators[0].iter = items
-        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
-        if info.kind == "generator" and not info.awaits:
-            expression = ast.Expression(ast.GeneratorExp(elt, node.generators))
-            return compile(ast.fix_missing_locations(expression), filename, "eval")
-        values = ast.ListComp(elt, node.generators)
-        statements = [ast.Assign([ast.Name(VALUES_NAME, ast.Store())], values)]
+    if info.kind == "generator" and not info.awaits:
+        expression = ast.Expression(loop_over(info, CLOCK_NAME, lazy=True))
+        return compile(ast.fix_missing_locations(expression), filename, "eval")
+    statement = loop_over(info, CLOCK_NAME)
     if info.awaits:
-        names = sorted(info.bound | {VALUES_NAME})
-        body = [ast.Global(names), *statements]
+        body = [ast.Global(sorted(info.bound | {VALUES_NAME})), statement]
         arguments = ast.arguments([], [], None, [], [], None, [])
-        statements = [ast.AsyncFunctionDef(LOOP_FUNCTION, arguments, body, [], None)]
-    for statement in statements:
-        ast.copy_location(statement, info.node)
-    module = ast.fix_missing_locations(ast.Module(statements, []))
+        coroutine = ast.AsyncFunctionDef(LOOP_FUNCTION, arguments, body, [], None)
+        statement = ast.copy_location(coroutine, info.node)
+    module = ast.fix_missing_locations(ast.Module([statement], []))
     return compile(module, filename, "exec", dont_inherit=True)
 
 

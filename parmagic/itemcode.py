@@ -201,16 +201,23 @@ def build_in_place_code(info: BodyInfo, filename: str) -> CodeType:
     serial backend runs. Nothing is recorded or replayed, so the loop's own statements make
     their changes, bind their names and print, exactly as the plain loop does, at its speed.
     A comprehension's values go to ``__parmagic_values__``."""
-    node = copy.deepcopy(info.node)
-    chunk = ast.Name(CHUNK_NAME, ast.Load())
-    if info.kind == "for":
-        statement = ast.For(node.target, chunk, node.body, [])
-    else:
-        node.generators[0].iter = chunk
-        elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
-        values = ast.ListComp(elt, node.generators)
-        statement = ast.Assign([ast.Name(VALUES_NAME, ast.Store())], values)
-    ast.copy_location(statement, info.node)
-    module = ast.fix_missing_locations(ast.Module([statement], []))
+    module = ast.fix_missing_locations(ast.Module([loop_over(info, CHUNK_NAME)], []))
     code = compile(module, filename, "exec", dont_inherit=True)
     return code.replace(co_name=errors.ITEM_FUNCTION_NAME)  # shown as the loop body
+
+
+def loop_over(info: BodyInfo, items: str, lazy: bool = False):
+    """The loop as written, over the items in the name ``items``, at the loop's lines: a
+    ``for`` statement, or ``__parmagic_values__ = [...]`` for a comprehension (``lazy``: the
+    generator expression itself)."""
+    node = copy.deepcopy(info.node)
+    source = ast.Name(items, ast.Load())
+    if info.kind == "for":
+        return ast.copy_location(ast.For(node.target, source, node.body, []), info.node)
+    node.generators[0].iter = source
+    elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
+    if lazy:
+        return ast.copy_location(ast.GeneratorExp(elt, node.generators), info.node)
+    values = ast.ListComp(elt, node.generators)
+    statement = ast.Assign([ast.Name(VALUES_NAME, ast.Store())], values)
+    return ast.copy_location(statement, info.node)
