@@ -23,6 +23,7 @@ from .scopes import (
     SCOPES,
     attribute_root,
     bound_names,
+    called_name,
     receiver_root,
     scope_names,
     stored_names,
@@ -267,7 +268,7 @@ def _held_names(iterable: ast.expr) -> set[str]:
     func = iterable.func
     if isinstance(func, ast.Attribute) and func.attr in VIEWS:
         return _held_names(func.value)
-    if _called(iterable) in HOLDING_CALLS:
+    if called_name(iterable) in HOLDING_CALLS:
         return set().union(*(_held_names(a) for a in iterable.args))
     return set()
 
@@ -384,7 +385,7 @@ def _hidden_writes(stmts, bound: set[str], targets: set[str], info: BodyInfo) ->
             ):
                 verb = "deletes" if isinstance(node.ctx, ast.Del) else "sets"
                 changed(node.value, node.lineno, f"`{ast.unparse(node)}` {verb}")
-                globals_store = isinstance(node.value, ast.Call) and _called(node.value) in (
+                globals_store = isinstance(node.value, ast.Call) and called_name(node.value) in (
                     "globals", "vars"
                 )  # fmt: skip
                 if globals_store:
@@ -394,16 +395,18 @@ def _hidden_writes(stmts, bound: set[str], targets: set[str], info: BodyInfo) ->
 
 def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: BodyInfo) -> None:
     func, line = node.func, node.lineno
-    called = _called(node)
+    called = called_name(node)
     text = f"`{ast.unparse(func)}(...)`"
     if isinstance(func, ast.Attribute):
         if func.attr in IN_PLACE:
             changed(func.value, line, text)
         inner = func.value
         if isinstance(inner, ast.Call) and func.attr in IN_PLACE:
-            if _called(inner) in ("globals", "vars"):
+            if called_name(inner) in ("globals", "vars"):
                 info.copy_warnings.append((line, text, "globals()"))
-            elif _called(inner) in ("setdefault", "get") and isinstance(inner.func, ast.Attribute):
+            elif called_name(inner) in ("setdefault", "get") and isinstance(
+                inner.func, ast.Attribute
+            ):
                 name = kernel_root(inner.func.value)
                 if name:
                     info.copy_warnings.append((line, text, name))
@@ -437,11 +440,6 @@ def _hidden_call(node: ast.Call, discarded: bool, kernel_root, changed, info: Bo
 def _refuse_taking(line: int, what: str, name: str) -> None:
     message = errors.TAKES_CARRIED.format(line=line, what=what, name=name)
     raise LoopRefused(message, line, carried=True)
-
-
-def _called(node: ast.Call) -> str:
-    func = node.func
-    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
 
 
 def _assigned_names(stmts) -> set[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 
 from .files import CSV_WRITERS, SINK_METHODS
-from .scopes import walk_scope
+from .scopes import called_name, walk_scope
 
 WRITE_MODES = frozenset("wax+")
 # Methods that write a table to a path, whose ``mode="a"`` appends (pandas' and the like)
@@ -43,7 +43,7 @@ def _writes_to(name: ast.Name, parents: dict[int, ast.AST]) -> bool:
         return isinstance(call, ast.Call) and call.func is parent
     if isinstance(parent, ast.keyword) and parent.arg == "file":
         call = parents.get(id(parent))
-        return isinstance(call, ast.Call) and _called(call) == "print"
+        return isinstance(call, ast.Call) and called_name(call) == "print"
     if isinstance(parent, ast.Call) and parent.args and parent.args[0] is name:
         func = parent.func  # csv.writer(f): csv's own, not any function named `writer`
         return (
@@ -53,11 +53,6 @@ def _writes_to(name: ast.Name, parents: dict[int, ast.AST]) -> bool:
             and func.value.id == "csv"
         )
     return False
-
-
-def _called(call: ast.Call) -> str | None:
-    func = call.func
-    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
 
 
 def shared_paths(stmts: list[ast.stmt], targets: set[str]) -> list[tuple[int, str]]:
@@ -116,7 +111,7 @@ def _discarded(path: ast.expr) -> bool:
 def _written_path(call: ast.Call) -> ast.expr | None:
     """The path a call opens for writing, if it does: ``open``, a module's ``open``
     (``gzip.open``), ``Path(...).open`` with a writing mode, or a table writer appending."""
-    called = _called(call)
+    called = called_name(call)
     mode = next((k.value for k in call.keywords if k.arg == "mode"), None)
     if called == "open":
         if isinstance(call.func, ast.Attribute) and not _is_io_module(call.func.value):

@@ -30,7 +30,7 @@ from .errors import ParmagicUsageError
 from .hidden_state import Guard
 from .itemcode import build_in_place_code, build_item_code
 from .machine import usable_cores
-from .native_threads import reaches_native_code
+from .native_threads import of_native_library
 from .options import Options
 from .report import RunReport
 from .run_checks import hidden_nodes, late_refusal, recorded_names, unordered_warnings
@@ -183,8 +183,11 @@ class LoopRun:
             for message in unordered_warnings(self.plan, self.ns, recorded, backend):
                 self.warn(message)
         task = self.task_for(backend, recorded)
+        from .shipping import reached_values  # cloudpickle: imported by a run, not %load_ext
+
         report.native_code = report.native_code or (
-            backend.copies_kernel_objects and reaches_native_code(task.function)
+            backend.copies_kernel_objects
+            and any(map(of_native_library, reached_values(task.function)))
         )
         return backend, task
 

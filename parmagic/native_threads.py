@@ -82,30 +82,6 @@ def kernel_native_threads() -> int:
     return os.cpu_count() or 1
 
 
-def reaches_native_code(function: types.FunctionType) -> bool:
-    """Whether the item function, or a notebook function it calls, uses a library of
-    NATIVE_LIBRARIES: where the cap on their threads can change the last bits of results."""
-    seen: set[int] = set()
-    todo = [function]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        codes, names = [current.__code__], set()
-        while codes:
-            code = codes.pop()
-            names.update(code.co_names)
-            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-        for name in names:
-            value = current.__globals__.get(name)
-            if of_native_library(value):
-                return True
-            if isinstance(value, types.FunctionType):
-                todo.append(value)
-    return False
-
-
 def of_native_library(value: object) -> bool:
     """Whether ``value``, or one of the first members of a list, tuple or dict it is, comes
     from a library of NATIVE_LIBRARIES (``vs = [array, ...]``, an item ``(name, array)``)."""

@@ -44,6 +44,12 @@ def walk_scope(node: ast.AST):
         todo.extend(ast.iter_child_nodes(current))
 
 
+def called_name(call: ast.Call) -> str:
+    """The name a call calls by: ``f`` of ``f(x)``, ``append`` of ``out.append(x)``."""
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
 def stored_names(target: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
 

@@ -15,6 +15,7 @@ import mmap
 import pickle
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from . import errors
@@ -45,24 +46,32 @@ def referenced_globals(function: types.FunctionType) -> list[str]:
     return names
 
 
-def captured_bytes(function: types.FunctionType) -> int:
-    """About how many bytes the kernel objects a function captures (through the notebook
-    functions it calls too) weigh, without pickling them: a buffer by its size, anything
-    else by its own size (``sys.getsizeof``, which pandas makes deep)."""
-    total, seen, todo = 0, set(), [function]
+def reached_values(function: types.FunctionType) -> Iterator[object]:
+    """The kernel values a function reads, and those the notebook functions it calls read
+    (functions of the same namespace, followed), each once."""
+    seen, todo = set(), [function]
     while todo:
         current = todo.pop()
         for name in referenced_globals(current):
             value = current.__globals__[name]
-            if id(value) in seen or isinstance(value, types.ModuleType):
+            if id(value) in seen:
                 continue
             seen.add(id(value))
-            if isinstance(value, types.FunctionType):
-                if value.__globals__ is function.__globals__:
-                    todo.append(value)
-                continue
-            size = getattr(value, "nbytes", None)
-            total += size if isinstance(size, int) else sys.getsizeof(value)
+            if isinstance(value, types.FunctionType) and value.__globals__ is function.__globals__:
+                todo.append(value)
+            yield value
+
+
+def captured_bytes(function: types.FunctionType) -> int:
+    """About how many bytes the kernel objects a function captures (through the notebook
+    functions it calls too) weigh, without pickling them: a buffer by its size, anything
+    else by its own size (``sys.getsizeof``, which pandas makes deep)."""
+    total = 0
+    for value in reached_values(function):
+        if isinstance(value, types.ModuleType | types.FunctionType):
+            continue
+        size = getattr(value, "nbytes", None)
+        total += size if isinstance(size, int) else sys.getsizeof(value)
     return total
 
 
