@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import ast
+import sys
+import types
 
 from .files import CSV_WRITERS, SINK_METHODS
 from .scopes import called_name, walk_scope
@@ -53,6 +55,88 @@ def _writes_to(name: ast.Name, parents: dict[int, ast.AST]) -> bool:
             and func.value.id == "csv"
         )
     return False
+
+
+def kernel_file_written(
+    call: ast.Call, scope: dict, local: set[str], held: dict | None = None, names: bool = True
+) -> str | None:
+    """The kernel file (or csv writer) a call writes to, as written in the code, where code
+    that is not the body's own does it (a notebook function, a method, a lambda), or the
+    body through an object (``L.sink.write(s)``, ``cfg["log"].write(s)``): writes that no
+    Sink records, and that would land in the order items run. ``names``: also a bare name
+    (``fh.write(s)`` in a function; in the body, a Sink records those). ``held``: names whose
+    objects are known beyond ``scope`` (a closure's cells, a method's class)."""
+    from .files import is_sink
+
+    streams = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
+    for written in _written_objects(call):
+        if not names and isinstance(written, ast.Name):
+            continue
+        target = _held(written, scope, local, held or {})
+        if is_sink(target) and id(target) not in streams:  # printed output: kept per item
+            return ast.unparse(written)
+    return None
+
+
+def _written_objects(call: ast.Call) -> list[ast.expr]:
+    func, found = call.func, []
+    if isinstance(func, ast.Attribute) and func.attr in SINK_METHODS:
+        found.append(func.value)
+    if called_name(call) == "print":
+        found += [k.value for k in call.keywords if k.arg == "file"]
+    if called_name(call) in CSV_WRITERS and call.args:
+        found.append(call.args[0])
+    return found
+
+
+_MISSING = object()
+
+
+def _held(expr: ast.expr, scope: dict, local: set[str], held: dict) -> object:
+    """What ``expr`` holds, read without running code: a name (``held``, else a global),
+    then attributes from ``__dict__``s (a module's, a class's through its bases, an
+    instance's) and constant keys of plain dicts and lists."""
+    steps: list[tuple[bool, object]] = []
+    while isinstance(expr, ast.Attribute | ast.Subscript):
+        if isinstance(expr, ast.Attribute):
+            steps.insert(0, (True, expr.attr))
+        elif isinstance(expr.slice, ast.Constant):
+            steps.insert(0, (False, expr.slice.value))
+        else:
+            return None
+        expr = expr.value
+    if not isinstance(expr, ast.Name):
+        return None
+    if expr.id in held:
+        value = held[expr.id]
+    elif expr.id in local:
+        return None
+    else:
+        value = scope.get(expr.id, _MISSING)
+    for attribute, key in steps:
+        value = _attribute(value, key) if attribute else _item(value, key)
+        if value is _MISSING:
+            return None
+    return value
+
+
+def _attribute(value: object, name) -> object:
+    holders = [value] if not isinstance(value, type) else list(value.__mro__)
+    if not isinstance(value, type | types.ModuleType):
+        holders += list(type(value).__mro__)
+    for holder in holders:
+        found = getattr(holder, "__dict__", {}).get(name, _MISSING)
+        if found is not _MISSING:
+            return found
+    return _MISSING
+
+
+def _item(value: object, key) -> object:
+    if type(value) is dict:
+        return value.get(key, _MISSING)
+    if type(value) in (list, tuple) and isinstance(key, int) and -len(value) <= key < len(value):
+        return value[key]
+    return _MISSING
 
 
 def shared_paths(stmts: list[ast.stmt], targets: set[str]) -> list[tuple[int, str]]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from . import errors
 from .body import MUTATORS
+from .file_uses import kernel_file_written
 from .hidden_state import defaults, global_generators, is_user_code, unwrapped
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
 
@@ -68,6 +69,7 @@ def find_hidden_effects(
         for node in walk_scope(top):
             if isinstance(node, ast.Call):
                 finder.call(node, node.lineno, ns, local=loop_names, where="")
+                finder.file_write(node, None, loop_names, node.lineno, "")
                 finder.coroutine(node, ns, loop_names, id(node) in consumed)
             elif isinstance(node, ast.Lambda):  # runs where the item runs, whoever calls it
                 finder.body_lambda(node, loop_names)
@@ -175,6 +177,27 @@ class _Finder:
                 own_line = code.co_firstlineno + getattr(node, "lineno", 1) - 1
                 where = _place(function, self.ns, own_line)
                 self._node(node, function, own - kept.keys(), line, where, parameters, kept)
+                if isinstance(node, ast.Call):
+                    self.file_write(node, function, own, line, where, owner)
+
+    def file_write(
+        self, node: ast.Call, function, own: set[str], line: int, where: str, owner=None
+    ) -> None:
+        """A write to a kernel file that no Sink records (file_uses.kernel_file_written)."""
+        if function is None:
+            written = kernel_file_written(node, self.ns, own, names=False)
+        else:
+            scope = self.ns if in_notebook(function, self.ns) else function.__globals__
+            names, cells = function.__code__.co_freevars, function.__closure__ or ()
+            held = {n: c.cell_contents for n, c in zip(names, cells, strict=True) if _full(c)}
+            code = function.__code__
+            static = owner is not None and isinstance(vars(owner).get(code.co_name), staticmethod)
+            if owner is not None and code.co_argcount and not static:  # self, cls: the class
+                held[code.co_varnames[0]] = owner
+            written = kernel_file_written(node, scope, own, held)
+        if written is not None:
+            what = f"writes to the kernel's file `{written}` (the loop's own writes are ordered)"
+            self.found.append(HiddenEffect(UNORDERED, line, where, what, written))
 
     def _node(
         self, node, function, own: set[str], line: int, where: str, parameters=(), kept=None
@@ -235,6 +258,14 @@ class _Finder:
             root = _changed_root(node.value, isinstance(node, ast.Subscript))
             if root is not None and (root not in own or root in parameters or root in kept):
                 changes(root)
+
+
+def _full(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # a cell not yet filled
+        return False
+    return True
 
 
 def _changed_root(expr: ast.expr, subscript: bool = False) -> str | None:

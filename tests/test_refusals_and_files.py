@@ -595,3 +595,41 @@ def test_a_refusal_under_compare_after_statements_ran_names_them(ip, run):
     )
     refused(run(f"%%parallel --compare serial,threads\n{cell}"), "line 2 `log.append('ran')`")
     assert ip.user_ns["log"] == ["ran"]
+
+
+# Writes to a kernel file that no stand-in records: code the body calls, or an object's file
+FILE_SETUP = (
+    "import time\nfh = open(PATH, 'w')\ndef log(s):\n    fh.write(s)\n"
+    "class Journal:\n    sink = fh\n    @classmethod\n    def note(cls, s):\n        cls.sink.write(s)\n"
+    "def make_writer():\n    out = fh\n    def write(s):\n        out.write(s)\n    return write\n"
+    "closure_write = make_writer()\nlam = lambda s: fh.write(s)\ncfg = {'log': fh}\n"
+)
+UNRECORDED_WRITES = {
+    "notebook-function": "log(f'{i} ')",
+    "classmethod-through-cls": "Journal.note(f'{i} ')",
+    "closure-cell": "closure_write(f'{i} ')",
+    "lambda": "lam(f'{i} ')",
+    "class-attribute-in-the-body": "Journal.sink.write(f'{i} ')",
+    "dict-value-in-the-body": "print(i, file=cfg['log'])",
+}
+
+
+@pytest.mark.parametrize("call", list(UNRECORDED_WRITES.values()), ids=list(UNRECORDED_WRITES))
+@pytest.mark.parametrize("name", ["threads", "auto"])
+def test_writes_to_a_kernel_file_that_no_stand_in_records_never_land_out_of_order(
+    ip, run, tmp_path, call, name
+):
+    """A write made by a function the body calls, or through an object, goes straight to the
+    file where the item runs: refused on a named parallel backend (nothing written), run in
+    the kernel by auto, in item order."""
+    path = tmp_path / "journal.txt"
+    run(with_path(FILE_SETUP, path))
+    cell = f"for i in range(6):\n    time.sleep(0.002 * (6 - i))\n    {call}\n"
+    outcome = run(f"%%parallel {kernel_backend(name)} -q\n{cell}")
+    run("fh.close()\n")
+    if name == "threads":
+        refused(outcome, "writes to the kernel's file")
+        assert path.read_text() == ""
+    else:
+        assert outcome.error is None and report().backend == "serial"
+        assert path.read_text().split() == [str(i) for i in range(6)]
