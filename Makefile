@@ -8,12 +8,19 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# pip stays quiet; a line before each step says what the wait is for.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $(STAMP)
+	@test -x $(BIN)/python || { \
+	  echo "make: creating the virtual environment $(VENV) with $(PYTHON)"; \
+	  $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing parmagic and what its tests and demos use into $(VENV)" \
+	  "(JupyterLab, dask, ...: this can take a couple of minutes)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "make: registering $(VENV)'s Python as the Jupyter kernel python3 (inside $(VENV))"
+	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 test: $(STAMP)
 	$(BIN)/ruff check parmagic tests demo_notebooks bench tools
@@ -29,7 +36,9 @@ test-pythons: $(STAMP)
 	$(BIN)/python tools/test_pythons.py
 
 demo: $(STAMP)
-	$(BIN)/python demo_notebooks/run_demos.py
+	@echo "make: running the notebooks in demo_notebooks/ one by one through a Jupyter kernel" \
+	  "(a minute or so); each cell's output follows its notebook"
+	@$(BIN)/python demo_notebooks/run_demos.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

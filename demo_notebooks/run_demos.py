@@ -102,8 +102,8 @@ def main() -> int:
     began = time.monotonic()
     notebooks = sorted(HERE.glob("*.ipynb"))
     failed = []
-    for path in notebooks:
-        print(f"=== {path.name}")
+    for number, path in enumerate(notebooks, 1):
+        print(f"=== {path.name} ({number} of {len(notebooks)}): running", flush=True)
         if not run_notebook(path):
             failed.append(path.name)
     total = time.monotonic() - began

@@ -16,7 +16,7 @@ from types import CodeType
 from .cell import find_parallel_loop
 from .chunk import VALUES_NAME, ChunkResult
 from .errors import ParmagicUsageError
-from .itemcode import loop_over
+from .itemcode import as_plain_python_names, loop_over
 from .report import RunReport
 from .scopes import COMPREHENSIONS
 
@@ -79,7 +79,10 @@ def loop_code(info, filename: str) -> CodeType:
         coroutine = ast.AsyncFunctionDef(LOOP_FUNCTION, arguments, body, [], None)
         statement = ast.copy_location(coroutine, info.node)
     module = ast.fix_missing_locations(ast.Module([statement], []))
-    return compile(module, filename, "exec", dont_inherit=True)
+    code = compile(module, filename, "exec", dont_inherit=True)
+    if info.kind == "for" or info.awaits:
+        return code
+    return as_plain_python_names(code, info.kind, "<listcomp>")
 
 
 def _clocked(iterable: ast.expr) -> ast.expr:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .errors import AUTO_HIDDEN, AUTO_HIDDEN_LATER, HiddenChange, NotPicklable
 from .machine import usable_cores
-from .report import RunReport, side_by_side
+from .report import CPU_BOUND_SHARE, RunReport, side_by_side
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -43,6 +43,9 @@ MIN_GAIN_SHARE = 0.2  # ...and this share of what the kernel would take
 TRY_THREADS = "threads, on trial"  # the lead-in's choice when only a trial can tell
 TRIAL_WORTH = 0.15  # seconds of kernel work left that are worth a trial on threads
 TRIAL_SECONDS = 0.1  # how long the trial lasts, at least
+INSTALMENT_SHARE = 8  # the kernel takes at most 1/8 of the items left at a time (see Instalments)
+MAX_WAITING_THREADS = 32  # see waiting_threads
+CHANGED_PACE = 10  # the latest item cost this many times the earlier ones: the loop changed
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Outlook:
     captured_bytes: Callable[[], int]  # about what the task weighs (cheap: nothing pickled)
     processes_refused: Callable[[], str | None]  # why the task cannot go (it is pickled)
     threads_allowed: bool = True  # False under --seed (threads share one random state)
+    workers_given: bool = False  # --workers: the user's count, never sized from the items
 
 
 @dataclass
@@ -128,6 +132,9 @@ class Lead:
         self._began: float | None = None
         self.guard: Guard | None = None  # the state items may change unnamed, as before them
         self._held = ""  # why the loop stays in the kernel whatever the forecast says
+        self._kept_here = (0, 0.0)  # items done, and their mean own time, when the forecast last
+        # kept the loop in the kernel
+        self.threads = outlook.threads  # the pool a move to threads starts (waiting_threads)
 
     def _hold(self) -> bool:
         """Whether the first items changed state the loop's lines do not name: a parallel
@@ -167,11 +174,14 @@ class Lead:
         if remaining <= 0:
             return False
         share = r.cpu_share
+        if not self.outlook.workers_given:
+            self.threads = self.outlook.threads = waiting_threads(share, remaining)
         outlook = self._weigh(share, remaining)
         choice = outlook.best()
         if choice == "serial" and self._worth_a_trial(outlook):
             choice = TRY_THREADS
         if choice == "serial":
+            self._kept_here = (done, own / done)
             return False
         self.choice, self.led = choice, done
         self.moved = self._moved(choice, share, remaining)
@@ -276,17 +286,50 @@ class Lead:
         """Why the rest moved to ``choice`` (for a trial, until the trial tells)."""
         kind = "compute" if self.report.computing else "mostly wait"
         seen = f"items {kind} (CPU {share:.0%} of their time over {self._first()})"
-        pace = f"{self._per_item * 1000:.2g} ms each lately"
+        pace = f"{self._per_item * 1000:.3g} ms each lately"
         rest = f"{remaining} more to come ({pace})"
         if not self.length:
             rest = f"more to come ({pace}; the loop's length is unknown)"
+        if self._changed_pace():
+            seen = self._changed(choice)
         if choice == "processes":
             cores = min(self.outlook.cores, self.outlook.processes)
             return f"{seen}; {rest}: {cores} cores share them"
         if choice == TRY_THREADS:
             return f"{seen}; {rest}, and {self._why_not_processes()}: threads took them on trial"
         note = f"; processes cannot take it: {self.refused}" if self.refused else ""
-        return f"{seen}; {rest}: threads overlap their waiting{note}"
+        pool = f"{self.threads} threads overlap their waiting"
+        if not self.outlook.workers_given:
+            ratio = (1 - share) / share if share > 0 else math.inf
+            pool += (
+                f" (items wait {ratio:.0f} times as long as they compute)"
+                if ratio < 1000 else " (items hardly compute)"
+            )  # fmt: skip
+        return f"{seen}; {rest}: {pool}{note}"
+
+    def _latest(self) -> tuple[float, float]:
+        """The latest item's time and CPU time in the kernel."""
+        r = self.report
+        if not r.timings:
+            return self._per_item, self._per_item * r.cpu_share
+        index, worker, start, end, cpu = r.timings[-1]
+        return end - start, cpu
+
+    def _changed_pace(self) -> bool:
+        """Whether the latest items cost far more than those that had kept the loop in the
+        kernel (not a loop whose items get dearer little by little)."""
+        count, mean = self._kept_here
+        return count > 0 and self._latest()[0] > CHANGED_PACE * max(mean, RECORDED_PER_ITEM)
+
+    def _changed(self, choice: str) -> str:
+        """What the kernel's latest items showed, after earlier ones had kept the loop here."""
+        where = "threads" if choice in ("threads", TRY_THREADS) else choice
+        latest, cpu = self._latest()
+        began = "compute" if cpu >= CPU_BOUND_SHARE * latest else "wait"
+        return (
+            f"moved to {where} at item {self.led}: the first {self._kept_here[0]} items were too "
+            f"cheap for workers, then items began to {began} {latest:.2g} s each"
+        )
 
     def _why_not_processes(self) -> str:
         if self.refused:
@@ -327,7 +370,8 @@ def auto_records(
     leader = Lead(report, length, outlook(run, task))
     if not run.options.unordered:
         leader.guard = run.guard(task.function)
-    yield from phase(serial, task, iterator, until=leader.moves)
+    instalments = Instalments(iterator, report, length)
+    yield from phase(serial, task, instalments, until=lambda: leader.moves() or instalments.begin())
     name, report.auto_reason = leader.choice, leader.reason
     if name is None:
         return
@@ -335,7 +379,9 @@ def auto_records(
         name = "serial"  # threads share one global random state
         report.auto_reason += "; serial, as --seed needs items in processes of their own"
     workers, items = run.options.workers, iterator
-    if name == TRY_THREADS:  # as many threads as cores: the items compute
+    if name == "threads":
+        workers = leader.threads
+    elif name == TRY_THREADS:  # as many threads as cores: the items compute
         name, workers, items = "threads", workers or usable_cores(), leader.trial(iterator)
     try:
         yield from phase(*run.start(name, workers, report, recorded), items)
@@ -352,6 +398,53 @@ def auto_records(
     report.auto_reason = leader.reason
     if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
         yield from phase(*run.start("serial", 1, report, recorded), iterator)
+
+
+class Instalments:
+    """The iterable for the kernel's part of an auto run, handed out in instalments of at
+    most 1/``INSTALMENT_SHARE`` of the items left (half as many as done, when the length is
+    unknown), so that the lead-in weighs the loop again after each: chunks sized from cheap
+    first items would otherwise take the whole rest at once, and a loop whose later items
+    wait (or compute) could not move (issue 30). The dispatcher asks the lead-in before it
+    takes each chunk (``until``), and :meth:`begin` is called then; a chunk that asks for
+    more than the instalment holds gets StopIteration, and so ends there (the dispatcher
+    takes each chunk with a fresh ``islice``)."""
+
+    def __init__(self, iterator: Iterator, report: RunReport, length: int) -> None:
+        self.iterator, self.report, self.length = iterator, report, length
+        self.left = 0  # items left in the current instalment
+
+    def begin(self) -> bool:
+        """Start the next instalment (False: for ``until``, the run goes on)."""
+        done = self.report.item_count
+        rest = self.length - done if self.length else 2 * done
+        self.left = max(1, rest // INSTALMENT_SHARE)
+        return False
+
+    def __iter__(self) -> Instalments:
+        return self
+
+    def __next__(self):
+        if self.left <= 0:
+            raise StopIteration
+        self.left -= 1
+        return next(self.iterator)
+
+
+def waiting_threads(cpu_share: float, remaining: int) -> int:
+    """Threads for items that spend ``cpu_share`` of their time on a CPU, as a user who had
+    timed them would size the pool: one item's Python runs at a time (the GIL), so about
+    ``1 / cpu_share`` threads keep it busy, each waiting while the others run; never more
+    than the items left, nor ``MAX_WAITING_THREADS``. That cap is what
+    ``concurrent.futures.ThreadPoolExecutor`` allows by default (``min(32, cores + 4)``):
+    past it every extra thread costs a stack, a connection to the server it waits on, and
+    GIL hand-offs that the kernel's own applying thread queues behind, for waits already
+    overlapped; a loop that wants more can say ``--workers``. At least the default pool."""
+    from .backends.threads import ThreadBackend
+
+    wanted = math.ceil(1.0 / cpu_share) if cpu_share > 0 else MAX_WAITING_THREADS
+    sized = min(remaining, wanted, MAX_WAITING_THREADS)
+    return max(ThreadBackend.default_workers(), sized)
 
 
 def outlook(run: LoopRun, task: Task) -> Outlook:
@@ -392,4 +485,5 @@ def outlook(run: LoopRun, task: Task) -> Outlook:
         captured_bytes=captured_bytes,
         processes_refused=processes_refused,
         threads_allowed=options.seed is None,
+        workers_given=options.workers is not None,
     )

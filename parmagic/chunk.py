@@ -75,6 +75,7 @@ class Task:
     # ordered tail between items or to compare runs).
     merge_names: bool = False
     comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
+    kind: str = "for"  # the loop's kind (BodyInfo.kind), which a failed item's note names
     # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
     # (itemcode.build_in_place_code), instead of ``function`` with its recording
     in_place: CodeType | None = None
@@ -98,6 +99,17 @@ class Task:
                 setattr(module, name, value)
 
 
+# What a worker process was handling when it started: a forked worker made while an error
+# went up in the kernel (a pool replaced in a `finally`) runs its whole life inside that
+# handler, so Python would chain every error its items raise to the kernel's error.
+_INHERITED_ERRORS: list[BaseException] = []
+
+
+def forget_inherited_error() -> None:
+    """Called as a worker process starts, so that its items' errors chain only to their own."""
+    _INHERITED_ERRORS[:] = [sys.exception()] if sys.exception() is not None else []
+
+
 @dataclass
 class ItemError:
     exception: BaseException
@@ -114,6 +126,8 @@ class ItemError:
         neither a traceback nor ``__cause__``)."""
         made = cls(error, user_frames(error.__traceback__, origins), item)
         cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if any(cause is inherited for inherited in _INHERITED_ERRORS):
+            cause = None
         if cause is not None and cause is not error and depth < 8:
             made.cause = cls.of(cause, item, origins, depth + 1)
             made.explicit = error.__cause__ is not None

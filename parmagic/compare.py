@@ -1,156 +1,40 @@
-"""``--compare``: the loop once per backend, each run recorded, one recording applied.
+"""``--compare``: the loop on each backend, each run recorded, one recording applied.
 
 Every backend runs the same items with nothing applied to the kernel (dispatch.Recording); each
-recording is set beside the serial one, item by item: printed output, recorded changes, names
-bound, values, errors. Only the serial recording is applied, so the kernel ends as after one
-serial run, whatever the other backends did.
+recording is set beside the serial one, item by item (same_results.py). Only the serial
+recording is applied, so the kernel ends as after one serial run, whatever the other backends
+did. A backend that would refuse the body on its own refuses it here too, in its row.
+
+Short loops run in up to three rounds, in alternating order, so that a machine's changing load
+hits every backend alike; but only where running the loop again can change nothing a recording
+misses (compare_table.py reads the rounds).
 """
 
 from __future__ import annotations
 
-import html
-import pickle
+import ast
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import errors
 from .auto import auto_records
+from .compare_table import AUTO, REFERENCE, Comparison, Row
 from .dispatch import Applier, Recording, replay
-from .effects import CALL, REDUCE, STATE
-from .errors import ParmagicUsageError, short_repr
+from .errors import ParmagicUsageError
 from .machine import usable_cores
-from .render import BAR_FILL, BAR_FILL_DIFFERENT, html_bar
 from .report import RunReport
+from .run_checks import hidden_effects_of, late_refusal
+from .same_results import first_difference
+from .scopes import called_name
 
 if TYPE_CHECKING:
     from .loop_run import LoopRun
 
-REFERENCE = "serial"
 EVERY_BACKEND = ("serial", "threads", "futures", "processes", "futures:processes", "asyncio")
-AUTO = "auto"
-
-
-@dataclass
-class Row:
-    """One backend's run, or why it could not run."""
-
-    backend: str
-    report: RunReport | None = None
-    difference: str | None = None  # what differed from the serial run (None: the same)
-    refused: str | None = None  # why this backend could not run the loop
-
-    @property
-    def same(self) -> bool:
-        return self.report is not None and self.refused is None and self.difference is None
-
-
-@dataclass
-class Comparison:
-    """The table ``--compare`` prints; ``-o NAME`` stores it."""
-
-    rows: list[Row] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def reference(self) -> Row:
-        return self.rows[0]
-
-    def speedup(self, row: Row) -> float:
-        ours, serial = row.report.wall, self.reference.report.wall
-        return serial / ours if ours > 0 else 0.0
-
-    @property
-    def fastest(self) -> Row | None:
-        """The fastest backend that gave the serial run's results and effects."""
-        same = [row for row in self.rows if row.same]
-        if not same or self.failed_at is not None:
-            return None
-        return min(same, key=lambda row: row.report.wall)
-
-    @property
-    def reports(self) -> dict[str, RunReport]:
-        return {row.backend: row.report for row in self.rows if row.report is not None}
-
-    @property
-    def failed_at(self) -> int | None:
-        """The item at which the serial run stopped with an error (None: it did not)."""
-        reference = self.reference.report
-        return reference.stopped_at if reference is not None else None
-
-    def verdict(self, row: Row) -> str:
-        if row.refused:
-            return f"did not run: {row.refused}"
-        stopped = row.report.stopped_at
-        failed = f"failed at item {stopped}" if stopped is not None else ""
-        if row is self.reference:
-            return failed or "(the reference)"
-        if row.difference is not None:
-            return f"differs: {row.difference}"
-        return failed or "✓"
-
-    def cells(self, row: Row) -> list[str]:
-        r = row.report
-        if r is None:
-            return [row.backend, "", "", "", "", ""]
-        cores = " ".join(f"{max(m, 0):.0f}%" for m in r.usage.core_means()) if r.usage else ""
-        ours = f"{max(r.usage.ours_mean, 0):.0f}%" if r.usage else ""
-        speed = f"{self.speedup(row):.2f}×"
-        name = f"auto: {r.backend}" if row.backend == AUTO else row.backend
-        return [name, str(r.workers), f"{r.wall:.3f} s", speed, ours, cores]
-
-    def conclusion(self) -> str:
-        if self.failed_at is not None:
-            return f"the serial run failed at item {self.failed_at}: no backend is named fastest"
-        best = self.fastest
-        if best is None:
-            return "no backend gave the serial run's results"
-        if best is self.reference:
-            return "fastest with the serial results: serial itself; no backend beat it here"
-        return (
-            f"fastest with the serial results: {best.backend}, "
-            f"{self.speedup(best):.2f}× serial ({best.report.wall:.3f} s)"
-        )
-
-    def summary(self) -> str:
-        head = ["backend", "workers", "wall", "speedup", "CPU", "per core"]
-        table = [head] + [self.cells(row) for row in self.rows]
-        widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-        lines = [
-            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-            + "  "
-            + (verdict if n else "same as serial")
-            for n, (line, verdict) in enumerate(
-                zip(table, ["", *map(self.verdict, self.rows)], strict=True)
-            )
-        ]
-        return "\n".join([*lines, self.conclusion()])
-
-    __str__ = summary
-
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(self.summary())
-
-    def _repr_html_(self) -> str:
-        """The table with a bar per backend (its speedup; red where results differed)."""
-        fastest = max((self.speedup(r) for r in self.rows if r.report), default=1.0) or 1.0
-        titles = ("backend", "workers", "wall", "speedup", "", "CPU", "per core", "same as serial")
-        head = "".join(f"<th style='text-align:left'>{title}</th>" for title in titles)
-        body = ""
-        for row in self.rows:
-            cells = [html.escape(cell) for cell in self.cells(row)]
-            drawn = ""
-            if row.report:
-                fill = BAR_FILL if row.difference is None else BAR_FILL_DIFFERENT
-                drawn = html_bar(self.speedup(row) / fastest * 100, 120, fill)
-            tds = [*cells[:4], drawn, *cells[4:], html.escape(self.verdict(row))]
-            body += "<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in tds) + "</tr>"
-        conclusion = f"<p>{html.escape(self.conclusion())}</p>"
-        return f"<table class='parmagic-compare'><tr>{head}</tr>{body}</table>{conclusion}"
-
-    def plot_report(self) -> RunReport:
-        """The run ``--plot`` draws: the fastest with the serial results."""
-        return (self.fastest or self.reference).report
+MORE_ROUNDS_WITHIN = 4.0  # seconds the extra rounds may take, judged from the first round
+MOST_ROUNDS = 3
+RunOne = Callable[[str], tuple[RunReport, Recording]]
 
 
 def backend_list(spec: str, awaits: bool) -> list[str]:
@@ -180,109 +64,72 @@ def refusal(name: str, awaits: bool) -> str | None:
 
 
 def run_comparison(
-    names: list[str], awaits: bool, run_one: Callable[[str], tuple[RunReport, Recording]]
-) -> Comparison:
+    names: list[str], awaits: bool, run_one: RunOne,
+    refused: Callable[[str], str | None] = lambda name: None,
+    repeatable: Callable[[Recording], bool] = lambda serial: False,
+    stays: Callable[[], str | None] = lambda: None,
+) -> Comparison:  # fmt: skip
     """Run the loop on each backend, serial first; each other run is set beside serial's.
 
     ``run_one(name)`` runs the loop on a backend with a Recording and returns its report and
     recording; a ParmagicUsageError from it (e.g. data that cannot be pickled for processes)
-    becomes that backend's row. A KeyboardInterrupt stops the whole comparison.
+    becomes that backend's row, as does ``refused(name)``. Rounds after the first run only if
+    ``repeatable(serial's recording)``. Auto, where ``stays()`` gives its reason to run in
+    the kernel, is the serial run itself (a second run in the kernel would change the kernel's
+    objects twice). A KeyboardInterrupt stops the whole comparison.
     """
-    comparison = Comparison()
-    reference: Recording | None = None
-    for name in names:
-        row = Row(name)
-        comparison.rows.append(row)
-        row.refused = refusal(name, awaits)
-        if row.refused:
+    comparison = Comparison(rows=[Row(name) for name in names])
+    for row in comparison.rows:
+        row.refused = refusal(row.backend, awaits) or refused(row.backend)
+        if row.backend == AUTO and not row.refused and not awaits:
+            row.as_serial = stays()
+    began = time.monotonic()
+    reference = _round(comparison.rows, run_one, None)
+    rounds = _rounds(time.monotonic() - began) if repeatable(reference) else 1
+    for number in range(1, rounds):
+        order = comparison.rows[::-1] if number % 2 else comparison.rows
+        _round([row for row in order if row.same], run_one, reference)
+    comparison.rounds = rounds
+    for row in comparison.rows:
+        if row.as_serial:
+            row.runs, row.walls = comparison.reference.runs, comparison.reference.walls
+    return comparison
+
+
+def _rounds(first: float) -> int:
+    """How many rounds in all, for a first round of ``first`` seconds."""
+    return 1 + min(MOST_ROUNDS - 1, int(MORE_ROUNDS_WITHIN / first)) if first > 0 else MOST_ROUNDS
+
+
+def _round(rows: list[Row], run_one: RunOne, reference: Recording | None) -> Recording:
+    """One run of each row's backend; returns the serial recording (the first, if new)."""
+    for row in rows:
+        if row.refused or row.as_serial:
             continue
         try:
-            row.report, recording = run_one(name)
+            report, recording = run_one(row.backend)
         except ParmagicUsageError as reason:
-            row.refused = str(reason).split("\n")[0]
-            if reference is None:
+            row.refused = first_sentence(reason)
+            if reference is None and row.backend == REFERENCE:
                 raise  # the serial run itself cannot run: nothing to compare with
             continue
+        row.runs.append(report)
+        row.walls.append(_as_it_runs(report, row.backend))
         if reference is None:
             reference = recording
         elif recording.hidden:
             row.difference = errors.COMPARE_HIDDEN.format(what=recording.hidden)
         else:
             row.difference = first_difference(reference.transcript, recording.transcript)
-    return comparison
+    return reference
 
 
-def _flatten(transcript: list) -> Iterator[tuple]:
-    for result, _items in transcript:
-        for offset in range(len(result)):
-            error = result.errors.get(offset)
-            failure = (type(error.exception).__name__, str(error.exception)) if error else None
-            yield (
-                result.first + offset,
-                result.outputs.get(offset, []),
-                [op for op in result.ops[offset] if op[0] != STATE],  # see below
-                result.names[offset] or {},
-                result.item_values(offset),
-                failure,
-            )
-
-
-def first_difference(reference: list, other: list) -> str | None:
-    """What the first item that differs did differently, in a few words; None if none. The
-    kernel objects a run's items changed (STATE ops, from copies) are not compared: serial,
-    which runs first, changed the kernel's objects themselves, and later runs start from them."""
-    theirs = list(_flatten(other))
-    ours = list(_flatten(reference))
-    for mine, yours in zip(ours, theirs, strict=False):
-        index = mine[0]
-        if mine[5] != yours[5]:
-            what = f"{yours[5][0]}: {yours[5][1]}" if yours[5] else "no error"
-            return f"item {index} ended with {what}"
-        if "".join(t for _, t in mine[1]) != "".join(t for _, t in yours[1]):
-            return f"item {index} printed other output"
-        for op_serial, op_other in zip(mine[2], yours[2], strict=False):
-            if not same(op_serial, op_other):
-                return f"item {index}: {describe(op_other)}"
-        if len(mine[2]) != len(yours[2]):
-            return f"item {index} made {len(yours[2])} change(s), not {len(mine[2])}"
-        for name, value in mine[3].items():
-            if not same(value, yours[3].get(name)):
-                return f"item {index} set {name} = {short_repr(yours[3].get(name), 30)}"
-        if not same(mine[4], yours[4]):
-            return f"item {index} gave {short_repr(yours[4], 30)}"
-    if len(ours) != len(theirs):
-        return f"{len(theirs)} item(s) ran, not {len(ours)}"
-    return None
-
-
-def describe(op: tuple) -> str:
-    """A recorded change as the user wrote it, roughly: ``out.append(0.52)``."""
-    if op[0] == CALL:
-        args = ", ".join(short_repr(a, 20) for a in op[5])
-        return f"{op[2]}.{op[4]}({args})"
-    if op[0] == REDUCE:
-        return f"{op[2]} reduced with {short_repr(op[4], 20)}"
-    return f"a change to {op[2]} with other values"
-
-
-def same(a: object, b: object) -> bool:
-    """Equal as values. Objects that define no equality (open responses, clients) count as
-    the same when their types are: each run makes its own."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, tuple | list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if type(a).__eq__ is object.__eq__:
-        return True
-    try:
-        return bool(a == b)
-    except Exception:  # e.g. NumPy arrays: equality is elementwise
-        try:
-            return pickle.dumps(a) == pickle.dumps(b)
-        except Exception:
-            return repr(a) == repr(b)
+def _as_it_runs(report: RunReport, backend: str) -> float:
+    """The run's wall time as the backend runs the loop on its own: serial's leaves out the
+    recording that --compare adds and ``-b serial``, running the loop itself, does not do."""
+    if backend != REFERENCE or report.backend != REFERENCE:
+        return report.wall
+    return max(report.wall - report.recording, report.wall / 2)
 
 
 def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
@@ -301,19 +148,62 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
             recording.task.guard.restore()  # the kernel's state, as serial's run left it
         return recording.report, recording
 
+    def refused(name: str) -> str | None:
+        try:
+            late_refusal(run.plan, run.ns, run.options, name, recorded)
+        except ParmagicUsageError as reason:
+            return first_sentence(reason)
+        return None
+
+    names = backend_list(run.options.compare, awaits)
     try:
-        comparison = run_comparison(backend_list(run.options.compare, awaits), awaits, run_one)
+        repeatable = _repeatable(run, lambda: refused("threads") is None)
+
+        def stays() -> str | None:
+            return late_refusal(run.plan, run.ns, run.options, AUTO, recorded)
+
+        comparison = run_comparison(names, awaits, run_one, refused, repeatable, stays)
     except KeyboardInterrupt:
         if not recordings:
             raise
         yield from _applied(run, recordings[0])
         interrupt = KeyboardInterrupt()
         interrupt.add_note(errors.COMPARE_INTERRUPTED.format(
-            backend=recordings[-1].report.backend, applied=recordings[0].report.item_count
+            backend=recordings[-1].report.backend,
+            applied=errors.first_applied(recordings[0].report.item_count),
         ))  # fmt: skip
         raise errors.shown_with_frames(interrupt, []) from None
     run.session.last_report = comparison
     yield from _applied(run, recordings[0])
+
+
+def _repeatable(run: LoopRun, in_kernel_ok: Callable[[], bool]) -> Callable[[Recording], bool]:
+    """Whether running the loop again can change nothing its recording misses: every change
+    the items make to kernel objects is one parmagic records (threads would take the body:
+    serial's items run on the kernel's own objects), the analysis found no hidden effect, the
+    body opens no file, and serial's items all ran without error."""
+    body = run.plan.body.node
+
+    def repeatable(serial: Recording) -> bool:
+        report = serial.report
+        if serial.hidden or report.failures or report.stopped_at is not None:
+            return False
+        if run.options.unordered or any(result.changed for result, _ in serial.transcript):
+            return False
+        opens = any(
+            isinstance(node, ast.Call) and called_name(node) == "open" for node in ast.walk(body)
+        )
+        return not opens and not hidden_effects_of(run.plan, run.ns) and in_kernel_ok()
+
+    return repeatable
+
+
+def first_sentence(refusal: ParmagicUsageError) -> str:
+    """A refusal as a row says it: what stops the backend, without the advice that follows
+    (serial has run, so "nothing has run" is no longer true either)."""
+    text = str(refusal).split("\n")[0]
+    first = text.split(". ")[0].rstrip(".")
+    return first.replace(" (nothing has run)", "").replace(", so nothing has run", "")
 
 
 def _recorded(run: LoopRun, name: str, items: list, recorded, recording: Recording):

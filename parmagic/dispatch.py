@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .backends import Backend
-from .chunk import ChunkResult, ItemError, Task
+from .chunk import ChunkResult, ItemError, ItemOutput, Task
 from .effects import ReplayError, apply_ops
 from .errors import short_repr
 from .kernel_state import HeldInterrupt, kept_as_it_was
@@ -81,6 +82,9 @@ class ChunkSizer:
             self.largest = max(self.largest, len(result))
 
 
+ECHO_ROOM = 3  # columns left after the bar: the "^C" a terminal echoes, and one to spare
+
+
 def progress_bar(total: int):
     """tqdm, shown only once a run has lasted a second: a widget in a notebook with
     ipywidgets, text elsewhere; gone when the run ends (the summary follows)."""
@@ -89,18 +93,48 @@ def progress_bar(total: int):
         from tqdm.auto import tqdm
     except ImportError:
         from tqdm.std import tqdm
-    return tqdm(total=total or None, delay=1.0, unit="item", leave=False, desc="parmagic")
+    shown = {"total": total or None, "delay": 1.0, "unit": "item", "leave": False}
+    if all(kind.__module__ != "tqdm.notebook" for kind in tqdm.__mro__):
+        shown |= text_bar_settings()
+    return tqdm(desc="parmagic", **shown)
+
+
+def text_bar_settings() -> dict:
+    """The same text bar on every backend. The threads backend puts stand-ins in sys.stderr
+    (item output goes to its item), which have no encoding and no terminal: tqdm drew ASCII
+    at a fixed width there and blocks at full width elsewhere. The bar writes to the stream
+    underneath, narrow enough that a "^C" echoed after it stays on its line, so that closing
+    clears both (a full-width bar wrapped the echo, and its line stayed behind)."""
+    stream = sys.stderr.original if isinstance(sys.stderr, ItemOutput) else sys.stderr
+    try:
+        width = os.get_terminal_size(stream.fileno()).columns - ECHO_ROOM
+    except (AttributeError, OSError, ValueError):  # not a terminal: tqdm's own default width
+        width = None
+    return {"file": stream, "ncols": width}
 
 
 def close_progress(bar) -> None:
     """Gone on every way out of a run. tqdm keeps a notebook bar whose count fell short (an
     error, Ctrl-C, a timeout), frozen in red with a time left; the summary or the error says
-    what happened, so its widgets are closed too (tqdm leaves them open in any case)."""
+    what happened, so its widgets are closed too (tqdm leaves them open in any case). In a
+    terminal, the line is erased to its end: tqdm blanks only the bar's own width, not the
+    "^C" the terminal echoed after it."""
+    drawn = hasattr(bar, "last_print_t") and bar.last_print_t >= bar.start_t + bar.delay
     bar.close()
     box = getattr(bar, "container", None)  # tqdm.notebook's: a label, the bar, a label
     if box is not None:
         for widget in (*box.children, box):
             widget.close()
+    elif drawn and _is_terminal(bar.fp):
+        bar.fp.write("\r\x1b[K")
+        bar.fp.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _display(objects: tuple, options: dict) -> None:
@@ -110,9 +144,9 @@ def _display(objects: tuple, options: dict) -> None:
     display(*objects, **options)
 
 
-def _raise(error: ItemError, index: int) -> None:
+def _raise(error: ItemError, index: int, kind: str) -> None:
     exc = error.chained()
-    exc.add_note(errors.ITEM_NOTE.format(index=index, item=error.item))
+    exc.add_note(errors.item_note(index, error.item, kind))
     if isinstance(exc, StopIteration):
         exc.raised_by_an_item = True  # type: ignore[attr-defined]  # see unwrap_stop_iteration
     raise errors.shown_with_frames(exc, error.frames)
@@ -234,7 +268,7 @@ class Applier:
                 if stop_on_error or isinstance(error.exception, errors.SharedObjectChanged):
                     self.failed = True
                     self.report.stopped_at = index
-                    _raise(error, index)
+                    _raise(error, index, self.task.kind)
                 self.report.failures.append((index, error.item, repr(error.exception)))
             if result.interrupted:
                 self.failed = True
@@ -478,7 +512,8 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         raise
     except KeyboardInterrupt as interrupt:
         report.unfinished, report.interrupted = run.unfinished(), True
-        interrupt.add_note(errors.INTERRUPTED.format(applied=report.item_count))
+        applied = errors.first_applied(report.item_count)
+        interrupt.add_note(errors.INTERRUPTED.format(applied=applied))
         raise errors.shown_with_frames(interrupt, []) from None
     finally:
         task.cancelled.set()  # pool threads start no further item of this run
@@ -497,5 +532,6 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             if report.sharing:
                 report.shared_wall += elapsed
                 report.shared_process_cpu += time.process_time() - process_cpu
+            report.end_profile()
             if monitor is not None:
                 report.usage = monitor.stop().joined(report.usage)

@@ -13,6 +13,9 @@ from collections.abc import Iterable
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 ITEM_FUNCTION_NAME = "__parmagic_item__"
+# A frame of parmagic's own that plain Python does not have: a list, set or dict
+# comprehension's, which Python 3.12 and later run in the enclosing frame (PEP 709).
+INLINED_FRAME_NAME = "__parmagic_inlined__"
 
 # Refusals: raised before anything in the cell runs, so a refused cell changes nothing.
 NO_LOOP = (
@@ -114,7 +117,7 @@ NOT_PICKLABLE = (
     "Create it inside the loop body, or use --backend threads"
 )
 ITEM_NOT_PICKLABLE = (
-    "the item(s) from index {start} cannot be sent to a worker process ({reason}); "
+    "{items} cannot be sent to a worker process ({reason}); "
     "iterate over plain data (e.g. file names rather than open files), or use --backend threads"
 )
 RESULT_NOT_LOADABLE = "the worker's result for this item could not be read in the kernel ({reason})"
@@ -162,7 +165,7 @@ NAME_NOT_RETURNED = (
     "its value from before the loop"
 )
 WORKER_DIED = (
-    "a worker process died ({how}) while running item(s) {items}; nothing of those items "
+    "a worker process died ({how}) while running {items}; nothing of what they did "
     "was applied. The pool has been replaced, so the next run starts fresh"
 )
 POOL_BROKEN = (
@@ -300,14 +303,14 @@ EXPORT_NOT_WRITABLE = (
     "(nothing was run); name a file in a folder that exists"
 )
 DASK_WORKER_DIED = (
-    "dask gave up on item(s) {items}: {reason}. The cluster retried them on other workers and "
-    "each worker died while running them (a crash, os._exit, out of memory); nothing of those "
-    "items was applied"
+    "dask gave up on {items}: {reason}. The cluster retried them on other workers and "
+    "each worker died while running them (a crash, os._exit, out of memory); nothing of what "
+    "they did was applied"
 )
 DASK_LOST = (
-    "the dask cluster lost item(s) {items} each time they were sent ({reason}): the workers "
+    "the dask cluster lost {items} each time they were sent ({reason}): the workers "
     "that ran them, or that held the run's data, died (a crash, os._exit, out of memory); "
-    "nothing of those items was applied"
+    "nothing of what they did was applied"
 )
 TIMEOUT_DASK_RESTARTED = "; its dask worker process was stopped and the cluster started a new one"
 TIMEOUT_DASK_ABANDONED = (
@@ -315,19 +318,18 @@ TIMEOUT_DASK_ABANDONED = (
     "is dropped)"
 )
 INTERRUPTED = (
-    "the parallel run was interrupted: the first {applied} item(s) were applied, and nothing "
-    "of the items that had not finished"
+    "the parallel run was interrupted: {applied}, and nothing of the items that had not finished"
 )
 COMPARE_INTERRUPTED = (
-    "the comparison was interrupted while {backend} ran: the serial run's first {applied} "
-    "item(s) were applied, nothing of any other backend's run"
+    "the comparison was interrupted while {backend} ran: of the serial run, {applied}; "
+    "nothing of any other backend's run"
 )
 ITEMS_ABANDONED = (
-    "item(s) {items} were in threads' hands when the run stopped: the item each thread was "
-    "running is abandoned (a thread cannot be stopped), the rest of its share never starts, and "
-    "nothing of them is applied"
+    "threads held {items} when the run stopped: the item each thread was running is "
+    "abandoned (a thread cannot be stopped), the rest of its share never starts, and none of "
+    "it is applied"
 )
-ITEMS_NEVER_STARTED = "item(s) {items} were queued and never started"
+ITEMS_NEVER_STARTED = "{items}, queued, never started"
 GENERATOR_CLOSED = (
     "a generator expression from an earlier %%parallel run was still half-consumed; it is "
     "closed now (its workers are needed), so iterating it further yields nothing more"
@@ -336,7 +338,12 @@ STATEMENTS_RAN = (
     " This was found when the loop was reached, so the cell's statements before it had run: "
     "{statements}; no item of the loop and nothing after it has run."
 )
-ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); the items before it were applied"
+ITEM_NOTE = "raised by item {index} of the parallel loop ({item}); {fate}"
+ITEMS_APPLIED = "the items before it were applied"
+NOTHING_ASSIGNED = (
+    "nothing was assigned: a comprehension gives its values only once every item has run"
+)
+VALUES_READ = "the items before it gave their values to the code reading the generator"
 
 
 class ParmagicError(Exception):
@@ -412,6 +419,34 @@ def short_repr(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 item``, ``2 items``: counts in messages read as sentences."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def item_note(index: int, item: str, kind: str) -> str:
+    """Where a failed item leaves the run, truthfully for each kind of loop: a ``for`` loop's
+    earlier items are applied, a comprehension binds nothing until it ends, and a generator
+    expression has handed its earlier values to whatever reads it."""
+    fate = {"for": ITEMS_APPLIED, "generator": VALUES_READ}.get(kind, NOTHING_ASSIGNED)
+    return ITEM_NOTE.format(index=index, item=item, fate=fate)
+
+
+def items_named(numbers: str) -> str:
+    """``item 4``, ``items 2-3, 7``: the items of a message, from their numbers as text."""
+    return f"item {numbers}" if numbers.isdigit() else f"items {numbers}"
+
+
+def item_span(start: int, count: int) -> str:
+    return items_named(str(start) if count == 1 else f"{start}-{start + count - 1}")
+
+
+def first_applied(count: int) -> str:
+    if count == 0:
+        return "no item was applied"
+    return "the first item was applied" if count == 1 else f"the first {count} items were applied"
+
+
 def user_frames(tb, origins: dict | None = None) -> list[tuple[str, int, str]]:
     """The frames of a traceback that belong to the user's code, as picklable tuples.
 
@@ -424,6 +459,8 @@ def user_frames(tb, origins: dict | None = None) -> list[tuple[str, int, str]]:
         filename = code.co_filename
         if origins and filename == "<dynamic-code>":
             filename = origins.get((code.co_name, code.co_firstlineno), filename)
+        if code.co_name == INLINED_FRAME_NAME:
+            continue
         if os.path.dirname(os.path.abspath(filename)) == PACKAGE_DIR:
             continue
         frames.append((filename, lineno, code.co_name))
@@ -444,7 +481,8 @@ def render_traceback(exc: BaseException, frames: Iterable[tuple[str, int, str]])
             for filename, lineno, name in frames
         ]
     )
-    lines = ["Traceback (most recent call last):\n", *summaries.format()] if summaries else []
+    shown = [_named_as_ipython_names_cells(text) for text in summaries.format()]
+    lines = ["Traceback (most recent call last):\n", *shown] if summaries else []
     lines += traceback.format_exception_only(type(exc), exc)
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     if cause is not None and cause is not exc:  # as Python prints a chain: the cause first
@@ -452,6 +490,29 @@ def render_traceback(exc: BaseException, frames: Iterable[tuple[str, int, str]])
         earlier = render_traceback(cause, getattr(cause, "parmagic_frames", []))
         lines = ["\n".join(earlier) + "\n", link, *lines]
     return "".join(lines).rstrip("\n").split("\n")
+
+
+def _named_as_ipython_names_cells(frame_text: str) -> str:
+    """``Cell In[53], line 4, in f`` where the frame is in a cell, as IPython 8 and later name
+    cells in their own tracebacks (``<ipython-input-53-...>`` is only the cell's key in the
+    line cache); other files keep Python's ``File "...", line 4``."""
+    head, _, rest = frame_text.partition("\n")
+    if not head.startswith('  File "'):
+        return frame_text
+    filename, quote, after = head[len('  File "') :].rpartition('", line ')
+    label = cell_label(filename) if quote else None
+    return f"  {label}, line {after}\n{rest}" if label else frame_text
+
+
+def cell_label(filename: str) -> str | None:
+    """How the running IPython names a cell's code in tracebacks ("Cell In[53]"), asked of its
+    compiler as its own tracebacks ask (IPython 8.7 and later); None elsewhere. IPython is
+    looked up, not imported: this module also runs in worker processes."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    naming = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    named = naming(filename) if naming is not None else None
+    return " ".join(named) if named else None
 
 
 _CAUSE_LINK = "\nThe above exception was the direct cause of the following exception:\n\n"
@@ -467,3 +528,31 @@ def shown_with_frames(exc: BaseException, frames: Iterable[tuple[str, int, str]]
 
 def print_warning(message: str) -> None:
     print(f"parmagic warning: {message}", file=sys.stderr)
+
+
+COMPARE_EVEN = "no backend was clearly fastest: {names} were even; {margin}"
+COMPARE_BUSY = (
+    "other programs used up to {share:.0f}% of the machine during these runs: the figures say "
+    "more about them than about the loop"
+)
+COMPARE_ROUNDS = (
+    "each backend ran the loop {rounds} times, in alternating order: the table shows each "
+    "one's median time, ± half the range"
+)
+BEYOND_IDEAL = (
+    "* {backend}: {speedup:.2f}× is more than {workers} can give on {cores} (at most "
+    "{ideal:.0f}×): not a figure of the loop; {why}"
+)
+SERIAL_SLOWED_BY_LOAD = (
+    "the serial run was slowed (other programs used {share:.0f}% of the machine during it)"
+)
+NOISE = "the runs' times varied more than the loop's own cost"
+TOO_SHORT = (
+    "the run was too short to measure: speedup and per-core use need {wall:.1f} s or more "
+    "(the CPU is sampled every {interval:.1f} s)"
+)
+COMPARE_LEADERS = "fastest with the serial results: {names}, even at about {speedup}; {margin}"
+ABBREVIATED_OPTION = (
+    "{given} is not an option of %%parallel; write it in full: {meant} (options are never "
+    "taken from the start of their name)"
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import sys
 from types import CodeType
 
 from . import errors
@@ -18,6 +19,10 @@ from .chunk import CHUNK_NAME, VALUES_NAME
 from .effects import ITEM_ARG, LOG_ARG
 from .scopes import receiver_root
 
+PLAIN_FRAME_NAMES = {
+    "list": "<listcomp>", "set": "<setcomp>", "dict": "<dictcomp>", "generator": "<genexpr>"
+}  # fmt: skip
+INLINED = sys.version_info >= (3, 12)  # PEP 709: list, set and dict comprehensions have no frame
 AUGMENTED_OPERATORS = {
     ast.Add: "iadd", ast.Sub: "isub", ast.Mult: "imul", ast.MatMult: "imatmul",
     ast.Div: "itruediv", ast.FloorDiv: "ifloordiv", ast.Mod: "imod", ast.Pow: "ipow",
@@ -193,7 +198,31 @@ def build_item_code(
             ast.copy_location(synthetic, info.node)
     module = ast.fix_missing_locations(ast.Module([function], []))
     code = compile(module, filename, "exec", dont_inherit=True)
-    return next(c for c in code.co_consts if isinstance(c, CodeType))
+    code = next(c for c in code.co_consts if isinstance(c, CodeType))
+    if info.kind == "for":
+        return code
+    return as_plain_python_names(code, info.kind, "<listcomp>" if coroutine else "<genexpr>")
+
+
+def as_plain_python_names(code: CodeType, kind: str, made: str) -> CodeType:
+    """``code`` with the frame of the comprehension parmagic made for the loop (``made``, the
+    one code object among its constants) named as plain Python names the cell's own: an item's
+    traceback says ``<dictcomp>`` for a dict comprehension, as Python does (parmagic runs a
+    chunk's items in one generator expression); on Python 3.12 and later, whose list, set and
+    dict comprehensions run in their enclosing frame, tracebacks leave that frame out."""
+    if made == "<listcomp>" and INLINED:
+        return code  # no frame of its own, as in plain Python
+    name = PLAIN_FRAME_NAMES[kind]
+    if INLINED and kind != "generator":
+        name = errors.INLINED_FRAME_NAME
+    consts = list(code.co_consts)
+    found = [i for i, c in enumerate(consts) if isinstance(c, CodeType) and c.co_name == made]
+    if len(found) != 1:
+        return code
+    made_code = consts[found[0]]
+    qualname = made_code.co_qualname.removesuffix(made) + name
+    consts[found[0]] = made_code.replace(co_name=name, co_qualname=qualname)
+    return code.replace(co_consts=tuple(consts))
 
 
 def build_in_place_code(info: BodyInfo, filename: str) -> CodeType:
@@ -203,6 +232,8 @@ def build_in_place_code(info: BodyInfo, filename: str) -> CodeType:
     A comprehension's values go to ``__parmagic_values__``."""
     module = ast.fix_missing_locations(ast.Module([loop_over(info, CHUNK_NAME)], []))
     code = compile(module, filename, "exec", dont_inherit=True)
+    if info.kind != "for":
+        code = as_plain_python_names(code, info.kind, "<listcomp>")
     return code.replace(co_name=errors.ITEM_FUNCTION_NAME)  # shown as the loop body
 
 

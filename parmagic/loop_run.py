@@ -108,6 +108,7 @@ class LoopRun:
         backend, task = self.start(name, self.options.workers, report, recorded)
         if backend.runs_coroutines and not self.plan.body.awaits:
             self.warn(errors.NO_AWAIT)
+            report.one_at_a_time = True
         return self.records(backend, task, iterator, length, report)
 
     def as_written(self, iterator: Iterator, report: RunReport, reason: str) -> Iterator[list]:
@@ -144,6 +145,7 @@ class LoopRun:
         stop_on_error = options.on_error == "raise"
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
         task.comprehension = plan.body.kind != "for" and not backend.runs_coroutines
+        task.kind = plan.body.kind
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), self.ns)
             task.merge_names = self.tail is None  # names travel: only their last values

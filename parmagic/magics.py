@@ -11,6 +11,8 @@ import contextlib
 import inspect
 import io
 import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 
@@ -36,7 +38,6 @@ from .run_checks import hidden_effects_of, late_refusal, recorded_names
 from .session import Session
 
 START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
-PLOT_FILE = "parmagic-run.png"  # where --plot goes outside a notebook
 RUN_AS_WRITTEN = ("serial", "auto")  # what the plain kernel runs, they run: they never refuse
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
@@ -59,7 +60,12 @@ def with_options(options, statement: bool = True) -> Callable:
                 magic = argument(
                     *option.flags, dest=option.name, help=option.help, **option.argparse
                 )(magic)
-        return magic_arguments()(magic)
+        magic = magic_arguments()(magic)
+        magic.parser.allow_abbrev = False  # `--worker 4` is refused, not read as --workers
+        if statement:  # the cell magic's usage: %%parallel
+            magic.parser.prog = f"%{magic.parser.prog}"
+            magic.__doc__ = magic.parser.format_help()
+        return magic
 
     return decorate
 
@@ -85,6 +91,8 @@ class ParallelMagics(Magics):
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
         self.session = Session()
+        self._plot_folder: str | None = None  # --plot's files outside a notebook
+        self._plots = 0
 
     @with_options(OPTIONS)
     @line_cell_magic
@@ -106,7 +114,7 @@ class ParallelMagics(Magics):
             if statement:
                 raise UsageError(f"unexpected text after the options: {statement!r}")
             source = "\n" + self.shell.transform_cell(cell)  # line numbers as the cell shows them
-        filename = self.shell.compile.cache(source, self.shell.execution_count)
+        filename = self.shell.compile.cache(source, running_cell_number(self.shell))
         plan, as_written = None, None
         try:
             plan, options.serial_reason = self._plan(source, filename, options)
@@ -153,7 +161,7 @@ class ParallelMagics(Magics):
 
     def _show_program(self, source: str, plan, options) -> None:
         """--show-code and --export, for the backend that ran (auto's choice, if auto)."""
-        from .showcode import program
+        from .showcode import chunksize_of, program
 
         if plan is None:  # ran as written: the cell is its own program
             text = f"# ran as written in the kernel\n{source.lstrip()}"
@@ -165,8 +173,9 @@ class ParallelMagics(Magics):
             return
         report = one_run(report)
         arguments = (source, plan.body, recorded, ns, report.backend, report.workers)
-        shown = program(*arguments, report.start_method, export=False)
-        exported = program(*arguments, report.start_method, export=True)
+        chunking = chunksize_of(report, options.chunksize)
+        shown = program(*arguments, report.start_method, export=False, chunking=chunking)
+        exported = program(*arguments, report.start_method, export=True, chunking=chunking)
         self._show_text(shown, exported, options)
 
     def _show_text(self, shown: str, exported: str, options: Options) -> None:
@@ -229,7 +238,7 @@ class ParallelMagics(Magics):
             args = parse_argstring(self.parallel, line)
         except UsageError as exc:
             usage = self.parallel.parser.format_usage().replace("::", "").strip()
-            raise UsageError(f"{exc}\n{usage}") from None
+            raise UsageError(f"{abbreviated(self.parallel.parser, line) or exc}\n{usage}") from None
         for name in ("workers", "chunksize"):
             value = getattr(args, name)
             if value is not None and value < 1:
@@ -293,12 +302,16 @@ class ParallelMagics(Magics):
                 if options.output:
                     ns[options.output] = report
                 if not options.quiet:
+                    self._tell_native_limit_once(report)
                     display(report)  # HTML in a notebook, text in a terminal
-                elif native_note(report) and not self.session.told_native_limit:
-                    errors.print_warning(errors.NATIVE_LIMIT.format(limit=report.native_limit))
-                    self.session.told_native_limit = True  # once a session, where -q is asked
                 if options.plot:
                     self._show_figure(draw(report))
+
+    def _tell_native_limit_once(self, report) -> None:
+        """The session's first summary of a run whose items used a library with native
+        thread pools, capped in the workers, says so; later summaries do not repeat it."""
+        if native_note(report) and not self.session.told_native_limit:
+            report.tells_native_limit = self.session.told_native_limit = True
 
     def _evaluate(self, code, ns: dict):
         """Run cell code; code that awaits runs as a coroutine on parmagic's own event loop."""
@@ -309,7 +322,8 @@ class ParallelMagics(Magics):
     @with_options([BY_NAME["plot"], BY_NAME["output"]], statement=False)
     @line_magic
     def parallel_report(self, line: str):
-        """Show the last run's summary again; the report object is the cell's value."""
+        """Show the last run's summary again; the report object is the cell's value. With
+        --plot, the figure only (-o NAME still stores the report)."""
         args = parse_argstring(self.parallel_report, line)
         report = self.session.last_report
         if report is None:
@@ -319,6 +333,7 @@ class ParallelMagics(Magics):
         if args.plot:
             _check_plotting()
             self._show_figure(draw(report))
+            return None
         return report
 
     def _watched_live(self) -> bool:
@@ -336,16 +351,20 @@ class ParallelMagics(Magics):
         return type(self.shell).__name__ == "ZMQInteractiveShell"  # a Jupyter kernel
 
     def _show_figure(self, figure) -> None:
-        """A PNG in a notebook; in a terminal, a file in the current folder, named."""
+        """A PNG in a notebook; in a terminal, a temporary file, named: the working folder is
+        the user's (the files go when the extension is unloaded or the kernel ends)."""
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
         if self._in_notebook():
             display(Image(buffer.getvalue()))
-        else:
-            path = os.path.abspath(PLOT_FILE)
-            with open(path, "wb") as png:
-                png.write(buffer.getvalue())
-            print(f"parmagic: plot written to {path}")
+            return
+        if self._plot_folder is None:
+            self._plot_folder = tempfile.mkdtemp(prefix="parmagic-plots-")
+        self._plots += 1
+        path = os.path.join(self._plot_folder, f"run-{self._plots}.png")
+        with open(path, "wb") as png:
+            png.write(buffer.getvalue())
+        print(f"parmagic: plot written to {path}")
 
     @line_magic
     def parallel_info(self, line: str = ""):
@@ -355,6 +374,35 @@ class ParallelMagics(Magics):
 
     def close(self) -> None:
         self.session.close()
+        if self._plot_folder is not None:
+            shutil.rmtree(self._plot_folder, ignore_errors=True)
+            self._plot_folder = None
+
+
+def running_cell_number(shell) -> int:
+    """The number of the cell being run, ``In [N]``, which names it in tracebacks. IPython 9
+    counts the next cell before running this one (``execution_count`` is one ahead); the
+    cell's own ExecutionResult holds its number, as IPython used it to name the cell."""
+    result = getattr(shell.displayhook, "exec_result", None)
+    number = getattr(result, "execution_count", None)
+    return shell.execution_count if number is None else number
+
+
+def abbreviated(parser: argparse.ArgumentParser, line: str) -> str | None:
+    """The refusal of an option given by the start of its name (``--worker`` for
+    ``--workers``), which argparse would otherwise have taken for it."""
+    from IPython.utils.process import arg_split
+
+    try:
+        _, unknown = parser.parse_known_args(arg_split(line))
+    except UsageError:
+        return None
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    for given in (word.split("=")[0] for word in unknown if word.startswith("--")):
+        meant = [flag for flag in flags if flag.startswith(given)]
+        if meant:
+            return errors.ABBREVIATED_OPTION.format(given=given, meant=" or ".join(meant))
+    return None
 
 
 def counted(messages: list[str]) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +29,9 @@ class ItemTiming:
 
 BOUND_SHARE = 0.1  # recording's share of the items' time above which serial is a bound
 MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
+PROFILE_STEP = 0.005  # seconds between readings of the process's CPU time (ProcessProfile)
+LATE_SLACK = 0.0005  # seconds a reading may come late on an idle process (waking up)
+FORGET_MARGIN = 1.0  # seconds of readings kept before the start of the last item counted
 
 
 def _recording_costs():
@@ -60,7 +66,11 @@ class RunReport:
     shared_wall: float = 0.0  # the wall time of the runs in which items shared a process
     shared_process_cpu: float = 0.0  # the kernel process's CPU time during those runs
     kernel_cpu: float = 0.0  # the kernel thread's CPU time applying results
-    sharing: bool = False  # the items now arriving share one process (set per backend run)
+    turns_cpu: float = 0.0  # items that took turns at the GIL on threads, timed against
+    turns_blocked: float = 0.0  # a ProcessProfile: their CPU time, blocked time, and
+    turns_idle: float = 0.0  # blocked time while the process was idle
+    _sharing: bool = field(default=False, repr=False)
+    _profile: ProcessProfile | None = field(default=None, repr=False)
     per_worker: dict[str, int] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # index, item, error
@@ -81,11 +91,38 @@ class RunReport:
     recorded_items: int = 0  # items recorded and replayed rather than run in place (see recording)
     changes: int = 0  # recorded changes replayed
 
+    @property
+    def sharing(self) -> bool:
+        """Whether the items now arriving share one process's Python (set as each backend
+        run begins: it starts the run's :class:`ProcessProfile`)."""
+        return self._sharing
+
+    @sharing.setter
+    def sharing(self, value: bool) -> None:
+        self._sharing = value
+        self.end_profile()
+        if value or self.backend == "asyncio":  # coroutines take turns at one event loop
+            self._profile = ProcessProfile()
+
+    def end_profile(self) -> None:
+        """The backend run has ended: its items are applied, the profile's thread stops."""
+        if self._profile is not None:
+            self._profile.stop()
+            self._profile = None
+
     def add(self, result, count: int) -> None:
         """Count the first ``count`` items of a chunk result."""
         starts, ends, cpus = result.starts[:count], result.ends[:count], result.cpus[:count]
         busy, cpu = sum(ends) - sum(starts), sum(cpus)
         queued = result.queued * count / len(result) if len(result) else 0.0
+        idle = None  # the share of the chunk's time the process used no core, if profiled
+        if self._profile is not None and count:
+            idle = self._profile.idle_between(starts[0], ends[-1])
+            blocked = max(0.0, busy - queued - cpu)
+            if self.sharing:
+                self.turns_cpu += cpu
+                self.turns_blocked += blocked
+                self.turns_idle += blocked * idle
         self.item_count += count
         if result.recorded:
             self.recorded_items += count
@@ -97,6 +134,8 @@ class RunReport:
             self.shared_busy += busy
             self.shared_cpu += cpu
             self.shared_queued += queued
+        elif idle is not None:  # coroutines: see own_time
+            self.alone += cpu + max(0.0, busy - queued - cpu) * idle
         else:
             self.alone += max(busy - queued, min(cpu, busy))  # native threads: cpu > busy
         self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
@@ -127,19 +166,44 @@ class RunReport:
         plus their waiting on the world (I/O, sleep), without the waiting a parallel run adds.
 
         Time queued for a core is left out (Linux's scheduler accounting, chunk.py). Items
-        that shared one process (threads, coroutines) also waited for each other, for the
-        GIL, which no clock tells apart from I/O: that part of their blocked time is taken
-        in the proportion the process's Python was busy (on a core, or queued for one):
-        nearly all of it on a loop that computes, nearly none on a loop that waits. This
-        errs low rather than high: the speedup it gives does not flatter.
+        that took turns at one process's Python (threads, coroutines) also waited for each
+        other, which no clock tells apart from I/O. What tells is the process's profile: a
+        coroutine's time blocked while the process used no core counts, the rest does not
+        (the event loop's own work for a coroutine, aiohttp's parsing, is not in its CPU
+        time, so how much of the rest was its own cannot be judged); for threads, see
+        :meth:`_turns_own`.
         """
         own = self.alone
-        if self.shared_busy or self.shared_cpu:
+        if self.turns_cpu or self.turns_blocked:
+            own += self._turns_own()
+        elif self.shared_busy or self.shared_cpu:  # figures without a profile
             used = max(self.shared_cpu, self.shared_process_cpu) + self.shared_queued
             busy_python = min(1.0, used / self.shared_wall) if self.shared_wall else 1.0
             blocked = max(0.0, self.shared_busy - self.shared_queued - self.shared_cpu)
             own += self.shared_cpu + blocked * (1.0 - busy_python)
         return own
+
+    def _turns_own(self) -> float:
+        """The own time of items that took turns at the GIL on threads, from the process's
+        profile. Time blocked while the process used no core was their own (nobody held
+        the GIL): it counts whole. Time blocked while it was busy was either waiting for
+        the GIL or on the world. The GIL is one server: items asking it for ``turns_cpu``
+        seconds waited about ``turns_cpu * busy / (1 - busy)`` for it (a queue's mean wait,
+        M/M/1), ``busy`` being the share of their blocked time the process was busy; the
+        rest of that time was waiting on the world. Items that mostly wait (on a server)
+        leave the process mostly idle, and keep nearly all of it; items that compute keep
+        it busy (``busy`` near 1): their wait for the GIL takes all of it, and a computing
+        loop on threads is never flattered. Nor on a busy machine: a thread handed the GIL
+        may wait for a core, and meanwhile the process uses none while the others wait for
+        it, so the items' time queued for a core is not counted as the process idle.
+        """
+        idle = max(0.0, self.turns_idle - self.shared_queued)
+        ambiguous = max(0.0, self.turns_blocked - idle)
+        idle_share = idle / self.turns_blocked if self.turns_blocked else 0.0
+        if idle_share <= 0.0:
+            return self.turns_cpu
+        for_the_gil = self.turns_cpu * (1.0 - idle_share) / idle_share
+        return self.turns_cpu + idle + max(0.0, ambiguous - for_the_gil)
 
     @property
     def serial_estimate(self) -> float:
@@ -187,7 +251,7 @@ class RunReport:
     def ideal(self) -> float:
         """The best speedup this backend could reach on this machine for this loop."""
         parallel = max(1, min(self.workers, self.item_count))
-        if self.backend == "serial":
+        if self.backend == "serial" or self.one_at_a_time:
             return 1.0
         if self.computing:
             if self.copies_objects or self.releases_the_gil:
@@ -221,6 +285,10 @@ class RunReport:
 
         return html_summary(self)
 
+    # Set by the run and the magic, read by the summary (render.py):
+    one_at_a_time: bool = False  # the items cannot overlap (an asyncio body that never awaits)
+    tells_native_limit: bool = False  # this summary tells of the cap (once a session)
+
 
 def side_by_side(cpu: float, queued: float, wall: float) -> bool:
     """Whether threads ran side by side rather than in turns, from their CPU and run-queue
@@ -229,3 +297,71 @@ def side_by_side(cpu: float, queued: float, wall: float) -> bool:
     turns can: on a busy machine a thread waiting for the GIL queues too, each time it wakes
     to ask for it, and that alone once made a loop that holds a lock look side by side."""
     return wall > 0 and (cpu + queued) >= SIDE_BY_SIDE * wall and cpu > IN_TURNS_AT_MOST * wall
+
+
+class ProcessProfile:
+    """The kernel process's CPU time, read every ``PROFILE_STEP`` seconds on a thread of its
+    own while items share its Python (threads, coroutines): how busy the process was when.
+
+    Items that share a process wait for each other's Python (the GIL, the event loop) only
+    while some of them run it: time an item was blocked while the process used no core was
+    its own waiting, on the world. A run's average cannot tell the two apart: items that
+    call a server send their requests, and read the answers, in bursts, all waiting for the
+    GIL at once, and in between all wait for the server while the process idles; counting
+    each item's blocked time by the process's average business dropped up to half their
+    waiting on the server (issue 30). Time blocked while the process was busy stays
+    ambiguous: :attr:`RunReport.own_time` says how much of it counts.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float, float]] = []  # (time.monotonic(), process CPU
+        # time, how late the reading came: the profile's thread waited for the GIL, or a core)
+        self._stop = threading.Event()
+        self.mark()
+        threading.Thread(target=self._run, name="parmagic-profile", daemon=True).start()
+
+    def mark(self, due: float | None = None) -> None:
+        now = time.monotonic()
+        late = max(0.0, now - due - LATE_SLACK) if due is not None else 0.0
+        self.samples.append((now, time.process_time(), late))
+
+    def _run(self) -> None:
+        due = time.monotonic() + PROFILE_STEP
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            self.mark(due)
+            due = time.monotonic() + PROFILE_STEP
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def idle_between(self, start: float, end: float) -> float:
+        """The share of ``start``..``end`` in which the process used no core, as sampled
+        (a reading taken now closes the last interval). A reading that came late counts
+        its delay as busy: its thread waited for the GIL, held by a thread that may itself
+        wait for a core on a busy machine, using none."""
+        self.mark()
+        samples = self.samples
+        if end <= start:
+            return 0.0
+        k = max(1, bisect.bisect_right(samples, start, key=_when))
+        idle = 0.0
+        while k < len(samples) and samples[k - 1][0] < end:
+            (t0, c0, _), (t1, c1, late) = samples[k - 1], samples[k]
+            overlap = min(end, t1) - max(start, t0)
+            if t1 > t0 and overlap > 0:
+                busy = max(c1 - c0, late) / (t1 - t0)
+                idle += overlap * max(0.0, 1.0 - busy)
+            k += 1
+        self._forget_before(start - FORGET_MARGIN)
+        return min(1.0, idle / (end - start))
+
+    def _forget_before(self, moment: float) -> None:
+        """Items are applied in order, and later ones started later: readings from well
+        before the item just counted are not needed again (a long run stays small)."""
+        old = bisect.bisect_right(self.samples, moment, key=_when) - 1
+        if old > 0:
+            del self.samples[:old]
+
+
+def _when(sample: tuple) -> float:
+    return sample[0]

@@ -34,7 +34,7 @@ class Session:
         self.stop_requested = threading.Event()  # an interrupt for a run off the kernel thread
         self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
         self.pool_started = 0.0  # seconds the last backend() call took to start a pool
-        self.told_native_limit = False  # a quiet run said that native threads were capped
+        self.told_native_limit = False  # a summary said that native threads were capped
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""

@@ -13,16 +13,19 @@ import builtins
 import copy
 import inspect
 import linecache
+import math
+import re
 import textwrap
 import types
 
 from .body import BodyInfo
+from .errors import plural
 from .itemcode import AUGMENTED_OPERATORS, WriteBackRewriter
+from .program_names import Names, taken_names
 
 _OPERATOR_NODES = {name: node for node, name in AUGMENTED_OPERATORS.items()}
 INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
 COPYING_BACKENDS = (*INITIALIZER_BACKENDS, "dask")  # items get copies of the program's objects
-HANDED = "handed"  # loop_body's parameter where the item comes back with its changes
 TAKE_BACK = '''def take_back(mine, theirs, seen=None):
     """What an item changed in its copy of one of the program's objects, made on the
     program's own object, part by part where the two have the same shape, so that the
@@ -74,18 +77,19 @@ class _Changes(WriteBackRewriter):
     number's statement, with those values, is what the main program runs."""
 
     def __init__(
-        self, recorded: frozenset[str], reductions: dict[str, int], handed: bool = False
+        self, recorded: frozenset[str], reductions: dict[str, int], g: Names, handed: bool
     ) -> None:
         super().__init__(recorded, reductions)
+        self.g = g
         self.applied: list[tuple[str, str]] = []  # (statement to run, the original)
         if handed:  # the item goes back too, as the item left it
-            kept = f"k not in ('changes', {HANDED!r})"
+            kept = f"k not in ({g.changes!r}, {g.handed!r})"
             self.returns = _parse_expr(
-                f"changes, {{k: v for k, v in locals().items() if {kept}}}, {HANDED}"
+                f"{g.changes}, {{k: v for k, v in locals().items() if {kept}}}, {g.handed}"
             )
         else:
             self.returns = _parse_expr(
-                "changes, {k: v for k, v in locals().items() if k != 'changes'}"
+                f"{g.changes}, {{k: v for k, v in locals().items() if k != {g.changes!r}}}"
             )
 
     def visit_Continue(self, node):
@@ -101,6 +105,8 @@ class _Changes(WriteBackRewriter):
         def value(expr: ast.expr) -> ast.expr:
             values.append(expr)
             return ast.Name(f"\0{len(values) - 1}", ast.Load())
+
+        one = self.g.value
 
         name = args[0].value
         target: ast.expr = ast.Name(name, ast.Load())
@@ -129,10 +135,10 @@ class _Changes(WriteBackRewriter):
         number = len(self.applied) + 1
         shown = ast.unparse(ast.fix_missing_locations(statement))
         for index in range(len(values)):
-            shown = shown.replace(f"\0{index}", f"value[{index}]" if len(values) > 1 else "value")
+            shown = shown.replace(f"\0{index}", f"{one}[{index}]" if len(values) > 1 else one)
         self.applied.append((shown, ast.unparse(node).splitlines()[0]))
         packed = values[0] if len(values) == 1 else ast.Tuple(values, ast.Load())
-        record = _parse_expr("changes.append(())")
+        record = _parse_expr(f"{self.g.changes}.append(())")
         record.args = [ast.Tuple([ast.Constant(number), packed], ast.Load())]
         return ast.copy_location(ast.Expr(record), node)
 
@@ -142,16 +148,16 @@ def _parse_expr(source: str) -> ast.expr:
 
 
 def _body_function(
-    info: BodyInfo, recorded: frozenset[str], coroutine: bool, handed: bool = False
+    info: BodyInfo, recorded: frozenset[str], coroutine: bool, handed: bool, g: Names
 ) -> tuple[str, list]:
     """``loop_body``'s source, and the numbered statements that apply its changes. ``handed``:
     items are copies (worker processes), so the item goes back as the item left it."""
     node = copy.deepcopy(info.node)
     if info.kind == "for":
         target = node.target
-        parameter = target.id if isinstance(target, ast.Name) and not handed else "item"
-        parameter = HANDED if handed else parameter
-        rewriter = _Changes(recorded, info.reductions, handed)
+        parameter = target.id if isinstance(target, ast.Name) and not handed else g.item
+        parameter = g.handed if handed else parameter
+        rewriter = _Changes(recorded, info.reductions, g, handed)
         body = rewriter.rewrite_block(node.body)
         head = (
             []
@@ -159,7 +165,7 @@ def _body_function(
             else [ast.Assign([target], ast.Name(parameter))]
         )
         statements = [
-            ast.parse("changes = []").body[0],
+            ast.parse(f"{g.changes} = []").body[0],
             *head,
             *body,
             ast.Return(copy.deepcopy(rewriter.returns)),
@@ -171,7 +177,7 @@ def _body_function(
     else:
         first = node.generators[0]
         target = first.target
-        parameter = target.id if isinstance(target, ast.Name) else "item"
+        parameter = target.id if isinstance(target, ast.Name) else g.item
         first.iter = ast.Tuple([ast.Name(parameter, ast.Load())], ast.Load())
         elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
         applied = []
@@ -183,7 +189,7 @@ def _body_function(
             doc = "One item of the comprehension: its values (none when a condition drops it)."
     args = ast.arguments([], [ast.arg(parameter)], None, [], [], None, [])
     kind = ast.AsyncFunctionDef if coroutine else ast.FunctionDef
-    function = kind("loop_body", args, [ast.Expr(ast.Constant(doc)), *statements], [], None)
+    function = kind(g.loop_body, args, [ast.Expr(ast.Constant(doc)), *statements], [], None)
     return ast.unparse(ast.fix_missing_locations(function)), applied
 
 
@@ -193,69 +199,84 @@ def _one_value_per_item(info: BodyInfo) -> bool:
 
 
 def _runner(
-    backend: str, workers: int, method: str | None, iterable: str, shared: list[str]
+    backend: str,
+    workers: int,
+    method: str | None,
+    iterable: str,
+    shared: list[str],
+    g: Names,
+    chunking: tuple[int, str] = (1, ""),
 ) -> tuple[list[str], list[str]]:
-    """(imports, lines that run loop_body over the items into ``in_order``)."""
+    """(imports, lines that run loop_body over the items into ``in_order``); ``chunking``: the
+    pool's chunksize and its comment."""
     sharing = ""
     if shared:
         names = ", ".join(f"{n!r}: {n}" for n in shared)
-        sharing = f", initializer=share, initargs=({{{names}}},)"
-    context = f'multiprocessing.get_context("{method or "fork"}")'
+        sharing = f", initializer={g.share}, initargs=({{{names}}},)"
+    context = f'{g.multiprocessing}.get_context("{method or "fork"}")'
     if backend == "serial":
-        return [], [f"in_order = map(loop_body, {iterable})"]
-    if backend in ("threads", "processes"):
-        if backend == "threads":
-            imports, pool = (
-                ["from multiprocessing.pool import ThreadPool"],
-                f"ThreadPool({workers})",
-            )
-        else:
-            imports, pool = ["import multiprocessing"], f"{context}.Pool({workers}{sharing})"
-        return imports, [
-            f"with {pool} as pool:",
-            f"    in_order = pool.map(loop_body, {iterable}, chunksize=4)",
-        ]
+        return [], [f"{g.in_order} = map({g.loop_body}, {iterable})"]
     if backend == "futures":
-        imports = ["from concurrent.futures import ThreadPoolExecutor, as_completed"]
-        return imports, _executor_lines(f"ThreadPoolExecutor(max_workers={workers})", iterable)
+        imports = [g.imported("ThreadPoolExecutor", "as_completed")]
+        executor = f"{g.ThreadPoolExecutor}(max_workers={workers})"
+        return imports, _executor_lines(executor, iterable, g)
     if backend == "futures:processes":
-        imports = [
-            "import multiprocessing",
-            "from concurrent.futures import ProcessPoolExecutor, as_completed",
-        ]
-        executor = f"ProcessPoolExecutor({workers}, mp_context={context}{sharing})"
-        return imports, _executor_lines(executor, iterable)
+        imports = [g.imported("multiprocessing"), g.imported("ProcessPoolExecutor", "as_completed")]
+        executor = f"{g.ProcessPoolExecutor}({workers}, mp_context={context}{sharing})"
+        return imports, _executor_lines(executor, iterable, g)
     if backend == "asyncio":
-        return ["import asyncio"], [
-            f"semaphore = asyncio.Semaphore({workers})  # at most {workers} items at once",
+        return [g.imported("asyncio")], [
+            f"{g.semaphore} = {g.asyncio}.Semaphore({workers})  # at most {workers} at once",
             "",
-            "async def limited(item):",
-            "    async with semaphore:",
-            "        return await loop_body(item)",
+            f"async def {g.limited}(item):",
+            f"    async with {g.semaphore}:",
+            f"        return await {g.loop_body}(item)",
             "",
-            f"in_order = await asyncio.gather(*(limited(item) for item in {iterable}))",
+            f"{g.in_order} = await {g.asyncio}.gather(*({g.limited}(item) for item in {iterable}))",
         ]
     if backend == "dask":
-        return ["from dask.distributed import Client, LocalCluster"], [
-            f"cluster = LocalCluster(n_workers={workers}, threads_per_worker=1, "
+        return [g.imported("Client", "LocalCluster")], [
+            f"{g.cluster} = {g.LocalCluster}(n_workers={workers}, threads_per_worker=1, "
             "host='127.0.0.1', dashboard_address='127.0.0.1:0')",
-            "with cluster, Client(cluster) as client:",
-            f"    in_order = client.gather(client.map(loop_body, list({iterable}), pure=False))",
+            f"with {g.cluster}, {g.Client}({g.cluster}) as {g.client}:",
+            f"    {g.in_order} = {g.client}.gather("
+            f"{g.client}.map({g.loop_body}, list({iterable}), pure=False))",
         ]
-    raise ValueError(f"no equivalent program for backend {backend!r}")
+    if backend not in ("threads", "processes"):
+        raise ValueError(f"no equivalent program for backend {backend!r}")
+    if backend == "threads":
+        imports, pool = [g.imported("ThreadPool")], f"{g.ThreadPool}({workers})"
+    else:
+        imports, pool = [g.imported("multiprocessing")], f"{context}.Pool({workers}{sharing})"
+    return imports, [
+        f"with {pool} as {g.pool}:",
+        f"    {g.in_order} = {g.pool}.map({g.loop_body}, {iterable}, "
+        f"chunksize={chunking[0]}){chunking[1]}",
+    ]
 
 
-def _executor_lines(executor: str, iterable: str) -> list[str]:
+def _executor_lines(executor: str, iterable: str, g: Names) -> list[str]:
     """concurrent.futures as its documentation shows it: submit, then as_completed."""
     return [
-        f"with {executor} as executor:",
-        f"    futures = {{executor.submit(loop_body, item): n "
+        f"with {executor} as {g.executor}:",
+        f"    {g.futures} = {{{g.executor}.submit({g.loop_body}, item): n "
         f"for n, item in enumerate({iterable})}}",
-        "    finished = {}",
-        "    for future in as_completed(futures):  # in the order they finish",
-        "        finished[futures[future]] = future.result()",
-        "in_order = [finished[n] for n in range(len(finished))]",
+        f"    {g.finished} = {{}}",
+        f"    for {g.future} in {g.as_completed}({g.futures}):  # in the order they finish",
+        f"        {g.finished}[{g.futures}[{g.future}]] = {g.future}.result()",
+        f"{g.in_order} = [{g.finished}[n] for n in range(len({g.finished}))]",
     ]
+
+
+def chunksize_of(report, asked: int | None) -> tuple[int, str]:
+    """The pool's chunksize, as the run chunked its items (``asked``: --chunksize), and its
+    comment. parmagic sizes its chunks as a run goes: then the size that makes Pool.map send
+    the items in as many chunks as the run did."""
+    chunks, items = report.chunks, report.item_count
+    if not chunks or not items:
+        return asked or 1, ""
+    size = asked if asked and math.ceil(items / asked) == chunks else math.ceil(items / chunks)
+    return size, f"  # as the run: {plural(items, 'item')} in {plural(chunks, 'chunk')}"
 
 
 def _loads(tree: ast.AST) -> set[str]:
@@ -338,13 +359,15 @@ def _notebook_source(value: type | types.FunctionType) -> str | None:
 PLACEHOLDER = "__parmagic_loop_code__"
 
 
-def _main_lines(cell: ast.Module, loop: ast.AST, info: BodyInfo, run: list[str]) -> list[str]:
+def _main_lines(
+    cell: ast.Module, loop: ast.AST, info: BodyInfo, run: list[str], g: Names
+) -> list[str]:
     """The cell's own code, with the loop replaced by ``run`` and the applying of results."""
     marker = ast.Expr(ast.Name(PLACEHOLDER, ast.Load()))
     if info.kind == "for":
         _replace(cell, loop, marker)
     else:
-        _replace(cell, loop, ast.Name("loop_values", ast.Load()), before=marker)
+        _replace(cell, loop, ast.Name(g.loop_values, ast.Load()), before=marker)
     lines = []
     for line in ast.unparse(cell).splitlines():
         if line.strip() != PLACEHOLDER:
@@ -356,32 +379,38 @@ def _main_lines(cell: ast.Module, loop: ast.AST, info: BodyInfo, run: list[str])
 
 
 def _results_lines(
-    info: BodyInfo, applied: list[tuple[str, str]], handed: bool = False
+    info: BodyInfo, applied: list[tuple[str, str]], handed: bool, g: Names
 ) -> list[str]:
     """The main program's side: the items' results, applied in item order."""
     if info.kind != "for":
         gather = {"set": "set", "dict": "dict"}.get(info.kind, "list")
         if _one_value_per_item(info):
-            return [f"loop_values = {gather}(in_order)"]
-        return [f"loop_values = {gather}(v for values in in_order for v in values)"]
-    lines = ["names = {}", "for changes, names in in_order:", "    for number, value in changes:"]
+            return [f"{g.loop_values} = {gather}({g.in_order})"]
+        return [f"{g.loop_values} = {gather}(v for values in {g.in_order} for v in values)"]
+    changes, names, number, value = g.changes, g.names, g.number, g.value
+    lines = [
+        f"{names} = {{}}",
+        f"for {changes}, {names} in {g.in_order}:",
+        f"    for {number}, {value} in {changes}:",
+    ]
     if handed:
+        item, returned = g.item, g.returned
         lines[1:] = [
-            "for item, (changes, names, returned) in zip(items, in_order):",
-            "    take_back(item, returned)  # what the item changed in its copy",
-            "    names = {k: own(v, returned, item) for k, v in names.items()}",
-            "    for number, value in changes:",
-            "        value = own(value, returned, item)",
+            f"for {item}, ({changes}, {names}, {returned}) in zip({g.items}, {g.in_order}):",
+            f"    {g.take_back}({item}, {returned})  # what the item changed in its copy",
+            f"    {names} = {{k: {g.own}(v, {returned}, {item}) for k, v in {names}.items()}}",
+            f"    for {number}, {value} in {changes}:",
+            f"        {value} = {g.own}({value}, {returned}, {item})",
         ]
     for position, (statement, original) in enumerate(applied, 1):
         keyword = "if" if position == 1 else "elif"
         lines += [
-            f"        {keyword} number == {position}:  # {original}",
+            f"        {keyword} {number} == {position}:  # {original}",
             f"            {statement}",
         ]
     if not applied:
         lines.append("        pass")
-    return lines + ["globals().update(names)  # the loop's names, as its last item left them"]
+    return [*lines, f"globals().update({names})  # the loop's names, as its last item left them"]
 
 
 def _shared_names(cell: ast.Module, loop: ast.AST, function: str) -> list[str]:
@@ -406,49 +435,63 @@ def program(
     workers: int,
     start_method: str | None,
     export: bool,
+    chunking: tuple[int, str] = (1, ""),
 ) -> str:
     """The whole program: notebook definitions (for ``--export``), ``loop_body``, then the
-    cell with its loop replaced by the chosen library's code, under the main guard."""
+    cell with its loop replaced by the chosen library's code, under the main guard.
+    ``chunking``: the pool's chunksize and its comment (:func:`chunksize_of`)."""
     flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     cell = compile(source, "<cell>", "exec", flags)
     loop = _find(cell, info.node)
+    notebook = [n for n in _free_names(cell) if n in ns]
+    g = Names(taken_names(cell, ns, notebook), ns)
     coroutine = backend == "asyncio"
     handed = backend in COPYING_BACKENDS and info.kind == "for"
-    function, applied = _body_function(info, recorded, coroutine, handed)
+    function, applied = _body_function(info, recorded, coroutine, handed, g)
     iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
-    listed = [f"items = list({iterable})"] if handed else []
-    iterable = "items" if handed else iterable
+    listed = [f"{g.items} = list({iterable})"] if handed else []
+    iterable = g.items if handed else iterable
     shared = _shared_names(cell, loop, function) if backend in INITIALIZER_BACKENDS else []
-    notebook = [n for n in _free_names(cell) if n in ns]
-    imports, run = _runner(backend, workers, start_method, iterable, shared)
-    main = _main_lines(cell, loop, info, listed + run + _results_lines(info, applied, handed))
+    imports, run = _runner(backend, workers, start_method, iterable, shared, g, chunking)
+    main = _main_lines(cell, loop, info, listed + run + _results_lines(info, applied, handed, g), g)
     out = [f"# What `%%parallel -b {backend}` ran, as a plain Python program (by parmagic).", ""]
-    out += imports
-    if export and notebook:
-        classes = {  # a value's class from the notebook, so the TODO can be filled in
-            type(ns[n]).__name__: type(ns[n])
-            for n in notebook
-            if type(ns[n]).__module__ == "__main__" and type(ns[n]).__name__ not in notebook
-        }
-        definitions = [_definition(name, cls) for name, cls in classes.items()]
-        definitions += [_definition(n, ns[n]) for n in notebook]
-        out += ["", "# From the notebook:", *definitions]
-    elif notebook:
-        out += ["", f"# From the notebook: {', '.join(notebook)}"]
+    out += imports + _notebook_lines(notebook, ns, export)
     if shared:
-        out += ["", "", "def share(names):"]
+        out += ["", "", f"def {g.share}(names):"]
         out += ['    """The values the loop reads, for each worker process: they are made under']
         out += ['    the main guard below, which worker processes do not run."""']
         out += ["    globals().update(names)"]
     guard = 'if __name__ == "__main__":'
     if coroutine:  # the body may use what the cell opened (a session): one coroutine holds both
         inner = [*function.splitlines(), "", *main]
-        out += ["", "", "async def main():", *_indented(inner), "", "", guard]
-        out += ["    asyncio.run(main())"]
+        out += ["", "", f"async def {g.main}():", *_indented(inner), "", "", guard]
+        out += [f"    {g.asyncio}.run({g.main}())"]
     else:
-        out += ["", "", function, "", "", *([TAKE_BACK, "", ""] if handed else []), guard]
-        out += _indented(main)
+        helpers = [_helpers(g), "", ""] if handed else []
+        out += ["", "", function, "", "", *helpers, guard, *_indented(main)]
     return "\n".join(out) + "\n"
+
+
+def _notebook_lines(notebook: list[str], ns: dict, export: bool) -> list[str]:
+    """What the program takes from the notebook: its definitions (``--export``), or its names."""
+    if not notebook:
+        return []
+    if not export:
+        return ["", f"# From the notebook: {', '.join(notebook)}"]
+    classes = {  # a value's class from the notebook, so the TODO can be filled in
+        type(ns[n]).__name__: type(ns[n])
+        for n in notebook
+        if type(ns[n]).__module__ == "__main__" and type(ns[n]).__name__ not in notebook
+    }
+    definitions = [_definition(name, cls) for name, cls in classes.items()]
+    definitions += [_definition(n, ns[n]) for n in notebook]
+    return ["", "# From the notebook:", *definitions]
+
+
+def _helpers(g: Names) -> str:
+    """take_back and own, under the names the program gives them."""
+    text = re.sub(r"\btake_back\(", f"{g.take_back}(", TAKE_BACK)
+    return re.sub(r"\bown\(", f"{g.own}(", text)
 
 
 def _indented(lines: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from .chunk import ChunkResult, ItemOutput, OutputCapture, Task, run_chunk
+from .chunk import ChunkResult, ItemOutput, OutputCapture, Task, forget_inherited_error, run_chunk
 from .hidden_state import Guard
 from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
@@ -37,6 +37,7 @@ def _become_worker(native_threads: int) -> None:
     its garbage collector (``gc.freeze``, CPython's own advice for forked children): never
     walked by its collections, so never copied page by page into this process for them."""
     gc.freeze()
+    forget_inherited_error()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cap_environment(native_threads)
     _cap.limit, _cap.cores = native_threads, affinity_cores()

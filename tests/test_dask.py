@@ -186,7 +186,7 @@ def test_an_item_that_kills_every_worker_fails_the_run_naming_it(ip, run):
         "    if i == 2:\n        os._exit(1)\n    done.append(i)\n"
     )
     assert isinstance(outcome.error, WorkerDied), outcome.err
-    assert "dask gave up on item(s) 2:" in str(outcome.error)
+    assert "dask gave up on item 2:" in str(outcome.error)
     assert ip.user_ns["done"] == [0, 1]
     parallel(run, LOCAL, "after = [k * 2 for k in range(20)]\n")
     assert ip.user_ns["after"] == [k * 2 for k in range(20)]

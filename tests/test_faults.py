@@ -107,7 +107,7 @@ def test_a_dying_worker_fails_the_run_and_the_pool_heals(ip, run, name, death, h
     )
     assert isinstance(outcome.error, WorkerDied)
     assert time.monotonic() - began < HANG_GUARD
-    assert how in str(outcome.error) and "item(s) 4" in str(outcome.error)
+    assert how in str(outcome.error) and "running item 4;" in str(outcome.error)
     assert ip.user_ns["done"] == [0, 1, 2, 3]
     assert_next_run_works(ip, run, BACKENDS[name])
 
@@ -165,7 +165,8 @@ def test_an_interrupt_leaves_every_item_whole_and_counts_exactly(ip, run, name, 
     printed = [int(ln) for ln in outcome.out.splitlines() if ln.isdigit()]
     assert_prefix(printed, minimum=1)
     shown = "\n".join(outcome.error._render_traceback_())
-    applied = int(re.search(r"the first (\d+) item\(s\) were applied", shown).group(1))
+    said = re.search(r"(no item|the first item|the first (\d+) items) w", shown)
+    applied = int(said.group(2) or said.group(1) == "the first item")
     assert ns["out"][:applied] == printed[:applied] == list(range(applied))
     if name == "serial":  # the loop runs in place: the interrupt may land inside an item,
         # which stops there, as in the plain loop (its line may be printed, its changes made)
@@ -287,6 +288,6 @@ def test_an_interrupted_threads_run_tells_running_items_from_queued_ones(ip, run
     watcher.stop()
     assert isinstance(outcome.error, KeyboardInterrupt)
     said = outcome.out + outcome.err + "\n".join(outcome.error._render_traceback_())
-    assert "item(s) 0-1 were in threads' hands" in said  # each was sleeping
-    assert "item(s) 2-3 were queued and never started" in said  # two threads, four in hand
+    assert "threads held items 0-1 when the run stopped" in said  # each was sleeping
+    assert "items 2-3, queued, never started" in said  # two threads, four in hand
     assert_next_run_works(ip, run, "-b threads")

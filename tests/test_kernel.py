@@ -207,7 +207,7 @@ def test_killed_worker_fails_the_cell_and_the_next_run_works(kc):
         "    if i == 2:\n        os.kill(os.getpid(), signal.SIGKILL)\n    kept.append(i)\n",
     )
     assert outcome.ename == "WorkerDied"
-    assert "killed by SIGKILL" in outcome.evalue and "item(s) 2" in outcome.evalue
+    assert "killed by SIGKILL" in outcome.evalue and "running item 2;" in outcome.evalue
     assert run_ok(kc, "kept").result == "[0, 1]"
     assert run_ok(kc, "%%parallel -b processes -w 2 -q\n[i * i for i in range(5)]").result == (
         "[0, 1, 4, 9, 16]"
@@ -311,13 +311,16 @@ def test_io_demo_notebooks_run_end_to_end(name, last_source, result, printed):
 @pytest.mark.timeout(150)
 def test_compare_demo_notebook_compares_and_exports():
     results, text = notebook_text("02_compare.ipynb")
-    assert results["len(digits), cpu_table.fastest.backend"].startswith("(4000, ")
+    assert re.match(
+        r"\(4000,\s+'(fastest|no backend was clearly)",
+        results["len(digits), cpu_table.conclusion()"],
+    )
     header = [line for line in text.splitlines() if line.startswith("backend ")]
     assert len(header) >= 4 and all("same as serial" in line for line in header)
     assert re.search(r"^futures:processes\s+2\s.*✓$", text, re.M)  # one row per backend
     assert re.search(r"^asyncio\s+\d+\s.*✓$", text, re.M)
-    random_state = r"differs: an item changed the `random` module's global random state"
-    assert re.search(rf"^threads\s+6\s.*{random_state}", text, re.M)  # the guard saw it
+    assert re.search(r"^threads\s+6\s.*✓$", text, re.M)  # in the kernel's process, as serial
+    assert re.search(r"^processes\s+2\s.*differs: item 0: ran_in\.append\(\d+\)$", text, re.M)
     assert 'multiprocessing.get_context("spawn").Pool(2)' in text
     total = re.search(r"^(\d+)\nparmagic: wrote", text, re.M).group(1)
     assert text.count(f"{total}\n") >= 2  # the exported script printed what the cell printed

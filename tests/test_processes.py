@@ -134,7 +134,7 @@ def test_a_dead_worker_fails_the_run_naming_its_item_and_the_pool_heals(ip, run,
         "    if i == 3:\n        os._exit(7)\n    done.append(i)\n"
     )
     assert isinstance(outcome.error, parmagic.errors.WorkerDied)
-    assert "exit code 7" in str(outcome.error) and "item(s) 3" in str(outcome.error)
+    assert "exit code 7" in str(outcome.error) and "running item 3;" in str(outcome.error)
     assert ip.user_ns["done"] == [0, 1, 2]
     run_ok(run, BACKENDS[method], "again = [i for i in range(10)]\n")
     assert ip.user_ns["again"] == list(range(10))

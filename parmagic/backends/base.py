@@ -85,7 +85,7 @@ class Backend(ABC):
     def description(self) -> str:
         """One line for %parallel_info's warm pools."""
         method = f", {self.start_method}" if self.start_method else ""
-        return f"{self.name} ({self.workers} workers{method})"
+        return f"{self.name} ({errors.plural(self.workers, 'worker')}{method})"
 
     @classmethod
     def default_workers(cls) -> int:

@@ -231,15 +231,16 @@ class DaskBackend(PickledItems):
         """The chunk's result; None when it was sent again (lost by the cluster: items change
         nothing outside their run, so a second run of them is safe, as is dask's own retry)."""
         chunk = self._running.pop(future)
+        items = errors.items_named(chunk.numbers)
         if isinstance(error, self._killed_worker):
             reason = str(error).split("\n")[0]
-            error = WorkerDied(errors.DASK_WORKER_DIED.format(items=chunk.numbers, reason=reason))
+            error = WorkerDied(errors.DASK_WORKER_DIED.format(items=items, reason=reason))
         elif error is not None and future.status != "error":  # cancelled or lost
             if chunk.attempt < RESENDS:
                 chunk.attempt, chunk.since = chunk.attempt + 1, time.monotonic()
                 self._send(chunk)
                 return None
-            error = WorkerDied(errors.DASK_LOST.format(items=chunk.numbers, reason=error))
+            error = WorkerDied(errors.DASK_LOST.format(items=items, reason=error))
         if error is not None:
             return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
         return self.load_result(data, chunk.seq, chunk.start, chunk.items, "dask")

@@ -159,7 +159,8 @@ class ProcessBackend(WorkerProcesses):
                 worker.process.join()
                 how = describe_exit(worker.process.exitcode)
                 lost = self._replace(worker)
-                error = WorkerDied(errors.WORKER_DIED.format(how=how, items=lost.numbers))
+                items = errors.items_named(lost.numbers)
+                error = WorkerDied(errors.WORKER_DIED.format(how=how, items=items))
                 results.append(failed_chunk(lost.seq, lost.start, lost.items, error, worker.name))
             elif self._deadline and self._deadline.passed(worker.since):
                 worker.kill()  # the item ignored its alarm (C code holding on): stop it

@@ -118,7 +118,7 @@ class _PooledThreads(Backend):
             (running if seq in self._started else queued).extend(range(start, start + len(chunk)))
         self._replace_pool()
         said = [(errors.ITEMS_ABANDONED, running), (errors.ITEMS_NEVER_STARTED, queued)]
-        return [message.format(items=_ranges(sorted(items))) for message, items in said if items]
+        return [m.format(items=errors.items_named(_ranges(sorted(i)))) for m, i in said if i]
 
     def _let_cancelled_chunks_end(self) -> None:
         """Chunks of a stopped run end after their current item: wait briefly for them,

@@ -92,7 +92,8 @@ class PickledItems(Backend):
         try:
             return self.kernel_objects.chunk_bytes(seq, start, items)
         except Exception as reason:
-            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(start=start, reason=reason))
+            named = errors.item_span(start, len(items))
+            error = TypeError(errors.ITEM_NOT_PICKLABLE.format(items=named, reason=reason))
             self._refused.append(failed_chunk(seq, start, items, error, "kernel"))
             return None
 
