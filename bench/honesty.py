@@ -18,10 +18,8 @@ Usage: python bench/honesty.py [--quick] [--only TEXT]   (writes bench/honesty.m
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from IPython.testing.globalipapp import start_ipython
@@ -165,28 +163,13 @@ def table(ip) -> list[str]:
     return lines + ["", "Auto against the fastest backend (goal: at most 1.10):", "", *verdicts]
 
 
-@contextmanager
-def slow_server(latency: float):
-    """bench/urls.py's slow site in a process of its own, stopped by a signal: the fork
-    workers of the processes backend hold a copy of its stdin, so closing it ends nothing."""
-    from urls import SERVER  # bench/urls.py, beside this file
-
-    server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(latency)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        yield server.stdout.readline().strip()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def main() -> None:
+    from urls import slow_server_process  # bench/urls.py, beside this file
+
     ip = start_ipython()
     ip.run_line_magic("load_ext", "parmagic")
     ip.run_cell(SETUP)
-    with slow_server(0.1) as url:
+    with slow_server_process(0.1) as url:
         ip.user_ns["URL"] = url
         lines = ["## Honest figures, and auto's choice", "", *table(ip)]
     text = "\n".join(lines) + "\n"

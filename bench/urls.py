@@ -29,7 +29,8 @@ SERVER = (
 
 @contextmanager
 def slow_server_process(latency: float):
-    """The slow site in another process; yields its base URL, stops when stdin closes."""
+    """The slow site in another process; yields its base URL. Stopped by a signal: the fork
+    workers of the processes backend hold a copy of its stdin, so closing it ends nothing."""
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(latency)], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, text=True,
@@ -37,7 +38,7 @@ def slow_server_process(latency: float):
     try:
         yield server.stdout.readline().strip()
     finally:
-        server.stdin.close()
+        server.terminate()
         server.wait(timeout=10)
 
 

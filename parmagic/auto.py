@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .errors import AUTO_HIDDEN, AUTO_HIDDEN_LATER, HiddenChange, NotPicklable
 from .machine import usable_cores
-from .report import CPU_BOUND_SHARE, RunReport, side_by_side
+from .report import RunReport, side_by_side
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -175,7 +175,8 @@ class Lead:
             return False
         share = r.cpu_share
         if not self.outlook.workers_given:
-            self.threads = self.outlook.threads = waiting_threads(share, remaining)
+            left = remaining if self.length else MAX_WAITING_THREADS  # unknown: not just "done"
+            self.threads = self.outlook.threads = waiting_threads(share, left)
         outlook = self._weigh(share, remaining)
         choice = outlook.best()
         if choice == "serial" and self._worth_a_trial(outlook):
@@ -275,12 +276,12 @@ class Lead:
             if outlook.best() != "processes":
                 return outlook
         self._checked = True
-        self.refused = self.outlook.processes_refused()
+        self.refused = self.report.processes_refused = self.outlook.processes_refused()
         return weighed(None) if self.refused else outlook
 
     def _first(self) -> str:
         count = self.led
-        return f"the first {count} item(s), run in the kernel" if count > 1 else "the first item"
+        return f"the first {count} items, run in the kernel" if count > 1 else "the first item"
 
     def _moved(self, choice: str, share: float, remaining: int) -> str:
         """Why the rest moved to ``choice`` (for a trial, until the trial tells)."""
@@ -290,8 +291,8 @@ class Lead:
         rest = f"{remaining} more to come ({pace})"
         if not self.length:
             rest = f"more to come ({pace}; the loop's length is unknown)"
-        if self._changed_pace():
-            seen = self._changed(choice)
+        if kind != "compute" and self._changed_pace():
+            seen = self._changed()
         if choice == "processes":
             cores = min(self.outlook.cores, self.outlook.processes)
             return f"{seen}; {rest}: {cores} cores share them"
@@ -300,11 +301,7 @@ class Lead:
         note = f"; processes cannot take it: {self.refused}" if self.refused else ""
         pool = f"{self.threads} threads overlap their waiting"
         if not self.outlook.workers_given:
-            ratio = (1 - share) / share if share > 0 else math.inf
-            pool += (
-                f" (items wait {ratio:.0f} times as long as they compute)"
-                if ratio < 1000 else " (items hardly compute)"
-            )  # fmt: skip
+            pool += f" ({_waiting_share(share)})"
         return f"{seen}; {rest}: {pool}{note}"
 
     def _latest(self) -> tuple[float, float]:
@@ -321,14 +318,13 @@ class Lead:
         count, mean = self._kept_here
         return count > 0 and self._latest()[0] > CHANGED_PACE * max(mean, RECORDED_PER_ITEM)
 
-    def _changed(self, choice: str) -> str:
-        """What the kernel's latest items showed, after earlier ones had kept the loop here."""
-        where = "threads" if choice in ("threads", TRY_THREADS) else choice
-        latest, cpu = self._latest()
-        began = "compute" if cpu >= CPU_BOUND_SHARE * latest else "wait"
+    def _changed(self) -> str:
+        """What the kernel's latest items showed, after earlier ones had kept the loop here:
+        they began to wait (items that compute say so, with their CPU share)."""
+        latest, _ = self._latest()
         return (
-            f"moved to {where} at item {self.led}: the first {self._kept_here[0]} items were too "
-            f"cheap for workers, then items began to {began} {latest:.2g} s each"
+            f"moved to threads at item {self.led}: the first {self._kept_here[0]} items were too "
+            f"cheap for workers, then items began to wait {latest:.2g} s each"
         )
 
     def _why_not_processes(self) -> str:
@@ -429,6 +425,16 @@ class Instalments:
             raise StopIteration
         self.left -= 1
         return next(self.iterator)
+
+
+def _waiting_share(cpu_share: float) -> str:
+    """How long items wait against how long they compute, in words that stay true."""
+    ratio = (1 - cpu_share) / cpu_share if cpu_share > 0 else math.inf
+    if ratio >= 1000:
+        return "items hardly compute"
+    if ratio >= 1.5:
+        return f"items wait {ratio:.0f} times as long as they compute"
+    return f"items compute {cpu_share:.0%} of their time"
 
 
 def waiting_threads(cpu_share: float, remaining: int) -> int:

@@ -5,15 +5,14 @@ recording is set beside the serial one, item by item (same_results.py). Only the
 recording is applied, so the kernel ends as after one serial run, whatever the other backends
 did. A backend that would refuse the body on its own refuses it here too, in its row.
 
-Short loops run in up to three rounds, in alternating order, so that a machine's changing load
-hits every backend alike; but only where running the loop again can change nothing a recording
-misses (compare_table.py reads the rounds).
+``--rounds N`` runs each backend N times, in alternating order, so that a machine's changing
+load hits every backend alike (compare_table.py reads the rounds): asked for, never by default,
+as running the loop again repeats whatever it does that no recording holds.
 """
 
 from __future__ import annotations
 
 import ast
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from .loop_run import LoopRun
 
 EVERY_BACKEND = ("serial", "threads", "futures", "processes", "futures:processes", "asyncio")
-MORE_ROUNDS_WITHIN = 4.0  # seconds the extra rounds may take, judged from the first round
-MOST_ROUNDS = 3
 RunOne = Callable[[str], tuple[RunReport, Recording]]
 
 
@@ -66,16 +63,18 @@ def refusal(name: str, awaits: bool) -> str | None:
 def run_comparison(
     names: list[str], awaits: bool, run_one: RunOne,
     refused: Callable[[str], str | None] = lambda name: None,
-    repeatable: Callable[[Recording], bool] = lambda serial: False,
+    rounds: int = 1,
+    unrepeatable: Callable[[Recording], str | None] = lambda serial: None,
     stays: Callable[[], str | None] = lambda: None,
 ) -> Comparison:  # fmt: skip
     """Run the loop on each backend, serial first; each other run is set beside serial's.
 
     ``run_one(name)`` runs the loop on a backend with a Recording and returns its report and
     recording; a ParmagicUsageError from it (e.g. data that cannot be pickled for processes)
-    becomes that backend's row, as does ``refused(name)``. Rounds after the first run only if
-    ``repeatable(serial's recording)``. Auto, where ``stays()`` gives its reason to run in
-    the kernel, is the serial run itself (a second run in the kernel would change the kernel's
+    becomes that backend's row, as does ``refused(name)``. ``rounds`` over one run the
+    backends again, in alternating order, unless ``unrepeatable(serial's recording)`` says
+    why the loop must not run again. Auto, where ``stays()`` gives its reason to run in the
+    kernel, is the serial run itself (a second run in the kernel would change the kernel's
     objects twice). A KeyboardInterrupt stops the whole comparison.
     """
     comparison = Comparison(rows=[Row(name) for name in names])
@@ -83,22 +82,29 @@ def run_comparison(
         row.refused = refusal(row.backend, awaits) or refused(row.backend)
         if row.backend == AUTO and not row.refused and not awaits:
             row.as_serial = stays()
-    began = time.monotonic()
     reference = _round(comparison.rows, run_one, None)
-    rounds = _rounds(time.monotonic() - began) if repeatable(reference) else 1
-    for number in range(1, rounds):
-        order = comparison.rows[::-1] if number % 2 else comparison.rows
-        _round([row for row in order if row.same], run_one, reference)
-    comparison.rounds = rounds
+    why = unrepeatable(reference) if rounds > 1 else None
+    if why:
+        comparison.warnings.append(errors.ROUNDS_NOT_REPEATED.format(rounds=rounds, why=why))
+    comparison.rounds = 1 if why else _more_rounds(comparison, run_one, reference, rounds)
     for row in comparison.rows:
         if row.as_serial:
             row.runs, row.walls = comparison.reference.runs, comparison.reference.walls
     return comparison
 
 
-def _rounds(first: float) -> int:
-    """How many rounds in all, for a first round of ``first`` seconds."""
-    return 1 + min(MOST_ROUNDS - 1, int(MORE_ROUNDS_WITHIN / first)) if first > 0 else MOST_ROUNDS
+def _more_rounds(comparison: Comparison, run_one: RunOne, reference: Recording, rounds: int):
+    """Rounds 2 to ``rounds``; stops after one in which serial's run differed from its first
+    (the loop changed something its recording missed). Returns the rounds run."""
+    for number in range(1, rounds):
+        order = comparison.rows[::-1] if number % 2 else comparison.rows
+        _round([row for row in order if row.same], run_one, reference)
+        serial = comparison.reference
+        if serial.difference is not None:
+            comparison.warnings.append(errors.SERIAL_NOT_REPEATABLE.format(what=serial.difference))
+            serial.difference = None  # the reference: the others are set beside its first run
+            return number + 1
+    return rounds
 
 
 def _round(rows: list[Row], run_one: RunOne, reference: Recording | None) -> Recording:
@@ -157,12 +163,13 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
 
     names = backend_list(run.options.compare, awaits)
     try:
-        repeatable = _repeatable(run, lambda: refused("threads") is None)
+        unrepeatable = _unrepeatable(run, lambda: refused("threads") is None)
 
         def stays() -> str | None:
             return late_refusal(run.plan, run.ns, run.options, AUTO, recorded)
 
-        comparison = run_comparison(names, awaits, run_one, refused, repeatable, stays)
+        rounds = run.options.rounds
+        comparison = run_comparison(names, awaits, run_one, refused, rounds, unrepeatable, stays)
     except KeyboardInterrupt:
         if not recordings:
             raise
@@ -177,25 +184,27 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
     yield from _applied(run, recordings[0])
 
 
-def _repeatable(run: LoopRun, in_kernel_ok: Callable[[], bool]) -> Callable[[Recording], bool]:
-    """Whether running the loop again can change nothing its recording misses: every change
-    the items make to kernel objects is one parmagic records (threads would take the body:
-    serial's items run on the kernel's own objects), the analysis found no hidden effect, the
-    body opens no file, and serial's items all ran without error."""
-    body = run.plan.body.node
+def _unrepeatable(run: LoopRun, in_kernel_ok: Callable[[], bool]) -> Callable:
+    """Why running the loop again could change what its recording misses (None: nothing
+    found): what parmagic can tell; ``--rounds`` is the user's word for the rest."""
+    body, plan = run.plan.body.node, run.plan
 
-    def repeatable(serial: Recording) -> bool:
+    def unrepeatable(serial: Recording) -> str | None:
         report = serial.report
         if serial.hidden or report.failures or report.stopped_at is not None:
-            return False
+            return "the serial run failed or changed state it does not name"
         if run.options.unordered or any(result.changed for result, _ in serial.transcript):
-            return False
+            return "its items change kernel objects in place"
+        if plan.body.item_advances:
+            return "its items advance iterators, which a second run would advance further"
         opens = any(
             isinstance(node, ast.Call) and called_name(node) == "open" for node in ast.walk(body)
         )
-        return not opens and not hidden_effects_of(run.plan, run.ns) and in_kernel_ok()
+        if opens or hidden_effects_of(plan, run.ns) or not in_kernel_ok():
+            return "its items have effects that parmagic does not record"
+        return None
 
-    return repeatable
+    return unrepeatable
 
 
 def first_sentence(refusal: ParmagicUsageError) -> str:

@@ -99,11 +99,11 @@ class Comparison:
         return [row for row in self.rows if row.same and not row.as_serial]
 
     def _beats(self, best: Row, other: Row) -> bool:
-        """Clearly faster: with one run each, by a margin; with rounds, its median time under
-        the other's every run."""
-        if self.rounds == 1:
+        """Clearly faster: with one run each, by a margin; with rounds, its slowest run faster
+        than the other's fastest (their ranges do not overlap)."""
+        if len(best.walls) == 1 or len(other.walls) == 1:
             return best.wall * (1 + ONE_RUN_MARGIN) < other.wall
-        return best.wall < min(other.walls)
+        return max(best.walls) < min(other.walls)
 
     @property
     def reports(self) -> dict[str, RunReport]:
@@ -145,7 +145,7 @@ class Comparison:
             return [row.backend, "", "", "", "", ""]
         cores = " ".join(f"{max(m, 0):.0f}%" for m in r.usage.core_means()) if r.usage else ""
         ours = f"{max(r.usage.ours_mean, 0):.0f}%" if r.usage else ""
-        wall = f"{row.wall:.3f} s" + (f" ±{row.spread:.0%}" if self.rounds > 1 else "")
+        wall = f"{row.wall:.3f} s" + (f" ±{row.spread:.0%}" if len(row.walls) > 1 else "")
         speed = f"{self.speedup(row):.2f}×" + ("*" if self.beyond_ideal(row) else "")
         name = row.backend
         if row.backend == AUTO:
@@ -179,7 +179,10 @@ class Comparison:
 
     def _margin(self) -> str:
         if self.rounds == 1:
-            return f"one run each: a difference under {ONE_RUN_MARGIN:.0%} says nothing"
+            return (
+                f"one run each: a difference under {ONE_RUN_MARGIN:.0%} says nothing "
+                "(--rounds N repeats the runs)"
+            )
         return f"their {self.rounds} runs each overlapped"
 
     def notes(self) -> list[str]:

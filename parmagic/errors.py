@@ -536,8 +536,8 @@ COMPARE_BUSY = (
     "more about them than about the loop"
 )
 COMPARE_ROUNDS = (
-    "each backend ran the loop {rounds} times, in alternating order: the table shows each "
-    "one's median time, ± half the range"
+    "each backend ran the loop {rounds} times, in alternating order (one that differed, once): "
+    "the table shows each one's median time, ± half the range"
 )
 BEYOND_IDEAL = (
     "* {backend}: {speedup:.2f}× is more than {workers} can give on {cores} (at most "
@@ -556,3 +556,12 @@ ABBREVIATED_OPTION = (
     "{given} is not an option of %%parallel; write it in full: {meant} (options are never "
     "taken from the start of their name)"
 )
+ROUNDS_NOT_REPEATED = (
+    "--rounds {rounds}: each backend ran the loop once, as running it again could change the "
+    "kernel or the world more than one run does: {why}"
+)
+SERIAL_NOT_REPEATABLE = (
+    "--rounds: serial's second run differed from its first ({what}): the loop changes "
+    "something its recording misses, so the rounds stopped there"
+)
+ROUNDS_NEED_COMPARE = "--rounds runs each backend of --compare several times: add --compare LIST"

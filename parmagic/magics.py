@@ -103,7 +103,7 @@ class ParallelMagics(Magics):
         item by item on the chosen backend; everything else runs in the kernel as usual, and
         the kernel ends as if the cell had run without this line.
         """
-        options, statement = self._options(line)
+        options, statement = self._options(line, "%%parallel" if cell is not None else "%parallel")
         if cell is None:
             if not statement:
                 raise UsageError(
@@ -201,10 +201,10 @@ class ParallelMagics(Magics):
         if workers > limit:
             raise UsageError(errors.TOO_MANY_WORKERS.format(workers=workers, limit=limit))
 
-    def _options(self, line: str) -> tuple[Options, str]:
+    def _options(self, line: str, magic: str = "%%parallel") -> tuple[Options, str]:
         """The run's options: the line over the ``%config`` defaults, every one checked
         before anything in the cell runs; and the line magic's statement."""
-        args = self._arguments(line)
+        args = self._arguments(line, magic)
         backend = args.backend or self.backend
         self._check_workers(args.workers or self.workers, backend, args.compare)
         uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
@@ -222,6 +222,7 @@ class ParallelMagics(Magics):
             plot=args.plot,
             output=args.output,
             compare=args.compare,
+            rounds=args.rounds or 1,
             show_code=args.show_code,
             export=args.export,
             scheduler=(args.scheduler or self.scheduler or None) if uses_dask else None,
@@ -232,14 +233,16 @@ class ParallelMagics(Magics):
         _check_together(options, args)
         return options, " ".join(args.statement).strip()
 
-    def _arguments(self, line: str) -> argparse.Namespace:
-        """The line parsed, with the numbers in range."""
+    def _arguments(self, line: str, magic: str) -> argparse.Namespace:
+        """The line parsed, with the numbers in range; errors name the magic as written."""
         try:
             args = parse_argstring(self.parallel, line)
         except UsageError as exc:
             usage = self.parallel.parser.format_usage().replace("::", "").strip()
-            raise UsageError(f"{abbreviated(self.parallel.parser, line) or exc}\n{usage}") from None
-        for name in ("workers", "chunksize"):
+            usage = usage.replace("%%parallel", magic, 1)
+            refusal = str(abbreviated(self.parallel.parser, line) or exc)
+            raise UsageError(f"{refusal.replace('%%parallel', magic)}\n{usage}") from None
+        for name in ("workers", "chunksize", "rounds"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be 1 or more, not {value}")
@@ -422,6 +425,8 @@ def _check_together(options: Options, args: argparse.Namespace) -> None:
             check_reachable(options.scheduler)
         except ParmagicUsageError as unreachable:
             raise UsageError(str(unreachable)) from None
+    if args.rounds and not args.compare:
+        raise UsageError(errors.ROUNDS_NEED_COMPARE)
     if args.compare:
         from .compare import backend_list
 

@@ -56,6 +56,10 @@ OPTIONS = (
     Option("compare", ("--compare",),
            "run the loop on each backend in LIST (e.g. serial,threads,processes, or all), "
            "compare their results with serial's, keep serial's", {"metavar": "LIST"}),
+    Option("rounds", ("--rounds",),
+           "with --compare: run each backend N times, in alternating order, and show the median "
+           "and spread (the loop runs again: for loops whose only effects parmagic records)",
+           {"type": int, "metavar": "N"}),
     Option("show_code", ("--show-code",),
            "print the plain Python program (threading, multiprocessing, concurrent.futures, "
            "asyncio) that this run is equivalent to", {"action": "store_true"}),
@@ -101,6 +105,7 @@ class Options:
     plot: bool = False
     output: str | None = None  # a name to store the report under (like %timeit -o)
     compare: str | None = None  # backends to compare (--compare)
+    rounds: int = 1  # runs per backend of --compare
     show_code: bool = False
     export: str | None = None  # a file to write the equivalent program to
     scheduler: str | None = None  # dask: an existing cluster's scheduler address

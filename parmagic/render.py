@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import sys
 
-from .errors import NATIVE_LIMIT, TOO_SHORT
+from .errors import NATIVE_LIMIT, TOO_SHORT, plural
 from .monitor import INTERVAL
 from .report import RunReport
 
@@ -45,6 +45,9 @@ def _turns_at_the_gil(r: RunReport) -> str | None:
     if not (r.computing and r.item_count > 1 and r.shared_wall > 0 and not r.releases_the_gil):
         return None
     turns = "items compute, and one thread runs Python at a time"
+    if r.processes_refused:
+        refused = r.processes_refused
+        return f"{turns}; processes cannot take this loop ({refused}): serial is as fast"
     if r.cores > 1 and r.cpu > 0.2:
         return f"{turns}: try --backend processes"
     if r.speedup < TOO_LITTLE_FOR_THREADS:
@@ -152,7 +155,8 @@ def _head(r: RunReport) -> str:
     if r.backend == "asyncio":
         workers = f"at most {r.workers} at once"
     line = (
-        f"parmagic: {r.backend}{method} · {workers} · {r.item_count} items in {r.chunks} chunks"
+        f"parmagic: {r.backend}{method} · {workers} · {plural(r.item_count, 'item')} in "
+        f"{plural(r.chunks, 'chunk')}"
         f" · wall {r.wall:.3f} s · busy {r.busy:.3f} s"
     )
     if r.stopped_at is not None:
@@ -190,7 +194,7 @@ def _notes(r: RunReport) -> list[tuple[str, str]]:
     if r.native_limit and r.native_code and r.tells_native_limit:
         lines.append(("note", NATIVE_LIMIT.format(limit=r.native_limit)))
     if r.failures:
-        lines.append(("", f"{len(r.failures)} item(s) failed:"))
+        lines.append(("", f"{plural(len(r.failures), 'item')} failed:"))
         lines += [("", f"  item {i} ({item}): {error}") for i, item, error in r.failures[:10]]
     return lines
 

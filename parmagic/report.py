@@ -30,6 +30,7 @@ class ItemTiming:
 BOUND_SHARE = 0.1  # recording's share of the items' time above which serial is a bound
 MAX_ITEM_RECORDS = 100_000  # per-item timings kept; the totals count every item
 PROFILE_STEP = 0.005  # seconds between readings of the process's CPU time (ProcessProfile)
+MOST_SAMPLES = 12_000  # readings kept (a minute's worth): older ones are not looked at
 LATE_SLACK = 0.0005  # seconds a reading may come late on an idle process (waking up)
 FORGET_MARGIN = 1.0  # seconds of readings kept before the start of the last item counted
 
@@ -288,6 +289,7 @@ class RunReport:
     # Set by the run and the magic, read by the summary (render.py):
     one_at_a_time: bool = False  # the items cannot overlap (an asyncio body that never awaits)
     tells_native_limit: bool = False  # this summary tells of the cap (once a session)
+    processes_refused: str | None = None  # why auto found processes could not take the loop
 
 
 def side_by_side(cpu: float, queued: float, wall: float) -> bool:
@@ -317,13 +319,17 @@ class ProcessProfile:
         self.samples: list[tuple[float, float, float]] = []  # (time.monotonic(), process CPU
         # time, how late the reading came: the profile's thread waited for the GIL, or a core)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # readings from two threads stay in time order
         self.mark()
         threading.Thread(target=self._run, name="parmagic-profile", daemon=True).start()
 
     def mark(self, due: float | None = None) -> None:
-        now = time.monotonic()
-        late = max(0.0, now - due - LATE_SLACK) if due is not None else 0.0
-        self.samples.append((now, time.process_time(), late))
+        with self._lock:
+            now = time.monotonic()
+            late = max(0.0, now - due - LATE_SLACK) if due is not None else 0.0
+            self.samples.append((now, time.process_time(), late))
+            if len(self.samples) > MOST_SAMPLES:  # a lazy run left half-consumed keeps going
+                del self.samples[: MOST_SAMPLES // 2]
 
     def _run(self) -> None:
         due = time.monotonic() + PROFILE_STEP
@@ -340,7 +346,8 @@ class ProcessProfile:
         its delay as busy: its thread waited for the GIL, held by a thread that may itself
         wait for a core on a busy machine, using none."""
         self.mark()
-        samples = self.samples
+        with self._lock:
+            samples = list(self.samples)
         if end <= start:
             return 0.0
         k = max(1, bisect.bisect_right(samples, start, key=_when))
@@ -358,9 +365,10 @@ class ProcessProfile:
     def _forget_before(self, moment: float) -> None:
         """Items are applied in order, and later ones started later: readings from well
         before the item just counted are not needed again (a long run stays small)."""
-        old = bisect.bisect_right(self.samples, moment, key=_when) - 1
-        if old > 0:
-            del self.samples[:old]
+        with self._lock:
+            old = bisect.bisect_right(self.samples, moment, key=_when) - 1
+            if old > 0:
+                del self.samples[:old]
 
 
 def _when(sample: tuple) -> float:

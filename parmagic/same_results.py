@@ -17,16 +17,22 @@ from .effects import CALL, REDUCE, STATE
 from .errors import plural, short_repr
 from .imported_code import is_users
 
+DEEPEST = 60  # levels of containers and objects followed; each costs Python a few frames
 
-def same(a: object, b: object, _pairs: set | None = None) -> bool:
+
+def same(a: object, b: object, _pairs: set | None = None, _depth: int = 0) -> bool:
     """Equal as results, exactly (see the module's docstring). A pair met again inside
-    itself (a cycle) counts as the same: nothing along the way differed."""
+    itself (a cycle) counts as the same: nothing along the way differed. What lies past
+    ``DEEPEST`` levels (a linked list of 2000 nodes) is not looked at: Python's own recursion
+    would end the comparison, and with it the run."""
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
         return _same_float(a, b)
     if isinstance(a, complex):
         return _same_float(a.real, b.real) and _same_float(a.imag, b.imag)
+    if _depth > DEEPEST:
+        return True  # nothing found to differ in the levels looked at
     plain = type(a).__eq__ is object.__eq__
     if not isinstance(a, tuple | list | dict) and not (plain and _users_class(type(a))):
         return plain or _equal(a, b)
@@ -35,11 +41,15 @@ def same(a: object, b: object, _pairs: set | None = None) -> bool:
         return True
     pairs.add((id(a), id(b)))
     if isinstance(a, tuple | list):
-        return len(a) == len(b) and all(same(x, y, pairs) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(
+            same(x, y, pairs, _depth + 1) for x, y in zip(a, b, strict=True)
+        )
     if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k], pairs) for k in a)
+        return list(a) == list(b) and all(same(a[k], b[k], pairs, _depth + 1) for k in a)
     mine, yours = _state(a), _state(b)  # new dicts: compared here, never remembered
-    return list(mine) == list(yours) and all(same(mine[k], yours[k], pairs) for k in mine)
+    return list(mine) == list(yours) and all(
+        same(mine[k], yours[k], pairs, _depth + 1) for k in mine
+    )
 
 
 def _same_float(a: float, b: float) -> bool:
@@ -51,6 +61,8 @@ def _same_float(a: float, b: float) -> bool:
 def _equal(a: object, b: object) -> bool:
     try:
         return bool(a == b)
+    except RecursionError:
+        return True  # nested past what Python compares: nothing found to differ
     except Exception:  # e.g. NumPy arrays: equality is elementwise; their bytes are exact
         try:
             return pickle.dumps(a) == pickle.dumps(b)

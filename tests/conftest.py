@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -297,3 +298,16 @@ def execute_notebook(nb, folder) -> None:
 
 def report():
     return parmagic.last_report()
+
+
+@pytest.fixture
+def busy_machine():
+    """Every core kept busy by another program, as on a shared machine."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+    yield
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()

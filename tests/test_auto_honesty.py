@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import report
 
+from parmagic.auto import MAX_WAITING_THREADS, _waiting_share
 from parmagic.backends.threads import ThreadBackend
 from parmagic.report import ProcessProfile, RunReport
 
@@ -34,15 +35,16 @@ def test_auto_moves_when_later_items_begin_to_wait(ip, run, source):
     assert ip.user_ns["i"] == 39
 
 
-def test_auto_gives_waiting_items_more_threads_than_cores(ip, run):
+@pytest.mark.parametrize("items", ["range(60)", "(n for n in range(60))"])  # length unknown
+def test_auto_gives_waiting_items_more_threads_than_cores(ip, run, items):
     run("import time\nslept = []")
     outcome = run(
-        "%%parallel -q -b auto\nfor i in range(60):\n    time.sleep(0.05)\n    slept.append(i)"
+        f"%%parallel -q -b auto\nfor i in {items}:\n    time.sleep(0.05)\n    slept.append(i)"
     )
     assert outcome.error is None
     r = report()
     assert r.backend == "threads"
-    assert r.workers > ThreadBackend.default_workers()
+    assert r.workers > min(ThreadBackend.default_workers(), MAX_WAITING_THREADS - 1)
     assert f"{r.workers} threads overlap their waiting" in r.auto_reason
     assert ip.user_ns["slept"] == list(range(60))
 
@@ -119,3 +121,12 @@ def test_figures_without_a_profile_keep_the_average_rule():
     r = RunReport("threads", 4, cores=2)
     r.shared_busy, r.shared_cpu, r.shared_wall, r.shared_process_cpu = 8.0, 0.3, 1.0, 0.3
     assert r.own_time == pytest.approx(0.3 + 7.7 * 0.7)
+
+
+@pytest.mark.parametrize(
+    "share, words",
+    [(0.02, "items wait 49 times as long as they compute"), (0.6, "items compute 60% of their time"),
+     (0.0001, "items hardly compute")],
+)  # fmt: skip
+def test_autos_reason_says_how_items_wait_in_words_that_stay_true(share, words):
+    assert _waiting_share(share) == words

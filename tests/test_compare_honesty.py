@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -96,13 +94,22 @@ def fake_run(walls: dict[str, list[float]]):
 def test_rounds_alternate_their_order_and_only_where_repeating_is_safe():
     run_one, order = fake_run({"serial": [0.1] * 3, "threads": [0.1] * 3, "processes": [0.1] * 3})
     names = ["serial", "threads", "processes"]
-    comparison = run_comparison(names, False, run_one, repeatable=lambda serial: True)
+    comparison = run_comparison(names, False, run_one, rounds=3)
     assert comparison.rounds == 3
     assert order == names + names[::-1] + names
     assert all(len(row.walls) == 3 for row in comparison.rows)
     run_one, order = fake_run({"serial": [0.1] * 3, "threads": [0.1] * 3})
-    once = run_comparison(["serial", "threads"], False, run_one, repeatable=lambda serial: False)
+    once = run_comparison(
+        ["serial", "threads"], False, run_one, rounds=3, unrepeatable=lambda serial: "it writes"
+    )
     assert once.rounds == 1 and order == ["serial", "threads"]
+    assert "each backend ran the loop once" in once.warnings[0] and "it writes" in once.warnings[0]
+
+
+def test_one_run_each_by_default():
+    run_one, order = fake_run({"serial": [0.1], "threads": [0.1]})
+    assert run_comparison(["serial", "threads"], False, run_one).rounds == 1
+    assert order == ["serial", "threads"]
 
 
 def test_a_refused_backend_does_not_run_and_auto_that_stays_is_the_serial_run():
@@ -198,45 +205,67 @@ def test_a_backend_that_would_refuse_the_body_refuses_it_in_its_row(ip, run):
 def test_changes_through_methods_happen_once(ip, run, backends):
     run("class Model:\n    def __init__(self):\n        self.seen = []\n"
         "    def fit(self, x):\n        self.seen.append(x)\nm = Model()\n")  # fmt: skip
-    outcome = run(f"%%parallel -q --compare {backends} -o cmp\nfor x in range(4):\n    m.fit(x)\n")
+    outcome = run(
+        f"%%parallel -q --compare {backends} --rounds 3 -o cmp\nfor x in range(4):\n    m.fit(x)\n"
+    )
     assert outcome.error is None, outcome.err
     assert ip.user_ns["m"].seen == [0, 1, 2, 3]
     assert ip.user_ns["cmp"].rounds == 1  # running it again would change m again
+    assert "each backend ran the loop once" in outcome.out + outcome.err
 
 
-def test_a_clean_short_loop_runs_in_rounds(ip, run):
+TAKE = "g = iter(range(100))\ndef take():\n    return next(g)\n"  # a kernel generator, advanced
+
+
+def test_a_compare_without_rounds_runs_each_backend_once(ip, run):
+    run(TAKE)
     outcome = run(
-        "%%parallel --compare serial,threads -o cmp\nout = []\nfor n in range(20):\n"
+        "%%parallel --compare serial,processes -w 2\nfor x in range(6):\n    y = take()\n"
+    )
+    assert outcome.error is None, outcome.err
+    assert next(ip.user_ns["g"]) == 6  # one serial run advanced it; processes had copies
+
+
+def test_rounds_stop_when_serial_differs_from_itself(ip, run):
+    run(TAKE)
+    outcome = run(
+        "%%parallel --compare serial,processes -w 2 --rounds 3 -o cmp\nout = []\n"
+        "for x in range(6):\n    out.append(take())\n"
+    )
+    assert outcome.error is None, outcome.err
+    assert "serial's second run differed from its first" in outcome.out + outcome.err
+    comparison = ip.user_ns["cmp"]
+    assert comparison.rounds == 2 and comparison.reference.difference is None
+    assert ip.user_ns["out"] == list(range(6))  # the first serial run's values
+
+
+def test_a_clean_loop_runs_the_rounds_asked_for(ip, run):
+    outcome = run(
+        "%%parallel --compare serial,threads --rounds 3 -o cmp\nout = []\nfor n in range(20):\n"
         "    out.append(n * n)\n"
     )
     assert outcome.error is None, outcome.err
     comparison = ip.user_ns["cmp"]
-    assert comparison.rounds > 1
-    assert all(len(row.walls) == comparison.rounds for row in comparison.rows)
+    assert comparison.rounds == 3
+    assert all(len(row.walls) == 3 for row in comparison.rows)
     assert ip.user_ns["out"] == [n * n for n in range(20)]  # one serial run's effects
-    assert f"ran the loop {comparison.rounds} times" in outcome.out
+    assert "ran the loop 3 times" in outcome.out and "±" in outcome.out
 
 
 def test_a_body_that_opens_files_runs_once(ip, run, tmp_path):
     ip.user_ns["folder"] = str(tmp_path)
     outcome = run(
-        "%%parallel --compare serial,threads -o cmp\nfor n in range(4):\n"
+        "%%parallel --compare serial,threads --rounds 2 -o cmp\nfor n in range(4):\n"
         "    with open(f'{folder}/{n}.txt', 'a') as f:\n        f.write('x')\n"
     )
     assert outcome.error is None, outcome.err
     assert ip.user_ns["cmp"].rounds == 1
+    assert (tmp_path / "0.txt").read_text() == "xx"  # serial and threads: once each
 
 
-@pytest.fixture
-def busy_machine():
-    spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        for _ in range(os.cpu_count() or 2)
-    ]
-    yield
-    for spinner in spinners:
-        spinner.kill()
-        spinner.wait()
+def test_rounds_need_compare(run):
+    outcome = run("%%parallel --rounds 3\nfor n in range(3):\n    pass\n")
+    assert "add --compare LIST" in outcome.err
 
 
 @pytest.mark.slow
@@ -257,3 +286,14 @@ def test_on_a_busy_machine_no_speedup_above_the_ideal_is_printed_as_fact(ip, run
     busy = comparison.busy_machine > 25
     assert ("other programs used up to" in outcome.out) is busy
     assert re.search(r"^(fastest with|no backend was clearly)", outcome.out, re.M)
+
+
+def test_a_long_chain_of_objects_is_compared_without_running_out_of_stack():
+    def chain(n: int, last: int) -> Point:
+        head = Point(last)
+        for value in range(n):
+            head = Point([value, head])
+        return head
+
+    assert same(chain(2000, 0), chain(2000, 0))
+    assert not same(chain(10, 0), chain(10, 1))  # within it: the difference is found

@@ -43,7 +43,7 @@ def test_on_error_continue_runs_every_item_and_lists_failures(ip, run, backend):
     assert [(index, message) for index, _, message in report().failures] == [
         (1, "ValueError('bad 1')"), (5, "ValueError('bad 5')"), (9, "ValueError('bad 9')")
     ]  # fmt: skip
-    assert "3 item(s) failed" in outcome.out
+    assert "3 items failed" in outcome.out
 
 
 def test_replay_failure_is_the_items_error(ip, run, backend):

@@ -18,6 +18,7 @@ import pytest
 from conftest import BACKENDS, HANG_GUARD, PROCESS_BACKENDS, report
 
 from parmagic.errors import WorkerDied
+from parmagic.render import item_ranges
 
 PARALLEL = [name for name in BACKENDS if name != "serial"]
 
@@ -290,4 +291,8 @@ def test_an_interrupted_threads_run_tells_running_items_from_queued_ones(ip, run
     said = outcome.out + outcome.err + "\n".join(outcome.error._render_traceback_())
     assert "threads held items 0-1 when the run stopped" in said  # each was sleeping
     assert "items 2-3, queued, never started" in said  # two threads, four in hand
+    r = report()  # the summary names the unfinished items too, and gives no advice on a part
+    head = outcome.out.splitlines()[0]
+    assert f"interrupted: items {item_ranges(r.unfinished)} unfinished" in head, outcome.out
+    assert "advice" not in outcome.out
     assert_next_run_works(ip, run, "-b threads")

@@ -207,6 +207,15 @@ def test_an_option_given_by_its_start_is_refused_naming_it_in_full(ip, run, give
     assert run("%%parallel -q -w 2 -b threads\nout = [i for i in range(3)]\n").error is None
 
 
+def test_the_line_magics_usage_errors_name_the_line_magic(ip, run):
+    outcome = run("%parallel -q --worker 2 out = [i for i in range(3)]")
+    assert isinstance(outcome.error, UsageError)
+    first, *rest = str(outcome.error).splitlines()
+    assert first.startswith("--worker is not an option of %parallel;")
+    assert rest[0].startswith("%parallel")
+    assert "%%parallel" not in str(outcome.error)
+
+
 def test_counts_read_as_sentences(ip, run):
     assert errors.plural(1, "item") == "1 item" and errors.plural(2, "item") == "2 items"
     assert errors.items_named("4") == "item 4" and errors.items_named("2-3, 7") == "items 2-3, 7"

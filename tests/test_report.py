@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import time
 from html.parser import HTMLParser
@@ -325,19 +324,6 @@ def test_the_summary_shows_the_advice_its_figures_give(ip, run, options, cell):
     assert outcome.error is None
     hint = advice(report())
     assert (f"advice   {hint}" in outcome.out) if hint else ("advice" not in outcome.out)
-
-
-@pytest.fixture
-def busy_machine():
-    """Every core kept busy by another program, as on a shared machine."""
-    spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        for _ in range(os.cpu_count() or 2)
-    ]
-    yield
-    for spinner in spinners:
-        spinner.kill()
-        spinner.wait()
 
 
 @pytest.mark.parametrize("name", ["serial", "fork"])

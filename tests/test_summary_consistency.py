@@ -15,7 +15,6 @@ import re
 
 import pytest
 from conftest import BACKENDS, report
-from test_faults import InterruptOnceItemsRan
 
 from parmagic.render import MEASURABLE, advice, item_ranges, text_summary
 from parmagic.report import RunReport
@@ -150,24 +149,6 @@ def test_item_ranges_are_compact_and_capped():
     assert many.startswith("0, 2, 4, 6, 8, 10, …") and "(20 items in all)" in many
 
 
-def test_an_interrupted_threads_run_names_its_unfinished_items(ip, run, tmp_path):
-    marker = tmp_path / "ran"
-    run(f"import time\nmarker = r'{marker}'\n")
-    watcher = InterruptOnceItemsRan(marker, count=2)
-    outcome = run(
-        "%%parallel -b threads -w 2 --chunksize 1\nfor i in range(20):\n"
-        "    with open(f'{marker}-{i}', 'w') as f:\n        print(i, file=f)\n    time.sleep(0.5)\n"
-    )
-    watcher.stop()
-    assert isinstance(outcome.error, KeyboardInterrupt)
-    r = report()
-    assert r.interrupted and r.unfinished
-    head = outcome.out.splitlines()[0]
-    items = "items" if len(r.unfinished) > 1 else "item"
-    assert f"interrupted: {items} {item_ranges(r.unfinished)} unfinished" in head, outcome.out
-    assert "advice" not in outcome.out  # a part of the loop: no advice on the whole
-
-
 def test_the_native_thread_cap_is_told_once_in_a_summary_and_only_for_native_items(ip, run):
     """Pure-Python items are not told of it; the first summary whose items use NumPy is, the
     next is not; a quiet run prints nothing of it."""
@@ -220,3 +201,17 @@ def test_a_dask_run_summary_agrees_with_itself(ip, run, dask_cluster):
     r = report()
     assert_agrees(outcome.out, r)
     assert r.dashboard and "dashboard" in outcome.out
+
+
+def test_threads_advice_never_names_processes_that_auto_found_refused():
+    from parmagic.render import advice
+    from parmagic.report import RunReport
+
+    r = RunReport("threads", 6, cores=2, wall=1.0, item_count=100, cpu=0.95, shared_busy=1.0)
+    r.shared_cpu, r.shared_wall, r.shared_process_cpu = 0.95, 1.0, 0.95
+    assert (
+        advice(r) == "items compute, and one thread runs Python at a time: try --backend processes"
+    )
+    r.processes_refused = "the loop uses `lock`"
+    assert "processes cannot take this loop (the loop uses `lock`)" in advice(r)
+    assert "try --backend processes" not in advice(r)

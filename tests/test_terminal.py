@@ -145,6 +145,8 @@ def test_threads_and_processes_draw_the_same_bar(terminal):
         )
         frames = [frame for frame in re.split(r"[\r\n]", out) if BAR_LINE.match(frame)]
         assert frames, f"no bar drawn on {backend}: {out!r}"
-        meter = frames[-1].split("|")[1]
-        drawn[backend] = {len(frame) for frame in frames}, set(meter) - {" "}
-    assert drawn["threads"] == drawn["processes"]
+        meter = "".join(frame.split("|")[1] for frame in frames)
+        assert set(meter) <= set(" ▏▎▍▌▋▊▉█"), meter  # tqdm's blocks, never ASCII (#, digits)
+        assert "█" in meter
+        drawn[backend] = {len(frame) for frame in frames}
+    assert drawn["threads"] == drawn["processes"]  # the same width: the terminal's
