@@ -101,7 +101,10 @@ class Task:
 
 # What a worker process was handling when it started: a forked worker made while an error
 # went up in the kernel (a pool replaced in a `finally`) runs its whole life inside that
-# handler, so Python would chain every error its items raise to the kernel's error.
+# handler, so Python would chain every error its items raise to the kernel's error. The link
+# is cut from the exception itself, not only left out of its ItemError: the exception may
+# travel with its chain (tblib's reducers, which importing dask or distributed installs for
+# every exception class, pickle ``__context__`` and ``__cause__`` with it).
 _INHERITED_ERRORS: list[BaseException] = []
 
 
@@ -123,11 +126,12 @@ class ItemError:
         cls, error: BaseException, item: str, origins: dict | None = None, depth: int = 0
     ) -> ItemError:
         """The error with its frames, and the chain of errors it came from (pickling keeps
-        neither a traceback nor ``__cause__``)."""
+        neither a traceback nor ``__cause__``, unless tblib is installed)."""
         made = cls(error, user_frames(error.__traceback__, origins), item)
+        for link in ("__cause__", "__context__"):
+            if any(getattr(error, link) is inherited for inherited in _INHERITED_ERRORS):
+                setattr(error, link, None)
         cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if any(cause is inherited for inherited in _INHERITED_ERRORS):
-            cause = None
         if cause is not None and cause is not error and depth < 8:
             made.cause = cls.of(cause, item, origins, depth + 1)
             made.explicit = error.__cause__ is not None

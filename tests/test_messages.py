@@ -3,12 +3,14 @@ usage and counts in words, and a failed comprehension item told truthfully."""
 
 from __future__ import annotations
 
+import copyreg
 import math
 import re
 import subprocess
 import sys
 import traceback
 
+import psutil
 import pytest
 from conftest import BACKENDS, report
 from IPython.core.error import UsageError
@@ -81,18 +83,30 @@ def test_the_line_magics_failed_item_shows_python_s_frames_and_what_was_assigned
 
 
 def test_a_worker_started_while_an_error_went_up_chains_nothing_to_the_next_error(ip):
-    """A failed run replaces its ProcessPoolExecutor while the error goes up: the new forked
-    workers start inside the kernel's handler of it, which is no later item's context."""
-    ip.run_cell("def f(x):\n    return 1 / x\n")
-    for _ in range(3):
-        outcome = ip.run_cell(
-            "%parallel -q -b futures:processes -w 2 --start-method fork "
-            "out = [f(i - 2) for i in range(5)]"
-        )
-        error = outcome.error_in_exec
-        assert isinstance(error, ZeroDivisionError)
-        assert error.__context__ is None and error.__cause__ is None
-        assert "During handling" not in rendered(error)
+    """A failed run replaces its ProcessPoolExecutor while the error goes up (its later items
+    still run): the new forked workers start inside the kernel's handler of it, which is no
+    later item's context, not even where exceptions travel with their chain (tblib's
+    reducers, which importing dask or distributed installs for every exception class)."""
+    pickling_support = pytest.importorskip("tblib.pickling_support")
+    ip.run_cell("import time\ndef f(x):\n    time.sleep(10 if x > 0 else 0)\n    return 1 / x\n")
+    kept = dict(copyreg.dispatch_table)
+    pickling_support.install()
+    try:
+        for _ in range(3):
+            before = {child.pid for child in psutil.Process().children()}
+            outcome = ip.run_cell(
+                "%parallel -q -b futures:processes -w 2 --start-method fork "
+                "out = [f(i - 2) for i in range(5)]"
+            )
+            error = outcome.error_in_exec
+            assert isinstance(error, ZeroDivisionError)
+            assert error.__context__ is None and error.__cause__ is None, rendered(error)
+            assert "During handling" not in rendered(error)
+            started = {child.pid for child in psutil.Process().children()} - before
+            assert len(started) >= 2  # the pool was replaced while the error went up
+    finally:
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(kept)
 
 
 # The backend whose program uses each of the program's own names (dask's are left out: a
