@@ -256,6 +256,47 @@ class ChunkResult:
 _TIMES = ("starts", "ends", "cpus")
 
 
+class LiveChunk:
+    """A chunk as it runs, for the kernel to freeze at its deadline where nothing stops the
+    item in time (a thread, an event loop another item blocks, a cancellation the item
+    swallows): the timed-out item then keeps what it did before its limit, its recorded
+    changes and output so far, as an item that raised at that moment would; whatever it does
+    afterwards is never seen. Written by the chunk's thread, read by the one that freezes it."""
+
+    def __init__(self) -> None:
+        self.result: ChunkResult | None = None
+        self.item: tuple[int, EffectLog] | None = None  # the running item's offset and log
+        self.frozen: ChunkResult | None = None
+        self._lock = threading.Lock()
+
+    def freeze(self, seq: int, start: int, items: list, error: BaseException, worker: str):
+        """The chunk as it stands now, its running item (and any after it) failed with
+        ``error``; the first freeze is the chunk's, later calls return it again."""
+        with self._lock:
+            if self.frozen is None:
+                self.frozen = self._snapshot(seq, start, items, error, worker)
+            return self.frozen
+
+    def _snapshot(self, seq: int, start: int, items: list, error, worker: str) -> ChunkResult:
+        live, running = self.result, self.item
+        frozen = ChunkResult(seq, start, worker)
+        done = 0 if live is None else len(live.values)  # the column a record fills last
+        for offset in range(done):
+            frozen.add(live.starts[offset], live.ends[offset], live.cpus[offset],
+                       live.ops[offset], live.names[offset], live.values[offset])  # fmt: skip
+            if offset in live.errors:
+                frozen.errors[offset] = live.errors[offset]
+        now = time.monotonic()
+        for offset in range(done, len(items)):
+            ops = list(running[1].ops) if running and running[0] == offset == done else []
+            frozen.add(now, now, 0.0, ops, None, None)
+            frozen.errors[offset] = ItemError(error, [], short_repr(items[offset]))
+        for offset, entries in list(live.outputs.items()) if live is not None else ():
+            if offset <= done:
+                frozen.outputs[offset] = list(entries)
+        return frozen
+
+
 class ItemOutput(io.TextIOBase):
     """Stands in for sys.stdout/sys.stderr: text written while an item runs goes to that item."""
 
@@ -425,17 +466,21 @@ def run_chunk(
     items: list,
     worker: str | None = None,
     objects: ChunkObjects | None = None,
+    live: LiveChunk | None = None,
 ) -> ChunkResult:
     """Run consecutive items and record what each did (a tight loop: items may be cheap).
     ``objects``: the items are copies of the kernel's (in a worker process), so what each
-    item changes in them is found by comparison and recorded as its STATE ops."""
+    item changes in them is found by comparison and recorded as its STATE ops. ``live``:
+    where another thread can freeze the chunk at its deadline (see LiveChunk)."""
     worker = worker or threading.current_thread().name
     watched = objects if objects is not None and objects.watched else None
     if task.comprehension:
         return look_for_hidden_changes(task, run_values(task, seq, start, items, worker, watched))
     result = ChunkResult(seq, start, worker)
+    if live is not None:
+        live.result = result
     try:
-        _run_items(task, result, start, items, watched)
+        _run_items(task, result, start, items, watched, live)
     except KeyboardInterrupt:  # Ctrl-C on the kernel's thread between items
         result.trim()
         result.interrupted = True
@@ -455,7 +500,12 @@ def look_for_hidden_changes(task: Task, result: ChunkResult) -> ChunkResult:
 
 
 def _run_items(
-    task: Task, result: ChunkResult, start: int, items: list, objects: ChunkObjects | None
+    task: Task,
+    result: ChunkResult,
+    start: int,
+    items: list,
+    objects: ChunkObjects | None,
+    live: LiveChunk | None,
 ) -> None:
     queued = run_queue_wait()
     line = task.function.__code__.co_firstlineno
@@ -471,6 +521,8 @@ def _run_items(
                 if seed is not None:
                     seed_item(seed, start + offset)
                 log, value, error, sink.offset = EffectLog(), None, None, offset
+                if live is not None:
+                    live.item = (offset, log)
                 before = objects.before(item) if objects is not None else None
                 if alarm:
                     _armed.set()
@@ -713,25 +765,32 @@ class CpuCounted:
 
 
 async def run_chunk_async(
-    task: Task, seq: int, start: int, items: list, lateness: Callable[[], float]
+    task: Task,
+    seq: int,
+    start: int,
+    items: list,
+    lateness: Callable[[], float],
+    live: LiveChunk | None = None,
 ) -> ChunkResult:
     """The same for a coroutine item function, on an event loop. ``lateness()``: how late
     the loop runs what is due, lately (see coroutines.LoopLateness): every time an item
     wakes up it waits about that long for the other items' steps, which is not its own
-    time, and counts as queued."""
-    import asyncio
-
+    time, and counts as queued. --timeout is the backend's to enforce, from outside the
+    loop (``live``): an item can swallow its cancellation, or block the loop."""
     result = ChunkResult(seq, start, "event loop")
+    if live is not None:
+        live.result = result
     sink = ChunkOutput(result.outputs)
     token = current_output.set(sink)  # this task's own context: its chunk's alone
     try:
         for offset, item in enumerate(items):
             log, value, error, sink.offset = EffectLog(), None, None, offset
+            if live is not None:
+                live.item = (offset, log)
             began, counted = time.monotonic(), None
             try:
                 counted = CpuCounted(task.function(item, log))
-                timeout = task.timeout
-                value = await (asyncio.wait_for(counted, timeout) if timeout else counted)
+                value = await counted
             except BaseException as exc:  # an item's KeyboardInterrupt stops the run only
                 # PEP 479 turns an item's StopIteration into a RuntimeError in a coroutine
                 cause = exc.__cause__

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import errors
 from .errors import plural
-from .render import BAR_FILL, BAR_FILL_DIFFERENT, LOAD_SECONDS, html_bar
+from .render import BAR_FILL, BAR_FILL_DIFFERENT, LOAD_SECONDS, html_bar, times
 from .report import RunReport
 
 REFERENCE = "serial"
@@ -146,7 +146,7 @@ class Comparison:
         cores = " ".join(f"{max(m, 0):.0f}%" for m in r.usage.core_means()) if r.usage else ""
         ours = f"{max(r.usage.ours_mean, 0):.0f}%" if r.usage else ""
         wall = f"{row.wall:.3f} s" + (f" ±{row.spread:.0%}" if len(row.walls) > 1 else "")
-        speed = f"{self.speedup(row):.2f}×" + ("*" if self.beyond_ideal(row) else "")
+        speed = times(self.speedup(row)) + ("*" if self.beyond_ideal(row) else "")
         name = row.backend
         if row.backend == AUTO:
             name = f"auto: {REFERENCE if row.as_serial else r.backend}"
@@ -175,7 +175,7 @@ class Comparison:
         loop (above the ideal)."""
         if self.beyond_ideal(row):
             return f"{row.wall:.3f} s"
-        return f"{self.speedup(row):.2f}× serial ({row.wall:.3f} s)"
+        return f"{times(self.speedup(row))} serial ({row.wall:.3f} s)"
 
     def _margin(self) -> str:
         if self.rounds == 1:

@@ -107,6 +107,11 @@ def _seconds(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
+def times(speedup: float) -> str:
+    """A speedup with two decimals: never "0.00×" for a run a hundred times slower."""
+    return f"{speedup:.2f}×" if round(speedup, 2) >= 0.01 else "under 0.01×"
+
+
 def _serial(r: RunReport) -> str:
     return f"{'at most' if r.serial_is_bound else 'about'} {_seconds(r.serial_estimate)}"
 
@@ -157,7 +162,7 @@ def _head(r: RunReport) -> str:
     line = (
         f"parmagic: {r.backend}{method} · {workers} · {plural(r.item_count, 'item')} in "
         f"{plural(r.chunks, 'chunk')}"
-        f" · wall {r.wall:.3f} s · busy {r.busy:.3f} s"
+        f" · wall {r.wall:.3f} s · busy {_seconds(r.busy)}"
     )
     if r.stopped_at is not None:
         line += f" · stopped at item {r.stopped_at}"
@@ -206,7 +211,8 @@ def _speedup(r: RunReport) -> str:
     serial = f"serial {'≤' if bound else '≈'} {_seconds(r.serial_estimate)}"
     serial = serial if r.backend != "serial" else "serial"
     speedup = min(r.speedup, r.ideal)
-    shown = f"{'at most ' if bound else ''}{speedup:.2f}×" if speedup >= 0.01 else "under 0.01×"
+    shown = times(speedup)
+    shown = f"at most {shown}" if bound and shown[0].isdigit() else shown
     return f"{shown} ({serial}) of an ideal {r.ideal:.0f}× here · efficiency {r.efficiency:.0%}"
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 PICKLED = 0
 LOADED = 0
 
@@ -26,3 +29,18 @@ class CountedPickles:
         global PICKLED
         PICKLED += 1
         return _load, (self.payload,)
+
+
+# An item that must outlast its --timeout on a thread, which nothing can stop: it naps until
+# the test wakes it at teardown, so that no abandoned thread outlives its test.
+WAKE = threading.Event()
+
+
+def nap(seconds: float) -> None:
+    WAKE.wait(seconds)
+
+
+async def nap_async(seconds: float) -> None:
+    """The same, blocking the event loop it is awaited on (as ``time.sleep`` would)."""
+    await asyncio.sleep(0)
+    WAKE.wait(seconds)

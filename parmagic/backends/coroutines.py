@@ -10,9 +10,10 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import time
 
-from ..chunk import ChunkResult, OutputCapture, Task, run_chunk_async
-from .base import Backend, BackendSettings, drain
+from ..chunk import ChunkResult, LiveChunk, OutputCapture, Task, run_chunk_async
+from .base import Backend, BackendSettings, Deadline, drain
 
 DEFAULT_CONCURRENCY = 100
 LATENESS_PERIOD = 0.002  # seconds between the lateness probe's timers
@@ -96,13 +97,18 @@ class AsyncioBackend(Backend):
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._running: dict[int, concurrent.futures.Future] = {}
         self._tasks: set[asyncio.Task] = set()  # touched on the loop thread only
+        self._deadline = Deadline.of(task.timeout)
+        self._live: dict[int, tuple[LiveChunk, int, list]] = {}  # with --timeout
+        self._started: dict[int, tuple[float, asyncio.Task]] = {}  # set on the loop thread
+        self._given_up: list[concurrent.futures.Future] = []  # timed out, cancelled
         self._capture = OutputCapture()
         self._lateness = LoopLateness(self.loop_thread.loop)
 
-    async def _tracked(self, coroutine):
+    async def _tracked(self, seq: int, coroutine):
         """Run an item's coroutine as a task the run can cancel from another thread."""
         task = asyncio.current_task()
         self._tasks.add(task)
+        self._started[seq] = (time.monotonic(), task)
         try:
             return await coroutine
         finally:
@@ -116,27 +122,54 @@ class AsyncioBackend(Backend):
         return len(self._running) < self.capacity
 
     def submit(self, seq: int, start: int, items: list) -> None:
-        future = self.loop_thread.submit(
-            self._tracked(run_chunk_async(self._task, seq, start, items, self._lateness.mean))
-        )
+        live = LiveChunk() if self._deadline else None
+        if live is not None:
+            self._live[seq] = (live, start, items)
+        chunk = run_chunk_async(self._task, seq, start, items, self._lateness.mean, live)
+        future = self.loop_thread.submit(self._tracked(seq, chunk))
         self._running[seq] = future
         future.add_done_callback(self._done.put)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
+        if self._deadline:
+            timeout = self._deadline.wait_at_most(timeout, self._running_since().values())
         results = []
         for future in drain(self._done, timeout):
             if future.cancelled():
                 continue
             result = future.result()  # run_chunk_async records item errors itself
-            self._running.pop(result.seq, None)
-            results.append(result)
-        return results
+            if self._running.pop(result.seq, None) is not None:  # not one given up on
+                self._live.pop(result.seq, None)
+                results.append(result)
+        return results + self._expired()
+
+    def _running_since(self) -> dict[int, float]:
+        started = dict(self._started)  # the loop thread adds to it meanwhile
+        return {seq: started[seq][0] for seq in self._running if seq in started}
+
+    def _expired(self) -> list[ChunkResult]:
+        """Items past their timeout fail now, from the kernel's thread: an item that swallows
+        its cancellation, or blocks the loop, must not outlast its limit. Each keeps what it
+        did before the limit, as an item that raised then would; it is cancelled, and what it
+        does after (an ``except CancelledError`` block) is never seen."""
+        if not self._deadline:
+            return []
+        expired = []
+        for seq in self._deadline.overdue(self._running_since().items()):
+            self._given_up.append(self._running.pop(seq))
+            live, start, items = self._live.pop(seq)
+            error = self._deadline.error("")
+            expired.append(live.freeze(seq, start, items, error, "event loop"))
+            self.loop_thread.loop.call_soon_threadsafe(self._started[seq][1].cancel)
+        return expired
 
     def end(self, completed: bool) -> list[str]:
         if not completed and self._running:
             self.loop_thread.loop.call_soon_threadsafe(self._cancel_all)
-            # an item blocking the loop (no await) cannot be cancelled: do not wait for it
-            concurrent.futures.wait(list(self._running.values()), timeout=0.5)
+        ending = [*self._given_up, *(() if completed else self._running.values())]
+        if ending:  # their output still captured (and dropped) while they handle it; an item
+            # blocking the loop (no await) cannot be cancelled: do not wait long for it
+            concurrent.futures.wait(ending, timeout=0.5)
         self._running.clear()
         self._capture.release()
         self._lateness.stop()

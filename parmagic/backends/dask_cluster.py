@@ -22,6 +22,12 @@ would, once dask had retried it on every worker, take every copy along; the run'
 tasks and even finished results were then forgotten, and dask's ``KilledWorker`` (which names
 the culprit) was never reached. A task is recomputed from its spec on a live worker instead.
 
+Sending each chunk's items, or the task, inside its one task's spec is what dask's
+maintainers recommend over ``scatter`` for data the client holds (dask/distributed#8814): the
+scheduler keeps a copy, so it survives its worker. Each byte goes once, so dask's warning about
+a large graph (meant for data repeated in a graph, or better loaded by dask) says nothing about
+these sends, and is not shown: its threshold is raised past each send's size.
+
 ``distributed`` is imported here only, when a run first asks for ``dask``.
 """
 
@@ -34,6 +40,7 @@ import signal
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import errors
@@ -49,7 +56,7 @@ CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it
 KILL_GRACE = 0.5  # seconds past --timeout before an item is given up (no alarm in dask threads)
 RESENDS = 2  # times a chunk whose finished result was lost with its worker is run again
 LARGE_GRAPH = "distributed.admin.large-graph-warning-threshold"
-LARGE_GRAPH_DEFAULT = 10_000_000
+GRAPH_OVERHEAD = 1 << 20  # bytes a one-task graph holds beyond its payload, with room to spare
 
 
 @dataclass
@@ -68,6 +75,18 @@ def _distributed():
     # ERROR lines while it recovers from a dead worker; parmagic reports what matters itself
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     return distributed
+
+
+@contextmanager
+def _sent_once(payload: bytes):
+    """Around a submit whose graph carries ``payload`` once: dask's large-graph warning is
+    raised past its size (the user's own threshold kept where it is higher)."""
+    import dask.config
+    from dask.utils import parse_bytes
+
+    threshold = parse_bytes(dask.config.get(LARGE_GRAPH, "10MB"))
+    with dask.config.set({LARGE_GRAPH: max(threshold, len(payload) + GRAPH_OVERHEAD)}):
+        yield
 
 
 def check_reachable(address: str) -> None:
@@ -170,10 +189,7 @@ class DaskBackend(PickledItems):
         self.bytes_sent = len(payload) * len(self.client.nthreads())
 
     def _send_task(self) -> None:
-        import dask.config
-
-        # the captured data, once per run: large on purpose, so no warning about its size
-        with dask.config.set({LARGE_GRAPH: max(LARGE_GRAPH_DEFAULT, 2 * len(self._payload))}):
+        with _sent_once(self._payload):  # the captured data, once per run
             self._task_future = self.client.submit(
                 hold_task, self._payload, key=f"parmagic-task-{self._run}", pure=False
             )
@@ -192,10 +208,12 @@ class DaskBackend(PickledItems):
         self.bytes_sent += len(payload)
 
     def _send(self, chunk: _Chunk) -> None:
-        future = self.client.submit(
-            run_dask_chunk, self._run, self._task_future, chunk.seq, chunk.start, chunk.payload,
-            key=f"parmagic-{self._run[:8]}-{chunk.seq}-{chunk.attempt}", pure=False,
-        )  # fmt: skip
+        with _sent_once(chunk.payload):
+            future = self.client.submit(
+                run_dask_chunk, self._run, self._task_future, chunk.seq, chunk.start,
+                chunk.payload, key=f"parmagic-{self._run[:8]}-{chunk.seq}-{chunk.attempt}",
+                pure=False,
+            )  # fmt: skip
         self._running[future] = chunk
         future.add_done_callback(self._fetch)  # called on a thread of dask's client
 

@@ -16,9 +16,9 @@ from abc import abstractmethod
 from multiprocessing.pool import ThreadPool
 
 from .. import errors
-from ..chunk import ChunkResult, OutputCapture, Task, run_chunk
+from ..chunk import ChunkResult, LiveChunk, OutputCapture, Task, run_chunk
 from ..machine import usable_cores
-from .base import Backend, BackendSettings, Deadline, drain, failed_chunk
+from .base import Backend, BackendSettings, Deadline, drain
 
 END_GRACE = 0.2  # seconds a stopped run waits for its threads' current items
 
@@ -60,6 +60,7 @@ class _PooledThreads(Backend):
         self._deadline = Deadline.of(task.timeout)
         self._running: dict[int, list] = {}  # seq -> [first index, items]
         self._started: dict[int, float] = {}
+        self._live: dict[int, LiveChunk] = {}  # what each chunk did so far (with --timeout)
         self._capture = OutputCapture()
 
     def has_capacity(self) -> bool:
@@ -68,10 +69,11 @@ class _PooledThreads(Backend):
     def submit(self, seq: int, start: int, items: list) -> None:
         self._running[seq] = [start, items]
         started = self._started
+        live = self._live[seq] = LiveChunk() if self._deadline else None
 
         def run(task: Task) -> ChunkResult:
             started[seq] = time.monotonic()
-            return run_chunk(task, seq, start, items)
+            return run_chunk(task, seq, start, items, live=live)
 
         self._start(run, self._task)
 
@@ -83,6 +85,8 @@ class _PooledThreads(Backend):
             if isinstance(result, BaseException):
                 raise result
         ready = [r for r in ready if self._running.pop(r.seq, None) is not None]
+        for result in ready:
+            self._live.pop(result.seq, None)
         return ready + self._expired()
 
     def _running_since(self) -> dict[int, float]:
@@ -90,14 +94,15 @@ class _PooledThreads(Backend):
         return {seq: self._started[seq] for seq in self._running if seq in self._started}
 
     def _expired(self) -> list[ChunkResult]:
-        """Items past their timeout fail now; their thread goes on, and is abandoned."""
+        """Items past their timeout fail now, keeping what they did before it (as an item that
+        raised then would); their thread goes on, and is abandoned."""
         if not self._deadline:
             return []
         expired = []
         for seq in self._deadline.overdue(self._running_since().items()):
             start, items = self._running.pop(seq)
             error = self._deadline.error(errors.TIMEOUT_ABANDONED)
-            expired.append(failed_chunk(seq, start, items, error, "thread"))
+            expired.append(self._live.pop(seq).freeze(seq, start, items, error, "thread"))
             self._replace_pool()
         return expired
 
