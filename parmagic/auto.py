@@ -460,12 +460,14 @@ def outlook(run: LoopRun, task: Task) -> Outlook:
     import multiprocessing
 
     from .backends.threads import ThreadBackend
-    from .run_checks import item_object_refusal
+    from .run_checks import hash_order_refusal, item_object_refusal
 
     def processes_refused() -> str | None:
         from .shipping import pack_task
 
-        refused = item_object_refusal(run.plan, "processes", short=True)
+        refused = item_object_refusal(run.plan, "processes", short=True) or (
+            hash_order_refusal(run.plan, run.ns, run.options, "processes", short=True)
+        )
         if refused:
             return refused
         try:

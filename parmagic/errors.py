@@ -250,6 +250,20 @@ THREAD_BOUND = (
     "connection inside the loop body, make it with `check_same_thread=False` if your code "
     "shares it safely, or run the loop with --backend serial"
 )
+HASH_ORDER = (
+    "{place}: {what}, and {workers} hash strings with another salt than this kernel, so "
+    "{consequence} than in the plain loop (nothing has run). {advice}"
+)
+HASH_ORDER_SHORT = "{place}: {what}, and {workers} hash strings with another salt"
+HASH_ORDER_SETS = "sets of strings come out in another order"
+HASH_ORDER_HASHES = "string hashes have other values"
+HASH_ORDER_PROCESSES = (
+    "Sort it (`sorted(...)`), run with --start-method fork, or use --backend threads"
+)
+HASH_ORDER_DASK = (
+    "Sort it (`sorted(...)`), use --backend threads, or start the kernel with PYTHONHASHSEED "
+    "set (a local cluster's workers then get the kernel's seed)"
+)
 THREAD_BOUND_SHORT = "`{name}` is a sqlite3 {type} that only the kernel's thread may use"
 COMPARE_HIDDEN = "an item changed {what}, which the loop's lines do not name"
 HIDDEN_CHANGE = (

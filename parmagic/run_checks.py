@@ -170,6 +170,43 @@ def _usable_elsewhere(connection, sqlite3) -> bool:
     return not refused
 
 
+WORKER_INTERPRETERS = ("processes", "futures:processes", "dask")
+
+
+def hash_order_refusal(plan: CellPlan, ns: dict, options, name: str, short=False) -> str | None:
+    """Why items in other interpreters would end otherwise than the plain loop: the body
+    walks a set or takes a string hash, and those interpreters salt string hashes otherwise
+    than the kernel (hash_seeds.py). ``short``: the reason alone, for auto."""
+    import multiprocessing
+
+    from .hash_order import hash_order_uses
+    from .hash_seeds import keeps_kernel_hashing
+
+    if name not in WORKER_INTERPRETERS:
+        return None
+    method = options.start_method or multiprocessing.get_start_method()
+    if name != "dask" and keeps_kernel_hashing(method):
+        return None
+    uses = hash_order_uses(hidden_nodes(plan), ns)
+    if not uses:
+        return None
+    if name == "dask":
+        from .backends.dask_cluster import keeps_kernel_hashing as cluster_keeps
+
+        if cluster_keeps(options.scheduler):
+            return None
+    workers = "dask's workers" if name == "dask" else f"worker processes started by {method}"
+    use = uses[0]
+    hashes = use.what.endswith("string hash")
+    if short:
+        return errors.HASH_ORDER_SHORT.format(place=use.place, what=use.what, workers=workers)
+    return errors.HASH_ORDER.format(
+        place=use.place, what=use.what, workers=workers,
+        consequence=errors.HASH_ORDER_HASHES if hashes else errors.HASH_ORDER_SETS,
+        advice=errors.HASH_ORDER_DASK if name == "dask" else errors.HASH_ORDER_PROCESSES,
+    )  # fmt: skip
+
+
 def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str | None:
     """Raises what the statements before the loop made knowable: notebook functions and
     modules the cell itself defined or imported, an alias of an object the body changes, a
@@ -178,6 +215,7 @@ def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str 
     refused, reason = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
     refused = refused or alias_refusal(plan, ns)
     refused = refused or (name != "auto" and item_object_refusal(plan, name))
+    refused = refused or hash_order_refusal(plan, ns, options, name)
     bound = None if name == "serial" or refused or reason else thread_bound(plan, ns)
     if bound and name == "auto":
         return errors.THREAD_BOUND_SHORT.format(name=bound[0], type=bound[1])

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from .. import errors
 from ..chunk import ChunkResult, Task
 from ..errors import ParmagicUsageError, WorkerDied
+from ..hash_seeds import cluster_keeps_kernel_hashing, dask_keeps_kernel_hashing, dask_seed_config
 from ..shipping import pack_task
 from ..worker_process import hold_task, run_dask_chunk
 from .base import BackendSettings, Deadline, drain, failed_chunk
@@ -123,6 +124,18 @@ def _connect(distributed, address: str):
         raise _unreachable(address, reason) from None
 
 
+def keeps_kernel_hashing(scheduler: str | None) -> bool:
+    """Whether the cluster's workers hash strings as the kernel does: a local cluster's get
+    the kernel's seed when it is known; an existing cluster's are asked."""
+    if not scheduler:
+        return dask_keeps_kernel_hashing()
+    client = _connect(_distributed(), scheduler)
+    try:
+        return cluster_keeps_kernel_hashing(client)
+    finally:
+        client.close()
+
+
 def _local_cluster(distributed, workers: int):
     """Worker processes with one thread each, everything on the loopback interface.
 
@@ -132,7 +145,8 @@ def _local_cluster(distributed, workers: int):
     # a worker that dies then takes only the task it ran, and KilledWorker names the culprit
     import dask.config
 
-    with plain_main(), dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+    settings = {"distributed.scheduler.worker-saturation": 1.0, **dask_seed_config()}
+    with plain_main(), dask.config.set(settings):
         return distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .. import errors, imported_code
 from ..chunk import ChunkResult, Task
+from ..hash_seeds import seeded_environment
 from ..kernel_objects import SentObjects
 from ..machine import usable_cores
 from ..native_threads import threads_per_worker
@@ -32,7 +33,8 @@ def plain_main():
     main = sys.modules.get("__main__")
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
-        yield
+        with seeded_environment():  # the kernel's string hashing, where it can be handed on
+            yield
     finally:
         sys.modules["__main__"] = main
 
