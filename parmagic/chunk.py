@@ -181,6 +181,7 @@ class ChunkResult:
     names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
     changed: list[int] = field(default_factory=list)  # offsets whose ops hold STATE ops
     hidden: str | None = None  # state the items changed without naming it (hidden_state.py)
+    still_running: int | None = None  # the item frozen at its deadline, running on (LiveChunk)
     # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
     recorded: bool = True
     flat_values: list | None = None
@@ -281,6 +282,7 @@ class LiveChunk:
         live, running = self.result, self.item
         frozen = ChunkResult(seq, start, worker)
         done = 0 if live is None else len(live.values)  # the column a record fills last
+        frozen.still_running = done
         for offset in range(done):
             frozen.add(live.starts[offset], live.ends[offset], live.cpus[offset],
                        live.ops[offset], live.names[offset], live.values[offset])  # fmt: skip

@@ -19,7 +19,16 @@ import sys
 import threading
 import time
 
-from .chunk import ChunkResult, ItemOutput, OutputCapture, Task, forget_inherited_error, run_chunk
+from .chunk import (
+    ChunkResult,
+    ItemOutput,
+    LiveChunk,
+    OutputCapture,
+    Task,
+    forget_inherited_error,
+    run_chunk,
+)
+from .errors import ITEM_TIMEOUT
 from .hidden_state import Guard
 from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
@@ -196,7 +205,7 @@ def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes)
 
     Output: the first chunk installs :class:`ItemOutput` stand-ins for the process's streams
     (kept: other tasks' output passes through them untouched), so each item's prints go to its
-    own record. No alarm: SIGALRM works on a main thread only; the kernel enforces --timeout.
+    own record. No alarm: SIGALRM works on a main thread only (see ``_run_until_deadline``).
     """
     if _dask_state["capture"] is None:
         _dask_state["capture"] = OutputCapture()
@@ -206,5 +215,34 @@ def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes)
         _dask_state["loaded"] = (run, task)  # one assignment: threads see a whole pair
     from distributed import get_worker  # already imported in any dask worker: costs nothing
 
+    if task.timeout:
+        return _run_until_deadline(task, seq, start, items, get_worker().address)
     result, objects = _run(task, seq, start, items, get_worker().address)
+    return dump_result(result, objects)
+
+
+def _run_until_deadline(task: Task, seq: int, start: int, items: bytes, worker: str) -> bytes:
+    """--timeout where no alarm can stop the item: the chunk runs on a thread of its own, and
+    at its limit the task returns what it did so far (see LiveChunk), its running item failed,
+    so that it keeps its prefix as on every other backend. The item's thread runs on: the
+    result says so (``still_running``), and the kernel stops this worker process."""
+    loaded, objects = task.held.load_chunk(items)
+    live, ended = LiveChunk(), queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            if task.guard is not None:
+                task.guard.settle()
+            ended.put(run_chunk(task, seq, start, loaded, worker, objects, live))
+        except BaseException as error:  # raised in the task's own thread, as without a limit
+            ended.put(error)
+
+    threading.Thread(target=run, name="parmagic-item", daemon=True).start()
+    try:
+        result = ended.get(timeout=task.timeout)
+    except queue.Empty:
+        error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
+        result = live.freeze(seq, start, loaded, error, worker)
+    if isinstance(result, BaseException):
+        raise result
     return dump_result(result, objects)

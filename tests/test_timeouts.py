@@ -28,11 +28,7 @@ def setup(run) -> None:
     run("import asyncio, time\nfrom probes import nap, nap_async\nout = []\n")
 
 
-def test_a_timed_out_item_keeps_what_it_did_before_its_limit(ip, run, backend, woken, request):
-    if "-b dask" in backend:  # the kernel kills the stuck worker, and its record with it
-        request.applymarker(
-            pytest.mark.xfail(reason="issue 31: dask loses the prefix", strict=True)
-        )
+def test_a_timed_out_item_keeps_what_it_did_before_its_limit(ip, run, backend, woken):
     setup(run)
     in_process = any(
         f"-b {name}" in backend for name in ("serial", "threads", "futures -w", "asyncio")

@@ -54,7 +54,7 @@ from .worker_processes import PickledItems, SentChunk, plain_main
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be
-KILL_GRACE = 0.5  # seconds past --timeout before an item is given up (no alarm in dask threads)
+KILL_GRACE = 2.0  # seconds past --timeout for the worker's own snapshot of the item to arrive
 RESENDS = 2  # times a chunk whose finished result was lost with its worker is run again
 LARGE_GRAPH = "distributed.admin.large-graph-warning-threshold"
 GRAPH_OVERHEAD = 1 << 20  # bytes a one-task graph holds beyond its payload, with room to spare
@@ -275,7 +275,20 @@ class DaskBackend(PickledItems):
             error = WorkerDied(errors.DASK_LOST.format(items=items, reason=error))
         if error is not None:
             return failed_chunk(chunk.seq, chunk.start, chunk.items, error, "dask")
-        return self.load_result(data, chunk.seq, chunk.start, chunk.items, "dask")
+        result = self.load_result(data, chunk.seq, chunk.start, chunk.items, "dask")
+        if result.still_running is not None:
+            self._timed_out(result)
+        return result
+
+    def _timed_out(self, result: ChunkResult) -> None:
+        """A chunk its worker returned at its item's limit, that item still running in the
+        worker (see worker_process.run_dask_chunk): on the local cluster the worker process
+        is killed, as for a task still running at the kernel's deadline."""
+        busy = {result.worker} if self.cluster is not None else set()
+        error = self._deadline.error(self._kill(busy))
+        for offset, failed in result.errors.items():
+            if offset >= result.still_running:
+                failed.exception = error
 
     def _stop(self, futures: list) -> str:
         """Cancel tasks nobody will use. A running dask task cannot be stopped, so on the
@@ -286,6 +299,10 @@ class DaskBackend(PickledItems):
             keys = {future.key for future in futures}
             busy = {w for w, ks in self.client.processing().items() if keys & set(ks)}
         self.client.cancel(futures, force=True)
+        return self._kill(busy)
+
+    def _kill(self, busy: set) -> str:
+        """Kill these local workers (their nannies start new ones); what happened, to say."""
         if not busy:
             return errors.TIMEOUT_DASK_ABANDONED
         for pid in self.client.run(os.getpid, workers=list(busy)).values():
