@@ -87,10 +87,17 @@ def _run(
 ) -> tuple[ChunkResult, ChunkObjects]:
     """One chunk from its bytes: the items are the worker's copies of the kernel's objects,
     and what comes back refers to those objects (kernel_objects.py)."""
+    loaded, objects = _loaded(task, items)
+    return run_chunk(task, seq, start, loaded, worker, objects), objects
+
+
+def _loaded(task: Task, items: bytes) -> tuple[list, ChunkObjects]:
+    """A chunk's items, unpickled into the worker's copies; then the guard's fingerprints
+    taken again for what unpickling changed (that is loading, not the items)."""
     loaded, objects = task.held.load_chunk(items)
     if task.guard is not None:
         task.guard.settle()
-    return run_chunk(task, seq, start, loaded, worker, objects), objects
+    return loaded, objects
 
 
 KERNEL_CHECK = 0.5  # seconds between a worker's checks that the kernel still lives
@@ -226,13 +233,11 @@ def _run_until_deadline(task: Task, seq: int, start: int, items: bytes, worker: 
     at its limit the task returns what it did so far (see LiveChunk), its running item failed,
     so that it keeps its prefix as on every other backend. The item's thread runs on: the
     result says so (``still_running``), and the kernel stops this worker process."""
-    loaded, objects = task.held.load_chunk(items)
+    loaded, objects = _loaded(task, items)
     live, ended = LiveChunk(), queue.SimpleQueue()
 
     def run() -> None:
         try:
-            if task.guard is not None:
-                task.guard.settle()
             ended.put(run_chunk(task, seq, start, loaded, worker, objects, live))
         except BaseException as error:  # raised in the task's own thread, as without a limit
             ended.put(error)
