@@ -266,9 +266,15 @@ class LiveChunk:
 
     def __init__(self) -> None:
         self.result: ChunkResult | None = None
-        self.item: tuple[int, EffectLog] | None = None  # the running item's offset and log
+        self.item: tuple | None = None  # the running item's offset, log and comparison
         self.frozen: ChunkResult | None = None
         self._lock = threading.Lock()
+
+    def watch(self, offset: int, log: EffectLog, objects=None, item=None, before=None, line=0):
+        """The item now running; ``objects``/``before``: it is a copy of the kernel's, so at
+        the deadline it is compared with how it began, as run_chunk compares a finished one."""
+        compare = None if before is None else (objects, item, before, line)
+        self.item = (offset, log, compare)  # one assignment: the freezing thread sees it whole
 
     def freeze(self, seq: int, start: int, items: list, error: BaseException, worker: str):
         """The chunk as it stands now, its running item (and any after it) failed with
@@ -290,7 +296,11 @@ class LiveChunk:
                 frozen.errors[offset] = live.errors[offset]
         now = time.monotonic()
         for offset in range(done, len(items)):
-            ops = list(running[1].ops) if running and running[0] == offset == done else []
+            ops = []
+            if running and running[0] == offset == done:
+                ops = list(running[1].ops)
+                if running[2] is not None:  # read as it stands (a failed read keeps none)
+                    _add_changes(frozen, offset, ops, *running[2], None)
             frozen.add(now, now, 0.0, ops, None, None)
             frozen.errors[offset] = ItemError(error, [], short_repr(items[offset]))
         for offset, entries in list(live.outputs.items()) if live is not None else ():
@@ -523,9 +533,9 @@ def _run_items(
                 if seed is not None:
                     seed_item(seed, start + offset)
                 log, value, error, sink.offset = EffectLog(), None, None, offset
-                if live is not None:
-                    live.item = (offset, log)
                 before = objects.before(item) if objects is not None else None
+                if live is not None:
+                    live.watch(offset, log, objects, item, before, line)
                 if alarm:
                     _armed.set()
                     signal.setitimer(signal.ITIMER_REAL, alarm)
@@ -788,7 +798,7 @@ async def run_chunk_async(
         for offset, item in enumerate(items):
             log, value, error, sink.offset = EffectLog(), None, None, offset
             if live is not None:
-                live.item = (offset, log)
+                live.watch(offset, log)
             began, counted = time.monotonic(), None
             try:
                 counted = CpuCounted(task.function(item, log))

@@ -62,3 +62,21 @@ def test_a_coroutine_that_blocks_the_loop_still_times_out(ip, run, woken):
     )
     assert isinstance(outcome.error, TimeoutError), outcome.out + outcome.err
     assert ip.user_ns["out"] == [0, 1]
+
+
+def test_a_timed_out_item_keeps_its_changes_to_its_own_item(ip, run, backend, woken):
+    """In worker processes the items are copies, compared after each item: the item over its
+    limit is compared at its limit (on dask, where no alarm stops it, as it stands then)."""
+    setup(run)
+    run("records = [{'i': i} for i in range(6)]")
+    in_process = any(
+        f"-b {name}" in backend for name in ("serial", "threads", "futures -w", "asyncio")
+    )
+    wait = "nap(30)" if in_process else "time.sleep(30)"
+    cell = "for r in records:\n    r['seen'] = True\n    if r['i'] == 3:\n        {wait}\n"
+    outcome = run(f"%%parallel -q {backend} --timeout 1\n" + cell.format(wait=wait))
+    assert isinstance(outcome.error, TimeoutError), outcome.out + outcome.err
+    seen = [r["i"] for r in ip.user_ns["records"] if r.get("seen")]
+    if in_process and "serial" not in backend:  # items that ran ahead on the kernel's own
+        seen = seen[:4]  # objects keep what they did (README, "Ending early")
+    assert seen == [0, 1, 2, 3]
