@@ -22,6 +22,7 @@ ORDER_FREE_METHODS = {
 ORDER_FREE_CALLS = {"len", "sorted", "min", "max", "any", "all", "bool", "set", "frozenset"}
 ITERATING_CALLS = {"list", "tuple", "sum", "enumerate", "zip", "iter", "next", "map", "filter"}
 SHOWING_CALLS = {"print", "str", "repr", "format"}
+SAMPLED_ITEMS = 8  # items looked at to tell a list of sets
 ORDER_FREE_COMPARISONS = (ast.In, ast.NotIn, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 
 
@@ -35,10 +36,14 @@ class HashUse:
     what: str
 
 
-def hash_order_uses(nodes: Iterable[ast.AST], ns: dict) -> list[HashUse]:
-    """The uses in the body, then in the notebook functions it calls (and theirs), by line."""
+def hash_order_uses(
+    nodes: Iterable[ast.AST], ns: dict, item_sets: frozenset[str] = frozenset()
+) -> list[HashUse]:
+    """The uses in the body, then in the notebook functions it calls (and theirs), by line.
+    ``item_sets``: the loop's names that hold sets (see items_that_are_sets)."""
     nodes = list(nodes)
-    found = [HashUse(line, f"line {line}", what) for line, what in _scope_uses(nodes, ns)]
+    uses = _scope_uses(nodes, ns, item_sets=item_sets)
+    found = [HashUse(line, f"line {line}", what) for line, what in uses]
     seen: set[int] = set()
     pending = _notebook_callees(nodes, ns)
     while pending:
@@ -50,10 +55,30 @@ def hash_order_uses(nodes: Iterable[ast.AST], ns: dict) -> list[HashUse]:
         if tree is None:
             continue
         offset = function.__code__.co_firstlineno - 1
-        for line, what in _scope_uses(tree.body, {}, function.__globals__):
+        for line, what in _scope_uses(tree.body, _globals_read(function), function.__globals__):
             found.append(HashUse(line + offset, _place(function, ns, line + offset), what))
         pending += _notebook_callees(tree.body, function.__globals__, ns)
     return sorted(set(found), key=lambda use: (use.line, use.what))
+
+
+def items_that_are_sets(loop: ast.AST, ns: dict) -> frozenset[str]:
+    """The loop's variable, where the kernel list or tuple it walks holds sets (``for s in
+    groups``, ``groups`` a list of sets): each travels to a worker and is rebuilt there."""
+    first = loop if isinstance(loop, ast.For) else loop.generators[0]
+    iterable, target = first.iter, first.target
+    values = ns.get(iterable.id) if isinstance(iterable, ast.Name) else None
+    if not isinstance(target, ast.Name) or type(values) not in (list, tuple):
+        return frozenset()
+    holds_sets = any(isinstance(value, set | frozenset) for value in values[:SAMPLED_ITEMS])
+    return frozenset({target.id}) if holds_sets else frozenset()
+
+
+def _globals_read(function: types.FunctionType) -> dict:
+    """The function's globals that it reads and does not bind itself (its parameters and
+    locals are its own): a global set travels with the function and is rebuilt there."""
+    own = set(function.__code__.co_varnames) | set(function.__code__.co_cellvars)
+    read = set(function.__code__.co_names) - own
+    return {name: value for name, value in function.__globals__.items() if name in read}
 
 
 def _notebook_callees(nodes: list, scope: dict, ns: dict | None = None) -> list:
@@ -68,13 +93,15 @@ def _notebook_callees(nodes: list, scope: dict, ns: dict | None = None) -> list:
     return [f for f in found if isinstance(f, types.FunctionType) and in_notebook(f, kernel)]
 
 
-def _scope_uses(nodes: list, ns: dict, scope: dict | None = None) -> list[tuple[int, str]]:
+def _scope_uses(
+    nodes: list, ns: dict, scope: dict | None = None, item_sets: frozenset[str] = frozenset()
+) -> list[tuple[int, str]]:
     """``ns``: the kernel's names, whose sets travel to a worker and are rebuilt there;
     ``scope``: where the code's names are read (the kernel's, or a function's globals)."""
     scope = ns if scope is None else scope
     parents = {id(child): node for top in nodes for node in ast.walk(top)
                for child in ast.iter_child_nodes(node)}  # fmt: skip
-    set_names = _set_names(nodes, ns)
+    set_names = _set_names(nodes, ns) | item_sets
     found = []
     for top in nodes:
         for node in ast.walk(top):

@@ -179,7 +179,7 @@ def hash_order_refusal(plan: CellPlan, ns: dict, options, name: str, short=False
     than the kernel (hash_seeds.py). ``short``: the reason alone, for auto."""
     import multiprocessing
 
-    from .hash_order import hash_order_uses
+    from .hash_order import hash_order_uses, items_that_are_sets
     from .hash_seeds import keeps_kernel_hashing
 
     if name not in WORKER_INTERPRETERS:
@@ -187,7 +187,7 @@ def hash_order_refusal(plan: CellPlan, ns: dict, options, name: str, short=False
     method = options.start_method or multiprocessing.get_start_method()
     if name != "dask" and keeps_kernel_hashing(method):
         return None
-    uses = hash_order_uses(hidden_nodes(plan), ns)
+    uses = hash_order_uses(hidden_nodes(plan), ns, items_that_are_sets(plan.body.node, ns))
     if not uses:
         return None
     if name == "dask":

@@ -13,7 +13,7 @@ import pytest
 from conftest import BACKENDS
 from IPython.core.error import UsageError
 
-from parmagic.hash_order import hash_order_uses
+from parmagic.hash_order import hash_order_uses, items_that_are_sets
 from parmagic.hash_seeds import kernel_hash_seed
 
 WORDS = 'words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]\n'
@@ -163,3 +163,40 @@ def test_sets_known_to_hold_numbers_are_not_flagged(source, flagged):
 
     uses = hash_order_uses(ast.parse(source).body, {"signal": signal})
     assert bool(uses) is flagged, uses
+
+
+def test_a_global_set_a_notebook_function_walks_is_flagged(ip):
+    ip.run_cell("STOP = {'a', 'the'}\ndef stop_words(w):\n    return [s for s in STOP if s < w]\n")
+    found = hash_order_uses(ast.parse("x = stop_words(w)\n").body, ip.user_ns)
+    assert [(u.line, u.what) for u in found] == [(3, "`STOP` is iterated")]
+
+
+@pytest.mark.parametrize(
+    "loop, groups, found",
+    [
+        ("for g in groups:\n    out.append(list(g))\n", [{"a", "b"}], ["`g` is iterated"]),
+        ("x = [sorted(g) for g in groups]\n", [{"a", "b"}], []),  # sorted: order-free
+        ("x = [' '.join(g) for g in groups]\n", [frozenset("ab")], ["`g` is iterated"]),
+        ("for g in groups:\n    out.append(list(g))\n", [["a", "b"]], []),  # lists keep order
+    ],
+)
+def test_items_that_are_sets_count_as_sets(loop, groups, found):
+    ns = {"groups": groups, "out": []}
+    tree = ast.parse(loop).body[0]
+    node = tree if isinstance(tree, ast.For) else tree.value
+    body = tree.body if isinstance(tree, ast.For) else [node.elt]
+    uses = hash_order_uses(body, ns, items_that_are_sets(node, ns))
+    assert [use.what for use in uses] == found
+
+
+@pytest.mark.slow
+def test_a_list_of_sets_walked_by_spawned_workers_is_refused_or_equal(ip, run):
+    run(WORDS + "groups = [set(w) for w in words]\n")
+    outcome = run("%%parallel -b processes -w 2 --start-method spawn\nout = []\n"
+                  "for g in groups:\n    out.append(''.join(g))\n")  # fmt: skip
+    plain = ["".join(g) for g in ip.user_ns["groups"]]
+    if kernel_hash_seed() is None:
+        assert isinstance(outcome.error, UsageError)
+        assert str(outcome.error).startswith("line 4: `g` is iterated, and worker processes")
+    else:
+        assert outcome.error is None and ip.user_ns["out"] == plain
