@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast test-pythons demo bench screenshots lint setup clean
+.PHONY: test test-fast test-pythons test-colab demo bench screenshots lint setup clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test-fast: $(STAMP)
 # The whole suite on every CPython 3.11+ on this machine, each in a venv of its own (.venvs/).
 test-pythons: $(STAMP)
 	$(BIN)/python tools/test_pythons.py
+
+# Google Colab's pinned stack (tools/stacks/colab.txt) on CPython 3.13, in .venvs/colab.
+test-colab: $(STAMP)
+	$(BIN)/python tools/test_pythons.py --stack colab -- --ignore=tests/test_jupyterlab.py
 
 demo: $(STAMP)
 	@echo "make: running the notebooks in demo_notebooks/ one by one through a Jupyter kernel" \

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
+from .machine import has_item_alarms
 
 if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
     from .hidden_state import Guard
@@ -461,7 +462,7 @@ def _item_error(task: Task, error: BaseException, item) -> ItemError:
 @contextmanager
 def _alarms(task: Task):
     """--timeout on a main thread (the kernel's, or a worker process's): SIGALRM per item."""
-    if not task.timeout or not _on_main():
+    if not task.timeout or not _on_main() or not has_item_alarms():  # refused before the run
         yield None
         return
     previous = signal.signal(signal.SIGALRM, _expire)

@@ -308,6 +308,14 @@ SEED_NEEDS_PROCESSES = (
     "processes (or serial)"
 )
 SCHEDULER_ONLY_FOR_DASK = "--scheduler is an option of --backend dask, not of {backend}"
+START_METHOD_MISSING = (
+    "--start-method {method}: this platform cannot start worker processes that way; it offers "
+    "{offered}"
+)
+TIMEOUT_NEEDS_ALARM = (
+    "--timeout on {backends} stops an item with SIGALRM, which this platform does not have: use "
+    "--timeout with -b threads, futures, asyncio or dask, or leave it out"
+)
 START_METHOD_NOT_USED = (
     "--start-method applies to worker processes (processes, futures:processes), and "
     "{backend} starts none: leave it out, or choose --backend processes"

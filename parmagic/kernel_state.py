@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _HOOKS = ("stdout", "stderr", "excepthook", "displayhook")
-_SIGNALS = (signal.SIGINT, signal.SIGALRM)
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGALRM") if hasattr(signal, name))
 
 
 @contextmanager

@@ -4,7 +4,9 @@ container's CPU quota. Light on purpose: worker processes ask it too."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import signal
 
 
 def cgroup_cpu_limit() -> float | None:
@@ -32,3 +34,14 @@ def usable_cores() -> int:
     cores = affinity_cores()
     limit = cgroup_cpu_limit()
     return max(1, min(cores, math.ceil(limit))) if limit else cores
+
+
+def has_item_alarms() -> bool:
+    """Whether a main thread can be stopped at an item's time limit: SIGALRM and its timer are
+    POSIX's (not Windows')."""
+    return hasattr(signal, "SIGALRM") and hasattr(signal, "setitimer")
+
+
+def start_methods() -> list[str]:
+    """The ways this platform can start worker processes (Windows: spawn only)."""
+    return multiprocessing.get_all_start_methods()

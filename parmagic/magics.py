@@ -29,7 +29,7 @@ from .errors import ParmagicUsageError
 from .hidden_effects import refusal
 from .info import machine_info
 from .loop_run import LoopRun, awaitable, resolve_backend
-from .machine import usable_cores
+from .machine import has_item_alarms, start_methods, usable_cores
 from .native_threads import kernel_native_threads
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
 from .preview import Preview
@@ -434,6 +434,7 @@ def _check_together(options: Options, args: argparse.Namespace) -> None:
             backend_list(args.compare, awaits=False)
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
+    _check_platform(options, args)
     if options.start_method and options.backend not in START_METHOD_BACKENDS and not args.compare:
         raise UsageError(errors.START_METHOD_NOT_USED.format(backend=options.backend))
     if args.seed is not None and options.backend in ("threads", "futures", "asyncio"):
@@ -444,6 +445,23 @@ def _check_together(options: Options, args: argparse.Namespace) -> None:
         raise UsageError(f"-o needs a variable name, not {args.output!r}")
     if args.plot:
         _check_plotting()
+
+
+def _check_platform(options: Options, args: argparse.Namespace) -> None:
+    """What this platform cannot do (Windows: fork, SIGALRM), said before anything runs."""
+    if options.start_method and options.start_method not in start_methods():
+        offered = ", ".join(start_methods())
+        raise UsageError(errors.START_METHOD_MISSING.format(method=options.start_method,
+                                                            offered=offered))  # fmt: skip
+    if not options.timeout or has_item_alarms():
+        return
+    from .backends import load_backend
+    from .compare import backend_list
+
+    names = backend_list(args.compare, awaits=False) if args.compare else [options.backend]
+    alarmed = [n for n in names if n == "auto" or load_backend(n).times_out_by_alarm]
+    if alarmed:
+        raise UsageError(errors.TIMEOUT_NEEDS_ALARM.format(backends=", ".join(alarmed)))
 
 
 def _check_writable(path: str) -> None:

@@ -14,6 +14,7 @@ import copy
 import inspect
 import linecache
 import math
+import multiprocessing
 import re
 import textwrap
 import types
@@ -213,7 +214,8 @@ def _runner(
     if shared:
         names = ", ".join(f"{n!r}: {n}" for n in shared)
         sharing = f", initializer={g.share}, initargs=({{{names}}},)"
-    context = f'{g.multiprocessing}.get_context("{method or "fork"}")'
+    method = method or multiprocessing.get_start_method()  # the platform's, as the run's
+    context = f'{g.multiprocessing}.get_context("{method}")'
     if backend == "serial":
         return [], [f"{g.in_order} = map({g.loop_body}, {iterable})"]
     if backend == "futures":

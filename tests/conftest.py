@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -33,6 +34,12 @@ BACKENDS = {
     "asyncio": "-b asyncio",
 }
 PROCESS_BACKENDS = ("fork", "spawn", "forkserver")
+# CI runs the conformance suites again with this start method as the platform's default
+# (macOS's spawn, Linux's forkserver from Python 3.14): the `default` variants name none.
+PLATFORM_START_METHOD = os.environ.get("PARMAGIC_TEST_PLATFORM_START_METHOD")
+if PLATFORM_START_METHOD:
+    multiprocessing.set_start_method(PLATFORM_START_METHOD, force=True)
+    BACKENDS |= {"default": "-b processes -w 2", "futures-default": "-b futures:processes -w 2"}
 # The `backend` fixture's one parameter outside BACKENDS: its options name the scheduler of the
 # test process's shared cluster (`dask_cluster`), whose port is known only once it has started.
 # Tests that name backends (BACKENDS[name], list(BACKENDS)) leave dask out.
@@ -55,7 +62,7 @@ _INTERPRETER_LIFE_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 # The `backend` fixture's dask parameter is marked `dask` and `slow` where it is declared.
 SLOW_MODULES = {
     "test_kernel", "test_terminal", "test_dask", "test_fuzz_rewriter", "test_shutdown",
-    "test_stress", "test_kernel_death", "test_jupyterlab",
+    "test_stress", "test_kernel_death", "test_jupyterlab", "test_classic_notebook",
 }  # fmt: skip
 SLOW_VARIANTS = ("spawn", "forkserver", "futures")
 
@@ -269,13 +276,18 @@ def no_leaks():
     pytest.fail(f"left behind: threads {threads}, child processes {sorted(children)}")
 
 
+# A shell (``ip``) in a new interpreter, whose output a test reads. IPython 7 (Colab's) sets
+# the terminal's title as the shell starts, where TERM names an xterm: escapes in the output.
+FRESH_SHELL = (
+    "import os\nos.environ['TERM'] = 'dumb'\n"
+    "from IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
+)
+
+
 def in_a_fresh_shell(code: str, before: str = "") -> str:
     """What ``code`` prints in a new interpreter, run after ``before`` and a shell (``ip``)
     with parmagic loaded: for what the suite's own shell cannot show (affinity, the heap)."""
-    shell = (
-        "from IPython.testing.globalipapp import start_ipython\nip = start_ipython()\n"
-        "ip.run_line_magic('load_ext', 'parmagic')\n"
-    )
+    shell = FRESH_SHELL + "ip.run_line_magic('load_ext', 'parmagic')\n"
     program = before + shell + code
     done = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60

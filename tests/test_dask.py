@@ -101,7 +101,8 @@ def test_semantics_on_a_cluster_started_from_the_command_line(ip, run, dask_clus
 
 def _listening(process: psutil.Process) -> set[tuple[str, int]]:
     try:
-        connections = process.net_connections(kind="inet")
+        connections = getattr(process, "net_connections", None) or process.connections  # psutil 5
+        connections = connections(kind="inet")
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return set()
     return {c.laddr[:2] for c in connections if c.status == psutil.CONN_LISTEN}

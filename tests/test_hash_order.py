@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, PLATFORM_START_METHOD
 from IPython.core.error import UsageError
 
 from parmagic.hash_order import hash_order_uses, items_that_are_sets
@@ -113,13 +113,17 @@ def test_sets_of_strings_keep_the_plain_loops_order_where_the_kernel_hashes(ip, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["spawn", "forkserver", "futures-spawn"])
+@pytest.mark.parametrize(
+    "name",
+    ["spawn", "forkserver", "futures-spawn"] + (["default"] if PLATFORM_START_METHOD else []),
+)
 def test_sets_of_strings_are_refused_where_workers_hash_otherwise(ip, run, name):
     outcome = cell_on(run, BACKENDS[name])
     if kernel_hash_seed() is None:  # this test process's hashing is random: cannot be handed on
         assert isinstance(outcome.error, UsageError)
         message = str(outcome.error)
         assert message.startswith("line 2: `set(w)` is iterated, and worker processes started")
+        assert name != "default" or f"started by {PLATFORM_START_METHOD}" in message
         assert "--start-method fork" in message and "s" not in ip.user_ns
     else:
         assert outcome.error is None and ip.user_ns["s"] == PLAIN["s"]

@@ -6,15 +6,14 @@ import os
 import subprocess
 import sys
 
-from conftest import report
+from conftest import FRESH_SHELL, report
 
 import parmagic
 
 
 def test_loading_is_cheap_and_imports_nothing_heavy():
     code = (
-        "import sys\nfrom IPython.testing.globalipapp import start_ipython\n"
-        "ip = start_ipython()\nbefore = set(sys.modules)\n"
+        f"import sys\n{FRESH_SHELL}before = set(sys.modules)\n"
         "ip.run_line_magic('load_ext', 'parmagic')\n"
         "heavy = ['aiohttp', 'cloudpickle', 'dask', 'matplotlib', 'numpy', 'psutil', 'requests']\n"
         "print(sorted(m for m in heavy if m in set(sys.modules) - before))\n"

@@ -8,17 +8,18 @@ import time
 
 import psutil
 import pytest
+from conftest import FRESH_SHELL
 
-SCRIPT = """
-import os, sys
-from IPython.testing.globalipapp import start_ipython
-ip = start_ipython()
+SCRIPT = (
+    FRESH_SHELL
+    + """
 ip.run_line_magic("load_ext", "parmagic")
 ip.run_cell("import os")
 ip.run_cell("%%parallel -q -b processes -w 2 --start-method {method}\\npids = [os.getpid() for _ in range(40)]\\n")
 ip.run_cell("%%parallel -q -b threads -w 3\\nsquares = [n * n for n in range(40)]\\n")
 print(sorted(set(ip.user_ns["pids"])))
 """
+)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

@@ -6,12 +6,18 @@ with the arguments given (default: the whole suite); prints one line per version
 
     python tools/test_pythons.py                       # every version, whole suite
     python tools/test_pythons.py --skip-current --oldest 3.12 -- tests/test_semantics.py
+    python tools/test_pythons.py --stack colab -- tests/test_kernel.py
+
+``--stack colab``: instead, one venv of a notebook service's pinned packages
+(``tools/stacks/colab.txt``, IPython 7.34 and ipykernel 6.17 on CPython 3.13) with parmagic's
+wheel installed beside them; fails if installing moved any pinned package.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +26,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLDEST = (3, 11)
+# A stack: its CPython, its pins, and the extra that brings the tests' own packages.
+STACKS = {"colab": ((3, 13), os.path.join(ROOT, "tools", "stacks", "colab.txt"), "test-colab")}
 
 
 def version_of(python: str) -> tuple[int, int] | None:
@@ -50,22 +58,81 @@ def interpreters() -> dict[tuple[int, int], str]:
 
 
 def run_on(version: tuple[int, int], python: str, pytest_args: list[str]) -> tuple[bool, str]:
-    os.makedirs(os.path.join(ROOT, ".venvs"), exist_ok=True)
     venv = os.path.join(ROOT, ".venvs", f"py{version[0]}.{version[1]}")
     bin_python = os.path.join(venv, "bin", "python")
+    installed = installed_in(venv, [
+        [python, "-m", "venv", venv],
+        [bin_python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+        [bin_python, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"],
+    ])  # fmt: skip
+    return installed or run_pytest(venv, pytest_args)
+
+
+def run_stack(name: str, python: str, pytest_args: list[str]) -> tuple[bool, str]:
+    """The stack's pins first, then parmagic's wheel and its tests' packages beside them,
+    held to the pins; then the pins are read back from the venv."""
+    _, pins, extra = STACKS[name]
+    venv = os.path.join(ROOT, ".venvs", name)
+    bin_python = os.path.join(venv, "bin", "python")
+    wheels = os.path.join(venv, "wheel")
+    pip = [bin_python, "-m", "pip", "install", "--quiet"]
+    installed = installed_in(venv, [
+        [python, "-m", "venv", venv],
+        [*pip, "--upgrade", "pip"],
+        [*pip, "-r", pins],
+        [bin_python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT],
+        lambda: [*pip, "-c", pins, f"parmagic[{extra}] @ file://{glob.glob(wheels + '/*.whl')[0]}"],
+        [bin_python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"],
+    ], also=[pins])  # fmt: skip
+    if installed:
+        return installed
+    moved = moved_pins(bin_python, pins)
+    if moved:
+        return False, f"installing parmagic moved pinned packages: {', '.join(moved)}"
+    return run_pytest(venv, pytest_args)
+
+
+def installed_in(venv: str, steps: list, also: list[str] = ()) -> tuple | None:
+    """Runs the steps (commands, or functions that make one when its turn comes) unless the
+    venv was made since pyproject.toml (and ``also``) changed; None when it is ready, else
+    why not."""
     stamp = os.path.join(venv, ".installed")
-    if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(
-        os.path.join(ROOT, "pyproject.toml")
+    sources = [os.path.join(ROOT, "pyproject.toml"), *also]
+    if os.path.exists(stamp) and all(
+        os.path.getmtime(stamp) >= os.path.getmtime(source) for source in sources
     ):
-        with open(os.path.join(venv + ".install.log"), "w") as log:
-            for step in (
-                [python, "-m", "venv", venv],
-                [bin_python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-                [bin_python, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"],
-            ):
-                if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT).returncode:
-                    return False, f"could not install the project (log: {log.name})"
-        open(stamp, "w").close()
+        return None
+    shutil.rmtree(venv, ignore_errors=True)
+    os.makedirs(os.path.dirname(venv), exist_ok=True)
+    with open(venv + ".install.log", "w") as log:
+        for step in steps:
+            step = step() if callable(step) else step
+            if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT).returncode:
+                return False, f"could not install the project (log: {log.name})"
+    open(stamp, "w").close()
+    return None
+
+
+def moved_pins(bin_python: str, pins: str) -> list[str]:
+    """Pinned packages whose installed version is not the pinned one."""
+    wanted = {}
+    with open(pins) as lines:
+        for line in lines:
+            if "==" in line and not line.startswith("#"):
+                package, version = line.split("#")[0].strip().split("==")
+                wanted[package] = version
+    program = (
+        "import importlib.metadata as m, json, sys\n"
+        "print(json.dumps({p: m.version(p) for p in sys.argv[1:]}))"
+    )
+    found = subprocess.run([bin_python, "-c", program, *wanted], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    have = json.loads(found)
+    return [f"{p} {wanted[p]} -> {have[p]}" for p in wanted if have[p] != wanted[p]]
+
+
+def run_pytest(venv: str, pytest_args: list[str]) -> tuple[bool, str]:
+    bin_python = os.path.join(venv, "bin", "python")
     log = os.path.join(venv, "pytest.log")
     with open(log, "w") as out:
         result = subprocess.run(
@@ -85,8 +152,11 @@ def main() -> int:
     parser.add_argument(
         "--oldest", default="3.11", help="the oldest version to run on (default: 3.11)"
     )
+    parser.add_argument("--stack", choices=STACKS, help="a pinned stack instead (see above)")
     parser.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --)")
     args = parser.parse_args()
+    if args.stack:
+        return main_stack(args.stack, args.pytest_args)
     oldest = tuple(int(part) for part in args.oldest.split("."))
     found = {version: python for version, python in interpreters().items() if version >= oldest}
     if args.skip_current:
@@ -103,6 +173,20 @@ def main() -> int:
         print(f"Python {version[0]}.{version[1]} ({python}): {'ok' if ok else 'FAILED'} "
               f"in {took:.0f} s: {last}", flush=True)  # fmt: skip
     return 1 if failed else 0
+
+
+def main_stack(name: str, pytest_args: list[str]) -> int:
+    version = STACKS[name][0]
+    python = interpreters().get(version)
+    if python is None:
+        print(f"test-pythons: the {name} stack needs CPython {version[0]}.{version[1]}, which "
+              "this machine does not have")  # fmt: skip
+        return 1
+    began = time.monotonic()
+    ok, last = run_stack(name, python, pytest_args)
+    took = time.monotonic() - began
+    print(f"{name} stack ({python}): {'ok' if ok else 'FAILED'} in {took:.0f} s: {last}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class Backend(ABC):
     one_item_per_chunk = False  # True where every item needs its own message (coroutines)
     runs_coroutines = False  # True where the item function is a coroutine function
     items_share_a_process = False  # True where items take turns at one process's Python
+    # True where --timeout stops an item with SIGALRM on a main thread (not on Windows)
+    times_out_by_alarm = False
     bytes_sent = 0  # to worker processes during the current run (task and items)
     send_blocked = 0.0  # seconds sends waited for busy workers to take them (not sending)
     start_method: str | None = None

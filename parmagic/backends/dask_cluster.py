@@ -306,7 +306,7 @@ class DaskBackend(PickledItems):
         if not busy:
             return errors.TIMEOUT_DASK_ABANDONED
         for pid in self.client.run(os.getpid, workers=list(busy)).values():
-            os.kill(pid, signal.SIGKILL)  # our own child: the local cluster's worker
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # our child: a local worker
         deadline = time.monotonic() + 3  # until the scheduler has let go of them
         while busy & set(self.client.nthreads()) and time.monotonic() < deadline:
             time.sleep(0.02)

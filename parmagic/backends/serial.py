@@ -11,6 +11,7 @@ from .base import Backend, BackendSettings
 
 class SerialBackend(Backend):
     name = "serial"
+    times_out_by_alarm = True
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(replace(settings, workers=1))  # the kernel's one thread, whatever asked

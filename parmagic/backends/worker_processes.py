@@ -69,6 +69,7 @@ class PickledItems(Backend):
     objects come back as themselves (``kernel_objects``)."""
 
     copies_kernel_objects = True
+    times_out_by_alarm = True
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
