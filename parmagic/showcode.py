@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import html
 import inspect
 import linecache
 import math
@@ -531,12 +532,45 @@ def _replace(tree: ast.AST, old: ast.AST, new: ast.AST, before: ast.stmt | None 
                     return
 
 
-def highlighted(code: str) -> str:
-    """Python as a pygments code block, ``<div class="highlight"><pre>``, which JupyterLab,
-    Notebook and nbconvert's pages colour with their own theme's styles. (IPython's ``Code``
-    adds a page-wide light style block that paints every output of a classic Notebook.)"""
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
+# How each kind of token is coloured: the page theme's editor colour (JupyterLab and Notebook
+# 7 define them, light and dark), else pygments' default colour (the classic Notebook, whose
+# stylesheet has no rules for pygments' classes); more style where the editor adds it.
+CODE_COLOURS = {
+    "Keyword": ("keyword", "#008000", "font-weight:bold"),
+    "Operator.Word": ("keyword", "#aa22ff", "font-weight:bold"),
+    "Name.Builtin": ("builtin", "#008000", ""),
+    "Name.Function": ("def", "#0000ff", ""),
+    "Name.Class": ("def", "#0000ff", "font-weight:bold"),
+    "Name.Namespace": ("def", "#0000ff", "font-weight:bold"),
+    "Literal.String": ("string", "#ba2121", ""),
+    "Literal.Number": ("number", "#666666", ""),
+    "Comment": ("comment", "#3d7b7b", "font-style:italic"),
+    "Operator": ("operator", "#666666", ""),
+}
 
-    return highlight(code, PythonLexer(), HtmlFormatter())
+
+def highlighted(code: str) -> str:
+    """Python as a pygments code block, ``<div class="highlight"><pre>``, each token's colour
+    in its own style attribute (see CODE_COLOURS): styles survive a page's sanitiser, and a
+    page-wide style block (what IPython's ``Code`` adds) would paint a classic Notebook's every
+    output."""
+    from pygments.lexers import PythonLexer
+    from pygments.token import STANDARD_TYPES
+
+    spans = []
+    for kind, text in PythonLexer().get_tokens(code):
+        text, css = html.escape(text, quote=False), STANDARD_TYPES.get(kind, "")
+        style = _token_style(kind)
+        styled = f" style='{style}'" if style else ""
+        spans.append(f"<span class='{css}'{styled}>{text}</span>" if css else text)
+    return f"<div class='highlight'><pre>{''.join(spans)}</pre></div>"
+
+
+def _token_style(kind) -> str:
+    while kind is not None:
+        colours = CODE_COLOURS.get(str(kind).removeprefix("Token."))
+        if colours is not None:
+            name, plain, more = colours
+            return f"color:{plain};color:var(--jp-mirror-editor-{name}-color, {plain});{more}"
+        kind = kind.parent
+    return ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import multiprocessing
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,6 +296,29 @@ def in_a_fresh_shell(code: str, before: str = "") -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+@contextmanager
+def a_kernel(cwd: str, now: bool = False):
+    """A real kernel of this venv and its client, shut down after (``now``: without asking).
+    jupyter_client 7 (Colab's) runs its blocking calls on this thread's event loop, making one
+    it never closes where there is none: here it gets one, closed with the kernel."""
+    from jupyter_client.manager import start_new_kernel
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        km, kc = start_new_kernel(kernel_name="python3", cwd=cwd)
+        try:
+            yield km, kc
+        finally:
+            try:
+                kc.stop_channels()
+            finally:
+                km.shutdown_kernel(now=now)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def execute_notebook(nb, folder) -> None:

@@ -1,12 +1,14 @@
-"""parmagic in JupyterLab as its users see it: a real JupyterLab server on 127.0.0.1 with a
-token, a notebook opened in headless Chromium (Debian's, driven through Playwright), and what
-the page shows: the progress widget during a run and never after it, the summary and the
-comparison, the toolbar's interrupt, the dark theme, and a notebook executed elsewhere then
-opened here.
+"""parmagic in JupyterLab 4 and in Notebook 7 as their users see it: a real server of each on
+127.0.0.1 with a token, a notebook opened in headless Chromium (Debian's, driven through
+Playwright), and what the page shows: the progress widget during a run and never after it, the
+summary and the comparison, the toolbar's interrupt, the dark theme, and a notebook executed
+elsewhere then opened here. Every test runs against both pages (Notebook 7's is built from
+JupyterLab's components: the same cells, outputs, toolbar and themes, one document a page).
 
-Skipped where /usr/bin/chromium is missing (``.ci/run`` installs Debian's ``chromium``). The
+Skipped where /usr/bin/chromium is missing (``.ci/run`` installs Debian's ``chromium``); the
+Notebook 7 variant where the ``notebook`` package installed is not 7.x. JupyterLab's
 screenshots go to ``$PARMAGIC_SCREENSHOTS`` (``make screenshots``: docs/screenshots, which the
-README shows), else to the test's temporary folder.
+README shows), else to the test's temporary folder; Notebook 7's always to a temporary folder.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
@@ -40,7 +45,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERVER_START = 90.0  # seconds: JupyterLab's first start on a loaded machine
+SERVER_START = 90.0  # seconds: a server's first start on a loaded machine
 CELL_DONE = 90_000  # milliseconds a cell may take, whatever else the machine is doing
 GONE = 5_000  # milliseconds for the page to drop a closed widget (a frozen bar stays forever)
 LIGHT, DARK = "JupyterLab Light", "JupyterLab Dark"
@@ -74,7 +79,7 @@ CELLS = {
 
 @pytest.fixture(autouse=True)
 def no_leaks():
-    """parmagic runs in JupyterLab's kernel here, not in this process: what this process holds
+    """parmagic runs in the server's kernel here, not in this process: what this process holds
     is the browser's driver (Playwright's event loop and its executor thread), for the module."""
     yield
 
@@ -86,7 +91,8 @@ def _free_port() -> int:
 
 
 def _settings(folder: Path) -> None:
-    """User settings that keep JupyterLab off the network: no news, no update checks."""
+    """User settings that keep the page off the network: no news, no update checks (both pages
+    read them from ``$JUPYTERLAB_SETTINGS_DIR``)."""
     apputils = folder / "@jupyterlab" / "apputils-extension"
     apputils.mkdir(parents=True)
     (apputils / "notification.jupyterlab-settings").write_text(
@@ -94,27 +100,88 @@ def _settings(folder: Path) -> None:
     )
 
 
-def _executed_elsewhere(path: Path) -> None:
-    """A notebook run by nbclient, as ``make demo`` runs the demos: opened in JupyterLab
-    afterwards, it is not trusted, and its HTML outputs are sanitised."""
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> Path:
+    """A notebook run by nbclient, as ``make demo`` runs the demos: opened in a page afterwards,
+    it is not trusted, and its HTML outputs are sanitised. Run once, copied to each server."""
+    path = tmp_path_factory.mktemp("elsewhere") / "executed.ipynb"
     cells = ["%load_ext parmagic\nimport time", CELLS["processes"]]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = KERNELSPEC
     execute_notebook(nb, path.parent)
     nbformat.write(nb, path)
+    return path
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server of this venv, on 127.0.0.1, with its own config, data and settings
-    folders (so that nothing of the machine's user dirs leaks in), serving one notebook."""
-    home = tmp_path_factory.mktemp("lab")
+def _notebook_version() -> str:
+    try:
+        return metadata.version("notebook")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@dataclass(frozen=True)
+class App:
+    """One of the two pages built from JupyterLab's components, and how its server is asked for
+    it. Both servers load JupyterLab's server extension, which answers the pages' news and
+    update checks (/lab/api/news, /lab/api/update): the ``LabApp`` options keep it off the
+    network in both."""
+
+    name: str
+    module: str  # python -m <module>
+    expose: str  # the app class's option that puts the app in the page as window.jupyterapp
+    url: str  # a notebook's page: {path}, and {workspace} where the page keeps workspaces
+    left_area: bool  # a left side area (the file browser's), hidden for the screenshots
+
+    def page(self, path: str, workspace: str) -> str:
+        return self.url.format(path=path, workspace=workspace)
+
+
+APPS = {
+    "lab": App(
+        "lab", "jupyterlab", "--LabApp.expose_app_in_browser=True",
+        "/lab/workspaces/{workspace}/tree/{path}", left_area=True,
+    ),
+    # Notebook 7: JupyterNotebookApp, one document a page, no left area and no workspaces
+    "notebook7": App(
+        "notebook7", "notebook", "--JupyterNotebookApp.expose_app_in_browser=True",
+        "/notebooks/{path}", left_area=False,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Server:
+    app: App
+    url: str
+    token: str
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "lab",
+        pytest.param(
+            "notebook7",
+            marks=pytest.mark.skipif(
+                not _notebook_version().startswith("7."),
+                reason=f"Notebook 7's page: the notebook package is {_notebook_version()}",
+            ),
+        ),
+    ],
+)
+def server(request, executed, tmp_path_factory):
+    """A server of this venv (JupyterLab, or Notebook 7), on 127.0.0.1, with its own config,
+    data and settings folders (so that nothing of the machine's user dirs leaks in), serving one
+    notebook and the one executed elsewhere."""
+    app = APPS[request.param]
+    home = tmp_path_factory.mktemp(app.name)
     work = home / "work"
     work.mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS.values()])
     nb.metadata["kernelspec"] = KERNELSPEC
     nbformat.write(nb, work / "parmagic.ipynb")
-    _executed_elsewhere(work / "executed.ipynb")
+    shutil.copy(executed, work / "executed.ipynb")
     _settings(home / "settings")
     env = dict(os.environ)
     env.update(
@@ -127,38 +194,38 @@ def lab(tmp_path_factory):
     port, token = _free_port(), secrets.token_hex(16)
     log = home / "server.log"
     with log.open("w") as written:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+        process = subprocess.Popen(
+            [sys.executable, "-m", app.module, "--no-browser", "--allow-root",
              "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
              f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+             app.expose, "--LabApp.news_url=None",
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
             env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=written,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_server(url, token, server, log)
-        yield url, token
+        _wait_for_server(url, token, process, log)
+        yield Server(app, url, token)
     finally:
-        server.terminate()
+        process.terminate()
         try:
-            server.wait(timeout=30)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            process.kill()
+            process.wait()
 
 
 def _wait_for_server(url: str, token: str, server: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"JupyterLab exited with {server.returncode}:\n{log.read_text()}")
+            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5):
                 return
         except OSError:
             time.sleep(0.25)
-    pytest.fail(f"JupyterLab did not answer within {SERVER_START:.0f} s:\n{log.read_text()}")
+    pytest.fail(f"the server did not answer within {SERVER_START:.0f} s:\n{log.read_text()}")
 
 
 class Notebook:
@@ -240,25 +307,33 @@ KERNEL_READY = """() => {
 }"""
 
 
-def open_in_lab(browser, lab, path: str, workspace: str):
-    url, token = lab
+def open_page(browser, server: Server, path: str, workspace: str):
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.set_default_timeout(CELL_DONE)
-    page.goto(f"{url}/lab/workspaces/{workspace}/tree/{path}?token={token}")
+    page.goto(f"{server.url}{server.app.page(path, workspace)}?token={server.token}")
     page.wait_for_function(KERNEL_READY)
-    page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
+    if server.app.left_area:
+        page.evaluate("window.jupyterapp.commands.execute('application:toggle-left-area')")
     return page
 
 
 @pytest.fixture(scope="module")
-def notebook(lab, browser, tmp_path_factory):
-    shots = Path(os.environ.get("PARMAGIC_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+def notebook(server, browser, tmp_path_factory):
+    """The notebook's page on this server. JupyterLab's screenshots are the README's (same
+    names whichever folder); Notebook 7's go to a temporary folder of their own."""
+    if server.app.name == "lab" and os.environ.get("PARMAGIC_SCREENSHOTS"):
+        shots = Path(os.environ["PARMAGIC_SCREENSHOTS"])
+    else:
+        shots = tmp_path_factory.mktemp(f"shots-{server.app.name}")
     shots.mkdir(parents=True, exist_ok=True)
-    page = open_in_lab(browser, lab, "parmagic.ipynb", "run-here")
-    book = Notebook(page, shots, tmp_path_factory.mktemp("failed"))
-    book.theme(LIGHT)
-    book.run("load")
-    return book
+    page = open_page(browser, server, "parmagic.ipynb", "run-here")
+    try:
+        book = Notebook(page, shots, tmp_path_factory.mktemp(f"failed-{server.app.name}"))
+        book.theme(LIGHT)
+        book.run("load")
+        yield book
+    finally:
+        page.close()
 
 
 # Every element of parmagic's tables whose background is light (relative luminance over 0.5,
@@ -357,8 +432,8 @@ def test_the_dark_theme_gives_the_summary_no_light_background(notebook):
         notebook.theme(LIGHT)
 
 
-def test_a_notebook_run_elsewhere_keeps_its_bars_where_lab_does_not_trust_it(lab, browser):
-    page = open_in_lab(browser, lab, "executed.ipynb", "opened")
+def test_a_notebook_run_elsewhere_keeps_its_bars_where_the_page_does_not_trust_it(server, browser):
+    page = open_page(browser, server, "executed.ipynb", "opened")
     try:
         summary = page.locator("table.parmagic-summary")
         summary.wait_for()
@@ -366,7 +441,7 @@ def test_a_notebook_run_elsewhere_keeps_its_bars_where_lab_does_not_trust_it(lab
         untrusted = page.locator(
             ".jp-OutputArea-output:not(.jp-mod-trusted) table.parmagic-summary"
         )
-        assert untrusted.count() == 1  # JupyterLab sanitised this HTML
+        assert untrusted.count() == 1  # the page sanitised this HTML
         found = summary.evaluate_all(BACKGROUNDS)
         assert found["spans"] > 0 and found["bars"] == found["spans"]  # every bar painted
         assert {"rgb(76, 120, 168)", "rgba(128, 128, 128, 0.25)"} <= set(found["colours"])

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import HANG_GUARD, REPLY_TIMEOUT, execute_notebook
-from jupyter_client.manager import start_new_kernel
+from conftest import HANG_GUARD, REPLY_TIMEOUT, a_kernel, execute_notebook
 
 DEMO = Path(__file__).resolve().parent.parent / "demo_notebooks" / "01_processes.ipynb"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -75,21 +74,11 @@ def run_ok(kc, code: str) -> Outcome:
     return outcome
 
 
-def stop_kernel(km, kc) -> None:
-    try:
-        kc.stop_channels()
-    finally:
-        km.shutdown_kernel()
-
-
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
     """One kernel for the module's magic tests (starting one costs about a second)."""
-    km, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path_factory.mktemp("k")))
-    try:
+    with a_kernel(str(tmp_path_factory.mktemp("k"))) as (km, client):
         yield km, client
-    finally:
-        stop_kernel(km, client)
 
 
 @pytest.fixture
@@ -238,11 +227,8 @@ def test_asyncio_with_a_client_session_around_the_loop(kc):
 @pytest.fixture
 def demo_kernel():
     """A fresh kernel whose working directory is the demo notebook's folder."""
-    km, client = start_new_kernel(kernel_name="python3", cwd=str(DEMO.parent))
-    try:
+    with a_kernel(str(DEMO.parent)) as (_, client):
         yield client
-    finally:
-        stop_kernel(km, client)
 
 
 @pytest.mark.timeout(120)

@@ -17,7 +17,7 @@ from contextlib import suppress
 
 import psutil
 import pytest
-from jupyter_client.manager import start_new_kernel
+from conftest import a_kernel
 
 from parmagic.shared_files import PREFIX, folder
 
@@ -88,38 +88,40 @@ def test_every_worker_ends_within_five_seconds_of_the_kernels_death(tmp_path, na
         pytest.importorskip("distributed")
     marks = tmp_path / "marks"
     marks.mkdir()
-    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
     descendants: list[psutil.Process] = []
     kernel = None
     try:
-        kernel = kernel_process(km, kc)
-        execute(kc, f"%load_ext parmagic\nimport pathlib, time\nmarks = {str(marks)!r}")
-        kc.execute(  # not waited for: the kernel dies in the middle of this run
-            f"%%parallel {CASES[name]} -q\nfor i in range(1000):\n"
-            "    pathlib.Path(marks, str(os.getpid())).touch()\n    time.sleep(0.2)\n"
-        )
-        descendants = wait_for_running_items(kernel, marks)
-        if name == "processes-forkserver":
-            assert any(
-                is_helper(p, kernel) and "forkserver" in " ".join(p.cmdline()) for p in descendants
-            )
-        os.kill(kernel.pid, signal.SIGKILL)
-        deadline = time.monotonic() + GONE_WITHIN
-        while time.monotonic() < deadline and not all(gone(p) for p in descendants):
-            time.sleep(0.05)
-        survivors = [p for p in descendants if not gone(p)]
-        assert not survivors, f"alive {GONE_WITHIN} s after the kernel's death: " + ", ".join(
-            f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in survivors
-        )
+        with a_kernel(str(tmp_path), now=True) as (km, kc):  # now: reaps the dead kernel
+            try:
+                kernel = kernel_process(km, kc)
+                execute(kc, f"%load_ext parmagic\nimport pathlib, time\nmarks = {str(marks)!r}")
+                kc.execute(  # not waited for: the kernel dies in the middle of this run
+                    f"%%parallel {CASES[name]} -q\nfor i in range(1000):\n"
+                    "    pathlib.Path(marks, str(os.getpid())).touch()\n    time.sleep(0.2)\n"
+                )
+                descendants = wait_for_running_items(kernel, marks)
+                if name == "processes-forkserver":
+                    assert any(
+                        is_helper(p, kernel) and "forkserver" in " ".join(p.cmdline())
+                        for p in descendants
+                    )
+                os.kill(kernel.pid, signal.SIGKILL)
+                deadline = time.monotonic() + GONE_WITHIN
+                while time.monotonic() < deadline and not all(gone(p) for p in descendants):
+                    time.sleep(0.05)
+                survivors = [p for p in descendants if not gone(p)]
+                assert not survivors, (
+                    f"alive {GONE_WITHIN} s after the kernel's death: "
+                    + ", ".join(f"{p.pid} {' '.join(p.cmdline())[:100]}" for p in survivors)
+                )
+            finally:
+                if kernel is not None:  # the test failed before its record, or spawned more since
+                    with suppress(psutil.Error):
+                        descendants += kernel.children(recursive=True)
+                for process in descendants:
+                    with suppress(psutil.Error):
+                        process.kill()
     finally:
-        if kernel is not None:  # the test failed before its record, or spawned more since
-            with suppress(psutil.Error):
-                descendants += kernel.children(recursive=True)
-        for process in descendants:
-            with suppress(psutil.Error):
-                process.kill()
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)  # reaps the dead kernel (a child of this process)
         if kernel is not None:  # a task file in shared memory that the kernel could not remove
             for path in glob.glob(os.path.join(folder(), f"{PREFIX}{kernel.pid}-*")):
                 os.unlink(path)

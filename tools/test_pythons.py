@@ -70,7 +70,9 @@ def run_on(version: tuple[int, int], python: str, pytest_args: list[str]) -> tup
 
 def run_stack(name: str, python: str, pytest_args: list[str]) -> tuple[bool, str]:
     """The stack's pins first, then parmagic's wheel and its tests' packages beside them,
-    held to the pins; then the pins are read back from the venv."""
+    held to the pins; then the pins are read back from the venv. The wheel proves the install;
+    the tests run the clone's code, installed over it in place (kernels the tests start import
+    parmagic from the venv, not from the clone)."""
     _, pins, extra = STACKS[name]
     venv = os.path.join(ROOT, ".venvs", name)
     bin_python = os.path.join(venv, "bin", "python")
@@ -82,6 +84,7 @@ def run_stack(name: str, python: str, pytest_args: list[str]) -> tuple[bool, str
         [*pip, "-r", pins],
         [bin_python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, ROOT],
         lambda: [*pip, "-c", pins, f"parmagic[{extra}] @ file://{glob.glob(wheels + '/*.whl')[0]}"],
+        [*pip, "--no-deps", "-e", ROOT],  # then the clone's code itself, as kernels import it
         [bin_python, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"],
     ], also=[pins])  # fmt: skip
     if installed:
