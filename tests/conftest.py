@@ -302,7 +302,8 @@ def in_a_fresh_shell(code: str, before: str = "") -> str:
 def a_kernel(cwd: str, now: bool = False):
     """A real kernel of this venv and its client, shut down after (``now``: without asking).
     jupyter_client 7 (Colab's) runs its blocking calls on this thread's event loop, making one
-    it never closes where there is none: here it gets one, closed with the kernel."""
+    it never closes where there is none, and leaves its client's zmq context to the garbage
+    collector: here it gets a loop, and both are closed with the kernel."""
     from jupyter_client.manager import start_new_kernel
 
     loop = asyncio.new_event_loop()
@@ -316,6 +317,8 @@ def a_kernel(cwd: str, now: bool = False):
                 kc.stop_channels()
             finally:
                 km.shutdown_kernel(now=now)
+                if kc.context is not km.context:  # jupyter_client 7: the client's own
+                    kc.context.destroy(linger=0)
     finally:
         asyncio.set_event_loop(None)
         loop.close()

@@ -14,14 +14,7 @@ README shows), else to the test's temporary folder; Notebook 7's always to a tem
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,64 +23,13 @@ import nbformat
 import pytest
 from conftest import execute_notebook
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-expect, sync_playwright = playwright_api.expect, playwright_api.sync_playwright
-PageTimeout = playwright_api.TimeoutError
+pytest.importorskip("playwright.sync_api")
+import notebook_pages as pages  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-# As the machines' own Chromium checks run it: no sandbox (root), no GPU, and none of the
-# background connections that a closed network refuses.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SERVER_START = 90.0  # seconds: a server's first start on a loaded machine
-CELL_DONE = 90_000  # milliseconds a cell may take, whatever else the machine is doing
-GONE = 5_000  # milliseconds for the page to drop a closed widget (a frozen bar stays forever)
 LIGHT, DARK = "JupyterLab Light", "JupyterLab Dark"
-KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
-
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (.ci/run installs it)"),
-    pytest.mark.timeout(300),
-]
-
-CELLS = {
-    "load": "%load_ext parmagic\nimport sys, time",
-    # runs of a few seconds: the bar shows after one
-    "threads": "%%parallel -b threads -w 4\nfor i in range(48):\n    time.sleep(0.25)\n    last = i",
-    "processes": (
-        "%%parallel -b processes -w 2\nfor i in range(24):\n    time.sleep(0.25)\n    last = i"
-    ),
-    "compare": (
-        "%%parallel --compare threads,processes -w 2\ncounts = []\nfor n in range(40):\n"
-        "    counts.append(sum(i % 7 for i in range(200_000)))"
-    ),
-    "plot": (
-        "%%parallel -b processes -w 2 --plot\ncounts = []\nfor n in range(40):\n"
-        "    counts.append(sum(i % 7 for i in range(200_000)))"
-    ),
-    "show-code": "%%parallel -b threads -q --show-code\nsquares = [i * i for i in range(10)]",
-    "long": "%%parallel -b threads -w 4\nfor i in range(80):\n    time.sleep(1)\n    last = i",
-    "stdout": "print(type(sys.stdout).__module__, type(sys.stdout).__name__)",
-}
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """parmagic runs in the server's kernel here, not in this process: what this process holds
-    is the browser's driver (Playwright's event loop and its executor thread), for the module."""
-    yield
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+pytestmark = pages.MARKS
+# fixtures pytest finds here: one Chromium for the module, and conftest's leak check waived
+browser, no_leaks = pages.browser, pages.no_leaks
 
 
 def _settings(folder: Path) -> None:
@@ -105,9 +47,7 @@ def executed(tmp_path_factory) -> Path:
     """A notebook run by nbclient, as ``make demo`` runs the demos: opened in a page afterwards,
     it is not trusted, and its HTML outputs are sanitised. Run once, copied to each server."""
     path = tmp_path_factory.mktemp("elsewhere") / "executed.ipynb"
-    cells = ["%load_ext parmagic\nimport time", CELLS["processes"]]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nb.metadata["kernelspec"] = KERNELSPEC
+    nb = pages.new_notebook(["%load_ext parmagic\nimport time", pages.CELLS["processes"]])
     execute_notebook(nb, path.parent)
     nbformat.write(nb, path)
     return path
@@ -171,108 +111,44 @@ class Server:
     ],
 )
 def server(request, executed, tmp_path_factory):
-    """A server of this venv (JupyterLab, or Notebook 7), on 127.0.0.1, with its own config,
-    data and settings folders (so that nothing of the machine's user dirs leaks in), serving one
-    notebook and the one executed elsewhere."""
+    """A server of this venv (JupyterLab, or Notebook 7), with its own config, data and
+    settings folders, serving one notebook and the one executed elsewhere."""
     app = APPS[request.param]
     home = tmp_path_factory.mktemp(app.name)
-    work = home / "work"
-    work.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS.values()])
-    nb.metadata["kernelspec"] = KERNELSPEC
-    nbformat.write(nb, work / "parmagic.ipynb")
+    work = pages.notebook_folder(home)
     shutil.copy(executed, work / "executed.ipynb")
     _settings(home / "settings")
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_CONFIG_DIR=str(home / "config"),
-        JUPYTER_DATA_DIR=str(home / "data"),
-        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
-    )
-    port, token = _free_port(), secrets.token_hex(16)
-    log = home / "server.log"
-    with log.open("w") as written:
-        process = subprocess.Popen(
-            [sys.executable, "-m", app.module, "--no-browser", "--allow-root",
-             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
-             app.expose, "--LabApp.news_url=None",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-            env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=written,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_server(url, token, process, log)
+
+    def options(port: int, token: str) -> list[str]:
+        return [
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+            app.expose, "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]  # fmt: skip
+
+    with pages.jupyter_server(
+        home,
+        app.module,
+        options,
+        JUPYTERLAB_SETTINGS_DIR=home / "settings",
+        JUPYTERLAB_WORKSPACES_DIR=home / "workspaces",
+    ) as (url, token):
         yield Server(app, url, token)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def _wait_for_server(url: str, token: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5):
-                return
-        except OSError:
-            time.sleep(0.25)
-    pytest.fail(f"the server did not answer within {SERVER_START:.0f} s:\n{log.read_text()}")
+class Notebook(pages.NotebookPage):
+    """The notebook's page of JupyterLab's components; its pictures for the README."""
 
-
-class Notebook:
-    """The notebook's page: cells run as a user runs them (select, then the toolbar's run)."""
+    CELL = ".jp-Notebook .jp-Cell"
+    PROMPT = ".jp-InputPrompt"
+    RUN = "[data-jp-item-name='run'] jp-button"
+    INTERRUPT = "[data-jp-item-name='interrupt'] jp-button"
+    OUTPUT = ".jp-OutputArea"
 
     def __init__(self, page, shots: Path, failures: Path) -> None:
-        self.page, self.shots, self.failures = page, shots, failures
-        self.cells = page.locator(".jp-Notebook .jp-Cell")
-        self.names = list(CELLS)
-        self.before: dict[str, str] = {}  # a cell's prompt when it was last started
-
-    def cell(self, name: str):
-        return self.cells.nth(self.names.index(name))
-
-    def start(self, name: str):
-        cell = self.cell(name)
-        prompt = cell.locator(".jp-InputPrompt")
-        self.before[name] = prompt.inner_text()
-        prompt.click()  # selects the cell
-        self.page.locator("[data-jp-item-name='run'] jp-button").click()
-        return cell
-
-    def wait(self, name: str):
-        """Until the cell's prompt shows an execution count it did not show before."""
-        cell = self.cell(name)
-        prompt = cell.locator(".jp-InputPrompt")
-        try:
-            self.page.wait_for_function(
-                "([prompt, before]) => /\\[\\d+\\]/.test(prompt.textContent)"
-                " && prompt.textContent !== before",
-                arg=[prompt.element_handle(), self.before[name]],
-            )
-        except PageTimeout:
-            page = self.failures / f"{name}.png"
-            self.page.screenshot(path=str(page))
-            raise AssertionError(
-                f"cell {name!r} did not end: its prompt shows {prompt.inner_text()!r}, was "
-                f"{self.before[name]!r} (the page: {page})"
-            ) from None
-        return cell
-
-    def run(self, name: str):
-        self.start(name)
-        return self.wait(name)
-
-    def progress_bars(self, name: str):
-        return self.cell(name).locator(".widget-hprogress")
+        super().__init__(page, failures)
+        self.shots = shots
 
     def theme(self, theme: str) -> None:
         self.page.evaluate(
@@ -287,18 +163,6 @@ class Notebook:
         return path
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 # The open notebook's kernel has started and is connected: a cell run before then may be lost.
 KERNEL_READY = """() => {
   const session = window.jupyterapp?.shell.currentWidget?.sessionContext?.session;
@@ -308,8 +172,7 @@ KERNEL_READY = """() => {
 
 
 def open_page(browser, server: Server, path: str, workspace: str):
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
-    page.set_default_timeout(CELL_DONE)
+    page = pages.new_page(browser)
     page.goto(f"{server.url}{server.app.page(path, workspace)}?token={server.token}")
     page.wait_for_function(KERNEL_READY)
     if server.app.left_area:
@@ -336,79 +199,28 @@ def notebook(server, browser, tmp_path_factory):
         page.close()
 
 
-# Every element of parmagic's tables whose background is light (relative luminance over 0.5,
-# not mostly transparent); how many of the bars' spans there are, how many have a background,
-# and which colours those are.
-BACKGROUNDS = """
-tables => {
-  const light = [], colours = [];
-  let bars = 0, spans = 0;
-  for (const table of tables) {
-    for (const element of [table, ...table.querySelectorAll('*')]) {
-      const colour = getComputedStyle(element).backgroundColor;
-      if (element.tagName === 'SPAN') spans += 1;
-      const [r, g, b, a = 1] = colour.match(/[\\d.]+/g).map(Number);
-      if (a < 0.1) continue;
-      if (element.tagName === 'SPAN') { bars += 1; colours.push(colour); }
-      const linear = c => (c /= 255) <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
-      const luminance = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
-      if (luminance > 0.5) light.push(element.outerHTML.slice(0, 120) + ' ' + colour);
-    }
-  }
-  return {light, bars, spans, colours};
-}
-"""
-
-
 @pytest.mark.parametrize("backend", ["threads", "processes"])
 def test_the_progress_widget_shows_during_a_run_and_is_gone_after_it(notebook, backend):
-    notebook.start(backend)
-    bars = notebook.progress_bars(backend)
-    bars.first.wait_for(state="visible")  # tqdm shows it once the run has lasted a second
-    if backend == "threads":  # the README's pictures
-        notebook.shoot(notebook.cell(backend), "progress-threads-light")
-    cell = notebook.wait(backend)
-    expect(bars).to_have_count(0, timeout=GONE)
-    summary = cell.locator("table.parmagic-summary")
-    assert summary.count() == 1
-    assert summary.inner_text().startswith(f"parmagic: {backend}")
-    assert "speedup" in summary.inner_text() and "cores" in summary.inner_text()
+    with pages.running_with_a_bar(notebook, backend) as cell:
+        if backend == "threads":  # the README's pictures
+            notebook.shoot(cell, "progress-threads-light")
+    pages.check_summary(cell, backend)
     if backend == "threads":
         notebook.shoot(cell, "summary-threads-light")
 
 
 def test_compare_plot_and_show_code_render(notebook):
-    table = notebook.run("compare").locator("table.parmagic-compare")
-    assert table.count() == 1
-    rows = table.locator("tr").all_inner_texts()
-    assert [row.split()[0] for row in rows] == ["backend", "serial", "threads", "processes"]
-    assert rows[1].endswith("(the reference)") and all(row.endswith("✓") for row in rows[2:])
-    notebook.shoot(notebook.cell("compare"), "compare-light")
+    notebook.shoot(pages.run_compare(notebook), "compare-light")
     plot = notebook.run("plot")
     assert plot.locator("img").count() == 1  # the figure, after the summary
     notebook.shoot(plot, "plot-light")
     shown = notebook.run("show-code")
     notebook.shoot(shown, "show-code-light")
-    code = shown.locator(".jp-OutputArea-output pre")
-    assert "squares" in code.inner_text() and "Pool" in code.inner_text()
-    font = code.evaluate("element => getComputedStyle(element).fontFamily")
-    assert "mono" in font.lower()  # a code block, not prose
-    assert code.locator("span").count() > 5  # highlighted
+    pages.check_program(shown.locator(".jp-OutputArea-output pre"))
 
 
 def test_the_toolbar_interrupt_stops_the_run_and_leaves_no_bar(notebook):
-    notebook.start("long")
-    bars = notebook.progress_bars("long")
-    bars.first.wait_for(state="visible")
-    notebook.page.locator("[data-jp-item-name='interrupt'] jp-button").click()
-    cell = notebook.wait("long")
-    output = cell.locator(".jp-OutputArea").inner_text()
-    assert "KeyboardInterrupt" in output and "the parallel run was interrupted" in output
-    applied = re.search(r"the first (\d+) items? were applied", output)
-    assert applied and int(applied.group(1)) < 80, output  # stopped, not run to its end
-    expect(bars).to_have_count(0, timeout=GONE)
-    printed = notebook.run("stdout").locator(".jp-OutputArea").inner_text()
-    assert printed.strip() == "ipykernel.iostream OutStream"
+    pages.check_the_interrupt(notebook)
 
 
 def test_the_dark_theme_gives_the_summary_no_light_background(notebook):
@@ -421,7 +233,7 @@ def test_the_dark_theme_gives_the_summary_no_light_background(notebook):
         notebook.run("compare")
         notebook.run("plot")
         tables = notebook.page.locator("table.parmagic-summary, table.parmagic-compare")
-        found = tables.evaluate_all(BACKGROUNDS)
+        found = tables.evaluate_all(pages.BACKGROUNDS)
         assert found["bars"] >= 10  # 2 cores' and 3 backends' bars: a track and a fill each
         assert found["light"] == []
         for name in ("threads", "compare", "plot"):
@@ -442,7 +254,7 @@ def test_a_notebook_run_elsewhere_keeps_its_bars_where_the_page_does_not_trust_i
             ".jp-OutputArea-output:not(.jp-mod-trusted) table.parmagic-summary"
         )
         assert untrusted.count() == 1  # the page sanitised this HTML
-        found = summary.evaluate_all(BACKGROUNDS)
+        found = summary.evaluate_all(pages.BACKGROUNDS)
         assert found["spans"] > 0 and found["bars"] == found["spans"]  # every bar painted
         assert {"rgb(76, 120, 168)", "rgba(128, 128, 128, 0.25)"} <= set(found["colours"])
         assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
