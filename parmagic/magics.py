@@ -449,10 +449,10 @@ def _check_together(options: Options, args: argparse.Namespace) -> None:
 
 def _check_platform(options: Options, args: argparse.Namespace) -> None:
     """What this platform cannot do (Windows: fork, SIGALRM), said before anything runs."""
-    if options.start_method and options.start_method not in start_methods():
-        offered = ", ".join(start_methods())
-        raise UsageError(errors.START_METHOD_MISSING.format(method=options.start_method,
-                                                            offered=offered))  # fmt: skip
+    offered = start_methods()
+    if options.start_method and options.start_method not in offered:
+        missing = errors.START_METHOD_MISSING
+        raise UsageError(missing.format(method=options.start_method, offered=", ".join(offered)))
     if not options.timeout or has_item_alarms():
         return
     from .backends import load_backend

@@ -280,17 +280,20 @@ BAR_FILL = "#4c78a8", "--jp-brand-color1"
 BAR_FILL_DIFFERENT = "#e45756", "--jp-error-color1"
 
 
-def _background(colours: tuple[str, str]) -> str:
+def themed(css_property: str, colours: tuple[str, str]) -> str:
+    """An inline style for a page-theme colour: the plain colour, then the variable with the
+    plain one as its fallback (see above)."""
     plain, variable = colours
-    return f"background:{plain};background:var({variable}, {plain})"
+    return f"{css_property}:{plain};{css_property}:var({variable}, {plain})"
 
 
 def html_bar(percent: float, width_px: int, fill: tuple[str, str] = BAR_FILL) -> str:
     """A small horizontal bar, ``percent`` full, as inline HTML."""
+    track, filled = themed("background", BAR_TRACK), themed("background", fill)
     return (
         f"<span style='display:inline-block;width:{width_px}px;height:0.8em;"
-        f"{_background(BAR_TRACK)};margin:0 4px;vertical-align:middle'>"
-        f"<span style='display:block;height:100%;width:{percent:.0f}%;{_background(fill)}'>"
+        f"{track};margin:0 4px;vertical-align:middle'>"
+        f"<span style='display:block;height:100%;width:{percent:.0f}%;{filled}'>"
         "</span></span>"
     )
 

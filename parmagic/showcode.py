@@ -24,6 +24,7 @@ from .body import BodyInfo
 from .errors import plural
 from .itemcode import AUGMENTED_OPERATORS, WriteBackRewriter
 from .program_names import Names, taken_names
+from .render import themed
 
 _OPERATOR_NODES = {name: node for node, name in AUGMENTED_OPERATORS.items()}
 INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
@@ -571,6 +572,6 @@ def _token_style(kind) -> str:
         colours = CODE_COLOURS.get(str(kind).removeprefix("Token."))
         if colours is not None:
             name, plain, more = colours
-            return f"color:{plain};color:var(--jp-mirror-editor-{name}-color, {plain});{more}"
+            return f"{themed('color', (plain, f'--jp-mirror-editor-{name}-color'))};{more}"
         kind = kind.parent
     return ""
