@@ -12,17 +12,18 @@ import array
 import contextvars
 import io
 import os
+import pickle
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog
+from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog, plain_data
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
 from .machine import has_item_alarms
 
@@ -76,6 +77,7 @@ class Task:
     # ordered tail between items or to compare runs).
     merge_names: bool = False
     comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
+    whole_chunks: bool = False  # ``function`` runs a for loop's chunk: (items, log)
     kind: str = "for"  # the loop's kind (BodyInfo.kind), which a failed item's note names
     # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
     # (itemcode.build_in_place_code), instead of ``function`` with its recording
@@ -192,11 +194,23 @@ class ChunkResult:
         return len(self.starts)
 
     def __getstate__(self) -> dict:
-        """The timing columns as bytes of doubles: one object each to pickle, not one float
-        per item (a worker's pickler looks at every object it writes)."""
+        """Few objects to pickle, not several per item (a worker's pickler looks at every
+        object it writes, in Python where the items held kernel objects): the timing columns
+        as bytes of doubles; the per-item columns as their entries that hold something; a
+        comprehension's values of numbers and strings pickled apart, at C speed."""
         state = self.__dict__.copy()
         for name in _TIMES:
             state[name] = array.array("d", state[name]).tobytes()
+        for name, empty in _SPARSE.items():
+            column = state[name]
+            held = {}
+            if column.count(empty) != len(column):  # counted at C speed: often all empty
+                held = {k: v for k, v in enumerate(column) if (v if empty == [] else v is not None)}
+            state[name] = (len(column), held)
+        if self.flat_values is not None and plain_data(self.flat_values):
+            state["flat_values"] = pickle.dumps(self.flat_values, pickle.HIGHEST_PROTOCOL)
+        if self.value_bounds is not None:
+            state["value_bounds"] = array.array("q", self.value_bounds).tobytes()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -204,20 +218,18 @@ class ChunkResult:
             column = array.array("d")
             column.frombytes(state[name])
             state[name] = column.tolist()
+        for name, empty in _SPARSE.items():
+            count, held = state[name]
+            state[name] = column = [empty] * count  # ops: one empty list, shared, never grown
+            for offset, value in held.items():
+                column[offset] = value
+        if isinstance(state["flat_values"], bytes):
+            state["flat_values"] = pickle.loads(state["flat_values"])
+        if state["value_bounds"] is not None:
+            bounds = array.array("q")
+            bounds.frombytes(state["value_bounds"])
+            state["value_bounds"] = bounds.tolist()
         self.__dict__.update(state)
-
-    def own(self) -> set[int]:
-        """The ids of the containers this result is made of (not the values in them): never
-        objects of the kernel's, so a worker need not look them up (kernel_objects.py)."""
-        parts: list = [self, vars(self), *vars(self).values(), *self.ops, *self.names, *self.values]
-        parts += [op[6] for ops in self.ops for op in ops if op[0] == CALL]  # calls' kwargs
-        parts += [op[3] for ops in self.ops for op in ops if op[0] == STATE]  # items' copies
-        parts += [entry for entries in self.outputs.values() for entry in entries]
-        for error in self.errors.values():
-            while error is not None:
-                parts += [error, vars(error), error.frames]
-                error = error.cause
-        return {id(part) for part in parts}
 
     def item_values(self, offset: int) -> Any:
         if self.flat_values is None:
@@ -256,6 +268,41 @@ class ChunkResult:
 
 
 _TIMES = ("starts", "ends", "cpus")
+
+
+def _unpacked(state: dict) -> ChunkResult:
+    result = ChunkResult.__new__(ChunkResult)
+    result.__setstate__(state)
+    return result
+
+
+class PackedResult:
+    """A chunk result as it is pickled (ChunkResult.__getstate__), loaded as the result. For
+    a worker that pickles it with references for the kernel's objects (kernel_objects.py):
+    ``own()`` tells the containers it is made of, which are never the kernel's, so that they
+    are not looked up (the values in them may be)."""
+
+    def __init__(self, result: ChunkResult) -> None:
+        self.state = result.__getstate__()
+
+    def __reduce__(self):
+        return _unpacked, (self.state,)
+
+    def own(self) -> set[int]:
+        state = self.state
+        held = [state[name][1] for name in _SPARSE]
+        parts: list = [self, state, *state.values(), *held]
+        parts += [entry for column in held for entry in column.values()]
+        ops = state["ops"][1].values()
+        parts += [op[6] for item in ops for op in item if op[0] == CALL]  # calls' kwargs
+        parts += [op[3] for item in ops for op in item if op[0] == STATE]  # items' copies
+        parts += [entry for entries in state["outputs"].values() for entry in entries]
+        for error in state["errors"].values():
+            while error is not None:
+                parts += [error, vars(error), error.frames]
+                error = error.cause
+        return {id(part) for part in parts}
+_SPARSE = {"ops": [], "names": None, "values": None}  # per-item columns: what most entries hold
 
 
 class LiveChunk:
@@ -487,7 +534,7 @@ def run_chunk(
     where another thread can freeze the chunk at its deadline (see LiveChunk)."""
     worker = worker or threading.current_thread().name
     watched = objects if objects is not None and objects.watched else None
-    if task.comprehension:
+    if task.comprehension or task.whole_chunks:
         return look_for_hidden_changes(task, run_values(task, seq, start, items, worker, watched))
     result = ChunkResult(seq, start, worker)
     if live is not None:
@@ -589,12 +636,27 @@ def _add_changes(
     return error
 
 
+class ChunkLog(EffectLog):
+    """The one log of a for loop's chunk run in one call (Task.whole_chunks): its items'
+    changes one after another, and the names they left, the last value of each."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names = {}
+
+    def bind(self, local_names: dict[str, Any]) -> None:
+        self.names.update(local_names)
+
+
 class TimedItems:
     """A chunk's items for code that runs them all in one call (the loop itself, in place; a
-    comprehension's values), each item's start read as that code takes the item: an item
-    ends where the next one starts, and the chunk's CPU time is shared by wall time, as
-    :class:`_CpuSpans` shares it. ``done``: items taken and finished (the code asked for the
-    next one, or ended)."""
+    comprehension's values; a for loop's recorded chunk), each item's start read as that
+    code takes the item: an item ends where the next one starts, and the chunk's CPU time is
+    shared by wall time, as :class:`_CpuSpans` shares it. ``done``: items taken and finished
+    (the code asked for the next one, or ended). With ``marks``, where each item's part of
+    ``values`` begins: a comprehension's values, or a for loop's changes (``log``)."""
 
     def __init__(self, task: Task, result: ChunkResult, items: list) -> None:
         self.task, self.result, self.items = task, result, items
@@ -604,13 +666,44 @@ class TimedItems:
         self.values: list = []
         self.alarm: float | None = None  # --timeout, on a main thread (see _alarms)
         self.ops: dict[int, list] = {}  # by offset: STATE ops, where items were compared
+        self.log: ChunkLog | None = None
         self.cpu = time.thread_time()
 
-    def from_offset(self, first: int, stop: int | None = None):
+    @property
+    def handed(self):
+        """What the chunk's function records into: its log, or its list of values."""
+        return self.values if self.log is None else self.log
+
+    def recording(self) -> ChunkLog:
+        """Record a for loop's items in one log; ``values`` are its changes, item after item."""
+        self.log = ChunkLog()
+        self.values = self.log.ops
+        return self.log
+
+    def from_offset(self, first: int, stop: int | None = None) -> Iterator:
+        """The items from ``first`` (to ``stop``), each timed as the code takes it."""
+        stop = len(self.items) if stop is None else stop
+        in_worker = self.task.held is not None  # nothing there cancels a run's items
+        if in_worker and self.task.seed is None and not self.alarm and self.sink is not None:
+            return self._plainly(first, stop)
+        return self._carefully(first, stop)
+
+    def _plainly(self, first: int, stop: int) -> Iterator:
+        """The same with nothing to do between items but time them: the tightest loop."""
+        starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
+        values, items = self.values, self.items
+        for offset in range(first, stop):
+            sink.offset = offset
+            marks.append(len(values))
+            starts.append(clock())
+            yield items[offset]
+            self.done = offset + 1
+
+    def _carefully(self, first: int, stop: int) -> Iterator:
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
         seed, cancelled, start = self.task.seed, self.task.cancelled.is_set, self.result.first
         alarm = self.alarm
-        for offset in range(first, len(self.items) if stop is None else stop):
+        for offset in range(first, stop):
             if cancelled():
                 return
             if seed is not None:
@@ -636,9 +729,9 @@ class TimedItems:
             result.interrupted = True
             return False
         result.errors[count - 1] = _item_error(self.task, error, self.items[count - 1])
-        if self.marks is not None:
-            del self.values[self.marks[-1] :]  # a failed item leaves no values
-        return True
+        if self.marks is not None and self.log is None:
+            del self.values[self.marks[-1] :]  # a failed item leaves no values (its changes
+        return True  # up to its failure stay, as the plain loop leaves them)
 
     def close(self, ended: float) -> None:
         """Fill the result's columns for the items that ran."""
@@ -655,13 +748,27 @@ class TimedItems:
             for begin, end in zip(starts, result.ends, strict=True)
         ]
         result.ops = [[]] * count  # one list, shared: it pickles once
-        for offset, ops in self.ops.items():
-            result.ops[offset] = ops
         result.names = [None] * count
-        if self.marks is None:
+        if self.log is not None:
+            self._cut_changes(count)
+        for offset, ops in self.ops.items():
+            result.ops[offset] = ops + result.ops[offset]
+        if self.marks is None or self.log is not None:
             result.values = [None] * count
         else:
             result.flat_values, result.value_bounds = self.values, [*self.marks, len(self.values)]
+
+    def _cut_changes(self, count: int) -> None:
+        """A for loop's changes, per item; its names on its last item (Task.merge_names)."""
+        result, changes = self.result, self.values
+        bounds = [*self.marks[:count], len(changes)]
+        for offset in range(count) if changes else ():
+            if bounds[offset + 1] > bounds[offset]:
+                result.ops[offset] = changes[bounds[offset] : bounds[offset + 1]]
+        if count:
+            self.log.names.pop(ITEM_ARG, None)
+            self.log.names.pop(LOG_ARG, None)
+            result.names[count - 1], result.names_merged = self.log.names, True
 
 
 def _on_main() -> bool:
@@ -673,11 +780,14 @@ def run_values(
 ) -> ChunkResult:
     """A comprehension's chunk: one call of its function gives every item's values (see
     itemcode.build_item_code); a failed item's values are dropped, and under ``--on-error
-    continue`` the call resumes after it. With ``objects``, one call per item instead, each
+    continue`` the call resumes after it. A for loop's chunk (Task.whole_chunks) likewise,
+    recording its items' changes. With ``objects``, one call per item instead, each
     compared before and after (see run_chunk)."""
-    result = ChunkResult(seq, start, worker, recorded=False)
+    result = ChunkResult(seq, start, worker, recorded=task.whole_chunks)
     timed = TimedItems(task, result, items)
     timed.sink, timed.marks = ChunkOutput(result.outputs), []
+    if task.whole_chunks:
+        timed.recording()
     queued, token = run_queue_wait(), current_output.set(timed.sink)
     try:
         with _alarms(task) as timed.alarm:
@@ -696,7 +806,7 @@ def _run_values(task: Task, timed: TimedItems) -> None:
     first, items = 0, timed.items
     while first < len(items) and not task.cancelled.is_set():
         try:
-            task.function(timed.from_offset(first), timed.values)
+            task.function(timed.from_offset(first), timed.handed)
             return
         except BaseException as error:  # an interrupt too: the dispatcher stops the run there
             recorded = timed.failed(error)
@@ -712,7 +822,7 @@ def _run_values_compared(task: Task, timed: TimedItems, objects: ChunkObjects) -
             return
         before, error = objects.before(item), None
         try:
-            task.function(timed.from_offset(offset, offset + 1), timed.values)
+            task.function(timed.from_offset(offset, offset + 1), timed.handed)
         except BaseException as raised:  # an interrupt too: the dispatcher stops the run there
             error = raised
         if before is not None:

@@ -191,6 +191,8 @@ class Applier:
 
         Values go one item at a time to a lazy consumer, else one list per chunk."""
         if self._nothing_per_item(result):
+            if result.names_merged:  # the chunk's names, as its items left them
+                self.ns.update(next(n for n in reversed(result.names) if n is not None))
             self.report.add(result, len(result))
             self._applied(result)
             yield result.all_values()
@@ -220,7 +222,7 @@ class Applier:
             or result.errors
             or result.interrupted
             or any(result.ops)
-            or any(result.names)
+            or (not result.names_merged and any(result.names))
         )
 
     def _apply_items(self, result: ChunkResult, items: list) -> Iterator:

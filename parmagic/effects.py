@@ -15,6 +15,7 @@ import array
 import collections
 import collections.abc
 import copyreg
+import itertools
 import operator
 import pickle
 import sys
@@ -65,6 +66,27 @@ class EffectLog:
 
     def bind(self, local_names: dict[str, Any]) -> None:
         self.names = local_names
+
+
+SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
+ATOMS = SCALARS | {tuple, frozenset}
+
+
+def plain_data(values: list) -> bool:
+    """Numbers and strings, alone or in tuples (``enumerate``'s, ``zip``'s, a dict
+    comprehension's pairs), and no NaN (a float whose identity the kernel keeps): nothing in
+    them is an object of the kernel's that an item could change or keep, so they travel by
+    value, at the plain pickler's speed."""
+    kinds = set(map(type, values))
+    if tuple in kinds:
+        if not kinds <= SCALARS | {tuple}:
+            return False
+        parts = itertools.chain.from_iterable(v for v in values if type(v) is tuple)
+        values = [*(v for v in values if type(v) is not tuple), *parts]
+        kinds = set(map(type, values))
+    if not kinds <= SCALARS:
+        return False
+    return float not in kinds or all(v == v for v in values if type(v) is float)
 
 
 def is_recordable(value: object) -> bool:

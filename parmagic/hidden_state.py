@@ -139,13 +139,20 @@ class Space:
         self.spent = 0  # of the budget, by this namespace's copies
         self.take()
 
-    def _identities(self) -> tuple[int, ...] | None:
-        return None if self.whole is None else tuple(map(id, self.whole().values()))
+    def _identities(self, keep: bool = False) -> tuple[int, ...] | None:
+        """The ids of the namespace's values; ``keep``: they are the ones compared with from
+        now on, held so that no new value can take the id of one that is gone."""
+        if self.whole is None:
+            return None
+        values = tuple(self.whole().values())
+        if keep:
+            self._compared = values
+        return tuple(map(id, values))
 
     def take(self) -> None:
         self.budget[0] += self.spent  # taken again: the old copies are dropped
         left = self.budget[0]
-        self.quick = self._identities()
+        self.quick = self._identities(keep=True)
         self.values = dict(self.read())
         held = (name for name, value in self.values.items() if _has_contents(value))
         self.deep = set(itertools.islice(held, DIGESTED))  # the rest: by identity
@@ -175,7 +182,7 @@ class Space:
                 return self.label.format(name=name)
             if self._print(name, value) != self.prints[name]:
                 return self.label.format(name=name)
-        self.quick = self._identities()  # a change ``read`` leaves out (``__slotnames__``)
+        self.quick = self._identities(keep=True)  # a change ``read`` leaves out (``__slotnames__``)
         return None
 
     def restore(self) -> list[str]:
@@ -289,9 +296,11 @@ def _process_state(random: bool, random_module: bool) -> Iterator[Space | Value]
     yield Value("the working directory", _working_directory, os.chdir)
     yield Value("`sys.path`", lambda: list(sys.path), _set_path)
     environ = os.environ
+    raw = getattr(environ, "_data", None)  # CPython's encoded copy: compared without decoding
     yield Space(
-        "`os.environ['{name}']`", environ.items, environ.__setitem__, environ.__delitem__, True
-    )
+        "`os.environ['{name}']`", environ.items, environ.__setitem__, environ.__delitem__, True,
+        whole=None if raw is None else lambda: raw,
+    )  # fmt: skip
     if not random:
         return
     for generator, module, _, label in global_generators().values():

@@ -154,6 +154,7 @@ def build_item_code(
     recorded: frozenset[str],
     filename: str,
     coroutine: bool = False,
+    whole_chunk: bool = False,
 ) -> CodeType:
     """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers;
     ``async def`` for the asyncio backend, so that the body may ``await``. (Where items get
@@ -162,23 +163,13 @@ def build_item_code(
 
     A comprehension's function instead takes items and a list, and extends the list with the
     values of all the items, one item after another: a chunk costs one call, not one per
-    item (worker.run_values times each item and finds which values are whose)."""
+    item (worker.run_values times each item and finds which values are whose). So does a
+    ``for`` loop's with ``whole_chunk``: it loops over the chunk's items itself, all of them
+    recording into one log, and binds the names its items left last (chunk.run_values)."""
     node = copy.deepcopy(info.node)
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
-        assign = ast.Assign([node.target], item)
-        head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
-        body = WriteBackRewriter(recorded, info.reductions).rewrite_block(head)
-        sinks = recorded & set(info.sinks)
-        body = [ToSinks(sinks).visit(stmt) for stmt in body] if sinks else body
-        bind = ast.Expr(
-            ast.Call(
-                ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),
-                [ast.Call(ast.Name("locals", ast.Load()), [], [])],
-                [],
-            )
-        )
-        statements = [ast.Try([assign, *body], [], [], [bind])]
+        statements = _item_statements(info, node, recorded, whole_chunk)
     elif coroutine:  # ``await`` in a comprehension: one coroutine per item
         first = node.generators[0]
         first.iter = ast.Tuple([item], ast.Load())
@@ -202,6 +193,31 @@ def build_item_code(
     if info.kind == "for":
         return code
     return as_plain_python_names(code, info.kind, "<listcomp>" if coroutine else "<genexpr>")
+
+
+def _item_statements(
+    info: BodyInfo, node: ast.For, recorded: frozenset[str], whole_chunk: bool
+) -> list[ast.stmt]:
+    """A for loop's item (or, ``whole_chunk``, its loop over the chunk's items), its changes
+    recorded, its names bound on every way out."""
+    item = ast.Name(ITEM_ARG, ast.Load())
+    head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
+    rewriter = WriteBackRewriter(recorded, info.reductions)
+    rewriter.depth = int(whole_chunk)  # ``continue`` stays where the loop is the code's
+    body = rewriter.rewrite_block(head)
+    sinks = recorded & set(info.sinks)
+    body = [ToSinks(sinks).visit(stmt) for stmt in body] if sinks else body
+    bind = ast.Expr(
+        ast.Call(
+            ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "bind", ast.Load()),
+            [ast.Call(ast.Name("locals", ast.Load()), [], [])],
+            [],
+        )
+    )
+    if whole_chunk:
+        loop = ast.copy_location(ast.For(node.target, item, body, []), info.node)
+        return [ast.Try([loop], [], [], [bind])]
+    return [ast.Try([ast.Assign([node.target], item), *body], [], [], [bind])]
 
 
 def as_plain_python_names(code: CodeType, kind: str, made: str) -> CodeType:

@@ -43,7 +43,7 @@ from typing import Any
 import cloudpickle
 
 from . import errors
-from .effects import STATE
+from .effects import ATOMS, SCALARS, STATE
 from .errors import short_repr
 from .files import closed_file_reducer
 from .hidden_state import global_generators
@@ -52,8 +52,6 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 CHUNK, CAPTURED, TASK = 0, 1, 2  # numbers: a string tag could meet the user's own in a memo
 # Values nobody can change and whose identity a loop never relies on: always sent by value
 # (but NaN, which sets and dicts find by identity alone: by reference where it was captured).
-SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
-ATOMS = SCALARS | {tuple, frozenset}
 # Kept as references (a class is the kernel's own), but no item changes them.
 CODE = (type, types.FunctionType, types.ModuleType, types.BuiltinFunctionType, types.CodeType)
 

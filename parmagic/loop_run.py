@@ -66,6 +66,12 @@ class LoopRun:
         self.runs_in_place = not (self.lazy or plan.body.awaits or options.timeout) and (
             options.on_error == "raise"
         )
+        # items in worker processes: a for loop's chunk runs in one call, sending back the
+        # names its items left last, unless a run needs each item's (an ordered tail, the
+        # runs compared item by item, a failed item that leaves none) or each item's alarm
+        self.whole_chunks = not (self.tail or options.compare or options.timeout) and (
+            options.on_error == "raise" and plan.body.kind == "for"
+        )
         self._in_place_code = functools.cache(lambda: build_in_place_code(plan.body, plan.filename))
         self._as_written_code = functools.cache(lambda: loop_code(plan.body, plan.filename))
 
@@ -139,16 +145,19 @@ class LoopRun:
     def task_for(self, backend: Backend, recorded: frozenset[str]) -> Task:
         """The item function, built for where it runs, and what travels with it."""
         plan, options = self.plan, self.options
-        code = build_item_code(plan.body, recorded, plan.filename, backend.runs_coroutines)
+        stop_on_error = options.on_error == "raise"
+        merge_names = backend.copies_kernel_objects and self.tail is None  # names travel
+        whole = self.whole_chunks and backend.copies_kernel_objects
+        code = build_item_code(
+            plan.body, recorded, plan.filename, backend.runs_coroutines, whole_chunk=whole
+        )
         globals_ = item_globals(self.ns, code, backend)
         function = FunctionType(code, globals_, errors.ITEM_FUNCTION_NAME)
-        stop_on_error = options.on_error == "raise"
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
         task.comprehension = plan.body.kind != "for" and not backend.runs_coroutines
-        task.kind = plan.body.kind
+        task.kind, task.merge_names, task.whole_chunks = plan.body.kind, merge_names, whole
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), self.ns)
-            task.merge_names = self.tail is None  # names travel: only their last values
         if backend.name == "serial" and self.runs_in_place:
             task.in_place, task.namespace = self._in_place_code(), self.ns
         if backend.name != "serial" and not options.unordered:

@@ -41,6 +41,39 @@ def _recording_costs():
     return recording_costs()
 
 
+class ItemTimings:
+    """Per-item rows (index, worker, start, end, CPU time) of the first ``MAX_ITEM_RECORDS``
+    items, kept as each chunk's columns and made into rows only when read: a run of cheap
+    items would otherwise spend more time building rows than running its items."""
+
+    def __init__(self) -> None:
+        self._columns: list[tuple] = []
+        self._count = 0
+        self._rows: list[tuple] = []
+
+    def add(self, first: int, worker: str, starts: list, ends: list, cpus: list) -> None:
+        room = MAX_ITEM_RECORDS - self._count
+        if room > 0 and starts:
+            self._columns.append((first, worker, starts[:room], ends[:room], cpus[:room]))
+            self._count += min(room, len(starts))
+
+    def _all(self) -> list[tuple]:
+        for first, worker, starts, ends, cpus in self._columns:
+            indices = range(first, first + len(starts))
+            self._rows += zip(indices, [worker] * len(starts), starts, ends, cpus, strict=True)
+        self._columns.clear()
+        return self._rows
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        return self._all()[index]
+
+    def __iter__(self):
+        return iter(self._all())
+
+
 @dataclass
 class RunReport:
     """What one run did. ``parmagic.last_report()`` returns the latest one."""
@@ -55,7 +88,7 @@ class RunReport:
     sending: float = 0.0  # reading the iterable and handing chunks to the backend
     waiting: float = 0.0  # waiting for results while the items run
     bytes_sent: int = 0  # pickled task and items sent to worker processes
-    timings: list[tuple] = field(default_factory=list)  # per item, the first MAX_ITEM_RECORDS
+    timings: ItemTimings = field(default_factory=lambda: ItemTimings())  # the first items'
     item_count: int = 0
     busy: float = 0.0  # the items' spans added up (overlapping waits for a core, the GIL...)
     cpu: float = 0.0
@@ -141,11 +174,7 @@ class RunReport:
             self.alone += max(busy - queued, min(cpu, busy))  # native threads: cpu > busy
         self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
         self.worker_busy[result.worker] = self.worker_busy.get(result.worker, 0.0) + busy
-        room = MAX_ITEM_RECORDS - len(self.timings)
-        if room > 0:
-            indices = range(result.first, result.first + count)
-            workers = [result.worker] * count
-            self.timings += list(zip(indices, workers, starts, ends, cpus, strict=True))[:room]
+        self.timings.add(result.first, result.worker, starts, ends, cpus)
 
     @property
     def items(self) -> list[ItemTiming]:

@@ -8,7 +8,6 @@ The task is pickled once per run and sent once to each worker, whatever the item
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import mmap
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import errors
+from .chunk import ChunkResult, PackedResult
 from .errors import NotPicklable
 from .kernel_objects import ChunkObjects, HeldObjects, Pickler, captured_names, dumped, loaded
 from .shared_files import shared_file
@@ -181,9 +181,9 @@ def load_task(payload: bytes):
 def dump_result(result, objects: ChunkObjects | None = None) -> bytes:
     """Pickle a chunk result, the kernel's objects in it as references (``objects``); what
     cannot travel fails its own item, or stays behind."""
-    pickled = dumps if objects is None else functools.partial(objects.dumps, own=result.own)
+    pickled = dumps if objects is None else objects.dumps
     try:
-        data = pickled(result)
+        data = _dumped_result(result, objects)
         if result.errors:  # an exception may pickle yet fail to rebuild (a custom __init__)
             pickle.loads(dumps(result.errors))
         return data
@@ -208,7 +208,12 @@ def dump_result(result, objects: ChunkObjects | None = None) -> bytes:
             except Exception:
                 result.dropped_names[name] = type(value).__name__
                 del names[name]
-    return pickled(result)
+    return _dumped_result(result, objects)
+
+
+def _dumped_result(result: ChunkResult, objects: ChunkObjects | None) -> bytes:
+    packed = PackedResult(result)
+    return dumps(packed) if objects is None else objects.dumps(packed, own=packed.own)
 
 
 def _rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:
