@@ -27,6 +27,7 @@ class CellPlan:
     filename: str
     ends_with_expression: bool
     is_async: bool = False  # top-level await / async with around the loop: runs as a coroutine
+    source: str = ""  # the cell as written: the key to what its earlier runs measured
 
     def split_for_display(self) -> tuple[ast.Module, ast.Expression | None]:
         return split_for_display(self.module) if self.ends_with_expression else (self.module, None)
@@ -171,7 +172,7 @@ def plan_cell(source: str, filename: str, backend: str = "threads", transform_as
     ends_with_expression = bool(tree.body) and isinstance(tree.body[-1], ast.Expr)
     is_async = _awaits_outside(tree, loop)
     module = ast.fix_missing_locations(_PutHook(loop, is_async).visit(tree))
-    return CellPlan(module, info, filename, ends_with_expression, is_async)
+    return CellPlan(module, info, filename, ends_with_expression, is_async, source)
 
 
 def _awaits_outside(tree: ast.Module, loop: ast.AST) -> bool:

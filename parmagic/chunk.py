@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog, plain_data
+from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog, merge_item_names, plain_data
 from .errors import ITEM_TIMEOUT, short_repr, user_frames
 from .machine import has_item_alarms
 
@@ -78,6 +78,7 @@ class Task:
     merge_names: bool = False
     comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
     whole_chunks: bool = False  # ``function`` runs a for loop's chunk: (items, log)
+    hold_names: bool = False  # large values of names stay in the worker (held_names.py)
     kind: str = "for"  # the loop's kind (BodyInfo.kind), which a failed item's note names
     # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
     # (itemcode.build_in_place_code), instead of ``function`` with its recording
@@ -185,6 +186,7 @@ class ChunkResult:
     changed: list[int] = field(default_factory=list)  # offsets whose ops hold STATE ops
     hidden: str | None = None  # state the items changed without naming it (hidden_state.py)
     still_running: int | None = None  # the item frozen at its deadline, running on (LiveChunk)
+    held_names: list[str] = field(default_factory=list)  # kept by the worker (held_names.py)
     # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
     recorded: bool = True
     flat_values: list | None = None
@@ -302,6 +304,8 @@ class PackedResult:
                 parts += [error, vars(error), error.frames]
                 error = error.cause
         return {id(part) for part in parts}
+
+
 _SPARSE = {"ops": [], "names": None, "values": None}  # per-item columns: what most entries hold
 
 
@@ -490,7 +494,7 @@ def _record(
         names.pop(LOG_ARG, None)
         if merged is not None:
             if error is None or task.stop_on_error:  # a failed item that leaves nothing
-                merged.names.update(names)  # leaves no names either
+                merge_item_names(merged.names, names, log.ops)  # leaves no names either
                 merged.holder = len(result)
             names = None
     ended = time.monotonic()
@@ -638,16 +642,19 @@ def _add_changes(
 
 class ChunkLog(EffectLog):
     """The one log of a for loop's chunk run in one call (Task.whole_chunks): its items'
-    changes one after another, and the names they left, the last value of each."""
+    changes one after another, and the names they left, the last value of each. Where each
+    item runs in a call of its own (compared: see run_values), each call's names are merged
+    over the earlier ones'."""
 
-    __slots__ = ()
+    __slots__ = ("bound",)
 
     def __init__(self) -> None:
         super().__init__()
-        self.names = {}
+        self.names, self.bound = {}, 0  # bound: the ops recorded when names were last bound
 
     def bind(self, local_names: dict[str, Any]) -> None:
-        self.names.update(local_names)
+        merge_item_names(self.names, local_names, self.ops[self.bound :])
+        self.bound = len(self.ops)
 
 
 class TimedItems:

@@ -14,13 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import CodeType
 from typing import TYPE_CHECKING
 
 from . import errors
 from .backends import Backend
 from .chunk import ChunkResult, ItemError, ItemOutput, Task
-from .effects import ReplayError, apply_ops
+from .effects import FORGET, ReplayError, apply_ops
 from .errors import short_repr
 from .kernel_state import HeldInterrupt, kept_as_it_was
 from .native_threads import of_native_library
@@ -36,6 +37,14 @@ MAX_CHUNK_ITEMS = 4096  # with the window, bounds how far the iterable is read a
 WAIT_SLICE = 0.25  # seconds per wait, so the kernel thread stays responsive
 
 
+@dataclass
+class Pace:
+    """The seconds per item a loop's latest run on a backend measured: its next run sizes
+    its first chunks from it, rather than starting again from chunks of one item."""
+
+    seconds: float | None = None
+
+
 class ChunkSizer:
     """Chunk sizes from measured item time: each chunk about ``TARGET_CHUNK_SECONDS`` of work.
 
@@ -44,17 +53,19 @@ class ChunkSizer:
     chunk's items, growing at most ``RAMP`` times past the largest chunk timed so far (a
     loop's first items are often cheaper than the rest). With a known length, chunks shrink
     as the end nears (OpenMP's "guided" schedule), so that no worker is left alone with a
-    large last chunk.
+    large last chunk. A loop run before (``pace``) starts from the pace it had then.
     """
 
     RAMP = 8
 
-    def __init__(self, fixed: int | None, workers: int, length: int) -> None:
+    def __init__(
+        self, fixed: int | None, workers: int, length: int, pace: Pace | None = None
+    ) -> None:
         self.fixed = fixed
         self.workers = workers
         self.remaining = length or None
-        self.largest = 0
-        self.seconds_per_item: float | None = None
+        self.seconds_per_item = pace.seconds if pace is not None else None
+        self.largest = MAX_CHUNK_ITEMS if self.seconds_per_item else 0
 
     def next_size(self) -> int:
         if self.fixed:
@@ -178,6 +189,7 @@ class Applier:
         self.lazy = lazy  # the values go to the user's code as they come (a generator)
         self.kernel_objects = kernel_objects  # what items in worker processes got copies of
         self.failed = False
+        self.held: dict[str, tuple[str, int, str]] = {}  # name -> where its value was kept
 
     def _run_tail(self, item) -> ItemError | None:
         try:
@@ -192,7 +204,7 @@ class Applier:
         Values go one item at a time to a lazy consumer, else one list per chunk."""
         if self._nothing_per_item(result):
             if result.names_merged:  # the chunk's names, as its items left them
-                self.ns.update(next(n for n in reversed(result.names) if n is not None))
+                self._bind(next(n for n in reversed(result.names) if n is not None), result)
             self.report.add(result, len(result))
             self._applied(result)
             yield result.all_values()
@@ -206,6 +218,35 @@ class Applier:
         self._applied(result)
         if batch:
             yield batch
+
+    def _bind(self, names: dict, result: ChunkResult) -> None:
+        """Bind the names an item left; a value its worker kept is fetched when the run
+        ends (held_names.py), and a later value of the name supersedes it."""
+        if self.held:
+            for name in names:
+                self.held.pop(name, None)
+        if result.held_names:
+            names = names.copy()
+            for name in result.held_names:
+                self.held[name] = (result.worker, result.seq, names.pop(name).name)
+        self.ns.update(names)
+
+    def _forget_held(self, ops: list[tuple]) -> None:
+        """An item deleted the name (``del x``): a value a worker kept for it is not its."""
+        if self.held:
+            for op in ops:
+                if op[0] == FORGET:
+                    self.held.pop(op[2], None)
+
+    def fetch_held(self, backend: Backend) -> list[str]:
+        """The kept values, bound at last (on every way out of a run); warnings for those
+        lost with their worker process."""
+        if not self.held:
+            return []
+        values, lost = backend.fetch_names(self.held)
+        self.ns.update(values)
+        self.held.clear()
+        return [errors.HELD_NAME_LOST.format(name=name) for name in lost]
 
     def _applied(self, result: ChunkResult) -> None:
         """The chunk's copies of kernel objects are spent: later items see the kernel's."""
@@ -255,8 +296,9 @@ class Applier:
                             frames = [(self.filename, failure.line, errors.ITEM_FUNCTION_NAME)]
                             item = short_repr(items[offset])
                             error = error or ItemError(failure.error, frames, item)
+                        self._forget_held(ops)
                     if names:
-                        ns.update(names)
+                        self._bind(names, result)
                     between_items()
                     if error is None and self.tail is not None:
                         error = self._run_tail(items[offset])
@@ -324,12 +366,13 @@ def replay(transcript: list, applier: Applier) -> Iterator[list]:
 class _Run:
     """The state of one run between the iterable, the backend and the kernel's namespace."""
 
-    def __init__(self, backend, task, iterable, applier, report, chunksize, length) -> None:
+    def __init__(self, backend, task, iterable, applier, report, chunksize, length, pace) -> None:
         self.backend, self.task, self.applier, self.report = backend, task, applier, report
         self.iterator = iter(iterable)
         if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
-        self.sizer = ChunkSizer(chunksize, backend.workers, length)
+        self.sizer = ChunkSizer(chunksize, backend.workers, length, pace)
+        self.pace = pace
         self.window = backend.capacity + max(4, backend.workers)
         self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
         self.starts: dict[int, int] = {}  # seq -> index of its first item, until applied
@@ -395,6 +438,7 @@ class _Run:
             items = self.chunks.pop(self.applied)
             del self.starts[self.applied]
             self.applied += 1
+            self.backend.chunks_applied(self.applied)
             self.report.chunks += 1
             yield from self.applier.apply_chunk(result, items)
             if self.progress is not None:
@@ -423,6 +467,18 @@ class _Run:
     def done(self) -> bool:
         return self.applied == self.submitted and (self.exhausted or self.failed)
 
+    def end(self, completed: bool) -> list[str]:
+        """The backend's part is over: the values workers kept are fetched (on every way
+        out), then the backend ends. Returns the warnings of both."""
+        applier = self.applier
+        fetched = applier.fetch_held(self.backend) if isinstance(applier, Applier) else []
+        warnings = fetched + self.backend.end(completed)
+        if self.pace is not None and self.sizer.seconds_per_item:
+            self.pace.seconds = self.sizer.seconds_per_item
+        if self.backend.kernel_objects is not None:
+            self.backend.kernel_objects.clear()
+        return warnings
+
     def unfinished(self) -> list[int]:
         """Items that were handed to workers but never applied."""
         return [
@@ -449,6 +505,7 @@ def execute(
     tail: CodeType | None = None,
     lazy: bool = False,
     until: Callable[[], bool] | None = None,
+    pace: Pace | None = None,
 ) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
     is applied to ``ns``, in item order. With a ``recording``, nothing is applied: the
@@ -457,13 +514,13 @@ def execute(
     if length is None:
         length = operator.length_hint(iterable)
     if recording is not None:  # a recording is replayed later, and compared item by item
-        task.in_place, task.merge_names = None, False
+        task.in_place, task.merge_names, task.hold_names = None, False, False
     if task.in_place is not None:
         tail = None  # the loop runs whole, its tail included
     applier = recording or Applier(
         ns, task, report, filename, tail, lazy, kernel_objects=backend.kernel_objects
     )
-    run = _Run(backend, task, iterable, applier, report, chunksize, length)
+    run = _Run(backend, task, iterable, applier, report, chunksize, length, pace)
     run.next_index, run.until = first_index, until
     with kept_as_it_was(random_state=task.seed is not None):
         try:
@@ -523,9 +580,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             if run.progress is not None:
                 close_progress(run.progress)
         finally:  # a widget that fails to close still leaves the run ended
-            warnings = backend.end(completed)
-            if backend.kernel_objects is not None:
-                backend.kernel_objects.clear()
+            warnings = run.end(completed)
             if not consumer_stopped:  # else items still running are read-ahead nobody asked for
                 report.warnings += warnings
             report.bytes_sent += backend.bytes_sent

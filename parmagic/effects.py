@@ -68,6 +68,15 @@ class EffectLog:
         self.names = local_names
 
 
+def merge_item_names(merged: dict[str, Any], names: dict[str, Any], ops: list[tuple]) -> None:
+    """One item's names over those of the items before it in its chunk, as the loop leaves
+    them: a name the item deleted (its FORGET op, ``del x``) is gone unless it bound it again."""
+    merged.update(names)
+    for op in ops:
+        if op[0] == FORGET and op[2] not in names:
+            merged.pop(op[2], None)
+
+
 SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range, slice})
 ATOMS = SCALARS | {tuple, frozenset}
 

@@ -164,6 +164,10 @@ NAME_NOT_RETURNED = (
     "`{name}` (a {type}) could not be sent back from the worker process, so the kernel keeps "
     "its value from before the loop"
 )
+HELD_NAME_LOST = (
+    "the value the loop's last item left in `{name}` stayed in a worker process that is gone, "
+    "so the kernel keeps the value `{name}` had before"
+)
 WORKER_DIED = (
     "a worker process died ({how}) while running {items}; nothing of what they did "
     "was applied. The pool has been replaced, so the next run starts fresh"

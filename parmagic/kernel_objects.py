@@ -396,6 +396,13 @@ class ChunkObjects:
 
         return _written(value, key)
 
+    def is_kernels(self, value: object) -> bool:
+        """Whether ``value`` is this worker's copy of one of the kernel's objects."""
+        identity, held = id(value), self.held
+        if identity in self.keys or identity in held.named:
+            return True
+        return held.has_data and identity in held.keys
+
     def before(self, item: object) -> Look | None:
         """What the item is and reaches before it runs (None: nothing in it can change)."""
         if not self.watched or type(item) in SCALARS:

@@ -156,6 +156,7 @@ class LoopRun:
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
         task.comprehension = plan.body.kind != "for" and not backend.runs_coroutines
         task.kind, task.merge_names, task.whole_chunks = plan.body.kind, merge_names, whole
+        task.hold_names = merge_names and backend.holds_names
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), self.ns)
         if backend.name == "serial" and self.runs_in_place:
@@ -215,6 +216,7 @@ class LoopRun:
             length=max(length - start, 0), tail=self.tail, recording=recording,
             lazy=self.lazy, until=until,
             progress=options.progress and not options.quiet and recording is None,
+            pace=self.session.pace(self.plan.source, backend.name, backend.workers),
         )  # fmt: skip
 
     def loop_value(self, records: Iterator[list]) -> Any:

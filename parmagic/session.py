@@ -11,8 +11,11 @@ from typing import Any
 
 from . import errors, imported_code
 from .backends import Backend, load_backend
+from .dispatch import Pace
 from .errors import print_warning
 from .report import RunReport
+
+KEPT_PACES = 100  # cells whose latest pace is remembered
 
 
 class RunInterrupted(Exception):
@@ -35,6 +38,16 @@ class Session:
         self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
         self.pool_started = 0.0  # seconds the last backend() call took to start a pool
         self.told_native_limit = False  # a summary said that native threads were capped
+        self._paces: dict[tuple, Pace] = {}  # by cell, backend and workers: the latest runs'
+
+    def pace(self, source: str, backend: str, workers: int) -> Pace:
+        """What the latest run of this cell on this backend measured (see ChunkSizer)."""
+        key = (source, backend, workers)
+        pace = self._paces.pop(key, None) or Pace()
+        self._paces[key] = pace  # the most recent last: the oldest go first
+        while len(self._paces) > KEPT_PACES:
+            del self._paces[next(iter(self._paces))]
+        return pace
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""

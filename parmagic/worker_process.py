@@ -29,6 +29,7 @@ from .chunk import (
     run_chunk,
 )
 from .errors import ITEM_TIMEOUT
+from .held_names import NameStore
 from .hidden_state import Guard
 from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
@@ -124,15 +125,23 @@ def _watch_kernel(kernel: int) -> None:
     threading.Thread(target=watch, name="parmagic-kernel-watch", daemon=True).start()
 
 
-def _read_inbox(conn, inbox: queue.SimpleQueue, kernel: int) -> None:
+def _read_inbox(conn, inbox: queue.SimpleQueue, kernel: int, store: NameStore, sending) -> None:
     """Take every message off the pipe as soon as it comes, so that the kernel's sends never
     wait for this worker's sends (both ends writing a full pipe, nobody reading, is a
-    deadlock); the kernel sends at most two chunks ahead, so the inbox stays small."""
+    deadlock); the kernel sends at most two chunks ahead, so the inbox stays small. The
+    kernel's request for kept values is answered here, at once, items running or not."""
     parent = os.getppid()
     while True:
         try:
             if conn.poll(KERNEL_CHECK):
                 header = conn.recv()
+                if header[0] == "names":
+                    with sending:
+                        store.send(header[1], conn)
+                    continue
+                if header[0] == "applied":
+                    store.applied(header[1])
+                    continue
                 inbox.put((header, conn.recv_bytes() if header[0] in _BODIES else None))
                 continue
         except (EOFError, OSError):  # the kernel closed its end, or is gone
@@ -145,17 +154,19 @@ def serve(conn, native_threads: int, kernel: int) -> None:
     """A ``processes`` worker: a task once per run, then chunks; chunk results back."""
     _become_worker(native_threads)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
+    store, sending = NameStore(), threading.Lock()  # two threads send: one message at a time
     reader = threading.Thread(
-        target=_read_inbox, args=(conn, inbox, kernel), name="parmagic-inbox", daemon=True
-    )
+        target=_read_inbox, args=(conn, inbox, kernel, store, sending), name="parmagic-inbox",
+        daemon=True,
+    )  # fmt: skip
     reader.start()
     try:
-        _serve(conn, inbox, native_threads)
+        _serve(conn, inbox, native_threads, store, sending)
     except OSError:  # the kernel went away while this worker was sending to it
         os._exit(0)
 
 
-def _serve(conn, inbox: queue.SimpleQueue, native_threads: int) -> None:
+def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore, sending):
     task: Task | None = None
     digests: dict[str, bytes] = {}
     name = f"pid {os.getpid()}"
@@ -164,14 +175,21 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int) -> None:
         if header[0] == "task":
             task = _load_task(body)
             digests = captured_digests(task.function.__globals__)
+            store.clear()
         elif header[0] == "chunk":
-            _, seq, start = header
+            _, seq, start, applied = header
+            store.applied(applied)
             result, objects = _run(task, seq, start, body, name)
             result.native_limit = native_threads if _cap.check() else None
-            conn.send_bytes(dump_result(result, objects))
+            if task.hold_names:
+                store.keep(result, objects)
+            data = dump_result(result, objects)
+            with sending:
+                conn.send_bytes(data)
         elif header[0] == "changes":
             now = captured_digests(task.function.__globals__, only=digests)
-            conn.send(sorted(n for n, d in now.items() if d != digests[n]))
+            with sending:
+                conn.send(sorted(n for n, d in now.items() if d != digests[n]))
         else:
             return
 

@@ -117,7 +117,7 @@ def test_a_worker_started_while_an_error_went_up_chains_nothing_to_the_next_erro
         for _ in range(3):
             before = {child.pid for child in psutil.Process().children()}
             outcome = ip.run_cell(
-                "%parallel -q -b futures:processes -w 2 --start-method fork "
+                "%parallel -q -b futures:processes -w 2 --start-method fork --chunksize 1 "
                 "out = [f(i - 2) for i in range(5)]"
             )
             error = outcome.error_in_exec

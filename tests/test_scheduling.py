@@ -6,9 +6,10 @@ from types import FunctionType
 
 import pytest
 
+import parmagic
 from parmagic.cell import plan_cell
 from parmagic.chunk import ChunkResult, Task, run_chunk
-from parmagic.dispatch import ChunkSizer
+from parmagic.dispatch import ChunkSizer, Pace
 from parmagic.itemcode import build_item_code
 
 
@@ -42,6 +43,29 @@ def test_chunks_hold_one_item_until_items_are_timed_then_follow_their_time():
     assert sizer.next_size() == 20
     sizer.observe(_timed(20, 2.0))  # items got slow: one per chunk again
     assert sizer.next_size() == 1
+
+
+def test_a_loop_run_before_starts_from_its_pace():
+    """The latest run of a cell measured its items: the next starts with chunks of about
+    20 ms of them at once (at most 1/8 of the loop per chunk, the guided share), not one."""
+    ms = 1 / 1024
+    pace = Pace(ms)
+    sizer = ChunkSizer(None, workers=2, length=100_000, pace=pace)
+    assert sizer.next_size() == 20
+    fresh = ChunkSizer(None, workers=2, length=100_000, pace=Pace())
+    assert fresh.next_size() == 1
+    tiny = ChunkSizer(None, workers=2, length=64, pace=Pace(1e-7))
+    assert tiny.next_size() >= 64  # all of it: under 2 ms of work balances nothing
+
+
+def test_the_second_run_of_a_cell_needs_fewer_chunks(ip, run):
+    cell = "%%parallel -q -b threads -w 2\nfor i in range(2000):\n    x = i * i\n"
+    first = run(cell)
+    assert first.error is None, first.err
+    chunks = parmagic.last_report().chunks
+    second = run(cell)
+    assert second.error is None, second.err
+    assert parmagic.last_report().chunks < chunks and ip.user_ns["x"] == 1999**2
 
 
 def test_a_fixed_chunksize_is_kept():

@@ -44,6 +44,7 @@ class Backend(ABC):
 
     name: str
     copies_kernel_objects = False  # True where items see copies of kernel objects
+    holds_names = False  # True where workers keep large values of names (held_names.py)
     one_item_per_chunk = False  # True where every item needs its own message (coroutines)
     runs_coroutines = False  # True where the item function is a coroutine function
     items_share_a_process = False  # True where items take turns at one process's Python
@@ -115,6 +116,15 @@ class Backend(ABC):
     @abstractmethod
     def wait(self, timeout: float) -> list[ChunkResult]:
         """Results that are ready within ``timeout`` seconds (possibly none)."""
+
+    def chunks_applied(self, count: int) -> None:  # noqa: B027 - optional hook
+        """The kernel has applied the run's first ``count`` chunks."""
+
+    def fetch_names(self, wanted: dict[str, tuple[str, int, str]]) -> tuple[dict, list[str]]:
+        """The values of names that workers kept (held_names.py): for each name, its worker,
+        chunk and the name it was kept under. Returns the values, and the names whose values
+        are lost."""
+        return {}, list(wanted)
 
     def end(self, completed: bool) -> list[str]:
         """The run is over (``completed`` False: stopped early). Returns warnings to show."""

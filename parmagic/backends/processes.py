@@ -28,9 +28,12 @@ from multiprocessing import connection
 from .. import errors
 from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
+from ..held_names import NAMES_REPLY, received
 from ..worker_process import serve
 from .base import BackendSettings, Deadline, failed_chunk
 from .worker_processes import KILL_GRACE, SentChunk, WorkerProcesses, plain_main
+
+NAMES_WAIT = 5.0  # seconds a worker has to send the values it kept, once the run ends
 
 
 class _Worker:
@@ -80,6 +83,7 @@ class ProcessBackend(WorkerProcesses):
     ``Pool``'s task queue does). With ``--timeout``, one: a deadline needs a known start."""
 
     name = "processes"
+    holds_names = True
     PREFETCH = 2
 
     def __init__(self, settings: BackendSettings) -> None:
@@ -101,6 +105,8 @@ class ProcessBackend(WorkerProcesses):
         self._depth = 1 if task.timeout else self.PREFETCH
         self._run += 1
         self._used: set[_Worker] = set()
+        self._holding: set[_Worker] = set()  # workers that kept values of names
+        self._applied = 0
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
@@ -126,7 +132,7 @@ class ProcessBackend(WorkerProcesses):
                 worker.conn.send_bytes(self._payload)
                 worker.run = self._run
                 self.bytes_sent += len(self._payload)
-            worker.conn.send(("chunk", chunk.seq, chunk.start))
+            worker.conn.send(("chunk", chunk.seq, chunk.start, self._applied))
             worker.conn.send_bytes(chunk.payload)
             self.bytes_sent += len(chunk.payload)
         except OSError:
@@ -172,7 +178,54 @@ class ProcessBackend(WorkerProcesses):
     def _load(self, worker: _Worker, data: bytes) -> ChunkResult:
         chunk = worker.chunks.popleft()
         worker.since = time.monotonic()  # the next chunk, if any, starts now
-        return self.load_result(data, chunk.seq, chunk.start, chunk.items, worker.name)
+        result = self.load_result(data, chunk.seq, chunk.start, chunk.items, worker.name)
+        if result.held_names:
+            self._holding.add(worker)
+        return result
+
+    def chunks_applied(self, count: int) -> None:
+        """Told at once to the workers that keep values (they free those now superseded),
+        and to every worker with its next chunk (held_names.py)."""
+        self._applied = count
+        for worker in self._holding:
+            with suppress(OSError):  # gone: wait() finds out
+                worker.conn.send(("applied", count))
+
+    def fetch_names(self, wanted: dict[str, tuple[str, int, str]]) -> tuple[dict, list[str]]:
+        """The values workers kept, asked for at once from every worker that kept any (each
+        then forgets the rest), and the names whose values are lost with their worker.
+        Names kept as one value (``b = a``) get the one value."""
+        keys: dict[str, set[tuple[int, str]]] = {}
+        for worker_name, seq, kept_as in wanted.values():
+            keys.setdefault(worker_name, set()).add((seq, kept_as))
+        asked = []
+        for worker in self._holding:
+            with suppress(OSError):  # gone: its values are lost
+                worker.conn.send(("names", sorted(keys.get(worker.name, ()))))
+                asked.append(worker)
+        self._holding.clear()
+        found: dict = {}
+        for worker in asked:
+            found.update({(worker.name, *key): value
+                          for key, value in self._names_reply(worker).items()})  # fmt: skip
+        values = {name: found[where] for name, where in wanted.items() if where in found}
+        return values, [name for name in wanted if name not in values]
+
+    def _names_reply(self, worker: _Worker) -> dict:
+        """A worker's reply to "names"; the results of chunks a stopped run still had out
+        may come first, and are dropped. Nothing, if the worker is gone or does not answer
+        (C code that keeps Python's lock) within ``NAMES_WAIT`` seconds."""
+        deadline = time.monotonic() + NAMES_WAIT
+        try:
+            while worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                data = worker.conn.recv_bytes()
+                if data[: len(NAMES_REPLY)] == NAMES_REPLY:
+                    return received(data)
+                if worker.chunks:
+                    worker.chunks.popleft()
+        except (EOFError, OSError):
+            pass
+        return {}
 
     def _replace(self, worker: _Worker) -> SentChunk:
         """Put a new worker in the place of one that will not report back. Its running chunk

@@ -1,0 +1,305 @@
+"""Whole chunks: on worker processes a for loop's chunk runs in one call of a function that
+loops over the chunk's items itself (itemcode.build_item_code with ``whole_chunk``); its
+items record into one log, cut per item (chunk.TimedItems), and its names come once, as the
+items left them last.
+
+Every case compares the kernel after ``%%parallel -b processes`` with what the plain loop
+leaves, and checks which item function the run built (the whole chunk's, or one per item for
+the options that need each item's own record).
+"""
+
+from __future__ import annotations
+
+from types import FunctionType
+
+import pytest
+from conftest import BACKENDS, report
+
+from parmagic import loop_run
+from parmagic.cell import plan_cell
+from parmagic.chunk import Task, run_values
+from parmagic.effects import CALL
+from parmagic.itemcode import build_item_code
+
+PROCESSES = BACKENDS["fork"]
+UNBOUND = "<unbound>"
+
+
+@pytest.fixture
+def built(monkeypatch) -> list[bool]:
+    """The ``whole_chunk`` of every item function the runs of this test built."""
+    flags: list[bool] = []
+
+    def spy(*args, whole_chunk=False, **kwargs):
+        flags.append(whole_chunk)
+        return build_item_code(*args, whole_chunk=whole_chunk, **kwargs)
+
+    monkeypatch.setattr(loop_run, "build_item_code", spy)
+    return flags
+
+
+def parallel(run, cell: str, options: str = ""):
+    outcome = run(f"%%parallel {PROCESSES} {options}\n{cell}")
+    assert outcome.error is None, outcome.out + outcome.err
+    return outcome
+
+
+def serial_state(ip, setup: str, cell: str, names: list[str]) -> dict:
+    """The names as the plain loop leaves them, run after ``setup`` in a scratch namespace."""
+    namespace: dict = {}
+    exec(setup, namespace)
+    exec(cell, namespace)
+    return {name: namespace.get(name, UNBOUND) for name in names}
+
+
+def kernel_state(ip, names: list[str]) -> dict:
+    return {name: ip.user_ns.get(name, UNBOUND) for name in names}
+
+
+def assert_as_serial(ip, run, setup: str, cell: str, names: list[str], options: str = ""):
+    run(setup)
+    parallel(run, cell, options)
+    assert kernel_state(ip, names) == serial_state(ip, setup, cell, names)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "for i in range(40):\n    if i % 3 == 0:\n        continue\n    out.append(i)\n    kept = i\n",
+        "for i in range(40):\n    out.append(-i)\n    if i % 3:\n        skipped = i\n        continue\n    kept = i\n",
+        "for i in range(40):\n    if i % 2:\n        if i % 5 == 0:\n            continue\n        odd = i\n    out.append(i)\n    kept = i\n",
+    ],
+    ids=["top-level", "inside-if", "nested-ifs"],
+)
+def test_continue_ends_only_its_own_item(ip, run, built, cell):
+    """In the whole chunk's function ``continue`` stays a ``continue`` of its own loop (not a
+    return): it must skip to the chunk's next item, never end the chunk."""
+    assert_as_serial(
+        ip, run, "out = []", cell, ["out", "kept", "skipped", "odd", "i"], "--chunksize 7"
+    )
+    assert built == [True]
+
+
+def test_break_in_an_inner_loop_ends_only_that_loop(ip, run, built):
+    """A ``break`` inside the body's own loop (and its ``else``) belongs to that loop."""
+    cell = (
+        "for i in range(30):\n    total = 0\n    for j in range(i):\n        if j > 3:\n"
+        "            break\n        total += j\n    else:\n        out.append(('whole', i))\n"
+        "    out.append(total)\n"
+    )
+    assert_as_serial(ip, run, "out = []", cell, ["out", "total", "j", "i"], "--chunksize 7")
+    assert built == [True]
+
+
+def test_continue_in_try_finally_runs_the_finally(ip, run, built):
+    """``continue`` through a ``finally`` runs it, and the next item still runs."""
+    cell = (
+        "for i in range(30):\n    try:\n        if i % 3 == 0:\n            continue\n"
+        "        out.append(i)\n        last = i\n    finally:\n        fin.append(i)\n"
+        "        closed = i\n"
+    )
+    assert_as_serial(
+        ip, run, "out = []\nfin = []", cell, ["out", "fin", "last", "closed", "i"], "--chunksize 7"
+    )
+    assert built == [True]
+
+
+def test_names_bound_by_some_items_keep_the_last_binding_across_chunks(ip, run, built):
+    """A chunk that binds a name leaves it as its last binder did; a chunk that never binds
+    it leaves the kernel's value of it from an earlier chunk."""
+    cell = (
+        "for i in range(100):\n    if i % 7 == 0:\n        last_seven = i\n"
+        "    if i % 10 == 3:\n        last_three = i\n    if i < 5:\n        early = i\n"
+        "    if i == 50:\n        middle = i\n"
+    )
+    names = ["last_seven", "last_three", "early", "middle", "never", "i"]
+    assert_as_serial(ip, run, "never = 'before'", cell, names, "--chunksize 7")
+    assert kernel_state(ip, names) == {
+        "last_seven": 98, "last_three": 93, "early": 4, "middle": 50, "never": "before", "i": 99
+    }  # fmt: skip
+    assert report().chunks == 15
+    assert built == [True]
+
+
+@pytest.mark.parametrize(
+    "cell, expected",
+    [
+        ("for i in range(30):\n    x = i\n    if i % 2:\n        del x\n", UNBOUND),
+        ("for i in range(30):\n    x = i\n    if i % 4 == 0:\n        del x\n", 29),
+        ("for i in range(30):\n    x = i\n    if i >= 10:\n        del x\n", UNBOUND),
+        ("for i in range(29):\n    x = i\n    if i % 7 == 6:\n        del x\n", 28),
+    ],
+    ids=["odd-items-delete", "some-items-delete", "later-chunks-delete", "last-of-chunk-deletes"],
+)
+def test_a_name_deleted_by_an_item_is_unbound_as_serial_leaves_it(ip, run, built, cell, expected):
+    """``del`` after binding: the kernel loses the name exactly when the plain loop's last
+    binding of it was deleted (the forget op, and the chunk's names as its locals end)."""
+    assert_as_serial(ip, run, "x = 'before'", cell, ["x", "i"], "--chunksize 7")
+    assert ip.user_ns.get("x", UNBOUND) == expected
+    assert built == [True]
+
+
+def test_a_name_deleted_by_an_item_over_kernel_objects(ip, run, built):
+    """The same over items that are kernel dicts (compared item by item)."""
+    setup = "rows = [{'n': n} for n in range(30)]"
+    cell = (
+        "for r in rows:\n    r['seen'] = True\n    x = r['n']\n    if r['n'] % 2:\n        del x\n"
+    )
+    assert_as_serial(ip, run, setup, cell, ["x"], "--chunksize 7")
+
+
+def test_a_name_deleted_by_an_item_under_on_error_continue(ip, run, built):
+    cell = "for i in range(30):\n    x = i\n    if i % 2:\n        del x\n"
+    assert_as_serial(ip, run, "", cell, ["x"], "--chunksize 7 --on-error continue")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (every backend but serial): `del` of a kernel name the item did not bind "
+    "raises UnboundLocalError in the item function; the plain loop deletes the kernel's name",
+)
+def test_deleting_a_kernel_name_unbinds_it(ip, run, built):
+    cell = "for i in range(30):\n    if i == 3:\n        del x\n"
+    assert_as_serial(ip, run, "x = 5", cell, ["x", "i"], "--chunksize 7")
+
+
+@pytest.mark.parametrize(
+    "failing", [10, 7, 13], ids=["mid-chunk", "first-of-chunk", "last-of-chunk"]
+)
+def test_an_item_error_mid_chunk_keeps_what_the_plain_loop_keeps(ip, run, built, failing):
+    """Earlier items' changes all apply, the failing item's up to its failure too, later
+    items' none; the names are those the failing item left, including one it bound before
+    raising (and one only earlier items bound); the error names the item."""
+    run("out = []\nd = {}\n")
+    outcome = run(
+        f"%%parallel {PROCESSES} --chunksize 7\nfor i in range(20):\n    out.append(i)\n"
+        f"    note = f'item {{i}}'\n    d[i] = note\n    if i == {failing}:\n"
+        "        raise ValueError(i)\n    after = i\n"
+    )
+    assert isinstance(outcome.error, ValueError)
+    assert outcome.error.args == (failing,)
+    message = "\n".join(outcome.error._render_traceback_())
+    assert f"raised by item {failing} of the parallel loop" in message
+    ns = ip.user_ns
+    assert ns["out"] == list(range(failing + 1))
+    assert ns["d"] == {i: f"item {i}" for i in range(failing + 1)}
+    assert (ns["i"], ns["note"], ns["after"]) == (failing, f"item {failing}", failing - 1)
+    assert report().stopped_at == failing
+    assert built == [True]
+
+
+def test_printed_output_comes_back_in_item_order(run, built):
+    """Each item's output is cut from the one call's at the item's start, stdout and stderr."""
+    run("import sys, time\n")
+    cell = (
+        "for i in range(30):\n    time.sleep(0.001 * ((i * 7) % 3))\n    print('out', i)\n"
+        "    if i % 2:\n        print('err', i, file=sys.stderr)\n        continue\n"
+        "    print('more', i)\n"
+    )
+    outcome = parallel(run, cell, "--chunksize 7")
+    expected = [line for i in range(30) for line in [f"out {i}"] + ([] if i % 2 else [f"more {i}"])]
+    assert [ln for ln in outcome.out.splitlines() if ln.startswith(("out", "more"))] == expected
+    printed = [ln for ln in outcome.err.splitlines() if ln.startswith("err")]
+    assert printed == [f"err {i}" for i in range(1, 30, 2)]
+    assert built == [True]
+
+
+def test_kernel_container_changes_apply_in_item_order(ip, run, built):
+    """Calls, item writes and augmented item writes of every item, cut per item from one log."""
+    setup = "from collections import Counter\nout = []\nd = {}\ncounts = Counter()\n"
+    run(setup + "ids = [id(out), id(d), id(counts)]\n")
+    cell = (
+        "for i in range(60):\n    out.append(i * i)\n    d[f'k{59 - i}'] = i\n"
+        "    counts[i % 4] += 1\n    if i % 9 == 0:\n        out.extend([-i, -i])\n"
+        "        del d[f'k{59 - i}']\n"
+    )
+    parallel(run, cell, "--chunksize 7")
+    expected = serial_state(ip, setup, cell, ["out", "d", "counts"])
+    ns = ip.user_ns
+    assert [id(ns["out"]), id(ns["d"]), id(ns["counts"])] == ns["ids"]
+    assert ns["out"] == expected["out"]
+    assert list(ns["d"].items()) == list(expected["d"].items())  # insertion order too
+    assert ns["counts"] == expected["counts"]
+    assert built == [True]
+
+
+def test_kernel_dicts_as_items_change_in_place(ip, run, built):
+    """Items that are the kernel's own dicts: what each item did to its copy is made to the
+    kernel's dict, which stays the same object, and the loop variable ends as that object."""
+    run("rows = [{'n': n} for n in range(20)]\nids = [id(r) for r in rows]\n")
+    cell = (
+        "for r in rows:\n    r['seen'] = True\n    if r['n'] % 3 == 0:\n"
+        "        r['tag'] = 'three'\n        continue\n    last_other = r['n']\n"
+    )
+    parallel(run, cell, "--chunksize 7")
+    ns = ip.user_ns
+    assert [id(r) for r in ns["rows"]] == ns["ids"]
+    assert ns["rows"] == [
+        {"n": n, "seen": True, **({"tag": "three"} if n % 3 == 0 else {})} for n in range(20)
+    ]
+    assert ns["r"] is ns["rows"][-1]
+    assert ns["last_other"] == 19
+    assert built == [True]
+
+
+def test_on_error_continue_keeps_per_item_semantics(ip, run, built):
+    """A failed item leaves nothing, neither changes nor names: each item runs on its own."""
+    run("out = []\n")
+    cell = (
+        "for i in range(19):\n    out.append(i)\n    tag = i\n    if i % 5 == 3:\n"
+        "        raise ValueError(i)\n"
+    )
+    parallel(run, cell, "--chunksize 7 --on-error continue")
+    assert ip.user_ns["out"] == [i for i in range(19) if i % 5 != 3]
+    assert ip.user_ns["tag"] == 17  # item 18 failed: it leaves no names
+    assert [index for index, _, _ in report().failures] == [3, 8, 13, 18]
+    assert built == [False]
+
+
+def test_timeout_runs_items_one_by_one_and_correctly(ip, run, built):
+    """--timeout needs each item's alarm: the per-item function, same results."""
+    setup = "out = []\nd = {}\n"
+    cell = (
+        "for i in range(20):\n    if i % 4 == 1:\n        continue\n    out.append(i)\n"
+        "    d[i] = -i\n    last = i\n"
+    )
+    assert_as_serial(ip, run, setup, cell, ["out", "d", "last", "i"], "--timeout 5")
+    assert built == [False]
+
+
+def _whole_chunk_task(source: str, recorded: frozenset[str], ns: dict) -> Task:
+    plan = plan_cell(source, "<cell>", "processes")
+    code = build_item_code(plan.body, recorded, "<cell>", whole_chunk=True)
+    function = FunctionType(code, ns)
+    return Task(function, plan.body.bound, True, merge_names=True, whole_chunks=True)
+
+
+def test_run_values_cuts_the_one_log_per_item():
+    """A whole chunk's one call: each item's ops under its own offset, a failing item's ops
+    up to its failure kept, the chunk's names on its last item (the failing one), as it
+    left them."""
+    source = (
+        "for i in range(9):\n    out.append(i)\n    if i % 3 == 1:\n        continue\n"
+        "    if i == 5:\n        half = i\n        raise ValueError(i)\n    out.append(-i)\n"
+        "    last = i\n"
+    )
+    task = _whole_chunk_task(source, frozenset({"out"}), {})
+    result = run_values(task, 0, 0, list(range(9)), "worker")
+    assert len(result) == 6  # items 0 to 5: the chunk stops at the failure
+    appended = [[op[5] for op in ops if op[0] == CALL and op[2] == "out"] for ops in result.ops]
+    assert appended == [[(0,), (0,)], [(1,)], [(2,), (-2,)], [(3,), (-3,)], [(4,)], [(5,)]]
+    assert list(result.errors) == [5]
+    assert isinstance(result.errors[5].exception, ValueError)
+    assert result.names_merged
+    assert result.names[:5] == [None] * 5
+    assert result.names[5] == {"i": 5, "half": 5, "last": 3}
+
+
+def test_run_values_gives_the_names_the_last_item_left():
+    """A chunk that succeeds: names on its last item, a name deleted by an item gone."""
+    source = "for i in range(6):\n    gone = i\n    if i % 2:\n        kept = i\n        del gone\n"
+    task = _whole_chunk_task(source, frozenset(), {})
+    result = run_values(task, 0, 0, [10, 11, 12, 13], "worker")
+    assert len(result) == 4 and not result.errors
+    assert result.names == [None, None, None, {"i": 13, "kept": 13}]
+    assert [ops for ops in result.ops] == [[], [(5, 5, "gone")], [], [(5, 5, "gone")]]
