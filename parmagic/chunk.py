@@ -191,6 +191,7 @@ class ChunkResult:
     recorded: bool = True
     flat_values: list | None = None
     value_bounds: list[int] | None = None
+    spread: tuple[float, float] | None = None  # ends and CPU times follow from the starts
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -201,8 +202,10 @@ class ChunkResult:
         as bytes of doubles; the per-item columns as their entries that hold something; a
         comprehension's values of numbers and strings pickled apart, at C speed."""
         state = self.__dict__.copy()
-        for name in _TIMES:
+        for name in _TIMES if self.spread is None else _TIMES[:1]:  # the rest: spread_times
             state[name] = array.array("d", state[name]).tobytes()
+        if self.spread is not None:
+            del state["ends"], state["cpus"]
         for name, empty in _SPARSE.items():
             column = state[name]
             held = {}
@@ -216,10 +219,12 @@ class ChunkResult:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        for name in _TIMES:
+        for name in _TIMES if state["spread"] is None else _TIMES[:1]:
             column = array.array("d")
             column.frombytes(state[name])
             state[name] = column.tolist()
+        if state["spread"] is not None:
+            state["ends"], state["cpus"] = spread_times(state["starts"], *state["spread"])
         for name, empty in _SPARSE.items():
             count, held = state[name]
             state[name] = column = [empty] * count  # ops: one empty list, shared, never grown
@@ -657,6 +662,19 @@ class ChunkLog(EffectLog):
         self.bound = len(self.ops)
 
 
+def spread_times(starts: list[float], ended: float, cpu: float) -> tuple[list, list]:
+    """Ends and CPU times of items run one after another from their starts: each ends where
+    the next starts, the last at ``ended``, and the CPU time ``cpu`` is shared by wall time."""
+    count = len(starts)
+    ends = [*starts[1:], ended] if count else []
+    wall = ended - starts[0] if count else 0.0
+    cpus = [
+        cpu * (end - begin) / wall if wall else cpu / max(count, 1)
+        for begin, end in zip(starts, ends, strict=True)
+    ]
+    return ends, cpus
+
+
 class TimedItems:
     """A chunk's items for code that runs them all in one call (the loop itself, in place; a
     comprehension's values; a for loop's recorded chunk), each item's start read as that
@@ -746,14 +764,9 @@ class TimedItems:
             _armed.clear()
             signal.setitimer(signal.ITIMER_REAL, 0)
         result, cpu = self.result, time.thread_time() - self.cpu
-        starts = result.starts
-        count = len(starts)
-        result.ends = [*starts[1:], ended] if count else []
-        wall = ended - starts[0] if count else 0.0
-        result.cpus = [
-            cpu * (end - begin) / wall if wall else cpu / max(count, 1)
-            for begin, end in zip(starts, result.ends, strict=True)
-        ]
+        count = len(result.starts)
+        result.spread = (ended, cpu)
+        result.ends, result.cpus = spread_times(result.starts, ended, cpu)
         result.ops = [[]] * count  # one list, shared: it pickles once
         result.names = [None] * count
         if self.log is not None:

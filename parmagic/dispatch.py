@@ -53,7 +53,8 @@ class ChunkSizer:
     chunk's items, growing at most ``RAMP`` times past the largest chunk timed so far (a
     loop's first items are often cheaper than the rest). With a known length, chunks shrink
     as the end nears (OpenMP's "guided" schedule), so that no worker is left alone with a
-    large last chunk. A loop run before (``pace``) starts from the pace it had then.
+    large last chunk. A loop run before (``pace``) starts from the pace of its slowest
+    chunk then: items that get dearer as the loop goes on never start in chunks too large.
     """
 
     RAMP = 8
@@ -65,7 +66,12 @@ class ChunkSizer:
         self.workers = workers
         self.remaining = length or None
         self.seconds_per_item = pace.seconds if pace is not None else None
-        self.largest = MAX_CHUNK_ITEMS if self.seconds_per_item else 0
+        self.largest = 0  # with a pace, chunks grow from its size as from one timed so large
+        if self.seconds_per_item:
+            sized = int(TARGET_CHUNK_SECONDS / self.seconds_per_item)
+            self.largest = max(1, min(sized, MAX_CHUNK_ITEMS))
+        self.slowest = 0.0  # per item, in the slowest chunk: the next run's pace
+        self.latest = -1  # the first item of the latest chunk in the loop observed
 
     def next_size(self) -> int:
         if self.fixed:
@@ -86,11 +92,15 @@ class ChunkSizer:
         return size
 
     def observe(self, result: ChunkResult) -> None:
-        """Follow the latest chunk: items often get dearer (or cheaper) as a loop goes on."""
+        """Follow the latest chunk in the loop (not the latest to come back: an early chunk
+        can come back last): items often get dearer (or cheaper) as a loop goes on."""
         if len(result):
             busy = sum(result.ends) - sum(result.starts)
-            self.seconds_per_item = max(busy / len(result), 1e-7)
+            pace = max(busy / len(result), 1e-7)
             self.largest = max(self.largest, len(result))
+            self.slowest = max(self.slowest, pace)
+            if result.first >= self.latest:
+                self.seconds_per_item, self.latest = pace, result.first
 
 
 ECHO_ROOM = 3  # columns left after the bar: the "^C" a terminal echoes, and one to spare
@@ -473,8 +483,8 @@ class _Run:
         applier = self.applier
         fetched = applier.fetch_held(self.backend) if isinstance(applier, Applier) else []
         warnings = fetched + self.backend.end(completed)
-        if self.pace is not None and self.sizer.seconds_per_item:
-            self.pace.seconds = self.sizer.seconds_per_item
+        if self.pace is not None and self.sizer.slowest:
+            self.pace.seconds = self.sizer.slowest
         if self.backend.kernel_objects is not None:
             self.backend.kernel_objects.clear()
         return warnings
