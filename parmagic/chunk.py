@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import contextvars
 import io
+import operator
 import os
 import pickle
 import signal
@@ -665,14 +666,15 @@ class ChunkLog(EffectLog):
 def spread_times(starts: list[float], ended: float, cpu: float) -> tuple[list, list]:
     """Ends and CPU times of items run one after another from their starts: each ends where
     the next starts, the last at ``ended``, and the CPU time ``cpu`` is shared by wall time."""
-    count = len(starts)
-    ends = [*starts[1:], ended] if count else []
-    wall = ended - starts[0] if count else 0.0
-    cpus = [
-        cpu * (end - begin) / wall if wall else cpu / max(count, 1)
-        for begin, end in zip(starts, ends, strict=True)
-    ]
-    return ends, cpus
+    if not starts:
+        return [], []
+    ends = starts[1:]
+    ends.append(ended)
+    wall = ended - starts[0]
+    if not wall:
+        return ends, [cpu / len(starts)] * len(starts)
+    share = cpu / wall
+    return ends, [share * span for span in map(operator.sub, ends, starts)]
 
 
 class TimedItems:
@@ -717,12 +719,11 @@ class TimedItems:
         """The same with nothing to do between items but time them: the tightest loop."""
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
         values, items = self.values, self.items
-        for offset in range(first, stop):
+        for offset in range(first, stop):  # ``done`` is left alone: no interrupt comes here
             sink.offset = offset
             marks.append(len(values))
             starts.append(clock())
             yield items[offset]
-            self.done = offset + 1
 
     def _carefully(self, first: int, stop: int) -> Iterator:
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
@@ -766,7 +767,8 @@ class TimedItems:
         result, cpu = self.result, time.thread_time() - self.cpu
         count = len(result.starts)
         result.spread = (ended, cpu)
-        result.ends, result.cpus = spread_times(result.starts, ended, cpu)
+        if self.task.held is None:  # else made where the result is loaded, in the kernel
+            result.ends, result.cpus = spread_times(result.starts, ended, cpu)
         result.ops = [[]] * count  # one list, shared: it pickles once
         result.names = [None] * count
         if self.log is not None:
