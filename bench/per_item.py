@@ -46,9 +46,13 @@ def main() -> None:
         exec(compile("for i in items:\n    total += i\n    out.append(i)", "<p>", "exec"), ns)
 
     ns["items"] = items
-    code = build_item_code(plan.body, frozenset({"out"}), "<cell>", copies=True)
+    code = build_item_code(plan.body, frozenset({"out"}), "<cell>")
     function = FunctionType(code, ns)
     recorded = Task(function, plan.body.bound, True, merge_names=True)
+    whole = build_item_code(plan.body, frozenset({"out"}), "<cell>", whole_chunk=True)
+    in_one_call = Task(
+        FunctionType(whole, ns), plan.body.bound, True, merge_names=True, whole_chunks=True
+    )
     in_place = Task(
         function,
         plan.body.bound,
@@ -68,7 +72,8 @@ def main() -> None:
     steps = [
         ("the plain loop (the floor)", plain),
         ("serial: the loop in place, each item timed", lambda: run_chunk_in_place(in_place, 0, 0, items, held)),
-        ("worker: item function with recording, timings, output sink", lambda: run_chunk(recorded, 0, 0, items)),
+        ("worker: item function with recording, timings, output sink (a call per item: threads, --on-error continue, --timeout)", lambda: run_chunk(recorded, 0, 0, items)),
+        ("worker: the same, the chunk in one call (worker processes' default)", lambda: run_chunk(in_one_call, 0, 0, items)),
         ("worker: pickling the chunk's result", lambda: dump_result(chunk)),
         ("kernel: unpickling the chunk's result", lambda: pickle.loads(data)),
         ("kernel: replaying changes, binding names (Applier)", applied),
