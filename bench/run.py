@@ -30,8 +30,10 @@ QUICK = "--quick" in sys.argv
 # Written into results.md as it is, after the targets: what the tables cannot say. The figures
 # in it were measured when it was written (see the tables for this run's).
 NOTES = """\
-The notes below were written in November 2026, with the figures measured then; the tables
-above are this run's.
+The notes below were written in December 2026 (issue 33), with the figures measured then; the
+tables above are this run's. On this 2-core machine two runs of the same variant differ by up
+to 5-10%: a goal of "at most 1.0 ×" against an anchor within that is a tie, whichever side of
+1.0 the medians fall.
 
 More targets, which this script does not check:
 
@@ -40,31 +42,29 @@ More targets, which this script does not check:
 
 ## The goals not met, and why
 
-- **`n**n` over `range(10000)` against joblib**: the two were equal within their spread when
-  this was written; against `Pool.map` the goal is met.
-- **Against joblib on the pure-Python function**: parmagic equals hand-written `Pool.map` and
-  `ProcessPoolExecutor.map` here; joblib runs these items faster than half the serial loop's
-  time (809 ms against 2205 / 2 = 1102 when this was written), so its edge is in how its fresh
-  worker interpreters run this code, not in dispatch. Ruled out: page faults in forked workers
-  (at most 11 minor faults per worker over 3 runs, from `/proc/PID/stat`), the collector walking
-  the inherited heap (workers now freeze it, `gc.freeze()`: 0.97 → 0.95 s on a 300,000-object
-  kernel heap, forkserver 0.93 s), chunking and the monitor. Forked workers used 8% more CPU
-  time for the same items than forkserver ones in one measurement (2.85 against 2.64 s); why is
-  still open.
-- **10,000 no-op items on threads**: each item still costs its recording (about 1.6 µs in the
-  item, 1.1 µs replaying, `bench/per_item.md`), and the pool threads and the kernel hand the GIL
-  to each other per chunk; `auto` and `serial` run such a loop in 7.7 ms.
-- **Collatz, 300k items**: from 1.71 to about 1.06 × `Pool.map` since a comprehension's chunk
-  runs in one call; what is left is the per-item timing and the kernel's 0.5 µs per item of
-  unpickling, on a core the workers share.
-- **Names that travel** (40 items binding a 30 MB `bytearray`): from worker processes a chunk
-  sends its names once, as its last item left them, but every chunk does. Holding big values
-  back in the workers would leave the loop's names wrong after a Ctrl-C or a failure, which
-  parmagic does not trade for speed; fetching them from the worker that ran the last item is
-  the way left.
-- **The second run of a cell**: 5-7 ms, of which about 0.2 ms is start-up itself; the rest is
-  the cell's analysis, shipping the task, and the first chunks of one item each (so that every
-  worker starts at once).
+- **Against joblib and `Pool.map` on computing loops** (`n**n`, busy(k), Collatz): within
+  1.00-1.08 ×. What is left is per chunk, and it is the kernel's: each result the kernel reads
+  wakes it on a machine whose two cores both run workers, and the worker that wrote it waits
+  for a core meanwhile (its one `write` of a 7 KB result took 0.01 ms or 0.25 ms depending on
+  whether the kernel woke on its core; `Pool.map`'s result thread does less per chunk). Chunks
+  hold about 20 ms of items, so 0.5-1 ms of the kernel's work per chunk is 2.5-5%. Ruled out
+  this time: the guard and the kernel-object lookups (the "checks off" variant is within
+  noise everywhere), the worker's pickling (a 4096-item result: 2.8 ms before this issue, 0.35
+  ms now), the pipe's buffer (never full), the GIL switch interval in workers (0.2 ms changed
+  nothing), larger chunks (50 ms and 16384 items made Collatz slower).
+- **10,000 no-op items against `Pool.map`** (about 4 ×, 6-7 ms against 1.2-1.6): a warm run's
+  fixed cost is 2.3 ms (the cell's analysis about 0.5 ms, the task pickled 0.3, the CPU monitor
+  started and stopped 0.5, a round trip to every worker to ship the task and another to ask
+  what changed in their globals), and the items' chunks add the rest. `Pool.map` does none of
+  that. Threads (the issue 18 goal of 20 ms): each item is still recorded one by one there.
+- **40 items binding a 30 MB `bytearray`** (about 3.4 × the plain cell, from 21 × before
+  this issue): the value now crosses once, at the end (30 ms through shared memory). The rest
+  is the items themselves: in the plain loop each new buffer reuses the memory of the one it
+  replaces; in a worker, kept values (the last one of each chunk, until the kernel has applied
+  a later chunk) hold on to theirs, so new buffers get fresh pages from the system (an item
+  takes about 12 ms on fresh pages, 3 ms on reused memory). With the workers' malloc told to keep freed memory (an experiment,
+  `mallopt`, not kept: it would hold hundreds of MB per worker) the run took 101 ms, 2 ×.
+  `futures:processes` still sends every chunk's names (its workers cannot be asked later).
 
 Elsewhere: the fault matrix (`bench/faults.py`) ends every fault within 0.8 s of its cause, and
 the next run takes 0.00-0.14 s; the monitor costs 0.7% of one core; a 10-million-item generator
@@ -276,7 +276,7 @@ def workloads(ip) -> list[Workload]:
             Goal("parmagic processes", CHECKS_OFF, 1.0, within_noise=True),
         ]))  # fmt: skip
     ours = parmagic_cell(ip, "-b processes", "out = [spin(i) for i in range(200)]")
-    found.append(Workload("busy(k): a pure-Python function, 200 items of ~10 ms", "<= joblib", {
+    found.append(Workload("busy(k): a pure-Python function, 200 items of ~6 ms", "<= joblib", {
         "parmagic processes": ours,
         "serial loop": lambda: [spin(i) for i in range(200)],
         "Pool.map": lambda: pool.map(spin, range(200), 4),
