@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import sys
+from collections.abc import Callable
 from types import CodeType
 
 from . import errors
@@ -150,31 +152,29 @@ def _as_value(key: ast.expr) -> ast.expr:
 
 
 BUILT_KEPT = 64  # item functions' code kept for the cells run again (build_item_code)
-_built: dict[tuple, CodeType] = {}
 
 
+def _made_once(make: Callable[..., CodeType]) -> Callable[..., CodeType]:
+    """``make``'s code, made once for a loop run again as it was: the same code object, which
+    cloudpickle also analyses once (its cache is by code object)."""
+    built: dict[tuple, CodeType] = {}
+
+    @functools.wraps(make)
+    def build(info: BodyInfo, *args, **kwargs) -> CodeType:
+        loop = ast.dump(info.node, include_attributes=True)
+        made_of = (len(info.tail), info.kind, tuple(info.reductions.items()), tuple(info.sinks))
+        key = (loop, made_of, args, tuple(sorted(kwargs.items())))
+        code = built.pop(key, None) or make(info, *args, **kwargs)
+        built[key] = code  # the most recent last: the oldest go first
+        while len(built) > BUILT_KEPT:
+            del built[next(iter(built))]
+        return code
+
+    return build
+
+
+@_made_once
 def build_item_code(
-    info: BodyInfo,
-    recorded: frozenset[str],
-    filename: str,
-    coroutine: bool = False,
-    whole_chunk: bool = False,
-) -> CodeType:
-    """:func:`make_item_code`'s code, made once for a loop run again as it was: the same code
-    object, which cloudpickle also analyses once (its cache is by code object)."""
-    key = (
-        ast.dump(info.node, include_attributes=True), len(info.tail), info.kind,
-        tuple(info.reductions.items()), tuple(info.sinks), recorded, filename, coroutine,
-        whole_chunk,
-    )  # fmt: skip
-    code = _built.pop(key, None) or make_item_code(info, recorded, filename, coroutine, whole_chunk)
-    _built[key] = code  # the most recent last: the oldest go first
-    while len(_built) > BUILT_KEPT:
-        del _built[next(iter(_built))]
-    return code
-
-
-def make_item_code(
     info: BodyInfo,
     recorded: frozenset[str],
     filename: str,

@@ -351,3 +351,20 @@ def busy_machine():
     for spinner in spinners:
         spinner.kill()
         spinner.wait()
+
+
+UNBOUND = "<unbound>"  # what serial_state says of a name the plain loop leaves unbound
+
+
+def parallel(run, options: str, cell: str):
+    """Run the cell under ``%%parallel options``; it must succeed."""
+    outcome = run(f"%%parallel {options}\n{cell}")
+    assert outcome.error is None, outcome.out + outcome.err
+    return outcome
+
+
+def serial_state(ip, cell: str, names: list[str]) -> dict:
+    """Run the cell as plain Python in a scratch namespace copied from the shell's."""
+    namespace = {k: v for k, v in ip.user_ns.items() if not k.startswith("_")}
+    exec(cell, namespace)
+    return {name: namespace.get(name, UNBOUND) for name in names}

@@ -7,24 +7,11 @@ state with what the same loop leaves when run as plain Python.
 from __future__ import annotations
 
 import pytest
-from conftest import PROCESS_BACKENDS, report
+from conftest import PROCESS_BACKENDS, parallel, report, serial_state
 
 # Item i sleeps a little, later items often less than earlier ones, so that items finish
 # out of order on every parallel backend.
 SETUP = "import time\ndef nap(i):\n    time.sleep(0.002 * ((i * 7) % 5))\n"
-
-
-def parallel(run, backend: str, cell: str):
-    outcome = run(f"%%parallel {backend}\n{cell}")
-    assert outcome.error is None, outcome.out + outcome.err
-    return outcome
-
-
-def serial_state(ip, cell: str, names: list[str]) -> dict:
-    """Run the cell as plain Python in a scratch namespace copied from the shell's."""
-    namespace = {k: v for k, v in ip.user_ns.items() if not k.startswith("_")}
-    exec(cell, namespace)
-    return {name: namespace[name] for name in names}
 
 
 def test_append_order_is_serial_order(ip, run, backend):
