@@ -231,6 +231,7 @@ def test_a_long_run_keeps_totals_for_every_item_but_bounded_records(ip, run, mon
     assert sum(report().per_worker.values()) == 20_000
 
 
+@INTERRUPTED_PICKLING  # the fork variant's, collected in the next variant's teardown
 @pytest.mark.parametrize("name", ["threads", "futures", "serial", "fork", "asyncio"])
 def test_an_interrupt_leaves_the_kernels_streams_as_they_were(ip, run, name):
     streams = sys.stdout, sys.stderr
