@@ -24,6 +24,7 @@ import threading
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+from .effects import SCALARS
 from .shared_files import shared_file
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def _reached(kept: dict[int, object], holders: list) -> set[int]:
         if id(obj) in kept:
             found.add(id(obj))
             continue
-        if id(obj) in seen or type(obj) in _ATOMS:
+        if id(obj) in seen or type(obj) in SCALARS:
             continue
         seen.add(id(obj))
         budget -= 1
@@ -150,7 +151,6 @@ def _reached(kept: dict[int, object], holders: list) -> set[int]:
     return set(kept) if todo else found
 
 
-_ATOMS = (int, float, str, bytes, bool, type(None), complex)
 PICKLED = "pickled"
 
 

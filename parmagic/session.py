@@ -3,6 +3,7 @@ event loop for cells that await, and the last run's report."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
@@ -38,16 +39,9 @@ class Session:
         self.restart_notes: list[str] = []  # warm pools restarted for changed code: for the report
         self.pool_started = 0.0  # seconds the last backend() call took to start a pool
         self.told_native_limit = False  # a summary said that native threads were capped
-        self._paces: dict[tuple, Pace] = {}  # by cell, backend and workers: the latest runs'
-
-    def pace(self, source: str, backend: str, workers: int) -> Pace:
-        """What the latest run of this cell on this backend measured (see ChunkSizer)."""
-        key = (source, backend, workers)
-        pace = self._paces.pop(key, None) or Pace()
-        self._paces[key] = pace  # the most recent last: the oldest go first
-        while len(self._paces) > KEPT_PACES:
-            del self._paces[next(iter(self._paces))]
-        return pace
+        # what the latest run of a cell on a backend measured, by cell, backend and workers
+        # (see ChunkSizer): the same Pace for the same key, the least recent forgotten first
+        self.pace = functools.lru_cache(maxsize=KEPT_PACES)(lambda source, backend, workers: Pace())
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""
