@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import contextvars
 import io
+import itertools
 import operator
 import os
 import pickle
@@ -188,6 +189,7 @@ class ChunkResult:
     hidden: str | None = None  # state the items changed without naming it (hidden_state.py)
     still_running: int | None = None  # the item frozen at its deadline, running on (LiveChunk)
     held_names: list[str] = field(default_factory=list)  # kept by the worker (held_names.py)
+    watched: bool = False  # the worker watches captured values for changes (asked at the end)
     # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
     recorded: bool = True
     flat_values: list | None = None
@@ -196,6 +198,21 @@ class ChunkResult:
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def __getattr__(self, name: str) -> list[float]:
+        """A loaded result of items run in one call has only their starts: the ends and CPU
+        times are worked out when first read (a report of totals never reads them)."""
+        if name not in _TIMES[1:] or self.__dict__.get("spread") is None:
+            raise AttributeError(name)
+        self.ends, self.cpus = spread_times(self.starts, *self.spread)
+        return self.__dict__[name]
+
+    def busy_and_cpu(self, count: int) -> tuple[float, float]:
+        """Seconds the first ``count`` items ran, and the CPU time they used."""
+        if self.spread is not None and count == len(self.starts) and "ends" not in self.__dict__:
+            ended, cpu = self.spread
+            return (ended - self.starts[0] if count else 0.0), (cpu if count else 0.0)
+        return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
 
     def __getstate__(self) -> dict:
         """Few objects to pickle, not several per item (a worker's pickler looks at every
@@ -208,11 +225,7 @@ class ChunkResult:
         if self.spread is not None:
             del state["ends"], state["cpus"]
         for name, empty in _SPARSE.items():
-            column = state[name]
-            held = {}
-            if column.count(empty) != len(column):  # counted at C speed: often all empty
-                held = {k: v for k, v in enumerate(column) if (v if empty == [] else v is not None)}
-            state[name] = (len(column), held)
+            state[name] = (len(state[name]), _held_entries(state[name], empty))
         if self.flat_values is not None and plain_data(self.flat_values):
             state["flat_values"] = pickle.dumps(self.flat_values, pickle.HIGHEST_PROTOCOL)
         if self.value_bounds is not None:
@@ -224,8 +237,6 @@ class ChunkResult:
             column = array.array("d")
             column.frombytes(state[name])
             state[name] = column.tolist()
-        if state["spread"] is not None:
-            state["ends"], state["cpus"] = spread_times(state["starts"], *state["spread"])
         for name, empty in _SPARSE.items():
             count, held = state[name]
             state[name] = column = [empty] * count  # ops: one empty list, shared, never grown
@@ -276,6 +287,18 @@ class ChunkResult:
 
 
 _TIMES = ("starts", "ends", "cpus")
+
+
+def _held_entries(column: list, empty: list | None) -> dict[int, Any]:
+    """The entries that hold something (a non-empty list; not None), by offset, found at C
+    speed: they are the true ones, unless some false entry is not None (0, "", {})."""
+    holding = len(column) - column.count(empty)
+    if not holding:
+        return {}
+    offsets = list(itertools.compress(range(len(column)), column))
+    if len(offsets) != holding:
+        offsets = [offset for offset, entry in enumerate(column) if entry is not None]
+    return {offset: column[offset] for offset in offsets}
 
 
 def _unpacked(state: dict) -> ChunkResult:

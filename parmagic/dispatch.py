@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import CodeType
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
+CHUNK_WORTH = 0.00025  # seconds of work worth a chunk of its own: about what one costs
 MAX_CHUNK_ITEMS = 4096  # with the window, bounds how far the iterable is read ahead
 WAIT_SLICE = 0.25  # seconds per wait, so the kernel thread stays responsive
 
@@ -72,12 +73,27 @@ class ChunkSizer:
             self.largest = max(1, min(sized, MAX_CHUNK_ITEMS))
         self.slowest = 0.0  # per item, in the slowest chunk: the next run's pace
         self.latest = -1  # the first item of the latest chunk in the loop observed
+        self.share = self._even_share()
+
+    def _even_share(self) -> int | None:
+        """A loop whose whole work, at its last run's pace, is under a chunk's target per
+        worker is shared out evenly at once: a chunk per worker (fewer, if the work is not
+        worth that many chunks), none left over for one worker alone at the end."""
+        if not (self.seconds_per_item and self.remaining):
+            return None
+        work = self.remaining * self.seconds_per_item
+        if work > self.workers * TARGET_CHUNK_SECONDS:
+            return None
+        chunks = max(1, min(self.workers, int(work / CHUNK_WORTH)))
+        return min(-(-self.remaining // chunks), 2 * MAX_CHUNK_ITEMS)
 
     def next_size(self) -> int:
         if self.fixed:
             return self.fixed
         size = 1
-        if self.seconds_per_item:
+        if self.share:
+            size = self.share
+        elif self.seconds_per_item:
             limit = min(
                 TARGET_CHUNK_SECONDS / self.seconds_per_item,
                 self.largest * self.RAMP,
@@ -95,7 +111,7 @@ class ChunkSizer:
         """Follow the latest chunk in the loop (not the latest to come back: an early chunk
         can come back last): items often get dearer (or cheaper) as a loop goes on."""
         if len(result):
-            busy = sum(result.ends) - sum(result.starts)
+            busy = result.busy_and_cpu(len(result))[0]
             pace = max(busy / len(result), 1e-7)
             self.largest = max(self.largest, len(result))
             self.slowest = max(self.slowest, pace)
@@ -379,6 +395,7 @@ class _Run:
     def __init__(self, backend, task, iterable, applier, report, chunksize, length, pace) -> None:
         self.backend, self.task, self.applier, self.report = backend, task, applier, report
         self.iterator = iter(iterable)
+        self.range = iterable if type(iterable) is range else None  # chunks: its slices
         if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
         self.sizer = ChunkSizer(chunksize, backend.workers, length, pace)
@@ -387,7 +404,7 @@ class _Run:
         self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
         self.starts: dict[int, int] = {}  # seq -> index of its first item, until applied
         self.pending: dict[int, ChunkResult] = {}
-        self.submitted = self.applied = self.next_index = 0
+        self.submitted = self.applied = self.next_index = self.first_index = 0
         self.exhausted = False
         self.iterable_error: Exception | None = None  # raised by the iterable, after its prefix
         self.until: Callable[[], bool] | None = None
@@ -417,9 +434,13 @@ class _Run:
             self.next_index += len(items)
             self.submitted += 1
 
-    def _take(self, count: int) -> list:
+    def _take(self, count: int) -> Sequence:
         """The next items; an iterable that raises part-way ends the run there, and its
-        items before the failure still run, as a plain loop runs them."""
+        items before the failure still run, as a plain loop runs them. A range's items are
+        its slices, which cost nothing to make or to send."""
+        if self.range is not None:
+            taken = self.next_index - self.first_index
+            return self.range[taken : taken + count]
         items: list = []
         try:
             items.extend(itertools.islice(self.iterator, count))
@@ -531,7 +552,8 @@ def execute(
         ns, task, report, filename, tail, lazy, kernel_objects=backend.kernel_objects
     )
     run = _Run(backend, task, iterable, applier, report, chunksize, length, pace)
-    run.next_index, run.until = first_index, until
+    run.next_index = run.first_index = first_index
+    run.until = until
     with kept_as_it_was(random_state=task.seed is not None):
         try:
             yield from _drive(run, backend, task, report, stop, progress, length)

@@ -448,8 +448,8 @@ class SentObjects:
 
     def chunk_bytes(self, seq: int, start: int, items: list) -> bytes:
         """The chunk's items pickled, after a byte that says whether they hold objects."""
-        if _plain(items):
-            return bytes([PLAIN]) + cloudpickle.dumps(items, protocol=PROTOCOL)
+        if type(items) is range or _plain(items):
+            return bytes([PLAIN]) + pickle.dumps(items, protocol=PROTOCOL)
         data, memo = dumped(items)
         numbered = list(memo().values())
         keys = _keys(numbered, CHUNK, skip_first=True)

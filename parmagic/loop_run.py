@@ -115,7 +115,8 @@ class LoopRun:
         if backend.runs_coroutines and not self.plan.body.awaits:
             self.warn(errors.NO_AWAIT)
             report.one_at_a_time = True
-        return self.records(backend, task, iterator, length, report)
+        items = iterable if type(iterable) is range else iterator  # a range: sent as slices
+        return self.records(backend, task, items, length, report)
 
     def as_written(self, iterator: Iterator, report: RunReport, reason: str) -> Iterator[list]:
         """The loop as the plain kernel runs it, in the kernel's namespace: what serial and
@@ -204,7 +205,7 @@ class LoopRun:
         return backend, task
 
     def records(
-        self, backend: Backend, task: Task, iterator: Iterator, length: int, report: RunReport,
+        self, backend: Backend, task: Task, iterator: Iterable, length: int, report: RunReport,
         recording: Recording | None = None, until: Callable[[], bool] | None = None,
     ) -> Iterator[list]:  # fmt: skip
         """The loop's items from ``report.item_count`` on, run on ``backend`` (until

@@ -4,13 +4,39 @@ its workers versus other programs: psutil samples on a background thread, about 
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psutil
 
 INTERVAL = 0.1
+_CPUS = psutil.cpu_count() or 1
+
+
+@functools.cache
+def _samplers() -> ThreadPoolExecutor:
+    """The threads that sample, kept between runs: starting a thread costs more than a short
+    run's items. One per monitor running at once (auto's probe and its run, say)."""
+    return ThreadPoolExecutor(thread_name_prefix="parmagic-monitor")
+
+
+def stop_samplers() -> None:
+    """The sampling threads end once idle (the extension is unloaded); a later run starts
+    new ones."""
+    if _samplers.cache_info().currsize:
+        _samplers().shutdown(wait=False)
+        _samplers.cache_clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _process(pid: int) -> psutil.Process:
+    """The process of a pid, made once: the kernel and its warm workers serve run after run.
+    Its CPU times are read from the pid's process of the moment: the one asked about."""
+    return psutil.Process(pid)
 
 
 @dataclass
@@ -66,9 +92,9 @@ class Monitor:
         self.interval, self.pids = interval, pids
         self.usage = Usage()
         self._stop = threading.Event()
-        self._me = psutil.Process()
-        self._cpus = psutil.cpu_count() or 1
-        self._thread = threading.Thread(target=self._run, name="parmagic-monitor", daemon=True)
+        self._me = _process(os.getpid())
+        self._cpus = _CPUS
+        self._lock = threading.Lock()  # one sample at a time: the sampling thread's, or stop's
         self._samples = 0
         self._family: list[psutil.Process] = []
 
@@ -102,7 +128,7 @@ class Monitor:
         found = []
         for pid in pids:
             try:
-                found.append(psutil.Process(pid))
+                found.append(_process(pid))
             except psutil.Error:  # a worker that died: the run will say so
                 continue
         return found
@@ -118,7 +144,7 @@ class Monitor:
         self._last = (time.monotonic(), self._tree_cpu())
         self.usage.started = self._last[0]
         self.usage.cores = [[] for _ in range(self._cpus)]
-        self._thread.start()
+        _samplers().submit(self._run)
         return self
 
     def _sample(self) -> None:
@@ -142,11 +168,15 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._sample()
 
     def stop(self) -> Usage:
-        self._stop.set()
-        self._thread.join()
-        if not self.usage.times or time.monotonic() - self.usage.times[-1] > self.interval / 4:
-            self._sample()
+        """The samples; no other is taken after this returns."""
+        with self._lock:
+            self._stop.set()
+            if not self.usage.times or time.monotonic() - self.usage.times[-1] > self.interval / 4:
+                self._sample()
         return self.usage

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .chunk import spread_times
+
 if TYPE_CHECKING:
     from .monitor import Usage
 
@@ -51,16 +53,27 @@ class ItemTimings:
         self._count = 0
         self._rows: list[tuple] = []
 
-    def add(self, first: int, worker: str, starts: list, ends: list, cpus: list) -> None:
-        room = MAX_ITEM_RECORDS - self._count
-        if room > 0 and starts:
-            self._columns.append((first, worker, starts[:room], ends[:room], cpus[:room]))
-            self._count += min(room, len(starts))
+    def add(self, result, count: int) -> None:
+        """The first ``count`` items of a chunk result. Items run in one call keep only
+        their starts until read (``spread``: their ends and CPU times follow from them)."""
+        count = min(count, MAX_ITEM_RECORDS - self._count)
+        if count <= 0:
+            return
+        if result.spread is not None and "ends" not in vars(result):
+            times = (result.starts, result.spread)
+        else:
+            times = (result.starts, result.ends, result.cpus)
+        self._columns.append((result.first, result.worker, count, times))
+        self._count += count
 
     def _all(self) -> list[tuple]:
-        for first, worker, starts, ends, cpus in self._columns:
-            indices = range(first, first + len(starts))
-            self._rows += zip(indices, [worker] * len(starts), starts, ends, cpus, strict=True)
+        for first, worker, count, times in self._columns:
+            if len(times) == 2:  # starts and spread
+                starts, spread = times
+                times = (starts, *spread_times(starts, *spread))
+            starts, ends, cpus = (column[:count] for column in times)
+            indices = range(first, first + count)
+            self._rows += zip(indices, [worker] * count, starts, ends, cpus, strict=True)
         self._columns.clear()
         return self._rows
 
@@ -146,12 +159,11 @@ class RunReport:
 
     def add(self, result, count: int) -> None:
         """Count the first ``count`` items of a chunk result."""
-        starts, ends, cpus = result.starts[:count], result.ends[:count], result.cpus[:count]
-        busy, cpu = sum(ends) - sum(starts), sum(cpus)
+        busy, cpu = result.busy_and_cpu(count)
         queued = result.queued * count / len(result) if len(result) else 0.0
         idle = None  # the share of the chunk's time the process used no core, if profiled
         if self._profile is not None and count:
-            idle = self._profile.idle_between(starts[0], ends[-1])
+            idle = self._profile.idle_between(result.starts[0], result.ends[count - 1])
             blocked = max(0.0, busy - queued - cpu)
             if self.sharing:
                 self.turns_cpu += cpu
@@ -174,7 +186,7 @@ class RunReport:
             self.alone += max(busy - queued, min(cpu, busy))  # native threads: cpu > busy
         self.per_worker[result.worker] = self.per_worker.get(result.worker, 0) + count
         self.worker_busy[result.worker] = self.worker_busy.get(result.worker, 0.0) + busy
-        self.timings.add(result.first, result.worker, starts, ends, cpus)
+        self.timings.add(result, count)
 
     @property
     def items(self) -> list[ItemTiming]:

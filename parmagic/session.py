@@ -138,3 +138,6 @@ class Session:
         if self._event_loop is not None:
             self._event_loop.close()
             self._event_loop = None
+        from .monitor import stop_samplers  # psutil: loaded by then, if anything ran
+
+        stop_samplers()

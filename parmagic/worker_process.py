@@ -181,6 +181,7 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore
             store.applied(applied)
             result, objects = _run(task, seq, start, body, name)
             result.native_limit = native_threads if _cap.check() else None
+            result.watched = bool(digests)
             if task.hold_names:
                 store.keep(result, objects)
             data = dump_result(result, objects)

@@ -104,9 +104,9 @@ class ProcessBackend(WorkerProcesses):
         self._deadline = Deadline.of(task.timeout, KILL_GRACE)
         self._depth = 1 if task.timeout else self.PREFETCH
         self._run += 1
-        self._used: set[_Worker] = set()
         self._holding: set[_Worker] = set()  # workers that kept values of names
         self._applied = 0
+        self._watching: set[_Worker] = set()  # workers whose task captured data (watched)
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
@@ -141,7 +141,6 @@ class ProcessBackend(WorkerProcesses):
         if not worker.chunks:
             worker.since = time.monotonic()
         worker.chunks.append(chunk)
-        self._used.add(worker)
 
     def wait(self, timeout: float) -> list[ChunkResult]:
         if self._refused:
@@ -181,6 +180,8 @@ class ProcessBackend(WorkerProcesses):
         result = self.load_result(data, chunk.seq, chunk.start, chunk.items, worker.name)
         if result.held_names:
             self._holding.add(worker)
+        if result.watched:
+            self._watching.add(worker)
         return result
 
     def chunks_applied(self, count: int) -> None:
@@ -233,7 +234,7 @@ class ProcessBackend(WorkerProcesses):
         lost, *queued = worker.chunks
         replacement = self._new_worker(len(self._workers))
         self._workers[self._workers.index(worker)] = replacement
-        self._used.discard(worker)
+        self._watching.discard(worker)
         worker.conn.close()
         for chunk in queued:
             self._send(replacement, chunk)
@@ -248,9 +249,9 @@ class ProcessBackend(WorkerProcesses):
                     self._workers[index] = self._new_worker(index)
             return []
         changed: set[str] = set()
-        for worker in self._used:
+        for worker in self._watching:
             worker.conn.send(("changes",))
-        for worker in self._used:
+        for worker in self._watching:
             with suppress(EOFError, OSError):  # it died after its last chunk: nothing to say
                 changed.update(worker.conn.recv())
         return [errors.CHANGED_IN_WORKER.format(name=name) for name in sorted(changed)]
