@@ -228,8 +228,11 @@ class ChunkResult:
             state[name] = (len(state[name]), _held_entries(state[name], empty))
         if self.flat_values is not None and plain_data(self.flat_values):
             state["flat_values"] = pickle.dumps(self.flat_values, pickle.HIGHEST_PROTOCOL)
-        if self.value_bounds is not None:
-            state["value_bounds"] = array.array("q", self.value_bounds).tobytes()
+        bounds = self.value_bounds
+        if bounds is not None and bounds[-1] == len(bounds) - 1 and bounds == [*range(len(bounds))]:
+            state["value_bounds"] = len(bounds)  # one value per item (0, 1, 2, ...): the count
+        elif bounds is not None:
+            state["value_bounds"] = array.array("q", bounds).tobytes()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -244,7 +247,9 @@ class ChunkResult:
                 column[offset] = value
         if isinstance(state["flat_values"], bytes):
             state["flat_values"] = pickle.loads(state["flat_values"])
-        if state["value_bounds"] is not None:
+        if isinstance(state["value_bounds"], int):
+            state["value_bounds"] = list(range(state["value_bounds"]))
+        elif state["value_bounds"] is not None:
             bounds = array.array("q")
             bounds.frombytes(state["value_bounds"])
             state["value_bounds"] = bounds.tolist()
@@ -295,6 +300,9 @@ def _held_entries(column: list, empty: list | None) -> dict[int, Any]:
     holding = len(column) - column.count(empty)
     if not holding:
         return {}
+    last = column[-1]
+    if holding == 1 and (bool(last) if empty == [] else last is not None):  # e.g. names
+        return {len(column) - 1: last}
     offsets = list(itertools.compress(range(len(column)), column))
     if len(offsets) != holding:
         offsets = [offset for offset, entry in enumerate(column) if entry is not None]
@@ -829,6 +837,8 @@ def run_values(
     recording its items' changes. With ``objects``, one call per item instead, each
     compared before and after (see run_chunk)."""
     result = ChunkResult(seq, start, worker, recorded=task.whole_chunks)
+    if task.held is not None:  # a worker's: pickled as they are, bytes of doubles
+        result.starts = array.array("d")
     timed = TimedItems(task, result, items)
     timed.sink, timed.marks = ChunkOutput(result.outputs), []
     if task.whole_chunks:

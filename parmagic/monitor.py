@@ -140,12 +140,21 @@ class Monitor:
             return []
 
     def start(self) -> Monitor:
+        """Sampling starts on a thread of its own, its first reading included: the run's
+        first chunks are not held up by it (its window starts a moment later)."""
+        self._lock.acquire()  # released once the first reading is in: stop() waits for it
+        self.usage.cores = [[] for _ in range(self._cpus)]
+        try:
+            _samplers().submit(self._run)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def _first_reading(self) -> None:
         self._last_cores = self._core_times()
         self._last = (time.monotonic(), self._tree_cpu())
         self.usage.started = self._last[0]
-        self.usage.cores = [[] for _ in range(self._cpus)]
-        _samplers().submit(self._run)
-        return self
 
     def _sample(self) -> None:
         now, cpu = time.monotonic(), self._tree_cpu()
@@ -167,6 +176,10 @@ class Monitor:
         self.usage.machine.append(sum(cores) / len(cores))
 
     def _run(self) -> None:
+        try:
+            self._first_reading()
+        finally:
+            self._lock.release()
         while not self._stop.wait(self.interval):
             with self._lock:
                 if self._stop.is_set():
@@ -174,9 +187,11 @@ class Monitor:
                 self._sample()
 
     def stop(self) -> Usage:
-        """The samples; no other is taken after this returns."""
+        """The samples; no other is taken after this returns. The last stretch is sampled if
+        it lasted a quarter interval or more: the counters count in ticks of 10 ms, so a
+        shorter one tells nothing (a run that short has no samples)."""
         with self._lock:
             self._stop.set()
-            if not self.usage.times or time.monotonic() - self.usage.times[-1] > self.interval / 4:
+            if time.monotonic() - self._last[0] > self.interval / 4:
                 self._sample()
         return self.usage

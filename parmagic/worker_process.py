@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -102,7 +103,6 @@ def _loaded(task: Task, items: bytes) -> tuple[list, ChunkObjects]:
 
 
 KERNEL_CHECK = 0.5  # seconds between a worker's checks that the kernel still lives
-_BODIES = ("task", "chunk")  # messages followed by a bytes body
 
 
 def _exit_with_kernel(kernel: int, parent: int) -> None:
@@ -134,7 +134,7 @@ def _read_inbox(conn, inbox: queue.SimpleQueue, kernel: int, store: NameStore, s
     while True:
         try:
             if conn.poll(KERNEL_CHECK):
-                header = conn.recv()
+                header, body = _message(conn.recv_bytes())
                 if header[0] == "names":
                     with sending:
                         store.send(header[1], conn)
@@ -142,12 +142,19 @@ def _read_inbox(conn, inbox: queue.SimpleQueue, kernel: int, store: NameStore, s
                 if header[0] == "applied":
                     store.applied(header[1])
                     continue
-                inbox.put((header, conn.recv_bytes() if header[0] in _BODIES else None))
+                inbox.put((header, body))
                 continue
         except (EOFError, OSError):  # the kernel closed its end, or is gone
             inbox.put((("stop",), None))
             return
         _exit_with_kernel(kernel, parent)
+
+
+def _message(data: bytes) -> tuple[tuple, memoryview]:
+    """A message from the kernel: its pickled header, then the bytes it carries, if any."""
+    stream = io.BytesIO(data)
+    header = pickle.load(stream)
+    return header, memoryview(data)[stream.tell() :]
 
 
 def serve(conn, native_threads: int, kernel: int) -> None:
@@ -172,12 +179,13 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore
     name = f"pid {os.getpid()}"
     while True:
         header, body = inbox.get()
-        if header[0] == "task":
-            task = _load_task(body)
-            digests = captured_digests(task.function.__globals__)
-            store.clear()
-        elif header[0] == "chunk":
-            _, seq, start, applied = header
+        if header[0] == "chunk":
+            _, seq, start, applied, task_size = header
+            if task_size:  # the run's first chunk for this worker
+                task = _load_task(body[:task_size])
+                digests = captured_digests(task.function.__globals__)
+                store.clear()
+            body = body[task_size:]
             store.applied(applied)
             result, objects = _run(task, seq, start, body, name)
             result.native_limit = native_threads if _cap.check() else None

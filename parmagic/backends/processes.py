@@ -9,8 +9,9 @@ Data flow of one run (what the three out-of-process backends share is in worker_
 
     kernel: dispatch ──(seq, start, items)──▶ ProcessBackend.submit ─┐ a SentChunk per chunk
                                                                    │ one duplex pipe per worker
-        worker k ◀── ("task", run) + task bytes, once per run ◀────┤
-        worker k ◀── ("chunk", seq, start) + items bytes ◀─────────┘
+        worker k ◀── one message: ("chunk", seq, start, applied, ───┘
+                     task size), the task's bytes (the run's first chunk
+                     for the worker; else none), the items' bytes
         worker k: serve ── run_chunk(...) ── ChunkResult bytes ──▶ ProcessBackend.wait
         kernel: wait ── load_result ──▶ ChunkResult ──▶ dispatch
         (wait() also watches every busy worker's process sentinel: a death ends the run)
@@ -19,6 +20,7 @@ Data flow of one run (what the three out-of-process backends share is in worker_
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 from collections import deque
@@ -126,15 +128,12 @@ class ProcessBackend(WorkerProcesses):
         A large chunk still waits for the worker's reading thread to get a core between the
         items computing: that wait counts as running, not as sending."""
         began = time.monotonic()
-        try:
-            if worker.run != self._run:
-                worker.conn.send(("task", self._run))
-                worker.conn.send_bytes(self._payload)
-                worker.run = self._run
-                self.bytes_sent += len(self._payload)
-            worker.conn.send(("chunk", chunk.seq, chunk.start, self._applied))
-            worker.conn.send_bytes(chunk.payload)
-            self.bytes_sent += len(chunk.payload)
+        task = self._payload if worker.run != self._run else b""
+        header = pickle.dumps(("chunk", chunk.seq, chunk.start, self._applied, len(task)))
+        try:  # one write wakes the worker once (each wake-up can cost the kernel its core)
+            worker.conn.send_bytes(b"".join((header, task, chunk.payload)))
+            worker.run = self._run
+            self.bytes_sent += len(task) + len(chunk.payload)
         except OSError:
             pass
         self.send_blocked += time.monotonic() - began
