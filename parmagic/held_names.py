@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .effects import SCALARS
 from .shared_files import shared_file
+from .worker_memory import FreedMemory
 
 if TYPE_CHECKING:
     from .chunk import ChunkResult
@@ -51,6 +52,13 @@ class Held:
         return Held, (self.seq, self.name)
 
 
+def _size(value: Any) -> int:
+    """Bytes of a value worth holding."""
+    if type(value) is array.array:
+        return len(value) * value.itemsize
+    return getattr(value, "nbytes", None) or len(value)
+
+
 def worth_holding(value: object) -> bool:
     """A large value that holds no other object (so none of the kernel's)."""
     kind = type(value)
@@ -71,6 +79,7 @@ class NameStore:
     def __init__(self) -> None:
         self._values: dict[tuple[int, str], Any] = {}
         self._lock = threading.Lock()
+        self._memory = FreedMemory()
 
     def keep(self, result: ChunkResult, objects: ChunkObjects) -> None:
         """Take the chunk's large values out of its names (Task.merge_names: one dict), but
@@ -93,6 +102,7 @@ class NameStore:
                 if first == name:
                     with self._lock:
                         self._values[(result.seq, name)] = value
+                    self._memory.keep_for(_size(value))
                 names[name] = Held(result.seq, first)
                 result.held_names.append(name)
 

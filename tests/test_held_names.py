@@ -12,6 +12,8 @@ import array
 import glob
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import numpy as np
 import psutil
@@ -358,3 +360,27 @@ def test_held_marker_pickles_as_itself_and_replies_are_told_from_results():
     data = dump_result(result)
     assert not data.startswith(held_names.NAMES_REPLY)
     assert type(pickle.loads(data).names[0]["big"]) is Held
+
+
+_HEAP_AFTER_FREEING = """
+import os, sys
+from parmagic.worker_memory import FreedMemory
+
+if sys.argv[1] == "keeps":
+    FreedMemory().keep_for(30_000_000)
+blobs = [bytearray(30_000_000) for _ in range(3)]  # written: every page resident
+del blobs
+print(int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc, on Linux")
+def test_a_worker_that_keeps_large_values_keeps_their_freed_memory_for_the_next():
+    """Freed buffers of a kept value's size stay in the heap (up to four), so that the next
+    item's buffer reuses pages already there, as in the plain loop; a process that did not
+    keep one gives them back to the system."""
+    resident = {
+        how: int(subprocess.check_output([sys.executable, "-c", _HEAP_AFTER_FREEING, how]))
+        for how in ("keeps", "plain")
+    }
+    assert resident["keeps"] > resident["plain"] + 60_000_000, resident
