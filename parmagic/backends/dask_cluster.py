@@ -263,7 +263,7 @@ class DaskBackend(PickledItems):
         """The chunk's result; None when it was sent again (lost by the cluster: items change
         nothing outside their run, so a second run of them is safe, as is dask's own retry)."""
         chunk = self._running.pop(future)
-        items = errors.items_named(chunk.numbers)
+        items = chunk.named
         if isinstance(error, self._killed_worker):
             reason = str(error).split("\n")[0]
             error = WorkerDied(errors.DASK_WORKER_DIED.format(items=items, reason=reason))

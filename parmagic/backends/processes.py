@@ -163,7 +163,7 @@ class ProcessBackend(WorkerProcesses):
                 worker.process.join()
                 how = describe_exit(worker.process.exitcode)
                 lost = self._replace(worker)
-                items = errors.items_named(lost.numbers)
+                items = lost.named
                 error = WorkerDied(errors.WORKER_DIED.format(how=how, items=items))
                 results.append(failed_chunk(lost.seq, lost.start, lost.items, error, worker.name))
             elif self._deadline and self._deadline.passed(worker.since):

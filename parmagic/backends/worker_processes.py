@@ -49,8 +49,9 @@ class SentChunk:
     payload: bytes  # the pickled items: sent again if a worker dies with this chunk queued
 
     @property
-    def numbers(self) -> str:
-        return ", ".join(str(self.start + offset) for offset in range(len(self.items)))
+    def named(self) -> str:
+        """``item 4``, ``items 8-4095``: a chunk's items are consecutive."""
+        return errors.item_span(self.start, len(self.items))
 
 
 def result_not_loadable(
