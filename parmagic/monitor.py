@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -17,18 +18,46 @@ INTERVAL = 0.1
 _CPUS = psutil.cpu_count() or 1
 
 
-@functools.cache
-def _samplers() -> ThreadPoolExecutor:
+class _Samplers:
     """The threads that sample, kept between runs: starting a thread costs more than a short
-    run's items. One per monitor running at once (auto's probe and its run, say)."""
-    return ThreadPoolExecutor(thread_name_prefix="parmagic-monitor")
+    run's items. One per monitor running at once (auto's probe and its run, say). Daemon
+    threads, unlike an executor's: a monitor left running cannot hold up the kernel's exit."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = self._threads = 0
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                self._threads += 1
+                threading.Thread(target=self._serve, name="parmagic-monitor", daemon=True).start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+            with self._lock:
+                self._idle += 1
+
+    def stop(self) -> None:
+        """Each thread ends once its monitor has stopped."""
+        for _ in range(self._threads):
+            self._jobs.put(None)
+
+
+@functools.cache
+def _samplers() -> _Samplers:
+    return _Samplers()
 
 
 def stop_samplers() -> None:
-    """The sampling threads end once idle (the extension is unloaded); a later run starts
-    new ones."""
+    """The sampling threads end (the extension is unloaded); a later run starts new ones."""
     if _samplers.cache_info().currsize:
-        _samplers().shutdown(wait=False)
+        _samplers().stop()
         _samplers.cache_clear()
 
 
@@ -145,7 +174,7 @@ class Monitor:
         self._lock.acquire()  # released once the first reading is in: stop() waits for it
         self.usage.cores = [[] for _ in range(self._cpus)]
         try:
-            _samplers().submit(self._run)
+            _samplers().run(self._run)
         except BaseException:
             self._lock.release()
             raise
