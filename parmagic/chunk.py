@@ -264,6 +264,8 @@ class ChunkResult:
     def all_values(self) -> list:
         if self.flat_values is not None:
             return self.flat_values
+        if self.values.count(None) == len(self.values):  # a for loop's: at C speed
+            return []
         return [value for values in self.values if values for value in values]
 
     def unflatten(self) -> None:

@@ -3,14 +3,17 @@ container's CPU quota. Light on purpose: worker processes ask it too."""
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
 import signal
 
 
+@functools.cache
 def cgroup_cpu_limit() -> float | None:
-    """The container's CPU quota in cores (cgroup v2 ``cpu.max``), or None when unlimited."""
+    """The container's CPU quota in cores (cgroup v2 ``cpu.max``), or None when unlimited:
+    read once (a container's quota is set when it starts; reading it costs every run)."""
     try:
         with open("/sys/fs/cgroup/cpu.max") as limits:
             quota, period = limits.read().split()[:2]
