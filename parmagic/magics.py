@@ -24,7 +24,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors
 from .backends import CHOICES
-from .cell import HOOK_NAME, plan_cell, split_for_display, statements_before
+from .cell import HOOK_NAME, split_for_display, statements_before
 from .errors import ParmagicUsageError
 from .hidden_effects import refusal
 from .info import machine_info
@@ -136,7 +136,7 @@ class ParallelMagics(Magics):
         """The checked cell, and auto's reason to stay in the kernel; refused with
         ParmagicUsageError, before the cell's first statement runs: what the statements before
         the loop define is judged from their source (preview.py)."""
-        plan = plan_cell(source, filename, options.backend, self.shell.transform_ast)
+        plan = self.session.plan(source, filename, options.backend, self.shell)
         if plan.body.tail and (options.show_code or options.export):
             first, last = plan.body.tail[0].lineno, plan.body.tail[-1].end_lineno
             raise UsageError(errors.NO_PROGRAM_FOR_TAIL.format(first=first, last=last))

@@ -12,11 +12,18 @@ from typing import Any
 
 from . import errors, imported_code
 from .backends import Backend, load_backend
+from .cell import CellPlan, plan_cell
 from .dispatch import Pace
 from .errors import print_warning
 from .report import RunReport
 
 KEPT_PACES = 100  # cells whose latest pace is remembered
+KEPT_PLANS = 32  # cells whose plan is remembered
+PLANNED = "<cell>"  # a kept plan's file name: each run gets its own cell's
+
+
+def _plan(source: str, backend: str, transform_ast, transformers: tuple) -> CellPlan:
+    return plan_cell(source, PLANNED, backend, transform_ast)
 
 
 class RunInterrupted(Exception):
@@ -42,6 +49,19 @@ class Session:
         # what the latest run of a cell on a backend measured, by cell, backend and workers
         # (see ChunkSizer): the same Pace for the same key, the least recent forgotten first
         self.pace = functools.lru_cache(maxsize=KEPT_PACES)(lambda source, backend, workers: Pace())
+        # a cell run again, as written, with the shell's AST transformers as they were: its
+        # plan as checked then (refusals raise, and are not kept)
+        self._plans = functools.lru_cache(maxsize=KEPT_PLANS)(_plan)
+
+    def plan(self, source: str, filename: str, backend: str, shell) -> CellPlan:
+        """The cell's checked plan, under this run's file name (the cell's number)."""
+        transformers = tuple(map(id, shell.ast_transformers))
+        try:
+            plan = self._plans(source, backend, shell.transform_ast, transformers)
+        except SyntaxError as error:
+            error.filename = filename
+            raise
+        return replace(plan, filename=filename)
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from types import FunctionType
 
 import pytest
 
 import parmagic
+from parmagic import session
 from parmagic.cell import plan_cell
 from parmagic.chunk import ChunkResult, Task, run_chunk
 from parmagic.dispatch import ChunkSizer, Pace
@@ -109,3 +111,76 @@ def test_serial_times_every_item_as_the_loop_takes_it(ip, run):
     assert [t[0] for t in timings] == list(range(30))
     assert all(start < end for _, _, start, end, _ in timings)
     assert all(a[3] <= b[2] for a, b in zip(timings, timings[1:], strict=False))
+
+
+@pytest.fixture
+def plans(monkeypatch) -> list[str]:
+    """The cells planned (parsed and checked) from their source, in order."""
+    planned: list[str] = []
+
+    def spy(source, *args):
+        planned.append(source)
+        return plan_cell(source, *args)
+
+    monkeypatch.setattr(session, "plan_cell", spy)
+    return planned
+
+
+def test_a_cell_run_again_is_planned_once_and_runs_as_the_plain_cell(ip, run, plans):
+    cell = "%%parallel -q -b processes\ntotal = 0\nfor i in range(50):\n    total += i\n"
+    for _ in range(3):
+        ip.user_ns["total"] = -1
+        outcome = run(cell)
+        assert outcome.error is None, outcome.err
+        assert ip.user_ns["total"] == sum(range(50))
+    assert len(plans) == 1
+
+
+def test_a_kept_plan_runs_under_each_cells_own_file_name(ip, plans):
+    """The loop body's frames name the cell that ran (In[n]), not the one first planned."""
+    cell = "%%parallel -q -b threads\nfor i in range(3):\n    if i == 2:\n        1 / 0\n"
+    files = []
+    for _ in range(2):
+        error = ip.run_cell(cell, store_history=True).error_in_exec
+        assert isinstance(error, ZeroDivisionError)
+        files.append(_deepest_file(error))
+    assert len(plans) == 1 and files[0] != files[1], files
+    assert all(name.startswith("<ipython-input-") for name in files), files
+
+
+def _deepest_file(error: BaseException) -> str:
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename
+
+
+def test_a_syntax_error_names_its_own_cell_each_time(ip):
+    cell = "%%parallel\nx = 1\nfor i in range(3)\n    pass\n"
+    files = []
+    for _ in range(2):
+        error = ip.run_cell(cell, store_history=True).error_in_exec  # raised by the magic
+        assert isinstance(error, SyntaxError) and error.lineno == 3, error
+        files.append(error.filename)
+    assert files[0] != files[1] and all(f.startswith("<ipython-input-") for f in files), files
+
+
+def test_a_new_ast_transformer_plans_the_cell_again_through_it(ip, run, plans):
+    """The shell's AST transformers rewrite the cell before it is checked: one added between
+    two runs is applied to the second."""
+    cell = "%%parallel -q -b threads\nout = []\nfor i in range(3):\n    out.append(i)\n"
+    assert run(cell).error is None
+    assert ip.user_ns["out"] == [0, 1, 2]
+
+    class TenTimes(ast.NodeTransformer):  # every integer constant, times ten
+        def visit_Constant(self, node):
+            if type(node.value) is int:
+                return ast.copy_location(ast.Constant(node.value * 10), node)
+            return node
+
+    ip.ast_transformers.append(TenTimes())
+    try:
+        assert run(cell).error is None
+    finally:
+        ip.ast_transformers.pop()
+    assert ip.user_ns["out"] == list(range(30)) and len(plans) == 2
