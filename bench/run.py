@@ -43,27 +43,32 @@ More targets, which this script does not check:
 ## The goals not met, and why
 
 - **Against joblib and `Pool.map` on computing loops** (`n**n`, busy(k), Collatz): within
-  1.00-1.08 ×. What is left is per chunk, and it is the kernel's: each result the kernel reads
-  wakes it on a machine whose two cores both run workers, and the worker that wrote it waits
-  for a core meanwhile (its one `write` of a 7 KB result took 0.01 ms or 0.25 ms depending on
-  whether the kernel woke on its core; `Pool.map`'s result thread does less per chunk). Chunks
-  hold about 20 ms of items, so 0.5-1 ms of the kernel's work per chunk is 2.5-5%. Ruled out
-  this time: the guard and the kernel-object lookups (the "checks off" variant is within
-  noise everywhere), the worker's pickling (a 4096-item result: 2.8 ms before this issue, 0.35
-  ms now), the pipe's buffer (never full), the GIL switch interval in workers (0.2 ms changed
-  nothing), larger chunks (50 ms and 16384 items made Collatz slower).
-- **10,000 no-op items against `Pool.map`** (about 4 ×, 6-7 ms against 1.2-1.6): a warm run's
-  fixed cost is 2.3 ms (the cell's analysis about 0.5 ms, the task pickled 0.3, the CPU monitor
-  started and stopped 0.5, a round trip to every worker to ship the task and another to ask
-  what changed in their globals), and the items' chunks add the rest. `Pool.map` does none of
-  that. Threads (the issue 18 goal of 20 ms): each item is still recorded one by one there.
-- **40 items binding a 30 MB `bytearray`** (about 3.4 × the plain cell, from 21 × before
-  this issue): the value now crosses once, at the end (30 ms through shared memory). The rest
-  is the items themselves: in the plain loop each new buffer reuses the memory of the one it
-  replaces; in a worker, kept values (the last one of each chunk, until the kernel has applied
-  a later chunk) hold on to theirs, so new buffers get fresh pages from the system (an item
-  takes about 12 ms on fresh pages, 3 ms on reused memory). With the workers' malloc told to keep freed memory (an experiment,
-  `mallopt`, not kept: it would hold hundreds of MB per worker) the run took 101 ms, 2 ×.
+  0.95-1.10 × from run to run, Collatz 1.00-1.10 (its goal: 1.05). What is left is per chunk
+  and spread thin, each part 1-2% of a chunk's 20 ms: the worker's own work around a chunk
+  (0.15 ms), pickling its result (0.25 ms), its `write` waiting for a core while the kernel
+  it woke runs (0.01-0.3 ms), and the timing of each item (0.07 µs, 0.3 ms a chunk); and once
+  per run the cell's analysis before the first chunk leaves (about 2 ms for a loop calling a
+  notebook function, which is read and checked). Ruled out: the guard and the kernel-object
+  lookups (the "checks off" variant is within noise), the pipe's buffer, the worker's
+  pipe-reading thread (given the lowest scheduling class, nothing changed), larger chunks
+  (30 ms and 8192 items: within noise; 50 ms and 16384 items: slower).
+- **10,000 no-op items against `Pool.map`** (2.4-2.6 × in alternating runs of two processes,
+  4.0 ms against 1.5-1.7; 1.96 × in the table above, a run where `Pool.map` itself was slow;
+  6-7 ms and 4 × before this issue's second part): a warm run's fixed cost is about 2.4 ms
+  (a run of 2 items): IPython's own handling of the cell 0.3 ms, the options and the plan
+  0.3 (a cell run again reuses its plan), the task pickled and loaded 0.2, the workers woken
+  and their results read, applied and summed up. `Pool.map` does none of that. The items add
+  1.6 ms (0.12 µs each in the worker, timed one by one). Threads (the issue 18 goal of
+  20 ms): each item is still recorded one by one there.
+
+## Met by this issue's second part
+
+- **40 items binding a 30 MB `bytearray`**: 1.8 × the plain cell (3.4 × before, 21 × before
+  the issue). The value crosses once, at the end (30 ms through shared memory), and a worker
+  that keeps large values keeps up to four of them worth of freed memory at the top of its
+  heap (`worker_memory.py`): glibc handed back the memory of kept values freed several at
+  once, and each new buffer then paid for fresh pages (12 ms an item instead of 3). That
+  memory stays with the worker (at most 128 MB) for its next runs.
   `futures:processes` still sends every chunk's names (its workers cannot be asked later).
 
 Elsewhere: the fault matrix (`bench/faults.py`) ends every fault within 0.8 s of its cause, and
