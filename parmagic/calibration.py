@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
 from types import FunctionType
+
+from .report import RecordingCosts, RunReport
 
 ITEMS = 1000
 REPEATS = 3
-
-
-@dataclass(frozen=True)
-class RecordingCosts:
-    per_item: float  # seconds recording and replaying add to an item
-    per_change: float  # ...and to each change it records
-    in_place: float  # seconds serial spends on an item that does nothing (a serial floor)
 
 
 @functools.cache
@@ -40,7 +34,6 @@ def _per_item(source: str, receivers: set[str]) -> tuple[float, float]:
     from .dispatch import Applier
     from .itemcode import build_in_place_code, build_item_code
     from .kernel_state import HeldInterrupt
-    from .report import RunReport
 
     plan = plan_cell(source, "<calibration>", "threads")
     items = list(range(ITEMS))

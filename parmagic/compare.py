@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .auto import auto_records
+from .calibration import recording_costs
 from .compare_table import AUTO, REFERENCE, Comparison, Row
 from .dispatch import Applier, Recording, replay
 from .errors import ParmagicUsageError
@@ -146,7 +147,8 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
     recordings: list[Recording] = []
 
     def run_one(name: str) -> tuple[RunReport, Recording]:
-        recording = Recording(None, RunReport(name, 1, cores=usable_cores()))
+        report = RunReport(name, 1, cores=usable_cores(), costs=recording_costs())
+        recording = Recording(None, report)
         recordings.append(recording)
         for _ in _recorded(run, name, items, recorded, recording):
             pass

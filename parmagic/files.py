@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .effects import CALL
+if TYPE_CHECKING:
+    from .effects import EffectLog
 
 # The methods of a sink the body may call: each one's call is replayed on the kernel's object
 SINK_METHODS = frozenset({"write", "writelines", "flush", "writerow", "writerows", "writeheader"})
@@ -43,13 +44,13 @@ class Sink:
     """Stands in, inside an item, for a kernel file or csv writer: records the item's writes
     where the item runs. ``write`` returns what a text file's would (the length)."""
 
-    __slots__ = ("_ops", "_name", "_line")
+    __slots__ = ("_log", "_name", "_line")
 
-    def __init__(self, ops: list, name: str, line: int) -> None:
-        self._ops, self._name, self._line = ops, name, line
+    def __init__(self, log: EffectLog, name: str, line: int) -> None:
+        self._log, self._name, self._line = log, name, line
 
     def _record(self, method: str, *args: Any) -> None:
-        self._ops.append((CALL, self._line, self._name, (), method, args, {}))
+        self._log.call(self._line, self._name, (), method, *args)
 
     def write(self, data):
         self._record("write", data)

@@ -173,10 +173,19 @@ def _named(names: dict[str, Any]) -> dict[int, Key]:
     return {id(v): (CAPTURED, name) for name, v in names.items() if type(v) is not tuple}
 
 
+def referenced_globals(function: types.FunctionType) -> list[str]:
+    """Kernel names the function's code (nested code included) may read."""
+    names: list[str] = []
+    todo = [function.__code__]
+    while todo:
+        code = todo.pop()
+        names += [n for n in code.co_names if n in function.__globals__ and n not in names]
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return names
+
+
 def captured_names(function: types.FunctionType) -> dict[str, Any]:
     """The data the item function reads from its globals by name, on either side."""
-    from .shipping import referenced_globals
-
     found = {n: function.__globals__[n] for n in referenced_globals(function)}
     return {n: v for n, v in found.items() if not isinstance(v, CODE)}
 

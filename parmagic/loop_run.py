@@ -23,6 +23,7 @@ from . import errors, imported_code
 from .as_written import loop_code
 from .auto import auto_records
 from .backends import Backend
+from .calibration import recording_costs
 from .cell import CellPlan
 from .chunk import Task
 from .dispatch import Recording, execute, unwrap_stop_iteration
@@ -94,7 +95,7 @@ class LoopRun:
 
     def _records_on_chosen_backend(self, iterable: Iterable, recorded) -> Iterator[list]:
         length, iterator = operator.length_hint(iterable), iter(iterable)
-        report = RunReport("auto", 1, cores=usable_cores())
+        report = RunReport("auto", 1, cores=usable_cores(), costs=recording_costs())
         self.session.last_report = report
         name = resolve_backend(self.options.backend, self.plan.body.awaits)
         # auto's reason to stay in the kernel, found before the cell ran (not for a body that

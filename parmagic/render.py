@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import html
 import sys
+from typing import TYPE_CHECKING
 
 from .errors import NATIVE_LIMIT, TOO_SHORT, plural
 from .monitor import INTERVAL
-from .report import RunReport
+
+if TYPE_CHECKING:
+    from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 # for a stdout that encodes no more

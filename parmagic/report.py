@@ -37,10 +37,16 @@ LATE_SLACK = 0.0005  # seconds a reading may come late on an idle process (wakin
 FORGET_MARGIN = 1.0  # seconds of readings kept before the start of the last item counted
 
 
-def _recording_costs():
-    from .calibration import recording_costs  # it runs the dispatcher, which imports this module
+@dataclass(frozen=True)
+class RecordingCosts:
+    """What recording costs on this machine (calibration.py measures it)."""
 
-    return recording_costs()
+    per_item: float  # seconds recording and replaying add to an item
+    per_change: float  # ...and to each change it records
+    in_place: float  # seconds serial spends on an item that does nothing (a serial floor)
+
+
+NOTHING_MEASURED = RecordingCosts(0.0, 0.0, 0.0)
 
 
 class ItemTimings:
@@ -132,6 +138,7 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)
     worker_busy: dict[str, float] = field(default_factory=dict)
     cores: int = 1  # usable cores during the run
+    costs: RecordingCosts = NOTHING_MEASURED  # given by a run whose figures leave them out
     copies_objects: bool = False  # items ran in other processes, on copies of kernel objects
     usage: Usage | None = None  # per-core and machine samples (monitor.py)
     dashboard: str | None = None  # a link to the cluster's dashboard (dask)
@@ -254,7 +261,7 @@ class RunReport:
         threads its wall time includes waiting for the GIL."""
         if self.backend == "serial":
             return self.wall
-        floor = self.item_count * _recording_costs().in_place  # serial's items cost no less
+        floor = self.item_count * self.costs.in_place  # serial's items cost no less
         return max(self.own_time + self.kernel_cpu - self.recording, floor)
 
     @property
@@ -269,7 +276,7 @@ class RunReport:
     def recording(self) -> float:
         """Seconds of this run's item and kernel time that went to recording and replaying
         what items did, which serial, running the loop itself, never pays (calibration.py)."""
-        costs = _recording_costs()
+        costs = self.costs
         return self.recorded_items * costs.per_item + self.changes * costs.per_change
 
     @property

@@ -20,7 +20,15 @@ from typing import Any
 from . import errors
 from .chunk import ChunkResult, PackedResult
 from .errors import NotPicklable
-from .kernel_objects import ChunkObjects, HeldObjects, Pickler, captured_names, dumped, loaded
+from .kernel_objects import (
+    ChunkObjects,
+    HeldObjects,
+    Pickler,
+    captured_names,
+    dumped,
+    loaded,
+    referenced_globals,
+)
 from .shared_files import shared_file
 
 DIGEST_LIMIT = 1 << 20  # captured values larger than this are not watched for changes
@@ -33,17 +41,6 @@ def dumps(value: Any) -> bytes:
     file = io.BytesIO()
     Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
     return file.getvalue()
-
-
-def referenced_globals(function: types.FunctionType) -> list[str]:
-    """Kernel names the function's code (nested code included) may read."""
-    names: list[str] = []
-    todo = [function.__code__]
-    while todo:
-        code = todo.pop()
-        names += [n for n in code.co_names if n in function.__globals__ and n not in names]
-        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    return names
 
 
 def reached_values(function: types.FunctionType) -> Iterator[object]:
