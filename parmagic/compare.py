@@ -233,5 +233,7 @@ def _recorded(run: LoopRun, name: str, items: list, recorded, recording: Recordi
 def _applied(run: LoopRun, serial: Recording) -> Iterator[list]:
     """Serial's recording, applied to the kernel as a serial run would have applied it."""
     report = RunReport(REFERENCE, 1)
-    applier = Applier(run.ns, serial.task, report, run.plan.filename, run.tail, run.lazy)
+    applier = Applier(
+        run.ns, serial.task, report, run.plan.filename, run.tail, run.lazy, show=run.session.show
+    )
     return replay(serial.transcript, applier)

@@ -174,11 +174,9 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def _display(objects: tuple, options: dict) -> None:
-    """What an item in a worker process displayed, displayed here (the kernel has IPython)."""
-    from IPython.display import display
-
-    display(*objects, **options)
+def _shown_as_text(*objects, **options) -> None:
+    """Displayed objects where no display was given (a run outside IPython's magics)."""
+    print(*map(repr, objects))
 
 
 def _raise(error: ItemError, index: int, kind: str) -> None:
@@ -209,8 +207,11 @@ class Applier:
         tail: CodeType | None = None,
         lazy: bool = False,
         kernel_objects: SentObjects | None = None,
+        show: Callable[..., None] = _shown_as_text,
     ) -> None:
+        """``show``: IPython's ``display``, for what items in worker processes displayed."""
         self.ns, self.task, self.report, self.filename = ns, task, report, filename
+        self.show = show
         self.tail = tail
         self.lazy = lazy  # the values go to the user's code as they come (a generator)
         self.kernel_objects = kernel_objects  # what items in worker processes got copies of
@@ -307,7 +308,8 @@ class Applier:
                 if outputs and offset in outputs:
                     for stream, text in outputs[offset]:
                         if stream == DISPLAYED:
-                            _display(*text)
+                            objects, options = text
+                            self.show(*objects, **options)
                         else:
                             (sys.stdout if stream == 1 else sys.stderr).write(text)
                 error = failures.get(offset) if failures else None
@@ -519,44 +521,48 @@ class _Run:
         ]
 
 
-def execute(
-    backend: Backend,
-    task: Task,
-    iterable,
-    ns: dict,
-    report: RunReport,
-    *,
-    filename: str,
-    chunksize: int | None = None,
-    stop: threading.Event | None = None,
-    first_index: int = 0,
-    length: int | None = None,
-    progress: bool = False,
-    recording: Recording | None = None,
-    tail: CodeType | None = None,
-    lazy: bool = False,
-    until: Callable[[], bool] | None = None,
-    pace: Pace | None = None,
-) -> Iterator[list]:
+@dataclass
+class RunSpec:
+    """What one run needs besides its backend, task and items: the namespace its items'
+    effects go to, the report it fills, and how it hands out, stops and shows them."""
+
+    ns: dict
+    report: RunReport
+    filename: str
+    chunksize: int | None = None
+    stop: threading.Event | None = None  # set by the kernel thread: stop at the next chunk
+    first_index: int = 0
+    length: int | None = None
+    progress: bool = False
+    recording: Recording | None = None  # nothing applied: the recording keeps the results
+    tail: CodeType | None = None
+    lazy: bool = False
+    until: Callable[[], bool] | None = None  # True: the rest goes elsewhere (auto)
+    pace: Pace | None = None
+    show: Callable[..., None] = _shown_as_text  # IPython's display, given by the magics
+
+
+def execute(backend: Backend, task: Task, iterable, spec: RunSpec) -> Iterator[list]:
     """Run the loop; yield each successful item's values (for comprehensions) once the item
-    is applied to ``ns``, in item order. With a ``recording``, nothing is applied: the
+    is applied to ``spec.ns``, in item order. With a recording, nothing is applied: the
     recording keeps the results. ``until``: asked before each chunk is taken; True ends the
     run there, and the rest of the iterable stays unread (auto moves it elsewhere)."""
-    if length is None:
-        length = operator.length_hint(iterable)
+    length = operator.length_hint(iterable) if spec.length is None else spec.length
+    recording, report, tail = spec.recording, spec.report, spec.tail
     if recording is not None:  # a recording is replayed later, and compared item by item
         task.in_place, task.merge_names, task.hold_names = None, False, False
     if task.in_place is not None:
         tail = None  # the loop runs whole, its tail included
     applier = recording or Applier(
-        ns, task, report, filename, tail, lazy, kernel_objects=backend.kernel_objects
-    )
-    run = _Run(backend, task, iterable, applier, report, chunksize, length, pace)
-    run.next_index = run.first_index = first_index
-    run.until = until
+        spec.ns, task, report, spec.filename, tail, spec.lazy,
+        kernel_objects=backend.kernel_objects, show=spec.show,
+    )  # fmt: skip
+    run = _Run(backend, task, iterable, applier, report, spec.chunksize, length, spec.pace)
+    run.next_index = run.first_index = spec.first_index
+    run.until = spec.until
     with kept_as_it_was(random_state=task.seed is not None):
         try:
-            yield from _drive(run, backend, task, report, stop, progress, length)
+            yield from _drive(run, backend, task, report, spec.stop, spec.progress, length)
         except errors.HiddenChange as stop_there:
             report.stopped_at = stop_there.first
             if task.guard is not None:  # the kernel's own state, now that no item runs

@@ -26,7 +26,7 @@ from .backends import Backend
 from .calibration import recording_costs
 from .cell import CellPlan
 from .chunk import Task
-from .dispatch import Recording, execute, unwrap_stop_iteration
+from .dispatch import Recording, RunSpec, execute, unwrap_stop_iteration
 from .errors import ParmagicUsageError
 from .hidden_state import Guard
 from .itemcode import build_in_place_code, build_item_code
@@ -212,14 +212,15 @@ class LoopRun:
         """The loop's items from ``report.item_count`` on, run on ``backend`` (until
         ``until()`` says the rest goes elsewhere), applied, or kept in ``recording``."""
         start, options = report.item_count, self.options
-        return execute(
-            backend, task, iterator, self.ns, report, filename=self.plan.filename,
-            chunksize=options.chunksize, stop=self.session.stop_requested, first_index=start,
+        return execute(backend, task, iterator, RunSpec(
+            self.ns, report, self.plan.filename, options.chunksize,
+            stop=self.session.stop_requested, first_index=start,
             length=max(length - start, 0), tail=self.tail, recording=recording,
             lazy=self.lazy, until=until,
             progress=options.progress and not options.quiet and recording is None,
             pace=self.session.pace(self.plan.source, backend.name, backend.workers),
-        )  # fmt: skip
+            show=self.session.show,
+        ))  # fmt: skip
 
     def loop_value(self, records: Iterator[list]) -> Any:
         """What the loop's statement gives: nothing for a ``for``, else the comprehension."""

@@ -90,7 +90,7 @@ class ParallelMagics(Magics):
 
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.session = Session()
+        self.session = Session(show=display)
         self._plot_folder: str | None = None  # --plot's files outside a notebook
         self._plots = 0
 

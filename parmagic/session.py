@@ -7,6 +7,7 @@ import functools
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +38,9 @@ class RunInterrupted(Exception):
 class Session:
     """What outlives a cell: warm backends, and the last run's report."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: Callable[..., None] = print) -> None:
+        """``show``: IPython's ``display`` (the magics give it: nothing else imports IPython)."""
+        self.show = show
         self._backends: dict[str, Backend] = {}
         self.last_report: RunReport | None = None
         self.open_run = None  # weakref: a run a half-consumed generator expression holds

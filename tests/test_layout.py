@@ -1,8 +1,11 @@
 """The house rules a newcomer relies on: options described once, short functions, rules
-stated where they apply (not as references to a document the repository lacks)."""
+stated where they apply (not as references to a document the repository lacks), no import
+circles, IPython met only in the magics, and a worker side that loads nothing heavy."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 from parmagic.options import options_table
 
@@ -38,3 +41,103 @@ def test_the_package_states_its_rules_instead_of_citing_a_specification():
         if "§" in line
     ]
     assert not citing, citing
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    return {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each module of the package, and the package's modules it imports when it runs: at
+    its top or inside its functions (imports for type checkers only never run)."""
+    paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    found: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text())
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        skipped, found[name] = _type_checking_nodes(tree), set()
+        for node in ast.walk(tree):
+            if id(node) in skipped or not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base[: len(base) if node.level else 0], node.module or ""])
+                module = module.rstrip(".")
+                named = [f"{module}.{alias.name}" for alias in node.names]
+                targets = [t if t in paths else module for t in named]  # a module, or a name in one
+            found[name] |= {target for target in targets if target in paths}
+    return found
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import one another, round (Tarjan's components)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        for imported in graph[module]:
+            if imported not in order:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], order[imported])
+        if low[module] == order[module]:
+            group = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in graph:
+        if module not in order:
+            visit(module)
+    return circles
+
+
+def test_no_module_of_the_package_imports_itself_round_a_circle():
+    assert not _circles(_imports())
+
+
+def test_the_circle_finder_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _circles(graph) == [["a", "b", "c"]]
+
+
+def test_only_the_magics_import_ipython():
+    importing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "IPython" for name in names):
+                importing.append(str(path.relative_to(ROOT)))
+    assert set(importing) == {"parmagic/magics.py"}, importing
+
+
+HEAVY = ("IPython", "ipykernel", "psutil", "tqdm", "matplotlib", "dask", "distributed")
+
+
+def test_the_worker_side_loads_nothing_heavy():
+    """What a fresh worker interpreter (spawn, forkserver) imports to serve."""
+    probe = "import sys, parmagic.worker_process; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.check_output([sys.executable, "-c", probe], text=True).split()
+    assert "parmagic.worker_process" in loaded
+    assert not {name.split(".")[0] for name in loaded} & set(HEAVY)
