@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .backends import load_backend
 from .errors import AUTO_HIDDEN, AUTO_HIDDEN_LATER, HiddenChange, NotPicklable
 from .machine import usable_cores
 from .report import RunReport, side_by_side
@@ -40,7 +41,6 @@ KERNEL_PER_ITEM = 3e-6  # the kernel's own seconds per item on a parallel backen
 RECORDED_PER_ITEM = 2e-6
 MIN_GAIN_SECONDS = 0.02  # move only when the backend saves at least this much...
 MIN_GAIN_SHARE = 0.2  # ...and this share of what the kernel would take
-TRY_THREADS = "threads, on trial"  # the lead-in's choice when only a trial can tell
 TRIAL_WORTH = 0.15  # seconds of kernel work left that are worth a trial on threads
 TRIAL_SECONDS = 0.1  # how long the trial lasts, at least
 INSTALMENT_SHARE = 8  # the kernel takes at most 1/8 of the items left at a time (see Instalments)
@@ -112,7 +112,7 @@ class Lead:
 
     Whether code that computes releases the GIL (NumPy's does) shows only on threads: when
     processes would not pay (the loop captures too much, or cannot be pickled) and enough
-    work is left, the choice is :data:`TRY_THREADS`, and :meth:`trial` hands threads the
+    work is left, the choice is threads :attr:`on_trial`, and :meth:`trial` hands threads the
     items until their times tell: if they ran side by side (``report.side_by_side``: more
     than one core busy), threads keep the rest (:attr:`kept`); if they took turns, the rest
     goes back to the kernel.
@@ -120,7 +120,8 @@ class Lead:
 
     def __init__(self, report: RunReport, length: int, outlook: Outlook) -> None:
         self.report, self.length, self.outlook = report, length, outlook
-        self.choice: str | None = None
+        self.choice: str | None = None  # the backend that takes the rest
+        self.on_trial = False  # threads take the rest until their items' times tell
         self.moved = ""  # why the rest went to ``choice``
         self.refused: str | None = None  # why processes cannot take the loop, once asked
         self._shipping: float | None = None  # seconds to ship the task, once weighed
@@ -179,13 +180,14 @@ class Lead:
             self.threads = self.outlook.threads = waiting_threads(share, left)
         outlook = self._weigh(share, remaining)
         choice = outlook.best()
-        if choice == "serial" and self._worth_a_trial(outlook):
-            choice = TRY_THREADS
+        trial = choice == "serial" and self._worth_a_trial(outlook)
+        if trial:
+            choice = "threads"
         if choice == "serial":
             self._kept_here = (done, own / done)
             return False
-        self.choice, self.led = choice, done
-        self.moved = self._moved(choice, share, remaining)
+        self.choice, self.on_trial, self.led = choice, trial, done
+        self.moved = self._moved(choice, trial, share, remaining)
         r.auto_saw_computing = r.computing
         return True
 
@@ -283,7 +285,7 @@ class Lead:
         count = self.led
         return f"the first {count} items, run in the kernel" if count > 1 else "the first item"
 
-    def _moved(self, choice: str, share: float, remaining: int) -> str:
+    def _moved(self, choice: str, trial: bool, share: float, remaining: int) -> str:
         """Why the rest moved to ``choice`` (for a trial, until the trial tells)."""
         kind = "compute" if self.report.computing else "mostly wait"
         seen = f"items {kind} (CPU {share:.0%} of their time over {self._first()})"
@@ -296,7 +298,7 @@ class Lead:
         if choice == "processes":
             cores = min(self.outlook.cores, self.outlook.processes)
             return f"{seen}; {rest}: {cores} cores share them"
-        if choice == TRY_THREADS:
+        if trial:
             return f"{seen}; {rest}, and {self._why_not_processes()}: threads took them on trial"
         note = f"; processes cannot take it: {self.refused}" if self.refused else ""
         pool = f"{self.threads} threads overlap their waiting"
@@ -371,14 +373,14 @@ def auto_records(
     name, report.auto_reason = leader.choice, leader.reason
     if name is None:
         return
-    if name == "threads" and run.options.seed is not None:
+    if run.options.seed is not None and not load_backend(name).seedable:
         name = "serial"  # threads share one global random state
         report.auto_reason += "; serial, as --seed needs items in processes of their own"
     workers, items = run.options.workers, iterator
-    if name == "threads":
+    if name == "threads" and leader.on_trial:  # as many threads as cores: the items compute
+        workers, items = workers or usable_cores(), leader.trial(iterator)
+    elif name == "threads":
         workers = leader.threads
-    elif name == TRY_THREADS:  # as many threads as cores: the items compute
-        name, workers, items = "threads", workers or usable_cores(), leader.trial(iterator)
     try:
         yield from phase(*run.start(name, workers, report, recorded), items)
     except HiddenChange as stop:  # what the first items did not show: the rest in the kernel

@@ -16,6 +16,7 @@ import ast
 from dataclasses import dataclass, field
 
 from . import errors
+from .backends import load_backend
 from .dataflow import DefiniteAssignment
 from .errors import LoopRefused
 from .file_uses import shared_paths, sinks
@@ -133,7 +134,7 @@ def _async_uses(nodes) -> list[tuple[int, str]]:
 def _check_async(nodes, backend: str, info: BodyInfo) -> None:
     uses = _async_uses(nodes)
     info.awaits = bool(uses)
-    if uses and backend not in ("asyncio", "auto"):
+    if uses and backend != "auto" and not load_backend(backend).runs_coroutines:
         line, what = uses[0]
         raise LoopRefused(errors.AWAIT_REFUSED.format(line=line, what=what, backend=backend), line)
 

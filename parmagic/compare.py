@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .auto import auto_records
+from .backends import load_backend
 from .calibration import recording_costs
 from .compare_table import AUTO, REFERENCE, Comparison, Row
 from .dispatch import Applier, Recording, replay
@@ -54,9 +55,12 @@ def backend_list(spec: str, awaits: bool) -> list[str]:
 
 def refusal(name: str, awaits: bool) -> str | None:
     """Why ``name`` cannot run this body, before trying."""
-    if awaits and name not in ("asyncio", REFERENCE, AUTO):
+    if name == AUTO:
+        return None
+    kind = load_backend(name)
+    if awaits and not (kind.runs_coroutines or kind.is_the_plain_loop):
         return "the body awaits; only asyncio runs coroutines"
-    if not awaits and name == "asyncio":
+    if not awaits and kind.runs_coroutines:
         return "the body never awaits, so asyncio would run its items one after another"
     return None
 

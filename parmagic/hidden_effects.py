@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import errors
+from .backends import load_backend
 from .body import MUTATORS
 from .file_uses import kernel_file_written
 from .hidden_state import defaults, global_generators, is_user_code, unwrapped
@@ -454,7 +455,25 @@ def _lambda_parsed(function: types.FunctionType, source: str) -> ast.FunctionDef
     return None
 
 
-PARALLEL_SEEDABLE = ("processes", "futures:processes", "dask")  # one process per running item
+def _refused_anywhere(effects: list[HiddenEffect], in_workers: bool) -> str | None:
+    """What runs as the plain loop nowhere: a loop name a function reads as a global, a
+    function reading what the loop changes, an asyncio task an item makes; and a coroutine
+    left unawaited, where items run in worker processes."""
+    for effect in effects:
+        if effect.kind == LOOP_NAME:
+            return errors.LOOP_NAME_AS_GLOBAL.format(
+                place=effect.place, what=effect.what, name=effect.name, function=effect.function
+            )
+        if effect.kind == CHANGED_READ:
+            return errors.CHANGED_READ_IN_FUNCTION.format(
+                place=effect.place, what=effect.what, name=effect.name
+            )
+    for effect in effects:
+        if effect.kind == TASK:
+            return errors.TASK_IN_ITEM.format(place=effect.place, what=effect.what)
+        if effect.kind == COROUTINE and in_workers:
+            return errors.COROUTINE_NOT_AWAITED.format(place=effect.place, what=effect.what)
+    return None
 
 
 def refusal(
@@ -466,34 +485,25 @@ def refusal(
     read as a global (wrong on every backend), changes that cannot be replayed in item order
     (unless ``--unordered`` accepts them), and global random draws (unless ``--seed`` gives
     each item its own stream, which only items in processes of their own can have).
+    ``backend`` is asked what it does (``auto``, which chooses, is not a backend).
     """
-    for effect in effects:
-        if effect.kind == LOOP_NAME:
-            message = errors.LOOP_NAME_AS_GLOBAL.format(
-                place=effect.place, what=effect.what, name=effect.name, function=effect.function
-            )
-            return message, None
-        if effect.kind == CHANGED_READ:
-            message = errors.CHANGED_READ_IN_FUNCTION.format(
-                place=effect.place, what=effect.what, name=effect.name
-            )
-            return message, None
-    for effect in effects:
-        if effect.kind == TASK:
-            return errors.TASK_IN_ITEM.format(place=effect.place, what=effect.what), None
-        if effect.kind == COROUTINE and backend in PARALLEL_SEEDABLE:
-            return errors.COROUTINE_NOT_AWAITED.format(place=effect.place, what=effect.what), None
+    kind = None if backend == "auto" else load_backend(backend)
+    in_workers = kind is not None and kind.copies_kernel_objects
+    plain = kind is not None and kind.is_the_plain_loop
+    refused = _refused_anywhere(effects, in_workers)
+    if refused:
+        return refused, None
     serial_reason = None
     for effect in effects:
         place = effect.place
-        if effect.kind == ARGUMENT_CHANGED and not unordered and backend in PARALLEL_SEEDABLE:
+        if effect.kind == ARGUMENT_CHANGED and not unordered and in_workers:
             return errors.ARGUMENT_CHANGED_IN_WORKER.format(place=place, what=effect.what), None
-        if effect.kind == ARGUMENT_CHANGED and not unordered and backend == "auto":
+        if effect.kind == ARGUMENT_CHANGED and not unordered and kind is None:
             serial_reason = serial_reason or f"{place}{effect.what}: copies in workers would not"
-        elif effect.kind == COROUTINE and backend == "auto":
+        elif effect.kind == COROUTINE and kind is None:
             serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
-        elif effect.kind == SHARED_GENERATOR and backend != "serial":
-            if backend != "auto":
+        elif effect.kind == SHARED_GENERATOR and not plain:
+            if kind is not None:
                 return errors.SHARED_GENERATOR.format(place=place, what=effect.what), None
             serial_reason = serial_reason or f"{place}{effect.what}: serial keeps its stream"
         elif effect.kind == SHARED_FILE and not unordered:
@@ -505,12 +515,12 @@ def refusal(
         elif effect.kind == RANDOM and seed is None:
             message = errors.GLOBAL_RANDOM.format(place=place, what=effect.what)
             reason = f"{place}{effect.what}: a serial run keeps the plain loop's numbers"
-        elif effect.kind == RANDOM and backend not in (*PARALLEL_SEEDABLE, "serial", "auto"):
+        elif effect.kind == RANDOM and kind is not None and not kind.seedable:
             return errors.SEED_NEEDS_PROCESSES.format(backend=backend), None
         else:
             continue
-        if backend == "auto":
+        if kind is None:
             serial_reason = serial_reason or reason
-        elif backend != "serial":
+        elif not plain:
             return message, None
     return None, serial_reason

@@ -22,7 +22,7 @@ from typing import Any
 from . import errors, imported_code
 from .as_written import loop_code
 from .auto import auto_records
-from .backends import Backend
+from .backends import Backend, may
 from .calibration import recording_costs
 from .cell import CellPlan
 from .chunk import Task
@@ -104,7 +104,7 @@ class LoopRun:
         try:
             serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
         except ParmagicUsageError as refused:
-            if self.options.backend not in ("serial", "auto"):
+            if not may(self.options.backend, "is_the_plain_loop"):
                 raise
             self.written = True
             return self.as_written(iterator, report, str(refused))
@@ -161,9 +161,9 @@ class LoopRun:
         task.hold_names = merge_names and backend.holds_names
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), self.ns)
-        if backend.name == "serial" and self.runs_in_place:
+        if backend.is_the_plain_loop and self.runs_in_place:
             task.in_place, task.namespace = self._in_place_code(), self.ns
-        if backend.name != "serial" and not options.unordered:
+        if not backend.is_the_plain_loop and not options.unordered:
             task.guarded = backend.copies_kernel_objects  # the worker watches its own state
             task.guard = None if task.guarded else self.guard(function)
         return task

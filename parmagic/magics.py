@@ -23,7 +23,7 @@ from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors
-from .backends import CHOICES
+from .backends import CHOICES, may
 from .cell import HOOK_NAME, split_for_display, statements_before
 from .errors import ParmagicUsageError
 from .hidden_effects import refusal
@@ -37,8 +37,6 @@ from .report import RunReport
 from .run_checks import hidden_effects_of, late_refusal, recorded_names
 from .session import Session
 
-START_METHOD_BACKENDS = ("processes", "futures:processes", "auto")  # they start processes
-RUN_AS_WRITTEN = ("serial", "auto")  # what the plain kernel runs, they run: they never refuse
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
 
@@ -119,7 +117,7 @@ class ParallelMagics(Magics):
         try:
             plan, options.serial_reason = self._plan(source, filename, options)
         except ParmagicUsageError as exc:
-            if options.backend not in RUN_AS_WRITTEN or options.compare:
+            if not may(options.backend, "is_the_plain_loop") or options.compare:
                 raise UsageError(str(exc)) from None
             as_written = str(exc)  # the plain kernel runs it: so do serial and auto
         except SyntaxError as exc:
@@ -195,7 +193,7 @@ class ParallelMagics(Magics):
     def _check_workers(self, workers: int, backend: str, compare: str | None) -> None:
         """Refuse more worker processes than the machine can hold (each is a Python)."""
         named = set(compare.split(",")) if compare else {backend}
-        if not workers or not named & {"processes", "futures:processes", "dask", "auto", "all"}:
+        if not workers or not any(may(name, "starts_processes") for name in named):
             return
         limit = self.max_workers or max(8, 4 * usable_cores())
         if workers > limit:
@@ -435,9 +433,9 @@ def _check_together(options: Options, args: argparse.Namespace) -> None:
         except ParmagicUsageError as exc:
             raise UsageError(str(exc)) from None
     _check_platform(options, args)
-    if options.start_method and options.backend not in START_METHOD_BACKENDS and not args.compare:
+    if options.start_method and not may(options.backend, "takes_start_method") and not args.compare:
         raise UsageError(errors.START_METHOD_NOT_USED.format(backend=options.backend))
-    if args.seed is not None and options.backend in ("threads", "futures", "asyncio"):
+    if args.seed is not None and not may(options.backend, "seedable"):
         raise UsageError(errors.SEED_NEEDS_PROCESSES.format(backend=options.backend))
     if args.export:
         _check_writable(args.export)

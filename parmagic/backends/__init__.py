@@ -7,7 +7,10 @@ The contract every backend keeps is :class:`Backend`, in ``base.py``. To add a b
 1. write one module here with one :class:`Backend` subclass, built from one
    :class:`BackendSettings` (``__init__(self, settings)``), that runs chunks with
    :func:`parmagic.chunk.run_chunk` and hands back their results in any order;
-2. add one line to ``REGISTRY``: the name ``-b`` takes, and ``module:Class``.
+2. add one line to ``REGISTRY``: the name ``-b`` takes, and ``module:Class``;
+3. declare what it does as :class:`Backend`'s class attributes (copies kernel objects, starts
+   processes, takes a start method, seedable, runs coroutines, is the plain loop...): the
+   checks and refusals ask those (:func:`may`), never a backend's name.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import importlib
 
 from .base import Backend, BackendSettings
 
-__all__ = ["CHOICES", "REGISTRY", "Backend", "BackendSettings", "load_backend"]
+__all__ = ["CHOICES", "CHOOSERS", "REGISTRY", "Backend", "BackendSettings", "load_backend", "may"]
 
 REGISTRY = {
     "serial": "serial:SerialBackend",
@@ -28,9 +31,19 @@ REGISTRY = {
     "dask": "dask_cluster:DaskBackend",
 }
 CHOICES = (*REGISTRY, "auto")
+CHOOSERS = ("auto", "all")  # not backends: they choose among them (auto; --compare all)
 
 
 def load_backend(name: str) -> type[Backend]:
     module_name, class_name = REGISTRY[name].split(":")
     module = importlib.import_module(f"{__name__}.{module_name}")
     return getattr(module, class_name)
+
+
+def may(name: str, fact: str) -> bool:
+    """Whether the backend ``name`` does what ``fact`` (a :class:`Backend` attribute) says:
+    policy asks this instead of naming backends. A chooser may do what any backend does; a
+    name that is no backend does nothing (it is refused elsewhere)."""
+    if name in CHOOSERS:
+        return True
+    return name in REGISTRY and bool(getattr(load_backend(name), fact))

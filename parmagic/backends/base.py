@@ -48,6 +48,14 @@ class Backend(ABC):
     one_item_per_chunk = False  # True where every item needs its own message (coroutines)
     runs_coroutines = False  # True where the item function is a coroutine function
     items_share_a_process = False  # True where items take turns at one process's Python
+    starts_processes = False  # True where items run in worker processes (a machine's limit)
+    takes_start_method = False  # True where --start-method chooses how those processes start
+    # True where each running item has the global random state to itself, so that --seed can
+    # give each one its own stream (not on threads, which share one)
+    seedable = False
+    # True where the kernel runs the loop itself, item after item: whatever the plain loop
+    # does, it does (nothing is refused or moved)
+    is_the_plain_loop = False
     # True where --timeout stops an item with SIGALRM on a main thread (not on Windows)
     times_out_by_alarm = False
     bytes_sent = 0  # to worker processes during the current run (task and items)

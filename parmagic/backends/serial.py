@@ -12,6 +12,8 @@ from .base import Backend, BackendSettings
 class SerialBackend(Backend):
     name = "serial"
     times_out_by_alarm = True
+    seedable = True
+    is_the_plain_loop = True
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(replace(settings, workers=1))  # the kernel's one thread, whatever asked

@@ -71,6 +71,8 @@ class PickledItems(Backend):
 
     copies_kernel_objects = True
     times_out_by_alarm = True
+    starts_processes = True
+    seedable = True  # one process per running item
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
@@ -109,6 +111,8 @@ class PickledItems(Backend):
 class WorkerProcesses(PickledItems):
     """What both process backends share: the start method, native thread caps, and large
     captured buffers in shared memory (workers on this machine can map them)."""
+
+    takes_start_method = True
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
