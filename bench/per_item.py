@@ -15,12 +15,13 @@ import time
 from types import FunctionType
 
 from parmagic.cell import plan_cell
-from parmagic.chunk import Task, run_chunk, run_chunk_in_place
+from parmagic.chunk import run_chunk, run_chunk_in_place
 from parmagic.dispatch import Applier
 from parmagic.itemcode import build_in_place_code, build_item_code
 from parmagic.kernel_state import HeldInterrupt
 from parmagic.report import RunReport
 from parmagic.shipping import dump_result
+from parmagic.task import Task
 
 SOURCE = "total = 0\nout = []\nfor i in range(N):\n    total += i\n    out.append(i)\n"
 CHUNK = 2000

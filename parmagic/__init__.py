@@ -16,7 +16,7 @@ The path of a cell, and the module of each step::
                                                      or auto.py's lead-in, or each one for
                                                      compare.py; warm pools in session.py;
                                                      the item function from itemcode.py
-          │ Task (chunk.py) + the items, lazily
+          │ Task (task.py) + the items, lazily
           ▼
     dispatch.execute                   dispatch.py   chunks of items out, a bounded window
           │ submit(seq, start, items)       ▲ wait() -> ChunkResult, in any order
@@ -24,7 +24,8 @@ The path of a cell, and the module of each step::
     Backend                            backends/     base.py's contract; one module each
           │ the kernel's thread, pool threads, or worker processes
           ▼   (worker_process.py) and dask, the task pickled once (shipping.py)
-    run_chunk                          chunk.py      each item: its output, its recorded
+    run_chunk                          chunk.py      each item: its output (item_output.py),
+                                                     its time (item_clock.py), its recorded
                                                      changes (effects.py), names, errors;
                                                      in worker processes, what it changed
                                                      in the kernel's objects, and references

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from types import CodeType
 
 from .cell import find_parallel_loop
-from .chunk import VALUES_NAME, ChunkResult
+from .chunk import VALUES_NAME
 from .errors import ParmagicUsageError
 from .itemcode import as_plain_python_names, loop_over
 from .report import RunReport
 from .scopes import COMPREHENSIONS
+from .task import ChunkResult
 
 CLOCK_NAME = "__parmagic_items__"
 LOOP_FUNCTION = "__parmagic_loop_as_written__"  # a loop that awaits, as a coroutine function

@@ -25,10 +25,10 @@ from .report import RunReport, side_by_side
 
 if TYPE_CHECKING:
     from .backends import Backend
-    from .chunk import Task
     from .dispatch import Recording
     from .hidden_state import Guard
     from .loop_run import LoopRun
+    from .task import Task
 
 LEAD_ITEMS = 2  # decide on no fewer items than this...
 LEAD_SECONDS = 0.01  # ...unless the items so far took this long

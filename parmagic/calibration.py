@@ -30,10 +30,11 @@ def recording_costs() -> RecordingCosts:
 def _per_item(source: str, receivers: set[str]) -> tuple[float, float]:
     """Seconds per item that recording and replaying add, and that running in place takes."""
     from .cell import plan_cell
-    from .chunk import Task, run_chunk, run_chunk_in_place
+    from .chunk import run_chunk, run_chunk_in_place
     from .dispatch import Applier
     from .itemcode import build_in_place_code, build_item_code
     from .kernel_state import HeldInterrupt
+    from .task import Task
 
     plan = plan_cell(source, "<calibration>", "threads")
     items = list(range(ITEMS))

@@ -9,343 +9,31 @@ never IPython.
 from __future__ import annotations
 
 import array
-import contextvars
-import io
-import itertools
-import operator
-import os
-import pickle
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-from .effects import CALL, ITEM_ARG, LOG_ARG, STATE, EffectLog, merge_item_names, plain_data
-from .errors import ITEM_TIMEOUT, short_repr, user_frames
-from .machine import has_item_alarms
+from .effects import ITEM_ARG, LOG_ARG, EffectLog, merge_item_names
+from .errors import ITEM_TIMEOUT, short_repr
+from .item_clock import (
+    CpuCounted,
+    CpuSpans,
+    ItemTimedOut,
+    alarms,
+    arm,
+    disarm,
+    run_queue_wait,
+)
+from .item_output import ChunkOutput, current_output
+from .task import ChunkResult, ItemError, Task, spread_times
 
 if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
-    from .hidden_state import Guard
-    from .kernel_objects import ChunkObjects, HeldObjects
+    from .kernel_objects import ChunkObjects
 
-CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see _CpuSpans)
-SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: this thread's time on a CPU, and queued
 # the serial backend's chunk, and a comprehension's values, in the kernel's namespace
 CHUNK_NAME, VALUES_NAME = "__parmagic_chunk__", "__parmagic_values__"
-
-
-class ChunkOutput:
-    """Where the items of the chunk running in this thread (or asyncio task) write: under the
-    running item's offset. Set once per chunk, so an item that prints nothing costs nothing."""
-
-    __slots__ = ("outputs", "offset")
-
-    def __init__(self, outputs: dict[int, list]) -> None:
-        self.outputs, self.offset = outputs, 0
-
-    def add(self, entry: tuple) -> None:
-        self.outputs.setdefault(self.offset, []).append(entry)
-
-
-# The output of the chunk running in this thread (or asyncio task): each thread, and each
-# task, has its own context, so concurrent chunks never share a buffer.
-current_output: contextvars.ContextVar[ChunkOutput | None] = contextvars.ContextVar(
-    "parmagic_item_output", default=None
-)
-
-
-@dataclass
-class Task:
-    """What every item of one run needs: shipped once per worker per run."""
-
-    function: Callable[[Any, EffectLog], Any]
-    bound: frozenset[str]
-    stop_on_error: bool
-    timeout: float | None = None
-    origins: dict[tuple[str, int], str] = field(default_factory=dict)  # see user_frames
-    cancelled: threading.Event = field(default_factory=threading.Event)  # for pool threads
-    seed: int | None = None  # --seed: each item's random streams come from it and its index
-    # values the body reads from the user's own modules, as the kernel has them (a worker
-    # that imported the module from its file would not see ``mod.SETTING = ...``)
-    module_values: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Items whose names travel back (from worker processes) send the names of their chunk in
-    # one dict, on its last item that left names, rather than every item's own: the kernel
-    # keeps only the last values of each name anyway (unless it needs every item's, to run an
-    # ordered tail between items or to compare runs).
-    merge_names: bool = False
-    comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
-    whole_chunks: bool = False  # ``function`` runs a for loop's chunk: (items, log)
-    hold_names: bool = False  # large values of names stay in the worker (held_names.py)
-    kind: str = "for"  # the loop's kind (BodyInfo.kind), which a failed item's note names
-    # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
-    # (itemcode.build_in_place_code), instead of ``function`` with its recording
-    in_place: CodeType | None = None
-    namespace: dict | None = None
-    held: HeldObjects | None = None  # in a worker: its copies of the kernel's objects
-    guarded: bool = False  # a worker watches the state items can change unnamed (hidden_state)
-    guard: Guard | None = None  # that watch, where the items run (never travels)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["cancelled"]  # a process worker is stopped, not asked to stop
-        state["in_place"] = state["namespace"] = state["held"] = state["guard"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.cancelled = threading.Event()
-        for module_name, values in self.module_values.items():
-            module = sys.modules.get(module_name)
-            for name, value in values.items() if module is not None else ():
-                setattr(module, name, value)
-
-
-# What a worker process was handling when it started: a forked worker made while an error
-# went up in the kernel (a pool replaced in a `finally`) runs its whole life inside that
-# handler, so Python would chain every error its items raise to the kernel's error. The link
-# is cut from the exception itself, not only left out of its ItemError: the exception may
-# travel with its chain (tblib's reducers, which importing dask or distributed installs for
-# every exception class, pickle ``__context__`` and ``__cause__`` with it).
-_INHERITED_ERRORS: list[BaseException] = []
-
-
-def forget_inherited_error() -> None:
-    """Called as a worker process starts, so that its items' errors chain only to their own."""
-    _INHERITED_ERRORS[:] = [sys.exception()] if sys.exception() is not None else []
-
-
-@dataclass
-class ItemError:
-    exception: BaseException
-    frames: list[tuple[str, int, str]]
-    item: str
-    cause: ItemError | None = None  # ``raise ... from e``, or an error while handling one
-    explicit: bool = True  # the cause came from ``from`` (else it is the context)
-
-    @classmethod
-    def of(
-        cls, error: BaseException, item: str, origins: dict | None = None, depth: int = 0
-    ) -> ItemError:
-        """The error with its frames, and the chain of errors it came from (pickling keeps
-        neither a traceback nor ``__cause__``, unless tblib is installed)."""
-        made = cls(error, user_frames(error.__traceback__, origins), item)
-        for link in ("__cause__", "__context__"):
-            if any(getattr(error, link) is inherited for inherited in _INHERITED_ERRORS):
-                setattr(error, link, None)
-        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if cause is not None and cause is not error and depth < 8:
-            made.cause = cls.of(cause, item, origins, depth + 1)
-            made.explicit = error.__cause__ is not None
-        return made
-
-    def chained(self) -> BaseException:
-        """The exception with its chain put back (it came from another process)."""
-        error, cause = self.exception, self.cause
-        if cause is not None:
-            cause.chained()
-        if cause is not None and error.__cause__ is None and error.__context__ is None:
-            if self.explicit:
-                error.__cause__ = cause.exception
-            else:
-                error.__context__ = cause.exception
-        error.parmagic_frames = self.frames  # type: ignore[attr-defined]  # see errors.py
-        return error
-
-
-@dataclass
-class ChunkResult:
-    """What a chunk of consecutive items did, kept in columns so that it pickles quickly.
-
-    Per item (by offset from ``first``): start and end (``time.monotonic()``, one clock for
-    every process on the machine), CPU time, the recorded changes (``ops``) and the names the
-    item bound. Sparse, by offset: printed output, errors. ``values``: a comprehension's
-    values, per item; or, from a chunk that ran in one call, all its values in one list
-    (``flat_values``), item k's from ``value_bounds[k]`` to ``value_bounds[k + 1]``: one list
-    pickles and applies in a fraction of the time of one list per item.
-    """
-
-    seq: int
-    first: int
-    worker: str
-    starts: list[float] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    cpus: list[float] = field(default_factory=list)
-    ops: list[list[tuple]] = field(default_factory=list)
-    names: list[dict[str, Any] | None] = field(default_factory=list)
-    values: list[Any] = field(default_factory=list)
-    outputs: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # (1|2, text)
-    errors: dict[int, ItemError] = field(default_factory=dict)
-    dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
-    native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
-    queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
-    interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
-    names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
-    changed: list[int] = field(default_factory=list)  # offsets whose ops hold STATE ops
-    hidden: str | None = None  # state the items changed without naming it (hidden_state.py)
-    still_running: int | None = None  # the item frozen at its deadline, running on (LiveChunk)
-    held_names: list[str] = field(default_factory=list)  # kept by the worker (held_names.py)
-    watched: bool = False  # the worker watches captured values for changes (asked at the end)
-    # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
-    recorded: bool = True
-    flat_values: list | None = None
-    value_bounds: list[int] | None = None
-    spread: tuple[float, float] | None = None  # ends and CPU times follow from the starts
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getattr__(self, name: str) -> list[float]:
-        """A loaded result of items run in one call has only their starts: the ends and CPU
-        times are worked out when first read (a report of totals never reads them)."""
-        if name not in _TIMES[1:] or self.__dict__.get("spread") is None:
-            raise AttributeError(name)
-        self.ends, self.cpus = spread_times(self.starts, *self.spread)
-        return self.__dict__[name]
-
-    def busy_and_cpu(self, count: int) -> tuple[float, float]:
-        """Seconds the first ``count`` items ran, and the CPU time they used."""
-        if self.spread is not None and count == len(self.starts) and "ends" not in self.__dict__:
-            ended, cpu = self.spread
-            return (ended - self.starts[0] if count else 0.0), (cpu if count else 0.0)
-        return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
-
-    def __getstate__(self) -> dict:
-        """Few objects to pickle, not several per item (a worker's pickler looks at every
-        object it writes, in Python where the items held kernel objects): the timing columns
-        as bytes of doubles; the per-item columns as their entries that hold something; a
-        comprehension's values of numbers and strings pickled apart, at C speed."""
-        state = self.__dict__.copy()
-        for name in _TIMES if self.spread is None else _TIMES[:1]:  # the rest: spread_times
-            state[name] = array.array("d", state[name]).tobytes()
-        if self.spread is not None:
-            del state["ends"], state["cpus"]
-        for name, empty in _SPARSE.items():
-            state[name] = (len(state[name]), _held_entries(state[name], empty))
-        if self.flat_values is not None and plain_data(self.flat_values):
-            state["flat_values"] = pickle.dumps(self.flat_values, pickle.HIGHEST_PROTOCOL)
-        bounds = self.value_bounds
-        if bounds is not None and bounds[-1] == len(bounds) - 1 and bounds == [*range(len(bounds))]:
-            state["value_bounds"] = len(bounds)  # one value per item (0, 1, 2, ...): the count
-        elif bounds is not None:
-            state["value_bounds"] = array.array("q", bounds).tobytes()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        for name in _TIMES if state["spread"] is None else _TIMES[:1]:
-            column = array.array("d")
-            column.frombytes(state[name])
-            state[name] = column.tolist()
-        for name, empty in _SPARSE.items():
-            count, held = state[name]
-            state[name] = column = [empty] * count  # ops: one empty list, shared, never grown
-            for offset, value in held.items():
-                column[offset] = value
-        if isinstance(state["flat_values"], bytes):
-            state["flat_values"] = pickle.loads(state["flat_values"])
-        if isinstance(state["value_bounds"], int):
-            state["value_bounds"] = list(range(state["value_bounds"]))
-        elif state["value_bounds"] is not None:
-            bounds = array.array("q")
-            bounds.frombytes(state["value_bounds"])
-            state["value_bounds"] = bounds.tolist()
-        self.__dict__.update(state)
-
-    def item_values(self, offset: int) -> Any:
-        if self.flat_values is None:
-            return self.values[offset]
-        bounds = self.value_bounds
-        return self.flat_values[bounds[offset] : bounds[offset + 1]]
-
-    def all_values(self) -> list:
-        if self.flat_values is not None:
-            return self.flat_values
-        if self.values.count(None) == len(self.values):  # a for loop's: at C speed
-            return []
-        return [value for values in self.values if values for value in values]
-
-    def unflatten(self) -> None:
-        """One list of values per item (to drop one item's values that cannot travel)."""
-        if self.flat_values is not None:
-            self.values = [self.item_values(offset) for offset in range(len(self))]
-            self.flat_values = self.value_bounds = None
-
-    def trim(self) -> None:
-        """Drop a half-recorded last item (an interrupt while it was being recorded)."""
-        count = min(map(len, (self.starts, self.ends, self.cpus, self.ops, self.names)))
-        count = min(count, len(self.values))
-        for column in (self.starts, self.ends, self.cpus, self.ops, self.names, self.values):
-            del column[count:]
-        for offset in [o for o in (*self.outputs, *self.errors) if o >= count]:
-            self.outputs.pop(offset, None)
-            self.errors.pop(offset, None)
-
-    def add(self, began: float, ended: float, cpu: float, ops, names, value) -> None:
-        self.starts.append(began)
-        self.ends.append(ended)
-        self.cpus.append(cpu)
-        self.ops.append(ops)
-        self.names.append(names)
-        self.values.append(value)
-
-
-_TIMES = ("starts", "ends", "cpus")
-
-
-def _held_entries(column: list, empty: list | None) -> dict[int, Any]:
-    """The entries that hold something (a non-empty list; not None), by offset, found at C
-    speed: they are the true ones, unless some false entry is not None (0, "", {})."""
-    holding = len(column) - column.count(empty)
-    if not holding:
-        return {}
-    last = column[-1]
-    if holding == 1 and (bool(last) if empty == [] else last is not None):  # e.g. names
-        return {len(column) - 1: last}
-    offsets = list(itertools.compress(range(len(column)), column))
-    if len(offsets) != holding:
-        offsets = [offset for offset, entry in enumerate(column) if entry is not None]
-    return {offset: column[offset] for offset in offsets}
-
-
-def _unpacked(state: dict) -> ChunkResult:
-    result = ChunkResult.__new__(ChunkResult)
-    result.__setstate__(state)
-    return result
-
-
-class PackedResult:
-    """A chunk result as it is pickled (ChunkResult.__getstate__), loaded as the result. For
-    a worker that pickles it with references for the kernel's objects (kernel_objects.py):
-    ``own()`` tells the containers it is made of, which are never the kernel's, so that they
-    are not looked up (the values in them may be)."""
-
-    def __init__(self, result: ChunkResult) -> None:
-        self.state = result.__getstate__()
-
-    def __reduce__(self):
-        return _unpacked, (self.state,)
-
-    def own(self) -> set[int]:
-        state = self.state
-        held = [state[name][1] for name in _SPARSE]
-        parts: list = [self, state, *state.values(), *held]
-        parts += [entry for column in held for entry in column.values()]
-        ops = state["ops"][1].values()
-        parts += [op[6] for item in ops for op in item if op[0] == CALL]  # calls' kwargs
-        parts += [op[3] for item in ops for op in item if op[0] == STATE]  # items' copies
-        parts += [entry for entries in state["outputs"].values() for entry in entries]
-        for error in state["errors"].values():
-            while error is not None:
-                parts += [error, vars(error), error.frames]
-                error = error.cause
-        return {id(part) for part in parts}
-
-
-_SPARSE = {"ops": [], "names": None, "values": None}  # per-item columns: what most entries hold
 
 
 class LiveChunk:
@@ -400,47 +88,6 @@ class LiveChunk:
         return frozen
 
 
-class ItemOutput(io.TextIOBase):
-    """Stands in for sys.stdout/sys.stderr: text written while an item runs goes to that item."""
-
-    def __init__(self, original, stream: int) -> None:
-        self.original = original
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        sink = current_output.get()
-        if sink is None:
-            return self.original.write(text)
-        sink.add((self.stream, text))
-        return len(text)
-
-    def flush(self) -> None:
-        if current_output.get() is None and not self.original.closed:
-            self.original.flush()
-
-    def __getattr__(self, name: str):
-        return getattr(self.original, name)
-
-
-class OutputCapture:
-    """Route item output to the item's record for items run in this process's threads.
-
-    Installs the stand-ins once; :meth:`release` puts the process's own streams back. An item
-    abandoned on a pool thread that prints after its run has ended prints to the cell then
-    running: the kernel's streams must never be left replaced.
-    """
-
-    def __init__(self) -> None:
-        self.saved = sys.stdout, sys.stderr
-        self.installed = not isinstance(sys.stdout, ItemOutput)
-        if self.installed:
-            sys.stdout, sys.stderr = ItemOutput(self.saved[0], 1), ItemOutput(self.saved[1], 2)
-
-    def release(self) -> None:
-        if self.installed and isinstance(sys.stdout, ItemOutput):
-            sys.stdout, sys.stderr = self.saved
-
-
 def seed_item(seed: int, index: int) -> None:
     """--seed: the item's own streams for ``random`` and NumPy's global state, made from the
     seed and the item's index alone, so that an item draws the same numbers on every backend
@@ -451,54 +98,6 @@ def seed_item(seed: int, index: int) -> None:
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed(numpy.random.SeedSequence([seed, index]).generate_state(4))
-
-
-def run_queue_wait() -> float:
-    """Seconds this thread has spent ready to run but waiting for a core (Linux's scheduler
-    accounting; 0 elsewhere): the time a busy machine adds to an item that only computes,
-    which must not be mistaken for the item waiting on I/O."""
-    try:
-        fd = os.open(SCHEDSTAT, os.O_RDONLY)  # a bare descriptor: no file object to leak
-        try:
-            return int(os.read(fd, 256).split()[1]) / 1e9
-        finally:
-            os.close(fd)
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-class ItemTimedOut(BaseException):
-    """Raised by the --timeout alarm; a BaseException so the body's ``except Exception``
-    cannot swallow it and carry on as if the item had succeeded."""
-
-
-class _CpuSpans:
-    """Items' CPU time, read per span of at least ``CPU_SPAN`` seconds rather than per item.
-
-    Reading a thread's CPU clock is a system call (about 0.5 µs), as dear as a cheap item
-    itself; a span's CPU time is shared among its items in proportion to their wall time.
-    """
-
-    def __init__(self, result: ChunkResult) -> None:
-        self.result, self.first = result, len(result)
-        self.since, self.cpu = time.monotonic(), time.thread_time()
-
-    def after_item(self, ended: float) -> None:
-        if ended - self.since >= CPU_SPAN:
-            self.close()
-
-    def close(self) -> None:
-        result, first = self.result, self.first
-        if first == len(result):
-            return
-        cpu = time.thread_time()
-        spans = zip(result.starts[first:], result.ends[first:], strict=True)
-        walls = [end - start for start, end in spans]
-        total = sum(walls)
-        for offset, wall in enumerate(walls, first):
-            share = wall / total if total else 1 / len(walls)
-            result.cpus[offset] = (cpu - self.cpu) * share
-        self.first, self.since, self.cpu = len(result), result.ends[-1], cpu
 
 
 class MergedNames:
@@ -547,19 +146,6 @@ def _item_error(task: Task, error: BaseException, item) -> ItemError:
     if isinstance(error, ItemTimedOut | TimeoutError) and task.timeout:
         error = TimeoutError(ITEM_TIMEOUT.format(seconds=task.timeout, fate=""))
     return ItemError.of(error, short_repr(item), task.origins)
-
-
-@contextmanager
-def _alarms(task: Task):
-    """--timeout on a main thread (the kernel's, or a worker process's): SIGALRM per item."""
-    if not task.timeout or not _on_main() or not has_item_alarms():  # refused before the run
-        yield None
-        return
-    previous = signal.signal(signal.SIGALRM, _expire)
-    try:
-        yield task.timeout
-    finally:
-        signal.signal(signal.SIGALRM, previous)
 
 
 def run_chunk(
@@ -612,12 +198,12 @@ def _run_items(
 ) -> None:
     queued = run_queue_wait()
     line = task.function.__code__.co_firstlineno
-    cpu = _CpuSpans(result)
+    cpu = CpuSpans(result)
     began, function, cancelled, seed = cpu.since, task.function, task.cancelled.is_set, task.seed
     sink, merged = ChunkOutput(result.outputs), MergedNames() if task.merge_names else None
     token = current_output.set(sink)
     try:
-        with _alarms(task) as alarm:
+        with alarms(task) as alarm:
             for offset, item in enumerate(items):
                 if cancelled():
                     break
@@ -628,16 +214,14 @@ def _run_items(
                 if live is not None:
                     live.watch(offset, log, objects, item, before, line)
                 if alarm:
-                    _armed.set()
-                    signal.setitimer(signal.ITIMER_REAL, alarm)
+                    arm(alarm)
                 try:
                     value = function(item, log)
                 except BaseException as exc:  # an interrupt too: the dispatcher stops the run there
                     error = exc
                 finally:
                     if alarm:
-                        _armed.clear()  # an alarm that fires from here on finds no item to stop
-                        signal.setitimer(signal.ITIMER_REAL, 0)
+                        disarm()
                 if before is not None:
                     error = _add_changes(
                         result, offset, log.ops, objects, item, before, line, error
@@ -696,25 +280,11 @@ class ChunkLog(EffectLog):
         self.bound = len(self.ops)
 
 
-def spread_times(starts: list[float], ended: float, cpu: float) -> tuple[list, list]:
-    """Ends and CPU times of items run one after another from their starts: each ends where
-    the next starts, the last at ``ended``, and the CPU time ``cpu`` is shared by wall time."""
-    if not starts:
-        return [], []
-    ends = starts[1:]
-    ends.append(ended)
-    wall = ended - starts[0]
-    if not wall:
-        return ends, [cpu / len(starts)] * len(starts)
-    share = cpu / wall
-    return ends, [share * span for span in map(operator.sub, ends, starts)]
-
-
 class TimedItems:
     """A chunk's items for code that runs them all in one call (the loop itself, in place; a
     comprehension's values; a for loop's recorded chunk), each item's start read as that
     code takes the item: an item ends where the next one starts, and the chunk's CPU time is
-    shared by wall time, as :class:`_CpuSpans` shares it. ``done``: items taken and finished
+    shared by wall time, as :class:`CpuSpans` shares it. ``done``: items taken and finished
     (the code asked for the next one, or ended). With ``marks``, where each item's part of
     ``values`` begins: a comprehension's values, or a for loop's changes (``log``)."""
 
@@ -724,7 +294,7 @@ class TimedItems:
         self.sink: ChunkOutput | None = None  # output goes under the running item's offset
         self.marks: list[int] | None = None  # with ``values``: its length as each item began
         self.values: list = []
-        self.alarm: float | None = None  # --timeout, on a main thread (see _alarms)
+        self.alarm: float | None = None  # --timeout, on a main thread (see alarms)
         self.ops: dict[int, list] = {}  # by offset: STATE ops, where items were compared
         self.log: ChunkLog | None = None
         self.cpu = time.thread_time()
@@ -772,12 +342,10 @@ class TimedItems:
                 marks.append(len(self.values))
             starts.append(clock())
             if alarm:
-                _armed.set()
-                signal.setitimer(signal.ITIMER_REAL, alarm)
+                arm(alarm)
             yield self.items[offset]
             if alarm:
-                _armed.clear()
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                disarm()
             self.done = offset + 1
 
     def failed(self, error: BaseException) -> bool:
@@ -795,8 +363,7 @@ class TimedItems:
     def close(self, ended: float) -> None:
         """Fill the result's columns for the items that ran."""
         if self.alarm:
-            _armed.clear()
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            disarm()
         result, cpu = self.result, time.thread_time() - self.cpu
         count = len(result.starts)
         result.spread = (ended, cpu)
@@ -826,10 +393,6 @@ class TimedItems:
             result.names[count - 1], result.names_merged = self.log.names, True
 
 
-def _on_main() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def run_values(
     task: Task, seq: int, start: int, items: list, worker: str, objects: ChunkObjects | None = None
 ) -> ChunkResult:
@@ -847,7 +410,7 @@ def run_values(
         timed.recording()
     queued, token = run_queue_wait(), current_output.set(timed.sink)
     try:
-        with _alarms(task) as timed.alarm:
+        with alarms(task) as timed.alarm:
             if objects is None:
                 _run_values(task, timed)
             else:
@@ -916,34 +479,6 @@ def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> C
     return result
 
 
-class CpuCounted:
-    """Awaits a coroutine, adding up the loop thread's CPU time over that coroutine's own
-    steps (the coroutines of a run interleave on one thread, so the thread's CPU time over
-    one item's span would count the others' too), and counting the times it woke up."""
-
-    def __init__(self, coroutine) -> None:
-        self.coroutine, self.cpu, self.wakeups = coroutine, 0.0, 0
-
-    def __await__(self):
-        coroutine, sent, thrown = self.coroutine, None, None
-        while True:
-            self.wakeups += 1
-            began = time.thread_time()
-            try:
-                step = coroutine.send(sent) if thrown is None else coroutine.throw(thrown)
-            except StopIteration as done:
-                return done.value
-            finally:
-                self.cpu += time.thread_time() - began
-            try:
-                sent, thrown = (yield step), None
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as error:  # cancellation, a timeout: to the coroutine
-                sent, thrown = None, error
-
-
 async def run_chunk_async(
     task: Task,
     seq: int,
@@ -985,12 +520,3 @@ async def run_chunk_async(
     finally:
         current_output.reset(token)
     return look_for_hidden_changes(task, result)
-
-
-_armed = threading.Event()
-
-
-def _expire(signum, frame) -> None:
-    """SIGALRM during an item on a main thread (the kernel's, or a worker process's)."""
-    if _armed.is_set():
-        raise ItemTimedOut

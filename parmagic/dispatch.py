@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .backends import Backend
-from .chunk import ChunkResult, ItemError, ItemOutput, Task
 from .effects import FORGET, ReplayError, apply_ops
 from .errors import short_repr
+from .item_output import ItemOutput
 from .kernel_state import HeldInterrupt, kept_as_it_was
 from .native_threads import of_native_library
 from .report import RunReport
+from .task import ChunkResult, ItemError, Task
 from .worker_shell import DISPLAYED
 
 if TYPE_CHECKING:

@@ -29,8 +29,8 @@ from .shared_files import shared_file
 from .worker_memory import FreedMemory
 
 if TYPE_CHECKING:
-    from .chunk import ChunkResult
     from .kernel_objects import ChunkObjects
+    from .task import ChunkResult
 
 HELD_BYTES = 1 << 20  # values at least this large stay in the worker until the run ends
 NAMES_REPLY = b"N"  # starts a worker's reply to "names" (a chunk result starts as a pickle)

@@ -25,7 +25,6 @@ from .auto import auto_records
 from .backends import Backend, may
 from .calibration import recording_costs
 from .cell import CellPlan
-from .chunk import Task
 from .dispatch import Recording, RunSpec, execute, unwrap_stop_iteration
 from .errors import ParmagicUsageError
 from .hidden_state import Guard
@@ -36,6 +35,7 @@ from .options import Options
 from .report import RunReport
 from .run_checks import hidden_nodes, late_refusal, recorded_names, unordered_warnings
 from .session import RunInterrupted, Session
+from .task import Task
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .chunk import spread_times
+from .task import spread_times
 
 if TYPE_CHECKING:
     from .monitor import Usage

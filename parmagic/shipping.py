@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import errors
-from .chunk import ChunkResult, PackedResult
 from .errors import NotPicklable
 from .kernel_objects import (
     ChunkObjects,
@@ -30,6 +29,7 @@ from .kernel_objects import (
     referenced_globals,
 )
 from .shared_files import shared_file
+from .task import ChunkResult, PackedResult
 
 DIGEST_LIMIT = 1 << 20  # captured values larger than this are not watched for changes
 SHARED_BUFFER = 1 << 20  # captured buffers (arrays) larger than this go through shared memory
@@ -258,7 +258,7 @@ def _travelling(exception: BaseException):
 
 
 def _error(exception: BaseException, index: int):
-    from .chunk import ItemError
+    from .task import ItemError
 
     return ItemError(exception, [], f"item {index}")
 

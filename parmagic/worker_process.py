@@ -20,23 +20,17 @@ import sys
 import threading
 import time
 
-from .chunk import (
-    ChunkResult,
-    ItemOutput,
-    LiveChunk,
-    OutputCapture,
-    Task,
-    forget_inherited_error,
-    run_chunk,
-)
+from .chunk import LiveChunk, run_chunk
 from .errors import ITEM_TIMEOUT
 from .held_names import NameStore
 from .hidden_state import Guard
+from .item_output import ItemOutput, OutputCapture
 from .kernel_objects import ChunkObjects, HeldObjects
 from .machine import affinity_cores
 from .native_threads import CapWatch, cap_environment
 from .shared_files import process_alive
 from .shipping import captured_digests, dump_result, load_task
+from .task import ChunkResult, Task, forget_inherited_error
 
 
 def _become_worker(native_threads: int) -> None:

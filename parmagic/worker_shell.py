@@ -57,7 +57,7 @@ DISPLAYED = 3  # an item output's stream number for objects to display (1, 2: st
 
 def display(*objects, **options) -> None:
     """Keep the objects with the item's output; the kernel displays them in item order."""
-    from .chunk import current_output
+    from .item_output import current_output
 
     sink = current_output.get()
     if sink is None:

@@ -21,7 +21,7 @@ import pytest
 from IPython.testing.globalipapp import start_ipython
 
 import parmagic
-from parmagic import chunk
+from parmagic import item_clock
 
 # The names a conformance test is stamped out over: backend plus process start method.
 BACKENDS = {
@@ -246,7 +246,7 @@ def _kernel_hooks() -> dict[str, object]:
     hooks["SIGINT handler"] = signal.getsignal(signal.SIGINT)
     # pytest-timeout owns SIGALRM around each test (and resets it when a test fails): only
     # parmagic's own alarm handler, left in place, is a leak
-    hooks["parmagic's SIGALRM handler"] = signal.getsignal(signal.SIGALRM) is chunk._expire
+    hooks["parmagic's SIGALRM handler"] = signal.getsignal(signal.SIGALRM) is item_clock.expire
     return hooks
 
 

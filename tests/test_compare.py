@@ -161,7 +161,7 @@ def test_same_compares_arrays_by_content():
 
 
 def test_first_difference_names_the_item_and_what_differed(ip):
-    from parmagic.chunk import ChunkResult
+    from parmagic.task import ChunkResult
 
     def transcript(printed: str) -> list:
         result = ChunkResult(0, 0, "w")

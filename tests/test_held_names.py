@@ -21,11 +21,11 @@ import pytest
 from conftest import BACKENDS, PROCESS_BACKENDS, parallel, report, serial_state
 
 from parmagic import errors, held_names
-from parmagic.chunk import ChunkResult
 from parmagic.dispatch import Applier
 from parmagic.errors import WorkerDied
 from parmagic.held_names import HELD_BYTES, Held, NameStore, received, worth_holding
 from parmagic.shared_files import PREFIX, folder
+from parmagic.task import ChunkResult
 
 FORK = BACKENDS["fork"]
 

@@ -10,9 +10,10 @@ import pytest
 import parmagic
 from parmagic import session
 from parmagic.cell import plan_cell
-from parmagic.chunk import ChunkResult, Task, run_chunk
+from parmagic.chunk import run_chunk
 from parmagic.dispatch import ChunkSizer, Pace
 from parmagic.itemcode import build_item_code
+from parmagic.task import ChunkResult, Task
 
 
 def test_every_thread_starts_on_the_first_items_at_once(ip, run):

@@ -17,9 +17,10 @@ from conftest import BACKENDS, report
 
 from parmagic import loop_run
 from parmagic.cell import plan_cell
-from parmagic.chunk import Task, run_values
+from parmagic.chunk import run_values
 from parmagic.effects import CALL
 from parmagic.itemcode import build_item_code
+from parmagic.task import Task
 
 PROCESSES = BACKENDS["fork"]
 UNBOUND = "<unbound>"

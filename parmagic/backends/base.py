@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
-from ..chunk import ChunkResult, ItemError, Task
 from ..errors import short_repr
 from ..machine import usable_cores
+from ..task import ChunkResult, ItemError, Task
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import queue
 import threading
 import time
 
-from ..chunk import ChunkResult, LiveChunk, OutputCapture, Task, run_chunk_async
+from ..chunk import LiveChunk, run_chunk_async
+from ..item_output import OutputCapture
+from ..task import ChunkResult, Task
 from .base import Backend, BackendSettings, Deadline, drain
 
 DEFAULT_CONCURRENCY = 100

@@ -44,10 +44,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import errors
-from ..chunk import ChunkResult, Task
 from ..errors import ParmagicUsageError, WorkerDied
 from ..hash_seeds import cluster_keeps_kernel_hashing, dask_keeps_kernel_hashing, dask_seed_config
 from ..shipping import pack_task
+from ..task import ChunkResult, Task
 from ..worker_process import hold_task, run_dask_chunk
 from .base import BackendSettings, Deadline, drain, failed_chunk
 from .worker_processes import PickledItems, SentChunk, plain_main

@@ -18,9 +18,9 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 
 from .. import errors
-from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
 from ..shared_files import shared_file
+from ..task import ChunkResult, Task
 from ..worker_process import prepare_pool_worker, run_shipped_chunk
 from .base import BackendSettings, Deadline, failed_chunk
 from .worker_processes import (

@@ -28,9 +28,9 @@ from contextlib import suppress
 from multiprocessing import connection
 
 from .. import errors
-from ..chunk import ChunkResult, Task
 from ..errors import WorkerDied
 from ..held_names import NAMES_REPLY, received
+from ..task import ChunkResult, Task
 from ..worker_process import serve
 from .base import BackendSettings, Deadline, failed_chunk
 from .worker_processes import KILL_GRACE, SentChunk, WorkerProcesses, plain_main

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..chunk import ChunkResult, OutputCapture, Task, run_chunk, run_chunk_in_place
+from ..chunk import run_chunk, run_chunk_in_place
+from ..item_output import OutputCapture
 from ..kernel_state import HeldInterrupt
+from ..task import ChunkResult, Task
 from .base import Backend, BackendSettings
 
 

@@ -11,12 +11,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from .. import errors, imported_code
-from ..chunk import ChunkResult, Task
 from ..hash_seeds import seeded_environment
 from ..kernel_objects import SentObjects
 from ..machine import usable_cores
 from ..native_threads import threads_per_worker
 from ..shipping import pack_task
+from ..task import ChunkResult, Task
 from .base import Backend, BackendSettings, failed_chunk
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
