@@ -49,7 +49,7 @@ def main() -> None:
     ns["items"] = items
     code = build_item_code(plan.body, frozenset({"out"}), "<cell>")
     function = FunctionType(code, ns)
-    recorded = Task(function, plan.body.bound, True, merge_names=True)
+    logging = Task(function, plan.body.bound, True, merge_names=True)
     whole = build_item_code(plan.body, frozenset({"out"}), "<cell>", whole_chunk=True)
     in_one_call = Task(
         FunctionType(whole, ns), plan.body.bound, True, merge_names=True, whole_chunks=True
@@ -62,18 +62,18 @@ def main() -> None:
         namespace=ns,
     )
     held = HeldInterrupt(hold=False)
-    chunk = run_chunk(recorded, 0, 0, items)
+    chunk = run_chunk(logging, 0, 0, items)
     data = dump_result(chunk)
 
     def applied() -> None:
-        applier = Applier(ns, recorded, RunReport("processes", 2), "<cell>")
+        applier = Applier(ns, logging, RunReport("processes", 2), "<cell>")
         for _ in applier.apply_chunk(chunk, items):
             pass
 
     steps = [
         ("the plain loop (the floor)", plain),
         ("serial: the loop in place, each item timed", lambda: run_chunk_in_place(in_place, 0, 0, items, held)),
-        ("worker: item function with recording, timings, output sink (a call per item: threads, --on-error continue, --timeout)", lambda: run_chunk(recorded, 0, 0, items)),
+        ("worker: item function with recording, timings, output sink (a call per item: threads, --on-error continue, --timeout)", lambda: run_chunk(logging, 0, 0, items)),
         ("worker: the same, the chunk in one call (worker processes' default)", lambda: run_chunk(in_one_call, 0, 0, items)),
         ("worker: pickling the chunk's result", lambda: dump_result(chunk)),
         ("kernel: unpickling the chunk's result", lambda: pickle.loads(data)),

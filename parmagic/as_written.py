@@ -32,7 +32,7 @@ class ItemClock:
     closes the abandoned generator at once)."""
 
     def __init__(self) -> None:
-        self.result = ChunkResult(0, 0, KERNEL, recorded=False)
+        self.result = ChunkResult(0, 0, KERNEL, logged=False)
 
     def __call__(self, iterable: Iterable) -> Iterator:
         return self._timed(iter(iterable))

@@ -351,8 +351,8 @@ class Lead:
         return f"the whole loop ran in the kernel ({r.item_count} items in {r.wall:.3f} s): {why}"
 
 
-def auto_records(
-    run: LoopRun, iterator: Iterator, length: int, recorded, report: RunReport,
+def auto_run(
+    run: LoopRun, iterator: Iterator, length: int, replayed, report: RunReport,
     recording: Recording | None = None,
 ) -> Iterator[list]:  # fmt: skip
     """The loop under auto: its first items in the kernel until the rest should go
@@ -362,9 +362,9 @@ def auto_records(
     def phase(backend: Backend, task: Task, items: Iterator, until=None) -> Iterator[list]:
         if recording is not None:
             recording.task = task
-        return run.records(backend, task, items, length, report, recording, until)
+        return run.run_on(backend, task, items, length, report, recording, until)
 
-    serial, task = run.start("serial", 1, report, recorded)
+    serial, task = run.start("serial", 1, report, replayed)
     leader = Lead(report, length, outlook(run, task))
     if not run.options.unordered:
         leader.guard = run.guard(task.function)
@@ -382,7 +382,7 @@ def auto_records(
     elif name == "threads":
         workers = leader.threads
     try:
-        yield from phase(*run.start(name, workers, report, recorded), items)
+        yield from phase(*run.start(name, workers, report, replayed), items)
     except HiddenChange as stop:  # what the first items did not show: the rest in the kernel
         if recording is not None:
             raise
@@ -391,11 +391,11 @@ def auto_records(
             what=stop.what, first=stop.first
         )
         rest = itertools.chain(stop.unapplied, iterator)
-        yield from phase(*run.start("serial", 1, report, recorded), rest)
+        yield from phase(*run.start("serial", 1, report, replayed), rest)
         return
     report.auto_reason = leader.reason
     if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
-        yield from phase(*run.start("serial", 1, report, recorded), iterator)
+        yield from phase(*run.start("serial", 1, report, replayed), iterator)
 
 
 class Instalments:

@@ -40,9 +40,9 @@ def _per_item(source: str, receivers: set[str]) -> tuple[float, float]:
     items = list(range(ITEMS))
     ns: dict = {"out": []}
     code = build_item_code(plan.body, frozenset(receivers), "<calibration>")
-    recorded = Task(FunctionType(code, ns), plan.body.bound, True)
+    logging = Task(FunctionType(code, ns), plan.body.bound, True)
     in_place = Task(
-        recorded.function,
+        logging.function,
         plan.body.bound,
         True,
         in_place=build_in_place_code(plan.body, "<calibration>"),
@@ -51,16 +51,16 @@ def _per_item(source: str, receivers: set[str]) -> tuple[float, float]:
     held = HeldInterrupt(hold=False)
 
     def record_and_replay() -> None:
-        applier = Applier(ns, recorded, RunReport("threads", 1), "<calibration>")
-        for _ in applier.apply_chunk(run_chunk(recorded, 0, 0, items), items):
+        applier = Applier(ns, logging, RunReport("threads", 1), "<calibration>")
+        for _ in applier.apply_chunk(run_chunk(logging, 0, 0, items), items):
             pass
 
     def run_in_place() -> None:
         run_chunk_in_place(in_place, 0, 0, items, held)
 
-    recorded = min(_seconds(record_and_replay) for _ in range(REPEATS))
+    with_recording = min(_seconds(record_and_replay) for _ in range(REPEATS))
     in_place_time = min(_seconds(run_in_place) for _ in range(REPEATS))
-    return max(0.0, recorded - in_place_time) / ITEMS, in_place_time / ITEMS
+    return max(0.0, with_recording - in_place_time) / ITEMS, in_place_time / ITEMS
 
 
 def _seconds(step) -> float:

@@ -110,7 +110,7 @@ class MergedNames:
         self.holder = -1
 
 
-def _record(
+def _add_item(
     task: Task,
     result: ChunkResult,
     offset: int,
@@ -226,7 +226,7 @@ def _run_items(
                     error = _add_changes(
                         result, offset, log.ops, objects, item, before, line, error
                     )
-                began = _record(task, result, offset, item, began, log, value, error, merged)
+                began = _add_item(task, result, offset, item, began, log, value, error, merged)
                 cpu.after_item(began)
                 if error is not None and (
                     task.stop_on_error or isinstance(error, KeyboardInterrupt)
@@ -401,7 +401,7 @@ def run_values(
     continue`` the call resumes after it. A for loop's chunk (Task.whole_chunks) likewise,
     recording its items' changes. With ``objects``, one call per item instead, each
     compared before and after (see run_chunk)."""
-    result = ChunkResult(seq, start, worker, recorded=task.whole_chunks)
+    result = ChunkResult(seq, start, worker, logged=task.whole_chunks)
     if task.held is not None:  # a worker's: pickled as they are, bytes of doubles
         result.starts = array.array("d")
     timed = TimedItems(task, result, items)
@@ -429,8 +429,8 @@ def _run_values(task: Task, timed: TimedItems) -> None:
             task.function(timed.from_offset(first), timed.handed)
             return
         except BaseException as error:  # an interrupt too: the dispatcher stops the run there
-            recorded = timed.failed(error)
-            if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+            an_item_failed = timed.failed(error)
+            if not an_item_failed or task.stop_on_error or isinstance(error, KeyboardInterrupt):
                 return
             first = len(timed.result.starts)
 
@@ -449,15 +449,15 @@ def _run_values_compared(task: Task, timed: TimedItems, objects: ChunkObjects) -
             ops = timed.ops.setdefault(offset, [])
             error = _add_changes(timed.result, offset, ops, objects, item, before, line, error)
         if error is not None:
-            recorded = timed.failed(error)
-            if not recorded or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+            an_item_failed = timed.failed(error)
+            if not an_item_failed or task.stop_on_error or isinstance(error, KeyboardInterrupt):
                 return
 
 
 def run_chunk_in_place(task: Task, seq: int, start: int, items: list, held) -> ChunkResult:
     """Run a chunk as the plain loop runs it, in the kernel's namespace (the serial backend):
     nothing is recorded but each item's start (:class:`TimedItems`)."""
-    result = ChunkResult(seq, start, "kernel", recorded=False)
+    result = ChunkResult(seq, start, "kernel", logged=False)
     timed = TimedItems(task, result, items)
     ns, queued = task.namespace, run_queue_wait()
     ns[CHUNK_NAME] = timed.from_offset(0)
@@ -511,7 +511,7 @@ async def run_chunk_async(
                 cause = exc.__cause__
                 stopped = isinstance(exc, RuntimeError) and isinstance(cause, StopIteration)
                 error = cause if stopped else exc
-            _record(task, result, offset, item, began, log, value, error)
+            _add_item(task, result, offset, item, began, log, value, error)
             if counted is not None:
                 result.cpus[-1] = counted.cpu
                 result.queued += (counted.wakeups - 1) * lateness()

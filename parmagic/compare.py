@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from . import errors
-from .auto import auto_records
+from .auto import auto_run
 from .backends import load_backend
 from .calibration import recording_costs
 from .compare_table import AUTO, REFERENCE, Comparison, Row
@@ -143,7 +143,7 @@ def _as_it_runs(report: RunReport, backend: str) -> float:
     return max(report.wall - report.recording, report.wall / 2)
 
 
-def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
+def compared_runs(run: LoopRun, items: list, replayed) -> Iterator[list]:
     """The loop on each backend of ``--compare``, each run recorded; then serial's recording
     applied, so that the kernel ends as after one serial run whatever the others did. An
     interrupt applies what serial recorded before it, and says where it stopped."""
@@ -154,7 +154,7 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
         report = RunReport(name, 1, cores=usable_cores(), costs=recording_costs())
         recording = Recording(None, report)
         recordings.append(recording)
-        for _ in _recorded(run, name, items, recorded, recording):
+        for _ in _recorded(run, name, items, replayed, recording):
             pass
         if recording.hidden and recording.task.guard is not None:
             recording.task.guard.restore()  # the kernel's state, as serial's run left it
@@ -162,7 +162,7 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
 
     def refused(name: str) -> str | None:
         try:
-            late_refusal(run.plan, run.ns, run.options, name, recorded)
+            late_refusal(run.plan, run.ns, run.options, name, replayed)
         except ParmagicUsageError as reason:
             return first_sentence(reason)
         return None
@@ -172,7 +172,7 @@ def compared_records(run: LoopRun, items: list, recorded) -> Iterator[list]:
         unrepeatable = _unrepeatable(run, lambda: refused("threads") is None)
 
         def stays() -> str | None:
-            return late_refusal(run.plan, run.ns, run.options, AUTO, recorded)
+            return late_refusal(run.plan, run.ns, run.options, AUTO, replayed)
 
         rounds = run.options.rounds
         comparison = run_comparison(names, awaits, run_one, refused, rounds, unrepeatable, stays)
@@ -221,17 +221,17 @@ def first_sentence(refusal: ParmagicUsageError) -> str:
     return first.replace(" (nothing has run)", "").replace(", so nothing has run", "")
 
 
-def _recorded(run: LoopRun, name: str, items: list, recorded, recording: Recording):
+def _recorded(run: LoopRun, name: str, items: list, replayed, recording: Recording):
     """One backend's run of the items, kept in ``recording``. Serial's run of a body that
     awaits is asyncio with one coroutine at a time."""
     awaits, report = run.plan.body.awaits, recording.report
     if name == AUTO and not awaits:
-        return auto_records(run, iter(items), len(items), recorded, report, recording)
+        return auto_run(run, iter(items), len(items), replayed, report, recording)
     one_at_a_time = name == REFERENCE and awaits
     workers = 1 if one_at_a_time else run.options.workers
     name = "asyncio" if one_at_a_time or name == AUTO else name
-    backend, recording.task = run.start(name, workers, report, recorded)
-    return run.records(backend, recording.task, iter(items), len(items), report, recording)
+    backend, recording.task = run.start(name, workers, report, replayed)
+    return run.run_on(backend, recording.task, iter(items), len(items), report, recording)
 
 
 def _applied(run: LoopRun, serial: Recording) -> Iterator[list]:

@@ -36,8 +36,8 @@ AUGMENTED_OPERATORS = {
 class WriteBackRewriter(ast.NodeTransformer):
     """Turns the body's write-backs into calls on ``__log__`` and ``continue`` into return."""
 
-    def __init__(self, recorded: frozenset[str], reductions: dict[str, int]) -> None:
-        self.recorded = recorded
+    def __init__(self, replayed: frozenset[str], reductions: dict[str, int]) -> None:
+        self.replayed = replayed
         self.reductions = reductions
         self.depth = 0
 
@@ -50,7 +50,7 @@ class WriteBackRewriter(ast.NodeTransformer):
 
     def _root(self, expr: ast.expr):
         root = receiver_root(expr)
-        if root is None or root[0].id not in self.recorded:
+        if root is None or root[0].id not in self.replayed:
             return None
         name, keys = root
         return ast.Constant(name.id), ast.Tuple([_as_value(k) for k in keys], ast.Load())
@@ -176,7 +176,7 @@ def _made_once(make: Callable[..., CodeType]) -> Callable[..., CodeType]:
 @_made_once
 def build_item_code(
     info: BodyInfo,
-    recorded: frozenset[str],
+    replayed: frozenset[str],
     filename: str,
     coroutine: bool = False,
     whole_chunk: bool = False,
@@ -194,7 +194,7 @@ def build_item_code(
     node = copy.deepcopy(info.node)
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
-        statements = _item_statements(info, node, recorded, whole_chunk)
+        statements = _item_statements(info, node, replayed, whole_chunk)
     elif coroutine:  # ``await`` in a comprehension: one coroutine per item
         first = node.generators[0]
         first.iter = ast.Tuple([item], ast.Load())
@@ -221,16 +221,16 @@ def build_item_code(
 
 
 def _item_statements(
-    info: BodyInfo, node: ast.For, recorded: frozenset[str], whole_chunk: bool
+    info: BodyInfo, node: ast.For, replayed: frozenset[str], whole_chunk: bool
 ) -> list[ast.stmt]:
     """A for loop's item (or, ``whole_chunk``, its loop over the chunk's items), its changes
     recorded, its names bound on every way out."""
     item = ast.Name(ITEM_ARG, ast.Load())
     head = node.body[: len(node.body) - len(info.tail)]  # the tail runs in the kernel
-    rewriter = WriteBackRewriter(recorded, info.reductions)
+    rewriter = WriteBackRewriter(replayed, info.reductions)
     rewriter.depth = int(whole_chunk)  # ``continue`` stays where the loop is the code's
     body = rewriter.rewrite_block(head)
-    sinks = recorded & set(info.sinks)
+    sinks = replayed & set(info.sinks)
     body = [ToSinks(sinks).visit(stmt) for stmt in body] if sinks else body
     bind = ast.Expr(
         ast.Call(

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import errors, imported_code
 from .as_written import loop_code
-from .auto import auto_records
+from .auto import auto_run
 from .backends import Backend, may
 from .calibration import recording_costs
 from .cell import CellPlan
@@ -33,7 +33,7 @@ from .machine import usable_cores
 from .native_threads import of_native_library
 from .options import Options
 from .report import RunReport
-from .run_checks import hidden_nodes, late_refusal, recorded_names, unordered_warnings
+from .run_checks import hidden_nodes, late_refusal, replayed_names, unordered_warnings
 from .session import RunInterrupted, Session
 from .task import Task
 
@@ -80,20 +80,20 @@ class LoopRun:
         self.session.close_open_run()
         if not self.plan.is_async:
             self.session.stop_requested.clear()
-        recorded = recorded_names(self.plan, self.ns)
+        replayed = replayed_names(self.plan, self.ns)
         if self.options.compare:
-            from .compare import compared_records
+            from .compare import compared_runs
 
             # compare keeps serial's result: refused only for what serial cannot run either
-            late_refusal(self.plan, self.ns, self.options, "serial", recorded)
-            return self.loop_value(compared_records(self, list(iterable), recorded))
+            late_refusal(self.plan, self.ns, self.options, "serial", replayed)
+            return self.loop_value(compared_runs(self, list(iterable), replayed))
         self.written = False
-        records = self._records_on_chosen_backend(iterable, recorded)
+        values = self._run_on_chosen_backend(iterable, replayed)
         if not self.written:  # a loop run as written holds no workers: nothing to close
-            self.session.open_run = weakref.ref(records)
-        return self.loop_value(records)
+            self.session.open_run = weakref.ref(values)
+        return self.loop_value(values)
 
-    def _records_on_chosen_backend(self, iterable: Iterable, recorded) -> Iterator[list]:
+    def _run_on_chosen_backend(self, iterable: Iterable, replayed) -> Iterator[list]:
         length, iterator = operator.length_hint(iterable), iter(iterable)
         report = RunReport("auto", 1, cores=usable_cores(), costs=recording_costs())
         self.session.last_report = report
@@ -102,7 +102,7 @@ class LoopRun:
         # awaits: only asyncio runs it, which refuses what it cannot run as the plain loop)
         early = self.options.serial_reason if name == "auto" else None
         try:
-            serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, recorded)
+            serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, replayed)
         except ParmagicUsageError as refused:
             if not may(self.options.backend, "is_the_plain_loop"):
                 raise
@@ -111,13 +111,13 @@ class LoopRun:
         if name == "auto" and serial_reason:
             name, report.auto_reason = "serial", serial_reason
         if name == "auto":
-            return auto_records(self, iterator, length, recorded, report)
-        backend, task = self.start(name, self.options.workers, report, recorded)
+            return auto_run(self, iterator, length, replayed, report)
+        backend, task = self.start(name, self.options.workers, report, replayed)
         if backend.runs_coroutines and not self.plan.body.awaits:
             self.warn(errors.NO_AWAIT)
             report.one_at_a_time = True
         items = iterable if type(iterable) is range else iterator  # a range: sent as slices
-        return self.records(backend, task, items, length, report)
+        return self.run_on(backend, task, items, length, report)
 
     def as_written(self, iterator: Iterator, report: RunReport, reason: str) -> Iterator[list]:
         """The loop as the plain kernel runs it, in the kernel's namespace: what serial and
@@ -144,14 +144,14 @@ class LoopRun:
             ns.pop(CLOCK_NAME, None)
         yield ns.pop(VALUES_NAME, None) or []
 
-    def task_for(self, backend: Backend, recorded: frozenset[str]) -> Task:
+    def task_for(self, backend: Backend, replayed: frozenset[str]) -> Task:
         """The item function, built for where it runs, and what travels with it."""
         plan, options = self.plan, self.options
         stop_on_error = options.on_error == "raise"
         merge_names = backend.copies_kernel_objects and self.tail is None  # names travel
         whole = self.whole_chunks and backend.copies_kernel_objects
         code = build_item_code(
-            plan.body, recorded, plan.filename, backend.runs_coroutines, whole_chunk=whole
+            plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole
         )
         globals_ = item_globals(self.ns, code, backend)
         function = FunctionType(code, globals_, errors.ITEM_FUNCTION_NAME)
@@ -173,7 +173,7 @@ class LoopRun:
         return Guard.around(function, random=self.options.seed is None)
 
     def start(
-        self, name: str, workers: int | None, report: RunReport, recorded
+        self, name: str, workers: int | None, report: RunReport, replayed
     ) -> tuple[Backend, Task]:
         """The warm backend and the run's task; the report learns which backend runs. A pool
         or cluster started here counts in the run's start-up and wall time."""
@@ -194,9 +194,9 @@ class LoopRun:
         report.warnings += session.restart_notes
         session.restart_notes.clear()
         if options.unordered:
-            for message in unordered_warnings(self.plan, self.ns, recorded, backend):
+            for message in unordered_warnings(self.plan, self.ns, replayed, backend):
                 self.warn(message)
-        task = self.task_for(backend, recorded)
+        task = self.task_for(backend, replayed)
         from .shipping import reached_values  # cloudpickle: imported by a run, not %load_ext
 
         report.native_code = report.native_code or (
@@ -205,7 +205,7 @@ class LoopRun:
         )
         return backend, task
 
-    def records(
+    def run_on(
         self, backend: Backend, task: Task, iterator: Iterable, length: int, report: RunReport,
         recording: Recording | None = None, until: Callable[[], bool] | None = None,
     ) -> Iterator[list]:  # fmt: skip
@@ -222,16 +222,16 @@ class LoopRun:
             show=self.session.show,
         ))  # fmt: skip
 
-    def loop_value(self, records: Iterator[list]) -> Any:
+    def loop_value(self, item_values: Iterator[list]) -> Any:
         """What the loop's statement gives: nothing for a ``for``, else the comprehension."""
         # each item's values are a list: a comprehension's inner clauses may give 0 or more
-        values = itertools.chain.from_iterable(records)
+        values = itertools.chain.from_iterable(item_values)
         kind = self.plan.body.kind
         if kind == "generator":
             return values  # lazy, like the generator expression it replaces
         try:
             if kind == "for":
-                for _ in records:
+                for _ in item_values:
                     pass
                 return None
             return {"list": list, "set": set, "dict": dict}[kind](values)

@@ -34,7 +34,7 @@ from .native_threads import kernel_native_threads
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
 from .preview import Preview
 from .report import RunReport
-from .run_checks import hidden_effects_of, late_refusal, recorded_names
+from .run_checks import hidden_effects_of, late_refusal, replayed_names
 from .session import Session
 
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
@@ -149,8 +149,8 @@ class ParallelMagics(Magics):
                 raise ParmagicUsageError(refused)
             if not options.compare and preview.complete:  # else names may have been rebound
                 name = resolve_backend(backend, plan.body.awaits)
-                recorded = recorded_names(plan, known)
-                reason = reason or late_refusal(plan, known, options, name, recorded)
+                replayed = replayed_names(plan, known)
+                reason = reason or late_refusal(plan, known, options, name, replayed)
         finally:
             preview.close()
         if reason and plan.body.awaits and options.backend == "auto":
@@ -165,12 +165,12 @@ class ParallelMagics(Magics):
             text = f"# ran as written in the kernel\n{source.lstrip()}"
             return self._show_text(text, text, options)
         ns = self.shell.user_ns  # after the run: the receivers the loop changed exist now
-        recorded = recorded_names(plan, ns)
+        replayed = replayed_names(plan, ns)
         report = self.session.last_report
         if report is None:
             return
         report = one_run(report)
-        arguments = (source, plan.body, recorded, ns, report.backend, report.workers)
+        arguments = (source, plan.body, replayed, ns, report.backend, report.workers)
         chunking = chunksize_of(report, options.chunksize)
         shown = program(*arguments, report.start_method, export=False, chunking=chunking)
         exported = program(*arguments, report.start_method, export=True, chunking=chunking)

@@ -177,7 +177,7 @@ class RunReport:
                 self.turns_blocked += blocked
                 self.turns_idle += blocked * idle
         self.item_count += count
-        if result.recorded:
+        if result.logged:
             self.recorded_items += count
             self.changes += sum(map(len, result.ops[:count]))
         self.busy += busy

@@ -72,7 +72,7 @@ def alias_refusal(plan: CellPlan, ns: dict) -> str | None:
     return None
 
 
-def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> list[tuple]:
+def unreplayed_receivers(plan: CellPlan, ns: dict, replayed: frozenset[str]) -> list[tuple]:
     """Kernel objects the body changes in place that are not of a kind parmagic replays (a
     custom class's ``append``, ``g.add_edge(...)``): known only once the statements before
     the loop have run. Modules and loggers are not changed by calling them."""
@@ -82,8 +82,8 @@ def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> 
     changed = [
         (line, f"`{name}` (a {type(ns[name]).__name__}) is changed in place", name)
         for name, line in calls.items()
-        if (name not in recorded or name in plan.body.object_calls)
-        and not (name in recorded and name in plan.body.sinks)
+        if (name not in replayed or name in plan.body.object_calls)
+        and not (name in replayed and name in plan.body.sinks)
         and name in ns
         and not _not_changed_by_calls(ns[name])
     ]
@@ -96,7 +96,7 @@ def unreplayed_receivers(plan: CellPlan, ns: dict, recorded: frozenset[str]) -> 
     return sorted(changed)
 
 
-def recorded_names(plan: CellPlan, ns: dict) -> frozenset[str]:
+def replayed_names(plan: CellPlan, ns: dict) -> frozenset[str]:
     """The kernel names whose changes items record for the kernel to make in item order:
     containers the body changes, files it writes to."""
     from .files import is_sink
@@ -124,13 +124,13 @@ def item_object_refusal(plan: CellPlan, backend: str, short: bool = False) -> st
     return template.format(line=line, what=what, name=name)
 
 
-def unordered_warnings(plan: CellPlan, ns: dict, recorded, backend: Backend) -> list[str]:
+def unordered_warnings(plan: CellPlan, ns: dict, replayed, backend: Backend) -> list[str]:
     """With --unordered: what the run does in any order (threads) or to copies (processes)."""
     if backend.name == "serial":
         return []
     files = plan.body.shared_files
     shared = [errors.SHARED_FILE_UNORDERED.format(line=ln, what=w) for ln, w in files]
-    found = [*plan.body.copy_warnings, *unreplayed_receivers(plan, ns, recorded)]
+    found = [*plan.body.copy_warnings, *unreplayed_receivers(plan, ns, replayed)]
     template = errors.COPY_WARNING if backend.copies_kernel_objects else errors.UNORDERED_WARNING
     return shared + [template.format(line=ln, what=w, name=n) for ln, w, n in sorted(found)]
 
@@ -207,7 +207,7 @@ def hash_order_refusal(plan: CellPlan, ns: dict, options, name: str, short=False
     )  # fmt: skip
 
 
-def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str | None:
+def late_refusal(plan: CellPlan, ns: dict, options, name: str, replayed) -> str | None:
     """Raises what the statements before the loop made knowable: notebook functions and
     modules the cell itself defined or imported, an alias of an object the body changes, a
     loop that advances its items' iterators where items get copies, changes in place parmagic
@@ -225,7 +225,7 @@ def late_refusal(plan: CellPlan, ns: dict, options, name: str, recorded) -> str 
         raise ParmagicUsageError(refused)
     if reason:
         return reason
-    found = [] if options.unordered else unreplayed_receivers(plan, ns, recorded)
+    found = [] if options.unordered else unreplayed_receivers(plan, ns, replayed)
     if not found or name == "serial":
         return None
     line, what, _ = found[0]

@@ -80,9 +80,9 @@ class _Changes(WriteBackRewriter):
     number's statement, with those values, is what the main program runs."""
 
     def __init__(
-        self, recorded: frozenset[str], reductions: dict[str, int], g: Names, handed: bool
+        self, replayed: frozenset[str], reductions: dict[str, int], g: Names, handed: bool
     ) -> None:
-        super().__init__(recorded, reductions)
+        super().__init__(replayed, reductions)
         self.g = g
         self.applied: list[tuple[str, str]] = []  # (statement to run, the original)
         if handed:  # the item goes back too, as the item left it
@@ -151,7 +151,7 @@ def _parse_expr(source: str) -> ast.expr:
 
 
 def _body_function(
-    info: BodyInfo, recorded: frozenset[str], coroutine: bool, handed: bool, g: Names
+    info: BodyInfo, replayed: frozenset[str], coroutine: bool, handed: bool, g: Names
 ) -> tuple[str, list]:
     """``loop_body``'s source, and the numbered statements that apply its changes. ``handed``:
     items are copies (worker processes), so the item goes back as the item left it."""
@@ -160,7 +160,7 @@ def _body_function(
         target = node.target
         parameter = target.id if isinstance(target, ast.Name) and not handed else g.item
         parameter = g.handed if handed else parameter
-        rewriter = _Changes(recorded, info.reductions, g, handed)
+        rewriter = _Changes(replayed, info.reductions, g, handed)
         body = rewriter.rewrite_block(node.body)
         head = (
             []
@@ -433,7 +433,7 @@ def _shared_names(cell: ast.Module, loop: ast.AST, function: str) -> list[str]:
 def program(
     source: str,
     info: BodyInfo,
-    recorded: frozenset[str],
+    replayed: frozenset[str],
     ns: dict,
     backend: str,
     workers: int,
@@ -451,7 +451,7 @@ def program(
     g = Names(taken_names(cell, ns, notebook), ns)
     coroutine = backend == "asyncio"
     handed = backend in COPYING_BACKENDS and info.kind == "for"
-    function, applied = _body_function(info, recorded, coroutine, handed, g)
+    function, applied = _body_function(info, replayed, coroutine, handed, g)
     iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
     listed = [f"{g.items} = list({iterable})"] if handed else []
     iterable = g.items if handed else iterable

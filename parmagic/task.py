@@ -157,8 +157,8 @@ class ChunkResult:
     still_running: int | None = None  # the item frozen at its deadline, running on (LiveChunk)
     held_names: list[str] = field(default_factory=list)  # kept by the worker (held_names.py)
     watched: bool = False  # the worker watches captured values for changes (asked at the end)
-    # False: the items' own code ran them, nothing recorded (serial's loop, a comprehension)
-    recorded: bool = True
+    # False: the items' own code ran them, their changes not logged (serial's loop, a comprehension)
+    logged: bool = True
     flat_values: list | None = None
     value_bounds: list[int] | None = None
     spread: tuple[float, float] | None = None  # ends and CPU times follow from the starts

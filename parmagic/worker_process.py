@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from .chunk import LiveChunk, run_chunk
 from .errors import ITEM_TIMEOUT
@@ -197,28 +198,45 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore
             return
 
 
-_pool_state: dict = {"run": None, "task": None, "threads": 1}
+@dataclass
+class _PoolWorker:
+    """A ``futures:processes`` worker's state between the chunks the pool hands it."""
+
+    run: int | None = None  # the run whose task is loaded
+    task: Task | None = None
+    threads: int = 1  # its cap on native threads
+
+
+_pool = _PoolWorker()
 
 
 def prepare_pool_worker(native_threads: int, kernel: int) -> None:
     """The ``initializer`` of a ``futures:processes`` worker."""
     _become_worker(native_threads)
     _watch_kernel(kernel)
-    _pool_state["threads"] = native_threads
+    _pool.threads = native_threads
 
 
 def run_shipped_chunk(run: int, path: str, seq: int, start: int, items: bytes) -> bytes:
     """One chunk in a ``futures:processes`` worker; the run's task is read from ``path`` once."""
-    if _pool_state["run"] != run:
+    if _pool.run != run:
         with open(path, "rb") as payload:
-            task = _load_task(payload.read())
-        _pool_state.update(run=run, task=task)
-    result, objects = _run(_pool_state["task"], seq, start, items, f"pid {os.getpid()}")
-    result.native_limit = _pool_state["threads"] if _cap.check() else None
+            _pool.task = _load_task(payload.read())
+        _pool.run = run
+    result, objects = _run(_pool.task, seq, start, items, f"pid {os.getpid()}")
+    result.native_limit = _pool.threads if _cap.check() else None
     return dump_result(result, objects)
 
 
-_dask_state: dict = {"loaded": (None, None), "capture": None}
+@dataclass
+class _DaskWorker:
+    """A dask worker process's state between the chunks its threads run."""
+
+    loaded: tuple = (None, None)  # (run, task): one assignment, so threads see a whole pair
+    capture: OutputCapture | None = None  # the process's stream stand-ins, once installed
+
+
+_dask = _DaskWorker()
 
 
 def hold_task(payload: bytes) -> bytes:
@@ -235,12 +253,12 @@ def run_dask_chunk(run: str, payload: bytes, seq: int, start: int, items: bytes)
     (kept: other tasks' output passes through them untouched), so each item's prints go to its
     own record. No alarm: SIGALRM works on a main thread only (see ``_run_until_deadline``).
     """
-    if _dask_state["capture"] is None:
-        _dask_state["capture"] = OutputCapture()
-    loaded_run, task = _dask_state["loaded"]
+    if _dask.capture is None:
+        _dask.capture = OutputCapture()
+    loaded_run, task = _dask.loaded
     if loaded_run != run:
         task = _load_task(payload, shared=True)
-        _dask_state["loaded"] = (run, task)  # one assignment: threads see a whole pair
+        _dask.loaded = (run, task)
     from distributed import get_worker  # already imported in any dask worker: costs nothing
 
     if task.timeout:

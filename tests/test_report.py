@@ -92,9 +92,9 @@ def test_figures_agree_with_each_other(ip, run, name):
     if name == "serial":
         assert r.speedup == pytest.approx(1.0)  # serial against itself, by definition
     else:
-        recorded = r.own_time + r.kernel_cpu  # less what serial, run in place, never pays
-        assert 0 < r.recording < recorded and not r.serial_is_bound
-        assert r.serial_estimate == pytest.approx(recorded - r.recording)
+        measured = r.own_time + r.kernel_cpu  # less what serial, run in place, never pays
+        assert 0 < r.recording < measured and not r.serial_is_bound
+        assert r.serial_estimate == pytest.approx(measured - r.recording)
         assert r.cpu <= r.own_time <= r.busy  # waiting for a core or the GIL is not theirs
     assert r.efficiency == pytest.approx(min(1.0, r.speedup / r.ideal))
     assert 0 <= r.cpu_share <= 1 and 0 <= r.efficiency <= 1

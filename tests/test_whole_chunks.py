@@ -268,9 +268,9 @@ def test_timeout_runs_items_one_by_one_and_correctly(ip, run, built):
     assert built == [False]
 
 
-def _whole_chunk_task(source: str, recorded: frozenset[str], ns: dict) -> Task:
+def _whole_chunk_task(source: str, replayed: frozenset[str], ns: dict) -> Task:
     plan = plan_cell(source, "<cell>", "processes")
-    code = build_item_code(plan.body, recorded, "<cell>", whole_chunk=True)
+    code = build_item_code(plan.body, replayed, "<cell>", whole_chunk=True)
     function = FunctionType(code, ns)
     return Task(function, plan.body.bound, True, merge_names=True, whole_chunks=True)
 

@@ -50,7 +50,7 @@ from ..shipping import pack_task
 from ..task import ChunkResult, Task
 from ..worker_process import hold_task, run_dask_chunk
 from .base import BackendSettings, Deadline, drain, failed_chunk
-from .worker_processes import PickledItems, SentChunk, plain_main
+from .other_processes import PickledItems, SentChunk, plain_main
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT = 3.0  # seconds to reach an existing scheduler before saying it cannot be

@@ -23,7 +23,7 @@ from ..shared_files import shared_file
 from ..task import ChunkResult, Task
 from ..worker_process import prepare_pool_worker, run_shipped_chunk
 from .base import BackendSettings, Deadline, failed_chunk
-from .worker_processes import (
+from .other_processes import (
     KILL_GRACE,
     WorkerProcesses,
     plain_main,

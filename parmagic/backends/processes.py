@@ -5,7 +5,7 @@ Built on ``multiprocessing`` (context, Process, Pipe, ``connection.wait``) rathe
 worker is noticed at once and named with its items instead of hanging the kernel
 (cpython#96062), and so that the task goes to each worker once per run.
 
-Data flow of one run (what the three out-of-process backends share is in worker_processes.py)::
+Data flow of one run (what the three out-of-process backends share is in other_processes.py)::
 
     kernel: dispatch ──(seq, start, items)──▶ ProcessBackend.submit ─┐ a SentChunk per chunk
                                                                    │ one duplex pipe per worker
@@ -33,7 +33,7 @@ from ..held_names import NAMES_REPLY, received
 from ..task import ChunkResult, Task
 from ..worker_process import serve
 from .base import BackendSettings, Deadline, failed_chunk
-from .worker_processes import KILL_GRACE, SentChunk, WorkerProcesses, plain_main
+from .other_processes import KILL_GRACE, SentChunk, WorkerProcesses, plain_main
 
 NAMES_WAIT = 5.0  # seconds a worker has to send the values it kept, once the run ends
 
