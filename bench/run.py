@@ -211,8 +211,8 @@ def checks_switch():
     original_task_for, captures = LoopRun.task_for, kernel_objects._captures_data
     state = {"on": True}
 
-    def task_for(self, backend, replayed):
-        task = original_task_for(self, backend, replayed)
+    def task_for(self, *arguments):
+        task = original_task_for(self, *arguments)
         if not state["on"]:
             task.guarded, task.guard = False, None
         seen = captures if state["on"] else (lambda function: False)

@@ -364,7 +364,8 @@ def auto_run(
             recording.task = task
         return run.run_on(backend, task, items, length, report, recording, until)
 
-    serial, task = run.start("serial", 1, report, replayed)
+    compared = recording is not None  # --compare: every item's own names, nothing in place
+    serial, task = run.start("serial", 1, report, replayed, compared)
     leader = Lead(report, length, outlook(run, task))
     if not run.options.unordered:
         leader.guard = run.guard(task.function)
@@ -382,7 +383,7 @@ def auto_run(
     elif name == "threads":
         workers = leader.threads
     try:
-        yield from phase(*run.start(name, workers, report, replayed), items)
+        yield from phase(*run.start(name, workers, report, replayed, compared), items)
     except HiddenChange as stop:  # what the first items did not show: the rest in the kernel
         if recording is not None:
             raise
@@ -391,11 +392,11 @@ def auto_run(
             what=stop.what, first=stop.first
         )
         rest = itertools.chain(stop.unapplied, iterator)
-        yield from phase(*run.start("serial", 1, report, replayed), rest)
+        yield from phase(*run.start("serial", 1, report, replayed, compared), rest)
         return
     report.auto_reason = leader.reason
     if items is not iterator and not leader.kept:  # the trial: the rest in the kernel
-        yield from phase(*run.start("serial", 1, report, replayed), iterator)
+        yield from phase(*run.start("serial", 1, report, replayed, compared), iterator)
 
 
 class Instalments:

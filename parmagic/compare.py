@@ -230,7 +230,7 @@ def _recorded(run: LoopRun, name: str, items: list, replayed, recording: Recordi
     one_at_a_time = name == REFERENCE and awaits
     workers = 1 if one_at_a_time else run.options.workers
     name = "asyncio" if one_at_a_time or name == AUTO else name
-    backend, recording.task = run.start(name, workers, report, replayed)
+    backend, recording.task = run.start(name, workers, report, replayed, recording=True)
     return run.run_on(backend, recording.task, iter(items), len(items), report, recording)
 
 

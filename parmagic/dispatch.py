@@ -550,8 +550,6 @@ def execute(backend: Backend, task: Task, iterable, spec: RunSpec) -> Iterator[l
     run there, and the rest of the iterable stays unread (auto moves it elsewhere)."""
     length = operator.length_hint(iterable) if spec.length is None else spec.length
     recording, report, tail = spec.recording, spec.report, spec.tail
-    if recording is not None:  # a recording is replayed later, and compared item by item
-        task.in_place, task.merge_names, task.hold_names = None, False, False
     if task.in_place is not None:
         tail = None  # the loop runs whole, its tail included
     applier = recording or Applier(

@@ -144,11 +144,12 @@ class LoopRun:
             ns.pop(CLOCK_NAME, None)
         yield ns.pop(VALUES_NAME, None) or []
 
-    def task_for(self, backend: Backend, replayed: frozenset[str]) -> Task:
-        """The item function, built for where it runs, and what travels with it."""
+    def task_for(self, backend: Backend, replayed: frozenset[str], recording: bool) -> Task:
+        """The item function, built for where it runs, and what travels with it, whole. A
+        recording (--compare) keeps every item's own names, and runs no loop in place."""
         plan, options = self.plan, self.options
         stop_on_error = options.on_error == "raise"
-        merge_names = backend.copies_kernel_objects and self.tail is None  # names travel
+        merge_names = backend.copies_kernel_objects and self.tail is None and not recording
         whole = self.whole_chunks and backend.copies_kernel_objects
         code = build_item_code(
             plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole
@@ -161,7 +162,7 @@ class LoopRun:
         task.hold_names = merge_names and backend.holds_names
         if backend.copies_kernel_objects:
             task.module_values = imported_code.values_read(hidden_nodes(plan), self.ns)
-        if backend.is_the_plain_loop and self.runs_in_place:
+        if backend.is_the_plain_loop and self.runs_in_place and not recording:
             task.in_place, task.namespace = self._in_place_code(), self.ns
         if not backend.is_the_plain_loop and not options.unordered:
             task.guarded = backend.copies_kernel_objects  # the worker watches its own state
@@ -173,7 +174,7 @@ class LoopRun:
         return Guard.around(function, random=self.options.seed is None)
 
     def start(
-        self, name: str, workers: int | None, report: RunReport, replayed
+        self, name: str, workers: int | None, report: RunReport, replayed, recording: bool = False
     ) -> tuple[Backend, Task]:
         """The warm backend and the run's task; the report learns which backend runs. A pool
         or cluster started here counts in the run's start-up and wall time."""
@@ -196,7 +197,7 @@ class LoopRun:
         if options.unordered:
             for message in unordered_warnings(self.plan, self.ns, replayed, backend):
                 self.warn(message)
-        task = self.task_for(backend, replayed)
+        task = self.task_for(backend, replayed, recording)
         from .shipping import reached_values  # cloudpickle: imported by a run, not %load_ext
 
         report.native_code = report.native_code or (
