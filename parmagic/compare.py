@@ -25,7 +25,7 @@ from .dispatch import Applier, Recording, replay
 from .errors import ParmagicUsageError
 from .machine import usable_cores
 from .report import RunReport
-from .run_checks import hidden_effects_of, late_refusal
+from .run_checks import hidden_effects_of, late_verdict
 from .same_results import first_difference
 from .scopes import called_name
 
@@ -161,18 +161,16 @@ def compared_runs(run: LoopRun, items: list, replayed) -> Iterator[list]:
         return recording.report, recording
 
     def refused(name: str) -> str | None:
-        try:
-            late_refusal(run.plan, run.ns, run.options, name, replayed)
-        except ParmagicUsageError as reason:
-            return first_sentence(reason)
-        return None
+        verdict = late_verdict(run.plan, run.ns, run.options, name, replayed)
+        return first_sentence(verdict.refused) if verdict.refused else None
 
     names = backend_list(run.options.compare, awaits)
     try:
         unrepeatable = _unrepeatable(run, lambda: refused("threads") is None)
 
         def stays() -> str | None:
-            return late_refusal(run.plan, run.ns, run.options, AUTO, replayed)
+            verdict = late_verdict(run.plan, run.ns, run.options, AUTO, replayed)
+            return verdict.raise_refusal().in_the_kernel
 
         rounds = run.options.rounds
         comparison = run_comparison(names, awaits, run_one, refused, rounds, unrepeatable, stays)
@@ -213,7 +211,7 @@ def _unrepeatable(run: LoopRun, in_kernel_ok: Callable[[], bool]) -> Callable:
     return unrepeatable
 
 
-def first_sentence(refusal: ParmagicUsageError) -> str:
+def first_sentence(refusal: ParmagicUsageError | str) -> str:
     """A refusal as a row says it: what stops the backend, without the advice that follows
     (serial has run, so "nothing has run" is no longer true either)."""
     text = str(refusal).split("\n")[0]

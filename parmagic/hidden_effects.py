@@ -28,6 +28,7 @@ from .body import MUTATORS
 from .file_uses import kernel_file_written
 from .hidden_state import defaults, global_generators, is_user_code, unwrapped
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
+from .verdict import Verdict
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
 CHANGED_READ = "changed-read"  # a notebook function reads what the loop changes
@@ -478,8 +479,8 @@ def _refused_anywhere(effects: list[HiddenEffect], in_workers: bool) -> str | No
 
 def refusal(
     effects: list[HiddenEffect], backend: str, unordered: bool, seed: int | None
-) -> tuple[str | None, str | None]:
-    """(why the run is refused, or None; why ``auto`` must run serially, or None).
+) -> Verdict:
+    """Whether the run is refused, and why; or, for ``auto``, why it must run serially.
 
     What cannot give the plain loop's result is refused before anything runs: a loop name
     read as a global (wrong on every backend), changes that cannot be replayed in item order
@@ -492,19 +493,19 @@ def refusal(
     plain = kind is not None and kind.is_the_plain_loop
     refused = _refused_anywhere(effects, in_workers)
     if refused:
-        return refused, None
+        return Verdict(refused)
     serial_reason = None
     for effect in effects:
         place = effect.place
         if effect.kind == ARGUMENT_CHANGED and not unordered and in_workers:
-            return errors.ARGUMENT_CHANGED_IN_WORKER.format(place=place, what=effect.what), None
+            return Verdict(errors.ARGUMENT_CHANGED_IN_WORKER.format(place=place, what=effect.what))
         if effect.kind == ARGUMENT_CHANGED and not unordered and kind is None:
             serial_reason = serial_reason or f"{place}{effect.what}: copies in workers would not"
         elif effect.kind == COROUTINE and kind is None:
             serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
         elif effect.kind == SHARED_GENERATOR and not plain:
             if kind is not None:
-                return errors.SHARED_GENERATOR.format(place=place, what=effect.what), None
+                return Verdict(errors.SHARED_GENERATOR.format(place=place, what=effect.what))
             serial_reason = serial_reason or f"{place}{effect.what}: serial keeps its stream"
         elif effect.kind == SHARED_FILE and not unordered:
             message = errors.SHARED_FILE.format(place=place, what=effect.what)
@@ -516,11 +517,11 @@ def refusal(
             message = errors.GLOBAL_RANDOM.format(place=place, what=effect.what)
             reason = f"{place}{effect.what}: a serial run keeps the plain loop's numbers"
         elif effect.kind == RANDOM and kind is not None and not kind.seedable:
-            return errors.SEED_NEEDS_PROCESSES.format(backend=backend), None
+            return Verdict(errors.SEED_NEEDS_PROCESSES.format(backend=backend))
         else:
             continue
         if kind is None:
             serial_reason = serial_reason or reason
         elif not plain:
-            return message, None
-    return None, serial_reason
+            return Verdict(message)
+    return Verdict(in_the_kernel=serial_reason)

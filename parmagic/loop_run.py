@@ -26,16 +26,16 @@ from .backends import Backend, may
 from .calibration import recording_costs
 from .cell import CellPlan
 from .dispatch import Recording, RunSpec, execute, unwrap_stop_iteration
-from .errors import ParmagicUsageError
 from .hidden_state import Guard
 from .itemcode import build_in_place_code, build_item_code
 from .machine import usable_cores
 from .native_threads import of_native_library
 from .options import Options
 from .report import RunReport
-from .run_checks import hidden_nodes, late_refusal, replayed_names, unordered_warnings
+from .run_checks import hidden_nodes, late_verdict, replayed_names, unordered_warnings
 from .session import RunInterrupted, Session
 from .task import Task
+from .verdict import RUN, Verdict
 
 
 def resolve_backend(name: str, awaits: bool = False) -> str:
@@ -54,8 +54,10 @@ class LoopRun:
 
     def __init__(
         self, plan: CellPlan, ns: dict, options: Options, session: Session,
-        warn: Callable[[str], None],
+        warn: Callable[[str], None], checked: Verdict = RUN,
     ) -> None:  # fmt: skip
+        """``checked``: what the checks said before the cell ran (auto: stay in the kernel)."""
+        self.checked = checked
         self.plan = plan
         self.ns = ns
         self.options = options
@@ -85,7 +87,7 @@ class LoopRun:
             from .compare import compared_runs
 
             # compare keeps serial's result: refused only for what serial cannot run either
-            late_refusal(self.plan, self.ns, self.options, "serial", replayed)
+            late_verdict(self.plan, self.ns, self.options, "serial", replayed).raise_refusal()
             return self.loop_value(compared_runs(self, list(iterable), replayed))
         self.written = False
         values = self._run_on_chosen_backend(iterable, replayed)
@@ -100,16 +102,15 @@ class LoopRun:
         name = resolve_backend(self.options.backend, self.plan.body.awaits)
         # auto's reason to stay in the kernel, found before the cell ran (not for a body that
         # awaits: only asyncio runs it, which refuses what it cannot run as the plain loop)
-        early = self.options.serial_reason if name == "auto" else None
-        try:
-            serial_reason = early or late_refusal(self.plan, self.ns, self.options, name, replayed)
-        except ParmagicUsageError as refused:
+        early = self.checked if name == "auto" else RUN
+        verdict = early.then(lambda: late_verdict(self.plan, self.ns, self.options, name, replayed))
+        if verdict.refused:
             if not may(self.options.backend, "is_the_plain_loop"):
-                raise
+                verdict.raise_refusal()
             self.written = True
-            return self.as_written(iterator, report, str(refused))
-        if name == "auto" and serial_reason:
-            name, report.auto_reason = "serial", serial_reason
+            return self.as_written(iterator, report, verdict.refused)
+        if name == "auto" and verdict.in_the_kernel:
+            name, report.auto_reason = "serial", verdict.in_the_kernel
         if name == "auto":
             return auto_run(self, iterator, length, replayed, report)
         backend, task = self.start(name, self.options.workers, report, replayed)

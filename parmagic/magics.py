@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import inspect
 import io
 import os
@@ -34,8 +35,9 @@ from .native_threads import kernel_native_threads
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
 from .preview import Preview
 from .report import RunReport
-from .run_checks import hidden_effects_of, late_refusal, replayed_names
+from .run_checks import hidden_effects_of, late_verdict, replayed_names
 from .session import Session
+from .verdict import RUN, Verdict
 
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
@@ -113,9 +115,9 @@ class ParallelMagics(Magics):
                 raise UsageError(f"unexpected text after the options: {statement!r}")
             source = "\n" + self.shell.transform_cell(cell)  # line numbers as the cell shows them
         filename = self.shell.compile.cache(source, running_cell_number(self.shell))
-        plan, as_written = None, None
+        plan, as_written, checked = None, None, RUN
         try:
-            plan, options.serial_reason = self._plan(source, filename, options)
+            plan, checked = self._plan(source, filename, options)
         except ParmagicUsageError as exc:
             if not may(options.backend, "is_the_plain_loop") or options.compare:
                 raise UsageError(str(exc)) from None
@@ -125,7 +127,7 @@ class ParallelMagics(Magics):
         try:
             if plan is None:
                 return self._run_as_written(source, filename, options, as_written)
-            return self._run(plan, options)
+            return self._run(plan, options, checked)
         finally:
             if options.show_code or options.export:
                 self._show_program(source, plan, options)
@@ -144,18 +146,17 @@ class ParallelMagics(Magics):
             known = preview.ns
             backend = "serial" if options.compare else options.backend  # compare keeps serial's
             effects = hidden_effects_of(plan, known)
-            refused, reason = refusal(effects, backend, options.unordered, options.seed)
-            if refused:
-                raise ParmagicUsageError(refused)
+            verdict = refusal(effects, backend, options.unordered, options.seed).raise_refusal()
             if not options.compare and preview.complete:  # else names may have been rebound
                 name = resolve_backend(backend, plan.body.awaits)
                 replayed = replayed_names(plan, known)
-                reason = reason or late_refusal(plan, known, options, name, replayed)
+                later = functools.partial(late_verdict, plan, known, options, name, replayed)
+                verdict = verdict.then(later).raise_refusal()
         finally:
             preview.close()
-        if reason and plan.body.awaits and options.backend == "auto":
-            raise ParmagicUsageError(reason)  # asyncio, the one backend for it, cannot run it
-        return plan, reason
+        if verdict.in_the_kernel and plan.body.awaits and options.backend == "auto":
+            raise ParmagicUsageError(verdict.in_the_kernel)  # asyncio, the one backend for it
+        return plan, verdict
 
     def _show_program(self, source: str, plan, options) -> None:
         """--show-code and --export, for the backend that ran (auto's choice, if auto)."""
@@ -250,8 +251,9 @@ class ParallelMagics(Magics):
             args.timeout = None  # inf, or so long that it is no limit (and timers overflow)
         return args
 
-    def _run(self, plan, options: Options):
-        hook = LoopRun(plan, self.shell.user_ns, options, self.session, errors.print_warning)
+    def _run(self, plan, options: Options, checked: Verdict):
+        warn, ns = errors.print_warning, self.shell.user_ns
+        hook = LoopRun(plan, ns, options, self.session, warn, checked)
         hooks = {HOOK_NAME: awaitable(hook) if plan.is_async else hook}
         ran = statements_before(plan)  # what a refusal at the loop comes after
         return self._execute(plan.split_for_display(), plan.filename, hooks, options, ran=ran)

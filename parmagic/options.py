@@ -111,7 +111,6 @@ class Options:
     scheduler: str | None = None  # dask: an existing cluster's scheduler address
     unordered: bool = False  # accept changes parmagic cannot replay in item order
     seed: int | None = None  # every item its own random streams, from this and its index
-    serial_reason: str | None = None  # why auto must run serially (found before the run)
     native_threads: int | None = None  # --keep-native-threads: the kernel's native threads
 
 

@@ -14,7 +14,6 @@ from . import errors
 from .backends import Backend, load_backend
 from .cell import CellPlan
 from .effects import is_recordable
-from .errors import ParmagicUsageError
 from .hidden_effects import (
     SHARED_FILE,
     UNORDERED,
@@ -24,6 +23,7 @@ from .hidden_effects import (
     refusal,
 )
 from .scopes import scope_names, stored_names
+from .verdict import RUN, Verdict
 
 
 def hidden_nodes(plan: CellPlan) -> list[ast.AST]:
@@ -207,29 +207,33 @@ def hash_order_refusal(plan: CellPlan, ns: dict, options, name: str, short=False
     )  # fmt: skip
 
 
-def late_refusal(plan: CellPlan, ns: dict, options, name: str, replayed) -> str | None:
-    """Raises what the statements before the loop made knowable: notebook functions and
-    modules the cell itself defined or imported, an alias of an object the body changes, a
-    loop that advances its items' iterators where items get copies, changes in place parmagic
-    cannot replay. Under auto, returns the reason to run serially instead of raising."""
-    refused, reason = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
-    refused = refused or alias_refusal(plan, ns)
-    refused = refused or (name != "auto" and item_object_refusal(plan, name))
-    refused = refused or hash_order_refusal(plan, ns, options, name)
-    bound = None if name == "serial" or refused or reason else thread_bound(plan, ns)
-    if bound and name == "auto":
-        return errors.THREAD_BOUND_SHORT.format(name=bound[0], type=bound[1])
+def late_verdict(plan: CellPlan, ns: dict, options, name: str, replayed) -> Verdict:
+    """What the statements before the loop made knowable: notebook functions and modules the
+    cell itself defined or imported, an alias of an object the body changes, a loop that
+    advances its items' iterators where items get copies, changes in place parmagic cannot
+    replay. Under auto, a reason to run serially instead of a refusal."""
+    auto = name == "auto"
+    plain = not auto and load_backend(name).is_the_plain_loop
+    verdict = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
+    refused = (
+        verdict.refused
+        or alias_refusal(plan, ns)
+        or (not auto and item_object_refusal(plan, name))
+        or hash_order_refusal(plan, ns, options, name)
+    )
+    if refused or verdict:
+        return Verdict(refused) if refused else verdict
+    bound = None if plain else thread_bound(plan, ns)
+    if bound and auto:
+        return Verdict(in_the_kernel=errors.THREAD_BOUND_SHORT.format(name=bound[0], type=bound[1]))
     if bound and not load_backend(name).copies_kernel_objects:
-        refused = errors.THREAD_BOUND.format(name=bound[0], type=bound[1], backend=name)
-    if refused:
-        raise ParmagicUsageError(refused)
-    if reason:
-        return reason
+        return Verdict(errors.THREAD_BOUND.format(name=bound[0], type=bound[1], backend=name))
     found = [] if options.unordered else unreplayed_receivers(plan, ns, replayed)
-    if not found or name == "serial":
-        return None
+    if not found or plain:
+        return RUN
     line, what, _ = found[0]
-    place = f"line {line}: "
-    if name != "auto":
-        raise ParmagicUsageError(errors.UNREPLAYABLE.format(place=place, what=what))
-    return f"{place}{what}, which only a serial run keeps in item order"
+    if auto:
+        return Verdict(
+            in_the_kernel=f"line {line}: {what}, which only a serial run keeps in item order"
+        )
+    return Verdict(errors.UNREPLAYABLE.format(place=f"line {line}: ", what=what))

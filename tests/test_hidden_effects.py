@@ -196,7 +196,8 @@ def math_area(r: int) -> float:
     ],
 )
 def test_refusal_rules(effects, backend, unordered, seed, refused, serial):
-    message, reason = refusal(effects, backend, unordered, seed)
+    verdict = refusal(effects, backend, unordered, seed)
+    message, reason = verdict.refused, verdict.in_the_kernel
     assert (message is not None) == refused and (reason is not None) == serial
 
 
