@@ -53,7 +53,7 @@ def backend_list(spec: str, awaits: bool) -> list[str]:
     return list(dict.fromkeys([REFERENCE, *names]))  # serial always runs, first
 
 
-def refusal(name: str, awaits: bool) -> str | None:
+def unfit_for_the_body(name: str, awaits: bool) -> str | None:
     """Why ``name`` cannot run this body, before trying."""
     if name == AUTO:
         return None
@@ -84,7 +84,7 @@ def run_comparison(
     """
     comparison = Comparison(rows=[Row(name) for name in names])
     for row in comparison.rows:
-        row.refused = refusal(row.backend, awaits) or refused(row.backend)
+        row.refused = unfit_for_the_body(row.backend, awaits) or refused(row.backend)
         if row.backend == AUTO and not row.refused and not awaits:
             row.as_serial = stays()
     reference = _round(comparison.rows, run_one, None)
