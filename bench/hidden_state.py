@@ -154,7 +154,7 @@ Samples = dict[tuple[str, str, str], dict[str, list[float]]]  # (kernel, cell, o
 
 GUARD_OFF = "now, guard off"  # the working tree with Guard.around returning a guard of nothing
 NO_GUARD = """
-from parmagic import hidden_state
+from parmagic.analysis import hidden_state
 hidden_state.Guard.around = classmethod(lambda cls, *args, **kwargs: cls([]))
 """  # patched before the pool forks: its workers have it too
 
@@ -239,7 +239,7 @@ import gc, importlib, json, sys, timeit, tracemalloc
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {modules!r})
 import numpy
-from parmagic.hidden_state import Guard, Space
+from parmagic.worker.hidden_state import Guard, Space
 
 def item_function(square):
     # the shape of parmagic's item function for `out.append(square(i))`: it reaches

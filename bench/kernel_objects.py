@@ -136,7 +136,7 @@ def one_item() -> list[str]:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from parmagic.kernel_objects import HeldObjects, SentObjects
+    from parmagic.worker.kernel_objects import HeldObjects, SentObjects
 
     def timed(statement, number: int = 20) -> float:
         return min(timeit.repeat(statement, number=number, repeat=5)) / number * 1e3

@@ -14,14 +14,14 @@ import statistics
 import time
 from types import FunctionType
 
-from parmagic.cell import plan_cell
-from parmagic.chunk import run_chunk, run_chunk_in_place
-from parmagic.dispatch import Applier
-from parmagic.itemcode import build_in_place_code, build_item_code
-from parmagic.kernel_state import HeldInterrupt
-from parmagic.report import RunReport
-from parmagic.shipping import dump_result
-from parmagic.task import Task
+from parmagic.analysis.cell import plan_cell
+from parmagic.analysis.itemcode import build_in_place_code, build_item_code
+from parmagic.run.dispatch import Applier
+from parmagic.summary.report import RunReport
+from parmagic.worker.chunk import run_chunk, run_chunk_in_place
+from parmagic.worker.kernel_state import HeldInterrupt
+from parmagic.worker.shipping import dump_result
+from parmagic.worker.task import Task
 
 SOURCE = "total = 0\nout = []\nfor i in range(N):\n    total += i\n    out.append(i)\n"
 CHUNK = 2000

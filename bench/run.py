@@ -66,7 +66,7 @@ More targets, which this script does not check:
 - **40 items binding a 30 MB `bytearray`**: 1.8 × the plain cell (3.4 × before, 21 × before
   the issue). The value crosses once, at the end (30 ms through shared memory), and a worker
   that keeps large values keeps up to four of them worth of freed memory at the top of its
-  heap (`worker_memory.py`): glibc handed back the memory of kept values freed several at
+  heap (`worker/memory.py`): glibc handed back the memory of kept values freed several at
   once, and each new buffer then paid for fresh pages (12 ms an item instead of 3). That
   memory stays with the worker (at most 128 MB) for its next runs.
   `futures:processes` still sends every chunk's names (its workers cannot be asked later).
@@ -205,8 +205,8 @@ def checks_switch():
     """The "checks off" variant: the same cell with the hidden-state guard off and no result
     looked through for kernel objects (what issue 33 asks to cost nothing measurable). The
     switch travels with each run's task to its workers, which apply it as they load it."""
-    from parmagic import kernel_objects
-    from parmagic.loop_run import LoopRun
+    from parmagic.run.loop_run import LoopRun
+    from parmagic.worker import kernel_objects
 
     original_task_for, captures = LoopRun.task_for, kernel_objects._captures_data
     state = {"on": True}

@@ -2,29 +2,30 @@
 
 Importing this package is cheap and imports no IPython: worker processes import it too.
 
-The path of a cell, and the module of each step::
+The path of a cell, and the module of each step (folders: analysis/ reads the cell, run/ is
+the kernel's side of a run, worker/ is where items run, summary/ shows it)::
 
     %%parallel -b processes            magics.py     the options (options.py), then:
-    for x in data:  <cell>       ──▶   cell.py       find the one loop; body.py, dataflow.py,
-        ...                                          hidden_effects.py check its body (refuse
-                                                     before anything runs); the loop becomes
-                                                     a call __parmagic_loop__(data)
+    for x in data:  <cell>       ──▶   analysis/     cell.py finds the one loop; body.py,
+        ...                                          dataflow.py, hidden_effects.py check its
+                                                     body (refuse before anything runs); the
+                                                     loop becomes a call __parmagic_loop__(data)
           │ the rest of the cell runs in the kernel, as written, up to the loop
           ▼
-    LoopRun(data)                      loop_run.py   late checks on the kernel's objects
+    LoopRun(data)                      run/loop_run  late checks on the kernel's objects
                                                      (run_checks.py); the backend: named,
                                                      or auto.py's lead-in, or each one for
                                                      compare.py; warm pools in session.py;
                                                      the item function from itemcode.py
           │ Task (task.py) + the items, lazily
           ▼
-    dispatch.execute                   dispatch.py   chunks of items out, a bounded window
+    dispatch.execute                   run/dispatch  chunks of items out, a bounded window
           │ submit(seq, start, items)       ▲ wait() -> ChunkResult, in any order
           ▼                                 │
     Backend                            backends/     base.py's contract; one module each
           │ the kernel's thread, pool threads, or worker processes
-          ▼   (worker_process.py) and dask, the task pickled once (shipping.py)
-    run_chunk                          chunk.py      each item: its output (item_output.py),
+          ▼   (worker/process.py) and dask, the task pickled once (shipping.py)
+    run_chunk                          worker/chunk  each item: its output (item_output.py),
                                                      its time (item_clock.py), its recorded
                                                      changes (effects.py), names, errors;
                                                      in worker processes, what it changed
@@ -33,13 +34,13 @@ The path of a cell, and the module of each step::
                                                      chunk, the guard (hidden_state.py)
           │ ChunkResult
           ▼
-    Applier, in item order             dispatch.py   output shown, changes replayed, names
+    Applier, in item order             run/dispatch  output shown, changes replayed, names
                                                      bound, the first error raised with the
                                                      user's frames (errors.py); a chunk that
                                                      changed hidden state stops the run
           │ RunReport (report.py)
           ▼
-    the summary                        render.py     text or HTML; plot.py for --plot
+    the summary                        summary/      render.py: text or HTML; plot.py for --plot
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ _loaded: dict[int, object] = {}
 def load_ipython_extension(ipython) -> None:
     """``%load_ext parmagic``: register the magics and make them configurable."""
     from .magics import ParallelMagics
-    from .shared_files import sweep_leftovers
+    from .worker.shared_files import sweep_leftovers
 
     if id(ipython) in _loaded:
         return

@@ -487,7 +487,7 @@ def user_frames(tb, origins: dict | None = None) -> list[tuple[str, int, str]]:
             filename = origins.get((code.co_name, code.co_firstlineno), filename)
         if code.co_name == INLINED_FRAME_NAME:
             continue
-        if os.path.dirname(os.path.abspath(filename)) == PACKAGE_DIR:
+        if os.path.abspath(filename).startswith(PACKAGE_DIR + os.sep):  # parmagic's own
             continue
         frames.append((filename, lineno, code.co_name))
     return frames

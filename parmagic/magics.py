@@ -24,20 +24,20 @@ from IPython.display import Image, display
 from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors
+from .analysis.cell import HOOK_NAME, split_for_display, statements_before
+from .analysis.hidden_effects import refusal
+from .analysis.preview import Preview
+from .analysis.run_checks import hidden_effects_of, late_verdict, replayed_names
+from .analysis.verdict import RUN, Verdict
 from .backends import CHOICES, may
-from .cell import HOOK_NAME, split_for_display, statements_before
 from .errors import ParmagicUsageError
-from .hidden_effects import refusal
 from .info import machine_info
-from .loop_run import LoopRun, awaitable, resolve_backend
 from .machine import has_item_alarms, start_methods, usable_cores
-from .native_threads import kernel_native_threads
 from .options import BY_NAME, ON_ERROR, OPTIONS, START_METHODS, Options
-from .preview import Preview
-from .report import RunReport
-from .run_checks import hidden_effects_of, late_verdict, replayed_names
-from .session import Session
-from .verdict import RUN, Verdict
+from .run.loop_run import LoopRun, awaitable, resolve_backend
+from .run.session import Session
+from .summary.report import RunReport
+from .worker.native_threads import kernel_native_threads
 
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
@@ -160,7 +160,7 @@ class ParallelMagics(Magics):
 
     def _show_program(self, source: str, plan, options) -> None:
         """--show-code and --export, for the backend that ran (auto's choice, if auto)."""
-        from .showcode import chunksize_of, program
+        from .summary.showcode import chunksize_of, program
 
         if plan is None:  # ran as written: the cell is its own program
             text = f"# ran as written in the kernel\n{source.lstrip()}"
@@ -178,7 +178,7 @@ class ParallelMagics(Magics):
         self._show_text(shown, exported, options)
 
     def _show_text(self, shown: str, exported: str, options: Options) -> None:
-        from .showcode import highlighted
+        from .summary.showcode import highlighted
 
         if options.show_code:
             if self._in_notebook():
@@ -260,7 +260,7 @@ class ParallelMagics(Magics):
 
     def _run_as_written(self, source: str, filename: str, options: Options, reason: str):
         """The cell as the plain kernel runs it, its loop's items timed for the summary."""
-        from .as_written import CLOCK_NAME, ItemClock, Timed, note, with_clock
+        from .run.as_written import CLOCK_NAME, ItemClock, Timed, note, with_clock
 
         module = with_clock(self.shell.transform_ast(ast.parse(source, filename)))
         report, clock = RunReport("serial", 1, cores=usable_cores()), ItemClock()
@@ -428,7 +428,7 @@ def _check_together(options: Options, args: argparse.Namespace) -> None:
     if args.rounds and not args.compare:
         raise UsageError(errors.ROUNDS_NEED_COMPARE)
     if args.compare:
-        from .compare import backend_list
+        from .run.compare import backend_list
 
         try:
             backend_list(args.compare, awaits=False)
@@ -456,7 +456,7 @@ def _check_platform(options: Options, args: argparse.Namespace) -> None:
     if not options.timeout or has_item_alarms():
         return
     from .backends import load_backend
-    from .compare import backend_list
+    from .run.compare import backend_list
 
     names = backend_list(args.compare, awaits=False) if args.compare else [options.backend]
     alarmed = [n for n in names if n == "auto" or load_backend(n).times_out_by_alarm]
@@ -475,7 +475,7 @@ def _check_plotting() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from .plot import PLOT_MISSING
+        from .summary.plot import PLOT_MISSING
 
         raise UsageError(PLOT_MISSING) from None
 
@@ -491,6 +491,6 @@ def one_run(report):
 
 
 def draw(report):
-    from .plot import draw as draw_report
+    from .summary.plot import draw as draw_report
 
     return draw_report(one_run(report))

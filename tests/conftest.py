@@ -21,7 +21,7 @@ import pytest
 from IPython.testing.globalipapp import start_ipython
 
 import parmagic
-from parmagic import item_clock
+from parmagic.worker import item_clock
 
 # The names a conformance test is stamped out over: backend plus process start method.
 BACKENDS = {

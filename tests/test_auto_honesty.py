@@ -11,9 +11,9 @@ import time
 import pytest
 from conftest import report
 
-from parmagic.auto import MAX_WAITING_THREADS, _waiting_share
 from parmagic.backends.threads import ThreadBackend
-from parmagic.report import ProcessProfile, RunReport
+from parmagic.run.auto import MAX_WAITING_THREADS, _waiting_share
+from parmagic.summary.report import ProcessProfile, RunReport
 
 LATE_WAIT = "for i in {source}:\n    if i >= 20:\n        time.sleep(0.2)\n    out.append(i)\n"
 

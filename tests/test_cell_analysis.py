@@ -12,12 +12,12 @@ import types
 import pytest
 
 from parmagic import errors
-from parmagic.body import analyse_for
-from parmagic.cell import HOOK_NAME as HOOK
-from parmagic.cell import find_parallel_loop, plan_cell
-from parmagic.effects import AUGITEM, CALL, DELITEM, REDUCE, SETITEM, EffectLog
+from parmagic.analysis.body import analyse_for
+from parmagic.analysis.cell import HOOK_NAME as HOOK
+from parmagic.analysis.cell import find_parallel_loop, plan_cell
+from parmagic.analysis.itemcode import build_item_code
 from parmagic.errors import LoopRefused
-from parmagic.itemcode import build_item_code
+from parmagic.worker.effects import AUGITEM, CALL, DELITEM, REDUCE, SETITEM, EffectLog
 
 FILENAME = "<ipython-input-7-cell>"
 

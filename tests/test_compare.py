@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from parmagic.compare_table import Comparison
+from parmagic.analysis.same_results import first_difference, same
 from parmagic.demo import SlowServer
-from parmagic.same_results import first_difference, same
+from parmagic.summary.compare_table import Comparison
 
 THREE = "--compare serial,threads,processes -w 2"
 
@@ -161,7 +161,7 @@ def test_same_compares_arrays_by_content():
 
 
 def test_first_difference_names_the_item_and_what_differed(ip):
-    from parmagic.task import ChunkResult
+    from parmagic.worker.task import ChunkResult
 
     def transcript(printed: str) -> list:
         result = ChunkResult(0, 0, "w")

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from parmagic.compare import first_sentence, run_comparison
-from parmagic.compare_table import Comparison, Row
+from parmagic.analysis.same_results import same
 from parmagic.errors import ParmagicUsageError
-from parmagic.report import RunReport
-from parmagic.same_results import same
+from parmagic.run.compare import first_sentence, run_comparison
+from parmagic.summary.compare_table import Comparison, Row
+from parmagic.summary.report import RunReport
 
 SPIN = "def spin(n):\n    total = 0\n    for i in range(150_000):\n        total += i % 7\n    return total\n"
 
@@ -78,7 +78,7 @@ def test_fastest_is_named_only_beyond_the_runs_spread(walls, conclusion):
 
 def fake_run(walls: dict[str, list[float]]):
     """run_one for run_comparison: backends that 'run' in the given times, in order."""
-    from parmagic.dispatch import Recording
+    from parmagic.run.dispatch import Recording
 
     taken = {name: iter(times) for name, times in walls.items()}
     order: list[str] = []

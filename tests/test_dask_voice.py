@@ -10,8 +10,8 @@ import warnings
 import pytest
 from conftest import report
 
-from parmagic.render import text_summary, times
-from parmagic.report import RunReport
+from parmagic.summary.render import text_summary, times
+from parmagic.summary.report import RunReport
 
 BIG = "import numpy as np, warnings\narrays = [np.zeros(10_000_000 // 8) + i for i in range(4)]\n"
 UNITS = {"s": 1.0, "ms": 1e-3, "µs": 1e-6}

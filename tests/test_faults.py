@@ -18,7 +18,7 @@ import pytest
 from conftest import BACKENDS, HANG_GUARD, PROCESS_BACKENDS, report
 
 from parmagic.errors import WorkerDied
-from parmagic.render import item_ranges
+from parmagic.summary.render import item_ranges
 
 PARALLEL = [name for name in BACKENDS if name != "serial"]
 
@@ -222,9 +222,9 @@ def test_islice_of_an_endless_iterable_runs_to_its_end(ip, run, name):
 
 
 def test_a_long_run_keeps_totals_for_every_item_but_bounded_records(ip, run, monkeypatch):
-    import parmagic.report
+    import parmagic.summary.report
 
-    monkeypatch.setattr(parmagic.report, "MAX_ITEM_RECORDS", 1000)
+    monkeypatch.setattr(parmagic.summary.report, "MAX_ITEM_RECORDS", 1000)
     outcome = run("%%parallel -b threads -q\ntotal = 0\nfor n in range(20_000):\n    total += n\n")
     assert outcome.error is None and ip.user_ns["total"] == sum(range(20_000))
     assert report().item_count == 20_000 and len(report().items) == 1000

@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from parmagic.hidden_state import SAMPLE, Guard, Reached, Space, digest
+from parmagic.worker.hidden_state import SAMPLE, Guard, Reached, Space, digest
 
 
 def _module_space(module: types.ModuleType) -> Space:

@@ -13,8 +13,8 @@ import pytest
 from conftest import BACKENDS, PLATFORM_START_METHOD
 from IPython.core.error import UsageError
 
-from parmagic.hash_order import hash_order_uses, items_that_are_sets
-from parmagic.hash_seeds import kernel_hash_seed
+from parmagic.analysis.hash_order import hash_order_uses, items_that_are_sets
+from parmagic.worker.hash_seeds import kernel_hash_seed
 
 WORDS = 'words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]\n'
 SET_ORDER = "s = [''.join(set(w)) for w in words]\n"
@@ -85,7 +85,9 @@ def test_notebook_functions_the_body_calls_are_searched(ip):
 
 
 def seed_seen_by(env: dict, code: str = "") -> str:
-    program = f"{code}from parmagic.hash_seeds import kernel_hash_seed\nprint(kernel_hash_seed())"
+    program = (
+        f"{code}from parmagic.worker.hash_seeds import kernel_hash_seed\nprint(kernel_hash_seed())"
+    )
     done = subprocess.run(
         [sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True
     )
@@ -163,7 +165,7 @@ def test_sets_of_strings_on_a_local_dask_cluster_are_refused_or_equal(ip, run):
 def test_sets_known_to_hold_numbers_are_not_flagged(source, flagged):
     import signal
 
-    from parmagic.hash_order import hash_order_uses
+    from parmagic.analysis.hash_order import hash_order_uses
 
     uses = hash_order_uses(ast.parse(source).body, {"signal": signal})
     assert bool(uses) is flagged, uses

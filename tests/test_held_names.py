@@ -20,12 +20,13 @@ import psutil
 import pytest
 from conftest import BACKENDS, PROCESS_BACKENDS, parallel, report, serial_state
 
-from parmagic import errors, held_names
-from parmagic.dispatch import Applier
+from parmagic import errors
 from parmagic.errors import WorkerDied
-from parmagic.held_names import HELD_BYTES, Held, NameStore, received, worth_holding
-from parmagic.shared_files import PREFIX, folder
-from parmagic.task import ChunkResult
+from parmagic.run.dispatch import Applier
+from parmagic.worker import held_names
+from parmagic.worker.held_names import HELD_BYTES, Held, NameStore, received, worth_holding
+from parmagic.worker.shared_files import PREFIX, folder
+from parmagic.worker.task import ChunkResult
 
 FORK = BACKENDS["fork"]
 
@@ -352,7 +353,7 @@ def test_held_marker_pickles_as_itself_and_replies_are_told_from_results():
     chunk result the worker sent before it (or the reverse)."""
     import pickle
 
-    from parmagic.shipping import dump_result
+    from parmagic.worker.shipping import dump_result
 
     marker = pickle.loads(pickle.dumps(Held(7, "big")))
     assert type(marker) is Held and (marker.seq, marker.name) == (7, "big")
@@ -364,7 +365,7 @@ def test_held_marker_pickles_as_itself_and_replies_are_told_from_results():
 
 _HEAP_AFTER_FREEING = """
 import os, sys
-from parmagic.worker_memory import FreedMemory
+from parmagic.worker.memory import FreedMemory
 
 if sys.argv[1] == "keeps":
     FreedMemory().keep_for(30_000_000)

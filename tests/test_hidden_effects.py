@@ -11,8 +11,8 @@ import pytest
 from conftest import BACKENDS, report
 from IPython.core.error import UsageError
 
-from parmagic.hidden_effects import LOOP_NAME, RANDOM, UNORDERED, refusal
-from parmagic.hidden_effects import HiddenEffect as Effect
+from parmagic.analysis.hidden_effects import LOOP_NAME, RANDOM, UNORDERED, refusal
+from parmagic.analysis.hidden_effects import HiddenEffect as Effect
 
 PARALLEL = [name for name in BACKENDS if name != "serial"]
 SEEDABLE = ("serial", "fork", "spawn", "forkserver", "futures-fork", "futures-spawn")

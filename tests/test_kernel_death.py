@@ -19,7 +19,7 @@ import psutil
 import pytest
 from conftest import a_kernel
 
-from parmagic.shared_files import PREFIX, folder
+from parmagic.worker.shared_files import PREFIX, folder
 
 CASES = {
     "processes-fork": "-b processes -w 2 --start-method fork",

@@ -9,7 +9,7 @@ import pytest
 from conftest import BACKENDS, PROCESS_BACKENDS
 from IPython.core.error import UsageError
 
-from parmagic.kernel_objects import HeldObjects, SentObjects
+from parmagic.worker.kernel_objects import HeldObjects, SentObjects
 
 MODELS = (
     "class Model:\n"

@@ -113,6 +113,26 @@ def test_no_module_of_the_package_imports_itself_round_a_circle():
     assert not _circles(_imports())
 
 
+# The folders' order: each imports only from those before it (and from the modules at the
+# top: errors, machine, options), never from those after it; magics.py at the top reads all
+LAYERS = {"worker": 0, "backends": 1, "analysis": 2, "run": 3, "summary": 3}
+
+
+def test_each_folder_imports_only_from_the_folders_before_it():
+    """worker/ (where items run, worker processes included) imports nothing of the other
+    folders; backends/ only worker/; analysis/ (the cell read) no run/ or summary/."""
+    crossing = []
+    for module, imported in _imports().items():
+        here = module.split(".")[1] if module.count(".") >= 1 else None
+        for target in imported:
+            there = target.split(".")[1] if target.count(".") >= 1 else None
+            if here in LAYERS and (
+                LAYERS.get(there, -1) > LAYERS[here] or there in ("magics", "info")
+            ):
+                crossing.append(f"{module} -> {target}")
+    assert not crossing, crossing
+
+
 def test_the_circle_finder_finds_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _circles(graph) == [["a", "b", "c"]]
@@ -137,7 +157,7 @@ HEAVY = ("IPython", "ipykernel", "psutil", "tqdm", "matplotlib", "dask", "distri
 
 def test_the_worker_side_loads_nothing_heavy():
     """What a fresh worker interpreter (spawn, forkserver) imports to serve."""
-    probe = "import sys, parmagic.worker_process; print(' '.join(sorted(sys.modules)))"
+    probe = "import sys, parmagic.worker.process; print(' '.join(sorted(sys.modules)))"
     loaded = subprocess.check_output([sys.executable, "-c", probe], text=True).split()
-    assert "parmagic.worker_process" in loaded
+    assert "parmagic.worker.process" in loaded
     assert not {name.split(".")[0] for name in loaded} & set(HEAVY)

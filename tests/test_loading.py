@@ -77,7 +77,7 @@ def test_every_option_of_the_magic_is_in_the_readme(ip):
 
 
 def test_loading_sweeps_shared_files_that_dead_kernels_left(_ipython):
-    from parmagic.shared_files import PREFIX, folder
+    from parmagic.worker.shared_files import PREFIX, folder
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs (reaped)

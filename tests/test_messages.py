@@ -18,9 +18,9 @@ from conftest import BACKENDS, report
 from IPython.core.error import UsageError
 
 from parmagic import errors
-from parmagic.cell import plan_cell
-from parmagic.program_names import GENERATED, IMPORTED
-from parmagic.showcode import program
+from parmagic.analysis.cell import plan_cell
+from parmagic.summary.program_names import GENERATED, IMPORTED
+from parmagic.summary.showcode import program
 
 ITEM_BACKENDS = ["-b serial", "-b threads -w 2", BACKENDS["fork"]]
 

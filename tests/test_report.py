@@ -13,8 +13,8 @@ import pytest
 from conftest import BACKENDS, in_a_fresh_shell, report
 
 import parmagic
-from parmagic.render import MEASURABLE, advice, html_summary, text_summary
-from parmagic.report import RunReport
+from parmagic.summary.render import MEASURABLE, advice, html_summary, text_summary
+from parmagic.summary.report import RunReport
 
 # Items that sleep: a run at least as long as the naps, whatever the machine
 LONG_ENOUGH = "import time\n"
@@ -173,7 +173,7 @@ def test_output_option_and_report_magic_return_the_report(ip, run):
 def test_plot_renders_to_a_png_without_a_display(ip, run, tmp_path, monkeypatch):
     run(SPIN)
     run(f"%%parallel {BACKENDS['fork']} -q\nfor i in range(20):\n    spin(i)\n")
-    from parmagic.plot import draw
+    from parmagic.summary.plot import draw
 
     figure = draw(report())
     figure.savefig(tmp_path / "run.png")
@@ -349,6 +349,6 @@ def test_a_computing_loop_is_labelled_computing_on_a_busy_machine(ip, run, busy_
     ],
 )
 def test_threads_count_as_side_by_side_only_past_what_taking_turns_can_use(cpu, queued, expected):
-    from parmagic.report import side_by_side
+    from parmagic.summary.report import side_by_side
 
     assert side_by_side(cpu, queued, 1.0) is expected

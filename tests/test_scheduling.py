@@ -8,12 +8,12 @@ from types import FunctionType
 import pytest
 
 import parmagic
-from parmagic import session
-from parmagic.cell import plan_cell
-from parmagic.chunk import run_chunk
-from parmagic.dispatch import ChunkSizer, Pace
-from parmagic.itemcode import build_item_code
-from parmagic.task import ChunkResult, Task
+from parmagic.analysis.cell import plan_cell
+from parmagic.analysis.itemcode import build_item_code
+from parmagic.run import session
+from parmagic.run.dispatch import ChunkSizer, Pace
+from parmagic.worker.chunk import run_chunk
+from parmagic.worker.task import ChunkResult, Task
 
 
 def test_every_thread_starts_on_the_first_items_at_once(ip, run):

@@ -14,7 +14,7 @@ import pytest
 from conftest import report
 
 from parmagic.machine import usable_cores
-from parmagic.render import advice
+from parmagic.summary.render import advice
 
 SETUP = """
 import asyncio, time

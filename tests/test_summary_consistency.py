@@ -16,8 +16,8 @@ import re
 import pytest
 from conftest import BACKENDS, report
 
-from parmagic.render import MEASURABLE, advice, item_ranges, text_summary
-from parmagic.report import RunReport
+from parmagic.summary.render import MEASURABLE, advice, item_ranges, text_summary
+from parmagic.summary.report import RunReport
 
 SPIN = "def spin(n):\n    t = 0\n    for k in range(300_000):\n        t += k % (n + 1)\n    return t\n"
 SPEEDUP = re.compile(r"speedup  (?:at most )?([\d.]+)× \(.*\) of an ideal (\d+)× here")
@@ -204,8 +204,8 @@ def test_a_dask_run_summary_agrees_with_itself(ip, run, dask_cluster):
 
 
 def test_threads_advice_never_names_processes_that_auto_found_refused():
-    from parmagic.render import advice
-    from parmagic.report import RunReport
+    from parmagic.summary.render import advice
+    from parmagic.summary.report import RunReport
 
     r = RunReport("threads", 6, cores=2, wall=1.0, item_count=100, cpu=0.95, shared_busy=1.0)
     r.shared_cpu, r.shared_wall, r.shared_process_cpu = 0.95, 1.0, 0.95

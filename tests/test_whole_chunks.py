@@ -15,12 +15,12 @@ from types import FunctionType
 import pytest
 from conftest import BACKENDS, report
 
-from parmagic import loop_run
-from parmagic.cell import plan_cell
-from parmagic.chunk import run_values
-from parmagic.effects import CALL
-from parmagic.itemcode import build_item_code
-from parmagic.task import Task
+from parmagic.analysis.cell import plan_cell
+from parmagic.analysis.itemcode import build_item_code
+from parmagic.run import loop_run
+from parmagic.worker.chunk import run_values
+from parmagic.worker.effects import CALL
+from parmagic.worker.task import Task
 
 PROCESSES = BACKENDS["fork"]
 UNBOUND = "<unbound>"

@@ -6,7 +6,7 @@ The contract every backend keeps is :class:`Backend`, in ``base.py``. To add a b
 
 1. write one module here with one :class:`Backend` subclass, built from one
    :class:`BackendSettings` (``__init__(self, settings)``), that runs chunks with
-   :func:`parmagic.chunk.run_chunk` and hands back their results in any order;
+   :func:`parmagic.worker.chunk.run_chunk` and hands back their results in any order;
 2. add one line to ``REGISTRY``: the name ``-b`` takes, and ``module:Class``;
 3. declare what it does as :class:`Backend`'s class attributes (copies kernel objects, starts
    processes, takes a start method, seedable, runs coroutines, is the plain loop...): the

@@ -21,7 +21,7 @@ from typing import Any
 from .. import errors
 from ..errors import short_repr
 from ..machine import usable_cores
-from ..task import ChunkResult, ItemError, Task
+from ..worker.task import ChunkResult, ItemError, Task
 
 
 @dataclass(frozen=True)

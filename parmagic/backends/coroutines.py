@@ -12,9 +12,9 @@ import queue
 import threading
 import time
 
-from ..chunk import LiveChunk, run_chunk_async
-from ..item_output import OutputCapture
-from ..task import ChunkResult, Task
+from ..worker.chunk import LiveChunk, run_chunk_async
+from ..worker.item_output import OutputCapture
+from ..worker.task import ChunkResult, Task
 from .base import Backend, BackendSettings, Deadline, drain
 
 DEFAULT_CONCURRENCY = 100

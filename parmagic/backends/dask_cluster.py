@@ -45,10 +45,14 @@ from dataclasses import dataclass
 
 from .. import errors
 from ..errors import ParmagicUsageError, WorkerDied
-from ..hash_seeds import cluster_keeps_kernel_hashing, dask_keeps_kernel_hashing, dask_seed_config
-from ..shipping import pack_task
-from ..task import ChunkResult, Task
-from ..worker_process import hold_task, run_dask_chunk
+from ..worker.hash_seeds import (
+    cluster_keeps_kernel_hashing,
+    dask_keeps_kernel_hashing,
+    dask_seed_config,
+)
+from ..worker.process import hold_task, run_dask_chunk
+from ..worker.shipping import pack_task
+from ..worker.task import ChunkResult, Task
 from .base import BackendSettings, Deadline, drain, failed_chunk
 from .other_processes import PickledItems, SentChunk, plain_main
 
@@ -282,7 +286,7 @@ class DaskBackend(PickledItems):
 
     def _timed_out(self, result: ChunkResult) -> None:
         """A chunk its worker returned at its item's limit, that item still running in the
-        worker (see worker_process.run_dask_chunk): on the local cluster the worker process
+        worker (see worker.process.run_dask_chunk): on the local cluster the worker process
         is killed, as for a task still running at the kernel's deadline."""
         busy = {result.worker} if self.cluster is not None else set()
         error = self._deadline.error(self._kill(busy))

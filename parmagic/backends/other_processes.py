@@ -10,13 +10,14 @@ import types
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from .. import errors, imported_code
-from ..hash_seeds import seeded_environment
-from ..kernel_objects import SentObjects
+from .. import errors
 from ..machine import usable_cores
-from ..native_threads import threads_per_worker
-from ..shipping import pack_task
-from ..task import ChunkResult, Task
+from ..worker import imported_code
+from ..worker.hash_seeds import seeded_environment
+from ..worker.kernel_objects import SentObjects
+from ..worker.native_threads import threads_per_worker
+from ..worker.shipping import pack_task
+from ..worker.task import ChunkResult, Task
 from .base import Backend, BackendSettings, failed_chunk
 
 KILL_GRACE = 1.0  # seconds past --timeout before a worker that ignores its alarm is killed
@@ -119,7 +120,7 @@ class WorkerProcesses(PickledItems):
         self.start_method = settings.start_method or multiprocessing.get_start_method()
         self._context = multiprocessing.get_context(self.start_method)
         if self.start_method == "forkserver":
-            self._context.set_forkserver_preload(["parmagic.worker_process"])
+            self._context.set_forkserver_preload(["parmagic.worker.process"])
         cap = threads_per_worker(usable_cores(), self.workers)
         self.native_threads = settings.native_threads or cap
         self._shared_files: list[str] = []

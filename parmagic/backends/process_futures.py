@@ -19,9 +19,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 from .. import errors
 from ..errors import WorkerDied
-from ..shared_files import shared_file
-from ..task import ChunkResult, Task
-from ..worker_process import prepare_pool_worker, run_shipped_chunk
+from ..worker.process import prepare_pool_worker, run_shipped_chunk
+from ..worker.shared_files import shared_file
+from ..worker.task import ChunkResult, Task
 from .base import BackendSettings, Deadline, failed_chunk
 from .other_processes import (
     KILL_GRACE,

@@ -29,9 +29,9 @@ from multiprocessing import connection
 
 from .. import errors
 from ..errors import WorkerDied
-from ..held_names import NAMES_REPLY, received
-from ..task import ChunkResult, Task
-from ..worker_process import serve
+from ..worker.held_names import NAMES_REPLY, received
+from ..worker.process import serve
+from ..worker.task import ChunkResult, Task
 from .base import BackendSettings, Deadline, failed_chunk
 from .other_processes import KILL_GRACE, SentChunk, WorkerProcesses, plain_main
 

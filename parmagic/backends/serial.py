@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..chunk import run_chunk, run_chunk_in_place
-from ..item_output import OutputCapture
-from ..kernel_state import HeldInterrupt
-from ..task import ChunkResult, Task
+from ..worker.chunk import run_chunk, run_chunk_in_place
+from ..worker.item_output import OutputCapture
+from ..worker.kernel_state import HeldInterrupt
+from ..worker.task import ChunkResult, Task
 from .base import Backend, BackendSettings
 
 

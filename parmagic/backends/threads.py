@@ -16,10 +16,10 @@ from abc import abstractmethod
 from multiprocessing.pool import ThreadPool
 
 from .. import errors
-from ..chunk import LiveChunk, run_chunk
-from ..item_output import OutputCapture
 from ..machine import usable_cores
-from ..task import ChunkResult, Task
+from ..worker.chunk import LiveChunk, run_chunk
+from ..worker.item_output import OutputCapture
+from ..worker.task import ChunkResult, Task
 from .base import Backend, BackendSettings, Deadline, drain
 
 END_GRACE = 0.2  # seconds a stopped run waits for its threads' current items

@@ -1,0 +1,329 @@
+r"""What crosses between the kernel and where items run: a run's :class:`Task` (the item
+function and how to run it), and each chunk's :class:`ChunkResult` with its
+:class:`ItemError`\ s, kept in columns that pickle quickly. Worker processes import it, so it
+imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import operator
+import pickle
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import CodeType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import user_frames
+from .effects import CALL, STATE, plain_data
+
+if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
+    from .effects import EffectLog
+    from .hidden_state import Guard
+    from .kernel_objects import HeldObjects
+
+
+@dataclass
+class Task:
+    """What every item of one run needs: shipped once per worker per run."""
+
+    function: Callable[[Any, EffectLog], Any]
+    bound: frozenset[str]
+    stop_on_error: bool
+    timeout: float | None = None
+    origins: dict[tuple[str, int], str] = field(default_factory=dict)  # see user_frames
+    cancelled: threading.Event = field(default_factory=threading.Event)  # for pool threads
+    seed: int | None = None  # --seed: each item's random streams come from it and its index
+    # values the body reads from the user's own modules, as the kernel has them (a worker
+    # that imported the module from its file would not see ``mod.SETTING = ...``)
+    module_values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Items whose names travel back (from worker processes) send the names of their chunk in
+    # one dict, on its last item that left names, rather than every item's own: the kernel
+    # keeps only the last values of each name anyway (unless it needs every item's, to run an
+    # ordered tail between items or to compare runs).
+    merge_names: bool = False
+    comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
+    whole_chunks: bool = False  # ``function`` runs a for loop's chunk: (items, log)
+    hold_names: bool = False  # large values of names stay in the worker (held_names.py)
+    kind: str = "for"  # the loop's kind (BodyInfo.kind), which a failed item's note names
+    # the serial backend's: the loop itself over a chunk, run in the kernel's namespace
+    # (itemcode.build_in_place_code), instead of ``function`` with its recording
+    in_place: CodeType | None = None
+    namespace: dict | None = None
+    held: HeldObjects | None = None  # in a worker: its copies of the kernel's objects
+    guarded: bool = False  # a worker watches the state items can change unnamed (hidden_state)
+    guard: Guard | None = None  # that watch, where the items run (never travels)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["cancelled"]  # a process worker is stopped, not asked to stop
+        state["in_place"] = state["namespace"] = state["held"] = state["guard"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.cancelled = threading.Event()
+        for module_name, values in self.module_values.items():
+            module = sys.modules.get(module_name)
+            for name, value in values.items() if module is not None else ():
+                setattr(module, name, value)
+
+
+# What a worker process was handling when it started: a forked worker made while an error
+# went up in the kernel (a pool replaced in a `finally`) runs its whole life inside that
+# handler, so Python would chain every error its items raise to the kernel's error. The link
+# is cut from the exception itself, not only left out of its ItemError: the exception may
+# travel with its chain (tblib's reducers, which importing dask or distributed installs for
+# every exception class, pickle ``__context__`` and ``__cause__`` with it).
+_INHERITED_ERRORS: list[BaseException] = []
+
+
+def forget_inherited_error() -> None:
+    """Called as a worker process starts, so that its items' errors chain only to their own."""
+    _INHERITED_ERRORS[:] = [sys.exception()] if sys.exception() is not None else []
+
+
+@dataclass
+class ItemError:
+    exception: BaseException
+    frames: list[tuple[str, int, str]]
+    item: str
+    cause: ItemError | None = None  # ``raise ... from e``, or an error while handling one
+    explicit: bool = True  # the cause came from ``from`` (else it is the context)
+
+    @classmethod
+    def of(
+        cls, error: BaseException, item: str, origins: dict | None = None, depth: int = 0
+    ) -> ItemError:
+        """The error with its frames, and the chain of errors it came from (pickling keeps
+        neither a traceback nor ``__cause__``, unless tblib is installed)."""
+        made = cls(error, user_frames(error.__traceback__, origins), item)
+        for link in ("__cause__", "__context__"):
+            if any(getattr(error, link) is inherited for inherited in _INHERITED_ERRORS):
+                setattr(error, link, None)
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is not None and cause is not error and depth < 8:
+            made.cause = cls.of(cause, item, origins, depth + 1)
+            made.explicit = error.__cause__ is not None
+        return made
+
+    def chained(self) -> BaseException:
+        """The exception with its chain put back (it came from another process)."""
+        error, cause = self.exception, self.cause
+        if cause is not None:
+            cause.chained()
+        if cause is not None and error.__cause__ is None and error.__context__ is None:
+            if self.explicit:
+                error.__cause__ = cause.exception
+            else:
+                error.__context__ = cause.exception
+        error.parmagic_frames = self.frames  # type: ignore[attr-defined]  # see errors.py
+        return error
+
+
+@dataclass
+class ChunkResult:
+    """What a chunk of consecutive items did, kept in columns so that it pickles quickly.
+
+    Per item (by offset from ``first``): start and end (``time.monotonic()``, one clock for
+    every process on the machine), CPU time, the recorded changes (``ops``) and the names the
+    item bound. Sparse, by offset: printed output, errors. ``values``: a comprehension's
+    values, per item; or, from a chunk that ran in one call, all its values in one list
+    (``flat_values``), item k's from ``value_bounds[k]`` to ``value_bounds[k + 1]``: one list
+    pickles and applies in a fraction of the time of one list per item.
+    """
+
+    seq: int
+    first: int
+    worker: str
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    ops: list[list[tuple]] = field(default_factory=list)
+    names: list[dict[str, Any] | None] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    outputs: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # (1|2, text)
+    errors: dict[int, ItemError] = field(default_factory=dict)
+    dropped_names: dict[str, str] = field(default_factory=dict)  # name -> type, not sendable
+    native_limit: int | None = None  # set when this worker capped BLAS/OpenMP threads
+    queued: float = 0.0  # seconds the items' thread was ready to run but waited for a core
+    interrupted: bool = False  # Ctrl-C on the kernel's thread between items: stop after these
+    names_merged: bool = False  # the chunk's names are in one dict (see Task.merge_names)
+    changed: list[int] = field(default_factory=list)  # offsets whose ops hold STATE ops
+    hidden: str | None = None  # state the items changed without naming it (hidden_state.py)
+    still_running: int | None = None  # the item frozen at its deadline, running on (LiveChunk)
+    held_names: list[str] = field(default_factory=list)  # kept by the worker (held_names.py)
+    watched: bool = False  # the worker watches captured values for changes (asked at the end)
+    # False: the items' own code ran them, their changes not logged (serial's loop, a comprehension)
+    logged: bool = True
+    flat_values: list | None = None
+    value_bounds: list[int] | None = None
+    spread: tuple[float, float] | None = None  # ends and CPU times follow from the starts
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getattr__(self, name: str) -> list[float]:
+        """A loaded result of items run in one call has only their starts: the ends and CPU
+        times are worked out when first read (a report of totals never reads them)."""
+        if name not in _TIMES[1:] or self.__dict__.get("spread") is None:
+            raise AttributeError(name)
+        self.ends, self.cpus = spread_times(self.starts, *self.spread)
+        return self.__dict__[name]
+
+    def busy_and_cpu(self, count: int) -> tuple[float, float]:
+        """Seconds the first ``count`` items ran, and the CPU time they used."""
+        if self.spread is not None and count == len(self.starts) and "ends" not in self.__dict__:
+            ended, cpu = self.spread
+            return (ended - self.starts[0] if count else 0.0), (cpu if count else 0.0)
+        return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
+
+    def __getstate__(self) -> dict:
+        """Few objects to pickle, not several per item (a worker's pickler looks at every
+        object it writes, in Python where the items held kernel objects): the timing columns
+        as bytes of doubles; the per-item columns as their entries that hold something; a
+        comprehension's values of numbers and strings pickled apart, at C speed."""
+        state = self.__dict__.copy()
+        for name in _TIMES if self.spread is None else _TIMES[:1]:  # the rest: spread_times
+            state[name] = array.array("d", state[name]).tobytes()
+        if self.spread is not None:
+            del state["ends"], state["cpus"]
+        for name, empty in _SPARSE.items():
+            state[name] = (len(state[name]), _held_entries(state[name], empty))
+        if self.flat_values is not None and plain_data(self.flat_values):
+            state["flat_values"] = pickle.dumps(self.flat_values, pickle.HIGHEST_PROTOCOL)
+        bounds = self.value_bounds
+        if bounds is not None and bounds[-1] == len(bounds) - 1 and bounds == [*range(len(bounds))]:
+            state["value_bounds"] = len(bounds)  # one value per item (0, 1, 2, ...): the count
+        elif bounds is not None:
+            state["value_bounds"] = array.array("q", bounds).tobytes()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name in _TIMES if state["spread"] is None else _TIMES[:1]:
+            column = array.array("d")
+            column.frombytes(state[name])
+            state[name] = column.tolist()
+        for name, empty in _SPARSE.items():
+            count, held = state[name]
+            state[name] = column = [empty] * count  # ops: one empty list, shared, never grown
+            for offset, value in held.items():
+                column[offset] = value
+        if isinstance(state["flat_values"], bytes):
+            state["flat_values"] = pickle.loads(state["flat_values"])
+        if isinstance(state["value_bounds"], int):
+            state["value_bounds"] = list(range(state["value_bounds"]))
+        elif state["value_bounds"] is not None:
+            bounds = array.array("q")
+            bounds.frombytes(state["value_bounds"])
+            state["value_bounds"] = bounds.tolist()
+        self.__dict__.update(state)
+
+    def item_values(self, offset: int) -> Any:
+        if self.flat_values is None:
+            return self.values[offset]
+        bounds = self.value_bounds
+        return self.flat_values[bounds[offset] : bounds[offset + 1]]
+
+    def all_values(self) -> list:
+        if self.flat_values is not None:
+            return self.flat_values
+        if self.values.count(None) == len(self.values):  # a for loop's: at C speed
+            return []
+        return [value for values in self.values if values for value in values]
+
+    def unflatten(self) -> None:
+        """One list of values per item (to drop one item's values that cannot travel)."""
+        if self.flat_values is not None:
+            self.values = [self.item_values(offset) for offset in range(len(self))]
+            self.flat_values = self.value_bounds = None
+
+    def trim(self) -> None:
+        """Drop a half-recorded last item (an interrupt while it was being recorded)."""
+        count = min(map(len, (self.starts, self.ends, self.cpus, self.ops, self.names)))
+        count = min(count, len(self.values))
+        for column in (self.starts, self.ends, self.cpus, self.ops, self.names, self.values):
+            del column[count:]
+        for offset in [o for o in (*self.outputs, *self.errors) if o >= count]:
+            self.outputs.pop(offset, None)
+            self.errors.pop(offset, None)
+
+    def add(self, began: float, ended: float, cpu: float, ops, names, value) -> None:
+        self.starts.append(began)
+        self.ends.append(ended)
+        self.cpus.append(cpu)
+        self.ops.append(ops)
+        self.names.append(names)
+        self.values.append(value)
+
+
+_TIMES = ("starts", "ends", "cpus")
+
+
+def _held_entries(column: list, empty: list | None) -> dict[int, Any]:
+    """The entries that hold something (a non-empty list; not None), by offset, found at C
+    speed: they are the true ones, unless some false entry is not None (0, "", {})."""
+    holding = len(column) - column.count(empty)
+    if not holding:
+        return {}
+    last = column[-1]
+    if holding == 1 and (bool(last) if empty == [] else last is not None):  # e.g. names
+        return {len(column) - 1: last}
+    offsets = list(itertools.compress(range(len(column)), column))
+    if len(offsets) != holding:
+        offsets = [offset for offset, entry in enumerate(column) if entry is not None]
+    return {offset: column[offset] for offset in offsets}
+
+
+def _unpacked(state: dict) -> ChunkResult:
+    result = ChunkResult.__new__(ChunkResult)
+    result.__setstate__(state)
+    return result
+
+
+class PackedResult:
+    """A chunk result as it is pickled (ChunkResult.__getstate__), loaded as the result. For
+    a worker that pickles it with references for the kernel's objects (kernel_objects.py):
+    ``own()`` tells the containers it is made of, which are never the kernel's, so that they
+    are not looked up (the values in them may be)."""
+
+    def __init__(self, result: ChunkResult) -> None:
+        self.state = result.__getstate__()
+
+    def __reduce__(self):
+        return _unpacked, (self.state,)
+
+    def own(self) -> set[int]:
+        state = self.state
+        held = [state[name][1] for name in _SPARSE]
+        parts: list = [self, state, *state.values(), *held]
+        parts += [entry for column in held for entry in column.values()]
+        ops = state["ops"][1].values()
+        parts += [op[6] for item in ops for op in item if op[0] == CALL]  # calls' kwargs
+        parts += [op[3] for item in ops for op in item if op[0] == STATE]  # items' copies
+        parts += [entry for entries in state["outputs"].values() for entry in entries]
+        for error in state["errors"].values():
+            while error is not None:
+                parts += [error, vars(error), error.frames]
+                error = error.cause
+        return {id(part) for part in parts}
+
+
+_SPARSE = {"ops": [], "names": None, "values": None}  # per-item columns: what most entries hold
+
+
+def spread_times(starts: list[float], ended: float, cpu: float) -> tuple[list, list]:
+    """Ends and CPU times of items run one after another from their starts: each ends where
+    the next starts, the last at ``ended``, and the CPU time ``cpu`` is shared by wall time."""
+    if not starts:
+        return [], []
+    ends = starts[1:]
+    ends.append(ended)
+    wall = ended - starts[0]
+    if not wall:
+        return ends, [cpu / len(starts)] * len(starts)
+    share = cpu / wall
+    return ends, [share * span for span in map(operator.sub, ends, starts)]
