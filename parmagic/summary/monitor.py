@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import psutil
 
 INTERVAL = 0.1
+STOP_WAIT = 1.0  # seconds the sampling threads get to end when the extension is unloaded
 _CPUS = psutil.cpu_count() or 1
 
 
@@ -26,15 +27,17 @@ class _Samplers:
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._idle = self._threads = 0
+        self._idle = 0
+        self._threads: list[threading.Thread] = []
 
     def run(self, job: Callable[[], None]) -> None:
         with self._lock:
             if self._idle:
                 self._idle -= 1
             else:
-                self._threads += 1
-                threading.Thread(target=self._serve, name="parmagic-monitor", daemon=True).start()
+                thread = threading.Thread(target=self._serve, name="parmagic-monitor", daemon=True)
+                self._threads.append(thread)
+                thread.start()
         self._jobs.put(job)
 
     def _serve(self) -> None:
@@ -43,10 +46,13 @@ class _Samplers:
             with self._lock:
                 self._idle += 1
 
-    def stop(self) -> None:
-        """Each thread ends once its monitor has stopped."""
-        for _ in range(self._threads):
+    def stop(self, wait: float = STOP_WAIT) -> None:
+        """Each thread ends once its monitor has stopped (waited for a moment: they are)."""
+        for _ in self._threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 @functools.cache
