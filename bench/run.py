@@ -43,8 +43,8 @@ More targets, which this script does not check:
 ## The goals not met, and why
 
 - **Against joblib and `Pool.map` on computing loops** (`n**n`, busy(k), Collatz): within
-  0.95-1.10 × from run to run, Collatz 1.00-1.10 (its goal: 1.05). What is left is per chunk
-  and spread thin, each part 1-2% of a chunk's 20 ms: the worker's own work around a chunk
+  0.95-1.10 × from run to run, Collatz 1.00-1.10 (its goal: 1.05; 1.03 in the table
+  above). What is left is per chunk and spread thin, each part 1-2% of a chunk's 20 ms: the worker's own work around a chunk
   (0.15 ms), pickling its result (0.25 ms), its `write` waiting for a core while the kernel
   it woke runs (0.01-0.3 ms), and the timing of each item (0.07 µs, 0.3 ms a chunk); and once
   per run the cell's analysis before the first chunk leaves (about 2 ms for a loop calling a
@@ -52,20 +52,19 @@ More targets, which this script does not check:
   lookups (the "checks off" variant is within noise), the pipe's buffer, the worker's
   pipe-reading thread (given the lowest scheduling class, nothing changed), larger chunks
   (30 ms and 8192 items: within noise; 50 ms and 16384 items: slower).
-- **10,000 no-op items against `Pool.map`** (2.4-2.6 × in alternating runs of two processes,
-  4.0 ms against 1.5-1.7; 1.96 × in the table above, a run where `Pool.map` itself was slow;
-  6-7 ms and 4 × before this issue's second part): a warm run's fixed cost is about 2.4 ms
-  (a run of 2 items): IPython's own handling of the cell 0.3 ms, the options and the plan
+- **10,000 no-op items against `Pool.map`** (2.4-2.8 × in alternating runs, 4.0-4.4 ms
+  against 1.5-1.7; 6-7 ms and 4 × before this issue's second part): a warm run's fixed
+  cost is about 2.4 ms (a run of 2 items): IPython's own handling of the cell 0.3 ms, the options and the plan
   0.3 (a cell run again reuses its plan), the task pickled and loaded 0.2, the workers woken
   and their results read, applied and summed up. `Pool.map` does none of that. The items add
   1.6 ms (0.12 µs each in the worker, timed one by one). Threads (the issue 18 goal of
   20 ms): each item is still recorded one by one there.
 
-## Met by this issue's second part
+## Near the line, after this issue's second part
 
-- **40 items binding a 30 MB `bytearray`**: 1.8 × the plain cell (3.4 × before, 21 × before
-  the issue). The value crosses once, at the end (30 ms through shared memory), and a worker
-  that keeps large values keeps up to four of them worth of freed memory at the top of its
+- **40 items binding a 30 MB `bytearray`**: 1.8-2.2 × the plain cell from run to run (3.4 ×
+  before, 21 × before the issue): on the line. The value crosses once, at the end (30 ms
+  through shared memory), and a worker that keeps large values keeps up to four of them worth of freed memory at the top of its
   heap (`worker/memory.py`): glibc handed back the memory of kept values freed several at
   once, and each new buffer then paid for fresh pages (12 ms an item instead of 3). That
   memory stays with the worker (at most 128 MB) for its next runs.
