@@ -43,37 +43,38 @@ More targets, which this script does not check:
 ## The goals not met, and why
 
 - **Against joblib and `Pool.map` on computing loops** (`n**n`, busy(k), Collatz): within
-  0.95-1.10 × from run to run, Collatz 1.00-1.10 (its goal: 1.05; 1.03 in the table
-  above). What is left is per chunk and spread thin, each part 1-2% of a chunk's 20 ms: the worker's own work around a chunk
-  (0.15 ms), pickling its result (0.25 ms), its `write` waiting for a core while the kernel
-  it woke runs (0.01-0.3 ms), and the timing of each item (0.07 µs, 0.3 ms a chunk); and once
-  per run the cell's analysis before the first chunk leaves (about 2 ms for a loop calling a
-  notebook function, which is read and checked). Ruled out: the guard and the kernel-object
-  lookups (the "checks off" variant is within noise), the pipe's buffer, the worker's
-  pipe-reading thread (given the lowest scheduling class, nothing changed), larger chunks
-  (30 ms and 8192 items: within noise; 50 ms and 16384 items: slower).
-- **10,000 no-op items against `Pool.map`** (2.4-2.8 × in alternating runs, 4.0-4.4 ms
-  against 1.5-1.7; 6-7 ms and 4 × before this issue's second part): a warm run's fixed
-  cost is about 2.4 ms (a run of 2 items): IPython's own handling of the cell 0.3 ms, the options and the plan
-  0.3 (a cell run again reuses its plan), the task pickled and loaded 0.2, the workers woken
-  and their results read, applied and summed up. `Pool.map` does none of that. The items add
-  1.6 ms (0.12 µs each in the worker, timed one by one). Threads (the issue 18 goal of
-  20 ms): each item is still recorded one by one there.
+  0.95-1.10 × from run to run, Collatz 1.00-1.10 (its goal: 1.05; 1.03 in the table above).
+  What is left is per chunk and spread thin, each part 1-2% of a chunk's 20 ms: the worker's
+  own work around a chunk (0.15 ms), pickling its result (0.25 ms), its `write` waiting for a
+  core while the kernel it woke runs (0.01-0.3 ms), and the timing of each item (0.07 µs, 0.3
+  ms a chunk); and once per run the cell's analysis before the first chunk leaves (about 2 ms
+  for a loop calling a notebook function, which is read and checked). Ruled out: the guard and
+  the kernel-object lookups (the "checks off" variant is within noise), the pipe's buffer, the
+  worker's pipe-reading thread (given the lowest scheduling class, nothing changed), larger
+  chunks (30 ms and 8192 items: within noise; 50 ms and 16384 items: slower).
+- **10,000 no-op items against `Pool.map`** (2.4-2.8 × in alternating runs, 4.0-4.4 ms against
+  1.5-1.7; 6-7 ms and 4 × before this issue's second part): a warm run's fixed cost is about
+  2.4 ms (a run of 2 items): IPython's own handling of the cell 0.3 ms, the options and the
+  plan 0.3 (a cell run again reuses its plan), the task pickled and loaded 0.2, the workers
+  woken and their results read, applied and summed up. `Pool.map` does none of that. The items
+  add 1.6 ms (0.12 µs each in the worker, timed one by one). Threads (the issue 18 goal of 20
+  ms): each item is still recorded one by one there.
 
 ## Near the line, after this issue's second part
 
 - **40 items binding a 30 MB `bytearray`**: 1.8-2.2 × the plain cell from run to run (3.4 ×
   before, 21 × before the issue): on the line. The value crosses once, at the end (30 ms
-  through shared memory), and a worker that keeps large values keeps up to four of them worth of freed memory at the top of its
-  heap (`worker/memory.py`): glibc handed back the memory of kept values freed several at
-  once, and each new buffer then paid for fresh pages (12 ms an item instead of 3). That
-  memory stays with the worker (at most 128 MB) for its next runs.
+  through shared memory), and a worker that keeps large values keeps up to four of them worth
+  of freed memory at the top of its heap (`worker/memory.py`): glibc handed back the memory of
+  kept values freed several at once, and each new buffer then paid for fresh pages (12 ms an
+  item instead of 3). That memory stays with the worker (at most 128 MB) for its next runs.
   `futures:processes` still sends every chunk's names (its workers cannot be asked later).
 
-Elsewhere: the fault matrix (`bench/faults.py`) ends every fault within 0.8 s of its cause, and
-the next run takes 0.00-0.14 s; the monitor costs 0.7% of one core; a 10-million-item generator
-with `total += n` grows the kernel by 36 MB (`bench/memory.py`); on the local dask cluster, 200
-items × 50 ms of CPU take 6.5 s against 5.3 s on `-b processes` (`bench/cluster.py`).
+Elsewhere: the fault matrix (`bench/faults.py`) ends every fault within 0.8 s of its cause,
+and the next run takes 0.00-0.14 s; the monitor costs 0.7% of one core; a 10-million-item
+generator with `total += n` grows the kernel by 36 MB (`bench/memory.py`); on the local dask
+cluster, 200 items × 50 ms of CPU take 6.5 s against 5.3 s on `-b processes`
+(`bench/cluster.py`).
 """
 
 
