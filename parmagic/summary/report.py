@@ -65,7 +65,7 @@ class ItemTimings:
         count = min(count, MAX_ITEM_RECORDS - self._count)
         if count <= 0:
             return
-        if result.spread is not None and "ends" not in vars(result):
+        if result.spread_only:
             times = (result.starts, result.spread)
         else:
             times = (result.starts, result.ends, result.cpus)

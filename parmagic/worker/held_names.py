@@ -62,14 +62,12 @@ def _size(value: Any) -> int:
 def worth_holding(value: object) -> bool:
     """A large value that holds no other object (so none of the kernel's)."""
     kind = type(value)
-    if kind is bytes or kind is bytearray or kind is str:
-        return len(value) >= HELD_BYTES  # type: ignore[arg-type]
-    if kind is array.array:
-        return len(value) * value.itemsize >= HELD_BYTES  # type: ignore[attr-defined]
+    if kind in (bytes, bytearray, str, array.array):
+        return _size(value) >= HELD_BYTES
     numpy = sys.modules.get("numpy")
     if numpy is None or kind is not numpy.ndarray:
         return False
-    return value.base is None and not value.dtype.hasobject and value.nbytes >= HELD_BYTES  # type: ignore[attr-defined]
+    return value.base is None and not value.dtype.hasobject and _size(value) >= HELD_BYTES
 
 
 class NameStore:

@@ -174,9 +174,14 @@ class ChunkResult:
         self.ends, self.cpus = spread_times(self.starts, *self.spread)
         return self.__dict__[name]
 
+    @property
+    def spread_only(self) -> bool:
+        """Loaded with only its items' starts: the ends and CPU times not yet worked out."""
+        return self.spread is not None and "ends" not in self.__dict__
+
     def busy_and_cpu(self, count: int) -> tuple[float, float]:
         """Seconds the first ``count`` items ran, and the CPU time they used."""
-        if self.spread is not None and count == len(self.starts) and "ends" not in self.__dict__:
+        if self.spread_only and count == len(self.starts):
             ended, cpu = self.spread
             return (ended - self.starts[0] if count else 0.0), (cpu if count else 0.0)
         return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
