@@ -42,6 +42,21 @@ from .worker.native_threads import kernel_native_threads
 NO_LIMIT = 1e6  # seconds: a --timeout this long (or inf) is no limit
 
 
+def _report_text(report: RunReport, printer, cycle: bool) -> None:
+    from .summary.render import text_summary  # psutil: imported by a run, not by %load_ext
+
+    printer.text(text_summary(report))
+
+
+def _report_html(report: RunReport) -> str:
+    from .summary.render import html_summary
+
+    return html_summary(report)
+
+
+REPORT_FORMATS = {"text/plain": _report_text, "text/html": _report_html}
+
+
 def _help(name: str) -> str:
     return BY_NAME[name].config_help()
 
@@ -91,6 +106,9 @@ class ParallelMagics(Magics):
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
         self.session = Session(show=display)
+        self._formatters = shell.display_formatter.formatters if shell is not None else {}
+        for mime, format_report in REPORT_FORMATS.items():  # how a report shows: its summary
+            self._formatters[mime].for_type(RunReport, format_report)
         self._plot_folder: str | None = None  # --plot's files outside a notebook
         self._plots = 0
 
@@ -377,6 +395,9 @@ class ParallelMagics(Magics):
 
     def close(self) -> None:
         self.session.close()
+        for mime in REPORT_FORMATS:
+            if mime in self._formatters:
+                self._formatters[mime].pop(RunReport, None)
         if self._plot_folder is not None:
             shutil.rmtree(self._plot_folder, ignore_errors=True)
             self._plot_folder = None

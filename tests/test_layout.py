@@ -48,26 +48,18 @@ def _module_name(path: pathlib.Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    return {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for inner in ast.walk(node)
-    }
-
-
 def _imports() -> dict[str, set[str]]:
-    """Each module of the package, and the package's modules it imports when it runs: at
-    its top or inside its functions (imports for type checkers only never run)."""
+    """Each module of the package, and the package's modules it imports: at its top, inside
+    its functions, or for type checkers only (a circle of annotations is still a circle a
+    reader walks)."""
     paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
     found: dict[str, set[str]] = {}
     for name, path in paths.items():
         tree = ast.parse(path.read_text())
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        skipped, found[name] = _type_checking_nodes(tree), set()
+        found[name] = set()
         for node in ast.walk(tree):
-            if id(node) in skipped or not isinstance(node, ast.Import | ast.ImportFrom):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
                 continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]

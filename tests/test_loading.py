@@ -23,13 +23,17 @@ def test_loading_is_cheap_and_imports_nothing_heavy():
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
 
 
-def test_unload_removes_the_magics(ip):
-    assert "parallel" in ip.magics_manager.magics["line"]
+def test_unload_removes_the_magics_and_the_reports_formats(ip):
+    from parmagic.summary.report import RunReport
+
+    html = ip.display_formatter.formatters["text/html"]
+    assert "parallel" in ip.magics_manager.magics["line"] and RunReport in html.type_printers
     ip.run_line_magic("unload_ext", "parmagic")
     assert "parallel" not in ip.magics_manager.magics["cell"]
     assert "parallel" not in ip.magics_manager.magics["line"]
+    assert RunReport not in html.type_printers
     ip.run_line_magic("load_ext", "parmagic")
-    assert "parallel" in ip.magics_manager.magics["cell"]
+    assert "parallel" in ip.magics_manager.magics["cell"] and RunReport in html.type_printers
 
 
 def test_config_sets_the_defaults(ip, run):

@@ -16,19 +16,15 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from ..backends import load_backend
+from ..backends import Backend, load_backend
 from ..errors import AUTO_HIDDEN, AUTO_HIDDEN_LATER, HiddenChange, NotPicklable
 from ..machine import usable_cores
 from ..summary.report import RunReport, side_by_side
-
-if TYPE_CHECKING:
-    from ..backends import Backend
-    from ..worker.hidden_state import Guard
-    from ..worker.task import Task
-    from .dispatch import Recording
-    from .loop_run import LoopRun
+from ..worker.hidden_state import Guard
+from ..worker.task import Task
+from .context import RunContext
+from .dispatch import Recording
 
 LEAD_ITEMS = 2  # decide on no fewer items than this...
 LEAD_SECONDS = 0.01  # ...unless the items so far took this long
@@ -352,7 +348,7 @@ class Lead:
 
 
 def auto_run(
-    run: LoopRun, iterator: Iterator, length: int, replayed, report: RunReport,
+    run: RunContext, iterator: Iterator, length: int, replayed, report: RunReport,
     recording: Recording | None = None,
 ) -> Iterator[list]:  # fmt: skip
     """The loop under auto: its first items in the kernel until the rest should go
@@ -456,7 +452,7 @@ def waiting_threads(cpu_share: float, remaining: int) -> int:
     return max(ThreadBackend.default_workers(), sized)
 
 
-def outlook(run: LoopRun, task: Task) -> Outlook:
+def outlook(run: RunContext, task: Task) -> Outlook:
     """What the rest of an auto run could have: cores, pools, warm or not. Whether the task
     can go to processes, and what it weighs, are asked only when processes are in view (both
     pickle the task)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from .. import errors
 from ..analysis.run_checks import hidden_effects_of, late_verdict
@@ -27,10 +26,8 @@ from ..summary.compare_table import AUTO, REFERENCE, Comparison, Row
 from ..summary.report import RunReport
 from .auto import auto_run
 from .calibration import recording_costs
+from .context import RunContext
 from .dispatch import Applier, Recording, replay
-
-if TYPE_CHECKING:
-    from .loop_run import LoopRun
 
 EVERY_BACKEND = ("serial", "threads", "futures", "processes", "futures:processes", "asyncio")
 RunOne = Callable[[str], tuple[RunReport, Recording]]
@@ -143,7 +140,7 @@ def _as_it_runs(report: RunReport, backend: str) -> float:
     return max(report.wall - report.recording, report.wall / 2)
 
 
-def compared_runs(run: LoopRun, items: list, replayed) -> Iterator[list]:
+def compared_runs(run: RunContext, items: list, replayed) -> Iterator[list]:
     """The loop on each backend of ``--compare``, each run recorded; then serial's recording
     applied, so that the kernel ends as after one serial run whatever the others did. An
     interrupt applies what serial recorded before it, and says where it stopped."""
@@ -188,7 +185,7 @@ def compared_runs(run: LoopRun, items: list, replayed) -> Iterator[list]:
     yield from _applied(run, recordings[0])
 
 
-def _unrepeatable(run: LoopRun, in_kernel_ok: Callable[[], bool]) -> Callable:
+def _unrepeatable(run: RunContext, in_kernel_ok: Callable[[], bool]) -> Callable:
     """Why running the loop again could change what its recording misses (None: nothing
     found): what parmagic can tell; ``--rounds`` is the user's word for the rest."""
     body, plan = run.plan.body.node, run.plan
@@ -219,7 +216,7 @@ def first_sentence(refusal: ParmagicUsageError | str) -> str:
     return first.replace(" (nothing has run)", "").replace(", so nothing has run", "")
 
 
-def _recorded(run: LoopRun, name: str, items: list, replayed, recording: Recording):
+def _recorded(run: RunContext, name: str, items: list, replayed, recording: Recording):
     """One backend's run of the items, kept in ``recording``. Serial's run of a body that
     awaits is asyncio with one coroutine at a time."""
     awaits, report = run.plan.body.awaits, recording.report
@@ -232,7 +229,7 @@ def _recorded(run: LoopRun, name: str, items: list, replayed, recording: Recordi
     return run.run_on(backend, recording.task, iter(items), len(items), report, recording)
 
 
-def _applied(run: LoopRun, serial: Recording) -> Iterator[list]:
+def _applied(run: RunContext, serial: Recording) -> Iterator[list]:
     """Serial's recording, applied to the kernel as a serial run would have applied it."""
     report = RunReport(REFERENCE, 1)
     applier = Applier(

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import html
 import sys
-from typing import TYPE_CHECKING
 
 from ..errors import NATIVE_LIMIT, TOO_SHORT, plural
 from .monitor import INTERVAL
-
-if TYPE_CHECKING:
-    from .report import RunReport
+from .report import RunReport
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 # for a stdout that encodes no more

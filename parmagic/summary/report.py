@@ -319,21 +319,6 @@ class RunReport:
         """The speedup over the ideal, at most 1: both are estimates near the top."""
         return min(1.0, self.speedup / self.ideal) if self.ideal else 0.0
 
-    def summary(self) -> str:
-        from .render import text_summary
-
-        return text_summary(self)
-
-    __str__ = summary
-
-    def _repr_pretty_(self, printer, cycle: bool) -> None:
-        printer.text(self.summary())
-
-    def _repr_html_(self) -> str:
-        from .render import html_summary
-
-        return html_summary(self)
-
     # Set by the run and the magic, read by the summary (render.py):
     one_at_a_time: bool = False  # the items cannot overlap (an asyncio body that never awaits)
     tells_native_limit: bool = False  # this summary tells of the cap (once a session)

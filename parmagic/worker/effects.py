@@ -62,7 +62,7 @@ class EffectLog:
         """What the item writes to in place of the kernel's file ``name`` (files.py)."""
         from .files import Sink
 
-        return Sink(self, name, line)
+        return Sink(self.call, name, line)
 
     def bind(self, local_names: dict[str, Any]) -> None:
         self.names = local_names

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .effects import EffectLog
+from collections.abc import Callable
+from typing import Any
 
 # The methods of a sink the body may call: each one's call is replayed on the kernel's object
 SINK_METHODS = frozenset({"write", "writelines", "flush", "writerow", "writerows", "writeheader"})
@@ -44,13 +42,14 @@ class Sink:
     """Stands in, inside an item, for a kernel file or csv writer: records the item's writes
     where the item runs. ``write`` returns what a text file's would (the length)."""
 
-    __slots__ = ("_log", "_name", "_line")
+    __slots__ = ("_calls", "_name", "_line")
 
-    def __init__(self, log: EffectLog, name: str, line: int) -> None:
-        self._log, self._name, self._line = log, name, line
+    def __init__(self, calls: Callable[..., None], name: str, line: int) -> None:
+        """``calls``: the item log's ``call``, which records a method call on a kernel name."""
+        self._calls, self._name, self._line = calls, name, line
 
     def _record(self, method: str, *args: Any) -> None:
-        self._log.call(self._line, self._name, (), method, *args)
+        self._calls(self._line, self._name, (), method, *args)
 
     def write(self, data):
         self._record("write", data)
