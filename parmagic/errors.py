@@ -249,7 +249,7 @@ GLOBAL_RANDOM = (
     "dask), or run it with --backend serial"
 )
 THREAD_BOUND = (
-    "the loop uses `{name}` (a sqlite3 {type}), which sqlite lets only the thread that made it "
+    "the loop uses `{name}` (a sqlite3 {what}), which sqlite lets only the thread that made it "
     "use, and items on {backend} run in other threads, so nothing has run. Open the "
     "connection inside the loop body, make it with `check_same_thread=False` if your code "
     "shares it safely, or run the loop with --backend serial"
@@ -268,7 +268,7 @@ HASH_ORDER_DASK = (
     "Sort it (`sorted(...)`), use --backend threads, or start the kernel with PYTHONHASHSEED "
     "set (a local cluster's workers then get the kernel's seed)"
 )
-THREAD_BOUND_SHORT = "`{name}` is a sqlite3 {type} that only the kernel's thread may use"
+THREAD_BOUND_SHORT = "`{name}` is a sqlite3 {what} that only the kernel's thread may use"
 COMPARE_HIDDEN = "an item changed {what}, which the loop's lines do not name"
 HIDDEN_CHANGE = (
     "{who} changed {what} while the loop ran on {backend}: state the loop's lines do not "

@@ -25,7 +25,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Integer, Unicode
 
 from . import errors
 from .analysis.cell import HOOK_NAME, split_for_display, statements_before
-from .analysis.hidden_effects import refusal
+from .analysis.policy import verdict_for
 from .analysis.preview import Preview
 from .analysis.run_checks import hidden_effects_of, late_verdict, replayed_names
 from .analysis.verdict import RUN, Verdict
@@ -164,7 +164,7 @@ class ParallelMagics(Magics):
             known = preview.ns
             backend = "serial" if options.compare else options.backend  # compare keeps serial's
             effects = hidden_effects_of(plan, known)
-            verdict = refusal(effects, backend, options.unordered, options.seed).raise_refusal()
+            verdict = verdict_for(effects, backend, options.unordered, options.seed).raise_refusal()
             if not options.compare and preview.complete:  # else names may have been rebound
                 name = resolve_backend(backend, plan.body.awaits)
                 replayed = replayed_names(plan, known)

@@ -11,8 +11,9 @@ import pytest
 from conftest import BACKENDS, report
 from IPython.core.error import UsageError
 
-from parmagic.analysis.hidden_effects import LOOP_NAME, RANDOM, UNORDERED, refusal
+from parmagic.analysis.hidden_effects import LOOP_NAME, RANDOM, UNORDERED
 from parmagic.analysis.hidden_effects import HiddenEffect as Effect
+from parmagic.analysis.policy import verdict_for
 
 PARALLEL = [name for name in BACKENDS if name != "serial"]
 SEEDABLE = ("serial", "fork", "spawn", "forkserver", "futures-fork", "futures-spawn")
@@ -196,7 +197,7 @@ def math_area(r: int) -> float:
     ],
 )
 def test_refusal_rules(effects, backend, unordered, seed, refused, serial):
-    verdict = refusal(effects, backend, unordered, seed)
+    verdict = verdict_for(effects, backend, unordered, seed)
     message, reason = verdict.refused, verdict.in_the_kernel
     assert (message is not None) == refused and (reason is not None) == serial
 

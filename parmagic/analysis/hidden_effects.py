@@ -22,13 +22,10 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .. import errors
-from ..backends import load_backend
 from ..worker.hidden_state import defaults, global_generators, is_user_code, unwrapped
 from .body import MUTATORS
 from .file_uses import kernel_file_written
 from .scopes import attribute_root, bound_names, receiver_root, walk_scope
-from .verdict import Verdict
 
 LOOP_NAME, UNORDERED, RANDOM = "loop-name", "unordered", "random"
 CHANGED_READ = "changed-read"  # a notebook function reads what the loop changes
@@ -41,7 +38,7 @@ _TASK_MAKERS = ("create_task", "ensure_future")
 
 @dataclass(frozen=True)
 class HiddenEffect:
-    kind: str  # LOOP_NAME, UNORDERED or RANDOM
+    kind: str  # LOOP_NAME, UNORDERED, RANDOM... (policy.py's rules say what each means)
     line: int  # the cell's line of the call that leads there
     where: str  # "" for the body itself, else "the notebook function `f` (line 3 of its cell)"
     what: str  # "changes `seen`", "reads `repo`", "draws from numpy's global random state"
@@ -51,6 +48,13 @@ class HiddenEffect:
     @property
     def place(self) -> str:
         return f"line {self.line}: " + (f"{self.where} " if self.where else "")
+
+    def fields(self) -> dict[str, object]:
+        """What a sentence about it may name (policy.py's templates)."""
+        return {
+            "place": self.place, "line": self.line, "what": self.what, "name": self.name,
+            "function": self.function,
+        }  # fmt: skip
 
 
 def find_hidden_effects(
@@ -454,74 +458,3 @@ def _lambda_parsed(function: types.FunctionType, source: str) -> ast.FunctionDef
                 node.lineno -= shift
         return ast.fix_missing_locations(made)
     return None
-
-
-def _refused_anywhere(effects: list[HiddenEffect], in_workers: bool) -> str | None:
-    """What runs as the plain loop nowhere: a loop name a function reads as a global, a
-    function reading what the loop changes, an asyncio task an item makes; and a coroutine
-    left unawaited, where items run in worker processes."""
-    for effect in effects:
-        if effect.kind == LOOP_NAME:
-            return errors.LOOP_NAME_AS_GLOBAL.format(
-                place=effect.place, what=effect.what, name=effect.name, function=effect.function
-            )
-        if effect.kind == CHANGED_READ:
-            return errors.CHANGED_READ_IN_FUNCTION.format(
-                place=effect.place, what=effect.what, name=effect.name
-            )
-    for effect in effects:
-        if effect.kind == TASK:
-            return errors.TASK_IN_ITEM.format(place=effect.place, what=effect.what)
-        if effect.kind == COROUTINE and in_workers:
-            return errors.COROUTINE_NOT_AWAITED.format(place=effect.place, what=effect.what)
-    return None
-
-
-def refusal(
-    effects: list[HiddenEffect], backend: str, unordered: bool, seed: int | None
-) -> Verdict:
-    """Whether the run is refused, and why; or, for ``auto``, why it must run serially.
-
-    What cannot give the plain loop's result is refused before anything runs: a loop name
-    read as a global (wrong on every backend), changes that cannot be replayed in item order
-    (unless ``--unordered`` accepts them), and global random draws (unless ``--seed`` gives
-    each item its own stream, which only items in processes of their own can have).
-    ``backend`` is asked what it does (``auto``, which chooses, is not a backend).
-    """
-    kind = None if backend == "auto" else load_backend(backend)
-    in_workers = kind is not None and kind.copies_kernel_objects
-    plain = kind is not None and kind.is_the_plain_loop
-    refused = _refused_anywhere(effects, in_workers)
-    if refused:
-        return Verdict(refused)
-    serial_reason = None
-    for effect in effects:
-        place = effect.place
-        if effect.kind == ARGUMENT_CHANGED and not unordered and in_workers:
-            return Verdict(errors.ARGUMENT_CHANGED_IN_WORKER.format(place=place, what=effect.what))
-        if effect.kind == ARGUMENT_CHANGED and not unordered and kind is None:
-            serial_reason = serial_reason or f"{place}{effect.what}: copies in workers would not"
-        elif effect.kind == COROUTINE and kind is None:
-            serial_reason = serial_reason or f"{place}{effect.what}: it stays in the kernel"
-        elif effect.kind == SHARED_GENERATOR and not plain:
-            if kind is not None:
-                return Verdict(errors.SHARED_GENERATOR.format(place=place, what=effect.what))
-            serial_reason = serial_reason or f"{place}{effect.what}: serial keeps its stream"
-        elif effect.kind == SHARED_FILE and not unordered:
-            message = errors.SHARED_FILE.format(place=place, what=effect.what)
-            reason = f"{place}every item writes to the file {effect.what} opens: in item order"
-        elif effect.kind == UNORDERED and not unordered:
-            message = errors.UNREPLAYABLE.format(place=place, what=effect.what)
-            reason = f"{place}{effect.what}, which only a serial run keeps in item order"
-        elif effect.kind == RANDOM and seed is None:
-            message = errors.GLOBAL_RANDOM.format(place=place, what=effect.what)
-            reason = f"{place}{effect.what}: a serial run keeps the plain loop's numbers"
-        elif effect.kind == RANDOM and kind is not None and not kind.seedable:
-            return Verdict(errors.SEED_NEEDS_PROCESSES.format(backend=backend))
-        else:
-            continue
-        if kind is None:
-            serial_reason = serial_reason or reason
-        elif not plain:
-            return Verdict(message)
-    return Verdict(in_the_kernel=serial_reason)

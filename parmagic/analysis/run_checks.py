@@ -14,16 +14,10 @@ from .. import errors
 from ..backends import Backend, load_backend
 from ..worker.effects import is_recordable
 from .cell import CellPlan
-from .hidden_effects import (
-    SHARED_FILE,
-    UNORDERED,
-    HiddenEffect,
-    find_hidden_effects,
-    in_notebook,
-    refusal,
-)
+from .hidden_effects import SHARED_FILE, UNORDERED, HiddenEffect, find_hidden_effects, in_notebook
+from .policy import ITEM_ADVANCES, THREAD_BOUND, verdict_for
 from .scopes import scope_names, stored_names
-from .verdict import RUN, Verdict
+from .verdict import Verdict
 
 
 def hidden_nodes(plan: CellPlan) -> list[ast.AST]:
@@ -114,14 +108,13 @@ def _not_changed_by_calls(value: object) -> bool:
     return type(value).__module__.split(".")[0] == "tqdm"  # a progress bar's update()
 
 
-def item_object_refusal(plan: CellPlan, backend: str, short: bool = False) -> str | None:
-    """Why items in worker processes cannot run this body: it advances iterators the loop
-    hands its items, and theirs would be copies. ``short``: the reason alone, for auto."""
+def item_object_refusal(plan: CellPlan, backend: str) -> str | None:
+    """Why items in worker processes cannot run this body, for auto's look at processes: it
+    advances iterators the loop hands its items, and theirs would be copies."""
     if not plan.body.item_advances or not load_backend(backend).copies_kernel_objects:
         return None
     line, what, name = plan.body.item_advances[0]
-    template = errors.ITEM_OBJECT_CHANGED_SHORT if short else errors.ITEM_OBJECT_CHANGED
-    return template.format(line=line, what=what, name=name)
+    return errors.ITEM_OBJECT_CHANGED_SHORT.format(line=line, what=what, name=name)
 
 
 def unordered_warnings(plan: CellPlan, ns: dict, replayed, backend: Backend) -> list[str]:
@@ -170,40 +163,29 @@ def _usable_elsewhere(connection, sqlite3) -> bool:
     return not refused
 
 
-WORKER_INTERPRETERS = ("processes", "futures:processes", "dask")
-
-
 def hash_order_refusal(plan: CellPlan, ns: dict, options, name: str, short=False) -> str | None:
     """Why items in other interpreters would end otherwise than the plain loop: the body
     walks a set or takes a string hash, and those interpreters salt string hashes otherwise
     than the kernel (hash_seeds.py). ``short``: the reason alone, for auto."""
-    import multiprocessing
-
-    from ..worker.hash_seeds import keeps_kernel_hashing
     from .hash_order import hash_order_uses, items_that_are_sets
 
-    if name not in WORKER_INTERPRETERS:
-        return None
-    method = options.start_method or multiprocessing.get_start_method()
-    if name != "dask" and keeps_kernel_hashing(method):
+    if name == "auto":
+        return None  # auto asks of processes, when it looks at them
+    backend = load_backend(name)
+    workers = backend.hashes_otherwise(options.start_method, options.scheduler)
+    if workers is None:
         return None
     uses = hash_order_uses(hidden_nodes(plan), ns, items_that_are_sets(plan.body.node, ns))
     if not uses:
         return None
-    if name == "dask":
-        from ..backends.dask_cluster import keeps_kernel_hashing as cluster_keeps
-
-        if cluster_keeps(options.scheduler):
-            return None
-    workers = "dask's workers" if name == "dask" else f"worker processes started by {method}"
     use = uses[0]
-    hashes = use.what.endswith("string hash")
     if short:
         return errors.HASH_ORDER_SHORT.format(place=use.place, what=use.what, workers=workers)
+    hashes = use.what.endswith("string hash")
     return errors.HASH_ORDER.format(
         place=use.place, what=use.what, workers=workers,
         consequence=errors.HASH_ORDER_HASHES if hashes else errors.HASH_ORDER_SETS,
-        advice=errors.HASH_ORDER_DASK if name == "dask" else errors.HASH_ORDER_PROCESSES,
+        advice=backend.hash_order_advice,
     )  # fmt: skip
 
 
@@ -211,29 +193,26 @@ def late_verdict(plan: CellPlan, ns: dict, options, name: str, replayed) -> Verd
     """What the statements before the loop made knowable: notebook functions and modules the
     cell itself defined or imported, an alias of an object the body changes, a loop that
     advances its items' iterators where items get copies, changes in place parmagic cannot
-    replay. Under auto, a reason to run serially instead of a refusal."""
-    auto = name == "auto"
-    plain = not auto and load_backend(name).is_the_plain_loop
-    verdict = refusal(hidden_effects_of(plan, ns), name, options.unordered, options.seed)
-    refused = (
-        verdict.refused
-        or alias_refusal(plan, ns)
-        or (not auto and item_object_refusal(plan, name))
-        or hash_order_refusal(plan, ns, options, name)
-    )
-    if refused or verdict:
-        return Verdict(refused) if refused else verdict
-    bound = None if plain else thread_bound(plan, ns)
-    if bound and auto:
-        return Verdict(in_the_kernel=errors.THREAD_BOUND_SHORT.format(name=bound[0], type=bound[1]))
-    if bound and not load_backend(name).copies_kernel_objects:
-        return Verdict(errors.THREAD_BOUND.format(name=bound[0], type=bound[1], backend=name))
-    found = [] if options.unordered else unreplayed_receivers(plan, ns, replayed)
-    if not found or plain:
-        return RUN
-    line, what, _ = found[0]
-    if auto:
-        return Verdict(
-            in_the_kernel=f"line {line}: {what}, which only a serial run keeps in item order"
-        )
-    return Verdict(errors.UNREPLAYABLE.format(place=f"line {line}: ", what=what))
+    replay, objects only the kernel's thread may use, hashes other interpreters salt
+    otherwise. Under auto, a reason to run serially instead of a refusal (policy.py)."""
+    facts = hidden_effects_of(plan, ns) + kernel_object_facts(plan, ns, options, replayed)
+    verdict = verdict_for(facts, name, options.unordered, options.seed)
+    if verdict.refused:
+        return verdict
+    refused = alias_refusal(plan, ns) or hash_order_refusal(plan, ns, options, name)
+    return Verdict(refused) if refused else verdict
+
+
+def kernel_object_facts(plan: CellPlan, ns: dict, options, replayed) -> list[HiddenEffect]:
+    """What the kernel's objects show of the body: iterators it advances on its items,
+    objects it changes in place that no recording replays, an object only the kernel's
+    thread may use."""
+    advances = plan.body.item_advances
+    facts = [HiddenEffect(ITEM_ADVANCES, line, "", what, name) for line, what, name in advances]
+    if not options.unordered:
+        found = unreplayed_receivers(plan, ns, replayed)
+        facts += [HiddenEffect(UNORDERED, line, "", what, name) for line, what, name in found]
+    bound = thread_bound(plan, ns)
+    if bound:
+        facts.append(HiddenEffect(THREAD_BOUND, 0, "", what=bound[1], name=bound[0]))
+    return facts

@@ -65,9 +65,17 @@ class Backend(ABC):
     started_with: tuple | None = None  # the user's modules when workers started (if it matters)
     kernel_objects = None  # where items get copies: what the kernel sent (SentObjects)
 
+    hash_order_advice = ""  # what to do where items hash strings otherwise (errors.HASH_ORDER)
+
     def __init__(self, settings: BackendSettings) -> None:
         self.workers = settings.workers
         self.kept_native_threads = settings.native_threads
+
+    @classmethod
+    def hashes_otherwise(cls, start_method: str | None, scheduler: str | None) -> str | None:
+        """Where items hash strings with another salt than the kernel's (other interpreters),
+        the interpreters as a sentence names them; None where they hash as the kernel does."""
+        return None
 
     @classmethod
     def settings_for(

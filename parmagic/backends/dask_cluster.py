@@ -164,6 +164,11 @@ def _local_cluster(distributed, workers: int):
 
 class DaskBackend(PickledItems):
     name = "dask"
+    hash_order_advice = errors.HASH_ORDER_DASK
+
+    @classmethod
+    def hashes_otherwise(cls, start_method: str | None, scheduler: str | None) -> str | None:
+        return None if keeps_kernel_hashing(scheduler) else "dask's workers"
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)

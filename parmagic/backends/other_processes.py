@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .. import errors
 from ..machine import usable_cores
 from ..worker import imported_code
-from ..worker.hash_seeds import seeded_environment
+from ..worker.hash_seeds import keeps_kernel_hashing, seeded_environment
 from ..worker.kernel_objects import SentObjects
 from ..worker.native_threads import threads_per_worker
 from ..worker.shipping import pack_task
@@ -114,6 +114,12 @@ class WorkerProcesses(PickledItems):
     captured buffers in shared memory (workers on this machine can map them)."""
 
     takes_start_method = True
+    hash_order_advice = errors.HASH_ORDER_PROCESSES
+
+    @classmethod
+    def hashes_otherwise(cls, start_method: str | None, scheduler: str | None) -> str | None:
+        method = start_method or multiprocessing.get_start_method()
+        return None if keeps_kernel_hashing(method) else f"worker processes started by {method}"
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)

@@ -464,7 +464,7 @@ def outlook(run: RunContext, task: Task) -> Outlook:
     def processes_refused() -> str | None:
         from ..worker.shipping import pack_task
 
-        refused = item_object_refusal(run.plan, "processes", short=True) or (
+        refused = item_object_refusal(run.plan, "processes") or (
             hash_order_refusal(run.plan, run.ns, run.options, "processes", short=True)
         )
         if refused:
