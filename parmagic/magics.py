@@ -281,7 +281,7 @@ class ParallelMagics(Magics):
         from .run.as_written import CLOCK_NAME, ItemClock, Timed, note, with_clock
 
         module = with_clock(self.shell.transform_ast(ast.parse(source, filename)))
-        report, clock = RunReport("serial", 1, cores=usable_cores()), ItemClock()
+        report, clock = RunReport("serial", 1, cores=usable_cores(), plain_loop=True), ItemClock()
         note(report, options.backend, reason)
         parts = split_for_display(module)
         return self._execute(parts, filename, {CLOCK_NAME: clock}, options, Timed(report, clock))

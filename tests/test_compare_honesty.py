@@ -20,7 +20,7 @@ SPIN = "def spin(n):\n    total = 0\n    for i in range(150_000):\n        total
 def computing(backend: str, wall: float, workers: int = 2, copies: bool = True) -> RunReport:
     """A report of a loop whose items computed for 0.8 s in all, on a 2-core machine."""
     report = RunReport(backend, workers, cores=2, wall=wall, item_count=8, cpu=0.8, alone=0.8)
-    report.copies_objects = copies
+    report.copies_objects, report.plain_loop = copies, backend == "serial"
     return report
 
 

@@ -232,6 +232,7 @@ def _measured(backend: str, copies: bool, **figures) -> RunReport:
     """A report with given figures: the advice rules tested apart from any machine's load.
     Items in other processes had their Python to themselves; threads shared the kernel's."""
     r = RunReport(backend, 2, cores=2, copies_objects=copies)
+    r.plain_loop, r.event_loop = backend == "serial", backend == "asyncio"
     for name, value in figures.items():
         setattr(r, name, value)
     if copies or backend == "serial":

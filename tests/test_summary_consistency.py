@@ -59,6 +59,7 @@ def assert_agrees(out: str, r: RunReport) -> None:
 def _report(backend: str, **figures) -> RunReport:
     """Figures as a run on ``backend`` gives them: threads share the kernel's process."""
     r = RunReport(backend, 2, cores=2, copies_objects=backend == "processes")
+    r.plain_loop, r.event_loop = backend == "serial", backend == "asyncio"
     for name, value in figures.items():
         setattr(r, name, value)
     if r.copies_objects:

@@ -111,6 +111,7 @@ class Timed:
     def __init__(self, report: RunReport, clock: ItemClock) -> None:
         self.report, self.clock = report, clock
         report.backend, report.workers, report.started = "serial", 1, True
+        report.plain_loop = True
 
     def __enter__(self) -> Timed:
         from ..summary.monitor import Monitor  # psutil: imported by the first run, not by %load_ext
@@ -121,11 +122,10 @@ class Timed:
     def __exit__(self, *exc_info) -> None:
         report, result = self.report, self.clock.result
         elapsed = time.monotonic() - self.began
-        report.wall += elapsed
-        report.waiting += elapsed  # the cell's own statements are its running time
-        report.usage = self.monitor.stop().joined(report.usage)
+        report.waited(elapsed)  # the cell's own statements are its running time
+        report.stretch_ended(elapsed, 0.0, 0, self.monitor.stop())
         count = min(len(result.starts), len(result.ends))
         if count:
             result.first = report.item_count
             report.add(result, count)
-            report.chunks += 1
+            report.chunk_applied()

@@ -383,7 +383,7 @@ def auto_run(
     except HiddenChange as stop:  # what the first items did not show: the rest in the kernel
         if recording is not None:
             raise
-        report.stopped_at = None
+        report.stop_at(None)
         report.auto_reason = f"{leader.reason}; " + AUTO_HIDDEN_LATER.format(
             what=stop.what, first=stop.first
         )

@@ -25,7 +25,6 @@ from ..summary.report import RunReport
 from ..worker.effects import FORGET, ReplayError, apply_ops
 from ..worker.item_output import ItemOutput
 from ..worker.kernel_state import HeldInterrupt, kept_as_it_was
-from ..worker.native_threads import of_native_library
 from ..worker.shell import DISPLAYED
 from ..worker.task import ChunkResult, ItemError, Task
 
@@ -340,7 +339,7 @@ class Applier:
                     raise error.exception
                 if stop_on_error or isinstance(error.exception, errors.SharedObjectChanged):
                     self.failed = True
-                    self.report.stopped_at = index
+                    self.report.stop_at(index)
                     _raise(error, index, self.task.kind)
                 self.report.failures.append((index, error.item, repr(error.exception)))
             if result.interrupted:
@@ -370,14 +369,14 @@ class Recording:
             return  # past the item that stopped the run, as a serial run never gets there
         if result.hidden:  # the run as a real one would have stopped it: here, no further
             self.failed, self.hidden = True, result.hidden
-            self.report.stopped_at = result.first
+            self.report.stop_at(result.first)
             return
         self.transcript.append((result, items))
         count = len(result)
         if result.errors and self.task.stop_on_error:
             self.failed = True
             count = min(result.errors) + 1
-            self.report.stopped_at = result.first + count - 1
+            self.report.stop_at(result.first + count - 1)
         for offset, error in sorted(result.errors.items()):
             if offset < count:
                 failure = (result.first + offset, error.item, repr(error.exception))
@@ -456,10 +455,7 @@ class _Run:
             self.pending[result.seq] = result
             self.sizer.observe(result)
             if result.native_limit and not self.backend.kept_native_threads:  # capped
-                self.report.native_limit = result.native_limit
-                items = self.chunks.get(result.seq)
-                if items and not self.report.native_code:
-                    self.report.native_code = of_native_library(items[0])
+                self.report.capped(result.native_limit, self.chunks.get(result.seq))
 
     def apply_ready(self) -> Iterator:
         """Apply every result whose earlier items are all applied, in item order, item by
@@ -473,7 +469,7 @@ class _Run:
             del self.starts[self.applied]
             self.applied += 1
             self.backend.chunks_applied(self.applied)
-            self.report.chunks += 1
+            self.report.chunk_applied()
             yield from self.applier.apply_chunk(result, items)
             if self.progress is not None:
                 self.progress.update(len(result))
@@ -563,7 +559,7 @@ def execute(backend: Backend, task: Task, iterable, spec: RunSpec) -> Iterator[l
         try:
             yield from _drive(run, backend, task, report, spec.stop, spec.progress, length)
         except errors.HiddenChange as stop_there:
-            report.stopped_at = stop_there.first
+            report.stop_at(stop_there.first)
             if task.guard is not None:  # the kernel's own state, now that no item runs
                 lost = task.guard.restore()
                 kept = errors.HIDDEN_NOT_PUT_BACK.format(lost=", ".join(lost))
@@ -574,9 +570,7 @@ def execute(backend: Backend, task: Task, iterable, spec: RunSpec) -> Iterator[l
 def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, progress, length):
     began, process_cpu = time.monotonic(), time.process_time()
     backend.begin(task)
-    report.startup += time.monotonic() - began
-    report.started = True
-    report.sharing = backend.items_share_a_process
+    report.stretch_began(backend, time.monotonic() - began)
     from ..summary.monitor import Monitor  # psutil: imported by the first run, not by %load_ext
 
     completed, monitor, consumer_stopped = False, None, False
@@ -587,16 +581,15 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             mark, blocked = time.monotonic(), backend.send_blocked
             run.fill()
             waited = backend.send_blocked - blocked  # a busy worker's, not the sending's
-            report.sending += time.monotonic() - mark - waited
-            report.waiting += waited
+            report.sent(time.monotonic() - mark, waited)
             if run.done:
                 break
             mark = time.monotonic()
             run.collect()
-            report.waiting += time.monotonic() - mark
+            report.waited(time.monotonic() - mark)
             mark = time.thread_time()
             yield from run.apply_ready()
-            report.kernel_cpu += time.thread_time() - mark
+            report.applied(time.thread_time() - mark)
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt  # asked by the kernel thread (see Session)
         completed = True
@@ -607,7 +600,7 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
         consumer_stopped = True
         raise
     except KeyboardInterrupt as interrupt:
-        report.unfinished, report.interrupted = run.unfinished(), True
+        report.interrupt(run.unfinished())
         applied = errors.first_applied(report.item_count)
         interrupt.add_note(errors.INTERRUPTED.format(applied=applied))
         raise errors.shown_with_frames(interrupt, []) from None
@@ -620,12 +613,6 @@ def _drive(run: _Run, backend: Backend, task: Task, report: RunReport, stop, pro
             warnings = run.end(completed)
             if not consumer_stopped:  # else items still running are read-ahead nobody asked for
                 report.warnings += warnings
-            report.bytes_sent += backend.bytes_sent
-            elapsed = time.monotonic() - began
-            report.wall += elapsed
-            if report.sharing:
-                report.shared_wall += elapsed
-                report.shared_process_cpu += time.process_time() - process_cpu
-            report.end_profile()
-            if monitor is not None:
-                report.usage = monitor.stop().joined(report.usage)
+            usage = None if monitor is None else monitor.stop()
+            elapsed, process_cpu = time.monotonic() - began, time.process_time() - process_cpu
+            report.stretch_ended(elapsed, process_cpu, backend.bytes_sent, usage)

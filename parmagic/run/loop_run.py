@@ -186,14 +186,7 @@ class LoopRun:
         backend = session.backend(
             name, workers, options.start_method, options.scheduler, read, options.native_threads
         )
-        started = time.monotonic() - began
-        report.startup += started
-        report.pool_start += session.pool_started
-        report.wall += started
-        report.backend, report.workers = backend.name, backend.workers
-        report.copies_objects = backend.copies_kernel_objects
-        report.start_method = backend.start_method
-        report.dashboard = backend.dashboard
+        report.ran_on(backend, time.monotonic() - began, session.pool_started)
         report.warnings += session.restart_notes
         session.restart_notes.clear()
         if options.unordered:

@@ -80,7 +80,7 @@ def _worker_processes(r: RunReport) -> str | None:
 def _too_small_for_threads(r: RunReport) -> str | None:
     """Items too short to gain from running side by side: handing each one to a thread (or
     a coroutine) and applying its changes cost more than the item."""
-    if r.copies_objects or r.shared_wall <= 0 or r.backend == "serial":
+    if r.copies_objects or r.shared_wall <= 0 or r.plain_loop:
         return None
     if r.item_count < 2 or r.speedup >= TOO_LITTLE_FOR_THREADS:
         return None
@@ -157,7 +157,7 @@ def bar(percent: float, width: int = 8, unicode: bool = True) -> str:
 def _head(r: RunReport) -> str:
     method = f" ({r.start_method})" if r.start_method else ""
     workers = f"{r.workers} worker{'s' if r.workers != 1 else ''}"
-    if r.backend == "asyncio":
+    if r.event_loop:
         workers = f"at most {r.workers} at once"
     line = (
         f"parmagic: {r.backend}{method} · {workers} · {plural(r.item_count, 'item')} in "
@@ -209,7 +209,7 @@ def _speedup(r: RunReport) -> str:
     ideal is shown as the ideal (as the efficiency is at most 100%)."""
     bound = r.serial_is_bound
     serial = f"serial {'≤' if bound else '≈'} {_seconds(r.serial_estimate)}"
-    serial = serial if r.backend != "serial" else "serial"
+    serial = serial if not r.plain_loop else "serial"
     speedup = min(r.speedup, r.ideal)
     shown = times(speedup)
     shown = f"at most {shown}" if bound and shown[0].isdigit() else shown

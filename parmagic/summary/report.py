@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..worker.task import spread_times
 
 if TYPE_CHECKING:
+    from ..backends import Backend
     from .monitor import Usage
 
 
@@ -122,7 +123,7 @@ class RunReport:
     turns_cpu: float = 0.0  # items that took turns at the GIL on threads, timed against
     turns_blocked: float = 0.0  # a ProcessProfile: their CPU time, blocked time, and
     turns_idle: float = 0.0  # blocked time while the process was idle
-    _sharing: bool = field(default=False, repr=False)
+    sharing: bool = False  # the items now arriving share one process's Python
     _profile: ProcessProfile | None = field(default=None, repr=False)
     per_worker: dict[str, int] = field(default_factory=dict)
     unfinished: list[int] = field(default_factory=list)  # handed out, never applied (interrupt)
@@ -140,23 +141,81 @@ class RunReport:
     cores: int = 1  # usable cores during the run
     costs: RecordingCosts = NOTHING_MEASURED  # given by a run whose figures leave them out
     copies_objects: bool = False  # items ran in other processes, on copies of kernel objects
+    plain_loop: bool = False  # the kernel ran the loop itself, item after item (serial)
+    event_loop: bool = False  # items were coroutines, taking turns at one event loop
     usage: Usage | None = None  # per-core and machine samples (monitor.py)
     dashboard: str | None = None  # a link to the cluster's dashboard (dask)
     recorded_items: int = 0  # items recorded and replayed rather than run in place (see recording)
     changes: int = 0  # recorded changes replayed
 
-    @property
-    def sharing(self) -> bool:
-        """Whether the items now arriving share one process's Python (set as each backend
-        run begins: it starts the run's :class:`ProcessProfile`)."""
-        return self._sharing
+    # The run's figures add up here, as the run goes: each stretch on one backend (auto
+    # moves a run), each round of sending and waiting, each chunk applied.
 
-    @sharing.setter
-    def sharing(self, value: bool) -> None:
-        self._sharing = value
+    def ran_on(self, backend: Backend, startup: float, pool_start: float) -> None:
+        """The run goes on on ``backend``; preparing it (a pool started for it) took
+        ``startup`` seconds of the wall time, ``pool_start`` of them starting the pool."""
+        self.startup += startup
+        self.pool_start += pool_start
+        self.wall += startup
+        self.backend, self.workers = backend.name, backend.workers
+        self.copies_objects = backend.copies_kernel_objects
+        self.plain_loop, self.event_loop = backend.is_the_plain_loop, backend.runs_coroutines
+        self.start_method, self.dashboard = backend.start_method, backend.dashboard
+
+    def stretch_began(self, backend: Backend, startup: float) -> None:
+        """The backend's part of the run begins (its task sent in ``startup`` seconds). Items
+        that take turns at one process's Python (threads) or one event loop get a
+        :class:`ProcessProfile`, which tells their waiting for each other from their own."""
+        self.startup += startup
+        self.started = True
+        self.sharing = backend.items_share_a_process
         self.end_profile()
-        if value or self.backend == "asyncio":  # coroutines take turns at one event loop
+        if self.sharing or self.event_loop:
             self._profile = ProcessProfile()
+
+    def sent(self, seconds: float, blocked: float) -> None:
+        """A round of handing out chunks: ``blocked`` of it waited for busy workers."""
+        self.sending += seconds - blocked
+        self.waiting += blocked
+
+    def waited(self, seconds: float) -> None:
+        self.waiting += seconds
+
+    def applied(self, kernel_cpu: float) -> None:
+        """A round of applying results, which took the kernel's thread ``kernel_cpu``."""
+        self.kernel_cpu += kernel_cpu
+
+    def chunk_applied(self) -> None:
+        self.chunks += 1
+
+    def stop_at(self, index: int | None) -> None:
+        """The item whose failure stopped the run (None: the run went on elsewhere)."""
+        self.stopped_at = index
+
+    def capped(self, native_limit: int, items: list | None) -> None:
+        """Workers capped the native thread pools of these items at ``native_limit``."""
+        self.native_limit = native_limit
+        if items and not self.native_code:
+            from ..worker.native_threads import of_native_library
+
+            self.native_code = of_native_library(items[0])
+
+    def interrupt(self, unfinished: list[int]) -> None:
+        self.unfinished, self.interrupted = unfinished, True
+
+    def stretch_ended(
+        self, elapsed: float, process_cpu: float, bytes_sent: int, usage: Usage | None
+    ) -> None:
+        """The backend's part ended after ``elapsed`` seconds, the kernel process having used
+        ``process_cpu``; ``usage``: the cores' samples meanwhile."""
+        self.bytes_sent += bytes_sent
+        self.wall += elapsed
+        if self.sharing:
+            self.shared_wall += elapsed
+            self.shared_process_cpu += process_cpu
+        self.end_profile()
+        if usage is not None:
+            self.usage = usage.joined(self.usage)
 
     def end_profile(self) -> None:
         """The backend run has ended: its items are applied, the profile's thread stops."""
@@ -259,7 +318,7 @@ class RunReport:
         """What a serial run of the same items would take: their own time, plus the kernel's
         work that a serial run does too (showing output, replaying changes), as CPU time: on
         threads its wall time includes waiting for the GIL."""
-        if self.backend == "serial":
+        if self.plain_loop:
             return self.wall
         floor = self.item_count * self.costs.in_place  # serial's items cost no less
         return max(self.own_time + self.kernel_cpu - self.recording, floor)
@@ -270,7 +329,7 @@ class RunReport:
         without it is then too uncertain to estimate (on threads, items that contend for the
         GIL also take more CPU time), and the serial estimate is only an upper bound."""
         measured = self.own_time + self.kernel_cpu
-        return self.backend != "serial" and self.recording > BOUND_SHARE * measured
+        return not self.plain_loop and self.recording > BOUND_SHARE * measured
 
     @property
     def recording(self) -> float:
@@ -300,7 +359,7 @@ class RunReport:
     def ideal(self) -> float:
         """The best speedup this backend could reach on this machine for this loop."""
         parallel = max(1, min(self.workers, self.item_count))
-        if self.backend == "serial" or self.one_at_a_time:
+        if self.plain_loop or self.one_at_a_time:
             return 1.0
         if self.computing:
             if self.copies_objects or self.releases_the_gil:
