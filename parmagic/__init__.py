@@ -8,7 +8,8 @@ the kernel's side of a run, worker/ is where items run, summary/ shows it)::
     %%parallel -b processes            magics.py     the options (options.py), then:
     for x in data:  <cell>       ──▶   analysis/     cell.py finds the one loop; body.py,
         ...                                          dataflow.py, hidden_effects.py check its
-                                                     body (refuse before anything runs); the
+                                                     body; policy.py's table refuses what no
+                                                     backend asked can run as the plain loop; the
                                                      loop becomes a call __parmagic_loop__(data)
           │ the rest of the cell runs in the kernel, as written, up to the loop
           ▼
