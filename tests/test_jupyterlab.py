@@ -146,9 +146,9 @@ class Notebook(pages.NotebookPage):
     INTERRUPT = "[data-jp-item-name='interrupt'] jp-button"
     OUTPUT = ".jp-OutputArea"
 
-    def __init__(self, page, shots: Path, failures: Path) -> None:
+    def __init__(self, page, shots: Path | None, failures: Path) -> None:
         super().__init__(page, failures)
-        self.shots = shots
+        self.shots = shots  # None: no pictures wanted (a failure still takes its own)
 
     def theme(self, theme: str) -> None:
         self.page.evaluate(
@@ -157,7 +157,9 @@ class Notebook(pages.NotebookPage):
         light = "true" if theme == LIGHT else "false"
         self.page.wait_for_selector(f"body[data-jp-theme-light='{light}']", state="attached")
 
-    def shoot(self, what, name: str) -> Path:
+    def shoot(self, what, name: str) -> Path | None:
+        if self.shots is None:
+            return None
         path = self.shots / f"{name}.png"
         what.screenshot(path=str(path))
         return path
@@ -182,13 +184,12 @@ def open_page(browser, server: Server, path: str, workspace: str):
 
 @pytest.fixture(scope="module")
 def notebook(server, browser, tmp_path_factory):
-    """The notebook's page on this server. JupyterLab's screenshots are the README's (same
-    names whichever folder); Notebook 7's go to a temporary folder of their own."""
+    """The notebook's page on this server. JupyterLab's screenshots are the README's, taken
+    when PARMAGIC_SCREENSHOTS names their folder (``make screenshots``); else none."""
+    shots = None
     if server.app.name == "lab" and os.environ.get("PARMAGIC_SCREENSHOTS"):
         shots = Path(os.environ["PARMAGIC_SCREENSHOTS"])
-    else:
-        shots = tmp_path_factory.mktemp(f"shots-{server.app.name}")
-    shots.mkdir(parents=True, exist_ok=True)
+        shots.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, server, "parmagic.ipynb", "run-here")
     try:
         book = Notebook(page, shots, tmp_path_factory.mktemp(f"failed-{server.app.name}"))
