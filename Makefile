@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A run starts many interpreters (kernels, shells, spawned workers), each importing parmagic:
+# they read its bytecode, compiled here first, even where PYTHONDONTWRITEBYTECODE keeps Python
+# from writing it as it imports (and so compiling every module again in every interpreter).
+BYTECODE := $(BIN)/python -m compileall -q parmagic tests
 
 .PHONY: test test-fast test-pythons test-colab demo bench screenshots lint setup clean
 
@@ -24,11 +28,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check parmagic tests demo_notebooks bench tools
+	@$(BYTECODE)
 	$(BIN)/python -m pytest
 
 # The inner loop while developing: everything but real kernels, terminals, clusters, fuzzing,
 # the stress matrix and spawn/forkserver variants (tests/conftest.py marks those slow).
 test-fast: $(STAMP)
+	@$(BYTECODE)
 	$(BIN)/python -m pytest -m "not slow"
 
 # The whole suite on every CPython 3.11+ on this machine, each in a venv of its own (.venvs/).
@@ -42,10 +48,12 @@ test-colab: $(STAMP)
 demo: $(STAMP)
 	@echo "make: running the notebooks in demo_notebooks/ one by one through a Jupyter kernel" \
 	  "(a minute or so); each cell's output follows its notebook"
+	@$(BYTECODE)
 	@$(BIN)/python demo_notebooks/run_demos.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@$(BYTECODE)
 	$(BIN)/python bench/kernel_objects.py
 	$(BIN)/python bench/hidden_state.py
 	$(BIN)/python bench/run.py
