@@ -148,6 +148,13 @@ class RunReport:
     recorded_items: int = 0  # items recorded and replayed rather than run in place (see recording)
     changes: int = 0  # recorded changes replayed
 
+    def __repr__(self) -> str:
+        """One line: the summary itself shows where IPython displays the report."""
+        return (
+            f"<RunReport: {self.backend}, {self.workers} workers, {self.item_count} items, "
+            f"wall {self.wall:.3f} s>"
+        )
+
     # The run's figures add up here, as the run goes: each stretch on one backend (auto
     # moves a run), each round of sending and waiting, each chunk applied.
 
