@@ -29,7 +29,7 @@ from .analysis.policy import verdict_for
 from .analysis.preview import Preview
 from .analysis.run_checks import hidden_effects_of, late_verdict, replayed_names
 from .analysis.verdict import RUN, Verdict
-from .backends import CHOICES, may
+from .backends import CHOICES, REGISTRY, load_backend, may
 from .errors import ParmagicUsageError
 from .info import machine_info
 from .machine import has_item_alarms, start_methods, usable_cores
@@ -224,8 +224,11 @@ class ParallelMagics(Magics):
         args = self._arguments(line, magic)
         backend = args.backend or self.backend
         self._check_workers(args.workers or self.workers, backend, args.compare)
-        uses_dask = backend == "dask" or "dask" in (args.compare or "").split(",")
-        if args.scheduler and not uses_dask:
+        named = [backend, *(args.compare or "").split(",")]
+        on_a_cluster = any(
+            name in REGISTRY and load_backend(name).takes_scheduler for name in named
+        )
+        if args.scheduler and not on_a_cluster:
             raise UsageError(errors.SCHEDULER_ONLY_FOR_DASK.format(backend=backend))
         options = Options(
             backend=backend,
@@ -242,7 +245,7 @@ class ParallelMagics(Magics):
             rounds=args.rounds or 1,
             show_code=args.show_code,
             export=args.export,
-            scheduler=(args.scheduler or self.scheduler or None) if uses_dask else None,
+            scheduler=(args.scheduler or self.scheduler or None) if on_a_cluster else None,
             unordered=args.unordered,
             seed=args.seed,
             native_threads=kernel_native_threads() if args.keep_native_threads else None,

@@ -50,6 +50,7 @@ class Backend(ABC):
     items_share_a_process = False  # True where items take turns at one process's Python
     starts_processes = False  # True where items run in worker processes (a machine's limit)
     takes_start_method = False  # True where --start-method chooses how those processes start
+    takes_scheduler = False  # True where --scheduler names an existing cluster to run on
     # True where each running item has the global random state to itself, so that --seed can
     # give each one its own stream (not on threads, which share one)
     seedable = False

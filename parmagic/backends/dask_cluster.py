@@ -164,6 +164,7 @@ def _local_cluster(distributed, workers: int):
 
 class DaskBackend(PickledItems):
     name = "dask"
+    takes_scheduler = True
     hash_order_advice = errors.HASH_ORDER_DASK
 
     @classmethod
