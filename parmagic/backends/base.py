@@ -51,6 +51,7 @@ class Backend(ABC):
     starts_processes = False  # True where items run in worker processes (a machine's limit)
     takes_start_method = False  # True where --start-method chooses how those processes start
     takes_scheduler = False  # True where --scheduler names an existing cluster to run on
+    maps_shared_memory = False  # True where workers on this machine map large captured buffers
     # True where each running item has the global random state to itself, so that --seed can
     # give each one its own stream (not on threads, which share one)
     seedable = False

@@ -114,6 +114,7 @@ class WorkerProcesses(PickledItems):
     captured buffers in shared memory (workers on this machine can map them)."""
 
     takes_start_method = True
+    maps_shared_memory = True
     hash_order_advice = errors.HASH_ORDER_PROCESSES
 
     @classmethod

@@ -22,13 +22,12 @@ import types
 
 from ..analysis.body import BodyInfo
 from ..analysis.itemcode import AUGMENTED_OPERATORS, WriteBackRewriter
+from ..backends import load_backend
 from ..errors import plural
 from .program_names import Names, taken_names
 from .render import themed
 
 _OPERATOR_NODES = {name: node for node, name in AUGMENTED_OPERATORS.items()}
-INITIALIZER_BACKENDS = ("processes", "futures:processes")  # pools that take an initializer
-COPYING_BACKENDS = (*INITIALIZER_BACKENDS, "dask")  # items get copies of the program's objects
 TAKE_BACK = '''def take_back(mine, theirs, seen=None):
     """What an item changed in its copy of one of the program's objects, made on the
     program's own object, part by part where the two have the same shape, so that the
@@ -449,13 +448,15 @@ def program(
     loop = _find(cell, info.node)
     notebook = [n for n in _free_names(cell) if n in ns]
     g = Names(taken_names(cell, ns, notebook), ns)
-    coroutine = backend == "asyncio"
-    handed = backend in COPYING_BACKENDS and info.kind == "for"
+    kind = load_backend(backend)
+    coroutine = kind.runs_coroutines
+    handed = kind.copies_kernel_objects and info.kind == "for"  # items get copies of objects
     function, applied = _body_function(info, replayed, coroutine, handed, g)
     iterable = ast.unparse(loop.iter if info.kind == "for" else loop.generators[0].iter)
     listed = [f"{g.items} = list({iterable})"] if handed else []
     iterable = g.items if handed else iterable
-    shared = _shared_names(cell, loop, function) if backend in INITIALIZER_BACKENDS else []
+    # large captured values go once to each worker: its pool's initializer, as parmagic maps them
+    shared = _shared_names(cell, loop, function) if kind.maps_shared_memory else []
     imports, run = _runner(backend, workers, start_method, iterable, shared, g, chunking)
     main = _main_lines(cell, loop, info, listed + run + _results_lines(info, applied, handed, g), g)
     out = [f"# What `%%parallel -b {backend}` ran, as a plain Python program (by parmagic).", ""]
