@@ -9,8 +9,10 @@ The contract every backend keeps is :class:`Backend`, in ``base.py``. To add a b
    :func:`parmagic.worker.chunk.run_chunk` and hands back their results in any order;
 2. add one line to ``REGISTRY``: the name ``-b`` takes, and ``module:Class``;
 3. declare what it does as :class:`Backend`'s class attributes (copies kernel objects, starts
-   processes, takes a start method, seedable, runs coroutines, is the plain loop...): the
-   checks and refusals ask those (:func:`may`), never a backend's name.
+   processes, takes a start method or a scheduler, maps shared memory, seedable, runs
+   coroutines, is the plain loop...) and how its interpreters hash strings
+   (``hashes_otherwise``): the checks, the refusals (``analysis/policy.py``), the summary and
+   ``--show-code`` ask those (:func:`may`), never a backend's name.
 """
 
 from __future__ import annotations
