@@ -64,9 +64,8 @@ class Rule:
     breaks: Callable[[type[Backend]], bool]  # the backends it cannot end as the plain loop on
     refusal: str  # a template of the fact's fields: place, line, what, name, function, backend
     under_auto: str | None = REFUSED  # or auto's reason to stay in the kernel (a template)
-    excused_by: str | None = (
-        None  # the options that accept the fact: "unordered", "seed" (given) or "no seed"
-    )
+    # the options that accept the fact: "unordered", "seed" (given) or "no seed"
+    excused_by: str | None = None
 
     def excused(self, unordered: bool, seed: int | None) -> bool:
         if self.excused_by == "unordered":
