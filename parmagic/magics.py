@@ -106,7 +106,7 @@ class ParallelMagics(Magics):
     def __init__(self, shell=None, **kwargs) -> None:
         super().__init__(shell=shell, **kwargs)
         self.session = Session(show=display)
-        self._formatters = shell.display_formatter.formatters if shell is not None else {}
+        self._formatters = shell.display_formatter.formatters
         for mime, format_report in REPORT_FORMATS.items():  # how a report shows: its summary
             self._formatters[mime].for_type(RunReport, format_report)
         self._plot_folder: str | None = None  # --plot's files outside a notebook
@@ -284,7 +284,7 @@ class ParallelMagics(Magics):
         from .run.as_written import CLOCK_NAME, ItemClock, Timed, note, with_clock
 
         module = with_clock(self.shell.transform_ast(ast.parse(source, filename)))
-        report, clock = RunReport("serial", 1, cores=usable_cores(), plain_loop=True), ItemClock()
+        report, clock = RunReport("serial", 1, cores=usable_cores()), ItemClock()
         note(report, options.backend, reason)
         parts = split_for_display(module)
         return self._execute(parts, filename, {CLOCK_NAME: clock}, options, Timed(report, clock))
@@ -399,8 +399,7 @@ class ParallelMagics(Magics):
     def close(self) -> None:
         self.session.close()
         for mime in REPORT_FORMATS:
-            if mime in self._formatters:
-                self._formatters[mime].pop(RunReport, None)
+            self._formatters[mime].pop(RunReport, None)
         if self._plot_folder is not None:
             shutil.rmtree(self._plot_folder, ignore_errors=True)
             self._plot_folder = None

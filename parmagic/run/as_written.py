@@ -110,8 +110,7 @@ class Timed:
 
     def __init__(self, report: RunReport, clock: ItemClock) -> None:
         self.report, self.clock = report, clock
-        report.backend, report.workers, report.started = "serial", 1, True
-        report.plain_loop = True
+        report.ran_as_written()
 
     def __enter__(self) -> Timed:
         from ..summary.monitor import Monitor  # psutil: imported by the first run, not by %load_ext

@@ -169,6 +169,10 @@ class RunReport:
         self.plain_loop, self.event_loop = backend.is_the_plain_loop, backend.runs_coroutines
         self.start_method, self.dashboard = backend.start_method, backend.dashboard
 
+    def ran_as_written(self) -> None:
+        """The kernel runs the cell itself: the plain loop, on no backend's workers."""
+        self.backend, self.workers, self.started, self.plain_loop = "serial", 1, True, True
+
     def stretch_began(self, backend: Backend, startup: float) -> None:
         """The backend's part of the run begins (its task sent in ``startup`` seconds). Items
         that take turns at one process's Python (threads) or one event loop get a
