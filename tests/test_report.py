@@ -355,3 +355,28 @@ def test_threads_count_as_side_by_side_only_past_what_taking_turns_can_use(cpu, 
     from parmagic.summary.report import side_by_side
 
     assert side_by_side(cpu, queued, 1.0) is expected
+
+
+def test_a_monitor_stopped_before_its_first_reading_has_no_samples_and_takes_none_later(
+    monkeypatch,
+):
+    """A run too short for figures: the monitor never read /proc (which would have taken a
+    core from its workers), nothing is sampled after it stopped, and joined to a later part
+    of the same run (auto's probe, then its run) it leaves the later part's window alone."""
+    from parmagic.summary import monitor
+
+    first_reading_after = monitor.FIRST_READING_AFTER
+    try:
+        monkeypatch.setattr(monitor, "FIRST_READING_AFTER", 10.0)  # stopped well before it
+        usage = monitor.Monitor(pids=[os.getpid()]).start().stop()
+        monkeypatch.setattr(monitor, "FIRST_READING_AFTER", first_reading_after)
+        later = monitor.Monitor(pids=[os.getpid()]).start()
+        time.sleep(first_reading_after + 0.5)  # a moment even on a busy machine
+        sampled = later.stop()
+        time.sleep(0.15)  # a sampling thread left running would have sampled by now
+    finally:
+        monitor.stop_samplers()  # the sampling threads, kept for the next run: none comes
+    assert usage.started == 0.0 and usage.times == [] and usage.cores[0] == []
+    assert sampled.started > 0 and len(sampled.times) == len(sampled.ours) >= 1
+    assert sampled.times[-1] < time.monotonic() - 0.1  # none after stop()
+    assert sampled.joined(usage) is sampled

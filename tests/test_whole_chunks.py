@@ -18,9 +18,12 @@ from conftest import BACKENDS, report
 from parmagic.analysis.cell import plan_cell
 from parmagic.analysis.itemcode import build_item_code
 from parmagic.run import loop_run
+from parmagic.worker import item_clock
 from parmagic.worker.chunk import run_values
 from parmagic.worker.effects import CALL
-from parmagic.worker.task import Task
+from parmagic.worker.item_clock import MAX_GROUP, GroupStarts
+from parmagic.worker.kernel_objects import HeldObjects
+from parmagic.worker.task import Task, spread_times
 
 PROCESSES = BACKENDS["fork"]
 UNBOUND = "<unbound>"
@@ -275,7 +278,15 @@ def _whole_chunk_task(source: str, replayed: frozenset[str], ns: dict) -> Task:
     return Task(function, plan.body.bound, True, merge_names=True, whole_chunks=True)
 
 
-def test_run_values_cuts_the_one_log_per_item():
+def _in_a_worker(task: Task) -> Task:
+    """The task as a worker process loads it: nothing there cancels items, so they are taken
+    in the tightest loop, timed a group at a time."""
+    task.held = HeldObjects.none()
+    return task
+
+
+@pytest.mark.parametrize("where", ["kernel", "worker"])
+def test_run_values_cuts_the_one_log_per_item(where):
     """A whole chunk's one call: each item's ops under its own offset, a failing item's ops
     up to its failure kept, the chunk's names on its last item (the failing one), as it
     left them."""
@@ -285,6 +296,8 @@ def test_run_values_cuts_the_one_log_per_item():
         "    last = i\n"
     )
     task = _whole_chunk_task(source, frozenset({"out"}), {})
+    if where == "worker":
+        task = _in_a_worker(task)
     result = run_values(task, 0, 0, list(range(9)), "worker")
     assert len(result) == 6  # items 0 to 5: the chunk stops at the failure
     appended = [[op[5] for op in ops if op[0] == CALL and op[2] == "out"] for ops in result.ops]
@@ -304,3 +317,49 @@ def test_run_values_gives_the_names_the_last_item_left():
     assert len(result) == 4 and not result.errors
     assert result.names == [None, None, None, {"i": 13, "kept": 13}]
     assert [ops for ops in result.ops] == [[], [(5, 5, "gone")], [], [(5, 5, "gone")]]
+
+
+def test_cheap_items_in_a_worker_read_the_clock_a_group_at_a_time(monkeypatch):
+    """10,000 items that do nothing: every item has its start, in order, and the ends and
+    CPU times made from them add up to the chunk; the clock is read far less than once an
+    item (reading it costs as much as such an item)."""
+    reads = []
+    clock = item_clock.time.monotonic
+    monkeypatch.setattr(item_clock.time, "monotonic", lambda: reads.append(1) or clock())
+    task = _in_a_worker(_whole_chunk_task("for i in range(5):\n    pass\n", frozenset(), {}))
+    result = run_values(task, 0, 0, list(range(10_000)), "worker")
+    assert len(result) == 10_000 and not result.errors
+    assert list(result.starts) == sorted(result.starts)
+    ended, cpu = result.spread
+    ends, cpus = spread_times(list(result.starts), ended, cpu)
+    assert sum(ends) - sum(result.starts) == pytest.approx(ended - result.starts[0])
+    assert sum(cpus) == pytest.approx(cpu)
+    assert len(reads) < 10_000 / 4
+
+
+@pytest.mark.parametrize("failing", [0, 1, 500, 9_999])
+def test_a_failure_inside_a_group_is_its_own_items(failing):
+    """Items timed in groups: the one that raised is still the one recorded as failed, and
+    the chunk ends with it, as in the plain loop."""
+    source = f"for i in range(5):\n    if i == {failing}:\n        raise KeyError(i)\n"
+    task = _in_a_worker(_whole_chunk_task(source, frozenset(), {}))
+    result = run_values(task, 0, 0, list(range(10_000)), "worker")
+    assert len(result) == failing + 1
+    assert list(result.errors) == [failing]
+    assert isinstance(result.errors[failing].exception, KeyError)
+    assert list(result.starts) == sorted(result.starts)
+
+
+def test_a_group_shares_its_span_and_a_slow_one_is_followed_by_single_items():
+    """A group's items start evenly across its span; after cheap items the next group holds
+    many, after a slow one it holds one, read from the clock on its own."""
+    starts: list[float] = []
+    groups = GroupStarts(starts)
+    groups.first, groups.began = 0, 1.0
+    groups.close(4, 1.0 + 4e-7)  # four items of 0.1 µs
+    assert starts == pytest.approx([1.0, 1.0 + 1e-7, 1.0 + 2e-7, 1.0 + 3e-7], abs=1e-12)
+    assert groups.size == MAX_GROUP
+    groups.first, groups.began = 4, 2.0
+    groups.close(6, 2.5)  # two items of 0.25 s
+    assert starts[4:] == [2.0, 2.25] and groups.size == 1
+    assert groups.open(6) == 1 and groups.first == 6

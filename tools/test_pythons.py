@@ -148,8 +148,11 @@ def run_pytest(venv: str, pytest_args: list[str]) -> tuple[bool, str]:
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     with open(log) as out:
-        tail = [line.strip() for line in out if line.strip()]
-    return result.returncode == 0, (tail[-1] if tail else "no output") + f" (log: {log})"
+        lines = [line.strip() for line in out if line.strip()]
+    # The log may be gone with the machine: what failed is said where CI's output is kept.
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    last = lines[-1] if lines else "no output"
+    return result.returncode == 0, "\n  ".join([f"{last} (log: {log})", *failures])
 
 
 def main() -> int:

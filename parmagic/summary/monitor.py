@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import psutil
 
 INTERVAL = 0.1
+# Seconds before the first reading: reading /proc takes a core from the run's workers for a
+# moment, and a run this short is too short for figures anyway (MEASURABLE in render.py).
+FIRST_READING_AFTER = 0.02
 STOP_WAIT = 1.0  # seconds the sampling threads get to end when the extension is unloaded
 _CPUS = psutil.cpu_count() or 1
 
@@ -78,7 +81,7 @@ def _process(pid: int) -> psutil.Process:
 class Usage:
     """Samples of one run. ``cores[i]`` is core i's busy percentage over each interval."""
 
-    started: float = 0.0  # time.monotonic() when sampling began
+    started: float = 0.0  # time.monotonic() when sampling began; 0: it never began
     times: list[float] = field(default_factory=list)  # time.monotonic() at each sample's end
     cores: list[list[float]] = field(default_factory=list)  # per core: one value per sample
     ours: list[float] = field(default_factory=list)  # % of the machine: kernel and its workers
@@ -86,7 +89,7 @@ class Usage:
 
     def joined(self, earlier: Usage | None) -> Usage:
         """These samples after an earlier part of the same run (auto's probe)."""
-        if earlier is None:
+        if earlier is None or not earlier.started:  # it ended before its first reading
             return self
         cores = [a + b for a, b in zip(earlier.cores, self.cores, strict=False)]
         return Usage(earlier.started, earlier.times + self.times, cores, earlier.ours + self.ours,
@@ -132,6 +135,7 @@ class Monitor:
         self._lock = threading.Lock()  # one sample at a time: the sampling thread's, or stop's
         self._samples = 0
         self._family: list[psutil.Process] = []
+        self._last: tuple[float, float] | None = None  # the latest reading: (when, CPU time)
 
     def _tree_cpu(self) -> float:
         self._samples += 1
@@ -175,15 +179,11 @@ class Monitor:
             return []
 
     def start(self) -> Monitor:
-        """Sampling starts on a thread of its own, its first reading included: the run's
-        first chunks are not held up by it (its window starts a moment later)."""
-        self._lock.acquire()  # released once the first reading is in: stop() waits for it
+        """Sampling starts on a thread of its own, its first reading included, a moment
+        after the run's first chunks left (``FIRST_READING_AFTER``): its window starts then.
+        A run that ends sooner has no samples."""
         self.usage.cores = [[] for _ in range(self._cpus)]
-        try:
-            _samplers().run(self._run)
-        except BaseException:
-            self._lock.release()
-            raise
+        _samplers().run(self._run)
         return self
 
     def _first_reading(self) -> None:
@@ -211,10 +211,12 @@ class Monitor:
         self.usage.machine.append(sum(cores) / len(cores))
 
     def _run(self) -> None:
-        try:
+        if self._stop.wait(FIRST_READING_AFTER):
+            return
+        with self._lock:
+            if self._stop.is_set():
+                return
             self._first_reading()
-        finally:
-            self._lock.release()
         while not self._stop.wait(self.interval):
             with self._lock:
                 if self._stop.is_set():
@@ -225,8 +227,8 @@ class Monitor:
         """The samples; no other is taken after this returns. The last stretch is sampled if
         it lasted a quarter interval or more: the counters count in ticks of 10 ms, so a
         shorter one tells nothing (a run that short has no samples)."""
-        with self._lock:
-            self._stop.set()
-            if time.monotonic() - self._last[0] > self.interval / 4:
+        self._stop.set()
+        with self._lock:  # a sample being taken is finished first
+            if self._last is not None and time.monotonic() - self._last[0] > self.interval / 4:
                 self._sample()
         return self.usage

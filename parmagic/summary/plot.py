@@ -21,7 +21,8 @@ def draw(report: RunReport):
     cores_axes, workers_axes = figure.subplots(2, 1, sharex=True, height_ratios=(2, 3))
     timings = report.items
     usage = report.usage
-    origin = min([t.start for t in timings] + ([usage.started] if usage else []), default=0.0)
+    sampled = [usage.started] if usage is not None and usage.times else []
+    origin = min([t.start for t in timings] + sampled, default=0.0)
     if usage is not None and usage.times:
         edges = [t - origin for t in [usage.started, *usage.times]]
         for number, values in enumerate(usage.cores):
