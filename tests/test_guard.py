@@ -100,6 +100,23 @@ def test_the_environment_is_compared_by_value():
         os.environ.pop("PARMAGIC_GUARD_TEST", None)
 
 
+@pytest.mark.parametrize("change", ["changed", "deleted"])
+def test_an_environment_variable_changed_or_deleted_is_named_and_put_back(change):
+    os.environ["PARMAGIC_GUARD_TEST"] = "before"
+    try:
+        guard = Guard.around(lambda: None, random=False)
+        if change == "changed":
+            os.environ["PARMAGIC_GUARD_TEST"] = "after"
+        else:
+            del os.environ["PARMAGIC_GUARD_TEST"]
+        assert guard.changed() == "`os.environ['PARMAGIC_GUARD_TEST']`"
+        assert guard.restore() == []
+        assert os.environ["PARMAGIC_GUARD_TEST"] == "before"
+        assert os.getenv("PARMAGIC_GUARD_TEST") == "before" and guard.changed() is None
+    finally:
+        os.environ.pop("PARMAGIC_GUARD_TEST", None)
+
+
 def test_random_states_path_and_directory_are_put_back(tmp_path):
     guard = Guard.around(lambda: None)
     state, path, cwd = random.getstate(), list(sys.path), os.getcwd()

@@ -128,12 +128,10 @@ class Space:
         read: Callable[[], Iterable[tuple[str, object]]],
         bind: Callable[[str, object], None],
         unbind: Callable[[str], None] | None = None,
-        by_value: bool = False,
         budget: list[int] | None = None,
         whole: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.label, self.read, self.bind, self.unbind = label, read, bind, unbind
-        self.by_value = by_value  # strings made anew at each read (os.environ's)
         self.budget = budget if budget is not None else [COPY_BUDGET]
         self.whole = whole  # the namespace ``read`` filters, unfiltered: compared first, fast
         self.spent = 0  # of the budget, by this namespace's copies
@@ -164,8 +162,6 @@ class Space:
         self.spent = left - self.budget[0]
 
     def _print(self, name: str, value: object) -> object:
-        if self.by_value:
-            return value
         return id(value), digest(value) if name in self.deep else None
 
     def changed(self) -> str | None:
@@ -193,7 +189,7 @@ class Space:
                 self.unbind(name)
         for name, value in self.values.items():
             current = now.get(name, _MISSING)
-            if current is not value and not (self.by_value and current == value):
+            if current is not value:
                 self.bind(name, value)
             elif self._print(name, value) != self.prints[name]:
                 kept = self.copies[name]
@@ -234,6 +230,42 @@ class Value:
         return []
 
 
+class Environment:
+    """``os.environ``, compared as CPython keeps it: a dict of encoded bytes, copied and
+    compared at C speed (decoding its 30-odd entries at every run's start cost more than the
+    rest of the guard). Only a change is decoded, to name it and to put it back."""
+
+    label = "`os.environ['{name}']`"
+
+    def __init__(self) -> None:
+        self.take()
+
+    @staticmethod
+    def _now() -> dict:
+        raw = getattr(os.environ, "_data", None)  # elsewhere than CPython: decoded each time
+        return dict(os.environ) if raw is None else raw
+
+    def take(self) -> None:
+        self.seen = dict(self._now())
+
+    def changed(self) -> str | None:
+        now = self._now()
+        if now == self.seen:
+            return None
+        keys = sorted(now.keys() | self.seen.keys())
+        name = next(key for key in keys if now.get(key) != self.seen.get(key))
+        return self.label.format(name=os.fsdecode(name))
+
+    def restore(self) -> list[str]:
+        now = dict(self._now())
+        for key in now.keys() - self.seen.keys():
+            del os.environ[os.fsdecode(key)]
+        for key, value in self.seen.items():
+            if now.get(key) != value:
+                os.environ[os.fsdecode(key)] = os.fsdecode(value)
+        return []
+
+
 def _same(a: object, b: object) -> bool:
     return _comparable(a) == _comparable(b)
 
@@ -250,7 +282,7 @@ class Guard:
     """The fingerprints taken before a run; ``changed()`` after each chunk (cheap: identities
     and digests), ``restore()`` once, when a change stopped the run."""
 
-    def __init__(self, parts: list[Space | Value]) -> None:
+    def __init__(self, parts: list[Space | Value | Environment]) -> None:
         self.parts = parts
 
     @classmethod
@@ -260,7 +292,7 @@ class Guard:
         """The state the item function can reach without naming it (``random``: the global
         random states too; not under ``--seed``, which reseeds them per item; not the
         ``random`` module's where the process's own threads draw from it, as dask's do)."""
-        parts: list[Space | Value] = [*_process_state(random, random_module)]
+        parts: list[Space | Value | Environment] = [*_process_state(random, random_module)]
         found, budget = Reached(function), [COPY_BUDGET]
         for reached_function in found.functions:
             parts += _function_state(reached_function, budget)
@@ -292,15 +324,10 @@ class Guard:
                 part.take()
 
 
-def _process_state(random: bool, random_module: bool) -> Iterator[Space | Value]:
+def _process_state(random: bool, random_module: bool) -> Iterator[Space | Value | Environment]:
     yield Value("the working directory", _working_directory, os.chdir)
     yield Value("`sys.path`", lambda: list(sys.path), _set_path)
-    environ = os.environ
-    raw = getattr(environ, "_data", None)  # CPython's encoded copy: compared without decoding
-    yield Space(
-        "`os.environ['{name}']`", environ.items, environ.__setitem__, environ.__delitem__, True,
-        whole=None if raw is None else lambda: raw,
-    )  # fmt: skip
+    yield Environment()
     if not random:
         return
     for generator, module, _, label in global_generators().values():
