@@ -11,6 +11,8 @@ the options that need each item's own record).
 from __future__ import annotations
 
 import math
+import pickle
+import time
 from types import FunctionType
 
 import pytest
@@ -19,12 +21,11 @@ from conftest import BACKENDS, report
 from parmagic.analysis.cell import plan_cell
 from parmagic.analysis.itemcode import build_item_code
 from parmagic.run import loop_run
-from parmagic.worker import item_clock
 from parmagic.worker.chunk import run_values
 from parmagic.worker.effects import CALL
-from parmagic.worker.item_clock import MAX_GROUP, GroupStarts
+from parmagic.worker.item_clock import GROUP_SPAN, MAX_GROUP, group_size
 from parmagic.worker.kernel_objects import HeldObjects
-from parmagic.worker.task import Task, spread_times
+from parmagic.worker.task import ChunkResult, Task, evened_starts
 
 PROCESSES = BACKENDS["fork"]
 UNBOUND = "<unbound>"
@@ -321,22 +322,26 @@ def test_run_values_gives_the_names_the_last_item_left():
 
 
 def test_cheap_items_in_a_worker_read_the_clock_a_group_at_a_time(monkeypatch):
-    """10,000 items that do nothing: every item has its start, in order, and the ends and
-    CPU times made from them add up to the chunk; the clock is read far less than once an
-    item (reading it costs as much as such an item)."""
+    """10,000 items that do nothing: the clock is read far less than once an item (reading
+    it costs as much as such an item); loaded in the kernel, every item has its start, in
+    order, and the ends and CPU times made from them add up to the chunk's."""
     reads = []
-    clock = item_clock.time.monotonic
-    monkeypatch.setattr(item_clock.time, "monotonic", lambda: reads.append(1) or clock())
+    clock = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: reads.append(1) or clock())
     task = _in_a_worker(_whole_chunk_task("for i in range(5):\n    pass\n", frozenset(), {}))
-    result = run_values(task, 0, 0, list(range(10_000)), "worker")
-    assert len(result) == 10_000 and not result.errors
-    assert list(result.starts) == sorted(result.starts)
-    ended, cpu = result.spread
-    ends, cpus = spread_times(list(result.starts), ended, cpu)
-    spans = [end - start for start, end in zip(result.starts, ends, strict=True)]
-    assert min(spans) >= 0 and math.fsum(spans) == pytest.approx(ended - result.starts[0])
-    assert math.fsum(cpus) == pytest.approx(cpu)
+    sent = run_values(task, 0, 0, list(range(10_000)), "worker")
+    monkeypatch.undo()
     assert len(reads) < 10_000 / 4, len(reads)
+    result: ChunkResult = pickle.loads(pickle.dumps(sent))
+    assert len(result) == 10_000 and not result.errors and result.spread_only
+    ended, cpu = result.spread
+    ends, cpus = result.ends, result.cpus  # worked out when first read, the starts evened
+    starts = result.starts
+    assert len(set(starts)) == len(starts) == 10_000 and starts == sorted(starts)
+    assert ends[:-1] == starts[1:] and ends[-1] == ended
+    spans = [end - start for start, end in zip(starts, ends, strict=True)]
+    assert min(spans) > 0 and math.fsum(spans) == pytest.approx(ended - starts[0])
+    assert math.fsum(cpus) == pytest.approx(cpu)
 
 
 @pytest.mark.parametrize("failing", [0, 1, 500, 9_999])
@@ -346,22 +351,20 @@ def test_a_failure_inside_a_group_is_its_own_items(failing):
     source = f"for i in range(5):\n    if i == {failing}:\n        raise KeyError(i)\n"
     task = _in_a_worker(_whole_chunk_task(source, frozenset(), {}))
     result = run_values(task, 0, 0, list(range(10_000)), "worker")
-    assert len(result) == failing + 1
+    assert len(result) == len(result.starts) == failing + 1
     assert list(result.errors) == [failing]
     assert isinstance(result.errors[failing].exception, KeyError)
-    assert list(result.starts) == sorted(result.starts)
 
 
-def test_a_group_shares_its_span_and_a_slow_one_is_followed_by_single_items():
-    """A group's items start evenly across its span; after cheap items the next group holds
-    many, after a slow one it holds one, read from the clock on its own."""
-    starts: list[float] = []
-    groups = GroupStarts(starts)
-    groups.first, groups.began = 0, 1.0
-    groups.close(4, 1.0 + 4e-7)  # four items of 0.1 µs
-    assert starts == pytest.approx([1.0, 1.0 + 1e-7, 1.0 + 2e-7, 1.0 + 3e-7], abs=1e-12)
-    assert groups.size == MAX_GROUP
-    groups.first, groups.began = 4, 2.0
-    groups.close(6, 2.5)  # two items of 0.25 s
-    assert starts[4:] == [2.0, 2.25] and groups.size == 1
-    assert groups.open(6) == 1 and groups.first == 6
+def test_a_group_of_items_shares_its_span_evenly_and_a_slow_item_makes_the_next_one_alone():
+    """Items noted with their group's start are spread evenly up to the next group's start
+    (the last group's up to the chunk's end); after cheap items a group holds many, after
+    items as slow as a group's span it holds one."""
+    assert evened_starts([1.0, 1.0, 1.0, 1.0, 2.0, 3.0, 3.0], 4.0) == [
+        1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5,
+    ]  # fmt: skip
+    distinct = [1.0, 2.0, 3.0]
+    assert evened_starts(distinct, 4.0) is distinct
+    assert group_size(1e-7) == MAX_GROUP
+    assert group_size(GROUP_SPAN / 4) == 4
+    assert group_size(GROUP_SPAN) == group_size(1.0) == 1

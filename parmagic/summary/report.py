@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..worker.task import spread_times
+from ..worker.task import evened_starts, spread_times
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -77,6 +77,7 @@ class ItemTimings:
         for first, worker, count, times in self._columns:
             if len(times) == 2:  # starts and spread
                 starts, spread = times
+                starts = evened_starts(starts, spread[0])
                 times = (starts, *spread_times(starts, *spread))
             starts, ends, cpus = (column[:count] for column in times)
             indices = range(first, first + count)

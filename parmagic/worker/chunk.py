@@ -20,11 +20,11 @@ from .effects import ITEM_ARG, LOG_ARG, EffectLog, merge_item_names
 from .item_clock import (
     CpuCounted,
     CpuSpans,
-    GroupStarts,
     ItemTimedOut,
     alarms,
     arm,
     disarm,
+    group_size,
     run_queue_wait,
 )
 from .item_output import ChunkOutput, current_output
@@ -298,7 +298,6 @@ class TimedItems:
         self.alarm: float | None = None  # --timeout, on a main thread (see alarms)
         self.ops: dict[int, list] = {}  # by offset: STATE ops, where items were compared
         self.log: ChunkLog | None = None
-        self.groups = GroupStarts(result.starts)  # where items are timed in groups (_plainly)
         self.cpu = time.thread_time()
 
     @property
@@ -321,18 +320,22 @@ class TimedItems:
         return self._carefully(first, stop)
 
     def _plainly(self, first: int, stop: int) -> Iterator:
-        """The same with nothing to do between items but note them: the tightest loop, the
-        clock read once per group of items (GroupStarts). ``done`` is left alone, as no
-        interrupt comes here: the running item is ``sink.offset``."""
-        marks, sink, values, items = self.marks, self.sink, self.values, self.items
-        group, open_group = first, self.groups.open
+        """The same with nothing to do between items but note them: the tightest loop. The
+        clock is read once per group of items (``group_size``), whose items all note its
+        start: the kernel spreads them over the group's span (task.evened_starts). ``done``
+        is left alone: no interrupt comes here."""
+        starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
+        values, items = self.values, self.items
+        group, size, began = first, 1, clock()
         while group < stop:
-            end = min(group + open_group(group), stop)
+            end = min(group + size, stop)
             for offset in range(group, end):
                 sink.offset = offset
                 marks.append(len(values))
+                starts.append(began)
                 yield items[offset]
-            group = end
+            now = clock()  # the group's last item asked for the next: it ended
+            group, size, began = end, group_size((now - began) / (end - group)), now
 
     def _carefully(self, first: int, stop: int) -> Iterator:
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
@@ -354,16 +357,9 @@ class TimedItems:
                 disarm()
             self.done = offset + 1
 
-    def _timed_so_far(self, now: float) -> None:
-        """The starts of a group of items still open, up to the running item, which ended
-        ``now`` (it failed, or the chunk is over)."""
-        if self.groups.first is not None:
-            self.groups.close(self.sink.offset + 1, now)
-
     def failed(self, error: BaseException) -> bool:
         """Record the error of the item that was running; False when it came between two
         items (an interrupt on the kernel's thread): the chunk then stops after them."""
-        self._timed_so_far(time.monotonic())
         result, count = self.result, len(self.result.starts)
         if isinstance(error, KeyboardInterrupt) and self.done == count:
             result.interrupted = True
@@ -377,7 +373,6 @@ class TimedItems:
         """Fill the result's columns for the items that ran."""
         if self.alarm:
             disarm()
-        self._timed_so_far(ended)
         result, cpu = self.result, time.thread_time() - self.cpu
         count = len(result.starts)
         result.spread = (ended, cpu)

@@ -10,7 +10,6 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from itertools import accumulate, repeat
 from typing import TYPE_CHECKING
 
 from ..machine import has_item_alarms
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 
 
 CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see CpuSpans)
-GROUP_SPAN = 20e-6  # seconds: items cheaper than this are timed a group at a time (GroupStarts)
+GROUP_SPAN = 50e-6  # seconds: items cheaper than this are timed a group at a time (group_size)
 MAX_GROUP = 64
 SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: this thread's time on a CPU, and queued
 
@@ -73,37 +72,11 @@ class CpuSpans:
         self.first, self.since, self.cpu = len(result), result.ends[-1], cpu
 
 
-class GroupStarts:
-    """Items' starts where code takes the items one after another, the clock read once per
-    group of items: reading it (0.05-0.1 µs) costs as much as a cheap item, and 10,000 such
-    items would spend most of their time reading it. A group is one item, or as many cheap
-    ones as take about ``GROUP_SPAN``; its items share its span evenly, as CpuSpans shares CPU
-    time, so a slow item among cheap ones shows its group's mean (and the next group holds
-    one item). Only the first item of each group is read from the clock."""
-
-    __slots__ = ("starts", "first", "began", "size")
-
-    def __init__(self, starts) -> None:
-        self.starts, self.first, self.began, self.size = starts, None, 0.0, 1
-
-    def open(self, offset: int) -> int:
-        """A group begins with the item at ``offset``: the open one, if any, ended now.
-        Returns how many items the new group may hold."""
-        now = time.monotonic()
-        self.close(offset, now)
-        self.first, self.began = offset, now
-        return self.size
-
-    def close(self, stop: int, now: float) -> None:
-        """The open group's items, up to ``stop`` (excluded), ended at ``now``."""
-        first, self.first = self.first, None
-        if first is None or stop <= first:
-            return
-        count = stop - first
-        mean = (now - self.began) / count
-        self.starts.extend(accumulate(repeat(mean, count - 1), initial=self.began))
-        cheap = MAX_GROUP if mean <= GROUP_SPAN / MAX_GROUP else int(GROUP_SPAN / mean)
-        self.size = max(1, cheap)
+def group_size(mean: float) -> int:
+    """How many items the next group of items timed together holds (TimedItems._plainly),
+    after items of ``mean`` seconds: one, or as many cheap ones as take about ``GROUP_SPAN``.
+    Reading the clock (0.05-0.1 µs) costs as much as a cheap item."""
+    return MAX_GROUP if mean <= GROUP_SPAN / MAX_GROUP else max(1, int(GROUP_SPAN / mean))
 
 
 @contextmanager

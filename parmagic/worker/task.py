@@ -168,9 +168,12 @@ class ChunkResult:
 
     def __getattr__(self, name: str) -> list[float]:
         """A loaded result of items run in one call has only their starts: the ends and CPU
-        times are worked out when first read (a report of totals never reads them)."""
+        times are worked out when first read (a report of totals never reads them), and the
+        starts of items timed a group at a time evened then (until then, each such item
+        holds its group's start; the first item's is its own)."""
         if name not in _TIMES[1:] or self.__dict__.get("spread") is None:
             raise AttributeError(name)
+        self.starts = evened_starts(self.starts, self.spread[0])
         self.ends, self.cpus = spread_times(self.starts, *self.spread)
         return self.__dict__[name]
 
@@ -318,6 +321,20 @@ class PackedResult:
 
 
 _SPARSE = {"ops": [], "names": None, "values": None}  # per-item columns: what most entries hold
+
+
+def evened_starts(starts: list[float], ended: float) -> list[float]:
+    """A worker's starts, where items of a group timed together all hold the group's start
+    (TimedItems._plainly), each given an even share of the group's span instead: up to the
+    next group's start, or ``ended`` for the last."""
+    runs = [(start, len(list(run))) for start, run in itertools.groupby(starts)]
+    if len(runs) == len(starts):
+        return starts
+    evened: list[float] = []
+    for (start, count), after in zip(runs, [*(s for s, _ in runs[1:]), ended], strict=True):
+        step = (after - start) / count
+        evened += [start + k * step for k in range(count)] if count > 1 else [start]
+    return evened
 
 
 def spread_times(starts: list[float], ended: float, cpu: float) -> tuple[list, list]:
