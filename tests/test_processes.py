@@ -32,6 +32,17 @@ def test_workers_never_import_ipython(ip, run, method):
     assert ip.user_ns["flags"] == [False] * 6
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies")
+@all_process_backends
+def test_workers_run_under_the_batch_policy_and_the_kernel_under_its_own(ip, run, method):
+    """Workers never preempt the kernel when its chunks wake them (worker/process.py)."""
+    run("import os\n")
+    kernel_policy = os.sched_getscheduler(0)
+    run_ok(run, BACKENDS[method], "policies = [os.sched_getscheduler(0) for _ in range(6)]\n")
+    assert ip.user_ns["policies"] == [os.SCHED_BATCH] * 6
+    assert os.sched_getscheduler(0) == kernel_policy
+
+
 @all_process_backends
 def test_captured_data_is_pickled_once_and_loaded_once_per_worker(ip, run, method):
     import probes

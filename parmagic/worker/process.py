@@ -10,6 +10,7 @@ Imports nothing heavy, never IPython, never dask.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import os
@@ -44,12 +45,24 @@ def _become_worker(native_threads: int) -> None:
     walked by its collections, so never copied page by page into this process for them."""
     gc.freeze()
     forget_inherited_error()
+    _run_as_batch()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cap_environment(native_threads)
     _cap.limit, _cap.cores = native_threads, affinity_cores()
     for number, attr in ((1, "stdout"), (2, "stderr")):
         stream = io.TextIOWrapper(open(number, "wb", closefd=False), write_through=True)  # noqa: SIM115
         setattr(sys, attr, ItemOutput(stream, number))
+
+
+def _run_as_batch() -> None:
+    """Linux's batch policy for this process (its threads inherit it): the same share of
+    the cores, but a worker woken by the kernel's chunk does not preempt the kernel on its
+    core, which still has the other workers' chunks to send; it takes an idle core instead.
+    The kernel waking for a result may preempt a worker, as a notebook should."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is not None:
+        with contextlib.suppress(OSError):  # a sandbox that forbids it: the default policy
+            os.sched_setscheduler(0, batch, os.sched_param(0))
 
 
 def _load_task(payload: bytes, shared: bool = False) -> Task:
