@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import BACKENDS, PROCESS_BACKENDS, in_a_fresh_shell, report
@@ -33,14 +35,24 @@ def test_workers_never_import_ipython(ip, run, method):
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies")
-@all_process_backends
-def test_workers_run_under_the_batch_policy_and_the_kernel_under_its_own(ip, run, method):
-    """Workers never preempt the kernel when its chunks wake them (worker/process.py)."""
+@process_backend
+def test_a_worker_waits_under_the_batch_policy_and_runs_items_under_the_kernels(ip, run, method):
+    """Woken by a chunk, a worker does not preempt the kernel (worker/process.py); its items,
+    and what they start, run under the kernel's own policy, as in the plain loop."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode:
+        pytest.skip("this machine does not let a process choose the batch policy")
     run("import os\n")
-    kernel_policy = os.sched_getscheduler(0)
-    run_ok(run, BACKENDS[method], "policies = [os.sched_getscheduler(0) for _ in range(6)]\n")
-    assert ip.user_ns["policies"] == [os.SCHED_BATCH] * 6
-    assert os.sched_getscheduler(0) == kernel_policy
+    run_ok(
+        run,
+        BACKENDS[method],
+        "seen = [(os.getpid(), os.sched_getscheduler(0)) for _ in range(6)]\n",
+    )
+    seen = ip.user_ns["seen"]
+    assert {policy for _, policy in seen} == {os.sched_getscheduler(0)}
+    for pid in {pid for pid, _ in seen}:  # its pipe-reading thread, and its main thread now
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        assert os.SCHED_BATCH in {os.sched_getscheduler(tid) for tid in threads}
 
 
 @all_process_backends

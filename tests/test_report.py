@@ -380,3 +380,19 @@ def test_a_monitor_stopped_before_its_first_reading_has_no_samples_and_takes_non
     assert sampled.started > 0 and len(sampled.times) == len(sampled.ours) >= 1
     assert sampled.times[-1] < time.monotonic() - 0.1  # none after stop()
     assert sampled.joined(usage) is sampled
+
+
+def test_two_parts_of_a_run_joined_weigh_only_their_sampled_time():
+    """Auto's probe, then its run: the unsampled time between them (the run's monitor reads
+    first after a moment) weighs nothing in the cores' means."""
+    from parmagic.summary.monitor import Usage
+
+    probe = Usage(10.0, [11.0], [[100.0]], [100.0], [100.0])
+    rest = Usage(15.0, [16.0, 17.0], [[0.0, 0.0]], [0.0, 0.0], [0.0, 0.0])
+    both = rest.joined(probe)
+    assert both.times == [11.0, 16.0, 17.0] and both.cores == [[100.0, 0.0, 0.0]]
+    assert both.core_means() == pytest.approx([100 / 3])
+    assert both.ours_mean == pytest.approx(100 / 3)
+    assert Usage(20.0, [21.0], [[50.0]], [50.0], [50.0]).joined(both).core_means() == (
+        pytest.approx([150 / 4])
+    )

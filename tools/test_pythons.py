@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def run_pytest(venv: str, pytest_args: list[str]) -> tuple[bool, str]:
     with open(log) as out:
         lines = [line.strip() for line in out if line.strip()]
     # The log may be gone with the machine: what failed is said where CI's output is kept.
-    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    failures = [line for line in lines if re.match(r"(FAILED|ERROR) tests/", line)]
     last = lines[-1] if lines else "no output"
     return result.returncode == 0, "\n  ".join([f"{last} (log: {log})", *failures])
 

@@ -86,19 +86,29 @@ class Usage:
     cores: list[list[float]] = field(default_factory=list)  # per core: one value per sample
     ours: list[float] = field(default_factory=list)  # % of the machine: kernel and its workers
     machine: list[float] = field(default_factory=list)  # % of the machine: everything
+    # where a part joined on (auto's probe, then its run) began: sample index -> its start
+    parts: dict[int, float] = field(default_factory=dict)
 
     def joined(self, earlier: Usage | None) -> Usage:
-        """These samples after an earlier part of the same run (auto's probe)."""
+        """These samples after an earlier part of the same run (auto's probe); the time
+        between the two parts, unsampled, weighs nothing."""
         if earlier is None or not earlier.started:  # it ended before its first reading
             return self
+        after = len(earlier.times)
+        parts = {**earlier.parts, **{after + k: start for k, start in self.parts.items()}}
+        if self.started and self.times:
+            parts[after] = self.started
         cores = [a + b for a, b in zip(earlier.cores, self.cores, strict=False)]
         return Usage(earlier.started, earlier.times + self.times, cores, earlier.ours + self.ours,
-                     earlier.machine + self.machine)  # fmt: skip
+                     earlier.machine + self.machine, parts)  # fmt: skip
 
     def _weights(self) -> list[float]:
         """Each sample's interval length: a short last interval must not count as much."""
         edges = [self.started, *self.times]
-        return [max(b - a, 0.0) for a, b in zip(edges, edges[1:], strict=False)]
+        return [
+            max(end - self.parts.get(index, start), 0.0)
+            for index, (start, end) in enumerate(zip(edges, edges[1:], strict=False))
+        ]
 
     def _mean(self, values: list[float]) -> float:
         weights = self._weights()

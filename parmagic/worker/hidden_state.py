@@ -253,7 +253,9 @@ class Environment:
         if now == self.seen:
             return None
         keys = sorted(now.keys() | self.seen.keys())
-        name = next(key for key in keys if now.get(key) != self.seen.get(key))
+        name = next((key for key in keys if now.get(key) != self.seen.get(key)), None)
+        if name is None:  # put back meanwhile (a thread's item, as ``mock.patch.dict`` does)
+            return None
         return self.label.format(name=os.fsdecode(name))
 
     def restore(self) -> list[str]:

@@ -45,7 +45,6 @@ def _become_worker(native_threads: int) -> None:
     walked by its collections, so never copied page by page into this process for them."""
     gc.freeze()
     forget_inherited_error()
-    _run_as_batch()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cap_environment(native_threads)
     _cap.limit, _cap.cores = native_threads, affinity_cores()
@@ -54,15 +53,27 @@ def _become_worker(native_threads: int) -> None:
         setattr(sys, attr, ItemOutput(stream, number))
 
 
-def _run_as_batch() -> None:
-    """Linux's batch policy for this process (its threads inherit it): the same share of
-    the cores, but a worker woken by the kernel's chunk does not preempt the kernel on its
-    core, which still has the other workers' chunks to send; it takes an idle core instead.
-    The kernel waking for a result may preempt a worker, as a notebook should."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is not None:
-        with contextlib.suppress(OSError):  # a sandbox that forbids it: the default policy
-            os.sched_setscheduler(0, batch, os.sched_param(0))
+class _Policy:
+    """Linux's batch scheduling policy for a ``processes`` worker's waiting: its thread that
+    reads the pipe, and its main thread while it waits for a chunk. Woken by the kernel's
+    chunk, they do not preempt the kernel on its core (which still has the other workers'
+    chunks to send): they take an idle core. The items run under the policy the worker was
+    started with, the kernel's, as do the processes they start."""
+
+    def __init__(self) -> None:
+        self.batch = getattr(os, "SCHED_BATCH", None)
+        self.own = os.sched_getscheduler(0) if self.batch is not None else None
+
+    def waiting(self) -> None:
+        self._set(self.batch)
+
+    def running(self) -> None:
+        self._set(self.own)
+
+    def _set(self, policy: int | None) -> None:
+        if policy is not None:  # on this thread only (pid 0)
+            with contextlib.suppress(OSError):  # a sandbox that forbids it: as it was
+                os.sched_setscheduler(0, policy, os.sched_param(0))
 
 
 def _load_task(payload: bytes, shared: bool = False) -> Task:
@@ -139,6 +150,7 @@ def _read_inbox(conn, inbox: queue.SimpleQueue, kernel: int, store: NameStore, s
     deadlock); the kernel sends at most two chunks ahead, so the inbox stays small. The
     kernel's request for kept values is answered here, at once, items running or not."""
     parent = os.getppid()
+    _Policy().waiting()  # for good: this thread only reads and answers
     while True:
         try:
             if conn.poll(KERNEL_CHECK):
@@ -184,9 +196,11 @@ def serve(conn, native_threads: int, kernel: int) -> None:
 def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore, sending):
     task: Task | None = None
     digests: dict[str, bytes] = {}
-    name = f"pid {os.getpid()}"
+    name, policy = f"pid {os.getpid()}", _Policy()
     while True:
+        policy.waiting()
         header, body = inbox.get()
+        policy.running()
         if header[0] == "chunk":
             _, seq, start, applied, task_size = header
             if task_size:  # the run's first chunk for this worker
