@@ -40,6 +40,7 @@ CHROMIUM_FLAGS = [
 SERVER_START = 90.0  # seconds: a server's first start on a loaded machine
 CELL_DONE = 90_000  # milliseconds a cell may take, whatever else the machine is doing
 GONE = 5_000  # milliseconds for the page to drop a closed widget (a frozen bar stays forever)
+SHOWN = 30_000  # milliseconds for an output the kernel sent to show, on a busy machine
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 # Both modules' marks: no page without Chromium, and room for a server's start and a dozen runs.
@@ -275,7 +276,7 @@ def check_summary(cell, backend: str):
     """The cell shows one summary, of this backend's run, with its speedup and cores: the
     summary's table."""
     summary = cell.locator("table.parmagic-summary")
-    assert summary.count() == 1
+    expect(summary).to_have_count(1, timeout=SHOWN)  # drawn a moment after the cell's end
     assert summary.inner_text().startswith(f"parmagic: {backend}")
     assert "speedup" in summary.inner_text() and "cores" in summary.inner_text()
     return summary
@@ -286,7 +287,7 @@ def run_compare(notebook: NotebookPage):
     results the same as its. The cell."""
     cell = notebook.run("compare")
     table = cell.locator("table.parmagic-compare")
-    assert table.count() == 1
+    expect(table).to_have_count(1, timeout=SHOWN)
     rows = table.locator("tr").all_inner_texts()
     assert [row.split()[0] for row in rows] == ["backend", "serial", "threads", "processes"]
     assert rows[1].endswith("(the reference)") and all(row.endswith("✓") for row in rows[2:])

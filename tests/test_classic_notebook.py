@@ -142,16 +142,16 @@ def test_the_progress_widget_shows_during_a_run_and_is_gone_after_it(notebook, b
 def test_compare_and_plot_render(notebook):
     pages.run_compare(notebook)
     plot = notebook.run("plot")
-    assert plot.locator("table.parmagic-summary").count() == 1
+    pages.expect(plot.locator("table.parmagic-summary")).to_have_count(1, timeout=pages.SHOWN)
     image = plot.locator(".output_area img")
-    assert image.count() == 1  # the figure, after the summary
+    pages.expect(image).to_have_count(1, timeout=pages.SHOWN)  # the figure, after the summary
     assert image.evaluate("img => img.complete && img.naturalWidth > 100")  # drawn, not broken
 
 
 def test_show_code_shows_the_program_highlighted(notebook):
     shown = notebook.run("show-code")
     code = shown.locator(".output_subarea pre")
-    assert code.count() == 1
+    pages.expect(code).to_have_count(1, timeout=pages.SHOWN)
     pages.check_program(code)  # pygments' tokens
     # highlighted as a user sees it: its keywords in another colour than its names
     colours = code.evaluate(

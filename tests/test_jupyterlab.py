@@ -228,7 +228,7 @@ def test_compare_plot_and_show_code_render(notebook):
     lab_only(notebook.app)
     notebook.shoot(pages.run_compare(notebook), "compare-light")
     plot = notebook.run("plot")
-    assert plot.locator("img").count() == 1  # the figure, after the summary
+    pages.expect(plot.locator("img")).to_have_count(1, timeout=pages.SHOWN)  # after the summary
     notebook.shoot(plot, "plot-light")
     shown = notebook.run("show-code")
     notebook.shoot(shown, "show-code-light")
