@@ -396,3 +396,17 @@ def test_two_parts_of_a_run_joined_weigh_only_their_sampled_time():
     assert Usage(20.0, [21.0], [[50.0]], [50.0], [50.0]).joined(both).core_means() == (
         pytest.approx([150 / 4])
     )
+
+
+def test_runs_in_quick_succession_share_one_sampling_thread():
+    """A stopped monitor frees its thread at once, not when the thread has come round to
+    returning: fifty short runs one after another start one sampling thread, not more."""
+    from parmagic.summary import monitor
+
+    monitor.stop_samplers()
+    try:
+        for _ in range(50):
+            monitor.Monitor(pids=[os.getpid()]).start().stop()
+        assert len(monitor._samplers()._threads) == 1
+    finally:
+        monitor.stop_samplers()

@@ -43,11 +43,16 @@ class _Samplers:
                 thread.start()
         self._jobs.put(job)
 
+    def finished(self) -> None:
+        """A job's monitor has stopped: its thread is free for the next job from now, even
+        before the job has returned (the next waits in the queue for that moment), so that
+        runs in quick succession never start a thread more."""
+        with self._lock:
+            self._idle = min(self._idle + 1, len(self._threads))
+
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
-            with self._lock:
-                self._idle += 1
 
     def stop(self, wait: float = STOP_WAIT) -> None:
         """Each thread ends once its monitor has stopped (waited for a moment: they are)."""
@@ -146,6 +151,7 @@ class Monitor:
         self._samples = 0
         self._family: list[psutil.Process] = []
         self._last: tuple[float, float] | None = None  # the latest reading: (when, CPU time)
+        self._samplers: _Samplers | None = None
 
     def _tree_cpu(self) -> float:
         self._samples += 1
@@ -193,7 +199,8 @@ class Monitor:
         after the run's first chunks left (``FIRST_READING_AFTER``): its window starts then.
         A run that ends sooner has no samples."""
         self.usage.cores = [[] for _ in range(self._cpus)]
-        _samplers().run(self._run)
+        self._samplers = _samplers()  # the ones to tell when it stops (see stop_samplers)
+        self._samplers.run(self._run)
         return self
 
     def _first_reading(self) -> None:
@@ -237,8 +244,12 @@ class Monitor:
         """The samples; no other is taken after this returns. The last stretch is sampled if
         it lasted a quarter interval or more: the counters count in ticks of 10 ms, so a
         shorter one tells nothing (a run that short has no samples)."""
+        if self._stop.is_set():
+            return self.usage
         self._stop.set()
         with self._lock:  # a sample being taken is finished first
             if self._last is not None and time.monotonic() - self._last[0] > self.interval / 4:
                 self._sample()
+        if self._samplers is not None:
+            self._samplers.finished()
         return self.usage
