@@ -268,6 +268,9 @@ class Environment:
         return []
 
 
+Part = Space | Value | Environment  # what a Guard watches: take, changed, restore
+
+
 def _same(a: object, b: object) -> bool:
     return _comparable(a) == _comparable(b)
 
@@ -284,7 +287,7 @@ class Guard:
     """The fingerprints taken before a run; ``changed()`` after each chunk (cheap: identities
     and digests), ``restore()`` once, when a change stopped the run."""
 
-    def __init__(self, parts: list[Space | Value | Environment]) -> None:
+    def __init__(self, parts: list[Part]) -> None:
         self.parts = parts
 
     @classmethod
@@ -294,7 +297,7 @@ class Guard:
         """The state the item function can reach without naming it (``random``: the global
         random states too; not under ``--seed``, which reseeds them per item; not the
         ``random`` module's where the process's own threads draw from it, as dask's do)."""
-        parts: list[Space | Value | Environment] = [*_process_state(random, random_module)]
+        parts: list[Part] = [*_process_state(random, random_module)]
         found, budget = Reached(function), [COPY_BUDGET]
         for reached_function in found.functions:
             parts += _function_state(reached_function, budget)
@@ -326,7 +329,7 @@ class Guard:
                 part.take()
 
 
-def _process_state(random: bool, random_module: bool) -> Iterator[Space | Value | Environment]:
+def _process_state(random: bool, random_module: bool) -> Iterator[Part]:
     yield Value("the working directory", _working_directory, os.chdir)
     yield Value("`sys.path`", lambda: list(sys.path), _set_path)
     yield Environment()

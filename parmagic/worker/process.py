@@ -10,7 +10,6 @@ Imports nothing heavy, never IPython, never dask.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import io
 import os
@@ -71,9 +70,12 @@ class _Policy:
         self._set(self.own)
 
     def _set(self, policy: int | None) -> None:
-        if policy is not None:  # on this thread only (pid 0)
-            with contextlib.suppress(OSError):  # a sandbox that forbids it: as it was
-                os.sched_setscheduler(0, policy, os.sched_param(0))
+        if policy is None or self.batch is None:
+            return
+        try:  # on this thread only (pid 0)
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+        except OSError:  # a sandbox that forbids it: as it was, and not asked again
+            self.batch = None
 
 
 def _load_task(payload: bytes, shared: bool = False) -> Task:
