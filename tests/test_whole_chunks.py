@@ -10,8 +10,11 @@ the options that need each item's own record).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import pickle
+import sys
 import time
 from types import FunctionType
 
@@ -24,6 +27,7 @@ from parmagic.run import loop_run
 from parmagic.worker.chunk import run_values
 from parmagic.worker.effects import CALL
 from parmagic.worker.item_clock import GROUP_SPAN, MAX_GROUP, group_size
+from parmagic.worker.item_output import ItemOutput
 from parmagic.worker.kernel_objects import HeldObjects
 from parmagic.worker.task import ChunkResult, Task, evened_starts
 
@@ -368,3 +372,65 @@ def test_a_group_of_items_shares_its_span_evenly_and_a_slow_item_makes_the_next_
     assert group_size(1e-7) == MAX_GROUP
     assert group_size(GROUP_SPAN / 4) == 4
     assert group_size(GROUP_SPAN) == group_size(1.0) == 1
+
+
+def _as_plain_python(source: str, item: int) -> tuple[list, str, bool]:
+    """What the comprehension gives for one item alone in plain Python: its values, what it
+    printed, and whether it raised."""
+    single = source.replace("range(9)", f"[{item}]")
+    namespace, printed = {}, io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            exec(single, namespace)
+        except ZeroDivisionError:
+            return [], printed.getvalue(), True
+    out = namespace["out"]
+    return (list(out.items()) if isinstance(out, dict) else out), printed.getvalue(), False
+
+
+def _comprehension_task(source: str, stop_on_error: bool) -> Task:
+    """A comprehension's task as the kernel builds it, loaded as in a worker process."""
+    plan = plan_cell(source, "<cell>", "processes")
+    function = FunctionType(build_item_code(plan.body, frozenset(), "<cell>"), {"print": print})
+    task = Task(function, plan.body.bound, stop_on_error, comprehension=True, kind=plan.body.kind)
+    task.one_value = plan.body.one_value_per_item
+    return _in_a_worker(task)
+
+
+@pytest.mark.parametrize(
+    ("source", "one_value"),
+    [
+        ("out = [print(i) or 100 // (i % 7) for i in range(9)]", True),
+        ("out = {i: print(i) or 100 // (i % 7) for i in range(9)}", True),
+        (
+            "out = [100 // (i % 7) + j for i in range(9) for j in range(i % 3) if print(i) is None]",
+            False,
+        ),
+        ("out = [i for i in range(9) if print(i) is None and 100 // (i % 7)]", False),
+    ],
+    ids=["one-each", "dict-one-each", "several-each", "filtered"],
+)
+@pytest.mark.parametrize("stop_on_error", [True, False], ids=["raise", "continue"])
+def test_a_comprehensions_chunk_in_a_worker_gives_each_item_its_values_output_and_error(
+    monkeypatch, source, one_value, stop_on_error
+):
+    """Items handed over at C speed, counted by what they left where each gives one value:
+    every item keeps its own values, output and error, as plain Python gives them for that
+    item, wherever in its group it failed; the chunk stops at the first failure, or
+    (--on-error continue) goes on after each."""
+    task = _comprehension_task(source, stop_on_error)
+    assert task.one_value is one_value
+    items = list(range(1, 3000))  # some fail: some inside a group, some first in one
+    monkeypatch.setattr(sys, "stdout", ItemOutput(io.StringIO(), 1))  # as a worker's is
+    result = run_values(task, 0, 0, items, "worker")
+    monkeypatch.undo()
+    plain = [_as_plain_python(source, i) for i in items]
+    failing = [offset for offset, (_, _, raised) in enumerate(plain) if raised]
+    ran = len(items) if not stop_on_error else failing[0] + 1
+    assert len(result) == len(result.starts) == ran
+    assert list(result.errors) == (failing if not stop_on_error else failing[:1])
+    assert all(isinstance(e.exception, ZeroDivisionError) for e in result.errors.values())
+    loaded: ChunkResult = pickle.loads(pickle.dumps(result))
+    assert [loaded.item_values(offset) for offset in range(ran)] == [v for v, _, _ in plain[:ran]]
+    printed = {o: "".join(text for _, text in loaded.outputs.get(o, [])) for o in range(ran)}
+    assert printed == {o: text for o, (_, text, _) in enumerate(plain[:ran])}

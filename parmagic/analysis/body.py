@@ -87,6 +87,12 @@ class BodyInfo:
     def line(self) -> int:
         return self.node.lineno
 
+    @property
+    def one_value_per_item(self) -> bool:
+        """A comprehension of one ``for`` and no ``if``: each item gives one value, or fails."""
+        generators = getattr(self.node, "generators", ())
+        return len(generators) == 1 and not generators[0].ifs
+
 
 def _loop_level(stmts: list[ast.stmt]):
     """Statements of the body that belong to the parallel loop itself (not to an inner loop)."""

@@ -160,6 +160,7 @@ class LoopRun:
         function = FunctionType(code, globals_, errors.ITEM_FUNCTION_NAME)
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
         task.comprehension = plan.body.kind != "for" and not backend.runs_coroutines
+        task.one_value = task.comprehension and plan.body.one_value_per_item
         task.kind, task.merge_names, task.whole_chunks = plan.body.kind, merge_names, whole
         task.hold_names = merge_names and backend.holds_names
         if backend.copies_kernel_objects:

@@ -9,6 +9,8 @@ never IPython.
 from __future__ import annotations
 
 import array
+import itertools
+import operator
 import sys
 import threading
 import time
@@ -28,13 +30,14 @@ from .item_clock import (
     run_queue_wait,
 )
 from .item_output import ChunkOutput, current_output
-from .task import ChunkResult, ItemError, Task, spread_times
+from .task import NO_OPS, ChunkResult, ItemError, Task, spread_times
 
 if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
     from .kernel_objects import ChunkObjects
 
 # the serial backend's chunk, and a comprehension's values, in the kernel's namespace
 CHUNK_NAME, VALUES_NAME = "__parmagic_chunk__", "__parmagic_values__"
+_FIRST = operator.itemgetter(0)
 
 
 class LiveChunk:
@@ -298,6 +301,8 @@ class TimedItems:
         self.alarm: float | None = None  # --timeout, on a main thread (see alarms)
         self.ops: dict[int, list] = {}  # by offset: STATE ops, where items were compared
         self.log: ChunkLog | None = None
+        self.groups: tuple[list[int], list[float]] = ([], [])  # first offsets, starts (_groups)
+        self.one_each = False  # items counted by what they left: a value each, or an error
         self.cpu = time.thread_time()
 
     @property
@@ -320,22 +325,51 @@ class TimedItems:
         return self._carefully(first, stop)
 
     def _plainly(self, first: int, stop: int) -> Iterator:
-        """The same with nothing to do between items but note them: the tightest loop. The
-        clock is read once per group of items (``group_size``), whose items all note its
-        start: the kernel spreads them over the group's span (task.evened_starts). ``done``
-        is left alone: no interrupt comes here."""
-        starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
-        values, items = self.values, self.items
+        """The same with nothing to do between items but count them: the items are handed
+        over at C speed (a generator's frame per item cost more than a cheap item), each
+        counted in ``marks`` as it is taken, or, where each item gives one value or fails
+        (Task.one_value), not at all: what they left counts them. The clock is read once per
+        group of items (``_groups``). ``done`` is left alone: no interrupt comes here."""
+        self.sink.running, self.one_each = self._running, self.task.one_value
+        taken = itertools.chain.from_iterable(self._groups(first, stop))
+        if self.one_each:
+            return taken
+        counted = map(self.marks.append, map(len, itertools.repeat(self.values)))
+        return map(_FIRST, zip(taken, counted, strict=False))  # counted: endless
+
+    def _running(self) -> int:
+        """The offset of the item running now (handed over by ``_plainly``)."""
+        return self.taken if self.one_each else self.taken - 1
+
+    def _groups(self, first: int, stop: int) -> Iterator[list]:
+        """The items a group at a time (``group_size``), each group's start noted as its first
+        item is taken (its end: when the code asks for the group after). Every item of a
+        group starts at the group's start (``close`` writes them); the kernel spreads them
+        over the group's span (task.evened_starts)."""
+        clock, items, firsts, began_at = time.monotonic, self.items, *self.groups
         group, size, began = first, 1, clock()
         while group < stop:
             end = min(group + size, stop)
-            for offset in range(group, end):
-                sink.offset = offset
-                marks.append(len(values))
-                starts.append(began)
-                yield items[offset]
-            now = clock()  # the group's last item asked for the next: it ended
+            firsts.append(group)
+            began_at.append(began)
+            yield items[group:end]
+            now = clock()
             group, size, began = end, group_size((now - began) / (end - group)), now
+
+    def _write_group_starts(self) -> None:
+        firsts, began_at = self.groups
+        sizes = map(operator.sub, [*firsts[1:], self.taken], firsts)
+        self.result.starts.fromlist(
+            list(itertools.chain.from_iterable(map(itertools.repeat, began_at, sizes)))
+        )
+
+    @property
+    def taken(self) -> int:
+        """How many items the code has taken: the running one too, except where they are
+        counted by what they left (``one_each``): then those that ended."""
+        if self.one_each:
+            return len(self.values) + len(self.result.errors)
+        return len(self.result.starts) if self.marks is None else len(self.marks)
 
     def _carefully(self, first: int, stop: int) -> Iterator:
         starts, clock, marks, sink = self.result.starts, time.monotonic, self.marks, self.sink
@@ -360,12 +394,12 @@ class TimedItems:
     def failed(self, error: BaseException) -> bool:
         """Record the error of the item that was running; False when it came between two
         items (an interrupt on the kernel's thread): the chunk then stops after them."""
-        result, count = self.result, len(self.result.starts)
+        result, count = self.result, self.taken + self.one_each
         if isinstance(error, KeyboardInterrupt) and self.done == count:
             result.interrupted = True
             return False
         result.errors[count - 1] = _item_error(self.task, error, self.items[count - 1])
-        if self.marks is not None and self.log is None:
+        if self.marks is not None and self.log is None and not self.one_each:
             del self.values[self.marks[-1] :]  # a failed item leaves no values (its changes
         return True  # up to its failure stay, as the plain loop leaves them)
 
@@ -373,18 +407,22 @@ class TimedItems:
         """Fill the result's columns for the items that ran."""
         if self.alarm:
             disarm()
+        if self.groups[0]:
+            self._write_group_starts()
         result, cpu = self.result, time.thread_time() - self.cpu
         count = len(result.starts)
         result.spread = (ended, cpu)
         if self.task.held is None:  # else made where the result is loaded, in the kernel
             result.ends, result.cpus = spread_times(result.starts, ended, cpu)
-        result.ops = [[]] * count  # one list, shared: it pickles once
+        result.ops = [NO_OPS] * count  # one list, shared: pickles once, counted at C speed
         result.names = [None] * count
         if self.log is not None:
             self._cut_changes(count)
         for offset, ops in self.ops.items():
             result.ops[offset] = ops + result.ops[offset]
-        if self.marks is None or self.log is not None:
+        if self.one_each:
+            result.flat_values, result.value_bounds = self.values, _one_each(count, result.errors)
+        elif self.marks is None or self.log is not None:
             result.values = [None] * count
         else:
             result.flat_values, result.value_bounds = self.values, [*self.marks, len(self.values)]
@@ -400,6 +438,13 @@ class TimedItems:
             self.log.names.pop(ITEM_ARG, None)
             self.log.names.pop(LOG_ARG, None)
             result.names[count - 1], result.names_merged = self.log.names, True
+
+
+def _one_each(count: int, failed: dict) -> range | list[int]:
+    """Where each item's values begin, items giving one value each, failed ones none."""
+    if not failed:
+        return range(count + 1)
+    return [*itertools.accumulate((offset not in failed for offset in range(count)), initial=0)]
 
 
 def run_values(
@@ -441,7 +486,7 @@ def _run_values(task: Task, timed: TimedItems) -> None:
             an_item_failed = timed.failed(error)
             if not an_item_failed or task.stop_on_error or isinstance(error, KeyboardInterrupt):
                 return
-            first = len(timed.result.starts)
+            first = timed.taken
 
 
 def _run_values_compared(task: Task, timed: TimedItems, objects: ChunkObjects) -> None:

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 
 CPU_SPAN = 0.001  # seconds between readings of a thread's CPU clock (see CpuSpans)
-GROUP_SPAN = 50e-6  # seconds: items cheaper than this are timed a group at a time (group_size)
-MAX_GROUP = 64
+GROUP_SPAN = 200e-6  # seconds: items cheaper than this are timed a group at a time (group_size)
+MAX_GROUP = 256
 SCHEDSTAT = "/proc/thread-self/schedstat"  # Linux: this thread's time on a CPU, and queued
 
 

@@ -8,19 +8,24 @@ from __future__ import annotations
 import contextvars
 import io
 import sys
+from collections.abc import Callable
 
 
 class ChunkOutput:
     """Where the items of the chunk running in this thread (or asyncio task) write: under the
-    running item's offset. Set once per chunk, so an item that prints nothing costs nothing."""
+    running item's offset. Set once per chunk, so an item that prints nothing costs nothing.
+    ``running``: where items are handed over without a step between them (chunk.TimedItems),
+    what tells the running item's offset instead."""
 
-    __slots__ = ("outputs", "offset")
+    __slots__ = ("outputs", "offset", "running")
 
     def __init__(self, outputs: dict[int, list]) -> None:
         self.outputs, self.offset = outputs, 0
+        self.running: Callable[[], int] | None = None
 
     def add(self, entry: tuple) -> None:
-        self.outputs.setdefault(self.offset, []).append(entry)
+        offset = self.offset if self.running is None else self.running()
+        self.outputs.setdefault(offset, []).append(entry)
 
 
 # The output of the chunk running in this thread (or asyncio task): each thread, and each

@@ -368,7 +368,7 @@ class HeldObjects:
     def load_chunk(self, data: bytes) -> tuple[list, ChunkObjects]:
         view = memoryview(data)
         if view[0] == PLAIN:  # numbers and strings: no object to keep
-            return pickle.loads(view[1:]), ChunkObjects(self, {})
+            return pickle.loads(view[1:]), ChunkObjects(self, {}, plain=True)
         items, memo = loaded(view[1:])
         return items, ChunkObjects(self, memo())
 
@@ -377,8 +377,8 @@ class ChunkObjects:
     """A worker's copies of one chunk's kernel objects: references back, and each item's
     changes to them found by comparing the item before and after it runs."""
 
-    def __init__(self, held: HeldObjects, memo: dict) -> None:
-        self.held = held
+    def __init__(self, held: HeldObjects, memo: dict, plain: bool = False) -> None:
+        self.held, self.plain = held, plain  # plain: numbers and strings, loaded by no code
         self.keys = _keys(memo.items(), CHUNK, skip_first=True)
         self.watched = {i: obj for obj in memo.values() if (i := id(obj)) in self.keys}
         self._alive = memo
@@ -389,7 +389,7 @@ class ChunkObjects:
         the task's objects are looked up only for others, and only where the body captured
         data (a result of numbers costs nothing)."""
         held, keys = self.held, self.keys
-        if not (keys or held.named or held.has_data):
+        if not self.looks_up:
             file = io.BytesIO()
             _ClosedFiles(file, protocol=PROTOCOL).dump(value)
             return file.getvalue()
@@ -404,6 +404,12 @@ class ChunkObjects:
             return found
 
         return _written(value, key)
+
+    @property
+    def looks_up(self) -> bool:
+        """Whether pickling looks up every object written (in Python): where items reach
+        kernel objects, or the body captured data."""
+        return bool(self.keys or self.held.named or self.held.has_data)
 
     def is_kernels(self, value: object) -> bool:
         """Whether ``value`` is this worker's copy of one of the kernel's objects."""

@@ -116,9 +116,10 @@ def _run(
 
 def _loaded(task: Task, items: bytes) -> tuple[list, ChunkObjects]:
     """A chunk's items, unpickled into the worker's copies; then the guard's fingerprints
-    taken again for what unpickling changed (that is loading, not the items)."""
+    taken again for what unpickling changed (that is loading, not the items), unless they
+    were numbers and strings, whose loading runs no code."""
     loaded, objects = task.held.load_chunk(items)
-    if task.guard is not None:
+    if task.guard is not None and not objects.plain:
         task.guard.settle()
     return loaded, objects
 
@@ -208,6 +209,8 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore
             if task_size:  # the run's first chunk for this worker
                 task = _load_task(body[:task_size])
                 digests = captured_digests(task.function.__globals__)
+                if task.guard is not None:  # digesting pickles: code of the user's may run
+                    task.guard.settle()
                 store.clear()
             body = body[task_size:]
             store.applied(applied)

@@ -209,8 +209,10 @@ def dump_result(result, objects: ChunkObjects | None = None) -> bytes:
 
 
 def _dumped_result(result: ChunkResult, objects: ChunkObjects | None) -> bytes:
-    packed = PackedResult(result)
-    return dumps(packed) if objects is None else objects.dumps(packed, own=packed.own)
+    if objects is None:
+        return dumps(PackedResult(result, values_apart=False))
+    packed = PackedResult(result, values_apart=objects.looks_up)
+    return objects.dumps(packed, own=packed.own)
 
 
 def _rebuild_exception(cls: type, args: tuple, state: dict) -> BaseException:

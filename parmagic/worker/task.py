@@ -46,6 +46,7 @@ class Task:
     # ordered tail between items or to compare runs).
     merge_names: bool = False
     comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
+    one_value: bool = False  # a comprehension whose items give a value each, or fail
     whole_chunks: bool = False  # ``function`` runs a for loop's chunk: (items, log)
     hold_names: bool = False  # large values of names stay in the worker (held_names.py)
     kind: str = "for"  # the loop's kind (BodyInfo.kind), which a failed item's note names
@@ -190,21 +191,30 @@ class ChunkResult:
         return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
 
     def __getstate__(self) -> dict:
+        return self.packed(values_apart=True)
+
+    def packed(self, values_apart: bool) -> dict:
         """Few objects to pickle, not several per item (a worker's pickler looks at every
         object it writes, in Python where the items held kernel objects): the timing columns
-        as bytes of doubles; the per-item columns as their entries that hold something; a
-        comprehension's values of numbers and strings pickled apart, at C speed."""
+        as bytes of doubles; the per-item columns as their entries that hold something.
+        ``values_apart``: a comprehension's values of numbers and strings pickled apart, at
+        C speed, for a pickler that looks at every object (kernel_objects.ChunkObjects)."""
         state = self.__dict__.copy()
         for name in _TIMES if self.spread is None else _TIMES[:1]:  # the rest: spread_times
-            state[name] = array.array("d", state[name]).tobytes()
+            column = state[name]
+            state[name] = (
+                column if type(column) is array.array else array.array("d", column)
+            ).tobytes()
         if self.spread is not None:
             del state["ends"], state["cpus"]
         for name, empty in _SPARSE.items():
             state[name] = (len(state[name]), _held_entries(state[name], empty))
-        if self.flat_values is not None and plain_data(self.flat_values):
+        if values_apart and self.flat_values is not None and plain_data(self.flat_values):
             state["flat_values"] = pickle.dumps(self.flat_values, pickle.HIGHEST_PROTOCOL)
         bounds = self.value_bounds
-        if bounds is not None and bounds[-1] == len(bounds) - 1 and bounds == [*range(len(bounds))]:
+        if type(bounds) is range or (
+            bounds is not None and bounds[-1] == len(bounds) - 1 and bounds == [*range(len(bounds))]
+        ):
             state["value_bounds"] = len(bounds)  # one value per item (0, 1, 2, ...): the count
         elif bounds is not None:
             state["value_bounds"] = array.array("q", bounds).tobytes()
@@ -298,8 +308,8 @@ class PackedResult:
     ``own()`` tells the containers it is made of, which are never the kernel's, so that they
     are not looked up (the values in them may be)."""
 
-    def __init__(self, result: ChunkResult) -> None:
-        self.state = result.__getstate__()
+    def __init__(self, result: ChunkResult, values_apart: bool = True) -> None:
+        self.state = result.packed(values_apart)
 
     def __reduce__(self):
         return _unpacked, (self.state,)
@@ -320,7 +330,8 @@ class PackedResult:
         return {id(part) for part in parts}
 
 
-_SPARSE = {"ops": [], "names": None, "values": None}  # per-item columns: what most entries hold
+NO_OPS: list = []  # an item's ops when it has none: one list, shared, never grown
+_SPARSE = {"ops": NO_OPS, "names": None, "values": None}  # per-item columns: most entries
 
 
 def evened_starts(starts: list[float], ended: float) -> list[float]:
