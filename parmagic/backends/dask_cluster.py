@@ -262,7 +262,10 @@ class DaskBackend(PickledItems):
     def _fetch(self, future) -> None:
         """On dask's callback thread, as soon as a chunk's task ends: its result is fetched
         at once, before the worker holding it can die with it (an item that crashes workers
-        would otherwise take finished results of earlier items along)."""
+        would otherwise take finished results of earlier items along). Not for a run that
+        ended without it: its client may be closing, and nothing would read the result."""
+        if future not in self._running:
+            return
         try:
             outcome = future.result(timeout=CONNECT_TIMEOUT), None
         except BaseException as error:  # the task's own error, KilledWorker, cancelled, lost
