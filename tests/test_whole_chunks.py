@@ -29,7 +29,7 @@ from parmagic.worker.effects import CALL
 from parmagic.worker.item_clock import GROUP_SPAN, MAX_GROUP, group_size
 from parmagic.worker.item_output import ItemOutput
 from parmagic.worker.kernel_objects import HeldObjects
-from parmagic.worker.task import ChunkResult, Task, evened_starts
+from parmagic.worker.task import ChunkResult, Task, group_starts
 
 PROCESSES = BACKENDS["fork"]
 UNBOUND = "<unbound>"
@@ -327,8 +327,9 @@ def test_run_values_gives_the_names_the_last_item_left():
 
 def test_cheap_items_in_a_worker_read_the_clock_a_group_at_a_time(monkeypatch):
     """10,000 items that do nothing: the clock is read far less than once an item (reading
-    it costs as much as such an item); loaded in the kernel, every item has its start, in
-    order, and the ends and CPU times made from them add up to the chunk's."""
+    it costs as much as such an item), and the result carries the groups, not a start per
+    item; loaded in the kernel, every item has its start, in order, and the ends and CPU
+    times made from them add up to the chunk's."""
     reads = []
     clock = time.monotonic
     monkeypatch.setattr(time, "monotonic", lambda: reads.append(1) or clock())
@@ -336,10 +337,12 @@ def test_cheap_items_in_a_worker_read_the_clock_a_group_at_a_time(monkeypatch):
     sent = run_values(task, 0, 0, list(range(10_000)), "worker")
     monkeypatch.undo()
     assert len(reads) < 10_000 / 4, len(reads)
-    result: ChunkResult = pickle.loads(pickle.dumps(sent))
+    sent_bytes = pickle.dumps(sent)
+    assert len(sent_bytes) < 10_000, len(sent_bytes)  # the groups travel, not 8 bytes an item
+    result: ChunkResult = pickle.loads(sent_bytes)
     assert len(result) == 10_000 and not result.errors and result.spread_only
     ended, cpu = result.spread
-    ends, cpus = result.ends, result.cpus  # worked out when first read, the starts evened
+    ends, cpus = result.ends, result.cpus  # worked out when first read, with the starts
     starts = result.starts
     assert len(set(starts)) == len(starts) == 10_000 and starts == sorted(starts)
     assert ends[:-1] == starts[1:] and ends[-1] == ended
@@ -354,21 +357,19 @@ def test_a_failure_inside_a_group_is_its_own_items(failing):
     the chunk ends with it, as in the plain loop."""
     source = f"for i in range(5):\n    if i == {failing}:\n        raise KeyError(i)\n"
     task = _in_a_worker(_whole_chunk_task(source, frozenset(), {}))
-    result = run_values(task, 0, 0, list(range(10_000)), "worker")
-    assert len(result) == len(result.starts) == failing + 1
+    result = pickle.loads(pickle.dumps(run_values(task, 0, 0, list(range(10_000)), "worker")))
+    assert len(result) == len(result.starts) == len(result.ends) == failing + 1
     assert list(result.errors) == [failing]
     assert isinstance(result.errors[failing].exception, KeyError)
 
 
 def test_a_group_of_items_shares_its_span_evenly_and_a_slow_item_makes_the_next_one_alone():
-    """Items noted with their group's start are spread evenly up to the next group's start
+    """Items timed a group at a time are spread evenly up to the next group's start
     (the last group's up to the chunk's end); after cheap items a group holds many, after
     items as slow as a group's span it holds one."""
-    assert evened_starts([1.0, 1.0, 1.0, 1.0, 2.0, 3.0, 3.0], 4.0) == [
+    assert group_starts([0, 4, 5], [1.0, 2.0, 3.0], 7, 4.0) == [
         1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5,
     ]  # fmt: skip
-    distinct = [1.0, 2.0, 3.0]
-    assert evened_starts(distinct, 4.0) is distinct
     assert group_size(1e-7) == MAX_GROUP
     assert group_size(GROUP_SPAN / 4) == 4
     assert group_size(GROUP_SPAN) == group_size(1.0) == 1
@@ -427,10 +428,11 @@ def test_a_comprehensions_chunk_in_a_worker_gives_each_item_its_values_output_an
     plain = [_as_plain_python(source, i) for i in items]
     failing = [offset for offset, (_, _, raised) in enumerate(plain) if raised]
     ran = len(items) if not stop_on_error else failing[0] + 1
-    assert len(result) == len(result.starts) == ran
+    assert len(result) == ran
     assert list(result.errors) == (failing if not stop_on_error else failing[:1])
     assert all(isinstance(e.exception, ZeroDivisionError) for e in result.errors.values())
     loaded: ChunkResult = pickle.loads(pickle.dumps(result))
+    assert len(loaded) == len(loaded.starts) == ran
     assert [loaded.item_values(offset) for offset in range(ran)] == [v for v, _, _ in plain[:ran]]
     printed = {o: "".join(text for _, text in loaded.outputs.get(o, [])) for o in range(ran)}
     assert printed == {o: text for o, (_, text, _) in enumerate(plain[:ran])}

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..worker.task import evened_starts, spread_times
+from ..worker.task import worked_out_times
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -67,7 +67,7 @@ class ItemTimings:
         if count <= 0:
             return
         if result.spread_only:
-            times = (result.starts, result.spread)
+            times = result.deferred_times()
         else:
             times = (result.starts, result.ends, result.cpus)
         self._columns.append((result.first, result.worker, count, times))
@@ -75,10 +75,8 @@ class ItemTimings:
 
     def _all(self) -> list[tuple]:
         for first, worker, count, times in self._columns:
-            if len(times) == 2:  # starts and spread
-                starts, spread = times
-                starts = evened_starts(starts, spread[0])
-                times = (starts, *spread_times(starts, *spread))
+            if isinstance(times[-1], tuple):  # worked out only now: see deferred_times
+                times = worked_out_times(*times)
             starts, ends, cpus = (column[:count] for column in times)
             indices = range(first, first + count)
             self._rows += zip(indices, [worker] * count, starts, ends, cpus, strict=True)

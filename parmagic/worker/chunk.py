@@ -342,10 +342,11 @@ class TimedItems:
         return self.taken if self.one_each else self.taken - 1
 
     def _groups(self, first: int, stop: int) -> Iterator[list]:
-        """The items a group at a time (``group_size``), each group's start noted as its first
-        item is taken (its end: when the code asks for the group after). Every item of a
-        group starts at the group's start (``close`` writes them); the kernel spreads them
-        over the group's span (task.evened_starts)."""
+        """The items a group at a time (``group_size``), each group's first offset and start
+        noted as its first item is taken (its end: when the code asks for the group after).
+        The result carries the groups, not a start per item: its items' starts are worked
+        out from them where they are read, each group's items sharing its span evenly
+        (task.group_starts)."""
         clock, items, firsts, began_at = time.monotonic, self.items, *self.groups
         group, size, began = first, 1, clock()
         while group < stop:
@@ -355,13 +356,6 @@ class TimedItems:
             yield items[group:end]
             now = clock()
             group, size, began = end, group_size((now - began) / (end - group)), now
-
-    def _write_group_starts(self) -> None:
-        firsts, began_at = self.groups
-        sizes = map(operator.sub, [*firsts[1:], self.taken], firsts)
-        self.result.starts.fromlist(
-            list(itertools.chain.from_iterable(map(itertools.repeat, began_at, sizes)))
-        )
 
     @property
     def taken(self) -> int:
@@ -407,10 +401,9 @@ class TimedItems:
         """Fill the result's columns for the items that ran."""
         if self.alarm:
             disarm()
-        if self.groups[0]:
-            self._write_group_starts()
-        result, cpu = self.result, time.thread_time() - self.cpu
-        count = len(result.starts)
+        result, cpu, count = self.result, time.thread_time() - self.cpu, self.taken
+        if self.groups[0]:  # the starts follow from them, where they are read
+            result.groups = (*self.groups, count)
         result.spread = (ended, cpu)
         if self.task.held is None:  # else made where the result is loaded, in the kernel
             result.ends, result.cpus = spread_times(result.starts, ended, cpu)

@@ -163,20 +163,26 @@ class ChunkResult:
     flat_values: list | None = None
     value_bounds: list[int] | None = None
     spread: tuple[float, float] | None = None  # ends and CPU times follow from the starts
+    # items timed a group at a time (chunk.TimedItems._groups): each group's first offset and
+    # start, and the count of items; their starts follow (group_starts)
+    groups: tuple[list[int], list[float], int] | None = None
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.starts) if self.groups is None else self.groups[2]
 
     def __getattr__(self, name: str) -> list[float]:
-        """A loaded result of items run in one call has only their starts: the ends and CPU
-        times are worked out when first read (a report of totals never reads them), and the
-        starts of items timed a group at a time evened then (until then, each such item
-        holds its group's start; the first item's is its own)."""
-        if name not in _TIMES[1:] or self.__dict__.get("spread") is None:
+        """A loaded result of items run in one call has only their starts, or only their
+        groups: the rest is worked out when first read (a report of totals never reads it)."""
+        if name not in _TIMES or self.__dict__.get("spread") is None:
             raise AttributeError(name)
-        self.starts = evened_starts(self.starts, self.spread[0])
-        self.ends, self.cpus = spread_times(self.starts, *self.spread)
+        self.starts, self.ends, self.cpus = worked_out_times(*self.deferred_times())
         return self.__dict__[name]
+
+    def deferred_times(self) -> tuple:
+        """What its items' times are worked out from (worked_out_times): their starts, or
+        their groups, and the chunk's end and CPU time. Small: kept by a report, not the
+        result."""
+        return self.__dict__.get("starts"), self.groups, self.spread
 
     @property
     def spread_only(self) -> bool:
@@ -185,9 +191,10 @@ class ChunkResult:
 
     def busy_and_cpu(self, count: int) -> tuple[float, float]:
         """Seconds the first ``count`` items ran, and the CPU time they used."""
-        if self.spread_only and count == len(self.starts):
+        if self.spread_only and count == len(self):
             ended, cpu = self.spread
-            return (ended - self.starts[0] if count else 0.0), (cpu if count else 0.0)
+            first = self.groups[1][0] if "starts" not in self.__dict__ else self.starts[0]
+            return (ended - first if count else 0.0), (cpu if count else 0.0)
         return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
 
     def __getstate__(self) -> dict:
@@ -200,13 +207,18 @@ class ChunkResult:
         ``values_apart``: a comprehension's values of numbers and strings pickled apart, at
         C speed, for a pickler that looks at every object (kernel_objects.ChunkObjects)."""
         state = self.__dict__.copy()
-        for name in _TIMES if self.spread is None else _TIMES[:1]:  # the rest: spread_times
+        if self.groups is not None:  # the starts follow from them
+            firsts, began_at, count = self.groups
+            state["groups"] = _bytes("q", firsts), _bytes("d", began_at), count
+        for name in _TIMES if self.spread is None else _TIMES[: self.groups is None]:
             column = state[name]
             state[name] = (
                 column if type(column) is array.array else array.array("d", column)
             ).tobytes()
         if self.spread is not None:
             del state["ends"], state["cpus"]
+        if self.groups is not None:
+            del state["starts"]
         for name, empty in _SPARSE.items():
             state[name] = (len(state[name]), _held_entries(state[name], empty))
         if values_apart and self.flat_values is not None and plain_data(self.flat_values):
@@ -221,7 +233,10 @@ class ChunkResult:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        for name in _TIMES if state["spread"] is None else _TIMES[:1]:
+        if state["groups"] is not None:
+            firsts, began_at, count = state["groups"]
+            state["groups"] = _numbers("q", firsts), _numbers("d", began_at), count
+        for name in _TIMES if state["spread"] is None else _TIMES[: state["groups"] is None]:
             column = array.array("d")
             column.frombytes(state[name])
             state[name] = column.tolist()
@@ -334,18 +349,33 @@ NO_OPS: list = []  # an item's ops when it has none: one list, shared, never gro
 _SPARSE = {"ops": NO_OPS, "names": None, "values": None}  # per-item columns: most entries
 
 
-def evened_starts(starts: list[float], ended: float) -> list[float]:
-    """A worker's starts, where items of a group timed together all hold the group's start
-    (TimedItems._plainly), each given an even share of the group's span instead: up to the
-    next group's start, or ``ended`` for the last."""
-    runs = [(start, len(list(run))) for start, run in itertools.groupby(starts)]
-    if len(runs) == len(starts):
-        return starts
-    evened: list[float] = []
-    for (start, count), after in zip(runs, [*(s for s, _ in runs[1:]), ended], strict=True):
-        step = (after - start) / count
-        evened += [start + k * step for k in range(count)] if count > 1 else [start]
-    return evened
+def _bytes(kind: str, numbers: list) -> bytes:
+    return array.array(kind, numbers).tobytes()
+
+
+def _numbers(kind: str, data: bytes) -> list:
+    column = array.array(kind)
+    column.frombytes(data)
+    return column.tolist()
+
+
+def worked_out_times(starts: list[float] | None, groups: tuple | None, spread: tuple) -> tuple:
+    """Items' starts, ends and CPU times, from their starts (or their groups) and the chunk's
+    end and CPU time (``spread``): see ChunkResult.deferred_times."""
+    if starts is None:
+        starts = group_starts(*groups, spread[0])
+    return (starts, *spread_times(starts, *spread))
+
+
+def group_starts(firsts: list[int], began_at: list[float], count: int, ended: float) -> list:
+    """The starts of items timed a group at a time (TimedItems._groups): a group's items
+    share its span evenly, up to the next group's start, or ``ended`` for the last."""
+    starts: list[float] = []
+    ends, afters = [*firsts[1:], count], [*began_at[1:], ended]
+    for first, end, began, after in zip(firsts, ends, began_at, afters, strict=True):
+        step = (after - began) / (end - first) if end > first else 0.0
+        starts += [began + k * step for k in range(end - first)]
+    return starts
 
 
 def spread_times(starts: list[float], ended: float, cpu: float) -> tuple[list, list]:
