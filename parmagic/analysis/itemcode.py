@@ -158,16 +158,20 @@ def _made_once(make: Callable[..., CodeType]) -> Callable[..., CodeType]:
     """``make``'s code, made once for a loop run again as it was: the same code object, which
     cloudpickle also analyses once (its cache is by code object)."""
     built: dict[tuple, CodeType] = {}
+    latest: list = [None, None, None]  # the loop's node, what else it was made of, the code
 
     @functools.wraps(make)
     def build(info: BodyInfo, *args, **kwargs) -> CodeType:
-        loop = ast.dump(info.node, include_attributes=True)
         made_of = (len(info.tail), info.kind, tuple(info.reductions.items()), tuple(info.sinks))
-        key = (loop, made_of, args, tuple(sorted(kwargs.items())))
+        made_of += (args, tuple(sorted(kwargs.items())))
+        if latest[0] is info.node and latest[1] == made_of:  # a cell run again: its own plan
+            return latest[2]
+        key = (ast.dump(info.node, include_attributes=True), made_of)
         code = built.pop(key, None) or make(info, *args, **kwargs)
         built[key] = code  # the most recent last: the oldest go first
         while len(built) > BUILT_KEPT:
             del built[next(iter(built))]
+        latest[:] = info.node, made_of, code
         return code
 
     return build

@@ -248,7 +248,8 @@ class RunReport:
         self.item_count += count
         if result.logged:
             self.recorded_items += count
-            self.changes += sum(map(len, result.ops[:count]))
+            ops = result.ops if count == len(result.ops) else result.ops[:count]
+            self.changes += sum(map(len, filter(None, ops)))  # most are empty: at C speed
         self.busy += busy
         self.cpu += cpu
         self.queued += queued
