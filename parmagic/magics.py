@@ -131,7 +131,7 @@ class ParallelMagics(Magics):
         else:
             if statement:
                 raise UsageError(f"unexpected text after the options: {statement!r}")
-            source = "\n" + self.shell.transform_cell(cell)  # line numbers as the cell shows them
+            source = "\n" + self.session.transformed(cell, self.shell)  # lines as the cell shows
         filename = self.shell.compile.cache(source, running_cell_number(self.shell))
         plan, as_written, checked = None, None, RUN
         try:

@@ -436,3 +436,21 @@ def test_a_comprehensions_chunk_in_a_worker_gives_each_item_its_values_output_an
     assert [loaded.item_values(offset) for offset in range(ran)] == [v for v, _, _ in plain[:ran]]
     printed = {o: "".join(text for _, text in loaded.outputs.get(o, [])) for o in range(ran)}
     assert printed == {o: text for o, (_, text, _) in enumerate(plain[:ran])}
+
+
+@pytest.mark.parametrize("options", ["", "--on-error continue"])
+def test_a_comprehension_over_kernel_objects_fails_the_item_that_raised(ip, run, options):
+    """Items that are the kernel's objects are run and compared one at a time: the item
+    that raised is the one that failed; earlier items' changes and its own up to its failure
+    apply, as in the plain loop, or, under --on-error continue, every item's but the failed
+    ones' (spec §6)."""
+    setup = "rows = [{'n': i} for i in range(40)]\n"
+    cell = "out = [r.update(seen=True) or 10 // (r['n'] % 7 - 3) for r in rows]\n"
+    run(setup)
+    outcome = run(f"%%parallel {PROCESSES} --chunksize 9 {options}\n{cell}")
+    assert isinstance(outcome.error, ZeroDivisionError) or options
+    failed = [index for index, _, _ in report().failures] if options else [report().stopped_at]
+    assert failed == ([i for i in range(40) if i % 7 == 3] if options else [3])
+    seen = [row.get("seen", False) for row in ip.user_ns["rows"]]
+    kept = [i % 7 != 3 for i in range(40)] if options else [True] * 4 + [False] * 36
+    assert seen == kept, seen

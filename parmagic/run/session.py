@@ -56,6 +56,7 @@ class Session:
         # a cell run again, as written, with the shell's AST transformers as they were: its
         # plan as checked then (refusals raise, and are not kept)
         self._plans = functools.lru_cache(maxsize=KEPT_PLANS)(_plan)
+        self._transformed: dict[tuple, str] = {}  # a cell's text as IPython transforms it
 
     def plan(self, source: str, filename: str, backend: str, shell) -> CellPlan:
         """The cell's checked plan, under this run's file name (the cell's number)."""
@@ -66,6 +67,24 @@ class Session:
             error.filename = filename
             raise
         return replace(plan, filename=filename)
+
+    def transformed(self, cell: str, shell) -> str:
+        """IPython's ``transform_cell``, remembered for a cell run again (its tokenizing takes
+        a tenth of a warm run of cheap items). A cell of several lines goes through text
+        transformations that depend on the text and the transformers alone; one line (whose
+        transformation depends on the shell's state), or a shell with transformers of the
+        last stage, goes through IPython every time."""
+        if shell.input_transformers_post:
+            return shell.transform_cell(cell)
+        manager = shell.input_transformer_manager
+        stages = (manager.cleanup_transforms, manager.line_transforms, manager.token_transformers)
+        key = (cell, *(tuple(map(id, stage)) for stage in stages))
+        source = self._transformed.pop(key, None) or shell.transform_cell(cell)
+        if len(source.splitlines()) > 1:
+            self._transformed[key] = source  # the most recent last: the oldest go first
+            while len(self._transformed) > KEPT_PLANS:
+                del self._transformed[next(iter(self._transformed))]
+        return source
 
     def event_loop(self):
         """parmagic's own event loop thread (started on first use)."""

@@ -303,6 +303,7 @@ class TimedItems:
         self.log: ChunkLog | None = None
         self.groups: tuple[list[int], list[float]] = ([], [])  # first offsets, starts (_groups)
         self.one_each = False  # items counted by what they left: a value each, or an error
+        self.compared = False  # each item compared after it ran: its check can fail it too
         self.cpu = time.thread_time()
 
     @property
@@ -330,7 +331,8 @@ class TimedItems:
         counted in ``marks`` as it is taken, or, where each item gives one value or fails
         (Task.one_value), not at all: what they left counts them. The clock is read once per
         group of items (``_groups``). ``done`` is left alone: no interrupt comes here."""
-        self.sink.running, self.one_each = self._running, self.task.one_value
+        self.sink.running = self._running
+        self.one_each = self.task.one_value and not self.compared
         taken = itertools.chain.from_iterable(self._groups(first, stop))
         if self.one_each:
             return taken
@@ -401,6 +403,8 @@ class TimedItems:
         """Fill the result's columns for the items that ran."""
         if self.alarm:
             disarm()
+        if self.sink is not None:
+            self.sink.running = None  # no cycle: the chunk's objects go with it
         result, cpu, count = self.result, time.thread_time() - self.cpu, self.taken
         if self.groups[0]:  # the starts follow from them, where they are read
             result.groups = (*self.groups, count)
@@ -452,7 +456,7 @@ def run_values(
     if task.held is not None:  # a worker's: pickled as they are, bytes of doubles
         result.starts = array.array("d")
     timed = TimedItems(task, result, items)
-    timed.sink, timed.marks = ChunkOutput(result.outputs), []
+    timed.sink, timed.marks, timed.compared = ChunkOutput(result.outputs), [], objects is not None
     if task.whole_chunks:
         timed.recording()
     queued, token = run_queue_wait(), current_output.set(timed.sink)

@@ -368,7 +368,7 @@ class HeldObjects:
     def load_chunk(self, data: bytes) -> tuple[list, ChunkObjects]:
         view = memoryview(data)
         if view[0] == PLAIN:  # numbers and strings: no object to keep
-            return pickle.loads(view[1:]), ChunkObjects(self, {}, plain=True)
+            return pickle.loads(view[1:]), ChunkObjects(self, {})
         items, memo = loaded(view[1:])
         return items, ChunkObjects(self, memo())
 
@@ -377,8 +377,8 @@ class ChunkObjects:
     """A worker's copies of one chunk's kernel objects: references back, and each item's
     changes to them found by comparing the item before and after it runs."""
 
-    def __init__(self, held: HeldObjects, memo: dict, plain: bool = False) -> None:
-        self.held, self.plain = held, plain  # plain: numbers and strings, loaded by no code
+    def __init__(self, held: HeldObjects, memo: dict) -> None:
+        self.held = held
         self.keys = _keys(memo.items(), CHUNK, skip_first=True)
         self.watched = {i: obj for obj in memo.values() if (i := id(obj)) in self.keys}
         self._alive = memo

@@ -116,10 +116,9 @@ def _run(
 
 def _loaded(task: Task, items: bytes) -> tuple[list, ChunkObjects]:
     """A chunk's items, unpickled into the worker's copies; then the guard's fingerprints
-    taken again for what unpickling changed (that is loading, not the items), unless they
-    were numbers and strings, whose loading runs no code."""
+    taken again for what unpickling changed (that is loading, not the items)."""
     loaded, objects = task.held.load_chunk(items)
-    if task.guard is not None and not objects.plain:
+    if task.guard is not None:
         task.guard.settle()
     return loaded, objects
 
@@ -209,8 +208,6 @@ def _serve(conn, inbox: queue.SimpleQueue, native_threads: int, store: NameStore
             if task_size:  # the run's first chunk for this worker
                 task = _load_task(body[:task_size])
                 digests = captured_digests(task.function.__globals__)
-                if task.guard is not None:  # digesting pickles: code of the user's may run
-                    task.guard.settle()
                 store.clear()
             body = body[task_size:]
             store.applied(applied)

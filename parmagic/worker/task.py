@@ -193,8 +193,10 @@ class ChunkResult:
         """Seconds the first ``count`` items ran, and the CPU time they used."""
         if self.spread_only and count == len(self):
             ended, cpu = self.spread
+            if not count:
+                return 0.0, 0.0
             first = self.groups[1][0] if "starts" not in self.__dict__ else self.starts[0]
-            return (ended - first if count else 0.0), (cpu if count else 0.0)
+            return ended - first, cpu
         return sum(self.ends[:count]) - sum(self.starts[:count]), sum(self.cpus[:count])
 
     def __getstate__(self) -> dict:
@@ -233,10 +235,10 @@ class ChunkResult:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if state["groups"] is not None:
+        if state.get("groups") is not None:
             firsts, began_at, count = state["groups"]
             state["groups"] = _numbers("q", firsts), _numbers("d", began_at), count
-        for name in _TIMES if state["spread"] is None else _TIMES[: state["groups"] is None]:
+        for name in [name for name in _TIMES if name in state]:  # the rest: worked out
             column = array.array("d")
             column.frombytes(state[name])
             state[name] = column.tolist()
@@ -373,6 +375,7 @@ def group_starts(firsts: list[int], began_at: list[float], count: int, ended: fl
     starts: list[float] = []
     ends, afters = [*firsts[1:], count], [*began_at[1:], ended]
     for first, end, began, after in zip(firsts, ends, began_at, afters, strict=True):
+        end = min(end, count)
         step = (after - began) / (end - first) if end > first else 0.0
         starts += [began + k * step for k in range(end - first)]
     return starts
