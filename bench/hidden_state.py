@@ -154,7 +154,7 @@ Samples = dict[tuple[str, str, str], dict[str, list[float]]]  # (kernel, cell, o
 
 GUARD_OFF = "now, guard off"  # the working tree with Guard.around returning a guard of nothing
 NO_GUARD = """
-from parmagic.analysis import hidden_state
+from parmagic.worker import hidden_state
 hidden_state.Guard.around = classmethod(lambda cls, *args, **kwargs: cls([]))
 """  # patched before the pool forks: its workers have it too
 
