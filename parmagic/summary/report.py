@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -248,7 +249,7 @@ class RunReport:
         self.item_count += count
         if result.logged:
             self.recorded_items += count
-            ops = result.ops if count == len(result.ops) else result.ops[:count]
+            ops = itertools.islice(result.ops, count)
             self.changes += sum(map(len, filter(None, ops)))  # most are empty: at C speed
         self.busy += busy
         self.cpu += cpu

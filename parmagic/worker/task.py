@@ -213,10 +213,8 @@ class ChunkResult:
             firsts, began_at, count = self.groups
             state["groups"] = _bytes("q", firsts), _bytes("d", began_at), count
         for name in _TIMES if self.spread is None else _TIMES[: self.groups is None]:
-            column = state[name]
-            state[name] = (
-                column if type(column) is array.array else array.array("d", column)
-            ).tobytes()
+            column = state[name]  # a worker's is an array already: no copy
+            state[name] = column.tobytes() if type(column) is array.array else _bytes("d", column)
         if self.spread is not None:
             del state["ends"], state["cpus"]
         if self.groups is not None:
@@ -231,7 +229,7 @@ class ChunkResult:
         ):
             state["value_bounds"] = len(bounds)  # one value per item (0, 1, 2, ...): the count
         elif bounds is not None:
-            state["value_bounds"] = array.array("q", bounds).tobytes()
+            state["value_bounds"] = _bytes("q", bounds)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -239,9 +237,7 @@ class ChunkResult:
             firsts, began_at, count = state["groups"]
             state["groups"] = _numbers("q", firsts), _numbers("d", began_at), count
         for name in [name for name in _TIMES if name in state]:  # the rest: worked out
-            column = array.array("d")
-            column.frombytes(state[name])
-            state[name] = column.tolist()
+            state[name] = _numbers("d", state[name])
         for name, empty in _SPARSE.items():
             count, held = state[name]
             state[name] = column = [empty] * count  # ops: one empty list, shared, never grown
@@ -252,9 +248,7 @@ class ChunkResult:
         if isinstance(state["value_bounds"], int):
             state["value_bounds"] = list(range(state["value_bounds"]))
         elif state["value_bounds"] is not None:
-            bounds = array.array("q")
-            bounds.frombytes(state["value_bounds"])
-            state["value_bounds"] = bounds.tolist()
+            state["value_bounds"] = _numbers("q", state["value_bounds"])
         self.__dict__.update(state)
 
     def item_values(self, offset: int) -> Any:
