@@ -171,13 +171,16 @@ def test_unknown_backend_is_a_usage_error_and_kernel_keeps_working(kc):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("backend", ["threads", "processes --start-method spawn"])
-def test_interrupt_button_stops_the_run_and_the_next_run_works(km, kc, backend):
-    run_ok(kc, "import time\ndone = []")
+def test_interrupt_button_stops_the_run_and_the_next_run_works(km, kc, backend, tmp_path):
+    run_ok(kc, f"import pathlib, time\ndone = []\nmarks = {str(tmp_path)!r}")
     msg_id = kc.execute(
-        f"%%parallel -b {backend} -w 2\nfor i in range(400):\n    time.sleep(0.05)\n    done.append(i)\n",
+        f"%%parallel -b {backend} -w 2\nfor i in range(400):\n    time.sleep(0.05)\n"
+        "    done.append(i)\n    pathlib.Path(marks, str(i)).touch()\n",
         stop_on_error=False,  # see execute
     )
-    time.sleep(2.0)  # past spawn's start-up: items are running
+    deadline = time.monotonic() + HANG_GUARD  # spawn's start-up can take seconds on a busy machine
+    while len(list(tmp_path.iterdir())) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     interrupted = time.monotonic()
     km.interrupt_kernel()
     outcome = collect(kc, msg_id)
