@@ -10,6 +10,8 @@ import pytest
 import parmagic
 from parmagic.analysis.cell import plan_cell
 from parmagic.analysis.itemcode import build_item_code
+from parmagic.backends.base import Backend
+from parmagic.backends.other_processes import PickledItems
 from parmagic.run import session
 from parmagic.run.dispatch import ChunkSizer, Pace
 from parmagic.worker.chunk import run_chunk
@@ -59,6 +61,17 @@ def test_a_loop_run_before_starts_from_its_pace():
     assert fresh.next_size() == 1
     tiny = ChunkSizer(None, workers=2, length=64, pace=Pace(1e-7))
     assert tiny.next_size() >= 64  # all of it: under 2 ms of work balances nothing
+
+
+def test_chunks_of_worker_processes_hold_longer_work():
+    """Each chunk in another process costs messages, pickling and the guard's look: their
+    chunks are twice as long (Backend.chunk_seconds), the guided end still shrinking them."""
+    ms = 1 / 1024
+    assert PickledItems.chunk_seconds == 2 * Backend.chunk_seconds
+    sizer = ChunkSizer(None, 2, 100_000, Pace(ms), seconds=PickledItems.chunk_seconds)
+    assert sizer.next_size() == 40
+    ending = ChunkSizer(None, 2, 200, Pace(ms), seconds=PickledItems.chunk_seconds)
+    assert ending.next_size() == 25  # an eighth of what is left
 
 
 def test_the_second_run_of_a_cell_needs_fewer_chunks(ip, run):

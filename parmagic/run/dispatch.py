@@ -31,10 +31,9 @@ from ..worker.task import ChunkResult, ItemError, Task
 if TYPE_CHECKING:
     from ..worker.kernel_objects import SentObjects
 
-TARGET_CHUNK_SECONDS = 0.02
 MIN_CHUNK_SECONDS = 0.002
 CHUNK_WORTH = 0.00025  # seconds of work worth a chunk of its own: about what one costs
-MAX_CHUNK_ITEMS = 4096  # with the window, bounds how far the iterable is read ahead
+MAX_CHUNK_ITEMS = 8192  # with the window, bounds how far the iterable is read ahead
 WAIT_SLICE = 0.25  # seconds per wait, so the kernel thread stays responsive
 
 
@@ -47,7 +46,8 @@ class Pace:
 
 
 class ChunkSizer:
-    """Chunk sizes from measured item time: each chunk about ``TARGET_CHUNK_SECONDS`` of work.
+    """Chunk sizes from measured item time: each chunk about ``seconds`` of work (the
+    backend's ``chunk_seconds``).
 
     Until an item has been timed every chunk holds one item, so that every worker starts at
     once and a slow item never sits queued behind another; then sizes follow the latest
@@ -61,15 +61,20 @@ class ChunkSizer:
     RAMP = 8
 
     def __init__(
-        self, fixed: int | None, workers: int, length: int, pace: Pace | None = None
+        self,
+        fixed: int | None,
+        workers: int,
+        length: int,
+        pace: Pace | None = None,
+        seconds: float = 0.02,
     ) -> None:
-        self.fixed = fixed
+        self.fixed, self.seconds = fixed, seconds
         self.workers = workers
         self.remaining = length or None
         self.seconds_per_item = pace.seconds if pace is not None else None
         self.largest = 0  # with a pace, chunks grow from its size as from one timed so large
         if self.seconds_per_item:
-            sized = int(TARGET_CHUNK_SECONDS / self.seconds_per_item)
+            sized = int(seconds / self.seconds_per_item)
             self.largest = max(1, min(sized, MAX_CHUNK_ITEMS))
         self.slowest = 0.0  # per item, in the slowest chunk: the next run's pace
         self.latest = -1  # the first item of the latest chunk in the loop observed
@@ -82,7 +87,7 @@ class ChunkSizer:
         if not (self.seconds_per_item and self.remaining):
             return None
         work = self.remaining * self.seconds_per_item
-        if work > self.workers * TARGET_CHUNK_SECONDS:
+        if work > self.workers * self.seconds:
             return None
         chunks = max(1, min(self.workers, int(work / CHUNK_WORTH)))
         return min(-(-self.remaining // chunks), 2 * MAX_CHUNK_ITEMS)
@@ -95,7 +100,7 @@ class ChunkSizer:
             size = self.share
         elif self.seconds_per_item:
             limit = min(
-                TARGET_CHUNK_SECONDS / self.seconds_per_item,
+                self.seconds / self.seconds_per_item,
                 self.largest * self.RAMP,
                 MAX_CHUNK_ITEMS,
             )
@@ -400,7 +405,7 @@ class _Run:
         self.range = iterable if type(iterable) is range else None  # chunks: its slices
         if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
-        self.sizer = ChunkSizer(chunksize, backend.workers, length, pace)
+        self.sizer = ChunkSizer(chunksize, backend.workers, length, pace, backend.chunk_seconds)
         self.pace = pace
         self.window = backend.capacity + max(4, backend.workers)
         self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
