@@ -379,7 +379,7 @@ def _as_plain_python(source: str, item: int) -> tuple[list, str, bool]:
     """What the comprehension gives for one item alone in plain Python: its values, what it
     printed, and whether it raised."""
     single = source.replace("range(9)", f"[{item}]")
-    namespace, printed = {}, io.StringIO()
+    namespace, printed = {"inverse": _inverse}, io.StringIO()
     with contextlib.redirect_stdout(printed):
         try:
             exec(single, namespace)
@@ -389,10 +389,18 @@ def _as_plain_python(source: str, item: int) -> tuple[list, str, bool]:
     return (list(out.items()) if isinstance(out, dict) else out), printed.getvalue(), False
 
 
+def _inverse(i: int) -> int:
+    print(i)
+    return 100 // (i % 7)
+
+
 def _comprehension_task(source: str, stop_on_error: bool) -> Task:
     """A comprehension's task as the kernel builds it, loaded as in a worker process."""
     plan = plan_cell(source, "<cell>", "processes")
-    function = FunctionType(build_item_code(plan.body, frozenset(), "<cell>"), {"print": print})
+    mapped = plan.body.mapped_function is not None
+    code = build_item_code(plan.body, frozenset(), "<cell>", mapped=mapped)
+    assert ("map" in code.co_names) is mapped
+    function = FunctionType(code, {"print": print, "inverse": _inverse})
     task = Task(function, plan.body.bound, stop_on_error, comprehension=True, kind=plan.body.kind)
     task.one_value = plan.body.one_value_per_item
     return _in_a_worker(task)
@@ -408,8 +416,9 @@ def _comprehension_task(source: str, stop_on_error: bool) -> Task:
             False,
         ),
         ("out = [i for i in range(9) if print(i) is None and 100 // (i % 7)]", False),
+        ("out = [inverse(i) for i in range(9)]", True),
     ],
-    ids=["one-each", "dict-one-each", "several-each", "filtered"],
+    ids=["one-each", "dict-one-each", "several-each", "filtered", "mapped"],
 )
 @pytest.mark.parametrize("stop_on_error", [True, False], ids=["raise", "continue"])
 def test_a_comprehensions_chunk_in_a_worker_gives_each_item_its_values_output_and_error(
@@ -454,3 +463,51 @@ def test_a_comprehension_over_kernel_objects_fails_the_item_that_raised(ip, run,
     seen = [row.get("seen", False) for row in ip.user_ns["rows"]]
     kept = [i % 7 != 3 for i in range(40)] if options else [True] * 4 + [False] * 36
     assert seen == kept, seen
+
+
+@pytest.mark.parametrize(
+    ("source", "mapped"),
+    [
+        ("out = [f(x) for x in items]", "f"),
+        ("out = {f(x) for x in items}", "f"),
+        ("total = sum(f(x) for x in items)", "f"),
+        ("out = [f(x, 2) for x in items]", None),
+        ("out = [f(x=x) for x in items]", None),
+        ("out = [f(x) for x in items if x]", None),
+        ("out = [f(y) for x in items]", None),
+        ("out = [x(x) for x in items]", None),
+        ("out = [m.f(x) for x in items]", None),
+        ("out = [f(x) for x, y in items]", None),
+        ("out = {x: f(x) for x in items}", None),
+    ],
+)
+def test_a_comprehension_of_one_call_on_the_item_is_a_map(source, mapped):
+    assert plan_cell(source, "<cell>", "processes").body.mapped_function == mapped
+
+
+@pytest.mark.parametrize("options", ["", "--on-error continue"])
+def test_a_mapped_comprehension_ends_as_the_plain_one(ip, run, options):
+    """``[f(x) for x in ...]`` runs as ``map(f, items)`` in a worker: the same values and
+    failures, a traceback through the cell's line to the function's, and a notebook name
+    ``map`` is never called in its place."""
+    run(
+        "map = {'not': 'the builtin'}\n"
+        "def inverse(i):\n    if i % 7 == 3:\n        raise ValueError(f'no inverse of {i}')\n"
+        "    return 1 / (i % 7 + 1)\n"
+    )
+    outcome = run(
+        f"%%parallel {PROCESSES} --chunksize 5 {options}\nout = [inverse(i) for i in range(30)]"
+    )
+    if options:
+        assert outcome.error is None, outcome.err
+        assert [index for index, _, _ in report().failures] == [3, 10, 17, 24]
+        assert ip.user_ns["out"] == [1 / (i % 7 + 1) for i in range(30) if i % 7 != 3]
+    else:
+        assert isinstance(outcome.error, ValueError) and report().stopped_at == 3
+        shown = "\n".join(outcome.error._render_traceback_())
+        assert "out = [inverse(i) for i in range(30)]" in shown
+        assert "raise ValueError(f'no inverse of {i}')" in shown
+        assert "out" not in ip.user_ns
+    assert ip.user_ns["map"] == {"not": "the builtin"}
+    outcome = run(f"%%parallel {PROCESSES} -q\nlengths = [len(s) for s in ['a', 'bb']]")
+    assert outcome.error is None and ip.user_ns["lengths"] == [1, 2]

@@ -19,6 +19,7 @@ import inspect
 import sys
 import textwrap
 import types
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -167,24 +168,20 @@ class _Finder:
         if (code, handed) in self.seen:
             return
         self.seen.add((code, handed))
-        tree = _parsed(function)
-        if tree is None:
+        read = _read(function)
+        if read is None:
             return  # no source (defined through exec, say): trusted, like a library's
-        arguments = tree.args
-        own = {a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]}
-        own |= {a.arg for a in (arguments.vararg, arguments.kwarg) if a is not None}
-        declared = {n for s in ast.walk(tree) if isinstance(s, ast.Global) for n in s.names}
-        rebound = bound_names(tree.body) - declared
-        parameters = own - rebound - handed  # still the kernel objects the caller handed over
+        parameters = read.parameters - read.rebound - handed  # still the caller's objects
         kept = _kept_parameters(function, owner)  # defaults made once; a classmethod's class
-        own |= rebound
-        for statement in tree.body:
-            for node in walk_scope(statement):
-                own_line = code.co_firstlineno + getattr(node, "lineno", 1) - 1
-                where = _place(function, self.ns, own_line)
-                self._node(node, function, own - kept.keys(), line, where, parameters, kept)
-                if isinstance(node, ast.Call):
-                    self.file_write(node, function, own, line, where, owner)
+        own, places = read.parameters | read.rebound, {}
+        for node in read.nodes:
+            own_line = code.co_firstlineno + getattr(node, "lineno", 1) - 1
+            where = places.get(own_line)
+            if where is None:
+                where = places[own_line] = _place(function, self.ns, own_line)
+            self._node(node, function, own - kept.keys(), line, where, parameters, kept)
+            if isinstance(node, ast.Call):
+                self.file_write(node, function, own, line, where, owner)
 
     def file_write(
         self, node: ast.Call, function, own: set[str], line: int, where: str, owner=None
@@ -412,6 +409,36 @@ def _resolve(func: ast.expr, scope: dict, local: set[str]) -> object:
             return None
         value = getattr(value, part, None)
     return value
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a function's source says of its own scope, read once per code object (a loop
+    run again reads the functions it calls again: their code is what changes, if anything)."""
+
+    parameters: frozenset[str]
+    rebound: frozenset[str]  # names it binds, but not those it declares ``global``
+    nodes: tuple[ast.AST, ...]  # its own scope's, in order (walk_scope)
+
+
+_read_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _read(function: types.FunctionType) -> _Read | None:
+    code = function.__code__
+    if code in _read_functions:
+        return _read_functions[code]
+    tree = _parsed(function)
+    read = None
+    if tree is not None:
+        arguments = tree.args
+        named = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+        own = {a.arg for a in [*named, arguments.vararg, arguments.kwarg] if a is not None}
+        declared = {n for s in ast.walk(tree) if isinstance(s, ast.Global) for n in s.names}
+        nodes = tuple(node for statement in tree.body for node in walk_scope(statement))
+        read = _Read(frozenset(own), frozenset(bound_names(tree.body) - declared), nodes)
+    _read_functions[code] = read
+    return read
 
 
 def _parsed(function: types.FunctionType) -> ast.FunctionDef | ast.AsyncFunctionDef | None:

@@ -184,6 +184,7 @@ def build_item_code(
     filename: str,
     coroutine: bool = False,
     whole_chunk: bool = False,
+    mapped: bool = False,
 ) -> CodeType:
     """The code of ``__parmagic_item__(__item__, __log__)``, with the cell's line numbers;
     ``async def`` for the asyncio backend, so that the body may ``await``. (Where items get
@@ -194,7 +195,9 @@ def build_item_code(
     values of all the items, one item after another: a chunk costs one call, not one per
     item (worker.run_values times each item and finds which values are whose). So does a
     ``for`` loop's with ``whole_chunk``: it loops over the chunk's items itself, all of them
-    recording into one log, and binds the names its items left last (chunk.run_values)."""
+    recording into one log, and binds the names its items left last (chunk.run_values).
+    ``mapped``: ``[f(x) for x in ...]`` as ``map(f, items)`` (BodyInfo.mapped_function; the
+    caller checks that ``map`` is Python's own)."""
     node = copy.deepcopy(info.node)
     item = ast.Name(ITEM_ARG, ast.Load())
     if info.kind == "for":
@@ -209,6 +212,8 @@ def build_item_code(
         elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
         extend = ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "extend", ast.Load())
         values = ast.GeneratorExp(elt, node.generators)
+        if mapped:
+            values = ast.Call(ast.Name("map", ast.Load()), [node.elt.func, item], [])
         statements = [ast.Expr(ast.Call(extend, [values], []))]
     args = ast.arguments([], [ast.arg(ITEM_ARG), ast.arg(LOG_ARG)], None, [], [], None, [])
     kind = ast.AsyncFunctionDef if coroutine else ast.FunctionDef

@@ -9,6 +9,7 @@ otherwise. Plain Python: the magics front is the only module that talks to IPyth
 from __future__ import annotations
 
 import ast
+import builtins
 import copy
 import functools
 import itertools
@@ -153,9 +154,11 @@ class LoopRun:
         stop_on_error = options.on_error == "raise"
         merge_names = backend.copies_kernel_objects and self.tail is None and not recording
         whole = self.whole_chunks and backend.copies_kernel_objects
+        mapped = self._maps(plan.body.mapped_function)
         code = build_item_code(
-            plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole
-        )
+            plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole,
+            mapped=mapped and not backend.runs_coroutines,
+        )  # fmt: skip
         globals_ = item_globals(self.ns, code, backend)
         function = FunctionType(code, globals_, errors.ITEM_FUNCTION_NAME)
         task = Task(function, plan.body.bound, stop_on_error, options.timeout, seed=options.seed)
@@ -171,6 +174,14 @@ class LoopRun:
             task.guarded = backend.copies_kernel_objects  # the worker watches its own state
             task.guard = None if task.guarded else self.guard(function)
         return task
+
+    def _maps(self, function: str | None) -> bool:
+        """Whether ``[f(x) for x in ...]`` can run as ``map(f, items)``: ``map`` is Python's
+        own, and ``f`` is bound now (``map`` looks it up once, before the first item: a
+        name bound nowhere fails each item, as in the plain loop, only looked up per item)."""
+        if function is None or "map" in self.ns:
+            return False
+        return function in self.ns or hasattr(builtins, function)
 
     def guard(self, function: FunctionType) -> Guard:
         """The watch on the kernel's state that items could change without naming it."""
