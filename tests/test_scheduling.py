@@ -65,13 +65,14 @@ def test_a_loop_run_before_starts_from_its_pace():
 
 def test_chunks_of_worker_processes_hold_longer_work():
     """Each chunk in another process costs messages, pickling and the guard's look: their
-    chunks are twice as long (Backend.chunk_seconds), the guided end still shrinking them."""
+    chunks are twice as long (Backend.chunk_seconds), and the guided end shrinks them half as
+    fast (a quarter of the items left for two workers, not an eighth)."""
     ms = 1 / 1024
-    assert PickledItems.chunk_seconds == 2 * Backend.chunk_seconds
-    sizer = ChunkSizer(None, 2, 100_000, Pace(ms), seconds=PickledItems.chunk_seconds)
-    assert sizer.next_size() == 40
-    ending = ChunkSizer(None, 2, 200, Pace(ms), seconds=PickledItems.chunk_seconds)
-    assert ending.next_size() == 25  # an eighth of what is left
+    shape = {"seconds": PickledItems.chunk_seconds, "shares": PickledItems.chunk_shares}
+    assert shape == {"seconds": 2 * Backend.chunk_seconds, "shares": Backend.chunk_shares // 2}
+    assert ChunkSizer(None, 2, 100_000, Pace(ms), **shape).next_size() == 40
+    assert ChunkSizer(None, 2, 120, Pace(ms), **shape).next_size() == 30
+    assert ChunkSizer(None, 2, 120, Pace(ms)).next_size() == 15
 
 
 def test_the_second_run_of_a_cell_needs_fewer_chunks(ip, run):

@@ -60,9 +60,10 @@ class Backend(ABC):
     is_the_plain_loop = False
     # True where --timeout stops an item with SIGALRM on a main thread (not on Windows)
     times_out_by_alarm = False
-    # Seconds of items a chunk holds (dispatch.ChunkSizer): where each chunk costs a message
-    # there and back, its result's pickling and the worker's checks, chunks are longer
-    chunk_seconds = 0.02
+    # Seconds of items a chunk holds (dispatch.ChunkSizer), and, as the end nears, at most
+    # 1 / (shares x workers) of the items left: where each chunk costs a message there and
+    # back, its result's pickling and the worker's checks, chunks are longer and fewer
+    chunk_seconds, chunk_shares = 0.02, 4
     bytes_sent = 0  # to worker processes during the current run (task and items)
     send_blocked = 0.0  # seconds sends waited for busy workers to take them (not sending)
     start_method: str | None = None

@@ -67,8 +67,9 @@ class ChunkSizer:
         length: int,
         pace: Pace | None = None,
         seconds: float = 0.02,
+        shares: int = 4,
     ) -> None:
-        self.fixed, self.seconds = fixed, seconds
+        self.fixed, self.seconds, self.shares = fixed, seconds, shares
         self.workers = workers
         self.remaining = length or None
         self.seconds_per_item = pace.seconds if pace is not None else None
@@ -105,7 +106,7 @@ class ChunkSizer:
                 MAX_CHUNK_ITEMS,
             )
             if self.remaining is not None:  # a chunk of under ~2 ms of work balances nothing
-                share = self.remaining / (4 * self.workers)
+                share = self.remaining / (self.shares * self.workers)
                 limit = min(limit, max(share, MIN_CHUNK_SECONDS / self.seconds_per_item))
             size = max(1, int(limit))
         if self.remaining is not None:
@@ -405,7 +406,9 @@ class _Run:
         self.range = iterable if type(iterable) is range else None  # chunks: its slices
         if task.timeout or backend.one_item_per_chunk:
             chunksize = 1  # a deadline per message is a deadline per item
-        self.sizer = ChunkSizer(chunksize, backend.workers, length, pace, backend.chunk_seconds)
+        self.sizer = ChunkSizer(
+            chunksize, backend.workers, length, pace, backend.chunk_seconds, backend.chunk_shares
+        )
         self.pace = pace
         self.window = backend.capacity + max(4, backend.workers)
         self.chunks: dict[int, list] = {}  # seq -> items, until applied (names items in errors)
