@@ -65,14 +65,16 @@ def test_a_loop_run_before_starts_from_its_pace():
 
 def test_chunks_of_worker_processes_hold_longer_work():
     """Each chunk in another process costs messages, pickling and the guard's look: their
-    chunks are twice as long (Backend.chunk_seconds), and the guided end shrinks them half as
-    fast (a quarter of the items left for two workers, not an eighth)."""
+    chunks are four times as long (Backend.chunk_seconds), and the guided end shrinks them
+    half as fast (a quarter of the items left for two workers, not an eighth)."""
     ms = 1 / 1024
     shape = {"seconds": PickledItems.chunk_seconds, "shares": PickledItems.chunk_shares}
-    assert shape == {"seconds": 2 * Backend.chunk_seconds, "shares": Backend.chunk_shares // 2}
-    assert ChunkSizer(None, 2, 100_000, Pace(ms), **shape).next_size() == 40
-    assert ChunkSizer(None, 2, 120, Pace(ms), **shape).next_size() == 30
-    assert ChunkSizer(None, 2, 120, Pace(ms)).next_size() == 15
+    assert shape == {"seconds": 4 * Backend.chunk_seconds, "shares": Backend.chunk_shares // 2}
+    assert ChunkSizer(None, 2, 100_000, Pace(ms), **shape).next_size() == 81
+    assert ChunkSizer(None, 2, 240, Pace(ms), **shape).next_size() == 60  # a quarter left
+    assert ChunkSizer(None, 2, 120, Pace(ms)).next_size() == 15  # the kernel's: an eighth
+    assert ChunkSizer(None, 2, 120, Pace(ms), **shape).next_size() == 60  # within one chunk
+    # of work per worker: shared out evenly at once
 
 
 def test_the_second_run_of_a_cell_needs_fewer_chunks(ip, run):

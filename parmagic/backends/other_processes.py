@@ -74,7 +74,7 @@ class PickledItems(Backend):
     times_out_by_alarm = True
     starts_processes = True
     seedable = True  # one process per running item
-    chunk_seconds, chunk_shares = 0.04, 2  # see Backend
+    chunk_seconds, chunk_shares = 0.08, 2  # see Backend
 
     def __init__(self, settings: BackendSettings) -> None:
         super().__init__(settings)
