@@ -80,7 +80,7 @@ More targets, which this script does not check:
   items now go at C speed (a chain of group slices), a comprehension of one `for` and no
   `if` counted by the values it left, with groups of 200 µs instead of 50. Per chunk of
   2000 items: pickling the result 0.1-0.2 ms, loading the items 0.05, the guard's look
-  0.04 (a second look after loading plain items is gone), the send 0.1, waiting for the
+  0.04 (twice: after the items, and after loading the next ones), the send 0.1, waiting for the
   next chunk 0.2 on average. What is left is spread over these and over the kernel's own
   time per chunk (its CPU time per run 23-28 ms against `Pool.map`'s 16-17). Then a worker's
   result carried a start per item, 8 bytes each: 16 KB of a 26 KB Collatz result, which
@@ -90,6 +90,21 @@ More targets, which this script does not check:
   ~10 KB, written at once. With that: Collatz 1.05 × `Pool.map` (median of 16 alternating
   blocks; the code before 1.12 × in the same minutes), 10,000 no-op items 2.1 × (before
   2.8 ×, 16 and 12 blocks). On the line for both goals, on a machine this noisy.
+- **The fifth part (December 8)**, in 12-30 paired runs, one run at a time, of parmagic
+  and `Pool.map` each in a process of its own (blocks of runs could not tell 3% apart
+  here: the same code's block medians spread ±10%). A worker's chunk costs about 0.5 ms
+  of CPU time at its end with its caches gone cold after the items (the result pickled,
+  the guard's two looks: 0.13 ms each cold against 0.04 warm), and the kernel 0.3-0.6 ms;
+  guided chunks shrinking to an eighth of what was left made a Collatz run 52 chunks and
+  busy(k) 80. Chunks in other processes now hold 80 ms and shrink to a quarter: 29 and ~35
+  chunks. busy(k): 1.02 × `Pool.map` (the code before 1.14 ×, CPU time 8% lower). Collatz:
+  1.04-1.09 × (before 1.05-1.10 ×, the same minutes; the workers' CPU time 3-6% lower).
+  `[f(x) for x in xs]` runs as `map(f, items)`: 40 ns an item less than a generator's
+  frame. The cell's analysis before the first chunk leaves: 1.9 ms, not 3.6 (a notebook
+  function's source is read once per code object). Still seen: each worker waits for
+  its next chunk 0.4-0.8 ms after about half of its chunks, 5-10 ms a run; its
+  pipe-reading thread, which puts a chunk in the inbox, spent 100-200 ms of a busy(k) run
+  ready but without a core (10 ms running): the chunk is in the pipe, not yet in the inbox.
 
 ## Near the line, after this issue's second part
 
