@@ -211,9 +211,10 @@ def build_item_code(
         node.generators[0].iter = item  # the chunk's items
         elt = ast.Tuple([node.key, node.value], ast.Load()) if info.kind == "dict" else node.elt
         extend = ast.Attribute(ast.Name(LOG_ARG, ast.Load()), "extend", ast.Load())
-        values = ast.GeneratorExp(elt, node.generators)
         if mapped:
             values = ast.Call(ast.Name("map", ast.Load()), [node.elt.func, item], [])
+        else:
+            values = ast.GeneratorExp(elt, node.generators)
         statements = [ast.Expr(ast.Call(extend, [values], []))]
     args = ast.arguments([], [ast.arg(ITEM_ARG), ast.arg(LOG_ARG)], None, [], [], None, [])
     kind = ast.AsyncFunctionDef if coroutine else ast.FunctionDef

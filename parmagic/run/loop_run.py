@@ -154,10 +154,9 @@ class LoopRun:
         stop_on_error = options.on_error == "raise"
         merge_names = backend.copies_kernel_objects and self.tail is None and not recording
         whole = self.whole_chunks and backend.copies_kernel_objects
-        mapped = self._maps(plan.body.mapped_function)
         code = build_item_code(
             plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole,
-            mapped=mapped and not backend.runs_coroutines,
+            mapped=self._maps(plan.body.mapped_function),
         )  # fmt: skip
         globals_ = item_globals(self.ns, code, backend)
         function = FunctionType(code, globals_, errors.ITEM_FUNCTION_NAME)
