@@ -1,11 +1,11 @@
-"""Whole chunks: on worker processes a for loop's chunk runs in one call of a function that
-loops over the chunk's items itself (itemcode.build_item_code with ``whole_chunk``); its
-items record into one log, cut per item (chunk.TimedItems), and its names come once, as the
-items left them last.
+"""Whole chunks: on worker processes and threads a for loop's chunk runs in one call of a
+function that loops over the chunk's items itself (itemcode.build_item_code with
+``whole_chunk``); its items record into one log, cut per item (chunk.TimedItems), and its
+names come once, as the items left them last.
 
-Every case compares the kernel after ``%%parallel -b processes`` with what the plain loop
-leaves, and checks which item function the run built (the whole chunk's, or one per item for
-the options that need each item's own record).
+Every case compares the kernel after ``%%parallel`` on processes, threads and futures with
+what the plain loop leaves, and checks which item function the run built (the whole chunk's,
+or one per item for the options that need each item's own record).
 """
 
 from __future__ import annotations
@@ -48,8 +48,14 @@ def built(monkeypatch) -> list[bool]:
     return flags
 
 
-def parallel(run, cell: str, options: str = ""):
-    outcome = run(f"%%parallel {PROCESSES} {options}\n{cell}")
+@pytest.fixture(params=["fork", "threads", "futures"])
+def on(request) -> str:
+    """The backends whose for loops run a chunk in one call: worker processes and threads."""
+    return BACKENDS[request.param]
+
+
+def parallel(run, cell: str, options: str = "", on: str = PROCESSES):
+    outcome = run(f"%%parallel {on} {options}\n{cell}")
     assert outcome.error is None, outcome.out + outcome.err
     return outcome
 
@@ -66,9 +72,11 @@ def kernel_state(ip, names: list[str]) -> dict:
     return {name: ip.user_ns.get(name, UNBOUND) for name in names}
 
 
-def assert_as_serial(ip, run, setup: str, cell: str, names: list[str], options: str = ""):
+def assert_as_serial(
+    ip, run, setup: str, cell: str, names: list[str], options: str = "", on: str = PROCESSES
+):
     run(setup)
-    parallel(run, cell, options)
+    parallel(run, cell, options, on)
     assert kernel_state(ip, names) == serial_state(ip, setup, cell, names)
 
 
@@ -81,40 +89,39 @@ def assert_as_serial(ip, run, setup: str, cell: str, names: list[str], options: 
     ],
     ids=["top-level", "inside-if", "nested-ifs"],
 )
-def test_continue_ends_only_its_own_item(ip, run, built, cell):
+def test_continue_ends_only_its_own_item(ip, run, built, on, cell):
     """In the whole chunk's function ``continue`` stays a ``continue`` of its own loop (not a
     return): it must skip to the chunk's next item, never end the chunk."""
     assert_as_serial(
-        ip, run, "out = []", cell, ["out", "kept", "skipped", "odd", "i"], "--chunksize 7"
+        ip, run, "out = []", cell, ["out", "kept", "skipped", "odd", "i"], "--chunksize 7", on=on
     )
     assert built == [True]
 
 
-def test_break_in_an_inner_loop_ends_only_that_loop(ip, run, built):
+def test_break_in_an_inner_loop_ends_only_that_loop(ip, run, built, on):
     """A ``break`` inside the body's own loop (and its ``else``) belongs to that loop."""
     cell = (
         "for i in range(30):\n    total = 0\n    for j in range(i):\n        if j > 3:\n"
         "            break\n        total += j\n    else:\n        out.append(('whole', i))\n"
         "    out.append(total)\n"
     )
-    assert_as_serial(ip, run, "out = []", cell, ["out", "total", "j", "i"], "--chunksize 7")
+    assert_as_serial(ip, run, "out = []", cell, ["out", "total", "j", "i"], "--chunksize 7", on=on)
     assert built == [True]
 
 
-def test_continue_in_try_finally_runs_the_finally(ip, run, built):
+def test_continue_in_try_finally_runs_the_finally(ip, run, built, on):
     """``continue`` through a ``finally`` runs it, and the next item still runs."""
     cell = (
         "for i in range(30):\n    try:\n        if i % 3 == 0:\n            continue\n"
         "        out.append(i)\n        last = i\n    finally:\n        fin.append(i)\n"
         "        closed = i\n"
     )
-    assert_as_serial(
-        ip, run, "out = []\nfin = []", cell, ["out", "fin", "last", "closed", "i"], "--chunksize 7"
-    )
+    names = ["out", "fin", "last", "closed", "i"]
+    assert_as_serial(ip, run, "out = []\nfin = []", cell, names, "--chunksize 7", on=on)
     assert built == [True]
 
 
-def test_names_bound_by_some_items_keep_the_last_binding_across_chunks(ip, run, built):
+def test_names_bound_by_some_items_keep_the_last_binding_across_chunks(ip, run, built, on):
     """A chunk that binds a name leaves it as its last binder did; a chunk that never binds
     it leaves the kernel's value of it from an earlier chunk."""
     cell = (
@@ -123,7 +130,7 @@ def test_names_bound_by_some_items_keep_the_last_binding_across_chunks(ip, run, 
         "    if i == 50:\n        middle = i\n"
     )
     names = ["last_seven", "last_three", "early", "middle", "never", "i"]
-    assert_as_serial(ip, run, "never = 'before'", cell, names, "--chunksize 7")
+    assert_as_serial(ip, run, "never = 'before'", cell, names, "--chunksize 7", on=on)
     assert kernel_state(ip, names) == {
         "last_seven": 98, "last_three": 93, "early": 4, "middle": 50, "never": "before", "i": 99
     }  # fmt: skip
@@ -141,26 +148,28 @@ def test_names_bound_by_some_items_keep_the_last_binding_across_chunks(ip, run, 
     ],
     ids=["odd-items-delete", "some-items-delete", "later-chunks-delete", "last-of-chunk-deletes"],
 )
-def test_a_name_deleted_by_an_item_is_unbound_as_serial_leaves_it(ip, run, built, cell, expected):
+def test_a_name_deleted_by_an_item_is_unbound_as_serial_leaves_it(
+    ip, run, built, on, cell, expected
+):
     """``del`` after binding: the kernel loses the name exactly when the plain loop's last
     binding of it was deleted (the forget op, and the chunk's names as its locals end)."""
-    assert_as_serial(ip, run, "x = 'before'", cell, ["x", "i"], "--chunksize 7")
+    assert_as_serial(ip, run, "x = 'before'", cell, ["x", "i"], "--chunksize 7", on=on)
     assert ip.user_ns.get("x", UNBOUND) == expected
     assert built == [True]
 
 
-def test_a_name_deleted_by_an_item_over_kernel_objects(ip, run, built):
+def test_a_name_deleted_by_an_item_over_kernel_objects(ip, run, built, on):
     """The same over items that are kernel dicts (compared item by item)."""
     setup = "rows = [{'n': n} for n in range(30)]"
     cell = (
         "for r in rows:\n    r['seen'] = True\n    x = r['n']\n    if r['n'] % 2:\n        del x\n"
     )
-    assert_as_serial(ip, run, setup, cell, ["x"], "--chunksize 7")
+    assert_as_serial(ip, run, setup, cell, ["x"], "--chunksize 7", on=on)
 
 
-def test_a_name_deleted_by_an_item_under_on_error_continue(ip, run, built):
+def test_a_name_deleted_by_an_item_under_on_error_continue(ip, run, built, on):
     cell = "for i in range(30):\n    x = i\n    if i % 2:\n        del x\n"
-    assert_as_serial(ip, run, "", cell, ["x"], "--chunksize 7 --on-error continue")
+    assert_as_serial(ip, run, "", cell, ["x"], "--chunksize 7 --on-error continue", on=on)
 
 
 @pytest.mark.xfail(
@@ -176,13 +185,13 @@ def test_deleting_a_kernel_name_unbinds_it(ip, run, built):
 @pytest.mark.parametrize(
     "failing", [10, 7, 13], ids=["mid-chunk", "first-of-chunk", "last-of-chunk"]
 )
-def test_an_item_error_mid_chunk_keeps_what_the_plain_loop_keeps(ip, run, built, failing):
+def test_an_item_error_mid_chunk_keeps_what_the_plain_loop_keeps(ip, run, built, on, failing):
     """Earlier items' changes all apply, the failing item's up to its failure too, later
     items' none; the names are those the failing item left, including one it bound before
     raising (and one only earlier items bound); the error names the item."""
     run("out = []\nd = {}\n")
     outcome = run(
-        f"%%parallel {PROCESSES} --chunksize 7\nfor i in range(20):\n    out.append(i)\n"
+        f"%%parallel {on} --chunksize 7\nfor i in range(20):\n    out.append(i)\n"
         f"    note = f'item {{i}}'\n    d[i] = note\n    if i == {failing}:\n"
         "        raise ValueError(i)\n    after = i\n"
     )
@@ -198,7 +207,7 @@ def test_an_item_error_mid_chunk_keeps_what_the_plain_loop_keeps(ip, run, built,
     assert built == [True]
 
 
-def test_printed_output_comes_back_in_item_order(run, built):
+def test_printed_output_comes_back_in_item_order(run, built, on):
     """Each item's output is cut from the one call's at the item's start, stdout and stderr."""
     run("import sys, time\n")
     cell = (
@@ -206,7 +215,7 @@ def test_printed_output_comes_back_in_item_order(run, built):
         "    if i % 2:\n        print('err', i, file=sys.stderr)\n        continue\n"
         "    print('more', i)\n"
     )
-    outcome = parallel(run, cell, "--chunksize 7")
+    outcome = parallel(run, cell, "--chunksize 7", on)
     expected = [line for i in range(30) for line in [f"out {i}"] + ([] if i % 2 else [f"more {i}"])]
     assert [ln for ln in outcome.out.splitlines() if ln.startswith(("out", "more"))] == expected
     printed = [ln for ln in outcome.err.splitlines() if ln.startswith("err")]
@@ -214,7 +223,7 @@ def test_printed_output_comes_back_in_item_order(run, built):
     assert built == [True]
 
 
-def test_kernel_container_changes_apply_in_item_order(ip, run, built):
+def test_kernel_container_changes_apply_in_item_order(ip, run, built, on):
     """Calls, item writes and augmented item writes of every item, cut per item from one log."""
     setup = "from collections import Counter\nout = []\nd = {}\ncounts = Counter()\n"
     run(setup + "ids = [id(out), id(d), id(counts)]\n")
@@ -223,7 +232,7 @@ def test_kernel_container_changes_apply_in_item_order(ip, run, built):
         "    counts[i % 4] += 1\n    if i % 9 == 0:\n        out.extend([-i, -i])\n"
         "        del d[f'k{59 - i}']\n"
     )
-    parallel(run, cell, "--chunksize 7")
+    parallel(run, cell, "--chunksize 7", on)
     expected = serial_state(ip, setup, cell, ["out", "d", "counts"])
     ns = ip.user_ns
     assert [id(ns["out"]), id(ns["d"]), id(ns["counts"])] == ns["ids"]
@@ -233,7 +242,7 @@ def test_kernel_container_changes_apply_in_item_order(ip, run, built):
     assert built == [True]
 
 
-def test_kernel_dicts_as_items_change_in_place(ip, run, built):
+def test_kernel_dicts_as_items_change_in_place(ip, run, built, on):
     """Items that are the kernel's own dicts: what each item did to its copy is made to the
     kernel's dict, which stays the same object, and the loop variable ends as that object."""
     run("rows = [{'n': n} for n in range(20)]\nids = [id(r) for r in rows]\n")
@@ -241,7 +250,7 @@ def test_kernel_dicts_as_items_change_in_place(ip, run, built):
         "for r in rows:\n    r['seen'] = True\n    if r['n'] % 3 == 0:\n"
         "        r['tag'] = 'three'\n        continue\n    last_other = r['n']\n"
     )
-    parallel(run, cell, "--chunksize 7")
+    parallel(run, cell, "--chunksize 7", on)
     ns = ip.user_ns
     assert [id(r) for r in ns["rows"]] == ns["ids"]
     assert ns["rows"] == [
@@ -252,28 +261,28 @@ def test_kernel_dicts_as_items_change_in_place(ip, run, built):
     assert built == [True]
 
 
-def test_on_error_continue_keeps_per_item_semantics(ip, run, built):
+def test_on_error_continue_keeps_per_item_semantics(ip, run, built, on):
     """A failed item leaves nothing, neither changes nor names: each item runs on its own."""
     run("out = []\n")
     cell = (
         "for i in range(19):\n    out.append(i)\n    tag = i\n    if i % 5 == 3:\n"
         "        raise ValueError(i)\n"
     )
-    parallel(run, cell, "--chunksize 7 --on-error continue")
+    parallel(run, cell, "--chunksize 7 --on-error continue", on)
     assert ip.user_ns["out"] == [i for i in range(19) if i % 5 != 3]
     assert ip.user_ns["tag"] == 17  # item 18 failed: it leaves no names
     assert [index for index, _, _ in report().failures] == [3, 8, 13, 18]
     assert built == [False]
 
 
-def test_timeout_runs_items_one_by_one_and_correctly(ip, run, built):
+def test_timeout_runs_items_one_by_one_and_correctly(ip, run, built, on):
     """--timeout needs each item's alarm: the per-item function, same results."""
     setup = "out = []\nd = {}\n"
     cell = (
         "for i in range(20):\n    if i % 4 == 1:\n        continue\n    out.append(i)\n"
         "    d[i] = -i\n    last = i\n"
     )
-    assert_as_serial(ip, run, setup, cell, ["out", "d", "last", "i"], "--timeout 5")
+    assert_as_serial(ip, run, setup, cell, ["out", "d", "last", "i"], "--timeout 5", on=on)
     assert built == [False]
 
 

@@ -71,7 +71,7 @@ class LoopRun:
         self.runs_in_place = not (self.lazy or plan.body.awaits or options.timeout) and (
             options.on_error == "raise"
         )
-        # items in worker processes: a for loop's chunk runs in one call, sending back the
+        # a for loop's chunk runs in one call (in worker processes and threads), giving the
         # names its items left last, unless a run needs each item's (an ordered tail, the
         # runs compared item by item, a failed item that leaves none) or each item's alarm
         self.whole_chunks = not (self.tail or options.compare or options.timeout) and (
@@ -152,8 +152,8 @@ class LoopRun:
         recording (--compare) keeps every item's own names, and runs no loop in place."""
         plan, options = self.plan, self.options
         stop_on_error = options.on_error == "raise"
-        merge_names = backend.copies_kernel_objects and self.tail is None and not recording
-        whole = self.whole_chunks and backend.copies_kernel_objects
+        merge_names = self.tail is None and not recording
+        whole = self.whole_chunks and not backend.runs_coroutines
         code = build_item_code(
             plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole,
             mapped=self._maps(plan.body.mapped_function),

@@ -40,10 +40,10 @@ class Task:
     # values the body reads from the user's own modules, as the kernel has them (a worker
     # that imported the module from its file would not see ``mod.SETTING = ...``)
     module_values: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Items whose names travel back (from worker processes) send the names of their chunk in
-    # one dict, on its last item that left names, rather than every item's own: the kernel
-    # keeps only the last values of each name anyway (unless it needs every item's, to run an
-    # ordered tail between items or to compare runs).
+    # A chunk's items give the names they bound in one dict, on its last item that left names,
+    # rather than every item's own (every backend but the event loop's): the kernel keeps only
+    # the last values of each name anyway (unless it needs every item's, to run an ordered
+    # tail between items or to compare runs), and binds them once per chunk.
     merge_names: bool = False
     comprehension: bool = False  # ``function`` runs a chunk: (items, values), not (item, log)
     one_value: bool = False  # a comprehension whose items give a value each, or fail
