@@ -73,8 +73,8 @@ def main() -> None:
     steps = [
         ("the plain loop (the floor)", plain),
         ("serial: the loop in place, each item timed", lambda: run_chunk_in_place(in_place, 0, 0, items, held)),
-        ("worker: item function with recording, timings, output sink (a call per item: threads, --on-error continue, --timeout)", lambda: run_chunk(logging, 0, 0, items)),
-        ("worker: the same, the chunk in one call (worker processes' default)", lambda: run_chunk(in_one_call, 0, 0, items)),
+        ("worker: item function with recording, timings, output sink (a call per item: --on-error continue, --timeout, asyncio)", lambda: run_chunk(logging, 0, 0, items)),
+        ("worker: the same, the chunk in one call (the default on worker processes and threads)", lambda: run_chunk(in_one_call, 0, 0, items)),
         ("worker: pickling the chunk's result", lambda: dump_result(chunk)),
         ("kernel: unpickling the chunk's result", lambda: pickle.loads(data)),
         ("kernel: replaying changes, binding names (Applier)", applied),
