@@ -11,9 +11,12 @@ or one per item for the options that need each item's own record).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import pickle
+import re
+import signal
 import sys
 import time
 from types import FunctionType
@@ -23,7 +26,7 @@ from conftest import BACKENDS, report
 
 from parmagic.analysis.cell import plan_cell
 from parmagic.analysis.itemcode import build_item_code
-from parmagic.run import loop_run
+from parmagic.run import dispatch, loop_run
 from parmagic.worker.chunk import run_values
 from parmagic.worker.effects import CALL
 from parmagic.worker.item_clock import GROUP_SPAN, MAX_GROUP, group_size
@@ -273,6 +276,82 @@ def test_on_error_continue_keeps_per_item_semantics(ip, run, built, on):
     assert ip.user_ns["tag"] == 17  # item 18 failed: it leaves no names
     assert [index for index, _, _ in report().failures] == [3, 8, 13, 18]
     assert built == [False]
+
+
+def test_an_interrupted_item_keeps_its_names_under_on_error_continue(ip, run, on):
+    """An item that raises KeyboardInterrupt stops the run half applied, as under raise: its
+    names up to the interrupt stay, though a failed item under ``continue`` leaves none."""
+    run("out = []\n")
+    cell = (
+        "for i in range(20):\n    x = i * 10\n    if i == 9:\n        raise KeyboardInterrupt\n"
+        "    out.append(i)\n"
+    )
+    outcome = run(f"%%parallel -q {on} --chunksize 5 --on-error continue\n{cell}")
+    assert isinstance(outcome.error, KeyboardInterrupt)
+    assert kernel_state(ip, ["out", "i", "x"]) == {"out": list(range(9)), "i": 9, "x": 90}
+
+
+@pytest.mark.parametrize("options", ["--on-error continue", "--timeout 5"])
+@pytest.mark.parametrize("when", ["before", "inside"])
+def test_a_ctrl_c_while_serial_records_an_item_keeps_a_whole_prefix(ip, run, options, when):
+    """Serial records its items on the kernel's thread where it cannot run the loop in place:
+    a Ctrl-C there can land between the records of one item (a SIGINT handler raises at any
+    line), and the kernel must still hold the items before it, their names too."""
+    run("out = []\n")
+    add = ChunkResult.add.__code__
+    line = add.co_firstlineno + (1 if when == "before" else 4)
+    seen = []
+
+    def at_line(frame, event, arg):
+        if event == "line" and frame.f_lineno == line:
+            seen.append(frame.f_lineno)
+            if len(seen) == 7:  # item 6
+                raise KeyboardInterrupt
+        return at_line
+
+    sys.settrace(lambda frame, event, arg: at_line if frame.f_code is add else None)
+    try:
+        outcome = run(f"%%parallel -q -b serial --chunksize 10 {options}\n"
+                      "for i in range(20):\n    x = i * 10\n    out.append(i)\n")  # fmt: skip
+    finally:
+        sys.settrace(None)
+    assert isinstance(outcome.error, KeyboardInterrupt), outcome.err
+    assert kernel_state(ip, ["out", "i", "x"]) == {"out": list(range(6)), "i": 5, "x": 50}
+
+
+def test_a_ctrl_c_while_a_chunk_is_bound_stops_after_it_whole(ip, run, on):
+    """A chunk whose items only bound names is bound and counted at once: a Ctrl-C that comes
+    in between waits until both are done, and the run stops after the chunk, so the kernel
+    holds exactly the items the message says were applied."""
+    apply_chunk = dispatch.Applier.apply_chunk.__code__
+    counted = (
+        next(
+            number
+            for number, text in enumerate(
+                inspect.getsource(dispatch.Applier.apply_chunk).splitlines()
+            )
+            if "self.report.add(result, len(result))" in text
+        )
+        + apply_chunk.co_firstlineno
+    )
+    seen = []
+
+    def at_line(frame, event, arg):
+        if event == "line" and frame.f_lineno == counted:
+            seen.append(counted)
+            if len(seen) == 2:  # the second chunk
+                signal.raise_signal(signal.SIGINT)
+        return at_line
+
+    sys.settrace(lambda frame, event, arg: at_line if frame.f_code is apply_chunk else None)
+    try:
+        outcome = run(f"%%parallel -q {on} --chunksize 10\nfor i in range(40):\n    x = i\n")
+    finally:
+        sys.settrace(None)
+    assert isinstance(outcome.error, KeyboardInterrupt), outcome.err
+    applied = int(re.search(r"the first (\d+) items were applied", str(outcome.error.__notes__))[1])
+    assert applied == 20
+    assert (ip.user_ns["i"], ip.user_ns["x"]) == (19, 19)
 
 
 def test_timeout_runs_items_one_by_one_and_correctly(ip, run, built, on):

@@ -236,10 +236,14 @@ class Applier:
 
         Values go one item at a time to a lazy consumer, else one list per chunk."""
         if self._nothing_per_item(result):
-            if result.names_merged:  # the chunk's names, as its items left them
-                self._bind(next(n for n in reversed(result.names) if n is not None), result)
-            self.report.add(result, len(result))
-            self._applied(result)
+            held = HeldInterrupt()  # the chunk is bound and counted whole, or not at all
+            try:
+                if result.names_merged:  # the chunk's names, as its items left them
+                    self._bind(next(n for n in reversed(result.names) if n is not None), result)
+                self.report.add(result, len(result))
+                self._applied(result)
+            finally:
+                held.release()  # a Ctrl-C held till now stops the run after this chunk
             yield result.all_values()
             return
         batch: list = []

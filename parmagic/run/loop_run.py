@@ -152,8 +152,12 @@ class LoopRun:
         recording (--compare) keeps every item's own names, and runs no loop in place."""
         plan, options = self.plan, self.options
         stop_on_error = options.on_error == "raise"
-        merge_names = self.tail is None and not recording
-        whole = self.whole_chunks and not backend.runs_coroutines
+        # not on serial (auto's lead-in too), whose items run on the kernel's thread, where a
+        # Ctrl-C can land between an item's records: each item's own names keep a prefix
+        # whole; nor on the event loop, whose items are coroutines, awaited one by one
+        own_thread = backend.is_the_plain_loop or backend.runs_coroutines
+        merge_names = self.tail is None and not recording and not own_thread
+        whole = self.whole_chunks and not own_thread
         code = build_item_code(
             plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole,
             mapped=self._maps(plan.body.mapped_function),

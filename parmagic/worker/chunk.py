@@ -135,8 +135,10 @@ def _add_item(
         names.pop(ITEM_ARG, None)  # the item function's own parameters
         names.pop(LOG_ARG, None)
         if merged is not None:
-            if error is None or task.stop_on_error:  # a failed item that leaves nothing
-                merge_item_names(merged.names, names, log.ops)  # leaves no names either
+            # a failed item leaves no names where it leaves no changes: an interrupted one
+            # stops the run, half applied, as under raise (dispatch._apply_items)
+            if error is None or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+                merge_item_names(merged.names, names, log.ops)
                 merged.holder = len(result)
             names = None
     ended = time.monotonic()
