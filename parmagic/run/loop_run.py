@@ -154,9 +154,12 @@ class LoopRun:
         stop_on_error = options.on_error == "raise"
         # not on serial (auto's lead-in too), whose items run on the kernel's thread, where a
         # Ctrl-C can land between an item's records: each item's own names keep a prefix
-        # whole; nor on the event loop, whose items are coroutines, awaited one by one
+        # whole; nor on the event loop, whose items are coroutines, awaited one by one; nor
+        # on threads with --timeout (a chunk of one item, which a deadline may freeze as it
+        # ends, before its names are placed)
         own_thread = backend.is_the_plain_loop or backend.runs_coroutines
-        merge_names = self.tail is None and not recording and not own_thread
+        frozen = options.timeout and not backend.copies_kernel_objects
+        merge_names = not (self.tail or recording or own_thread or frozen)
         whole = self.whole_chunks and not own_thread
         code = build_item_code(
             plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole,
