@@ -3,7 +3,7 @@ function that loops over the chunk's items itself (itemcode.build_item_code with
 ``whole_chunk``); its items record into one log, cut per item (chunk.TimedItems), and its
 names come once, as the items left them last.
 
-Every case compares the kernel after ``%%parallel`` on processes, threads and futures with
+Every case compares the kernel after ``%%parallel`` on processes and threads with
 what the plain loop leaves, and checks which item function the run built (the whole chunk's,
 or one per item for the options that need each item's own record).
 """
@@ -51,9 +51,10 @@ def built(monkeypatch) -> list[bool]:
     return flags
 
 
-@pytest.fixture(params=["fork", "threads", "futures"])
+@pytest.fixture(params=["fork", "threads"])
 def on(request) -> str:
-    """The backends whose for loops run a chunk in one call: worker processes and threads."""
+    """The backends whose for loops run a chunk in one call: worker processes and threads
+    (``futures`` runs its chunks as ``threads`` does, through another pool)."""
     return BACKENDS[request.param]
 
 
