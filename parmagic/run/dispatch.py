@@ -26,7 +26,7 @@ from ..worker.effects import FORGET, ReplayError, apply_ops
 from ..worker.item_output import ItemOutput
 from ..worker.kernel_state import HeldInterrupt, kept_as_it_was
 from ..worker.shell import DISPLAYED
-from ..worker.task import ChunkResult, ItemError, Task
+from ..worker.task import ChunkResult, ItemError, Task, leaves_its_changes
 
 if TYPE_CHECKING:
     from ..worker.kernel_objects import SentObjects
@@ -324,7 +324,7 @@ class Applier:
                             (sys.stdout if stream == 1 else sys.stderr).write(text)
                 error = failures.get(offset) if failures else None
                 interrupted = error is not None and isinstance(error.exception, KeyboardInterrupt)
-                if error is None or stop_on_error or interrupted:
+                if error is None or leaves_its_changes(error.exception, stop_on_error):
                     # a failed item's changes up to its failure stay, as a serial loop leaves
                     # them; under --on-error continue a failed item leaves nothing
                     if ops:

@@ -157,10 +157,10 @@ class LoopRun:
         # whole; nor on the event loop, whose items are coroutines, awaited one by one; nor
         # on threads with --timeout (a chunk of one item, which a deadline may freeze as it
         # ends, before its names are placed)
-        own_thread = backend.is_the_plain_loop or backend.runs_coroutines
+        item_by_item = backend.is_the_plain_loop or backend.runs_coroutines
         frozen = options.timeout and not backend.copies_kernel_objects
-        merge_names = not (self.tail or recording or own_thread or frozen)
-        whole = self.whole_chunks and not own_thread
+        merge_names = not (self.tail or recording or item_by_item or frozen)
+        whole = self.whole_chunks and not item_by_item
         code = build_item_code(
             plan.body, replayed, plan.filename, backend.runs_coroutines, whole_chunk=whole,
             mapped=self._maps(plan.body.mapped_function),

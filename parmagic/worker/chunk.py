@@ -30,7 +30,7 @@ from .item_clock import (
     run_queue_wait,
 )
 from .item_output import ChunkOutput, current_output
-from .task import NO_OPS, ChunkResult, ItemError, Task, spread_times
+from .task import NO_OPS, ChunkResult, ItemError, Task, leaves_its_changes, spread_times
 
 if TYPE_CHECKING:  # cloudpickle: imported by the first run that needs it, not by %load_ext
     from .kernel_objects import ChunkObjects
@@ -135,9 +135,7 @@ def _add_item(
         names.pop(ITEM_ARG, None)  # the item function's own parameters
         names.pop(LOG_ARG, None)
         if merged is not None:
-            # a failed item leaves no names where it leaves no changes: an interrupted one
-            # stops the run, half applied, as under raise (dispatch._apply_items)
-            if error is None or task.stop_on_error or isinstance(error, KeyboardInterrupt):
+            if leaves_its_changes(error, task.stop_on_error):
                 merge_item_names(merged.names, names, log.ops)
                 merged.holder = len(result)
             names = None

@@ -82,6 +82,13 @@ class Task:
 _INHERITED_ERRORS: list[BaseException] = []
 
 
+def leaves_its_changes(error: BaseException | None, stop_on_error: bool) -> bool:
+    """Whether an item's changes and names up to its error stay, as the plain loop leaves
+    them: under raise, and for an interrupt, which stops the run with the item half applied;
+    under ``--on-error continue`` a failed item leaves nothing."""
+    return error is None or stop_on_error or isinstance(error, KeyboardInterrupt)
+
+
 def forget_inherited_error() -> None:
     """Called as a worker process starts, so that its items' errors chain only to their own."""
     _INHERITED_ERRORS[:] = [sys.exception()] if sys.exception() is not None else []
